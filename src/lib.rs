@@ -1,3 +1,20 @@
+//! onnx-dlq: accelerate convolutional networks by clustering their convolution kernels.
+//!
+//! The pipeline, one module per step: [`model`] (load/save) → [`select`] (which Conv layers)
+//! → cluster → rewrite → verify → report. [`shapes`] and [`cost`] serve every step with
+//! inferred tensor shapes and multiplication counts.
+
+pub mod cli;
+pub mod conv;
+pub mod cost;
+pub mod inspect;
+pub mod model;
+pub mod select;
+pub mod shapes;
+pub mod tensor;
+
+/// ONNX protobuf messages, generated from `proto/onnx.proto` at build time.
+#[allow(clippy::all)]
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
 }

@@ -1,0 +1,241 @@
+//! The `inspect` report: one row per convolution with its geometry, cost, share of the model's
+//! multiplications and whether it can be converted; rendered as a table or as JSON.
+
+use std::fmt::Write as _;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::conv::AutoPad;
+use crate::cost::{self, GraphCost};
+use crate::model::OnnxModel;
+use crate::select::{self, ConvLayer};
+use crate::shapes::{self, InputShape, ShapeMap};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerRow {
+    pub name: String,
+    /// How `name` was chosen: "node name", or "output name" for nodes without a name.
+    pub name_source: &'static str,
+    pub op_type: String,
+    pub output: String,
+    pub weight: String,
+    pub kernel: Option<Vec<usize>>,
+    pub stride: Option<Vec<usize>>,
+    pub pads: Option<Vec<usize>>,
+    pub auto_pad: Option<&'static str>,
+    pub dilation: Option<Vec<usize>>,
+    pub group: Option<usize>,
+    pub output_hw: Option<Vec<usize>>,
+    pub multiplications: Option<u64>,
+    pub share: Option<f64>,
+    pub convertible: bool,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InputInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InspectReport {
+    pub model: String,
+    pub ir_version: i64,
+    pub opset: i64,
+    pub inputs: Vec<InputInfo>,
+    pub assumptions: Vec<String>,
+    pub layers: Vec<LayerRow>,
+    pub conv_multiplications: u64,
+    pub total_multiplications: u64,
+    pub total_additions: u64,
+}
+
+/// Everything `inspect` and later stages need to know about a model's convolutions.
+pub struct Inventory {
+    pub layers: Vec<ConvLayer>,
+    pub shapes: ShapeMap,
+    pub cost: GraphCost,
+}
+
+pub fn inventory(model: &OnnxModel, input_shapes: &[InputShape]) -> Result<Inventory> {
+    let shapes = shapes::infer(model, input_shapes)?;
+    let cost = cost::graph_cost(model, &shapes);
+    Ok(Inventory {
+        layers: select::conv_layers(model),
+        shapes,
+        cost,
+    })
+}
+
+pub fn report(model: &OnnxModel, inv: &Inventory) -> InspectReport {
+    let total = inv.cost.total.multiplications;
+    let layers: Vec<LayerRow> = inv
+        .layers
+        .iter()
+        .map(|l| {
+            let node_cost = &inv.cost.nodes[l.node_index];
+            let mults = node_cost.known.then_some(node_cost.cost.multiplications);
+            let out_shape = inv.shapes.get(&l.output);
+            LayerRow {
+                name: l.name.clone(),
+                name_source: if l.node_name.is_empty() {
+                    "output name"
+                } else {
+                    "node name"
+                },
+                op_type: l.op_type.clone(),
+                output: l.output.clone(),
+                weight: l.weight.clone(),
+                kernel: l.kernel.clone(),
+                stride: l.attrs.as_ref().map(|a| a.strides.clone()),
+                pads: l.attrs.as_ref().map(|a| a.pads.clone()),
+                auto_pad: l.attrs.as_ref().map(|a| a.auto_pad.as_str()),
+                dilation: l.attrs.as_ref().map(|a| a.dilations.clone()),
+                group: l.attrs.as_ref().map(|a| a.group),
+                output_hw: out_shape.filter(|s| s.len() > 2).map(|s| s[2..].to_vec()),
+                multiplications: mults,
+                share: mults.filter(|_| total > 0).map(|m| m as f64 / total as f64),
+                convertible: l.convertible(),
+                reason: l.reason().map(str::to_string),
+            }
+        })
+        .collect();
+    InspectReport {
+        model: model.path.display().to_string(),
+        ir_version: model.proto.ir_version.unwrap_or(0),
+        opset: model.default_opset(),
+        inputs: inv
+            .shapes
+            .inputs
+            .iter()
+            .map(|(n, s)| InputInfo {
+                name: n.clone(),
+                shape: s.clone(),
+            })
+            .collect(),
+        assumptions: inv.shapes.assumptions.clone(),
+        conv_multiplications: layers
+            .iter()
+            .filter(|r| r.op_type == "Conv")
+            .filter_map(|r| r.multiplications)
+            .sum(),
+        layers,
+        total_multiplications: total,
+        total_additions: inv.cost.total.additions,
+    }
+}
+
+fn list(v: &Option<Vec<usize>>, sep: &str) -> String {
+    match v {
+        Some(v) => v
+            .iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(sep),
+        None => "?".into(),
+    }
+}
+
+/// Millions with one decimal, as people read multiplication counts.
+pub fn millions(n: u64) -> String {
+    format!("{:.1}M", n as f64 / 1e6)
+}
+
+pub fn render_table(r: &InspectReport) -> String {
+    let mut s = String::new();
+    let inputs: Vec<String> = r
+        .inputs
+        .iter()
+        .map(|i| format!("{} {:?}", i.name, i.shape))
+        .collect();
+    let _ = writeln!(
+        s,
+        "model {} (IR {}, opset {}), input {}",
+        r.model,
+        r.ir_version,
+        r.opset,
+        inputs.join(", ")
+    );
+    for a in &r.assumptions {
+        let _ = writeln!(s, "note: {a}");
+    }
+    let header = [
+        "#",
+        "layer",
+        "kernel MxNxkhxkw",
+        "stride",
+        "pads",
+        "dil",
+        "grp",
+        "out",
+        "mults",
+        "share",
+        "convertible",
+    ];
+    let rows: Vec<[String; 11]> = r
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let name = if l.name_source == "output name" {
+                format!("{} (output)", l.name)
+            } else {
+                l.name.clone()
+            };
+            let pads = match l.auto_pad {
+                Some(p) if p != AutoPad::NotSet.as_str() => p.to_string(),
+                _ => list(&l.pads, ","),
+            };
+            [
+                (i + 1).to_string(),
+                name,
+                list(&l.kernel, "x"),
+                list(&l.stride, ","),
+                pads,
+                list(&l.dilation, ","),
+                l.group.map_or("?".into(), |g| g.to_string()),
+                list(&l.output_hw, "x"),
+                l.multiplications.map_or("?".into(), millions),
+                l.share.map_or("?".into(), |s| format!("{:.1}%", 100.0 * s)),
+                match &l.reason {
+                    None => "yes".into(),
+                    Some(r) => format!("no: {r}"),
+                },
+            ]
+        })
+        .collect();
+    let mut width = header.map(str::len);
+    for row in &rows {
+        for (w, c) in width.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                let _ = write!(l, "{:<w$}  ", c, w = width[i]);
+            }
+        }
+        l.trim_end().to_string()
+    };
+    let _ = writeln!(s, "{}", line(&header.map(String::from)));
+    for row in &rows {
+        let _ = writeln!(s, "{}", line(row));
+    }
+    let convertible = r.layers.iter().filter(|l| l.convertible).count();
+    let _ = writeln!(
+        s,
+        "{} convolution layers ({} convertible); convolutions {} of {} multiplications in the model ({} additions)",
+        r.layers.len(),
+        convertible,
+        millions(r.conv_multiplications),
+        millions(r.total_multiplications),
+        millions(r.total_additions)
+    );
+    s
+}

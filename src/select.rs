@@ -1,0 +1,282 @@
+//! Layer selection: the model's convolution layers, whether each can be converted (and why not),
+//! and resolving user-given layer names (node name, output name or weight name) to layers.
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use crate::conv::ConvAttrs;
+use crate::model::OnnxModel;
+use crate::proto::NodeProto;
+use crate::tensor::{self, FloatType};
+
+/// One Conv (or ConvTranspose) node of the main graph.
+#[derive(Debug, Clone)]
+pub struct ConvLayer {
+    /// Index of the node in `graph.node`.
+    pub node_index: usize,
+    /// The name users see: the node name, or its output name when the node has none.
+    pub name: String,
+    pub node_name: String,
+    pub op_type: String,
+    pub input: String,
+    pub output: String,
+    pub weight: String,
+    pub bias: Option<String>,
+    /// Weight dimensions [M, N/group, k...], when the weight is a constant of known shape.
+    pub kernel: Option<Vec<usize>>,
+    pub attrs: Option<ConvAttrs>,
+    /// Weight element type, when the weight is a floating-point initializer.
+    pub weight_type: Option<FloatType>,
+    /// `Err(reason)` when the layer cannot be converted.
+    pub eligibility: Result<(), String>,
+}
+
+impl ConvLayer {
+    pub fn convertible(&self) -> bool {
+        self.eligibility.is_ok()
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        self.eligibility.as_ref().err().map(String::as_str)
+    }
+
+    pub fn node<'a>(&self, model: &'a OnnxModel) -> &'a NodeProto {
+        &model.graph().node[self.node_index]
+    }
+}
+
+/// How a user-given name matched a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResolvedBy {
+    NodeName,
+    OutputName,
+    WeightName,
+}
+
+impl ResolvedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResolvedBy::NodeName => "node name",
+            ResolvedBy::OutputName => "output name",
+            ResolvedBy::WeightName => "weight name",
+        }
+    }
+}
+
+fn is_default_domain(node: &NodeProto) -> bool {
+    matches!(node.domain.as_deref(), None | Some("") | Some("ai.onnx"))
+}
+
+/// Every Conv and ConvTranspose of the main graph, in graph order, with eligibility decided.
+pub fn conv_layers(model: &OnnxModel) -> Vec<ConvLayer> {
+    let graph = model.graph();
+    graph
+        .node
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| {
+            is_default_domain(n)
+                && matches!(n.op_type.as_deref(), Some("Conv") | Some("ConvTranspose"))
+        })
+        .map(|(i, node)| describe(model, i, node))
+        .collect()
+}
+
+fn describe(model: &OnnxModel, node_index: usize, node: &NodeProto) -> ConvLayer {
+    let node_name = node.name.clone().unwrap_or_default();
+    let output = node.output.first().cloned().unwrap_or_default();
+    let name = if node_name.is_empty() {
+        output.clone()
+    } else {
+        node_name.clone()
+    };
+    let op_type = node.op_type.clone().unwrap_or_default();
+    let input = node.input.first().cloned().unwrap_or_default();
+    let weight = node.input.get(1).cloned().unwrap_or_default();
+    let bias = node.input.get(2).filter(|b| !b.is_empty()).cloned();
+    let init = model.initializer(&weight);
+    let kernel = init.and_then(|t| tensor::dims(t).ok());
+    let weight_type = init.and_then(|t| FloatType::from_onnx(t.data_type.unwrap_or(0)));
+    let rank = kernel
+        .as_ref()
+        .map(|k| k.len().saturating_sub(2))
+        .unwrap_or(2);
+    let attrs = ConvAttrs::from_node(node, rank);
+    let eligibility = (|| {
+        if op_type == "ConvTranspose" {
+            return Err("ConvTranspose: only Conv is converted".to_string());
+        }
+        let Some(init) = init else {
+            return Err(format!(
+                "weight `{weight}` is computed at run time, not a constant initializer"
+            ));
+        };
+        let Some(kernel) = kernel.as_ref() else {
+            return Err(format!(
+                "weight `{weight}` has a malformed shape {:?}",
+                init.dims
+            ));
+        };
+        if kernel.len() != 4 {
+            return Err(format!(
+                "{}-D convolution (weight {:?}): only 2-D convolutions are converted",
+                kernel.len().saturating_sub(2),
+                kernel
+            ));
+        }
+        if weight_type.is_none() {
+            return Err(format!(
+                "weight `{weight}` is {}, not a floating-point tensor",
+                tensor::data_type_name(init.data_type.unwrap_or(0))
+            ));
+        }
+        let attrs = attrs
+            .as_ref()
+            .map_err(|e| format!("malformed attributes: {e}"))?;
+        if let Some(ks) = &attrs.kernel_shape {
+            if ks[..] != kernel[2..] {
+                return Err(format!(
+                    "kernel_shape {ks:?} disagrees with the weight shape {kernel:?}"
+                ));
+            }
+        }
+        if attrs.group != 1 {
+            let kind = if kernel[1] == 1 {
+                "depthwise"
+            } else {
+                "grouped"
+            };
+            return Err(format!(
+                "{kind} convolution (group = {}): only group = 1 is converted",
+                attrs.group
+            ));
+        }
+        if kernel.contains(&0) {
+            return Err(format!("weight `{weight}` is empty {kernel:?}"));
+        }
+        if let Some(b) = &bias {
+            if model.initializer(b).is_none() {
+                return Err(format!(
+                    "bias `{b}` is computed at run time, not a constant initializer"
+                ));
+            }
+        }
+        Ok(())
+    })();
+    ConvLayer {
+        node_index,
+        name,
+        node_name,
+        op_type,
+        input,
+        output,
+        weight,
+        bias,
+        kernel,
+        attrs: attrs.ok(),
+        weight_type,
+        eligibility,
+    }
+}
+
+/// Finds the layer a user-given name refers to: node name first, then output, then weight name.
+pub fn resolve<'a>(layers: &'a [ConvLayer], query: &str) -> Result<(&'a ConvLayer, ResolvedBy)> {
+    let by = |f: &dyn Fn(&ConvLayer) -> bool| layers.iter().find(|l| f(l));
+    if let Some(l) = by(&|l| !l.node_name.is_empty() && l.node_name == query) {
+        return Ok((l, ResolvedBy::NodeName));
+    }
+    if let Some(l) = by(&|l| l.output == query) {
+        return Ok((l, ResolvedBy::OutputName));
+    }
+    if let Some(l) = by(&|l| l.weight == query) {
+        return Ok((l, ResolvedBy::WeightName));
+    }
+    let candidates: Vec<&str> = layers
+        .iter()
+        .flat_map(|l| [l.node_name.as_str(), l.output.as_str(), l.weight.as_str()])
+        .filter(|s| !s.is_empty())
+        .collect();
+    let close = close_matches(query, &candidates, 5);
+    if close.is_empty() {
+        bail!("no Conv layer is called `{query}` (by node, output or weight name); `onnx-dlq inspect` lists them");
+    }
+    bail!(
+        "no Conv layer is called `{query}` (by node, output or weight name); did you mean {}?",
+        close
+            .iter()
+            .map(|c| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// Resolves every name, refusing unknown names, the same layer twice, and ineligible layers.
+pub fn resolve_all<'a>(layers: &'a [ConvLayer], queries: &[String]) -> Result<Vec<&'a ConvLayer>> {
+    let mut seen: Vec<(usize, &str)> = Vec::new();
+    let mut out = Vec::new();
+    for q in queries {
+        let (layer, _) = resolve(layers, q)?;
+        if let Some((_, first)) = seen.iter().find(|(i, _)| *i == layer.node_index) {
+            bail!(
+                "layer `{}` is named twice (as `{first}` and as `{q}`)",
+                layer.name
+            );
+        }
+        if let Err(reason) = &layer.eligibility {
+            bail!("layer `{}` cannot be converted: {reason}", layer.name);
+        }
+        seen.push((layer.node_index, q));
+        out.push(layer);
+    }
+    Ok(out)
+}
+
+/// Up to `n` candidates closest to `query`: substring matches first, then by edit distance.
+pub fn close_matches<'a>(query: &str, candidates: &[&'a str], n: usize) -> Vec<&'a str> {
+    let q = query.to_lowercase();
+    let mut scored: Vec<(f64, &str)> = candidates
+        .iter()
+        .map(|&c| {
+            let lc = c.to_lowercase();
+            let sub = if lc.contains(&q) || q.contains(&lc) {
+                1.0
+            } else {
+                0.0
+            };
+            (sub + strsim::normalized_levenshtein(&q, &lc), c)
+        })
+        .filter(|(score, _)| *score >= 0.5)
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+    let mut out: Vec<&str> = Vec::new();
+    for (_, c) in scored {
+        if !out.contains(&c) {
+            out.push(c);
+        }
+        if out.len() == n {
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_matches_prefer_substrings_then_edit_distance() {
+        let c = [
+            "fire8/expand3x3",
+            "fire8/expand3x3_1",
+            "fire9/expand3x3_1",
+            "conv1",
+        ];
+        assert_eq!(
+            close_matches("fire8/expand3x3_2", &c, 2),
+            vec!["fire8/expand3x3", "fire8/expand3x3_1"]
+        );
+        assert!(close_matches("zzzzzz", &c, 3).is_empty());
+    }
+}
