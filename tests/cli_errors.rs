@@ -1,0 +1,135 @@
+//! Bad input at the command line: every case gives one clear line naming the file and the
+//! problem, the documented exit code, and no panic.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use onnx_dlq::proto::{GraphProto, ModelProto, TensorProto};
+use prost::Message;
+
+/// Runs `inspect FILE` and checks: exit 1, one line on stderr naming the file and `expect`.
+fn assert_clean_failure(file: &Path, expect: &str) {
+    let out = common::run(&["inspect", common::path_str(file)]);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{file:?}: {err}");
+    assert!(!err.contains("panicked"), "{file:?} panicked: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line expected: {err}"
+    );
+    assert!(
+        err.contains(common::path_str(file)),
+        "message must name the file: {err}"
+    );
+    assert!(err.contains(expect), "message must say `{expect}`: {err}");
+    assert!(common::stdout(&out).is_empty());
+}
+
+#[test]
+fn missing_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    assert_clean_failure(&tmp.path().join("absent.onnx"), "No such file");
+}
+
+#[test]
+fn directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    assert_clean_failure(tmp.path(), "is a directory");
+}
+
+#[test]
+fn empty_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("empty.onnx");
+    fs::write(&f, b"").unwrap();
+    assert_clean_failure(&f, "empty");
+}
+
+#[test]
+fn random_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("random.onnx");
+    // A fixed xorshift stream: the same "random" file every run.
+    let mut x = 0x9E3779B97F4A7C15u64;
+    let bytes: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    fs::write(&f, bytes).unwrap();
+    assert_clean_failure(&f, "not an ONNX model");
+}
+
+#[test]
+fn truncated_protobuf() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("truncated.onnx");
+    let bytes = fs::read(common::default_model()).unwrap();
+    fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+    assert_clean_failure(&f, "truncated");
+}
+
+#[test]
+fn protobuf_that_is_not_a_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("tensor.pb");
+    let t = TensorProto {
+        dims: vec![3],
+        data_type: Some(1),
+        float_data: vec![1.0, 2.0, 3.0],
+        ..Default::default()
+    };
+    fs::write(&f, t.encode_to_vec()).unwrap();
+    assert_clean_failure(&f, "not an ONNX model");
+}
+
+#[test]
+fn model_without_a_graph() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("nograph.onnx");
+    let m = ModelProto {
+        ir_version: Some(8),
+        ..Default::default()
+    };
+    fs::write(&f, m.encode_to_vec()).unwrap();
+    assert_clean_failure(&f, "has no graph");
+}
+
+#[test]
+fn model_whose_graph_cannot_be_run_is_a_clean_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("dangling.onnx");
+    let mut m = onnx_dlq::model::load(&common::default_model())
+        .unwrap()
+        .proto;
+    let g: &mut GraphProto = m.graph.as_mut().unwrap();
+    g.node[1].input[0] = "nowhere".into();
+    g.input.clear();
+    fs::write(&f, m.encode_to_vec()).unwrap();
+    let out = common::run(&["inspect", common::path_str(&f)]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+    assert!(!common::stderr(&out).contains("panicked"));
+}
+
+#[test]
+fn usage_errors_exit_with_2() {
+    let out = common::run(&["inspect"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = common::run(&["inspect", "a.onnx", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = common::run(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = common::run(&[
+        "inspect",
+        common::path_str(&common::default_model()),
+        "--input-shape",
+        "x=1,b",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
+}
