@@ -1,0 +1,241 @@
+//! The clustering engine: a layer's kernel in, a `Codebook` out (VQ centroids or the paper's
+//! dictionary-learning representatives), per subspace, in parallel and deterministically.
+
+pub mod dl;
+pub mod kmeans;
+pub mod params;
+pub mod subspace;
+
+use std::ops::Range;
+
+use anyhow::{ensure, Result};
+use ndarray::{Array4, ArrayView4};
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::SeedableRng;
+use rayon::prelude::*;
+
+pub use dl::SparseCodes;
+pub use params::{ClusterParams, Method, Sizes};
+pub use subspace::{Points, SubspacePlan};
+
+/// The codebook of one subspace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubspaceCodebook {
+    pub channels: Range<usize>,
+    /// DL: the L unit-norm atoms; VQ: the K_vq centroids. Rows of `channels.len()` values.
+    pub atoms: Points,
+    /// DL: Λ, α (atom, coefficient) slots per representative. VQ: `None`, representative i is
+    /// atom i.
+    pub codes: Option<SparseCodes>,
+    /// Γ: the representative of every column, indexed by [`subspace::column`].
+    pub assignment: Vec<u32>,
+}
+
+impl SubspaceCodebook {
+    pub fn num_representatives(&self) -> usize {
+        match &self.codes {
+            Some(c) => c.len(),
+            None => self.atoms.len(),
+        }
+    }
+
+    /// The representatives C̃ = DΛ (or the centroids), one row each.
+    pub fn representatives(&self) -> Points {
+        let Some(codes) = &self.codes else {
+            return self.atoms.clone();
+        };
+        let dim = self.atoms.dim;
+        let mut data = vec![0f32; codes.len() * dim];
+        for r in 0..codes.len() {
+            for (a, z) in codes.slots(r) {
+                for (v, &d) in data[r * dim..(r + 1) * dim]
+                    .iter_mut()
+                    .zip(self.atoms.row(a))
+                {
+                    *v += z * d;
+                }
+            }
+        }
+        Points { data, dim }
+    }
+}
+
+/// A layer's codebook: what the rewrite consumes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Codebook {
+    pub method: Method,
+    /// [M, N, kh, kw].
+    pub kernel_shape: [usize; 4],
+    pub sizes: Sizes,
+    pub subspaces: Vec<SubspaceCodebook>,
+}
+
+impl Codebook {
+    /// W̃: the kernel every column of which is replaced by its representative.
+    pub fn reconstruct(&self) -> Array4<f32> {
+        let [m, n, kh, kw] = self.kernel_shape;
+        let mut w = Array4::<f32>::zeros((m, n, kh, kw));
+        for sc in &self.subspaces {
+            let reps = sc.representatives();
+            for k in 0..m {
+                for u in 0..kh {
+                    for v in 0..kw {
+                        let r = sc.assignment[subspace::column(k, u, v, kh, kw)] as usize;
+                        for (c, &x) in sc.channels.clone().zip(reps.row(r)) {
+                            w[[k, c, u, v]] = x;
+                        }
+                    }
+                }
+            }
+        }
+        w
+    }
+
+    /// ‖W − W̃‖_F / ‖W‖_F.
+    pub fn relative_error(&self, kernel: ArrayView4<f32>) -> f64 {
+        let w = self.reconstruct();
+        let (mut num, mut den) = (0f64, 0f64);
+        for (a, b) in kernel.iter().zip(w.iter()) {
+            num += ((a - b) as f64).powi(2);
+            den += (*a as f64).powi(2);
+        }
+        if den == 0.0 {
+            return 0.0;
+        }
+        (num / den).sqrt()
+    }
+}
+
+/// A per-subspace RNG stream: the same for any thread count or scheduling.
+fn subspace_rng(seed: u64, s: usize) -> Xoshiro256PlusPlus {
+    // SplitMix64 of (seed, s) so neighbouring seeds give unrelated streams.
+    let mut z = seed ^ (s as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    Xoshiro256PlusPlus::seed_from_u64(z ^ (z >> 31))
+}
+
+/// Learns the codebook of a kernel [M, N, kh, kw]; subspaces in parallel.
+pub fn learn(kernel: ArrayView4<f32>, params: &ClusterParams) -> Result<Codebook> {
+    let (m, n, kh, kw) = kernel.dim();
+    ensure!(
+        m > 0 && n > 0 && kh > 0 && kw > 0,
+        "empty kernel {:?}",
+        kernel.dim()
+    );
+    let sizes = params.sizes(m, n, kh * kw)?;
+    let plan = SubspacePlan::new(n, params.subspace);
+    let ranges: Vec<Range<usize>> = plan.ranges().collect();
+    let subspaces = ranges
+        .into_par_iter()
+        .enumerate()
+        .map(|(s, channels)| {
+            let points = subspace::points(kernel, channels.clone());
+            let mut rng = subspace_rng(params.seed, s);
+            match params.method {
+                Method::Vq => {
+                    let km = kmeans::kmeans(
+                        &points,
+                        &kmeans::KMeansParams {
+                            k: sizes.k_vq,
+                            max_iters: params.kmeans_iters,
+                            tolerance: 1e-6,
+                        },
+                        &mut rng,
+                    );
+                    SubspaceCodebook {
+                        channels,
+                        atoms: km.centroids,
+                        codes: None,
+                        assignment: km.assignment,
+                    }
+                }
+                Method::Dl => {
+                    let r = dl::learn(
+                        &points,
+                        &dl::DlParams {
+                            k: sizes.k,
+                            l: sizes.l,
+                            alpha: params.alpha,
+                            iters: params.iters,
+                            kmeans_iters: params.kmeans_iters,
+                            init_iters: 5,
+                        },
+                        &mut rng,
+                    );
+                    SubspaceCodebook {
+                        channels,
+                        atoms: r.dictionary,
+                        codes: Some(r.codes),
+                        assignment: r.assignment,
+                    }
+                }
+            }
+        })
+        .collect();
+    Ok(Codebook {
+        method: params.method,
+        kernel_shape: [m, n, kh, kw],
+        sizes,
+        subspaces,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::RngExt;
+
+    fn random_kernel(shape: (usize, usize, usize, usize), seed: u64) -> Array4<f32> {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+        Array4::from_shape_fn(shape, |_| rng.random_range(-1.0..1.0))
+    }
+
+    #[test]
+    fn reconstruction_uses_each_columns_representative() {
+        let w = random_kernel((16, 12, 3, 3), 1);
+        for method in [Method::Vq, Method::Dl] {
+            let mut p = ClusterParams::new(method, 4.0);
+            p.subspace = 4;
+            p.c = 1.5;
+            let cb = learn(w.view(), &p).unwrap();
+            assert_eq!(cb.subspaces.len(), 3);
+            let rec = cb.reconstruct();
+            let sc = &cb.subspaces[1];
+            let reps = sc.representatives();
+            let r = sc.assignment[subspace::column(5, 2, 1, 3, 3)] as usize;
+            assert_eq!(
+                rec.slice(ndarray::s![5, 4..8, 2, 1]).to_vec(),
+                reps.row(r).to_vec()
+            );
+            let e = cb.relative_error(w.view());
+            assert!(e > 0.0 && e < 1.0, "{method:?} {e}");
+        }
+    }
+
+    #[test]
+    fn a_smaller_last_subspace_is_clustered_too() {
+        let w = random_kernel((8, 10, 3, 3), 2);
+        let mut p = ClusterParams::new(Method::Vq, 2.0);
+        p.subspace = 4;
+        let cb = learn(w.view(), &p).unwrap();
+        assert_eq!(
+            cb.subspaces
+                .iter()
+                .map(|s| s.channels.clone())
+                .collect::<Vec<_>>(),
+            vec![0..4, 4..8, 8..10]
+        );
+        assert_eq!(cb.subspaces[2].atoms.dim, 2);
+    }
+
+    #[test]
+    fn keeping_every_column_is_exact() {
+        // ρ such that K_vq = p²M: every column its own centroid.
+        let w = random_kernel((4, 8, 1, 1), 3);
+        let mut p = ClusterParams::new(Method::Vq, 1.0001);
+        p.k = Some(4);
+        let cb = learn(w.view(), &p).unwrap();
+        assert!(cb.relative_error(w.view()) < 1e-6);
+    }
+}
