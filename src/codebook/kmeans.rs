@@ -45,10 +45,11 @@ pub fn nearest(x: &[f32], centers: &[f32], dim: usize) -> (usize, f32) {
 
 /// Nearest-centre search over many points: centres stored transposed (one row per dimension)
 /// with their squared norms, so the inner loop runs over centres and vectorises for any small
-/// dimension. Distances are ‖x‖² + ‖c‖² − 2x·c; ties go to the lowest index.
+/// dimension. Centres are ranked by ‖c‖² − 2x·c; ties go to the lowest index.
 pub struct NearestSearch {
     dim: usize,
     k: usize,
+    centers: Vec<f32>,
     transposed: Vec<f32>,
     norms: Vec<f32>,
     scratch: Vec<f32>,
@@ -70,6 +71,7 @@ impl NearestSearch {
         NearestSearch {
             dim,
             k,
+            centers: centers.to_vec(),
             transposed,
             norms,
             scratch: vec![0f32; k],
@@ -95,8 +97,13 @@ impl NearestSearch {
                 best = (j, v);
             }
         }
-        let xn: f32 = x.iter().map(|v| v * v).sum();
-        (best.0, (best.1 + xn).max(0.0))
+        // The expanded form loses precision far from the origin; the winner's distance is
+        // recomputed directly so objectives stay exact.
+        let j = best.0;
+        (
+            j,
+            sq_dist(x, &self.centers[j * self.dim..(j + 1) * self.dim]),
+        )
     }
 }
 
