@@ -13,6 +13,8 @@ pub mod conv;
 pub mod cost;
 pub mod inspect;
 pub mod model;
+pub mod rewrite;
+pub mod runner;
 pub mod select;
 pub mod shapes;
 pub mod tensor;

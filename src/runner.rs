@@ -1,0 +1,79 @@
+//! Running a model on CPU through tract: the verifier's engine. Inputs and outputs are `f32`
+//! arrays; models with float16 (or other float) inputs are fed casts of them.
+
+use anyhow::{anyhow, ensure, Context, Result};
+use ndarray::ArrayD;
+use prost::Message;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+
+use crate::model::OnnxModel;
+
+pub struct Runner {
+    plan: std::sync::Arc<TypedSimplePlan>,
+    input_type: DatumType,
+    pub input_name: String,
+    pub input_shape: Vec<usize>,
+}
+
+/// Parses `model` with tract (external data resolved next to the model file).
+pub fn parse(model: &OnnxModel) -> Result<tract_onnx::model::ParseResult> {
+    let bytes = model.proto.encode_to_vec();
+    let pb = tract_onnx::pb::ModelProto::decode(bytes.as_slice())
+        .map_err(|e| anyhow!("tract could not read the model: {e}"))?;
+    let dir = model.base_dir.to_string_lossy().into_owned();
+    tract_onnx::onnx()
+        .parse(&pb, Some(&dir))
+        .map_err(|e| anyhow!("tract could not parse the model: {e:#}"))
+}
+
+impl Runner {
+    /// Optimises `model` for one input of `input_shape` (the model must have exactly one input).
+    pub fn new(model: &OnnxModel, input_shape: &[usize]) -> Result<Runner> {
+        let parsed = parse(model)?;
+        let mut m = parsed.model;
+        let inputs = m.input_outlets()?.to_vec();
+        ensure!(
+            inputs.len() == 1,
+            "the model has {} inputs; onnx-dlq runs models with one input",
+            inputs.len()
+        );
+        let input_name = m.node(inputs[0].node).name.clone();
+        let fact = m.input_fact(0)?.clone();
+        let input_type = fact.datum_type.concretize().unwrap_or(DatumType::F32);
+        m.set_input_fact(0, InferenceFact::dt_shape(input_type, input_shape))?;
+        let plan = m
+            .into_optimized()
+            .and_then(|t| t.into_runnable())
+            .map_err(|e| {
+                anyhow!("tract could not prepare the model for input {input_shape:?}: {e:#}")
+            })?;
+        Ok(Runner {
+            plan,
+            input_type,
+            input_name,
+            input_shape: input_shape.to_vec(),
+        })
+    }
+
+    /// Runs on `input` and returns the first output as `f32`.
+    pub fn run(&self, input: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+        ensure!(
+            input.shape() == self.input_shape.as_slice(),
+            "input shape {:?}, expected {:?}",
+            input.shape(),
+            self.input_shape
+        );
+        let t: Tensor = input.clone().into();
+        let t = t
+            .cast_to_dt(self.input_type)
+            .context("casting the input")?
+            .into_owned();
+        let out = self
+            .plan
+            .run(tvec!(t.into_tvalue()))
+            .map_err(|e| anyhow!("tract failed to run the model: {e:#}"))?;
+        let out = out[0].cast_to::<f32>().context("casting the output")?;
+        Ok(out.to_plain_array_view::<f32>()?.to_owned())
+    }
+}

@@ -1,0 +1,334 @@
+//! Exactness of the rewrite: over random layers (kernel sizes, strides, pads incl. asymmetric and
+//! SAME_*, dilations, odd sizes, batch 1 and 3, N′ dividing N or not, DL and VQ, several
+//! opsets), the converted graph run in tract equals a dense Conv with the reconstructed kernel.
+//! Also: multiplication counts equal the paper's formulas, and no intermediate holds more than
+//! max(S·K, S·M) planes.
+
+mod common;
+
+use common::{conv_model, in_memory, ConvSpec};
+use ndarray::{ArrayD, Ix4, IxDyn};
+use onnx_dlq::codebook::{self, ClusterParams, Codebook, Method};
+use onnx_dlq::rewrite::{self, GraphPatch};
+use onnx_dlq::runner::Runner;
+use onnx_dlq::{cost, select, shapes};
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+
+/// max |Δ| ≤ REL · max |y| + ABS (the acceptance tolerance of the rewrite issue).
+const REL_TOLERANCE: f32 = 1e-4;
+const ABS_TOLERANCE: f32 = 1e-5;
+
+struct Case {
+    spec: ConvSpec,
+    method: Method,
+    subspace: usize,
+    alpha: usize,
+}
+
+fn uniform(rng: &mut Xoshiro256PlusPlus, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// Converts the single Conv of `case`, returning (converted model, dense model with W̃, codebook).
+fn convert(
+    case: &Case,
+    rng: &mut Xoshiro256PlusPlus,
+    dir: &std::path::Path,
+) -> (
+    onnx_dlq::model::OnnxModel,
+    onnx_dlq::model::OnnxModel,
+    Codebook,
+) {
+    let s = &case.spec;
+    let weight = uniform(rng, s.m * s.n * s.kh * s.kw);
+    let bias = uniform(rng, s.m);
+    let original = in_memory(conv_model(s, &weight, &bias), dir);
+    let kernel = ndarray::Array4::from_shape_vec((s.m, s.n, s.kh, s.kw), weight).unwrap();
+    let columns = s.m * s.kh * s.kw;
+    let mut p = ClusterParams::new(case.method, 2.0);
+    p.subspace = case.subspace;
+    p.alpha = case.alpha;
+    p.iters = 3;
+    p.seed = rng.random();
+    // Explicit sizes: small layers would fail the paper's rules, and the rewrite must be exact
+    // for any codebook.
+    p.k = Some((columns / 2).max(1));
+    p.l = Some((columns / 4).max(case.alpha).min(columns / 2).max(1));
+    if case.method == Method::Dl && p.l.unwrap() < case.alpha {
+        p.alpha = 1;
+    }
+    let cb = codebook::learn(kernel.view(), &p).unwrap();
+    let mut dense = original.clone();
+    let rec = cb.reconstruct();
+    let w = dense
+        .graph_mut()
+        .initializer
+        .iter_mut()
+        .find(|t| t.name.as_deref() == Some("w"))
+        .unwrap();
+    onnx_dlq::tensor::set_f32(
+        w,
+        &[s.m, s.n, s.kh, s.kw],
+        rec.as_slice().unwrap(),
+        onnx_dlq::tensor::FloatType::F32,
+    );
+
+    let layers = select::conv_layers(&original);
+    assert!(layers[0].convertible(), "{:?}", layers[0].eligibility);
+    let sh = shapes::infer(&original, &[]).unwrap();
+    let lp = rewrite::lower(&original, &layers[0], &cb, &sh, "{}").unwrap();
+    let mut converted = original.clone();
+    rewrite::apply(&mut converted, GraphPatch { layers: vec![lp] }).unwrap();
+    (converted, dense, cb)
+}
+
+fn max_abs(a: &ArrayD<f32>) -> f32 {
+    a.iter().fold(0.0, |m, &x| m.max(x.abs()))
+}
+
+fn check_exact(case: &Case, rng: &mut Xoshiro256PlusPlus) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (converted, dense, _) = convert(case, rng, tmp.path());
+    let s = &case.spec;
+    let shape = [s.batch, s.n, s.h, s.w];
+    let x = ArrayD::from_shape_vec(IxDyn(&shape), uniform(rng, shape.iter().product())).unwrap();
+    let want = Runner::new(&dense, &shape).unwrap().run(&x).unwrap();
+    let got = Runner::new(&converted, &shape)
+        .unwrap_or_else(|e| panic!("{s:?}: {e:#}"))
+        .run(&x)
+        .unwrap();
+    assert_eq!(got.shape(), want.shape(), "{s:?}");
+    let diff = (&got - &want).iter().fold(0f32, |m, &d| m.max(d.abs()));
+    let bound = REL_TOLERANCE * max_abs(&want) + ABS_TOLERANCE;
+    assert!(
+        diff <= bound,
+        "{s:?} {:?} N′={}: max |Δ| = {diff} > {bound}",
+        case.method,
+        case.subspace
+    );
+}
+
+fn random_case(rng: &mut Xoshiro256PlusPlus, opset: i64) -> Case {
+    let p = [1usize, 3, 5][rng.random_range(0..3)];
+    let kh = p;
+    let kw = if rng.random_range(0..6) == 0 {
+        [1usize, 3][rng.random_range(0..2)]
+    } else {
+        p
+    };
+    let dil = [rng.random_range(1..3), rng.random_range(1..3)];
+    let h = rng.random_range(0..4) * 2 + 5 + (kh - 1) * dil[0] as usize;
+    let w = rng.random_range(0..4) * 2 + 5 + (kw - 1) * dil[1] as usize;
+    let auto_pad = match rng.random_range(0..6) {
+        0 => Some("SAME_UPPER"),
+        1 => Some("SAME_LOWER"),
+        2 => Some("VALID"),
+        _ => None,
+    };
+    let n = rng.random_range(2..14);
+    let subspace = rng.random_range(1..=n.min(5));
+    Case {
+        spec: ConvSpec {
+            batch: [1, 3][rng.random_range(0..2)],
+            n,
+            m: rng.random_range(2..10),
+            h,
+            w,
+            kh,
+            kw,
+            strides: [rng.random_range(1..3), rng.random_range(1..3)],
+            dilations: dil,
+            pads: [
+                rng.random_range(0..3),
+                rng.random_range(0..3),
+                rng.random_range(0..3),
+                rng.random_range(0..3),
+            ],
+            auto_pad,
+            bias: rng.random_range(0..4) != 0,
+            opset,
+        },
+        method: if rng.random::<bool>() {
+            Method::Dl
+        } else {
+            Method::Vq
+        },
+        subspace,
+        alpha: rng.random_range(1..3),
+    }
+}
+
+#[test]
+fn random_layers_are_exact_at_every_opset() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(2026);
+    // 7: the shared SqueezeNet's; 9: Slice without steps but newer ops; 11 / 13: Pad and Slice
+    // take inputs; 18: ReduceSum/Pad forms of the newest opsets tract reads.
+    for opset in [7, 9, 11, 13, 18] {
+        for _ in 0..12 {
+            let case = random_case(&mut rng, opset);
+            check_exact(&case, &mut rng);
+        }
+    }
+}
+
+#[test]
+fn the_edges_of_the_space_are_exact() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
+    let base = ConvSpec {
+        batch: 3,
+        n: 10,
+        m: 6,
+        h: 9,
+        w: 7,
+        kh: 3,
+        kw: 3,
+        strides: [2, 2],
+        dilations: [2, 2],
+        pads: [0, 1, 2, 0],
+        auto_pad: None,
+        bias: true,
+        opset: 7,
+    };
+    let cases = [
+        // strided and dilated with asymmetric pads at opset 7 (MaxPool subsampling)
+        Case {
+            spec: base.clone(),
+            method: Method::Dl,
+            subspace: 4,
+            alpha: 2,
+        },
+        // N′ = N (one subspace), no bias, SAME_UPPER at the newest opset
+        Case {
+            spec: ConvSpec {
+                bias: false,
+                auto_pad: Some("SAME_UPPER"),
+                opset: 18,
+                strides: [1, 2],
+                ..base.clone()
+            },
+            method: Method::Dl,
+            subspace: 10,
+            alpha: 2,
+        },
+        // 1×1 kernel with stride 2, VQ
+        Case {
+            spec: ConvSpec {
+                kh: 1,
+                kw: 1,
+                dilations: [1, 1],
+                pads: [0, 0, 0, 0],
+                ..base.clone()
+            },
+            method: Method::Vq,
+            subspace: 3,
+            alpha: 1,
+        },
+        // 5×5, SAME_LOWER, N′ = 1
+        Case {
+            spec: ConvSpec {
+                kh: 5,
+                kw: 5,
+                h: 11,
+                w: 13,
+                auto_pad: Some("SAME_LOWER"),
+                strides: [1, 1],
+                dilations: [1, 1],
+                opset: 13,
+                ..base.clone()
+            },
+            method: Method::Dl,
+            subspace: 1,
+            alpha: 1,
+        },
+    ];
+    for case in &cases {
+        check_exact(case, &mut rng);
+    }
+}
+
+#[test]
+fn multiplications_match_the_paper_formulas_and_planes_stay_bounded() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+    let tmp = tempfile::tempdir().unwrap();
+    for (method, subspace) in [(Method::Dl, 4), (Method::Vq, 4), (Method::Dl, 3)] {
+        // stride 1, "same" padding: the output size m equals the input size, as the paper assumes.
+        let spec = ConvSpec {
+            batch: 1,
+            n: 12,
+            m: 16,
+            h: 11,
+            w: 11,
+            kh: 3,
+            kw: 3,
+            strides: [1, 1],
+            dilations: [1, 1],
+            pads: [1, 1, 1, 1],
+            auto_pad: None,
+            bias: true,
+            opset: 13,
+        };
+        let case = Case {
+            spec: spec.clone(),
+            method,
+            subspace,
+            alpha: 2,
+        };
+        let (converted, _, cb) = convert(&case, &mut rng, tmp.path());
+        let sh = shapes::infer(&converted, &[]).unwrap();
+        let total = cost::graph_cost(&converted, &sh).total.multiplications as usize;
+        let m2 = spec.h * spec.w;
+        let (s, k, l) = (
+            cb.subspaces.len(),
+            cb.subspaces[0].num_representatives(),
+            cb.subspaces[0].atoms.len(),
+        );
+        let expected = match method {
+            Method::Dl => m2 * (spec.n * l + 2 * s * k),
+            Method::Vq => m2 * spec.n * k,
+        };
+        assert_eq!(total, expected, "{method:?} N′={subspace}");
+        // No intermediate holds more than max(S·K, S·M) planes.
+        let bound = (s * k).max(s * spec.m);
+        for (name, dims) in &sh.shapes {
+            if dims.len() == 4 && name.contains("/dlq/") {
+                assert!(dims[1] <= bound, "{name} has {} planes > {bound}", dims[1]);
+            }
+        }
+        // Hygiene: the Conv and its weight are gone, new names are prefixed, order is topological.
+        let g = converted.graph();
+        assert!(g
+            .initializer
+            .iter()
+            .all(|t| t.name.as_deref() != Some("w") && t.name.as_deref() != Some("b")));
+        assert!(g
+            .node
+            .iter()
+            .all(|n| n.name.as_deref().unwrap().starts_with("conv/dlq/")));
+        let mut known: std::collections::HashSet<&str> = g
+            .initializer
+            .iter()
+            .filter_map(|t| t.name.as_deref())
+            .collect();
+        known.insert("x");
+        for n in &g.node {
+            for i in &n.input {
+                assert!(known.contains(i.as_str()), "{i} used before it is computed");
+            }
+            known.extend(n.output.iter().map(String::as_str));
+        }
+        assert_eq!(g.node.last().unwrap().output[0], "y");
+        let meta: Vec<_> = converted
+            .proto
+            .metadata_props
+            .iter()
+            .filter_map(|p| p.key.clone())
+            .collect();
+        assert!(
+            meta.contains(&"onnx-dlq/conv".to_string())
+                && meta.contains(&"onnx-dlq/version".to_string()),
+            "{meta:?}"
+        );
+        let _ = cb.reconstruct().into_dimensionality::<Ix4>();
+    }
+}
