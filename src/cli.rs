@@ -6,8 +6,11 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
+use crate::codebook::{ClusterParams, Method};
+use crate::convert::{self, ConvertOptions, Selection};
+use crate::model::ExternalData;
 use crate::shapes::InputShape;
-use crate::{inspect, model};
+use crate::{diff, inspect, model};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,6 +35,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Replace Conv layers by clustered (DL or VQ) subgraphs (also the bare form).
     Convert(ConvertArgs),
+    /// Compare two models: nodes per op type, initializer bytes, multiplications per layer.
+    Diff(DiffArgs),
 }
 
 #[derive(Debug, Args)]
@@ -55,11 +60,69 @@ pub struct ConvertArgs {
     #[arg(required = true)]
     pub output: Option<PathBuf>,
     /// Layers to convert, by node, output or weight name (comma-separated).
-    #[arg(long, value_delimiter = ',', conflicts_with = "all")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        conflicts_with = "all",
+        required_unless_present = "all"
+    )]
     pub layers: Vec<String>,
-    /// Convert every eligible Conv layer.
+    /// Convert every eligible Conv layer (the others are listed with the reason).
     #[arg(long)]
     pub all: bool,
+    /// dl: the paper's dictionary learning; vq: plain k-means (the baseline).
+    #[arg(long, value_enum, default_value = "dl")]
+    pub method: Method,
+    /// Target acceleration ρ of each converted layer.
+    #[arg(long, default_value_t = 10.0)]
+    pub ratio: f64,
+    /// N′, input channels per subspace.
+    #[arg(long, default_value_t = 8)]
+    pub subspace: usize,
+    /// c = K / K_vq (DL).
+    #[arg(long, default_value_t = 3.0)]
+    pub c: f64,
+    /// α, atoms per representative (DL).
+    #[arg(long, default_value_t = 2)]
+    pub alpha: usize,
+    /// Explicit K (DL) or K_vq (VQ) instead of the rules.
+    #[arg(long)]
+    pub k: Option<usize>,
+    /// Explicit L (DL) instead of the rules.
+    #[arg(long)]
+    pub l: Option<usize>,
+    /// Dictionary-learning iterations.
+    #[arg(long, default_value_t = 20)]
+    pub iters: usize,
+    /// Random seed (same seed, same output bytes).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "F.json")]
+    pub report: Option<PathBuf>,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Write every tensor of at least 1 KiB to `<OUT>.data` (external data).
+    #[arg(long)]
+    pub external_data: bool,
+    /// Concrete shape for a model input, NAME=D1,D2,... (needed for dynamic spatial sizes).
+    #[arg(long = "input-shape", value_name = "NAME=DIMS")]
+    pub input_shape: Vec<InputShape>,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The original model.
+    pub a: PathBuf,
+    /// The converted model.
+    pub b: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Concrete shape for a model input, NAME=D1,D2,...
+    #[arg(long = "input-shape", value_name = "NAME=DIMS")]
+    pub input_shape: Vec<InputShape>,
 }
 
 /// Parses arguments and runs the command. Usage errors exit with 2 (clap), failures with 1.
@@ -68,6 +131,7 @@ pub fn run() -> Result<()> {
     match cli.command {
         Some(Command::Inspect(args)) => run_inspect(args),
         Some(Command::Convert(args)) => run_convert(args),
+        Some(Command::Diff(args)) => run_diff(args),
         None => run_convert(cli.convert),
     }
 }
@@ -86,6 +150,48 @@ fn run_inspect(args: InspectArgs) -> Result<()> {
 
 fn run_convert(args: ConvertArgs) -> Result<()> {
     let input = args.input.expect("required by clap");
-    let _model = model::load(&input)?;
-    anyhow::bail!("convert is not implemented yet")
+    let output = args.output.expect("required by clap");
+    let mut params = ClusterParams::new(args.method, args.ratio);
+    params.subspace = args.subspace;
+    params.c = args.c;
+    params.alpha = args.alpha;
+    params.k = args.k;
+    params.l = args.l;
+    params.iters = args.iters;
+    params.seed = args.seed;
+    let opts = ConvertOptions {
+        selection: if args.all {
+            Selection::All
+        } else {
+            Selection::Named(args.layers)
+        },
+        params,
+        input_shapes: args.input_shape,
+        external: if args.external_data {
+            ExternalData::Always { threshold: 1024 }
+        } else {
+            ExternalData::Auto
+        },
+    };
+    let report = convert::convert(&input, &output, &opts)?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.report {
+        model::write_atomically(path, format!("{json}\n").as_bytes())?;
+    }
+    if args.json {
+        println!("{json}");
+    } else {
+        print!("{}", convert::render(&report));
+    }
+    Ok(())
+}
+
+fn run_diff(args: DiffArgs) -> Result<()> {
+    let d = diff::diff(&args.a, &args.b, &args.input_shape)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+    } else {
+        print!("{}", diff::render(&d));
+    }
+    Ok(())
 }

@@ -10,7 +10,9 @@
 pub mod cli;
 pub mod codebook;
 pub mod conv;
+pub mod convert;
 pub mod cost;
+pub mod diff;
 pub mod inspect;
 pub mod model;
 pub mod rewrite;

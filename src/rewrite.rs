@@ -86,6 +86,8 @@ struct Builder<'a> {
     taken: &'a HashSet<String>,
     nodes: Vec<NodeProto>,
     inits: Vec<TensorProto>,
+    /// Small INT64 constants (slice bounds, axes, pads) are shared within a layer.
+    i64_consts: std::collections::HashMap<Vec<i64>, String>,
 }
 
 impl Builder<'_> {
@@ -292,6 +294,7 @@ pub fn lower(
         taken: &taken,
         nodes: vec![],
         inits: vec![],
+        i64_consts: Default::default(),
     };
 
     let s_count = codebook.subspaces.len();

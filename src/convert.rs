@@ -1,0 +1,305 @@
+//! The convert pipeline: load → select → cluster → rewrite → save, with the per-layer and
+//! model-wide report (K, L, achieved ρ, weight error, multiplications and file sizes).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use ndarray::Ix4;
+use serde::Serialize;
+
+use crate::codebook::{self, ClusterParams, Method};
+use crate::cost::GraphCost;
+use crate::inspect::{self, millions};
+use crate::model::{self, ExternalData, OnnxModel};
+use crate::rewrite::{self, GraphPatch};
+use crate::select::{self, ConvLayer};
+use crate::shapes::{self, InputShape};
+
+/// Which layers to convert.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    Named(Vec<String>),
+    All,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    pub selection: Selection,
+    pub params: ClusterParams,
+    pub input_shapes: Vec<InputShape>,
+    pub external: ExternalData,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerReport {
+    pub name: String,
+    pub kernel: [usize; 4],
+    pub method: Method,
+    pub subspaces: usize,
+    pub k_vq: usize,
+    pub k: usize,
+    pub l: usize,
+    pub alpha: Option<usize>,
+    pub relative_error: f64,
+    pub multiplications_before: u64,
+    pub multiplications_after: u64,
+    pub additions_after: u64,
+    /// multiplications_before / multiplications_after, as counted on the graphs.
+    pub achieved_ratio: f64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedLayer {
+    pub name: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConvertReport {
+    pub input: String,
+    pub output: String,
+    pub params: ClusterParams,
+    pub layers: Vec<LayerReport>,
+    pub skipped: Vec<SkippedLayer>,
+    pub multiplications_before: u64,
+    pub multiplications_after: u64,
+    pub speedup: f64,
+    pub file_bytes_before: u64,
+    pub file_bytes_after: u64,
+    pub external_data: Option<String>,
+}
+
+/// Per-layer seed: the user's seed mixed with the layer name, so a layer's codebook does not
+/// depend on which other layers are converted with it.
+fn layer_seed(seed: u64, name: &str) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in name.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x1000_0000_01b3);
+    }
+    seed ^ h
+}
+
+fn file_size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Picks the layers: named ones must exist and be eligible; `--all` takes every eligible Conv
+/// whose sizes the parameter rules accept and lists the others with the reason.
+fn choose<'a>(
+    layers: &'a [ConvLayer],
+    sel: &Selection,
+    params: &ClusterParams,
+) -> Result<(Vec<&'a ConvLayer>, Vec<SkippedLayer>)> {
+    let sizes_ok = |l: &ConvLayer| -> Result<()> {
+        let k = l.kernel.as_ref().expect("eligible");
+        params.sizes(k[0], k[1], k[2] * k[3]).map(|_| ())
+    };
+    match sel {
+        Selection::Named(names) => {
+            let chosen = select::resolve_all(layers, names)?;
+            for l in &chosen {
+                sizes_ok(l).with_context(|| format!("layer `{}`", l.name))?;
+            }
+            Ok((chosen, vec![]))
+        }
+        Selection::All => {
+            let mut chosen = Vec::new();
+            let mut skipped = Vec::new();
+            for l in layers {
+                let verdict = match &l.eligibility {
+                    Err(r) => Err(r.clone()),
+                    Ok(()) => sizes_ok(l).map_err(|e| e.to_string()),
+                };
+                match verdict {
+                    Ok(()) => chosen.push(l),
+                    Err(reason) => skipped.push(SkippedLayer {
+                        name: l.name.clone(),
+                        reason,
+                    }),
+                }
+            }
+            Ok((chosen, skipped))
+        }
+    }
+}
+
+fn prefix_cost(cost: &GraphCost, model: &OnnxModel, layer: &str) -> crate::cost::OpCost {
+    let prefix = format!("{layer}/dlq/");
+    let g = model.graph();
+    cost.sum_where(|i| {
+        g.node[i]
+            .name
+            .as_deref()
+            .is_some_and(|n| n.starts_with(&prefix))
+    })
+}
+
+/// Converts `input` into `output`; progress lines go to stderr.
+pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
+    opts.params.validate()?;
+    if model::same_file(input, output) {
+        bail!(
+            "refusing to write {}: it is the input model; choose another output path",
+            output.display()
+        );
+    }
+    let original = model::load(input)?;
+    let inv = inspect::inventory(&original, &opts.input_shapes)?;
+    let (chosen, skipped) = choose(&inv.layers, &opts.selection, &opts.params)?;
+    if chosen.is_empty() {
+        bail!(
+            "no layer to convert ({} Conv layers, none eligible with these parameters)",
+            inv.layers.len()
+        );
+    }
+    for s in &skipped {
+        eprintln!("skip {}: {}", s.name, s.reason);
+    }
+    let mut patch = GraphPatch::default();
+    let mut partial = Vec::new();
+    let total = chosen.len();
+    for (i, layer) in chosen.iter().enumerate() {
+        let started = Instant::now();
+        let w = original
+            .tensor_f32(original.initializer(&layer.weight).expect("eligible"))
+            .and_then(|a| Ok(a.into_dimensionality::<Ix4>()?))
+            .with_context(|| format!("layer `{}`: weight `{}`", layer.name, layer.weight))?;
+        let mut params = opts.params.clone();
+        params.seed = layer_seed(opts.params.seed, &layer.name);
+        let cb = codebook::learn(w.view(), &params)
+            .with_context(|| format!("layer `{}`", layer.name))?;
+        let err = cb.relative_error(w.view());
+        let settings = serde_json::json!({
+            "method": params.method, "ratio": params.ratio, "subspace": params.subspace,
+            "c": params.c, "alpha": params.alpha, "k_vq": cb.sizes.k_vq, "k": cb.sizes.k, "l": cb.sizes.l,
+            "iters": params.iters, "seed": opts.params.seed, "relative_error": err,
+        });
+        patch.layers.push(rewrite::lower(
+            &original,
+            layer,
+            &cb,
+            &inv.shapes,
+            &settings.to_string(),
+        )?);
+        let seconds = started.elapsed().as_secs_f64();
+        eprintln!(
+            "[{}/{total}] {}: {:?} K={} L={} S={} relative error {:.4} ({seconds:.2}s)",
+            i + 1,
+            layer.name,
+            cb.kernel_shape,
+            cb.sizes.k,
+            cb.sizes.l,
+            cb.sizes.subspaces,
+            err
+        );
+        partial.push((layer.name.clone(), layer.node_index, cb, err, seconds));
+    }
+    let mut converted = original.clone();
+    rewrite::apply(&mut converted, patch)?;
+    // Counted on the new graph, through the same shape inference as the original.
+    let new_shapes =
+        shapes::infer(&converted, &opts.input_shapes).context("the converted model")?;
+    let new_cost = crate::cost::graph_cost(&converted, &new_shapes);
+    // `converted` keeps the input's path and folder: external tensors are read from there, and
+    // the save refuses to overwrite them.
+    let saved = model::save(&converted, output, opts.external)?;
+    let layers = partial
+        .into_iter()
+        .map(|(name, node_index, cb, err, seconds)| {
+            let before = inv.cost.nodes[node_index].cost.multiplications;
+            let after = prefix_cost(&new_cost, &converted, &name);
+            LayerReport {
+                name,
+                kernel: cb.kernel_shape,
+                method: cb.method,
+                subspaces: cb.sizes.subspaces,
+                k_vq: cb.sizes.k_vq,
+                k: cb.sizes.k,
+                l: cb.sizes.l,
+                alpha: cb.subspaces[0].codes.as_ref().map(|c| c.alpha),
+                relative_error: err,
+                multiplications_before: before,
+                multiplications_after: after.multiplications,
+                additions_after: after.additions,
+                achieved_ratio: before as f64 / after.multiplications.max(1) as f64,
+                seconds,
+            }
+        })
+        .collect();
+    let (mb, ma) = (
+        inv.cost.total.multiplications,
+        new_cost.total.multiplications,
+    );
+    Ok(ConvertReport {
+        input: input.display().to_string(),
+        output: output.display().to_string(),
+        params: opts.params.clone(),
+        layers,
+        skipped,
+        multiplications_before: mb,
+        multiplications_after: ma,
+        speedup: mb as f64 / ma.max(1) as f64,
+        file_bytes_before: file_size(input) + external_size(&original),
+        file_bytes_after: saved.model_bytes + saved.external.as_ref().map_or(0, |e| e.1),
+        external_data: saved.external.map(|e| e.0.display().to_string()),
+    })
+}
+
+fn external_size(m: &OnnxModel) -> u64 {
+    let mut files = std::collections::BTreeSet::<PathBuf>::new();
+    crate::model::visit_tensors(m.graph(), &mut |t| {
+        if let Ok(r) = crate::tensor::external_ref(t, &m.base_dir) {
+            files.insert(r.path);
+        }
+    });
+    files.iter().map(|p| file_size(p)).sum()
+}
+
+pub fn render(r: &ConvertReport) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "layer\tkernel\tmethod\tS\tK_vq\tK\tL\trel.error\tmults before\tmults after\tachieved ρ"
+    );
+    for l in &r.layers {
+        let _ = writeln!(
+            s,
+            "{}\t{}x{}x{}x{}\t{}\t{}\t{}\t{}\t{}\t{:.4}\t{}\t{}\t{:.2}",
+            l.name,
+            l.kernel[0],
+            l.kernel[1],
+            l.kernel[2],
+            l.kernel[3],
+            l.method.as_str(),
+            l.subspaces,
+            l.k_vq,
+            l.k,
+            l.l,
+            l.relative_error,
+            millions(l.multiplications_before),
+            millions(l.multiplications_after),
+            l.achieved_ratio
+        );
+    }
+    for sk in &r.skipped {
+        let _ = writeln!(s, "skipped {}: {}", sk.name, sk.reason);
+    }
+    let _ = writeln!(
+        s,
+        "model: {} -> {} multiplications ({:.3}x fewer); file {} -> {} bytes{}",
+        millions(r.multiplications_before),
+        millions(r.multiplications_after),
+        r.speedup,
+        r.file_bytes_before,
+        r.file_bytes_after,
+        r.external_data
+            .as_ref()
+            .map(|e| format!(" (tensors in {e})"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(s, "wrote {}", r.output);
+    s
+}
