@@ -127,9 +127,13 @@ impl Builder<'_> {
     }
 
     fn i64_init(&mut self, what: &str, values: &[i64]) -> Result<String> {
+        if let Some(n) = self.i64_consts.get(values) {
+            return Ok(n.clone());
+        }
         let n = self.name(what)?;
         self.inits
             .push(tensor::new_i64_tensor(&n, &[values.len()], values));
+        self.i64_consts.insert(values.to_vec(), n.clone());
         Ok(n)
     }
 
