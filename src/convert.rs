@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use ndarray::Ix4;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::codebook::{self, ClusterParams, Method};
 use crate::cost::GraphCost;
@@ -31,7 +31,7 @@ pub struct ConvertOptions {
     pub external: ExternalData,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LayerReport {
     pub name: String,
     pub kernel: [usize; 4],
@@ -50,13 +50,13 @@ pub struct LayerReport {
     pub seconds: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SkippedLayer {
     pub name: String,
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConvertReport {
     pub input: String,
     pub output: String,

@@ -3,9 +3,9 @@
 //! when N′ divides N), so that DL costs no more multiplications than VQ.
 
 use anyhow::{bail, ensure, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// k-means centroids (the VQ baseline).
@@ -25,7 +25,7 @@ impl Method {
 
 /// What the user asks for. Build with [`ClusterParams::new`], adjust fields, then
 /// [`ClusterParams::validate`]; [`ClusterParams::sizes`] applies the rules to one layer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterParams {
     pub method: Method,
     /// Target acceleration ρ of each converted layer.

@@ -173,3 +173,114 @@ pub fn in_memory(proto: ModelProto, dir: &Path) -> onnx_dlq::model::OnnxModel {
         base_dir: dir.to_path_buf(),
     }
 }
+
+/// Writes a float32 array as a `.npy` file (version 1.0, little-endian, C order).
+pub fn write_npy(path: &Path, a: &ndarray::ArrayD<f32>) {
+    let shape: Vec<String> = a.shape().iter().map(|d| d.to_string()).collect();
+    let shape = if shape.len() == 1 {
+        format!("({},)", shape[0])
+    } else {
+        format!("({})", shape.join(", "))
+    };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in a.iter() {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Reads a float32 `.npy` file written by numpy (version 1.0, little-endian, C order).
+pub fn read_npy(path: &Path) -> ndarray::ArrayD<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + len]).unwrap();
+    assert!(
+        header.contains("'<f4'") && header.contains("False"),
+        "{header}"
+    );
+    let shape_txt = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let shape: Vec<usize> = shape_txt
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    let data: Vec<f32> = bytes[10 + len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), data).unwrap()
+}
+
+/// The Python of the cross-check venv (set by scripts/test.sh), or `None` with a loud note;
+/// in CI its absence fails the test.
+pub fn ort_python(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("ONNX_DLQ_PYTHON") {
+        Some(p) => Some(PathBuf::from(p)),
+        None => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{test}: ONNX_DLQ_PYTHON is not set but CI=true; run the tests through scripts/test.sh");
+            }
+            eprintln!("SKIPPED {test} (ONNX Runtime part): ONNX_DLQ_PYTHON not set; scripts/test.sh sets it up");
+            None
+        }
+    }
+}
+
+/// Checks `model` with onnx.checker (full check) and runs it in ONNX Runtime on `input`.
+pub fn run_ort(python: &Path, model: &Path, input: &ndarray::ArrayD<f32>) -> ndarray::ArrayD<f32> {
+    let tmp = tempfile::tempdir().unwrap();
+    let (inp, out) = (tmp.path().join("x.npy"), tmp.path().join("y.npy"));
+    write_npy(&inp, input);
+    let o = Command::new(python)
+        .arg(repo().join("scripts/ort_run.py"))
+        .arg(model)
+        .arg(&inp)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "ONNX Runtime / onnx.checker on {}: {}",
+        model.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    read_npy(&out)
+}
+
+/// Deterministic uniform input in [-1, 1).
+pub fn input_like(shape: &[usize], seed: u64) -> ndarray::ArrayD<f32> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(shape), |_| {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    })
+}
+
+pub fn max_abs_diff(a: &ndarray::ArrayD<f32>, b: &ndarray::ArrayD<f32>) -> f32 {
+    assert_eq!(a.shape(), b.shape());
+    a.iter()
+        .zip(b.iter())
+        .fold(0.0, |m, (x, y)| m.max((x - y).abs()))
+}
+
+pub fn max_abs(a: &ndarray::ArrayD<f32>) -> f32 {
+    a.iter().fold(0.0, |m, &x| m.max(x.abs()))
+}

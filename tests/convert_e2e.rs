@@ -1,0 +1,297 @@
+//! End-to-end conversion: the default model and the shared SqueezeNet / ResNet-56 are converted,
+//! the results run in tract and in ONNX Runtime (after onnx.checker), the per-layer
+//! multiplication reduction matches the paper's formula, and real-weight rewrites are exact.
+
+mod common;
+
+use std::path::Path;
+
+use ndarray::Ix4;
+use onnx_dlq::codebook::{self, ClusterParams, Method};
+use onnx_dlq::convert::{self, ConvertOptions, ConvertReport, Selection};
+use onnx_dlq::model::{self, ExternalData};
+use onnx_dlq::rewrite::{self, GraphPatch};
+use onnx_dlq::runner::Runner;
+use onnx_dlq::{select, shapes, tensor};
+
+/// tract and ONNX Runtime run the same graph with different kernels and summation orders.
+const ENGINE_REL_TOLERANCE: f32 = 1e-3;
+const ENGINE_ABS_TOLERANCE: f32 = 1e-5;
+/// The counted reduction of a layer against the formula's ρ.
+const RATIO_TOLERANCE: f64 = 0.02;
+
+fn opts(selection: Selection, method: Method, ratio: f64) -> ConvertOptions {
+    ConvertOptions {
+        selection,
+        params: ClusterParams::new(method, ratio),
+        input_shapes: vec![],
+        external: ExternalData::Auto,
+    }
+}
+
+/// Runs `converted` in tract and (when available) ONNX Runtime on the same input; returns the
+/// tract output.
+fn run_both(test: &str, converted: &Path, shape: &[usize]) -> ndarray::ArrayD<f32> {
+    let m = model::load(converted).unwrap();
+    let x = common::input_like(shape, 1);
+    let tract = Runner::new(&m, shape)
+        .unwrap_or_else(|e| panic!("tract cannot prepare {}: {e:#}", converted.display()))
+        .run(&x)
+        .unwrap();
+    assert!(tract.iter().all(|v| v.is_finite()));
+    if let Some(py) = common::ort_python(test) {
+        let ort = common::run_ort(&py, converted, &x);
+        let d = common::max_abs_diff(&ort, &tract);
+        let bound = ENGINE_REL_TOLERANCE * common::max_abs(&tract) + ENGINE_ABS_TOLERANCE;
+        assert!(
+            d <= bound,
+            "{}: ONNX Runtime and tract differ by {d} > {bound}",
+            converted.display()
+        );
+    }
+    tract
+}
+
+/// Every converted layer's counted reduction equals the formula's ρ = T_o / T_dl (or T_vq) within
+/// 2 %. The paper's formula counts atom responses at the m×m output positions; a strided Conv
+/// needs them at every input position, so its count is taken over the H×W input positions.
+fn assert_ratios_follow_the_formula(original: &Path, report: &ConvertReport) {
+    let m = model::load(original).unwrap();
+    let sh = shapes::infer(&m, &[]).unwrap();
+    let layers = select::conv_layers(&m);
+    assert!(!report.layers.is_empty());
+    for l in &report.layers {
+        let layer = layers.iter().find(|x| x.name == l.name).unwrap();
+        let input = sh.get(&layer.input).unwrap();
+        let output = sh.get(&layer.output).unwrap();
+        let [mm, n, kh, kw] = l.kernel;
+        let (hw_in, hw_out) = ((input[2] * input[3]) as f64, (output[2] * output[3]) as f64);
+        let t_o = hw_out * (kh * kw * mm * n) as f64;
+        let t_new = match l.method {
+            Method::Dl => hw_in * (n * l.l + l.alpha.unwrap() * l.subspaces * l.k) as f64,
+            Method::Vq => hw_in * (n * l.k_vq) as f64,
+        };
+        let formula = t_o / t_new;
+        assert!(
+            (l.achieved_ratio / formula - 1.0).abs() <= RATIO_TOLERANCE,
+            "{}: counted {:.3}, formula {formula:.3}",
+            l.name,
+            l.achieved_ratio
+        );
+        if hw_in == hw_out {
+            // Where the paper's assumption holds, the counted ρ is the requested one up to
+            // the rounding of K_vq and L.
+            assert!(
+                (l.achieved_ratio / report.params.ratio - 1.0).abs() <= 0.1,
+                "{}: {:.3}",
+                l.name,
+                l.achieved_ratio
+            );
+        }
+    }
+}
+
+#[test]
+fn default_model_converts_and_runs_in_both_engines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("digits-dl.onnx");
+    let report_path = tmp.path().join("report.json");
+    let o = common::run(&[
+        common::path_str(&common::default_model()),
+        common::path_str(&out),
+        "--all",
+        "--ratio",
+        "4",
+        "--report",
+        common::path_str(&report_path),
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let table = common::stdout(&o);
+    assert!(
+        table.contains("conv4") && table.contains("skipped conv1"),
+        "{table}"
+    );
+    assert!(
+        common::stderr(&o).contains("[3/3] conv4"),
+        "progress lines on stderr"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    assert_eq!(report["layers"].as_array().unwrap().len(), 3);
+    assert!(
+        report["multiplications_after"].as_u64().unwrap()
+            < report["multiplications_before"].as_u64().unwrap()
+    );
+    let converted = run_both(
+        "default_model_converts_and_runs_in_both_engines",
+        &out,
+        &[3, 3, 8, 8],
+    );
+    assert_eq!(converted.shape(), &[3, 10]);
+    let r: ConvertReport = {
+        // Same conversion through the library, for the formula check.
+        convert::convert(
+            &common::default_model(),
+            &tmp.path().join("again.onnx"),
+            &opts(Selection::All, Method::Dl, 4.0),
+        )
+        .unwrap()
+    };
+    assert_ratios_follow_the_formula(&common::default_model(), &r);
+    // Same input, flags and seed: the same bytes.
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(tmp.path().join("again.onnx")).unwrap()
+    );
+}
+
+#[test]
+fn squeezenet_fire8_at_ratio_20() {
+    let Some(sq) = common::shared_model("squeezenet_fire8_at_ratio_20", "squeezenet1.1.onnx")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("sq-fire8.onnx");
+    let o = common::run(&[
+        common::path_str(&sq),
+        common::path_str(&out),
+        "--layers",
+        "fire8/expand3x3_1",
+        "--ratio",
+        "20",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let report: ConvertReport =
+        serde_json::from_slice(&o.stdout).expect("--json prints the report");
+    assert_ratios_follow_the_formula(&sq, &report);
+    let y = run_both("squeezenet_fire8_at_ratio_20", &out, &[1, 3, 224, 224]);
+    assert_eq!(y.len(), 1000);
+}
+
+#[test]
+fn squeezenet_and_resnet56_convert_all_at_ratio_10() {
+    let Some(shared) = common::shared("squeezenet_and_resnet56_convert_all_at_ratio_10") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    for (file, shape) in [
+        ("squeezenet1.1.onnx", [1, 3, 224, 224]),
+        ("resnet56-cifar10.onnx", [1, 3, 32, 32]),
+    ] {
+        let src = shared.join("models").join(file);
+        let out = tmp.path().join(file);
+        let report = convert::convert(&src, &out, &opts(Selection::All, Method::Dl, 10.0)).unwrap();
+        assert_ratios_follow_the_formula(&src, &report);
+        assert!(
+            report.file_bytes_after < report.file_bytes_before,
+            "{file}: the file should shrink"
+        );
+        run_both(
+            "squeezenet_and_resnet56_convert_all_at_ratio_10",
+            &out,
+            &shape,
+        );
+    }
+}
+
+#[test]
+fn real_weights_rewrite_exactly_at_opset_7() {
+    let Some(sq) = common::shared_model(
+        "real_weights_rewrite_exactly_at_opset_7",
+        "squeezenet1.1.onnx",
+    ) else {
+        return;
+    };
+    let m = model::load(&sq).unwrap();
+    assert_eq!(m.default_opset(), 7);
+    let layers = select::conv_layers(&m);
+    let (layer, _) = select::resolve(&layers, "fire8/expand3x3_1").unwrap();
+    let w = m
+        .tensor_f32(m.initializer(&layer.weight).unwrap())
+        .unwrap()
+        .into_dimensionality::<Ix4>()
+        .unwrap();
+    for method in [Method::Dl, Method::Vq] {
+        let cb = codebook::learn(w.view(), &ClusterParams::new(method, 20.0)).unwrap();
+        let sh = shapes::infer(&m, &[]).unwrap();
+        let mut converted = m.clone();
+        rewrite::apply(
+            &mut converted,
+            GraphPatch {
+                layers: vec![rewrite::lower(&m, layer, &cb, &sh, "{}").unwrap()],
+            },
+        )
+        .unwrap();
+        let mut dense = m.clone();
+        let rec = cb.reconstruct();
+        let t = dense
+            .graph_mut()
+            .initializer
+            .iter_mut()
+            .find(|t| t.name.as_deref() == Some(layer.weight.as_str()))
+            .unwrap();
+        tensor::set_f32(
+            t,
+            rec.shape(),
+            rec.as_slice().unwrap(),
+            tensor::FloatType::F32,
+        );
+        // Compare the layer's own output: expose it as the graph output.
+        for g in [converted.graph_mut(), dense.graph_mut()] {
+            g.output = vec![common::value_info("fire8/expand3x3_1", 1, None)];
+        }
+        let x = common::input_like(&[1, 3, 224, 224], 5);
+        let want = Runner::new(&dense, &[1, 3, 224, 224])
+            .unwrap()
+            .run(&x)
+            .unwrap();
+        let got = Runner::new(&converted, &[1, 3, 224, 224])
+            .unwrap()
+            .run(&x)
+            .unwrap();
+        let d = common::max_abs_diff(&got, &want);
+        assert!(d <= 1e-4 * common::max_abs(&want) + 1e-5, "{method:?}: {d}");
+    }
+}
+
+#[test]
+fn output_equal_to_input_is_refused_and_nothing_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("m.onnx");
+    std::fs::copy(common::default_model(), &copy).unwrap();
+    let before = std::fs::read(&copy).unwrap();
+    let alias = tmp.path().join(".").join("m.onnx");
+    let o = common::run(&[
+        common::path_str(&copy),
+        common::path_str(&alias),
+        "--layers",
+        "conv2",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        common::stderr(&o).contains("refusing to write"),
+        "{}",
+        common::stderr(&o)
+    );
+    assert_eq!(std::fs::read(&copy).unwrap(), before);
+    let o = common::run(&[
+        common::path_str(&copy),
+        common::path_str(&tmp.path().join("o.onnx")),
+        "--layers",
+        "conv1",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        common::stderr(&o).contains("layer `conv1`") && common::stderr(&o).contains("N′ = 8"),
+        "{}",
+        common::stderr(&o)
+    );
+    assert!(!tmp.path().join("o.onnx").exists());
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        1,
+        "no stray temporary files"
+    );
+}
