@@ -10,7 +10,7 @@ use crate::codebook::{ClusterParams, Method};
 use crate::convert::{self, ConvertOptions, Selection};
 use crate::model::ExternalData;
 use crate::shapes::InputShape;
-use crate::{diff, inspect, model};
+use crate::{diff, inspect, model, sweep};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,6 +37,8 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Compare two models: nodes per op type, initializer bytes, multiplications per layer.
     Diff(DiffArgs),
+    /// Relative weight error of VQ and DL over ratios for one layer (the paper's Experiment I).
+    Sweep(SweepArgs),
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +127,41 @@ pub struct DiffArgs {
     pub input_shape: Vec<InputShape>,
 }
 
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// The ONNX model.
+    pub model: PathBuf,
+    /// The layer, by node, output or weight name.
+    #[arg(long)]
+    pub layer: String,
+    /// Acceleration ratios ρ (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "10,20,30,40")]
+    pub ratios: Vec<f64>,
+    /// DL c values (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "3")]
+    pub c: Vec<f64>,
+    /// DL α values (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "2")]
+    pub alpha: Vec<usize>,
+    /// N′, input channels per subspace.
+    #[arg(long, default_value_t = 8)]
+    pub subspace: usize,
+    /// Dictionary-learning iterations.
+    #[arg(long, default_value_t = 20)]
+    pub iters: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write the rows as CSV to this file.
+    #[arg(long, value_name = "F.csv")]
+    pub csv: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Plot error vs ρ per method to this SVG file.
+    #[arg(long, value_name = "F.svg")]
+    pub plot: Option<PathBuf>,
+}
+
 /// Parses arguments and runs the command. Usage errors exit with 2 (clap), failures with 1.
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
@@ -132,6 +169,7 @@ pub fn run() -> Result<()> {
         Some(Command::Inspect(args)) => run_inspect(args),
         Some(Command::Convert(args)) => run_convert(args),
         Some(Command::Diff(args)) => run_diff(args),
+        Some(Command::Sweep(args)) => run_sweep(args),
         None => run_convert(cli.convert),
     }
 }
@@ -192,6 +230,30 @@ fn run_diff(args: DiffArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&d)?);
     } else {
         print!("{}", diff::render(&d));
+    }
+    Ok(())
+}
+
+fn run_sweep(args: SweepArgs) -> Result<()> {
+    let opts = sweep::SweepOptions {
+        ratios: args.ratios,
+        cs: args.c,
+        alphas: args.alpha,
+        subspace: args.subspace,
+        iters: args.iters,
+        seed: args.seed,
+    };
+    let report = sweep::sweep(&args.model, &args.layer, &opts)?;
+    if let Some(path) = &args.csv {
+        model::write_atomically(path, sweep::to_csv(&report).as_bytes())?;
+    }
+    if let Some(path) = &args.plot {
+        sweep::plot_svg(&report, path)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", sweep::render(&report));
     }
     Ok(())
 }

@@ -19,6 +19,7 @@ pub mod rewrite;
 pub mod runner;
 pub mod select;
 pub mod shapes;
+pub mod sweep;
 pub mod tensor;
 
 /// ONNX protobuf messages, generated from `proto/onnx.proto` at build time.
