@@ -295,3 +295,20 @@ fn output_equal_to_input_is_refused_and_nothing_is_written() {
         "no stray temporary files"
     );
 }
+
+#[test]
+fn output_bytes_do_not_depend_on_the_thread_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut outputs = Vec::new();
+    for threads in ["1", "2"] {
+        let out = tmp.path().join(format!("t{threads}.onnx"));
+        let o = common::bin()
+            .env("RAYON_NUM_THREADS", threads)
+            .args([common::path_str(&common::default_model()), common::path_str(&out), "--all", "--ratio", "4", "--seed", "7"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        outputs.push(std::fs::read(&out).unwrap());
+    }
+    assert!(outputs[0] == outputs[1], "1 and 2 threads wrote different bytes");
+}

@@ -230,6 +230,26 @@ mod tests {
     }
 
     #[test]
+    fn same_seed_same_codebook_on_one_or_two_threads() {
+        let w = random_kernel((32, 20, 3, 3), 9);
+        for method in [Method::Vq, Method::Dl] {
+            let mut p = ClusterParams::new(method, 4.0);
+            p.seed = 42;
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| learn(w.view(), &p).unwrap())
+            };
+            let (one, two) = (run(1), run(2));
+            assert_eq!(one, two, "{method:?}");
+            // And bit for bit, not just within float equality.
+            let bits = |cb: &Codebook| cb.subspaces.iter().flat_map(|s| s.atoms.data.iter().map(|x| x.to_bits())).collect::<Vec<_>>();
+            assert_eq!(bits(&one), bits(&two));
+            p.seed = 43;
+            assert_ne!(learn(w.view(), &p).unwrap(), one, "another seed gives another codebook");
+        }
+    }
+
+    #[test]
     fn keeping_every_column_is_exact() {
         // ρ such that K_vq = p²M: every column its own centroid.
         let w = random_kernel((4, 8, 1, 1), 3);
