@@ -304,11 +304,22 @@ fn output_bytes_do_not_depend_on_the_thread_count() {
         let out = tmp.path().join(format!("t{threads}.onnx"));
         let o = common::bin()
             .env("RAYON_NUM_THREADS", threads)
-            .args([common::path_str(&common::default_model()), common::path_str(&out), "--all", "--ratio", "4", "--seed", "7"])
+            .args([
+                common::path_str(&common::default_model()),
+                common::path_str(&out),
+                "--all",
+                "--ratio",
+                "4",
+                "--seed",
+                "7",
+            ])
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", common::stderr(&o));
         outputs.push(std::fs::read(&out).unwrap());
     }
-    assert!(outputs[0] == outputs[1], "1 and 2 threads wrote different bytes");
+    assert!(
+        outputs[0] == outputs[1],
+        "1 and 2 threads wrote different bytes"
+    );
 }

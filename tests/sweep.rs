@@ -21,7 +21,10 @@ fn error(rows: &[Value], method: &str, ratio: f64) -> f64 {
 
 #[test]
 fn fire8_quality_matches_the_independent_implementation() {
-    let Some(sq) = common::shared_model("fire8_quality_matches_the_independent_implementation", "squeezenet1.1.onnx") else {
+    let Some(sq) = common::shared_model(
+        "fire8_quality_matches_the_independent_implementation",
+        "squeezenet1.1.onnx",
+    ) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -45,14 +48,26 @@ fn fire8_quality_matches_the_independent_implementation() {
     for ((ratio, vq_ref), (_, dl_ref)) in INDEPENDENT_VQ.iter().zip(INDEPENDENT_DL.iter()) {
         let (vq, dl) = (error(rows, "vq", *ratio), error(rows, "dl", *ratio));
         assert!(dl < vq, "ρ={ratio}: DL {dl} not below VQ {vq}");
-        assert!(vq <= vq_ref + QUALITY_SLACK, "ρ={ratio}: VQ {vq} vs independent {vq_ref}");
-        assert!(dl <= dl_ref + QUALITY_SLACK, "ρ={ratio}: DL {dl} vs independent {dl_ref}");
+        assert!(
+            vq <= vq_ref + QUALITY_SLACK,
+            "ρ={ratio}: VQ {vq} vs independent {vq_ref}"
+        );
+        assert!(
+            dl <= dl_ref + QUALITY_SLACK,
+            "ρ={ratio}: DL {dl} vs independent {dl_ref}"
+        );
     }
     // The paper's headline: DL at twice the acceleration is about as accurate as VQ.
     assert!(error(rows, "dl", 20.0) <= 1.03 * error(rows, "vq", 10.0));
     let gain = j["gain_at_equal_error"].as_f64().unwrap();
     assert!(gain > 1.5, "gain at equal error {gain}");
-    assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 1 + rows.len());
+    assert_eq!(
+        std::fs::read_to_string(&csv).unwrap().lines().count(),
+        1 + rows.len()
+    );
     let plot = std::fs::read_to_string(&svg).unwrap();
-    assert!(plot.starts_with("<svg") && plot.contains("DL c=3") && plot.contains("VQ"), "the plot has both methods");
+    assert!(
+        plot.starts_with("<svg") && plot.contains("DL c=3") && plot.contains("VQ"),
+        "the plot has both methods"
+    );
 }

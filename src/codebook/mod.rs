@@ -236,16 +236,28 @@ mod tests {
             let mut p = ClusterParams::new(method, 4.0);
             p.seed = 42;
             let run = |threads: usize| {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
                 pool.install(|| learn(w.view(), &p).unwrap())
             };
             let (one, two) = (run(1), run(2));
             assert_eq!(one, two, "{method:?}");
             // And bit for bit, not just within float equality.
-            let bits = |cb: &Codebook| cb.subspaces.iter().flat_map(|s| s.atoms.data.iter().map(|x| x.to_bits())).collect::<Vec<_>>();
+            let bits = |cb: &Codebook| {
+                cb.subspaces
+                    .iter()
+                    .flat_map(|s| s.atoms.data.iter().map(|x| x.to_bits()))
+                    .collect::<Vec<_>>()
+            };
             assert_eq!(bits(&one), bits(&two));
             p.seed = 43;
-            assert_ne!(learn(w.view(), &p).unwrap(), one, "another seed gives another codebook");
+            assert_ne!(
+                learn(w.view(), &p).unwrap(),
+                one,
+                "another seed gives another codebook"
+            );
         }
     }
 
