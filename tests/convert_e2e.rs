@@ -323,3 +323,77 @@ fn output_bytes_do_not_depend_on_the_thread_count() {
         "1 and 2 threads wrote different bytes"
     );
 }
+
+#[test]
+fn everything_but_the_converted_layer_is_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("conv3.onnx");
+    convert::convert(
+        &common::default_model(),
+        &out,
+        &opts(Selection::Named(vec!["conv3".into()]), Method::Dl, 4.0),
+    )
+    .unwrap();
+    let a = model::load(&common::default_model()).unwrap();
+    let b = model::load(&out).unwrap();
+    assert_eq!(a.proto.opset_import, b.proto.opset_import);
+    assert_eq!(
+        (
+            a.proto.ir_version,
+            &a.proto.producer_name,
+            &a.proto.doc_string
+        ),
+        (
+            b.proto.ir_version,
+            &b.proto.producer_name,
+            &b.proto.doc_string
+        )
+    );
+    let (ga, gb) = (a.graph(), b.graph());
+    assert_eq!(
+        (&ga.input, &ga.output, &ga.name),
+        (&gb.input, &gb.output, &gb.name)
+    );
+    // Every other node, in order, byte for byte.
+    let kept: Vec<_> = gb
+        .node
+        .iter()
+        .filter(|n| !n.name.as_deref().unwrap_or("").starts_with("conv3/dlq/"))
+        .collect();
+    let original: Vec<_> = ga
+        .node
+        .iter()
+        .filter(|n| n.name.as_deref() != Some("conv3"))
+        .collect();
+    assert_eq!(kept, original);
+    // Every other initializer byte-identical; the Conv's own weight and bias are gone.
+    for t in &ga.initializer {
+        let name = t.name.as_deref().unwrap();
+        match gb
+            .initializer
+            .iter()
+            .find(|u| u.name.as_deref() == Some(name))
+        {
+            Some(u) => assert_eq!(u, t, "{name} changed"),
+            None => assert!(
+                name == "conv3.weight" || name == "conv3.bias",
+                "{name} removed"
+            ),
+        }
+    }
+    assert!(gb.initializer.iter().all(|t| {
+        let n = t.name.as_deref().unwrap();
+        n.starts_with("conv3/dlq/") || ga.initializer.iter().any(|u| u.name.as_deref() == Some(n))
+    }));
+    // The settings are recorded.
+    let meta: std::collections::HashMap<_, _> = b
+        .proto
+        .metadata_props
+        .iter()
+        .map(|p| (p.key.clone().unwrap(), p.value.clone().unwrap()))
+        .collect();
+    let settings: serde_json::Value = serde_json::from_str(&meta["onnx-dlq/conv3"]).unwrap();
+    assert_eq!(settings["method"], "dl");
+    assert_eq!(settings["ratio"], 4.0);
+    assert!(meta.contains_key("onnx-dlq/version"));
+}
