@@ -192,8 +192,15 @@ impl Builder<'_> {
         }
     }
 
+    /// Gather along channels; indices are INT32 (every opset allows it) to keep files small.
     fn gather(&mut self, what: &str, x: &str, indices: &[i64]) -> Result<String> {
-        let idx = self.i64_init(&format!("{what}_indices"), indices)?;
+        let idx = self.name(&format!("{what}_indices"))?;
+        let narrow: Vec<i32> = indices
+            .iter()
+            .map(|&i| i32::try_from(i).expect("channel index fits in i32"))
+            .collect();
+        self.inits
+            .push(tensor::new_i32_tensor(&idx, &[narrow.len()], &narrow));
         self.node(
             "Gather",
             what,

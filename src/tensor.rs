@@ -343,7 +343,18 @@ pub fn new_tensor(name: &str, shape: &[usize], values: &[f32], elem: FloatType) 
     t
 }
 
-/// A new INT64 tensor (shapes, indices, axes).
+/// A new INT32 tensor (look-up indices: half the bytes of INT64).
+pub fn new_i32_tensor(name: &str, shape: &[usize], values: &[i32]) -> TensorProto {
+    TensorProto {
+        name: Some(name.to_string()),
+        dims: shape.iter().map(|&d| d as i64).collect(),
+        data_type: Some(DataType::Int32 as i32),
+        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ..Default::default()
+    }
+}
+
+/// A new INT64 tensor (shapes, axes, slice bounds).
 pub fn new_i64_tensor(name: &str, shape: &[usize], values: &[i64]) -> TensorProto {
     TensorProto {
         name: Some(name.to_string()),
