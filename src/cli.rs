@@ -10,7 +10,7 @@ use crate::codebook::{ClusterParams, Method};
 use crate::convert::{self, ConvertOptions, Selection};
 use crate::model::ExternalData;
 use crate::shapes::InputShape;
-use crate::{diff, inspect, model, sweep};
+use crate::{diff, inspect, model, stages, sweep, verify};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,6 +39,10 @@ pub enum Command {
     Diff(DiffArgs),
     /// Relative weight error of VQ and DL over ratios for one layer (the paper's Experiment I).
     Sweep(SweepArgs),
+    /// Run the original and the converted model in tract: accuracy, agreement, cost, latency.
+    Verify(VerifyArgs),
+    /// Accuracy after converting stage after stage, per method and ratio (the paper's Experiment II).
+    Stages(StagesArgs),
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +115,11 @@ pub struct ConvertArgs {
     /// Concrete shape for a model input, NAME=D1,D2,... (needed for dynamic spatial sizes).
     #[arg(long = "input-shape", value_name = "NAME=DIMS")]
     pub input_shape: Vec<InputShape>,
+    /// Run `verify` on the result right after converting.
+    #[arg(long)]
+    pub verify: bool,
+    #[command(flatten)]
+    pub verify_data: VerifyData,
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +134,93 @@ pub struct DiffArgs {
     /// Concrete shape for a model input, NAME=D1,D2,...
     #[arg(long = "input-shape", value_name = "NAME=DIMS")]
     pub input_shape: Vec<InputShape>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The original model.
+    pub original: PathBuf,
+    /// The converted model.
+    pub converted: PathBuf,
+    #[command(flatten)]
+    pub data: VerifyData,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Concrete shape for a model input, NAME=D1,D2,... (random inputs only).
+    #[arg(long = "input-shape", value_name = "NAME=DIMS")]
+    pub input_shape: Vec<InputShape>,
+}
+
+/// What `verify` runs the models on (also used by `convert --verify`).
+#[derive(Debug, Args)]
+pub struct VerifyData {
+    /// A labelled image set (labels.csv + classes.txt); needs --preprocess.
+    #[arg(long, requires = "preprocess")]
+    pub data: Option<PathBuf>,
+    /// The preprocessing spec (JSON) for --data.
+    #[arg(long, requires = "data", value_name = "SPEC.json")]
+    pub preprocess: Option<PathBuf>,
+    /// At most this many samples (default: the whole set, or 8 random inputs).
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// Timed runs per model for the latency figures.
+    #[arg(long, default_value_t = 10)]
+    pub runs: usize,
+}
+
+impl VerifyData {
+    fn options(&self, input_shapes: Vec<InputShape>) -> verify::VerifyOptions {
+        verify::VerifyOptions {
+            data: self.data.clone().zip(self.preprocess.clone()),
+            samples: self.samples,
+            runs: self.runs,
+            input_shapes,
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct StagesArgs {
+    /// The ONNX model.
+    pub model: PathBuf,
+    /// Stages in order (comma-separated layer-name prefixes; a stage is every convertible Conv
+    /// whose name starts with its prefix). Stages are converted cumulatively.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub stages: Vec<String>,
+    /// Acceleration ratios ρ (comma-separated).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub ratios: Vec<f64>,
+    /// Methods (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "dl,vq")]
+    pub methods: Vec<Method>,
+    /// A labelled image set (labels.csv + classes.txt).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The preprocessing spec (JSON) for --data.
+    #[arg(long, value_name = "SPEC.json")]
+    pub preprocess: PathBuf,
+    /// At most this many samples (default: the whole set).
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// N′, input channels per subspace.
+    #[arg(long, default_value_t = 8)]
+    pub subspace: usize,
+    /// DL: c = K / K_vq.
+    #[arg(long, default_value_t = 3.0)]
+    pub c: f64,
+    /// DL: α, atoms per representative.
+    #[arg(long, default_value_t = 2)]
+    pub alpha: usize,
+    /// Dictionary-learning iterations.
+    #[arg(long, default_value_t = 20)]
+    pub iters: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print JSON instead of Markdown tables.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -170,6 +266,8 @@ pub fn run() -> Result<()> {
         Some(Command::Convert(args)) => run_convert(args),
         Some(Command::Diff(args)) => run_diff(args),
         Some(Command::Sweep(args)) => run_sweep(args),
+        Some(Command::Verify(args)) => run_verify(args),
+        Some(Command::Stages(args)) => run_stages(args),
         None => run_convert(cli.convert),
     }
 }
@@ -204,7 +302,7 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
             Selection::Named(args.layers)
         },
         params,
-        input_shapes: args.input_shape,
+        input_shapes: args.input_shape.clone(),
         external: if args.external_data {
             ExternalData::Always { threshold: 1024 }
         } else {
@@ -216,10 +314,64 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
     if let Some(path) = &args.report {
         model::write_atomically(path, format!("{json}\n").as_bytes())?;
     }
-    if args.json {
-        println!("{json}");
-    } else {
+    if !args.json {
         print!("{}", convert::render(&report));
+    }
+    let verified = match args.verify {
+        true => Some(verify::verify(
+            &input,
+            &output,
+            &args.verify_data.options(args.input_shape),
+        )?),
+        false => None,
+    };
+    match (args.json, &verified) {
+        (true, Some(v)) => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"convert": report, "verify": v}))?
+        ),
+        (true, None) => println!("{json}"),
+        (false, Some(v)) => print!("{}", verify::render(v)),
+        (false, None) => {}
+    }
+    Ok(())
+}
+
+fn run_verify(args: VerifyArgs) -> Result<()> {
+    let v = verify::verify(
+        &args.original,
+        &args.converted,
+        &args.data.options(args.input_shape),
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", verify::render(&v));
+    }
+    Ok(())
+}
+
+fn run_stages(args: StagesArgs) -> Result<()> {
+    let mut params = ClusterParams::new(Method::Dl, 2.0);
+    params.subspace = args.subspace;
+    params.c = args.c;
+    params.alpha = args.alpha;
+    params.iters = args.iters;
+    params.seed = args.seed;
+    let opts = stages::StagesOptions {
+        stages: args.stages,
+        ratios: args.ratios,
+        methods: args.methods,
+        params,
+        data: args.data,
+        preprocess: args.preprocess,
+        samples: args.samples,
+    };
+    let report = stages::run(&args.model, &opts)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", stages::render(&report));
     }
     Ok(())
 }

@@ -136,17 +136,19 @@ fn prefix_cost(cost: &GraphCost, model: &OnnxModel, layer: &str) -> crate::cost:
     })
 }
 
-/// Converts `input` into `output`; progress lines go to stderr.
-pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
+/// A model converted in memory, with what each layer became.
+pub struct Converted {
+    pub model: OnnxModel,
+    pub layers: Vec<LayerReport>,
+    pub skipped: Vec<SkippedLayer>,
+    pub multiplications_before: u64,
+    pub multiplications_after: u64,
+}
+
+/// Converts the chosen layers of `original` in memory; progress lines go to stderr.
+pub fn convert_model(original: &OnnxModel, opts: &ConvertOptions) -> Result<Converted> {
     opts.params.validate()?;
-    if model::same_file(input, output) {
-        bail!(
-            "refusing to write {}: it is the input model; choose another output path",
-            output.display()
-        );
-    }
-    let original = model::load(input)?;
-    let inv = inspect::inventory(&original, &opts.input_shapes)?;
+    let inv = inspect::inventory(original, &opts.input_shapes)?;
     let (chosen, skipped) = choose(&inv.layers, &opts.selection, &opts.params)?;
     if chosen.is_empty() {
         bail!(
@@ -177,7 +179,7 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
             "iters": params.iters, "seed": opts.params.seed, "relative_error": err,
         });
         patch.layers.push(rewrite::lower(
-            &original,
+            original,
             layer,
             &cb,
             &inv.shapes,
@@ -202,9 +204,6 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
     let new_shapes =
         shapes::infer(&converted, &opts.input_shapes).context("the converted model")?;
     let new_cost = crate::cost::graph_cost(&converted, &new_shapes);
-    // `converted` keeps the input's path and folder: external tensors are read from there, and
-    // the save refuses to overwrite them.
-    let saved = model::save(&converted, output, opts.external)?;
     let layers = partial
         .into_iter()
         .map(|(name, node_index, cb, err, seconds)| {
@@ -228,16 +227,36 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
             }
         })
         .collect();
-    let (mb, ma) = (
-        inv.cost.total.multiplications,
-        new_cost.total.multiplications,
-    );
+    Ok(Converted {
+        model: converted,
+        layers,
+        skipped,
+        multiplications_before: inv.cost.total.multiplications,
+        multiplications_after: new_cost.total.multiplications,
+    })
+}
+
+/// Converts `input` into `output`; progress lines go to stderr.
+pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
+    opts.params.validate()?;
+    if model::same_file(input, output) {
+        bail!(
+            "refusing to write {}: it is the input model; choose another output path",
+            output.display()
+        );
+    }
+    let original = model::load(input)?;
+    let c = convert_model(&original, opts)?;
+    // `c.model` keeps the input's path and folder: external tensors are read from there, and
+    // the save refuses to overwrite them.
+    let saved = model::save(&c.model, output, opts.external)?;
+    let (mb, ma) = (c.multiplications_before, c.multiplications_after);
     Ok(ConvertReport {
         input: input.display().to_string(),
         output: output.display().to_string(),
         params: opts.params.clone(),
-        layers,
-        skipped,
+        layers: c.layers,
+        skipped: c.skipped,
         multiplications_before: mb,
         multiplications_after: ma,
         speedup: mb as f64 / ma.max(1) as f64,

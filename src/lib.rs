@@ -12,6 +12,7 @@ pub mod codebook;
 pub mod conv;
 pub mod convert;
 pub mod cost;
+pub mod data;
 pub mod diff;
 pub mod inspect;
 pub mod model;
@@ -19,8 +20,10 @@ pub mod rewrite;
 pub mod runner;
 pub mod select;
 pub mod shapes;
+pub mod stages;
 pub mod sweep;
 pub mod tensor;
+pub mod verify;
 
 /// ONNX protobuf messages, generated from `proto/onnx.proto` at build time.
 #[allow(clippy::all)]

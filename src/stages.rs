@@ -1,0 +1,249 @@
+//! Stage-wise evaluation (the paper's Experiment II without fine-tuning): for each method and
+//! ratio, convert the layers of stage 1, then of stages 1–2, … cumulatively, and measure
+//! top-1 / top-5 on a labelled set, agreement with the original and the whole-model
+//! multiplication reduction after each stage.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Context, Result};
+use serde::Serialize;
+
+use crate::codebook::{ClusterParams, Method};
+use crate::convert::{self, ConvertOptions, Selection};
+use crate::model::{self, ExternalData, OnnxModel};
+use crate::runner::Runner;
+use crate::select;
+use crate::verify::{self, EvalSet};
+
+#[derive(Debug, Clone)]
+pub struct StagesOptions {
+    /// Each stage: a layer-name prefix; a stage is every convertible Conv whose name starts with it.
+    pub stages: Vec<String>,
+    pub ratios: Vec<f64>,
+    pub methods: Vec<Method>,
+    /// Parameters besides method and ratio (N′, c, α, iterations, seed).
+    pub params: ClusterParams,
+    pub data: PathBuf,
+    pub preprocess: PathBuf,
+    pub samples: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageRow {
+    /// `None` for the original model.
+    pub method: Option<Method>,
+    pub ratio: Option<f64>,
+    /// How many stages are converted (0 for the original).
+    pub stages: usize,
+    pub last_stage: Option<String>,
+    pub layers: Vec<String>,
+    pub top1: f64,
+    pub top5: f64,
+    pub top1_agreement: f64,
+    pub multiplications: u64,
+    /// Original multiplications / this model's.
+    pub speedup: f64,
+    /// ‖W − W̃‖/‖W‖ over all converted layers' weights together.
+    pub weight_error: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StagesReport {
+    pub model: String,
+    pub samples: usize,
+    pub stages: Vec<(String, Vec<String>)>,
+    pub rows: Vec<StageRow>,
+}
+
+/// The convertible layers of each stage, in graph order.
+fn stage_layers(model: &OnnxModel, stages: &[String]) -> Result<Vec<(String, Vec<String>)>> {
+    let layers = select::conv_layers(model);
+    stages
+        .iter()
+        .map(|prefix| {
+            let names: Vec<String> = layers
+                .iter()
+                .filter(|l| l.convertible() && l.name.starts_with(prefix.as_str()))
+                .map(|l| l.name.clone())
+                .collect();
+            ensure!(
+                !names.is_empty(),
+                "stage `{prefix}` names no convertible Conv layer (a stage is a layer-name prefix)"
+            );
+            Ok((prefix.clone(), names))
+        })
+        .collect()
+}
+
+pub fn run(path: &Path, opts: &StagesOptions) -> Result<StagesReport> {
+    ensure!(!opts.stages.is_empty(), "--stages needs at least one stage");
+    ensure!(!opts.ratios.is_empty(), "--ratios needs at least one ratio");
+    ensure!(
+        !opts.methods.is_empty(),
+        "--methods needs at least one method"
+    );
+    let original = model::load(path)?;
+    let stages = stage_layers(&original, &opts.stages)?;
+    let set = EvalSet::images(&original, &opts.data, &opts.preprocess, opts.samples)?;
+    let runner =
+        Runner::new(&original, &set.input_shape).with_context(|| path.display().to_string())?;
+    let base = set.run(&runner, "original")?;
+    let (top1, top5) = set.accuracy(&base).expect("a labelled set");
+    let base_mults = verify::multiplications(&original, &set.input_shape)?;
+    let mut rows = vec![StageRow {
+        method: None,
+        ratio: None,
+        stages: 0,
+        last_stage: None,
+        layers: vec![],
+        top1,
+        top5,
+        top1_agreement: 1.0,
+        multiplications: base_mults,
+        speedup: 1.0,
+        weight_error: None,
+    }];
+    eprintln!(
+        "original: top-1 {:.2}%, top-5 {:.2}%",
+        100.0 * top1,
+        100.0 * top5
+    );
+    for &method in &opts.methods {
+        for &ratio in &opts.ratios {
+            let mut layers: Vec<String> = Vec::new();
+            for (i, (stage, names)) in stages.iter().enumerate() {
+                layers.extend(names.iter().cloned());
+                let mut params = opts.params.clone();
+                params.method = method;
+                params.ratio = ratio;
+                let c = convert::convert_model(
+                    &original,
+                    &ConvertOptions {
+                        selection: Selection::Named(layers.clone()),
+                        params,
+                        input_shapes: vec![],
+                        external: ExternalData::Auto,
+                    },
+                )
+                .with_context(|| format!("{} ρ={ratio} stage `{stage}`", method.as_str()))?;
+                let r = Runner::new(&c.model, &set.input_shape)
+                    .with_context(|| format!("{} ρ={ratio} stage `{stage}`", method.as_str()))?;
+                let y = set.run(
+                    &r,
+                    &format!("{} ρ={ratio} stage {}", method.as_str(), i + 1),
+                )?;
+                let (top1, top5) = set.accuracy(&y).expect("a labelled set");
+                let agree = verify::agreement(&base, &y)?;
+                // The layers' errors combine by their weights' norms: Σ e²‖W‖² / Σ ‖W‖².
+                let weight_error = weighted_error(&original, &c.layers)?;
+                let mults = verify::multiplications(&c.model, &set.input_shape)?;
+                eprintln!(
+                    "{} ρ={ratio} after stage {} ({stage}): top-1 {:.2}%, top-5 {:.2}%, {:.3}x fewer multiplications",
+                    method.as_str(),
+                    i + 1,
+                    100.0 * top1,
+                    100.0 * top5,
+                    base_mults as f64 / mults.max(1) as f64
+                );
+                rows.push(StageRow {
+                    method: Some(method),
+                    ratio: Some(ratio),
+                    stages: i + 1,
+                    last_stage: Some(stage.clone()),
+                    layers: layers.clone(),
+                    top1,
+                    top5,
+                    top1_agreement: agree.top1_agreement,
+                    multiplications: mults,
+                    speedup: base_mults as f64 / mults.max(1) as f64,
+                    weight_error: Some(weight_error),
+                });
+            }
+        }
+    }
+    Ok(StagesReport {
+        model: path.display().to_string(),
+        samples: set.len(),
+        stages,
+        rows,
+    })
+}
+
+fn weighted_error(original: &OnnxModel, layers: &[convert::LayerReport]) -> Result<f64> {
+    let all = select::conv_layers(original);
+    let (mut num, mut den) = (0f64, 0f64);
+    for l in layers {
+        let layer = all
+            .iter()
+            .find(|x| x.name == l.name)
+            .context("a converted layer")?;
+        let w = original.tensor_f32(original.initializer(&layer.weight).context("weight")?)?;
+        let norm2: f64 = w.iter().map(|v| (*v as f64) * (*v as f64)).sum();
+        num += l.relative_error * l.relative_error * norm2;
+        den += norm2;
+    }
+    Ok(if den > 0.0 { (num / den).sqrt() } else { 0.0 })
+}
+
+/// How one table cell is written from a row.
+type Cell = fn(&StageRow) -> String;
+
+/// A Markdown table per measure: one row per method and ratio, one column per stage.
+pub fn render(r: &StagesReport) -> String {
+    use std::fmt::Write as _;
+    let base = &r.rows[0];
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} on {} samples; original top-1 {:.2}%, top-5 {:.2}%",
+        r.model,
+        r.samples,
+        100.0 * base.top1,
+        100.0 * base.top5
+    );
+    let header: Vec<String> = r
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, (p, names))| format!("+{} `{p}` ({})", i + 1, names.len()))
+        .collect();
+    let measures: [(&str, Cell); 4] = [
+        ("top-1 %", |x| format!("{:.2}", 100.0 * x.top1)),
+        ("top-5 %", |x| format!("{:.2}", 100.0 * x.top5)),
+        ("top-1 agreement with the original %", |x| {
+            format!("{:.2}", 100.0 * x.top1_agreement)
+        }),
+        ("whole-model multiplication reduction (x)", |x| {
+            format!("{:.3}", x.speedup)
+        }),
+    ];
+    for (title, cell) in measures {
+        let _ = writeln!(s, "\n{title}\n");
+        let _ = writeln!(s, "| method | ρ | {} |", header.join(" | "));
+        let _ = writeln!(s, "|---|---|{}", "---|".repeat(header.len()));
+        let mut keys: Vec<(Method, f64)> = Vec::new();
+        for row in &r.rows[1..] {
+            let k = (
+                row.method.expect("converted"),
+                row.ratio.expect("converted"),
+            );
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        for (m, ratio) in keys {
+            let cells: Vec<String> = r.rows[1..]
+                .iter()
+                .filter(|x| x.method == Some(m) && x.ratio == Some(ratio))
+                .map(cell)
+                .collect();
+            let _ = writeln!(
+                s,
+                "| {} | {ratio} | {} |",
+                m.as_str().to_uppercase(),
+                cells.join(" | ")
+            );
+        }
+    }
+    s
+}

@@ -1,0 +1,324 @@
+//! `verify`: proof that a converted model still works and is cheaper. Both models run in tract
+//! on CPU on the same inputs (a labelled image set, or seeded random inputs): accuracy, top-1
+//! agreement, output differences, multiplications and latency.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use anyhow::{ensure, Context, Result};
+use ndarray::{ArrayD, IxDyn};
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::data::{top_k, LabelledSet, PreprocessSpec};
+use crate::model::OnnxModel;
+use crate::runner::Runner;
+use crate::shapes::InputShape;
+use crate::{cost, model, shapes};
+
+/// Random inputs `verify` uses when no labelled set is given.
+pub const DEFAULT_RANDOM_SAMPLES: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// A labelled set and its preprocessing.
+    pub data: Option<(PathBuf, PathBuf)>,
+    /// At most this many samples (all of the set, or 8 random inputs, by default).
+    pub samples: Option<usize>,
+    /// Timed runs per model for latency.
+    pub runs: usize,
+    pub input_shapes: Vec<InputShape>,
+    pub seed: u64,
+}
+
+/// The inputs every model of a comparison is run on, prepared once.
+pub struct EvalSet {
+    pub inputs: Vec<ArrayD<f32>>,
+    /// One class index per input, for a labelled set.
+    pub labels: Option<Vec<usize>>,
+    pub input_shape: Vec<usize>,
+}
+
+/// The single non-initializer input of `m`.
+fn graph_input(m: &OnnxModel) -> Option<&str> {
+    m.graph()
+        .input
+        .iter()
+        .filter_map(|i| i.name.as_deref())
+        .find(|n| m.initializer(n).is_none())
+}
+
+impl EvalSet {
+    /// The first `samples` images of a labelled set (all by default), preprocessed for `model`.
+    pub fn images(
+        model: &OnnxModel,
+        dir: &Path,
+        spec_path: &Path,
+        samples: Option<usize>,
+    ) -> Result<EvalSet> {
+        let set = LabelledSet::load(dir)?;
+        let spec = PreprocessSpec::load(spec_path)?;
+        let name = graph_input(model);
+        ensure!(
+            name == Some(spec.input.as_str()),
+            "the preprocessing spec {} feeds `{}`, but the model's input is {}",
+            spec_path.display(),
+            spec.input,
+            name.map_or("missing".to_string(), |n| format!("`{n}`"))
+        );
+        let n = samples.unwrap_or(set.items.len()).min(set.items.len());
+        ensure!(n > 0, "--samples must be at least 1");
+        let inputs: Vec<ArrayD<f32>> = set.items[..n]
+            .par_iter()
+            .map(|(path, _)| spec.apply(path).map(|a| a.into_dyn()))
+            .collect::<Result<_>>()?;
+        let input_shape = inputs[0].shape().to_vec();
+        for (x, (path, _)) in inputs.iter().zip(&set.items) {
+            ensure!(
+                x.shape() == input_shape.as_slice(),
+                "image {} gives an input of shape {:?}, the first gives {:?}: add `center_crop` to {}",
+                path.display(),
+                x.shape(),
+                input_shape,
+                spec_path.display()
+            );
+        }
+        let labels = set.items[..n].iter().map(|(_, l)| *l).collect();
+        Ok(EvalSet {
+            inputs,
+            labels: Some(labels),
+            input_shape,
+        })
+    }
+
+    /// `n` seeded uniform(−1, 1) inputs of the shape inference finds (batch taken as 1).
+    pub fn random(
+        model: &OnnxModel,
+        input_shapes: &[InputShape],
+        n: usize,
+        seed: u64,
+    ) -> Result<EvalSet> {
+        ensure!(n > 0, "--samples must be at least 1");
+        let sh = shapes::infer(model, input_shapes)?;
+        ensure!(
+            sh.inputs.len() == 1,
+            "verify needs a model with one input, this one has {}",
+            sh.inputs.len()
+        );
+        let input_shape = sh.inputs[0].1.clone();
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+        let inputs = (0..n)
+            .map(|_| ArrayD::from_shape_fn(IxDyn(&input_shape), |_| rng.random_range(-1.0f32..1.0)))
+            .collect();
+        Ok(EvalSet {
+            inputs,
+            labels: None,
+            input_shape,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.inputs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inputs.is_empty()
+    }
+
+    /// Runs `runner` on every input (in parallel; outputs in input order), with progress lines
+    /// on stderr tagged `what`.
+    pub fn run(&self, runner: &Runner, what: &str) -> Result<Vec<ArrayD<f32>>> {
+        let done = AtomicUsize::new(0);
+        let n = self.len();
+        self.inputs
+            .par_iter()
+            .map(|x| {
+                let y = runner.run(x)?;
+                let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if d % 250 == 0 || d == n {
+                    eprintln!("{what}: {d}/{n} samples");
+                }
+                Ok(y)
+            })
+            .collect()
+    }
+
+    /// Top-1 and top-5 accuracy of `outputs`, or `None` without labels.
+    pub fn accuracy(&self, outputs: &[ArrayD<f32>]) -> Option<(f64, f64)> {
+        let labels = self.labels.as_ref()?;
+        let (mut top1, mut top5) = (0usize, 0usize);
+        for (y, &l) in outputs.iter().zip(labels) {
+            let t = top_k(y, 5);
+            top1 += (t[0] == l) as usize;
+            top5 += t.contains(&l) as usize;
+        }
+        let n = outputs.len().max(1) as f64;
+        Some((top1 as f64 / n, top5 as f64 / n))
+    }
+}
+
+/// How far apart two models' outputs on the same inputs are.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Agreement {
+    pub top1_agreement: f64,
+    pub max_abs_diff: f64,
+    pub relative_l2: f64,
+}
+
+pub fn agreement(a: &[ArrayD<f32>], b: &[ArrayD<f32>]) -> Result<Agreement> {
+    let (mut agree, mut max_abs, mut diff2, mut ref2) = (0usize, 0f64, 0f64, 0f64);
+    for (ya, yb) in a.iter().zip(b) {
+        ensure!(
+            ya.shape() == yb.shape(),
+            "the models' outputs differ in shape: {:?} vs {:?}",
+            ya.shape(),
+            yb.shape()
+        );
+        for (p, q) in ya.iter().zip(yb.iter()) {
+            let d = (*p as f64 - *q as f64).abs();
+            max_abs = max_abs.max(d);
+            diff2 += d * d;
+            ref2 += (*p as f64) * (*p as f64);
+        }
+        agree += (top_k(ya, 1) == top_k(yb, 1)) as usize;
+    }
+    Ok(Agreement {
+        top1_agreement: agree as f64 / a.len().max(1) as f64,
+        max_abs_diff: max_abs,
+        relative_l2: if ref2 > 0.0 {
+            (diff2 / ref2).sqrt()
+        } else {
+            0.0
+        },
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// Single-threaded latency of `runner` on `x` over `runs` timed runs after one untimed warm-up.
+pub fn latency(runner: &Runner, x: &ArrayD<f32>, runs: usize) -> Result<Latency> {
+    runner.run(x)?;
+    let mut ms: Vec<f64> = (0..runs.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            runner.run(x).map(|_| t.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect::<Result<_>>()?;
+    ms.sort_by(f64::total_cmp);
+    Ok(Latency {
+        median: ms[ms.len() / 2],
+        min: ms[0],
+        max: ms[ms.len() - 1],
+    })
+}
+
+/// Multiplications of `m` for one input of `input_shape`.
+pub fn multiplications(m: &OnnxModel, input_shape: &[usize]) -> Result<u64> {
+    let sh = shapes::infer(
+        m,
+        &[InputShape {
+            name: None,
+            dims: input_shape.to_vec(),
+        }],
+    )?;
+    Ok(cost::graph_cost(m, &sh).total.multiplications)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelStats {
+    pub top1: Option<f64>,
+    pub top5: Option<f64>,
+    pub multiplications: u64,
+    pub latency_ms: Latency,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub original: ModelStats,
+    pub converted: ModelStats,
+    pub top1_agreement: f64,
+    pub max_abs_diff: f64,
+    pub relative_l2: f64,
+    pub samples: usize,
+    pub multiplication_ratio: f64,
+    /// Original top-1 minus converted top-1, with labels.
+    pub accuracy_drop: Option<f64>,
+}
+
+pub fn verify(original: &Path, converted: &Path, opts: &VerifyOptions) -> Result<VerifyReport> {
+    let a = model::load(original)?;
+    let b = model::load(converted)?;
+    let set = match &opts.data {
+        Some((dir, spec)) => EvalSet::images(&a, dir, spec, opts.samples),
+        None => EvalSet::random(
+            &a,
+            &opts.input_shapes,
+            opts.samples.unwrap_or(DEFAULT_RANDOM_SAMPLES),
+            opts.seed,
+        ),
+    }
+    .with_context(|| format!("verifying {}", original.display()))?;
+    let ra = Runner::new(&a, &set.input_shape).with_context(|| original.display().to_string())?;
+    let rb = Runner::new(&b, &set.input_shape).with_context(|| converted.display().to_string())?;
+    let ya = set.run(&ra, "verify original")?;
+    let yb = set.run(&rb, "verify converted")?;
+    let agree = agreement(&ya, &yb)?;
+    let (acc_a, acc_b) = (set.accuracy(&ya), set.accuracy(&yb));
+    let x0 = &set.inputs[0];
+    let stats = |m: &OnnxModel, r: &Runner, acc: Option<(f64, f64)>| -> Result<ModelStats> {
+        Ok(ModelStats {
+            top1: acc.map(|a| a.0),
+            top5: acc.map(|a| a.1),
+            multiplications: multiplications(m, &set.input_shape)?,
+            latency_ms: latency(r, x0, opts.runs)?,
+        })
+    };
+    let (sa, sb) = (stats(&a, &ra, acc_a)?, stats(&b, &rb, acc_b)?);
+    Ok(VerifyReport {
+        multiplication_ratio: sa.multiplications as f64 / sb.multiplications.max(1) as f64,
+        accuracy_drop: sa.top1.zip(sb.top1).map(|(x, y)| x - y),
+        original: sa,
+        converted: sb,
+        top1_agreement: agree.top1_agreement,
+        max_abs_diff: agree.max_abs_diff,
+        relative_l2: agree.relative_l2,
+        samples: set.len(),
+    })
+}
+
+pub fn render(r: &VerifyReport) -> String {
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.2}%", 100.0 * x));
+    let mut s = String::new();
+    s.push_str("model      top-1    top-5    multiplications  latency ms (median [min, max])\n");
+    for (name, m) in [("original", &r.original), ("converted", &r.converted)] {
+        s.push_str(&format!(
+            "{name:<10} {:<8} {:<8} {:<16} {:.2} [{:.2}, {:.2}]\n",
+            pct(m.top1),
+            pct(m.top5),
+            crate::inspect::millions(m.multiplications),
+            m.latency_ms.median,
+            m.latency_ms.min,
+            m.latency_ms.max
+        ));
+    }
+    s.push_str(&format!(
+        "samples {}; top-1 agreement {:.2}%; max |Δ| {:.4e}; relative L2 {:.4e}; multiplications {:.3}x fewer{}\n",
+        r.samples,
+        100.0 * r.top1_agreement,
+        r.max_abs_diff,
+        r.relative_l2,
+        r.multiplication_ratio,
+        r.accuracy_drop
+            .map(|d| format!("; top-1 drop {:.2} points", 100.0 * d))
+            .unwrap_or_default()
+    ));
+    s
+}

@@ -1,0 +1,225 @@
+//! `verify` and `convert --verify`: accuracy of both models on a labelled set, agreement,
+//! multiplications and latency; the baselines through tract against the shared ONNX Runtime
+//! figures; bad data gets a clear error.
+
+mod common;
+
+use serde_json::Value;
+
+/// The default model's test top-1 as measured by ONNX Runtime (models/README.md).
+const DIGITS_TOP1: f64 = 0.9917;
+/// tract against ONNX Runtime on the same preprocessed inputs: the shared README allows ±0.5
+/// points for resampling differences; the default model's PNGs need no resampling.
+const BASELINE_TOLERANCE: f64 = 0.005;
+/// ResNet-20 on the shared CIFAR-10 subset through ONNX Runtime (../shared/README.md).
+const RESNET20_TOP1: f64 = 0.8135;
+const RESNET20_TOP5: f64 = 0.9875;
+
+fn digits_data() -> [String; 4] {
+    let repo = common::repo();
+    [
+        "--data".into(),
+        repo.join("models/digits-test").display().to_string(),
+        "--preprocess".into(),
+        repo.join("models/digits-cnn.preprocess.json")
+            .display()
+            .to_string(),
+    ]
+}
+
+fn json(o: &std::process::Output) -> Value {
+    assert!(o.status.success(), "{}", common::stderr(o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", common::stdout(o)))
+}
+
+#[test]
+fn a_model_verified_against_itself_agrees_exactly() {
+    let m = common::default_model();
+    let mut args = vec![
+        "verify",
+        common::path_str(&m),
+        common::path_str(&m),
+        "--json",
+        "--runs",
+        "3",
+    ];
+    let data = digits_data();
+    args.extend(data.iter().map(String::as_str));
+    let j = json(&common::run(&args));
+    assert_eq!(j["samples"], 360);
+    assert_eq!(j["max_abs_diff"], 0.0);
+    assert_eq!(j["top1_agreement"], 1.0);
+    assert_eq!(j["accuracy_drop"], 0.0);
+    let top1 = j["original"]["top1"].as_f64().unwrap();
+    assert!(
+        (top1 - DIGITS_TOP1).abs() <= BASELINE_TOLERANCE,
+        "tract top-1 {top1} vs ONNX Runtime {DIGITS_TOP1}"
+    );
+    assert!(j["original"]["top5"].as_f64().unwrap() >= top1);
+    let lat = &j["original"]["latency_ms"];
+    assert!(lat["min"].as_f64().unwrap() <= lat["median"].as_f64().unwrap());
+    assert!(lat["median"].as_f64().unwrap() <= lat["max"].as_f64().unwrap());
+    assert_eq!(j["multiplication_ratio"], 1.0);
+}
+
+#[test]
+fn convert_then_verify_reports_accuracy_and_cost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("digits-dl.onnx");
+    let m = common::default_model();
+    let mut args = vec![
+        common::path_str(&m),
+        common::path_str(&out),
+        "--all",
+        "--ratio",
+        "4",
+        "--verify",
+        "--json",
+        "--runs",
+        "2",
+    ];
+    let data = digits_data();
+    args.extend(data.iter().map(String::as_str));
+    let j = json(&common::run(&args));
+    let (c, v) = (&j["convert"], &j["verify"]);
+    assert!(!c["layers"].as_array().unwrap().is_empty());
+    // verify counts multiplications on the same graphs as convert does.
+    assert_eq!(
+        v["original"]["multiplications"],
+        c["multiplications_before"]
+    );
+    assert_eq!(
+        v["converted"]["multiplications"],
+        c["multiplications_after"]
+    );
+    assert!(v["multiplication_ratio"].as_f64().unwrap() > 1.5);
+    let (a, b) = (
+        v["original"]["top1"].as_f64().unwrap(),
+        v["converted"]["top1"].as_f64().unwrap(),
+    );
+    let drop = v["accuracy_drop"].as_f64().unwrap();
+    assert!((a - b - drop).abs() < 1e-12);
+    assert!(
+        v["max_abs_diff"].as_f64().unwrap() > 0.0,
+        "a converted model differs"
+    );
+    assert!(v["top1_agreement"].as_f64().unwrap() > 0.5);
+
+    // Without data: seeded random inputs, no accuracy, the table form.
+    let o = common::run(&["verify", common::path_str(&m), common::path_str(&out)]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let text = common::stdout(&o);
+    assert!(text.contains("samples 8;"), "{text}");
+    assert!(text.contains("converted "), "{text}");
+}
+
+#[test]
+fn bad_verify_data_gets_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = common::default_model();
+    let ms = common::path_str(&m);
+    let repo = common::repo();
+    let spec = repo.join("models/digits-cnn.preprocess.json");
+    let set = tmp.path().join("set");
+    std::fs::create_dir(&set).unwrap();
+    std::fs::write(set.join("classes.txt"), "a\nb\n").unwrap();
+    let cases: [(&str, &str, &str); 4] = [
+        (
+            "file,label\nx.png,7\n",
+            "label 7 is out of range",
+            "label out of range",
+        ),
+        ("name;label\n", "expected `file,label`", "bad header"),
+        (
+            "file,label\nmissing.png,1\n",
+            "missing.png",
+            "missing image",
+        ),
+        (
+            "file,label\nbad.png,1\n",
+            "cannot decode image",
+            "unreadable image",
+        ),
+    ];
+    std::fs::write(set.join("bad.png"), b"not a png").unwrap();
+    for (labels, expected, what) in cases {
+        std::fs::write(set.join("labels.csv"), labels).unwrap();
+        let o = common::run(&[
+            "verify",
+            ms,
+            ms,
+            "--data",
+            common::path_str(&set),
+            "--preprocess",
+            common::path_str(&spec),
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{what}");
+        let err = common::stderr(&o);
+        assert!(err.contains(expected), "{what}: {err}");
+        assert!(!err.contains("panicked"), "{what}: {err}");
+    }
+    // A spec that feeds another input, and one that is not JSON.
+    let other = tmp.path().join("other.json");
+    let text = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("\"input\": \"input\"", "\"input\": \"data_0\"");
+    std::fs::write(&other, text).unwrap();
+    let bad = tmp.path().join("bad.json");
+    std::fs::write(&bad, "{").unwrap();
+    let digits = repo.join("models/digits-test");
+    for (spec, expected) in [(&other, "feeds `data_0`"), (&bad, "is not valid")] {
+        let o = common::run(&[
+            "verify",
+            ms,
+            ms,
+            "--data",
+            common::path_str(&digits),
+            "--preprocess",
+            common::path_str(spec),
+        ]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(
+            common::stderr(&o).contains(expected),
+            "{}",
+            common::stderr(&o)
+        );
+    }
+    // --data without --preprocess is a usage error.
+    let o = common::run(&["verify", ms, ms, "--data", common::path_str(&digits)]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn resnet20_baseline_through_tract_matches_onnx_runtime() {
+    let test = "resnet20_baseline_through_tract_matches_onnx_runtime";
+    let Some(shared) = common::shared(test) else {
+        return;
+    };
+    let m = shared.join("models/resnet20-cifar10.onnx");
+    let o = common::run(&[
+        "verify",
+        common::path_str(&m),
+        common::path_str(&m),
+        "--data",
+        common::path_str(&shared.join("data/cifar10-test")),
+        "--preprocess",
+        common::path_str(&shared.join("models/resnet20-cifar10.preprocess.json")),
+        "--runs",
+        "3",
+        "--json",
+    ]);
+    let j = json(&o);
+    assert_eq!(j["samples"], 2000);
+    let (top1, top5) = (
+        j["original"]["top1"].as_f64().unwrap(),
+        j["original"]["top5"].as_f64().unwrap(),
+    );
+    assert!(
+        (top1 - RESNET20_TOP1).abs() <= BASELINE_TOLERANCE,
+        "top-1 {top1} vs {RESNET20_TOP1}"
+    );
+    assert!(
+        (top5 - RESNET20_TOP5).abs() <= BASELINE_TOLERANCE,
+        "top-5 {top5} vs {RESNET20_TOP5}"
+    );
+}
