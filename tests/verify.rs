@@ -223,3 +223,66 @@ fn resnet20_baseline_through_tract_matches_onnx_runtime() {
         "top-5 {top5} vs {RESNET20_TOP5}"
     );
 }
+
+#[test]
+fn stages_convert_cumulatively_and_report_each_stage() {
+    let m = common::default_model();
+    let mut args = vec![
+        "stages",
+        common::path_str(&m),
+        "--stages",
+        "conv2,conv3,conv4",
+        "--ratios",
+        "4",
+        "--methods",
+        "dl,vq",
+        "--samples",
+        "120",
+        "--json",
+    ];
+    let data = digits_data();
+    args.extend(data.iter().map(String::as_str));
+    let j = json(&common::run(&args));
+    let rows = j["rows"].as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        1 + 2 * 3,
+        "the original, then 2 methods × 3 stages"
+    );
+    assert_eq!(j["samples"], 120);
+    assert!(rows[0]["method"].is_null());
+    assert_eq!(rows[0]["top1_agreement"], 1.0);
+    for method in ["dl", "vq"] {
+        let r: Vec<&Value> = rows.iter().filter(|r| r["method"] == method).collect();
+        assert_eq!(r.len(), 3);
+        let layers: Vec<usize> = r
+            .iter()
+            .map(|x| x["layers"].as_array().unwrap().len())
+            .collect();
+        assert_eq!(layers, [1, 2, 3], "{method}: stages are cumulative");
+        let speedups: Vec<f64> = r.iter().map(|x| x["speedup"].as_f64().unwrap()).collect();
+        assert!(
+            speedups.windows(2).all(|w| w[1] > w[0]) && speedups[0] > 1.0,
+            "{method}: {speedups:?}"
+        );
+    }
+    // An unknown stage prefix is an error naming it.
+    let o = common::run(&[
+        "stages",
+        common::path_str(&m),
+        "--stages",
+        "nope",
+        "--ratios",
+        "4",
+        &data[0],
+        &data[1],
+        &data[2],
+        &data[3],
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        common::stderr(&o).contains("stage `nope`"),
+        "{}",
+        common::stderr(&o)
+    );
+}
