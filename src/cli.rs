@@ -82,27 +82,14 @@ pub struct ConvertArgs {
     /// Target acceleration ρ of each converted layer.
     #[arg(long, default_value_t = 10.0)]
     pub ratio: f64,
-    /// N′, input channels per subspace.
-    #[arg(long, default_value_t = 8)]
-    pub subspace: usize,
-    /// c = K / K_vq (DL).
-    #[arg(long, default_value_t = 3.0)]
-    pub c: f64,
-    /// α, atoms per representative (DL).
-    #[arg(long, default_value_t = 2)]
-    pub alpha: usize,
+    #[command(flatten)]
+    pub settings: ClusterSettings,
     /// Explicit K (DL) or K_vq (VQ) instead of the rules.
     #[arg(long)]
     pub k: Option<usize>,
     /// Explicit L (DL) instead of the rules.
     #[arg(long)]
     pub l: Option<usize>,
-    /// Dictionary-learning iterations.
-    #[arg(long, default_value_t = 20)]
-    pub iters: usize,
-    /// Random seed (same seed, same output bytes).
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "F.json")]
     pub report: Option<PathBuf>,
@@ -181,6 +168,38 @@ impl VerifyData {
     }
 }
 
+/// The clustering settings `convert` and `stages` share (defaults: the paper's).
+#[derive(Debug, Args)]
+pub struct ClusterSettings {
+    /// N′, input channels per subspace.
+    #[arg(long, default_value_t = 8)]
+    pub subspace: usize,
+    /// c = K / K_vq (DL).
+    #[arg(long, default_value_t = 3.0)]
+    pub c: f64,
+    /// α, atoms per representative (DL).
+    #[arg(long, default_value_t = 2)]
+    pub alpha: usize,
+    /// Dictionary-learning iterations.
+    #[arg(long, default_value_t = 20)]
+    pub iters: usize,
+    /// Random seed (same seed, same output bytes).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl ClusterSettings {
+    fn params(&self, method: Method, ratio: f64) -> ClusterParams {
+        let mut params = ClusterParams::new(method, ratio);
+        params.subspace = self.subspace;
+        params.c = self.c;
+        params.alpha = self.alpha;
+        params.iters = self.iters;
+        params.seed = self.seed;
+        params
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct StagesArgs {
     /// The ONNX model.
@@ -204,20 +223,8 @@ pub struct StagesArgs {
     /// At most this many samples (default: the whole set).
     #[arg(long)]
     pub samples: Option<usize>,
-    /// N′, input channels per subspace.
-    #[arg(long, default_value_t = 8)]
-    pub subspace: usize,
-    /// DL: c = K / K_vq.
-    #[arg(long, default_value_t = 3.0)]
-    pub c: f64,
-    /// DL: α, atoms per representative.
-    #[arg(long, default_value_t = 2)]
-    pub alpha: usize,
-    /// Dictionary-learning iterations.
-    #[arg(long, default_value_t = 20)]
-    pub iters: usize,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub settings: ClusterSettings,
     /// Print JSON instead of Markdown tables.
     #[arg(long)]
     pub json: bool,
@@ -287,14 +294,9 @@ fn run_inspect(args: InspectArgs) -> Result<()> {
 fn run_convert(args: ConvertArgs) -> Result<()> {
     let input = args.input.expect("required by clap");
     let output = args.output.expect("required by clap");
-    let mut params = ClusterParams::new(args.method, args.ratio);
-    params.subspace = args.subspace;
-    params.c = args.c;
-    params.alpha = args.alpha;
+    let mut params = args.settings.params(args.method, args.ratio);
     params.k = args.k;
     params.l = args.l;
-    params.iters = args.iters;
-    params.seed = args.seed;
     let opts = ConvertOptions {
         selection: if args.all {
             Selection::All
@@ -352,12 +354,8 @@ fn run_verify(args: VerifyArgs) -> Result<()> {
 }
 
 fn run_stages(args: StagesArgs) -> Result<()> {
-    let mut params = ClusterParams::new(Method::Dl, 2.0);
-    params.subspace = args.subspace;
-    params.c = args.c;
-    params.alpha = args.alpha;
-    params.iters = args.iters;
-    params.seed = args.seed;
+    // Method and ratio are set per run by `stages`.
+    let params = args.settings.params(Method::Dl, 2.0);
     let opts = stages::StagesOptions {
         stages: args.stages,
         ratios: args.ratios,
