@@ -3,6 +3,7 @@
 //! top-1 / top-5 on a labelled set, agreement with the original and the whole-model
 //! multiplication reduction after each stage.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
@@ -84,6 +85,7 @@ pub fn run(path: &Path, opts: &StagesOptions) -> Result<StagesReport> {
     );
     let original = model::load(path)?;
     let stages = stage_layers(&original, &opts.stages)?;
+    let norms = weight_norms(&original, &stages)?;
     let set = EvalSet::images(&original, &opts.data, &opts.preprocess, opts.samples)?;
     let runner =
         Runner::new(&original, &set.input_shape).with_context(|| path.display().to_string())?;
@@ -134,8 +136,7 @@ pub fn run(path: &Path, opts: &StagesOptions) -> Result<StagesReport> {
                 )?;
                 let (top1, top5) = set.accuracy(&y).expect("a labelled set");
                 let agree = verify::agreement(&base, &y)?;
-                // The layers' errors combine by their weights' norms: Σ e²‖W‖² / Σ ‖W‖².
-                let weight_error = weighted_error(&original, &c.layers)?;
+                let weight_error = weighted_error(&norms, &c.layers);
                 let mults = verify::multiplications(&c.model, &set.input_shape)?;
                 eprintln!(
                     "{} ρ={ratio} after stage {} ({stage}): top-1 {:.2}%, top-5 {:.2}%, {:.3}x fewer multiplications",
@@ -169,20 +170,40 @@ pub fn run(path: &Path, opts: &StagesOptions) -> Result<StagesReport> {
     })
 }
 
-fn weighted_error(original: &OnnxModel, layers: &[convert::LayerReport]) -> Result<f64> {
+/// ‖W‖² of every staged layer's weight, read once for the whole run.
+fn weight_norms(
+    original: &OnnxModel,
+    stages: &[(String, Vec<String>)],
+) -> Result<HashMap<String, f64>> {
     let all = select::conv_layers(original);
-    let (mut num, mut den) = (0f64, 0f64);
-    for l in layers {
+    let mut norms = HashMap::new();
+    for name in stages.iter().flat_map(|(_, names)| names) {
         let layer = all
             .iter()
-            .find(|x| x.name == l.name)
-            .context("a converted layer")?;
+            .find(|x| &x.name == name)
+            .context("a staged layer")?;
         let w = original.tensor_f32(original.initializer(&layer.weight).context("weight")?)?;
-        let norm2: f64 = w.iter().map(|v| (*v as f64) * (*v as f64)).sum();
+        norms.insert(
+            name.clone(),
+            w.iter().map(|v| (*v as f64) * (*v as f64)).sum(),
+        );
+    }
+    Ok(norms)
+}
+
+/// The converted layers' errors combined by their weights' norms: √(Σ e²‖W‖² / Σ ‖W‖²).
+fn weighted_error(norms: &HashMap<String, f64>, layers: &[convert::LayerReport]) -> f64 {
+    let (mut num, mut den) = (0f64, 0f64);
+    for l in layers {
+        let norm2 = norms.get(&l.name).copied().unwrap_or(0.0);
         num += l.relative_error * l.relative_error * norm2;
         den += norm2;
     }
-    Ok(if den > 0.0 { (num / den).sqrt() } else { 0.0 })
+    if den > 0.0 {
+        (num / den).sqrt()
+    } else {
+        0.0
+    }
 }
 
 /// How one table cell is written from a row.

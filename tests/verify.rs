@@ -260,6 +260,10 @@ fn stages_convert_cumulatively_and_report_each_stage() {
             .map(|x| x["layers"].as_array().unwrap().len())
             .collect();
         assert_eq!(layers, [1, 2, 3], "{method}: stages are cumulative");
+        for x in &r {
+            let e = x["weight_error"].as_f64().unwrap();
+            assert!(e > 0.0 && e < 1.0, "{method}: combined weight error {e}");
+        }
         let speedups: Vec<f64> = r.iter().map(|x| x["speedup"].as_f64().unwrap()).collect();
         assert!(
             speedups.windows(2).all(|w| w[1] > w[0]) && speedups[0] > 1.0,
