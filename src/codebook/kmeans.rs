@@ -43,72 +43,222 @@ pub fn nearest(x: &[f32], centers: &[f32], dim: usize) -> (usize, f32) {
     best
 }
 
-/// Nearest-centre search over many points: centres stored transposed (one row per dimension)
-/// with their squared norms, so the inner loop runs over centres and vectorises for any small
-/// dimension. Centres are ranked by ‖c‖² − 2x·c; ties go to the lowest index.
+/// Lanes of the nearest-centre scan: centres are scored in blocks of this many.
+const LANES: usize = 8;
+
+/// Blocks of centres scored together by the AVX2 scan.
+#[cfg(target_arch = "x86_64")]
+const GROUP: usize = 4;
+
+/// Best and second-best (score, index) of one scan, lowest index first on equal scores.
+type TopTwo = ((f32, u32), (f32, u32));
+
+/// Nearest-centre search over many points: centres stored transposed (one row per dimension,
+/// padded to whole blocks of [`LANES`]) with their squared norms, so the inner loops run over
+/// centres and vectorise for any small dimension. Centres are ranked by ‖c‖² − 2x·c; ties go to
+/// the lowest index.
+///
+/// The scan runs in AVX2 where the CPU has it. That changes nothing in the results: float
+/// operations are never reassociated or fused, so the wider lanes compute bit-identical scores.
 pub struct NearestSearch {
     dim: usize,
-    k: usize,
+    /// Centres padded to whole blocks; padding scores +∞ and is never chosen.
+    padded: usize,
     centers: Vec<f32>,
     transposed: Vec<f32>,
     norms: Vec<f32>,
     scratch: Vec<f32>,
+    avx2: bool,
 }
 
 impl NearestSearch {
     pub fn new(centers: &[f32], dim: usize) -> NearestSearch {
         let k = centers.len() / dim;
-        let mut transposed = vec![0f32; k * dim];
+        let padded = k.div_ceil(LANES) * LANES;
+        let mut transposed = vec![0f32; padded * dim];
         for (j, c) in centers.chunks_exact(dim).enumerate() {
             for d in 0..dim {
-                transposed[d * k + j] = c[d];
+                transposed[d * padded + j] = c[d];
             }
         }
-        let norms = centers
+        let mut norms: Vec<f32> = centers
             .chunks_exact(dim)
             .map(|c| c.iter().map(|x| x * x).sum())
             .collect();
+        norms.resize(padded, f32::INFINITY);
         NearestSearch {
             dim,
-            k,
+            padded,
             centers: centers.to_vec(),
             transposed,
             norms,
-            scratch: vec![0f32; k],
+            scratch: vec![0f32; padded],
+            #[cfg(target_arch = "x86_64")]
+            avx2: std::is_x86_feature_detected!("avx2"),
+            #[cfg(not(target_arch = "x86_64"))]
+            avx2: false,
         }
+    }
+
+    #[inline]
+    fn top_two(&mut self, x: &[f32]) -> TopTwo {
+        let (dim, padded) = (self.dim, self.padded);
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: the CPU supports AVX2 (checked in `new`).
+            return unsafe { score_top_two_avx2(&self.norms, &self.transposed, padded, dim, x) };
+        }
+        score_top_two(
+            &self.norms,
+            &self.transposed,
+            padded,
+            dim,
+            x,
+            &mut self.scratch,
+        )
+    }
+
+    fn center(&self, j: usize) -> &[f32] {
+        &self.centers[j * self.dim..(j + 1) * self.dim]
     }
 
     /// Index and squared distance of the nearest centre to `x`.
     #[inline]
     pub fn nearest(&mut self, x: &[f32]) -> (usize, f32) {
-        let k = self.k;
-        let acc = &mut self.scratch[..k];
-        acc.copy_from_slice(&self.norms);
-        for d in 0..self.dim {
-            let xd = -2.0 * x[d];
-            let row = &self.transposed[d * k..(d + 1) * k];
-            for (a, &c) in acc.iter_mut().zip(row) {
-                *a += xd * c;
-            }
-        }
-        let mut best = (0, f32::INFINITY);
-        for (j, &v) in acc.iter().enumerate() {
-            if v < best.1 {
-                best = (j, v);
-            }
-        }
+        let ((_, j), _) = self.top_two(x);
         // The expanded form loses precision far from the origin; the winner's distance is
         // recomputed directly so objectives stay exact.
-        let j = best.0;
-        (
-            j,
-            sq_dist(x, &self.centers[j * self.dim..(j + 1) * self.dim]),
-        )
+        let j = j as usize;
+        (j, sq_dist(x, self.center(j)))
     }
+
+    /// Index and squared distance of the nearest centre, and the squared distance of the second
+    /// nearest (infinite with one centre), both recomputed directly.
+    #[inline]
+    pub fn nearest_two(&mut self, x: &[f32]) -> (usize, f32, f32) {
+        let ((_, j), (v2, j2)) = self.top_two(x);
+        let j = j as usize;
+        let d2 = if v2.is_finite() {
+            sq_dist(x, self.center(j2 as usize))
+        } else {
+            f32::INFINITY
+        };
+        (j, sq_dist(x, self.center(j)), d2)
+    }
+}
+
+/// Merges per-lane best and second-best candidates into the overall two, lowest index first on
+/// equal scores.
+fn merge_lanes(lanes: [[(f32, u32); 2]; LANES]) -> TopTwo {
+    let before = |a: (f32, u32), b: (f32, u32)| a.0 < b.0 || (a.0 == b.0 && a.1 < b.1);
+    let mut best = ((f32::INFINITY, u32::MAX), (f32::INFINITY, u32::MAX));
+    for lane in lanes {
+        for cand in lane {
+            if before(cand, best.0) {
+                best = (cand, best.0);
+            } else if before(cand, best.1) {
+                best.1 = cand;
+            }
+        }
+    }
+    best
+}
+
+/// AVX2 form of [`score_top_two`]: one block of eight centres at a time kept in registers,
+/// with the same operations in the same order (multiply, then add; no fusing), so scores are
+/// bit-identical to the portable form.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn score_top_two_avx2(
+    norms: &[f32],
+    transposed: &[f32],
+    padded: usize,
+    dim: usize,
+    x: &[f32],
+) -> TopTwo {
+    use std::arch::x86_64::*;
+    assert!(norms.len() == padded && transposed.len() >= padded * dim && x.len() >= dim);
+    let mut first = _mm256_set1_ps(f32::INFINITY);
+    let mut second = first;
+    let mut first_at = _mm256_setzero_si256();
+    let mut second_at = first_at;
+    let mut index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let step = _mm256_set1_epi32(LANES as i32);
+    let blocks = padded / LANES;
+    let mut block = 0;
+    while block < blocks {
+        // Four blocks at once where possible: independent add chains hide the add latency.
+        let group = if blocks - block >= GROUP { GROUP } else { 1 };
+        let mut v = [_mm256_setzero_ps(); GROUP];
+        for (g, vg) in v.iter_mut().enumerate().take(group) {
+            // SAFETY: every load reads LANES floats inside `norms` or `transposed` (asserted
+            // above; block + g < blocks).
+            *vg = _mm256_loadu_ps(norms.as_ptr().add((block + g) * LANES));
+        }
+        // Pointer steps rather than index products: no overflow checks in the inner loop.
+        let mut row = transposed.as_ptr().add(block * LANES);
+        for &xd in &x[..dim] {
+            let xd = _mm256_set1_ps(-2.0 * xd);
+            for (g, vg) in v.iter_mut().enumerate().take(group) {
+                let c = _mm256_loadu_ps(row.add(g * LANES));
+                *vg = _mm256_add_ps(*vg, _mm256_mul_ps(xd, c));
+            }
+            row = row.wrapping_add(padded);
+        }
+        for &vg in &v[..group] {
+            let below_first = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LT_OQ>(vg, first));
+            let below_second = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LT_OQ>(vg, second));
+            second = _mm256_min_ps(_mm256_max_ps(vg, first), second);
+            let demoted = _mm256_blendv_epi8(index, first_at, below_first);
+            second_at = _mm256_blendv_epi8(second_at, demoted, below_second);
+            first_at = _mm256_blendv_epi8(first_at, index, below_first);
+            first = _mm256_min_ps(vg, first);
+            index = _mm256_add_epi32(index, step);
+        }
+        block += group;
+    }
+    let (mut f, mut s) = ([0f32; LANES], [0f32; LANES]);
+    let (mut fa, mut sa) = ([0u32; LANES], [0u32; LANES]);
+    _mm256_storeu_ps(f.as_mut_ptr(), first);
+    _mm256_storeu_ps(s.as_mut_ptr(), second);
+    _mm256_storeu_si256(fa.as_mut_ptr().cast(), first_at);
+    _mm256_storeu_si256(sa.as_mut_ptr().cast(), second_at);
+    merge_lanes(std::array::from_fn(|l| [(f[l], fa[l]), (s[l], sa[l])]))
+}
+
+/// Scores every centre into `acc`, then keeps the best two per lane and merges the lanes.
+fn score_top_two(
+    norms: &[f32],
+    transposed: &[f32],
+    padded: usize,
+    dim: usize,
+    x: &[f32],
+    acc: &mut [f32],
+) -> TopTwo {
+    acc.copy_from_slice(norms);
+    for (d, &xd) in x.iter().enumerate().take(dim) {
+        let xd = -2.0 * xd;
+        let row = &transposed[d * padded..(d + 1) * padded];
+        for (a, &c) in acc.iter_mut().zip(row) {
+            *a += xd * c;
+        }
+    }
+    let mut lanes = [[(f32::INFINITY, 0u32); 2]; LANES];
+    for (j, &v) in acc.iter().enumerate() {
+        let lane = &mut lanes[j % LANES];
+        if v < lane[0].0 {
+            lane[1] = lane[0];
+            lane[0] = (v, j as u32);
+        } else if v < lane[1].0 {
+            lane[1] = (v, j as u32);
+        }
+    }
+    merge_lanes(lanes)
 }
 
 /// Squared distances of every point to `c`, computed over the transposed points (`pt`: one
 /// row of n values per dimension) so the loop runs over points and vectorises.
+#[inline(always)]
 fn distances_to(pt: &[f32], n: usize, c: &[f32], out: &mut [f32]) {
     out.iter_mut().for_each(|o| *o = 0.0);
     for (d, &cd) in c.iter().enumerate() {
@@ -118,8 +268,24 @@ fn distances_to(pt: &[f32], n: usize, c: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Greedy k-means++ (as scikit-learn does it: 2 + ln k candidates per new centre, keeping the one
-/// that lowers the potential most).
+/// Sum of `values` in f64 over eight interleaved lanes combined in a fixed order: the same result
+/// on every run, without the latency chain of one running f64 sum.
+#[inline(always)]
+fn lane_sum(values: &[f32]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let chunks = values.chunks_exact(8);
+    let rest: f64 = chunks.remainder().iter().map(|&v| v as f64).sum();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += v as f64;
+        }
+    }
+    lanes.iter().sum::<f64>() + rest
+}
+
+/// Greedy k-means++ (as scikit-learn does it: 2 + ln k candidates per new centre, drawn from the
+/// cumulative potential, keeping the one that lowers the potential most).
+#[inline(always)]
 fn seed(points: &Points, k: usize, rng: &mut Xoshiro256PlusPlus) -> Vec<f32> {
     let (n, dim) = (points.len(), points.dim);
     let mut pt = vec![0f32; n * dim];
@@ -136,31 +302,28 @@ fn seed(points: &Points, k: usize, rng: &mut Xoshiro256PlusPlus) -> Vec<f32> {
     let trials = 2 + (k as f64).ln().floor() as usize;
     let mut trial = vec![0f32; n];
     let mut best_dist = vec![0f32; n];
+    let mut cumulative = vec![0f64; n];
     for _ in 1..k {
-        let potential: f64 = closest.iter().map(|&d| d as f64).sum();
+        let mut acc = 0f64;
+        for (c, &d) in cumulative.iter_mut().zip(&closest) {
+            acc += d as f64;
+            *c = acc;
+        }
+        let potential = acc;
         let mut best: Option<(f64, usize)> = None;
         for _ in 0..trials {
             let cand = if potential > 0.0 {
                 let target = rng.random::<f64>() * potential;
-                let mut acc = 0.0;
-                let mut pick = n - 1;
-                for (i, &d) in closest.iter().enumerate() {
-                    acc += d as f64;
-                    if acc > target {
-                        pick = i;
-                        break;
-                    }
-                }
-                pick
+                // The first point whose cumulative potential exceeds the target.
+                cumulative.partition_point(|&c| c <= target).min(n - 1)
             } else {
                 rng.random_range(0..n)
             };
             distances_to(&pt, n, points.row(cand), &mut trial);
-            let mut pot = 0.0f64;
             for (t, &c) in trial.iter_mut().zip(&closest) {
                 *t = t.min(c);
-                pot += *t as f64;
             }
+            let pot = lane_sum(&trial);
             if best.is_none_or(|b| pot < b.0) {
                 best = Some((pot, cand));
                 std::mem::swap(&mut best_dist, &mut trial);
@@ -173,14 +336,30 @@ fn seed(points: &Points, k: usize, rng: &mut Xoshiro256PlusPlus) -> Vec<f32> {
     centers
 }
 
+/// Relative slack on Hamerly's bounds, so float rounding in them never skips a point whose
+/// nearest centre may have changed.
+const BOUND_SLACK: f32 = 1e-5;
+
 /// Lloyd iterations from `centers` (k rows). Empty clusters take the point farthest from its
 /// centroid (lowest index on ties), so all k centroids stay in use while points remain.
+///
+/// Hamerly's bounds skip the full nearest-centre search for a point whose centre is certainly
+/// still the nearest: closer than half the gap to any other centre, or than a lower bound on
+/// its second-nearest distance (kept up to date by subtracting how far centres moved). Each
+/// point's distance to its own centre is recomputed exactly every iteration, so the objective
+/// and the empty-cluster repair see exact distances.
+#[inline(always)]
 pub fn lloyd(points: &Points, mut centers: Vec<f32>, params: &KMeansParams) -> KMeansResult {
     let (n, dim, k) = (points.len(), points.dim, params.k);
     let mut assignment = vec![0u32; n];
     let mut dist = vec![0f32; n];
+    // Lower bound on each point's distance (not squared) to its second-nearest centre.
+    let mut lower = vec![0f32; n];
     let mut sums = vec![0f64; k * dim];
     let mut counts = vec![0usize; k];
+    let mut half_gap = vec![0f32; k];
+    let mut moved = vec![0f32; k];
+    let mut previous = centers.clone();
     let mut prev = f64::INFINITY;
     let mut inertia = 0.0;
     let mut iterations = 0;
@@ -188,17 +367,51 @@ pub fn lloyd(points: &Points, mut centers: Vec<f32>, params: &KMeansParams) -> K
         iterations = it + 1;
         inertia = 0.0;
         let mut search = NearestSearch::new(&centers, dim);
-        for i in 0..n {
-            let (j, d) = search.nearest(points.row(i));
-            assignment[i] = j as u32;
-            dist[i] = d;
-            inertia += d as f64;
+        if it == 0 {
+            for i in 0..n {
+                let (j, d, d2) = search.nearest_two(points.row(i));
+                assignment[i] = j as u32;
+                dist[i] = d;
+                lower[i] = d2.sqrt();
+                inertia += d as f64;
+            }
+        } else {
+            half_gaps(&centers, dim, &mut half_gap);
+            // The largest and second-largest moves: a point's other centres moved at most the
+            // largest move among centres other than its own.
+            let (mut top, mut top_at, mut runner_up) = (0f32, usize::MAX, 0f32);
+            for (j, &m) in moved.iter().enumerate() {
+                if m > top {
+                    runner_up = top;
+                    (top, top_at) = (m, j);
+                } else if m > runner_up {
+                    runner_up = m;
+                }
+            }
+            for i in 0..n {
+                let a = assignment[i] as usize;
+                let x = points.row(i);
+                let other_moved = if a == top_at { runner_up } else { top };
+                lower[i] -= other_moved;
+                let d = sq_dist(x, &centers[a * dim..(a + 1) * dim]);
+                let bound = lower[i].max(half_gap[a]) * (1.0 - BOUND_SLACK);
+                if d.sqrt() < bound {
+                    dist[i] = d;
+                } else {
+                    let (j, d, d2) = search.nearest_two(x);
+                    assignment[i] = j as u32;
+                    dist[i] = d;
+                    lower[i] = d2.sqrt();
+                }
+                inertia += dist[i] as f64;
+            }
         }
         if prev.is_finite() && prev - inertia <= params.tolerance * prev {
             break;
         }
         prev = inertia;
-        update_centroids(
+        previous.copy_from_slice(&centers);
+        let reseeded = update_centroids(
             points,
             &mut assignment,
             &mut dist,
@@ -206,6 +419,17 @@ pub fn lloyd(points: &Points, mut centers: Vec<f32>, params: &KMeansParams) -> K
             &mut sums,
             &mut counts,
         );
+        for w in reseeded {
+            // Its centre is now the point itself; nothing is known about the others.
+            lower[w] = 0.0;
+        }
+        for (j, m) in moved.iter_mut().enumerate() {
+            *m = sq_dist(
+                &centers[j * dim..(j + 1) * dim],
+                &previous[j * dim..(j + 1) * dim],
+            )
+            .sqrt();
+        }
     }
     KMeansResult {
         centroids: Points { data: centers, dim },
@@ -215,7 +439,23 @@ pub fn lloyd(points: &Points, mut centers: Vec<f32>, params: &KMeansParams) -> K
     }
 }
 
-/// Means of the clusters; empty clusters are re-seeded with the worst-fit points.
+/// Half the distance from every centre to its nearest other centre (infinite with one centre).
+#[inline(always)]
+fn half_gaps(centers: &[f32], dim: usize, out: &mut [f32]) {
+    out.iter_mut().for_each(|g| *g = f32::INFINITY);
+    for (a, ca) in centers.chunks_exact(dim).enumerate() {
+        for (b, cb) in centers.chunks_exact(dim).enumerate().skip(a + 1) {
+            let d = sq_dist(ca, cb);
+            out[a] = out[a].min(d);
+            out[b] = out[b].min(d);
+        }
+    }
+    out.iter_mut().for_each(|g| *g = 0.5 * g.sqrt());
+}
+
+/// Means of the clusters; empty clusters are re-seeded with the worst-fit points, which are
+/// returned.
+#[inline(always)]
 fn update_centroids(
     points: &Points,
     assignment: &mut [u32],
@@ -223,7 +463,8 @@ fn update_centroids(
     centers: &mut [f32],
     sums: &mut [f64],
     counts: &mut [usize],
-) {
+) -> Vec<usize> {
+    let mut reseeded = Vec::new();
     let dim = points.dim;
     sums.iter_mut().for_each(|s| *s = 0.0);
     counts.iter_mut().for_each(|c| *c = 0);
@@ -254,6 +495,7 @@ fn update_centroids(
             }
             assignment[w] = j as u32;
             dist[w] = 0.0;
+            reseeded.push(w);
             counts[j] = 1;
             for (s, &x) in sums[j * dim..(j + 1) * dim].iter_mut().zip(points.row(w)) {
                 *s = x as f64;
@@ -267,10 +509,39 @@ fn update_centroids(
             }
         }
     }
+    reseeded
 }
 
 /// k-means++ seeding then Lloyd. `k` is clamped to the number of points.
+///
+/// Compiled twice, for AVX2 and for the baseline CPU, and chosen at run time. The results are
+/// bit-identical: Rust never reassociates or fuses float operations, so wider vectors only run
+/// independent lanes side by side.
 pub fn kmeans(
+    points: &Points,
+    params: &KMeansParams,
+    rng: &mut Xoshiro256PlusPlus,
+) -> KMeansResult {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2.
+        return unsafe { kmeans_avx2(points, params, rng) };
+    }
+    kmeans_body(points, params, rng)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn kmeans_avx2(
+    points: &Points,
+    params: &KMeansParams,
+    rng: &mut Xoshiro256PlusPlus,
+) -> KMeansResult {
+    kmeans_body(points, params, rng)
+}
+
+#[inline(always)]
+fn kmeans_body(
     points: &Points,
     params: &KMeansParams,
     rng: &mut Xoshiro256PlusPlus,
@@ -356,5 +627,98 @@ mod tests {
         used.sort();
         used.dedup();
         assert_eq!(used.len(), 4);
+    }
+
+    fn random_points(n: usize, dim: usize, rng: &mut Xoshiro256PlusPlus) -> Points {
+        Points {
+            data: (0..n * dim).map(|_| rng.random_range(-1.0..1.0)).collect(),
+            dim,
+        }
+    }
+
+    /// The portable scan against the one actually used (AVX2 where the CPU has it), over sizes
+    /// that leave partial blocks and groups: same scores, same winners, bit for bit.
+    #[test]
+    fn vector_scan_matches_portable_scan_exactly() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+        for (k, dim) in [(1, 8), (7, 8), (8, 4), (33, 16), (115, 8), (37, 3)] {
+            let centers = random_points(k, dim, &mut rng);
+            let mut search = NearestSearch::new(&centers.data, dim);
+            let mut acc = vec![0f32; search.padded];
+            for _ in 0..50 {
+                let x = random_points(1, dim, &mut rng);
+                let portable = score_top_two(
+                    &search.norms,
+                    &search.transposed,
+                    search.padded,
+                    dim,
+                    &x.data,
+                    &mut acc,
+                );
+                let used = search.top_two(&x.data);
+                assert_eq!(portable.0, used.0, "k {k} dim {dim}");
+                assert_eq!(portable.1 .0.to_bits(), used.1 .0.to_bits());
+                // The winner is the true nearest centre (lowest index on ties).
+                let brute = nearest(&x.data, &centers.data, dim).0;
+                let d = |j: usize| sq_dist(&x.data, centers.row(j));
+                assert!(d(used.0 .1 as usize) <= d(brute) * (1.0 + 1e-5) + 1e-6);
+            }
+        }
+    }
+
+    /// k-means through the run-time dispatch against the portable build of the same code.
+    #[test]
+    fn dispatched_kmeans_matches_portable_kmeans_bit_for_bit() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(4);
+        let points = random_points(1500, 8, &mut rng);
+        let params = KMeansParams {
+            k: 60,
+            max_iters: 100,
+            tolerance: 1e-6,
+        };
+        let a = kmeans(&points, &params, &mut Xoshiro256PlusPlus::seed_from_u64(9));
+        let b = kmeans_body(&points, &params, &mut Xoshiro256PlusPlus::seed_from_u64(9));
+        assert_eq!(a, b);
+        assert!(a.iterations > 2);
+    }
+
+    /// Hamerly's bounds only skip work: the result equals plain Lloyd (full search every
+    /// iteration) from the same seeds.
+    #[test]
+    fn bounded_lloyd_matches_plain_lloyd() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+        let points = random_points(800, 8, &mut rng);
+        let k = 40;
+        let centers = seed(&points, k, &mut Xoshiro256PlusPlus::seed_from_u64(1));
+        let params = KMeansParams {
+            k,
+            max_iters: 30,
+            tolerance: 0.0,
+        };
+        let fast = lloyd(&points, centers.clone(), &params);
+        // Plain Lloyd: full search for every point, same update rule.
+        let mut c = centers;
+        let (mut assignment, mut dist) = (vec![0u32; 800], vec![0f32; 800]);
+        let (mut sums, mut counts) = (vec![0f64; k * 8], vec![0usize; k]);
+        for it in 0..fast.iterations {
+            if it > 0 {
+                update_centroids(
+                    &points,
+                    &mut assignment,
+                    &mut dist,
+                    &mut c,
+                    &mut sums,
+                    &mut counts,
+                );
+            }
+            let mut search = NearestSearch::new(&c, 8);
+            for i in 0..800 {
+                let (j, d) = search.nearest(points.row(i));
+                assignment[i] = j as u32;
+                dist[i] = d;
+            }
+        }
+        assert!(fast.iterations > 3);
+        assert_eq!(assignment, fast.assignment);
     }
 }
