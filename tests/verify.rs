@@ -14,6 +14,9 @@ const BASELINE_TOLERANCE: f64 = 0.005;
 /// ResNet-20 on the shared CIFAR-10 subset through ONNX Runtime (../shared/README.md).
 const RESNET20_TOP1: f64 = 0.8135;
 const RESNET20_TOP5: f64 = 0.9875;
+/// SqueezeNet 1.1 on the shared ImageNet sample through ONNX Runtime (../shared/README.md).
+const SQUEEZENET_TOP1: f64 = 0.5960;
+const SQUEEZENET_TOP5: f64 = 0.8020;
 
 fn digits_data() -> [String; 4] {
     let repo = common::repo();
@@ -289,4 +292,68 @@ fn stages_convert_cumulatively_and_report_each_stage() {
         "{}",
         common::stderr(&o)
     );
+}
+
+/// The fp16 SqueezeNet as published (f16 input, f16 weights, IR 3): its baseline through tract
+/// reproduces the ONNX Runtime figures, and a converted copy keeps f16 weights and input and
+/// still classifies about as well.
+#[test]
+fn fp16_squeezenet_baseline_and_converted_model_through_tract() {
+    let test = "fp16_squeezenet_baseline_and_converted_model_through_tract";
+    let Some(shared) = common::shared(test) else {
+        return;
+    };
+    let m = shared.join("models/squeezenet1.1-fp16.onnx");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fp16-dl.onnx");
+    let o = common::run(&[
+        "convert",
+        common::path_str(&m),
+        common::path_str(&out),
+        "--layers",
+        "fire9/expand3x3_1",
+        "--ratio",
+        "4",
+        "--verify",
+        "--data",
+        common::path_str(&shared.join("data/imagenet-sample")),
+        "--preprocess",
+        common::path_str(&shared.join("models/squeezenet1.1-fp16.preprocess.json")),
+        "--runs",
+        "1",
+        "--json",
+    ]);
+    let j = json(&o);
+    let v = &j["verify"];
+    assert_eq!(v["samples"], 500, "{j}");
+    let (top1, top5) = (
+        v["original"]["top1"].as_f64().unwrap(),
+        v["original"]["top5"].as_f64().unwrap(),
+    );
+    assert!(
+        (top1 - SQUEEZENET_TOP1).abs() <= BASELINE_TOLERANCE,
+        "top-1 {top1} vs {SQUEEZENET_TOP1}"
+    );
+    assert!(
+        (top5 - SQUEEZENET_TOP5).abs() <= BASELINE_TOLERANCE,
+        "top-5 {top5} vs {SQUEEZENET_TOP5}"
+    );
+    // One layer at ρ = 4 costs a few points at most, never the model.
+    let converted = v["converted"]["top1"].as_f64().unwrap();
+    assert!(converted > top1 - 0.05, "converted top-1 {converted}");
+    assert!(v["top1_agreement"].as_f64().unwrap() > 0.85, "{v}");
+    // The output is still an f16 model: f16 input and f16 weights.
+    let model = onnx_dlq::model::load(&out).unwrap();
+    let f16 = onnx_dlq::proto::tensor_proto::DataType::Float16 as i32;
+    let input = &model.proto.graph.as_ref().unwrap().input[0];
+    let elem = match &input.r#type.as_ref().unwrap().value {
+        Some(onnx_dlq::proto::type_proto::Value::TensorType(t)) => t.elem_type,
+        other => panic!("input type {other:?}"),
+    };
+    assert_eq!(elem, Some(f16));
+    // Every float initializer (the new atoms, coefficients and biases included) is f16.
+    let float = onnx_dlq::proto::tensor_proto::DataType::Float as i32;
+    let inits = &model.proto.graph.as_ref().unwrap().initializer;
+    assert!(inits.iter().all(|t| t.data_type != Some(float)));
+    assert!(inits.iter().any(|t| t.data_type == Some(f16)));
 }
