@@ -59,7 +59,10 @@ impl Runner {
                         .iter()
                         .any(|o| o.fact.datum_type == DatumType::F16)
                 }) {
-                    t.transform(&FloatPrecisionTranslator::new(DatumType::F16, DatumType::F32))?;
+                    t.transform(&FloatPrecisionTranslator::new(
+                        DatumType::F16,
+                        DatumType::F32,
+                    ))?;
                 }
                 t.into_optimized()
             })

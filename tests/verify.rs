@@ -14,6 +14,8 @@ const BASELINE_TOLERANCE: f64 = 0.005;
 /// ResNet-20 on the shared CIFAR-10 subset through ONNX Runtime (../shared/README.md).
 const RESNET20_TOP1: f64 = 0.8135;
 const RESNET20_TOP5: f64 = 0.9875;
+const RESNET56_TOP1: f64 = 0.8315;
+const RESNET56_TOP5: f64 = 0.9920;
 /// SqueezeNet 1.1 on the shared ImageNet sample through ONNX Runtime (../shared/README.md).
 const SQUEEZENET_TOP1: f64 = 0.5960;
 const SQUEEZENET_TOP5: f64 = 0.8020;
@@ -192,13 +194,13 @@ fn bad_verify_data_gets_a_clear_error() {
     assert_eq!(o.status.code(), Some(2));
 }
 
-#[test]
-fn resnet20_baseline_through_tract_matches_onnx_runtime() {
-    let test = "resnet20_baseline_through_tract_matches_onnx_runtime";
+/// `verify MODEL MODEL` on a shared CIFAR-10 model: its baseline through tract against the
+/// ONNX Runtime figures.
+fn cifar_baseline_matches_onnx_runtime(test: &str, name: &str, want_top1: f64, want_top5: f64) {
     let Some(shared) = common::shared(test) else {
         return;
     };
-    let m = shared.join("models/resnet20-cifar10.onnx");
+    let m = shared.join(format!("models/{name}.onnx"));
     let o = common::run(&[
         "verify",
         common::path_str(&m),
@@ -206,7 +208,7 @@ fn resnet20_baseline_through_tract_matches_onnx_runtime() {
         "--data",
         common::path_str(&shared.join("data/cifar10-test")),
         "--preprocess",
-        common::path_str(&shared.join("models/resnet20-cifar10.preprocess.json")),
+        common::path_str(&shared.join(format!("models/{name}.preprocess.json"))),
         "--runs",
         "3",
         "--json",
@@ -218,12 +220,32 @@ fn resnet20_baseline_through_tract_matches_onnx_runtime() {
         j["original"]["top5"].as_f64().unwrap(),
     );
     assert!(
-        (top1 - RESNET20_TOP1).abs() <= BASELINE_TOLERANCE,
-        "top-1 {top1} vs {RESNET20_TOP1}"
+        (top1 - want_top1).abs() <= BASELINE_TOLERANCE,
+        "{name} top-1 {top1} vs {want_top1}"
     );
     assert!(
-        (top5 - RESNET20_TOP5).abs() <= BASELINE_TOLERANCE,
-        "top-5 {top5} vs {RESNET20_TOP5}"
+        (top5 - want_top5).abs() <= BASELINE_TOLERANCE,
+        "{name} top-5 {top5} vs {want_top5}"
+    );
+}
+
+#[test]
+fn resnet20_baseline_through_tract_matches_onnx_runtime() {
+    cifar_baseline_matches_onnx_runtime(
+        "resnet20_baseline_through_tract_matches_onnx_runtime",
+        "resnet20-cifar10",
+        RESNET20_TOP1,
+        RESNET20_TOP5,
+    );
+}
+
+#[test]
+fn resnet56_baseline_through_tract_matches_onnx_runtime() {
+    cifar_baseline_matches_onnx_runtime(
+        "resnet56_baseline_through_tract_matches_onnx_runtime",
+        "resnet56-cifar10",
+        RESNET56_TOP1,
+        RESNET56_TOP5,
     );
 }
 
