@@ -1,11 +1,12 @@
 //! Command-line interface: argument definitions (clap derive) and dispatch to the library.
 //! Results go to stdout, logs and progress to stderr.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
+use crate::calibrate::{self, CalibrationOptions};
 use crate::codebook::{ClusterParams, Method};
 use crate::convert::{self, ConvertOptions, Selection};
 use crate::model::ExternalData;
@@ -106,6 +107,8 @@ pub struct ConvertArgs {
     #[arg(long)]
     pub verify: bool,
     #[command(flatten)]
+    pub calibration: CalibrationArgs,
+    #[command(flatten)]
     pub verify_data: VerifyData,
 }
 
@@ -145,26 +148,70 @@ pub struct VerifyData {
     /// A labelled image set (labels.csv + classes.txt); needs --preprocess.
     #[arg(long, requires = "preprocess")]
     pub data: Option<PathBuf>,
-    /// The preprocessing spec (JSON) for --data.
-    #[arg(long, requires = "data", value_name = "SPEC.json")]
+    /// The preprocessing spec (JSON) for --data (and for --calibrate).
+    #[arg(long, value_name = "SPEC.json")]
     pub preprocess: Option<PathBuf>,
     /// At most this many samples (default: the whole set, or 8 random inputs).
     #[arg(long)]
     pub samples: Option<usize>,
+    /// Leave out the first this many images of --data (e.g. the calibration images).
+    #[arg(long, default_value_t = 0, requires = "data")]
+    pub skip: usize,
     /// Timed runs per model for the latency figures.
     #[arg(long, default_value_t = 10)]
     pub runs: usize,
 }
 
 impl VerifyData {
+    /// --preprocess is for --data (or --calibrate): alone it would be silently ignored.
+    fn check(&self, calibrating: bool) -> Result<()> {
+        if self.preprocess.is_some() && self.data.is_none() && !calibrating {
+            bail!("--preprocess is given without --data (or --calibrate): nothing to preprocess");
+        }
+        Ok(())
+    }
+
     fn options(&self, input_shapes: Vec<InputShape>) -> verify::VerifyOptions {
         verify::VerifyOptions {
             data: self.data.clone().zip(self.preprocess.clone()),
             samples: self.samples,
+            skip: self.skip,
             runs: self.runs,
             input_shapes,
             seed: 0,
         }
+    }
+}
+
+/// Calibration-aware codebooks (`convert` and `stages`).
+#[derive(Debug, Args)]
+pub struct CalibrationArgs {
+    /// Learn codebooks that keep each layer's outputs close on these images (labels not
+    /// needed: labels.csv's files when present, else the folder's images); needs --preprocess.
+    #[arg(long, value_name = "DIR")]
+    pub calibrate: Option<PathBuf>,
+    /// Calibrate on the first this many images.
+    #[arg(long, default_value_t = 256, requires = "calibrate")]
+    pub calib_samples: usize,
+    /// Ridge added to the input second moments, relative to their mean diagonal.
+    #[arg(long, default_value_t = calibrate::DEFAULT_DAMPING, requires = "calibrate")]
+    pub calib_damping: f64,
+}
+
+impl CalibrationArgs {
+    fn options(&self, preprocess: Option<&Path>) -> Result<Option<CalibrationOptions>> {
+        let Some(dir) = &self.calibrate else {
+            return Ok(None);
+        };
+        let Some(spec) = preprocess else {
+            bail!("--calibrate needs --preprocess SPEC.json (how to turn its images into inputs)");
+        };
+        Ok(Some(CalibrationOptions {
+            data: dir.clone(),
+            preprocess: spec.to_path_buf(),
+            samples: self.calib_samples,
+            damping: self.calib_damping,
+        }))
     }
 }
 
@@ -223,8 +270,13 @@ pub struct StagesArgs {
     /// At most this many samples (default: the whole set).
     #[arg(long)]
     pub samples: Option<usize>,
+    /// Leave out the first this many images of --data (e.g. the calibration images).
+    #[arg(long, default_value_t = 0)]
+    pub skip: usize,
     #[command(flatten)]
     pub settings: ClusterSettings,
+    #[command(flatten)]
+    pub calibration: CalibrationArgs,
     /// Print JSON instead of Markdown tables.
     #[arg(long)]
     pub json: bool,
@@ -310,7 +362,12 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
         } else {
             ExternalData::Auto
         },
+        calibration: args
+            .calibration
+            .options(args.verify_data.preprocess.as_deref())?,
     };
+    args.verify_data
+        .check(args.calibration.calibrate.is_some())?;
     let report = convert::convert(&input, &output, &opts)?;
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(path) = &args.report {
@@ -340,6 +397,7 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
 }
 
 fn run_verify(args: VerifyArgs) -> Result<()> {
+    args.data.check(false)?;
     let v = verify::verify(
         &args.original,
         &args.converted,
@@ -362,8 +420,10 @@ fn run_stages(args: StagesArgs) -> Result<()> {
         methods: args.methods,
         params,
         data: args.data,
+        calibration: args.calibration.options(Some(&args.preprocess))?,
         preprocess: args.preprocess,
         samples: args.samples,
+        skip: args.skip,
     };
     let report = stages::run(&args.model, &opts)?;
     if args.json {

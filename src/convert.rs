@@ -8,7 +8,8 @@ use anyhow::{bail, Context, Result};
 use ndarray::Ix4;
 use serde::{Deserialize, Serialize};
 
-use crate::codebook::{self, ClusterParams, Method};
+use crate::calibrate::{self, CalibrationOptions};
+use crate::codebook::{self, ClusterParams, Codebook, Method};
 use crate::cost::GraphCost;
 use crate::inspect::{self, millions};
 use crate::model::{self, ExternalData, OnnxModel};
@@ -29,6 +30,8 @@ pub struct ConvertOptions {
     pub params: ClusterParams,
     pub input_shapes: Vec<InputShape>,
     pub external: ExternalData,
+    /// Learn output-aware codebooks from calibration images (see `calibrate`).
+    pub calibration: Option<CalibrationOptions>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,6 +51,12 @@ pub struct LayerReport {
     /// multiplications_before / multiplications_after, as counted on the graphs.
     pub achieved_ratio: f64,
     pub seconds: f64,
+    /// With calibration: the relative output error on the calibration inputs of the
+    /// calibrated codebook, and of the plain (weight-error) one for comparison.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_error: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_error_uncalibrated: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -145,6 +154,99 @@ pub struct Converted {
     pub multiplications_after: u64,
 }
 
+/// What the clustering gave one layer.
+struct LearntLayer {
+    codebook: Codebook,
+    weight_error: f64,
+    /// (calibrated, plain) relative output errors, with calibration.
+    output_errors: Option<(f64, f64)>,
+    seconds: f64,
+}
+
+fn layer_weight(original: &OnnxModel, layer: &ConvLayer) -> Result<ndarray::Array4<f32>> {
+    original
+        .tensor_f32(original.initializer(&layer.weight).expect("eligible"))
+        .and_then(|a| Ok(a.into_dimensionality::<Ix4>()?))
+        .with_context(|| format!("layer `{}`: weight `{}`", layer.name, layer.weight))
+}
+
+/// The codebook of every chosen layer (in `chosen` order). Without calibration each layer is
+/// learnt from its weights alone; with it, layers are learnt in network order, each from the
+/// statistics of its input in a model whose earlier layers already carry their approximation.
+fn learn_codebooks(
+    original: &OnnxModel,
+    chosen: &[&ConvLayer],
+    opts: &ConvertOptions,
+) -> Result<Vec<LearntLayer>> {
+    let params_for = |layer: &ConvLayer| {
+        let mut params = opts.params.clone();
+        params.seed = layer_seed(opts.params.seed, &layer.name);
+        params
+    };
+    let Some(cal) = &opts.calibration else {
+        return chosen
+            .iter()
+            .map(|layer| {
+                let started = Instant::now();
+                let w = layer_weight(original, layer)?;
+                let cb = codebook::learn(w.view(), &params_for(layer))
+                    .with_context(|| format!("layer `{}`", layer.name))?;
+                Ok(LearntLayer {
+                    weight_error: cb.relative_error(w.view()),
+                    codebook: cb,
+                    output_errors: None,
+                    seconds: started.elapsed().as_secs_f64(),
+                })
+            })
+            .collect();
+    };
+    let started = Instant::now();
+    let inputs = calibrate::load_inputs(cal)?;
+    eprintln!(
+        "calibration: {} images from {} ({:.1}s)",
+        inputs.len(),
+        cal.data.display(),
+        started.elapsed().as_secs_f64()
+    );
+    let mut order: Vec<usize> = (0..chosen.len()).collect();
+    order.sort_by_key(|&i| chosen[i].node_index);
+    let mut simulated = original.clone();
+    let mut learnt: Vec<Option<LearntLayer>> = (0..chosen.len()).map(|_| None).collect();
+    for (step, &i) in order.iter().enumerate() {
+        let layer = chosen[i];
+        let started = Instant::now();
+        let ctx = || format!("calibrating layer `{}`", layer.name);
+        let w = layer_weight(original, layer)?;
+        let stats = calibrate::collect(&simulated, &inputs, &layer.input).with_context(ctx)?;
+        let params = params_for(layer);
+        let cb = calibrate::learn(w.view(), &params, &stats, cal.damping).with_context(ctx)?;
+        let plain = codebook::learn(w.view(), &params).with_context(ctx)?;
+        let output_errors = (
+            calibrate::output_error(w.view(), cb.reconstruct().view(), &stats),
+            calibrate::output_error(w.view(), plain.reconstruct().view(), &stats),
+        );
+        calibrate::substitute(&mut simulated, layer, &cb).with_context(ctx)?;
+        eprintln!(
+            "calibrate [{}/{}] {}: {} input positions, {:.1}s",
+            step + 1,
+            order.len(),
+            layer.name,
+            stats.positions,
+            started.elapsed().as_secs_f64()
+        );
+        learnt[i] = Some(LearntLayer {
+            weight_error: cb.relative_error(w.view()),
+            codebook: cb,
+            output_errors: Some(output_errors),
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(learnt
+        .into_iter()
+        .map(|l| l.expect("every layer learnt"))
+        .collect())
+}
+
 /// Converts the chosen layers of `original` in memory; progress lines go to stderr.
 pub fn convert_model(original: &OnnxModel, opts: &ConvertOptions) -> Result<Converted> {
     opts.params.validate()?;
@@ -159,24 +261,22 @@ pub fn convert_model(original: &OnnxModel, opts: &ConvertOptions) -> Result<Conv
     for s in &skipped {
         eprintln!("skip {}: {}", s.name, s.reason);
     }
+    let learnt = learn_codebooks(original, &chosen, opts)?;
     let mut patch = GraphPatch::default();
     let mut partial = Vec::new();
     let total = chosen.len();
-    for (i, layer) in chosen.iter().enumerate() {
-        let started = Instant::now();
-        let w = original
-            .tensor_f32(original.initializer(&layer.weight).expect("eligible"))
-            .and_then(|a| Ok(a.into_dimensionality::<Ix4>()?))
-            .with_context(|| format!("layer `{}`: weight `{}`", layer.name, layer.weight))?;
-        let mut params = opts.params.clone();
-        params.seed = layer_seed(opts.params.seed, &layer.name);
-        let cb = codebook::learn(w.view(), &params)
-            .with_context(|| format!("layer `{}`", layer.name))?;
-        let err = cb.relative_error(w.view());
+    for (i, (layer, learnt)) in chosen.iter().zip(learnt).enumerate() {
+        let LearntLayer {
+            codebook: cb,
+            weight_error: err,
+            output_errors,
+            seconds,
+        } = learnt;
         let settings = serde_json::json!({
-            "method": params.method, "ratio": params.ratio, "subspace": params.subspace,
-            "c": params.c, "alpha": params.alpha, "k_vq": cb.sizes.k_vq, "k": cb.sizes.k, "l": cb.sizes.l,
-            "iters": params.iters, "seed": opts.params.seed, "relative_error": err,
+            "method": cb.method, "ratio": opts.params.ratio, "subspace": opts.params.subspace,
+            "c": opts.params.c, "alpha": opts.params.alpha, "k_vq": cb.sizes.k_vq, "k": cb.sizes.k, "l": cb.sizes.l,
+            "iters": opts.params.iters, "seed": opts.params.seed, "relative_error": err,
+            "calibrated": opts.calibration.is_some(),
         });
         patch.layers.push(rewrite::lower(
             original,
@@ -185,18 +285,27 @@ pub fn convert_model(original: &OnnxModel, opts: &ConvertOptions) -> Result<Conv
             &inv.shapes,
             &settings.to_string(),
         )?);
-        let seconds = started.elapsed().as_secs_f64();
         eprintln!(
-            "[{}/{total}] {}: {:?} K={} L={} S={} relative error {:.4} ({seconds:.2}s)",
+            "[{}/{total}] {}: {:?} K={} L={} S={} relative error {:.4}{} ({seconds:.2}s)",
             i + 1,
             layer.name,
             cb.kernel_shape,
             cb.sizes.k,
             cb.sizes.l,
             cb.sizes.subspaces,
-            err
+            err,
+            output_errors
+                .map(|(cal, plain)| format!(", output error {plain:.4} -> {cal:.4} calibrated"))
+                .unwrap_or_default()
         );
-        partial.push((layer.name.clone(), layer.node_index, cb, err, seconds));
+        partial.push((
+            layer.name.clone(),
+            layer.node_index,
+            cb,
+            err,
+            seconds,
+            output_errors,
+        ));
     }
     let mut converted = original.clone();
     rewrite::apply(&mut converted, patch)?;
@@ -206,7 +315,7 @@ pub fn convert_model(original: &OnnxModel, opts: &ConvertOptions) -> Result<Conv
     let new_cost = crate::cost::graph_cost(&converted, &new_shapes);
     let layers = partial
         .into_iter()
-        .map(|(name, node_index, cb, err, seconds)| {
+        .map(|(name, node_index, cb, err, seconds, output_errors)| {
             let before = inv.cost.nodes[node_index].cost.multiplications;
             let after = prefix_cost(&new_cost, &converted, &name);
             LayerReport {
@@ -224,6 +333,8 @@ pub fn convert_model(original: &OnnxModel, opts: &ConvertOptions) -> Result<Conv
                 additions_after: after.additions,
                 achieved_ratio: before as f64 / after.multiplications.max(1) as f64,
                 seconds,
+                output_error: output_errors.map(|e| e.0),
+                output_error_uncalibrated: output_errors.map(|e| e.1),
             }
         })
         .collect();

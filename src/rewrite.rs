@@ -505,23 +505,38 @@ pub fn lower(
             .collect::<Result<_>>()?;
         b.node("Sum", "subspace_sum", parts, vec![])?
     };
-    let final_name = match &layer.bias {
-        Some(bias) => {
-            let bias_t = model.initializer(bias).context("bias initializer")?;
+    // The original bias (if any) plus calibration's shift (if any).
+    let mut bias: Option<Vec<f32>> = match &layer.bias {
+        Some(name) => {
+            let bias_t = model.initializer(name).context("bias initializer")?;
             let values = model
                 .tensor_f32(bias_t)
-                .with_context(|| format!("{}: bias `{bias}`", ctx()))?;
+                .with_context(|| format!("{}: bias `{name}`", ctx()))?;
             ensure!(
                 values.len() == m,
-                "{}: bias `{bias}` has {} values, expected {m}",
+                "{}: bias `{name}` has {} values, expected {m}",
                 ctx(),
                 values.len()
             );
-            let bias4 = b.float_init(
-                "bias",
-                &[1, m, 1, 1],
-                values.as_slice().expect("contiguous"),
-            )?;
+            Some(values.iter().copied().collect())
+        }
+        None => None,
+    };
+    if let Some(shift) = &codebook.bias_shift {
+        ensure!(
+            shift.len() == m,
+            "{}: the codebook's bias shift has {} values, expected {m}",
+            ctx(),
+            shift.len()
+        );
+        let values = bias.get_or_insert_with(|| vec![0.0; m]);
+        for (v, s) in values.iter_mut().zip(shift) {
+            *v += s;
+        }
+    }
+    let final_name = match bias {
+        Some(values) => {
+            let bias4 = b.float_init("bias", &[1, m, 1, 1], &values)?;
             b.node("Add", "output", vec![summed, bias4], vec![])?
         }
         None => summed,

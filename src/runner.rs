@@ -39,8 +39,29 @@ pub fn parse(model: &OnnxModel) -> Result<tract_onnx::model::ParseResult> {
 impl Runner {
     /// Optimises `model` for one input of `input_shape` (the model must have exactly one input).
     pub fn new(model: &OnnxModel, input_shape: &[usize]) -> Result<Runner> {
+        Runner::with_outputs(model, input_shape, &[])
+    }
+
+    /// Like [`Runner::new`], but the plan's outputs are the named tensors (any tensor of the
+    /// graph, e.g. a Conv's input) instead of the model's outputs, when `outputs` is not empty.
+    pub fn with_outputs(
+        model: &OnnxModel,
+        input_shape: &[usize],
+        outputs: &[String],
+    ) -> Result<Runner> {
         let parsed = parse(model)?;
         let mut m = parsed.model;
+        if !outputs.is_empty() {
+            let outlets = outputs
+                .iter()
+                .map(|name| {
+                    m.find_outlet_label(name)
+                        .or_else(|| m.node_by_name(name).ok().map(|n| OutletId::new(n.id, 0)))
+                        .with_context(|| format!("tensor `{name}` is not in the model"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            m.select_output_outlets(&outlets)?;
+        }
         let inputs = m.input_outlets()?.to_vec();
         ensure!(
             inputs.len() == 1,
@@ -82,6 +103,11 @@ impl Runner {
 
     /// Runs on `input` and returns the first output as `f32`.
     pub fn run(&self, input: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+        Ok(self.run_all(input)?.swap_remove(0))
+    }
+
+    /// Runs on `input` and returns every output as `f32`, in order.
+    pub fn run_all(&self, input: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
         ensure!(
             input.shape() == self.input_shape.as_slice(),
             "input shape {:?}, expected {:?}",
@@ -97,7 +123,11 @@ impl Runner {
             .plan
             .run(tvec!(t.into_tvalue()))
             .map_err(|e| anyhow!("tract failed to run the model: {e:#}"))?;
-        let out = out[0].cast_to::<f32>().context("casting the output")?;
-        Ok(out.to_plain_array_view::<f32>()?.to_owned())
+        out.iter()
+            .map(|o| {
+                let o = o.cast_to::<f32>().context("casting the output")?;
+                Ok(o.to_plain_array_view::<f32>()?.to_owned())
+            })
+            .collect()
     }
 }

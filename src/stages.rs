@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 
+use crate::calibrate::CalibrationOptions;
 use crate::codebook::{ClusterParams, Method};
 use crate::convert::{self, ConvertOptions, Selection};
 use crate::model::{self, ExternalData, OnnxModel};
@@ -27,6 +28,9 @@ pub struct StagesOptions {
     pub data: PathBuf,
     pub preprocess: PathBuf,
     pub samples: Option<usize>,
+    /// Leave out the first this many images (those used for calibration).
+    pub skip: usize,
+    pub calibration: Option<CalibrationOptions>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -86,7 +90,13 @@ pub fn run(path: &Path, opts: &StagesOptions) -> Result<StagesReport> {
     let original = model::load(path)?;
     let stages = stage_layers(&original, &opts.stages)?;
     let norms = weight_norms(&original, &stages)?;
-    let set = EvalSet::images(&original, &opts.data, &opts.preprocess, opts.samples)?;
+    let set = EvalSet::images(
+        &original,
+        &opts.data,
+        &opts.preprocess,
+        opts.samples,
+        opts.skip,
+    )?;
     let runner =
         Runner::new(&original, &set.input_shape).with_context(|| path.display().to_string())?;
     let base = set.run(&runner, "original")?;
@@ -125,6 +135,7 @@ pub fn run(path: &Path, opts: &StagesOptions) -> Result<StagesReport> {
                         params,
                         input_shapes: vec![],
                         external: ExternalData::Auto,
+                        calibration: opts.calibration.clone(),
                     },
                 )
                 .with_context(|| format!("{} ρ={ratio} stage `{stage}`", method.as_str()))?;

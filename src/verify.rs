@@ -28,6 +28,8 @@ pub struct VerifyOptions {
     pub data: Option<(PathBuf, PathBuf)>,
     /// At most this many samples (all of the set, or 8 random inputs, by default).
     pub samples: Option<usize>,
+    /// Leave out the first this many images of the set (e.g. those used for calibration).
+    pub skip: usize,
     /// Timed runs per model for latency.
     pub runs: usize,
     pub input_shapes: Vec<InputShape>,
@@ -52,14 +54,23 @@ fn graph_input(m: &OnnxModel) -> Option<&str> {
 }
 
 impl EvalSet {
-    /// The first `samples` images of a labelled set (all by default), preprocessed for `model`.
+    /// `samples` images of a labelled set (all by default) after the first `skip`,
+    /// preprocessed for `model`.
     pub fn images(
         model: &OnnxModel,
         dir: &Path,
         spec_path: &Path,
         samples: Option<usize>,
+        skip: usize,
     ) -> Result<EvalSet> {
-        let set = LabelledSet::load(dir)?;
+        let mut set = LabelledSet::load(dir)?;
+        ensure!(
+            skip < set.items.len(),
+            "--skip {skip} leaves no image of the {} in {}",
+            set.items.len(),
+            dir.display()
+        );
+        set.items.drain(..skip);
         let spec = PreprocessSpec::load(spec_path)?;
         let name = graph_input(model);
         ensure!(
@@ -257,7 +268,7 @@ pub fn verify(original: &Path, converted: &Path, opts: &VerifyOptions) -> Result
     let a = model::load(original)?;
     let b = model::load(converted)?;
     let set = match &opts.data {
-        Some((dir, spec)) => EvalSet::images(&a, dir, spec, opts.samples),
+        Some((dir, spec)) => EvalSet::images(&a, dir, spec, opts.samples, opts.skip),
         None => EvalSet::random(
             &a,
             &opts.input_shapes,

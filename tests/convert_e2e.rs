@@ -26,6 +26,7 @@ fn opts(selection: Selection, method: Method, ratio: f64) -> ConvertOptions {
         params: ClusterParams::new(method, ratio),
         input_shapes: vec![],
         external: ExternalData::Auto,
+        calibration: None,
     }
 }
 

@@ -68,6 +68,9 @@ pub struct Codebook {
     pub kernel_shape: [usize; 4],
     pub sizes: Sizes,
     pub subspaces: Vec<SubspaceCodebook>,
+    /// Added to the layer's bias (one value per output channel) by the rewrite: calibration's
+    /// correction of the output mean. `None` from plain weight-error learning.
+    pub bias_shift: Option<Vec<f32>>,
 }
 
 impl Codebook {
@@ -178,6 +181,7 @@ pub fn learn(kernel: ArrayView4<f32>, params: &ClusterParams) -> Result<Codebook
         kernel_shape: [m, n, kh, kw],
         sizes,
         subspaces,
+        bias_shift: None,
     })
 }
 
