@@ -58,24 +58,16 @@ fn convert(
     if case.method == Method::Dl && p.l.unwrap() < case.alpha {
         p.alpha = 1;
     }
-    let cb = codebook::learn(kernel.view(), &p).unwrap();
-    let mut dense = original.clone();
-    let rec = cb.reconstruct();
-    let w = dense
-        .graph_mut()
-        .initializer
-        .iter_mut()
-        .find(|t| t.name.as_deref() == Some("w"))
-        .unwrap();
-    onnx_dlq::tensor::set_f32(
-        w,
-        &[s.m, s.n, s.kh, s.kw],
-        rec.as_slice().unwrap(),
-        onnx_dlq::tensor::FloatType::F32,
-    );
-
+    let mut cb = codebook::learn(kernel.view(), &p).unwrap();
+    // Half the cases carry a calibration bias shift, which the rewrite adds to the bias.
+    if rng.random_range(0..2) == 0 {
+        cb.bias_shift = Some(uniform(rng, s.m));
+    }
     let layers = select::conv_layers(&original);
     assert!(layers[0].convertible(), "{:?}", layers[0].eligibility);
+    // The dense reference: the reconstructed kernel (and shifted bias) in the original Conv.
+    let mut dense = original.clone();
+    onnx_dlq::calibrate::substitute(&mut dense, &layers[0], &cb).unwrap();
     let sh = shapes::infer(&original, &[]).unwrap();
     let lp = rewrite::lower(&original, &layers[0], &cb, &sh, "{}").unwrap();
     let mut converted = original.clone();

@@ -1,0 +1,153 @@
+//! `convert --calibrate`: output-aware codebooks from unlabelled images, reported per layer,
+//! reproducible, evaluated on held-out images; bad calibration input is a clean error with no
+//! output file.
+
+mod common;
+
+use serde_json::Value;
+
+/// Images of the default model's test set used for calibration; the rest are for evaluation.
+const CALIBRATION_IMAGES: usize = 200;
+
+fn repo_path(rel: &str) -> String {
+    common::repo().join(rel).display().to_string()
+}
+
+fn convert_json(args: &[&str]) -> Value {
+    let o = common::run(args);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", common::stdout(&o)))
+}
+
+#[test]
+fn calibrated_conversion_lowers_every_layers_output_error_and_is_reproducible() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data, spec) = (
+        repo_path("models/digits-cnn.onnx"),
+        repo_path("models/digits-test"),
+        repo_path("models/digits-cnn.preprocess.json"),
+    );
+    let samples = CALIBRATION_IMAGES.to_string();
+    let out = |name: &str| dir.path().join(name).display().to_string();
+    let (a, b) = (out("a.onnx"), out("b.onnx"));
+    let args = |o: &str| {
+        vec![
+            "convert".to_string(),
+            model.clone(),
+            o.to_string(),
+            "--layers".into(),
+            "conv2,conv3,conv4".into(),
+            "--ratio".into(),
+            "4".into(),
+            "--calibrate".into(),
+            data.clone(),
+            "--preprocess".into(),
+            spec.clone(),
+            "--calib-samples".into(),
+            samples.clone(),
+            "--json".into(),
+        ]
+    };
+    let a_args = args(&a);
+    let j = convert_json(&a_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let layers = j["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 3);
+    for l in layers {
+        let (cal, plain) = (
+            l["output_error"].as_f64().unwrap(),
+            l["output_error_uncalibrated"].as_f64().unwrap(),
+        );
+        assert!(cal > 0.0 && cal < plain, "{}: {cal} vs {plain}", l["name"]);
+    }
+    // Same input, flags and seed: the same bytes.
+    let b_args = args(&b);
+    convert_json(&b_args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+
+    // Held-out evaluation: the converted model still classifies the images it never saw.
+    let v = convert_json(&[
+        "verify",
+        &model,
+        &a,
+        "--data",
+        &data,
+        "--preprocess",
+        &spec,
+        "--skip",
+        &samples,
+        "--runs",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(v["samples"], 360 - CALIBRATION_IMAGES);
+    let top1 = v["converted"]["top1"].as_f64().unwrap();
+    assert!(top1 > 0.9, "held-out top-1 {top1}");
+}
+
+#[test]
+fn bad_calibration_input_is_a_clean_error_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.onnx");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let model = repo_path("models/digits-cnn.onnx");
+    let spec = repo_path("models/digits-cnn.preprocess.json");
+    let cases: Vec<(Vec<String>, &str, i32)> = vec![
+        (
+            vec!["--calibrate".into(), repo_path("models/digits-test")],
+            "--calibrate needs --preprocess",
+            1,
+        ),
+        (
+            vec![
+                "--calibrate".into(),
+                empty.display().to_string(),
+                "--preprocess".into(),
+                spec.clone(),
+            ],
+            "no labels.csv and no .png/.jpg/.jpeg images",
+            1,
+        ),
+        (
+            vec![
+                "--calibrate".into(),
+                dir.path().join("missing").display().to_string(),
+                "--preprocess".into(),
+                spec.clone(),
+            ],
+            "does not exist",
+            1,
+        ),
+        (
+            vec![
+                "--calibrate".into(),
+                repo_path("models/digits-test"),
+                "--preprocess".into(),
+                spec.clone(),
+                "--calib-samples".into(),
+                "0".into(),
+            ],
+            "--calib-samples must be at least 1",
+            1,
+        ),
+        (vec!["--calib-samples".into(), "4".into()], "--calibrate", 2),
+    ];
+    for (extra, expect, code) in cases {
+        let mut args = vec![
+            "convert".to_string(),
+            model.clone(),
+            out.display().to_string(),
+            "--layers".into(),
+            "conv2".into(),
+            "--ratio".into(),
+            "4".into(),
+        ];
+        args.extend(extra);
+        let o = common::run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let err = common::stderr(&o);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(expect), "{args:?}: `{expect}` not in {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!out.exists(), "{args:?} left an output file");
+    }
+}
