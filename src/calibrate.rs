@@ -206,17 +206,42 @@ impl InputStats {
 /// Runs `model` with `tensor` exposed on every input and sums its statistics (in input order,
 /// so the result does not depend on the thread count).
 pub fn collect(model: &OnnxModel, inputs: &[ArrayD<f32>], tensor: &str) -> Result<InputStats> {
-    let runner = Runner::with_outputs(model, inputs[0].shape(), &[tensor.to_string()])?;
-    let per_input: Vec<InputStats> = inputs
-        .par_iter()
-        .map(|x| InputStats::of(&runner.run_all(x)?[0]))
-        .collect::<Result<_>>()
-        .with_context(|| format!("collecting the statistics of `{tensor}`"))?;
-    let mut total = per_input[0].clone();
-    for s in &per_input[1..] {
-        total.merge(s);
+    Ok(collect_many(model, inputs, &[tensor.to_string()])?.swap_remove(0))
+}
+
+/// [`collect`] for several tensors in one pass over the inputs.
+pub fn collect_many(
+    model: &OnnxModel,
+    inputs: &[ArrayD<f32>],
+    tensors: &[String],
+) -> Result<Vec<InputStats>> {
+    ensure!(!inputs.is_empty(), "no calibration inputs");
+    let mut unique: Vec<String> = tensors.to_vec();
+    unique.sort();
+    unique.dedup();
+    let runner = Runner::with_outputs(model, inputs[0].shape(), &unique)?;
+    // Inputs in parallel by chunks, merged in input order: bounded memory (a chunk's
+    // statistics, not every input's), and sums that do not depend on the thread count.
+    let chunk = 4 * rayon::current_num_threads().max(1);
+    let mut total: Option<Vec<InputStats>> = None;
+    for part in inputs.chunks(chunk) {
+        let per_input: Vec<Vec<InputStats>> = part
+            .par_iter()
+            .map(|x| runner.run_all(x)?.iter().map(InputStats::of).collect())
+            .collect::<Result<_>>()
+            .with_context(|| format!("collecting the statistics of {unique:?}"))?;
+        for stats in per_input {
+            match &mut total {
+                None => total = Some(stats),
+                Some(t) => t.iter_mut().zip(&stats).for_each(|(t, s)| t.merge(s)),
+            }
+        }
     }
-    Ok(total)
+    let total = total.expect("at least one input");
+    Ok(tensors
+        .iter()
+        .map(|t| total[unique.binary_search(t).expect("deduplicated from tensors")].clone())
+        .collect())
 }
 
 /// Lower-triangular L with L Lᵀ = h + damping·mean(diag h)·I (row-major d × d). A matrix that is

@@ -71,7 +71,7 @@ pub struct ConvertArgs {
         long,
         value_delimiter = ',',
         conflicts_with = "all",
-        required_unless_present = "all"
+        required_unless_present_any = ["all", "target_speedup"]
     )]
     pub layers: Vec<String>,
     /// Convert every eligible Conv layer (the others are listed with the reason).
@@ -83,6 +83,11 @@ pub struct ConvertArgs {
     /// Target acceleration ρ of each converted layer.
     #[arg(long, default_value_t = 10.0)]
     pub ratio: f64,
+    /// Instead of one --ratio: a whole-model multiplication reduction to reach, with a ρ per
+    /// layer chosen from measured sensitivities (among --layers, or every eligible layer);
+    /// layers that do not pay off stay original. Best with --calibrate.
+    #[arg(long, value_name = "X", conflicts_with_all = ["ratio", "k", "l"])]
+    pub target_speedup: Option<f64>,
     #[command(flatten)]
     pub settings: ClusterSettings,
     /// Explicit K (DL) or K_vq (VQ) instead of the rules.
@@ -365,6 +370,7 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
         calibration: args
             .calibration
             .options(args.verify_data.preprocess.as_deref())?,
+        target_speedup: args.target_speedup,
     };
     args.verify_data
         .check(args.calibration.calibrate.is_some())?;

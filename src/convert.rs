@@ -1,6 +1,7 @@
 //! The convert pipeline: load → select → cluster → rewrite → save, with the per-layer and
 //! model-wide report (K, L, achieved ρ, weight error, multiplications and file sizes).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -8,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use ndarray::Ix4;
 use serde::{Deserialize, Serialize};
 
+use crate::budget::{self, Allocation};
 use crate::calibrate::{self, CalibrationOptions};
 use crate::codebook::{self, ClusterParams, Codebook, Method};
 use crate::cost::GraphCost;
@@ -32,6 +34,9 @@ pub struct ConvertOptions {
     pub external: ExternalData,
     /// Learn output-aware codebooks from calibration images (see `calibrate`).
     pub calibration: Option<CalibrationOptions>,
+    /// Whole-model multiplication reduction to reach: a ρ per layer is allocated (see
+    /// `budget`) among the selected layers, and `params.ratio` is not used.
+    pub target_speedup: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,6 +77,8 @@ pub struct ConvertReport {
     pub params: ClusterParams,
     pub layers: Vec<LayerReport>,
     pub skipped: Vec<SkippedLayer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<Allocation>,
     pub multiplications_before: u64,
     pub multiplications_after: u64,
     pub speedup: f64,
@@ -134,6 +141,86 @@ fn choose<'a>(
     }
 }
 
+/// `--target-speedup`: the selected eligible layers (all with `--all` or no names), their
+/// ratios from `budget::allocate`; the chosen layers in graph order.
+fn allocate<'a>(
+    original: &OnnxModel,
+    inv: &'a inspect::Inventory,
+    opts: &ConvertOptions,
+    target: f64,
+) -> Result<(Vec<&'a ConvLayer>, Vec<SkippedLayer>, Option<Allocation>)> {
+    let (candidates, skipped): (Vec<&ConvLayer>, Vec<SkippedLayer>) = match &opts.selection {
+        Selection::Named(names) if !names.is_empty() => {
+            (select::resolve_all(&inv.layers, names)?, vec![])
+        }
+        _ => {
+            let mut c = Vec::new();
+            let mut s = Vec::new();
+            for l in &inv.layers {
+                match &l.eligibility {
+                    Ok(()) => c.push(l),
+                    Err(reason) => s.push(SkippedLayer {
+                        name: l.name.clone(),
+                        reason: reason.clone(),
+                    }),
+                }
+            }
+            (c, s)
+        }
+    };
+    let positions = |t: &str| {
+        inv.shapes
+            .get(t)
+            .filter(|d| d.len() > 2)
+            .map(|d| d[2..].iter().product::<usize>() as f64)
+    };
+    let with_cost: Vec<budget::Candidate> = candidates
+        .iter()
+        .map(|l| budget::Candidate {
+            layer: l,
+            multiplications: inv.cost.nodes[l.node_index].cost.multiplications,
+            position_factor: match (positions(&l.input), positions(&l.output)) {
+                (Some(i), Some(o)) if o > 0.0 => i / o,
+                _ => 1.0,
+            },
+        })
+        .collect();
+    let inputs = match &opts.calibration {
+        Some(cal) => Some(calibrate::load_inputs(cal)?),
+        None => None,
+    };
+    let none = BTreeMap::new();
+    let a = budget::allocate(
+        original,
+        &with_cost,
+        inv.cost.total.multiplications,
+        target,
+        &|l: &ConvLayer| layer_params(opts, &none, l),
+        inputs
+            .as_deref()
+            .zip(opts.calibration.as_ref().map(|c| c.damping)),
+    )?;
+    for l in &a.layers {
+        eprintln!(
+            "target-speedup: {} at ρ = {} (error {:.4})",
+            l.name, l.ratio, l.error
+        );
+    }
+    eprintln!(
+        "target-speedup: {} layers converted, {} left original, estimated {:.3}x ({:.1}s)",
+        a.layers.len(),
+        a.unchanged.len(),
+        a.estimated_speedup,
+        a.seconds
+    );
+    let mut chosen: Vec<&ConvLayer> = candidates
+        .into_iter()
+        .filter(|l| a.layers.iter().any(|x| x.name == l.name))
+        .collect();
+    chosen.sort_by_key(|l| l.node_index);
+    Ok((chosen, skipped, Some(a)))
+}
+
 fn prefix_cost(cost: &GraphCost, model: &OnnxModel, layer: &str) -> crate::cost::OpCost {
     let prefix = format!("{layer}/dlq/");
     let g = model.graph();
@@ -150,6 +237,7 @@ pub struct Converted {
     pub model: OnnxModel,
     pub layers: Vec<LayerReport>,
     pub skipped: Vec<SkippedLayer>,
+    pub allocation: Option<Allocation>,
     pub multiplications_before: u64,
     pub multiplications_after: u64,
 }
@@ -173,16 +261,27 @@ fn layer_weight(original: &OnnxModel, layer: &ConvLayer) -> Result<ndarray::Arra
 /// The codebook of every chosen layer (in `chosen` order). Without calibration each layer is
 /// learnt from its weights alone; with it, layers are learnt in network order, each from the
 /// statistics of its input in a model whose earlier layers already carry their approximation.
+/// A layer's parameters: the user's, with the layer's own seed and (from an allocation) ρ.
+fn layer_params(
+    opts: &ConvertOptions,
+    ratios: &BTreeMap<String, f64>,
+    layer: &ConvLayer,
+) -> ClusterParams {
+    let mut params = opts.params.clone();
+    params.seed = layer_seed(opts.params.seed, &layer.name);
+    if let Some(&r) = ratios.get(&layer.name) {
+        params.ratio = r;
+    }
+    params
+}
+
 fn learn_codebooks(
     original: &OnnxModel,
     chosen: &[&ConvLayer],
     opts: &ConvertOptions,
+    ratios: &BTreeMap<String, f64>,
 ) -> Result<Vec<LearntLayer>> {
-    let params_for = |layer: &ConvLayer| {
-        let mut params = opts.params.clone();
-        params.seed = layer_seed(opts.params.seed, &layer.name);
-        params
-    };
+    let params_for = |layer: &ConvLayer| layer_params(opts, ratios, layer);
     let Some(cal) = &opts.calibration else {
         return chosen
             .iter()
@@ -202,6 +301,17 @@ fn learn_codebooks(
     };
     let started = Instant::now();
     let inputs = calibrate::load_inputs(cal)?;
+    learn_calibrated(original, chosen, cal, &inputs, &params_for, started)
+}
+
+fn learn_calibrated(
+    original: &OnnxModel,
+    chosen: &[&ConvLayer],
+    cal: &CalibrationOptions,
+    inputs: &[ndarray::ArrayD<f32>],
+    params_for: &dyn Fn(&ConvLayer) -> ClusterParams,
+    started: Instant,
+) -> Result<Vec<LearntLayer>> {
     eprintln!(
         "calibration: {} images from {} ({:.1}s)",
         inputs.len(),
@@ -217,7 +327,7 @@ fn learn_codebooks(
         let started = Instant::now();
         let ctx = || format!("calibrating layer `{}`", layer.name);
         let w = layer_weight(original, layer)?;
-        let stats = calibrate::collect(&simulated, &inputs, &layer.input).with_context(ctx)?;
+        let stats = calibrate::collect(&simulated, inputs, &layer.input).with_context(ctx)?;
         let params = params_for(layer);
         let cb = calibrate::learn(w.view(), &params, &stats, cal.damping).with_context(ctx)?;
         let plain = codebook::learn(w.view(), &params).with_context(ctx)?;
@@ -251,7 +361,17 @@ fn learn_codebooks(
 pub fn convert_model(original: &OnnxModel, opts: &ConvertOptions) -> Result<Converted> {
     opts.params.validate()?;
     let inv = inspect::inventory(original, &opts.input_shapes)?;
-    let (chosen, skipped) = choose(&inv.layers, &opts.selection, &opts.params)?;
+    let (chosen, skipped, allocation) = match opts.target_speedup {
+        None => {
+            let (c, s) = choose(&inv.layers, &opts.selection, &opts.params)?;
+            (c, s, None)
+        }
+        Some(target) => allocate(original, &inv, opts, target)?,
+    };
+    let ratios: BTreeMap<String, f64> = allocation
+        .iter()
+        .flat_map(|a| a.layers.iter().map(|l| (l.name.clone(), l.ratio)))
+        .collect();
     if chosen.is_empty() {
         bail!(
             "no layer to convert ({} Conv layers, none eligible with these parameters)",
@@ -261,7 +381,7 @@ pub fn convert_model(original: &OnnxModel, opts: &ConvertOptions) -> Result<Conv
     for s in &skipped {
         eprintln!("skip {}: {}", s.name, s.reason);
     }
-    let learnt = learn_codebooks(original, &chosen, opts)?;
+    let learnt = learn_codebooks(original, &chosen, opts, &ratios)?;
     let mut patch = GraphPatch::default();
     let mut partial = Vec::new();
     let total = chosen.len();
@@ -273,7 +393,7 @@ pub fn convert_model(original: &OnnxModel, opts: &ConvertOptions) -> Result<Conv
             seconds,
         } = learnt;
         let settings = serde_json::json!({
-            "method": cb.method, "ratio": opts.params.ratio, "subspace": opts.params.subspace,
+            "method": cb.method, "ratio": layer_params(opts, &ratios, layer).ratio, "subspace": opts.params.subspace,
             "c": opts.params.c, "alpha": opts.params.alpha, "k_vq": cb.sizes.k_vq, "k": cb.sizes.k, "l": cb.sizes.l,
             "iters": opts.params.iters, "seed": opts.params.seed, "relative_error": err,
             "calibrated": opts.calibration.is_some(),
@@ -342,6 +462,7 @@ pub fn convert_model(original: &OnnxModel, opts: &ConvertOptions) -> Result<Conv
         model: converted,
         layers,
         skipped,
+        allocation,
         multiplications_before: inv.cost.total.multiplications,
         multiplications_after: new_cost.total.multiplications,
     })
@@ -368,6 +489,7 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
         params: opts.params.clone(),
         layers: c.layers,
         skipped: c.skipped,
+        allocation: c.allocation,
         multiplications_before: mb,
         multiplications_after: ma,
         speedup: mb as f64 / ma.max(1) as f64,

@@ -7,6 +7,7 @@
 // Numeric kernels index several arrays with one loop variable; iterator chains would hide that.
 #![allow(clippy::needless_range_loop)]
 
+pub mod budget;
 pub mod calibrate;
 pub mod cli;
 pub mod codebook;

@@ -136,6 +136,7 @@ pub fn run(path: &Path, opts: &StagesOptions) -> Result<StagesReport> {
                         input_shapes: vec![],
                         external: ExternalData::Auto,
                         calibration: opts.calibration.clone(),
+                        target_speedup: None,
                     },
                 )
                 .with_context(|| format!("{} ρ={ratio} stage `{stage}`", method.as_str()))?;

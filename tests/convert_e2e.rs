@@ -27,6 +27,7 @@ fn opts(selection: Selection, method: Method, ratio: f64) -> ConvertOptions {
         input_shapes: vec![],
         external: ExternalData::Auto,
         calibration: None,
+        target_speedup: None,
     }
 }
 

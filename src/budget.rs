@@ -1,0 +1,268 @@
+//! Model-wide speed budget: a ratio ρ per layer so that the whole model needs X× fewer
+//! multiplications, chosen from each layer's measured sensitivity — its relative output error on
+//! the calibration inputs (or its weight error without calibration) at every candidate ρ — by a
+//! greedy exchange: repeatedly take the step (one layer to a higher ρ) that saves the most
+//! multiplications per unit of added squared error, until the budget is met. Layers never picked
+//! stay original.
+
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use ndarray::ArrayD;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::calibrate::{self, InputStats};
+use crate::codebook::{self, ClusterParams};
+use crate::model::OnnxModel;
+use crate::select::ConvLayer;
+
+/// The ratios a layer may get.
+pub const CANDIDATE_RATIOS: [f64; 7] = [2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AllocatedLayer {
+    pub name: String,
+    pub ratio: f64,
+    /// The sensitivity measure at that ratio (output error with calibration, else weight error).
+    pub error: f64,
+    pub multiplications_before: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Allocation {
+    pub target_speedup: f64,
+    /// From each layer's multiplications divided by its ρ (the rewrite's count is within ~2%).
+    pub estimated_speedup: f64,
+    /// "output" (calibrated) or "weight".
+    pub sensitivity: String,
+    pub layers: Vec<AllocatedLayer>,
+    /// Layers considered and left original.
+    pub unchanged: Vec<String>,
+    pub seconds: f64,
+}
+
+/// A layer the budget may convert.
+pub struct Candidate<'a> {
+    pub layer: &'a ConvLayer,
+    pub multiplications: u64,
+    /// Input positions / output positions: the lowered layer works at the input's resolution
+    /// (`rewrite`), so a stride-2 layer at ratio ρ saves only as if at ρ/4.
+    pub position_factor: f64,
+}
+
+/// One layer's error at each valid candidate ratio.
+struct Sensitivity {
+    before: u64,
+    position_factor: f64,
+    /// (ρ, error), increasing ρ.
+    points: Vec<(f64, f64)>,
+}
+
+/// Chooses the ratios. `layer_params(layer)` gives the layer's clustering parameters (its
+/// seed); `calibration` the calibration inputs and damping when calibrating.
+pub fn allocate(
+    original: &OnnxModel,
+    layers: &[Candidate],
+    total_multiplications: u64,
+    target: f64,
+    layer_params: &(dyn Fn(&ConvLayer) -> ClusterParams + Sync),
+    calibration: Option<(&[ArrayD<f32>], f64)>,
+) -> Result<Allocation> {
+    let started = Instant::now();
+    ensure!(
+        target.is_finite() && target > 1.0,
+        "--target-speedup must be above 1, got {target}"
+    );
+    let stats: Option<Vec<InputStats>> = match calibration {
+        Some((inputs, _)) => {
+            let tensors: Vec<String> = layers.iter().map(|c| c.layer.input.clone()).collect();
+            Some(calibrate::collect_many(original, inputs, &tensors)?)
+        }
+        None => None,
+    };
+    let jobs: Vec<(usize, f64)> = (0..layers.len())
+        .flat_map(|i| CANDIDATE_RATIOS.iter().map(move |&r| (i, r)))
+        .collect();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let errors: Vec<Option<f64>> = jobs
+        .par_iter()
+        .map(|&(i, ratio)| {
+            let layer = layers[i].layer;
+            let mut p = layer_params(layer);
+            p.ratio = ratio;
+            let w = original
+                .tensor_f32(original.initializer(&layer.weight).expect("eligible"))
+                .and_then(|a| Ok(a.into_dimensionality::<ndarray::Ix4>()?))
+                .with_context(|| format!("layer `{}`", layer.name))?;
+            let k = w.dim();
+            if p.sizes(k.0, k.1, k.2 * k.3).is_err() {
+                return Ok(None);
+            }
+            let e = match (&stats, calibration) {
+                (Some(s), Some((_, damping))) => {
+                    let cb = calibrate::learn(w.view(), &p, &s[i], damping)?;
+                    calibrate::output_error(w.view(), cb.reconstruct().view(), &s[i])
+                }
+                _ => codebook::learn(w.view(), &p)?.relative_error(w.view()),
+            };
+            let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if n % 10 == 0 || n == jobs.len() {
+                eprintln!(
+                    "target-speedup: sensitivity {n}/{} (layer, ρ) pairs",
+                    jobs.len()
+                );
+            }
+            Ok(Some(e))
+        })
+        .collect::<Result<_>>()?;
+    let sens: Vec<Sensitivity> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Sensitivity {
+            before: c.multiplications,
+            position_factor: c.position_factor,
+            points: jobs
+                .iter()
+                .zip(&errors)
+                .filter(|((j, _), e)| *j == i && e.is_some())
+                .map(|((_, r), e)| (*r, e.expect("filtered")))
+                .collect(),
+        })
+        .collect();
+    let chosen = greedy(&sens, total_multiplications, target).with_context(|| {
+        format!(
+            "--target-speedup {target}: the {} candidate layers cannot save that much even at ρ = {}",
+            layers.len(),
+            CANDIDATE_RATIOS[CANDIDATE_RATIOS.len() - 1]
+        )
+    })?;
+    let after: f64 = sens
+        .iter()
+        .zip(&chosen)
+        .map(|(s, c)| s.before as f64 - s.saving(*c))
+        .sum::<f64>()
+        + (total_multiplications - layers.iter().map(|c| c.multiplications).sum::<u64>()) as f64;
+    let mut allocated = Vec::new();
+    let mut unchanged = Vec::new();
+    for (cand, (s, c)) in layers.iter().zip(sens.iter().zip(&chosen)) {
+        match c {
+            Some(j) => allocated.push(AllocatedLayer {
+                name: cand.layer.name.clone(),
+                ratio: s.points[*j].0,
+                error: s.points[*j].1,
+                multiplications_before: cand.multiplications,
+            }),
+            None => unchanged.push(cand.layer.name.clone()),
+        }
+    }
+    Ok(Allocation {
+        target_speedup: target,
+        estimated_speedup: total_multiplications as f64 / after,
+        sensitivity: if calibration.is_some() {
+            "output"
+        } else {
+            "weight"
+        }
+        .into(),
+        layers: allocated,
+        unchanged,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+impl Sensitivity {
+    /// Multiplications saved at point `c` (negative when the lowering costs more).
+    fn saving(&self, c: Option<usize>) -> f64 {
+        match c {
+            Some(j) => self.before as f64 * (1.0 - self.position_factor / self.points[j].0),
+            None => 0.0,
+        }
+    }
+}
+
+/// Per layer: the index of its chosen point, or `None` (original). Greedy on cost = error².
+fn greedy(sens: &[Sensitivity], total: u64, target: f64) -> Result<Vec<Option<usize>>> {
+    let need = total as f64 * (1.0 - 1.0 / target);
+    let mut chosen: Vec<Option<usize>> = vec![None; sens.len()];
+    let mut saved = 0.0;
+    let state =
+        |s: &Sensitivity, c: Option<usize>| (s.saving(c), c.map_or(0.0, |j| s.points[j].1.powi(2)));
+    while saved < need {
+        // The best step: most multiplications saved per added squared error; ties to the
+        // earlier layer and the smaller ρ, so the choice is deterministic.
+        let mut best: Option<(f64, usize, usize)> = None;
+        for (i, s) in sens.iter().enumerate() {
+            let (save0, cost0) = state(s, chosen[i]);
+            let from = chosen[i].map_or(0, |j| j + 1);
+            for j in from..s.points.len() {
+                let (save1, cost1) = state(s, Some(j));
+                let gain = save1 - save0;
+                if gain <= 0.0 {
+                    continue;
+                }
+                // A step that lowers the error is taken first (it costs nothing).
+                let per = (cost1 - cost0).max(0.0) / gain;
+                if best.is_none_or(|b| per < b.0) {
+                    best = Some((per, i, j));
+                }
+            }
+        }
+        let Some((_, i, j)) = best else {
+            bail!("no layer can be accelerated further");
+        };
+        saved += state(&sens[i], Some(j)).0 - state(&sens[i], chosen[i]).0;
+        chosen[i] = Some(j);
+    }
+    Ok(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(before: u64, points: &[(f64, f64)]) -> Sensitivity {
+        Sensitivity {
+            before,
+            position_factor: 1.0,
+            points: points.to_vec(),
+        }
+    }
+
+    #[test]
+    fn greedy_spends_error_where_it_buys_most_multiplications() {
+        // Layer 0 is robust, layer 1 sensitive, same size: a 1.5× target is met from layer 0
+        // alone; layer 1 stays original.
+        let sens = vec![
+            s(100, &[(2.0, 0.05), (4.0, 0.1), (8.0, 0.2)]),
+            s(100, &[(2.0, 0.5), (4.0, 0.8), (8.0, 0.9)]),
+        ];
+        let c = greedy(&sens, 200, 1.5).unwrap();
+        assert_eq!(c[1], None);
+        assert!(sens[0].saving(c[0]) >= 200.0 * (1.0 - 1.0 / 1.5));
+        // A larger target needs both.
+        let c = greedy(&sens, 200, 3.0).unwrap();
+        assert!(c[0].is_some() && c[1].is_some());
+    }
+
+    /// A stride-2 layer (4× the positions at its input) saves nothing below ρ = 4.
+    #[test]
+    fn strided_layers_save_only_above_their_position_factor() {
+        let mut strided = s(100, &[(2.0, 0.01), (4.0, 0.02), (8.0, 0.03)]);
+        strided.position_factor = 4.0;
+        assert!(strided.saving(Some(0)) < 0.0);
+        assert_eq!(strided.saving(Some(1)), 0.0);
+        let sens = vec![strided, s(100, &[(2.0, 0.5), (4.0, 0.6)])];
+        let c = greedy(&sens, 200, 1.2).unwrap();
+        assert_eq!(c[0], Some(2), "only ρ = 8 saves on the strided layer");
+    }
+
+    #[test]
+    fn an_impossible_budget_is_an_error() {
+        let sens = vec![s(100, &[(2.0, 0.1)])];
+        // Only half of 300 multiplications can be saved at most: 2× is reachable only with
+        // everything at ρ = 2 and the rest nothing.
+        assert!(greedy(&sens, 300, 2.0).is_err());
+        assert!(greedy(&sens, 100, 2.0).is_ok());
+    }
+}
