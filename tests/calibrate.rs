@@ -20,7 +20,7 @@ fn convert_json(args: &[&str]) -> Value {
 }
 
 #[test]
-fn calibrated_conversion_lowers_every_layers_output_error_and_is_reproducible() {
+fn calibrated_conversion_lowers_every_layers_output_error_and_is_thread_count_independent() {
     let dir = tempfile::tempdir().unwrap();
     let (model, data, spec) = (
         repo_path("models/digits-cnn.onnx"),
@@ -59,9 +59,13 @@ fn calibrated_conversion_lowers_every_layers_output_error_and_is_reproducible() 
         );
         assert!(cal > 0.0 && cal < plain, "{}: {cal} vs {plain}", l["name"]);
     }
-    // Same input, flags and seed: the same bytes.
-    let b_args = args(&b);
-    convert_json(&b_args.iter().map(String::as_str).collect::<Vec<_>>());
+    // Same input, flags and seed: the same bytes, on one thread as on several.
+    let o = common::bin()
+        .args(args(&b))
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::stderr(&o));
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
 
     // Held-out evaluation: the converted model still classifies the images it never saw.
@@ -149,5 +153,74 @@ fn bad_calibration_input_is_a_clean_error_and_writes_nothing() {
         assert!(err.contains(expect), "{args:?}: `{expect}` not in {err}");
         assert!(!err.contains("panicked"), "{err}");
         assert!(!out.exists(), "{args:?} left an output file");
+    }
+}
+
+#[test]
+fn target_speedup_allocates_ratios_that_meet_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.onnx").display().to_string();
+    let (model, data, spec) = (
+        repo_path("models/digits-cnn.onnx"),
+        repo_path("models/digits-test"),
+        repo_path("models/digits-cnn.preprocess.json"),
+    );
+    let samples = CALIBRATION_IMAGES.to_string();
+    let j = convert_json(&[
+        "convert",
+        &model,
+        &out,
+        "--target-speedup",
+        "2.5",
+        "--c",
+        "2",
+        "--calibrate",
+        &data,
+        "--preprocess",
+        &spec,
+        "--calib-samples",
+        &samples,
+        "--json",
+    ]);
+    let a = &j["allocation"];
+    assert_eq!(a["sensitivity"], "output");
+    let allocated = a["layers"].as_array().unwrap();
+    assert!(!allocated.is_empty());
+    for l in allocated {
+        let r = l["ratio"].as_f64().unwrap();
+        assert!(onnx_dlq::budget::CANDIDATE_RATIOS.contains(&r), "{l}");
+    }
+    // The rewrite's own count meets the target, and the allocation's estimate is that count.
+    let speedup = j["speedup"].as_f64().unwrap();
+    assert!(speedup >= 2.5, "speed-up {speedup}");
+    let estimate = a["estimated_speedup"].as_f64().unwrap();
+    assert!(
+        (estimate - speedup).abs() < 0.02 * speedup,
+        "{estimate} vs {speedup}"
+    );
+    // Every allocated layer (and only those) was converted, at its ratio.
+    let converted: Vec<&str> = j["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    let names: Vec<&str> = allocated
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(converted, names);
+
+    // Impossible or meaningless targets are errors, and nothing is written.
+    std::fs::remove_file(&out).unwrap();
+    for (target, expect) in [
+        ("0.5", "must be above 1"),
+        ("1000", "cannot save that much"),
+    ] {
+        let o = common::run(&["convert", &model, &out, "--target-speedup", target]);
+        let err = common::stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains(expect), "{err}");
+        assert!(!std::path::Path::new(&out).exists());
     }
 }
