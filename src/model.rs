@@ -321,6 +321,15 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 /// Writes `bytes` to a temporary file beside `path`, syncs it and renames it over `path`, so a
 /// reader sees the old file or the whole new one, never a part.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically_with(path, |f| f.write_all(bytes))
+}
+
+/// [`write_atomically`] with the content written by `write`: whatever it fails with (a full
+/// disk midway, say), the temporary file is removed and `path` keeps its previous content.
+pub fn write_atomically_with(
+    path: &Path,
+    write: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
+) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -336,8 +345,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
                 dir.display()
             )
         })?;
-    tmp.write_all(bytes)
-        .with_context(|| format!("cannot write {shown}"))?;
+    write(tmp.as_file_mut()).with_context(|| format!("cannot write {shown}"))?;
     tmp.as_file()
         .sync_all()
         .with_context(|| format!("cannot write {shown}"))?;
@@ -345,4 +353,32 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| e.error)
         .with_context(|| format!("cannot write {shown}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write that fails halfway (a full disk, simulated): the previous output is intact and
+    /// no temporary file is left beside it.
+    #[test]
+    fn a_write_failing_midway_keeps_the_previous_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.onnx");
+        fs::write(&out, b"previous model").unwrap();
+        let e = write_atomically_with(&out, |f| {
+            f.write_all(b"half of the new")?;
+            Err(std::io::Error::other("No space left on device (simulated)"))
+        })
+        .unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("cannot write") && msg.contains("No space left"), "{msg}");
+        assert!(msg.contains(&out.display().to_string()), "{msg}");
+        assert_eq!(fs::read(&out).unwrap(), b"previous model");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        // And a write that succeeds replaces it whole.
+        write_atomically(&out, b"new model").unwrap();
+        assert_eq!(fs::read(&out).unwrap(), b"new model");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 }
