@@ -101,22 +101,52 @@ fn file_size(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
 
+/// Input positions / output positions of a layer: the lowering works at the input's
+/// resolution (`rewrite`), so a stride-s layer at ratio ρ saves as if at ρ/s².
+fn position_factor(inv: &inspect::Inventory, layer: &ConvLayer) -> f64 {
+    let positions = |t: &str| {
+        inv.shapes
+            .get(t)
+            .filter(|d| d.len() > 2)
+            .map(|d| d[2..].iter().product::<usize>() as f64)
+    };
+    match (positions(&layer.input), positions(&layer.output)) {
+        (Some(i), Some(o)) if o > 0.0 => i / o,
+        _ => 1.0,
+    }
+}
+
 /// Picks the layers: named ones must exist and be eligible; `--all` takes every eligible Conv
-/// whose sizes the parameter rules accept and lists the others with the reason.
+/// whose sizes the parameter rules accept and whose conversion saves multiplications, and lists
+/// the others with the reason.
 fn choose<'a>(
-    layers: &'a [ConvLayer],
+    inv: &'a inspect::Inventory,
     sel: &Selection,
     params: &ClusterParams,
 ) -> Result<(Vec<&'a ConvLayer>, Vec<SkippedLayer>)> {
+    let layers = &inv.layers;
     let sizes_ok = |l: &ConvLayer| -> Result<()> {
         let k = l.kernel.as_ref().expect("eligible");
         params.sizes(k[0], k[1], k[2] * k[3]).map(|_| ())
+    };
+    let no_saving = |l: &ConvLayer| {
+        let f = position_factor(inv, l);
+        (params.ratio <= f).then(|| {
+            format!(
+                "converting it would not save multiplications: it has {f}x more input than output positions (stride), so ρ = {} saves as if ρ = {:.2}; use ρ above {f}",
+                params.ratio,
+                params.ratio / f
+            )
+        })
     };
     match sel {
         Selection::Named(names) => {
             let chosen = select::resolve_all(layers, names)?;
             for l in &chosen {
                 sizes_ok(l).with_context(|| format!("layer `{}`", l.name))?;
+                if let Some(why) = no_saving(l) {
+                    eprintln!("warning: layer `{}`: {why}", l.name);
+                }
             }
             Ok((chosen, vec![]))
         }
@@ -126,7 +156,9 @@ fn choose<'a>(
             for l in layers {
                 let verdict = match &l.eligibility {
                     Err(r) => Err(r.clone()),
-                    Ok(()) => sizes_ok(l).map_err(|e| e.to_string()),
+                    Ok(()) => sizes_ok(l)
+                        .map_err(|e| e.to_string())
+                        .and_then(|()| no_saving(l).map_or(Ok(()), Err)),
                 };
                 match verdict {
                     Ok(()) => chosen.push(l),
@@ -168,21 +200,12 @@ fn allocate<'a>(
             (c, s)
         }
     };
-    let positions = |t: &str| {
-        inv.shapes
-            .get(t)
-            .filter(|d| d.len() > 2)
-            .map(|d| d[2..].iter().product::<usize>() as f64)
-    };
     let with_cost: Vec<budget::Candidate> = candidates
         .iter()
         .map(|l| budget::Candidate {
             layer: l,
             multiplications: inv.cost.nodes[l.node_index].cost.multiplications,
-            position_factor: match (positions(&l.input), positions(&l.output)) {
-                (Some(i), Some(o)) if o > 0.0 => i / o,
-                _ => 1.0,
-            },
+            position_factor: position_factor(inv, l),
         })
         .collect();
     let inputs = match &opts.calibration {
@@ -363,7 +386,7 @@ pub fn convert_model(original: &OnnxModel, opts: &ConvertOptions) -> Result<Conv
     let inv = inspect::inventory(original, &opts.input_shapes)?;
     let (chosen, skipped, allocation) = match opts.target_speedup {
         None => {
-            let (c, s) = choose(&inv.layers, &opts.selection, &opts.params)?;
+            let (c, s) = choose(&inv, &opts.selection, &opts.params)?;
             (c, s, None)
         }
         Some(target) => allocate(original, &inv, opts, target)?,

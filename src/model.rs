@@ -372,7 +372,10 @@ mod tests {
         })
         .unwrap_err();
         let msg = format!("{e:#}");
-        assert!(msg.contains("cannot write") && msg.contains("No space left"), "{msg}");
+        assert!(
+            msg.contains("cannot write") && msg.contains("No space left"),
+            "{msg}"
+        );
         assert!(msg.contains(&out.display().to_string()), "{msg}");
         assert_eq!(fs::read(&out).unwrap(), b"previous model");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);

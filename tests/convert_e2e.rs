@@ -399,3 +399,30 @@ fn everything_but_the_converted_layer_is_untouched() {
     assert_eq!(settings["ratio"], 4.0);
     assert!(meta.contains_key("onnx-dlq/version"));
 }
+
+/// `--all` at a ratio a strided layer cannot profit from leaves that layer original and says
+/// why; the same layer named explicitly is converted with a warning.
+#[test]
+fn all_skips_strided_layers_that_would_cost_more() {
+    let Some(shared) = common::shared("all_skips_strided_layers_that_would_cost_more") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = shared.join("models/resnet20-cifar10.onnx");
+    let mut o = opts(Selection::All, Method::Vq, 3.0);
+    let report = convert::convert(&src, &tmp.path().join("a.onnx"), &o).unwrap();
+    for name in ["layer2.0.conv1", "layer3.0.conv1"] {
+        let s = report.skipped.iter().find(|s| s.name == name).unwrap();
+        assert!(
+            s.reason.contains("would not save multiplications"),
+            "{}",
+            s.reason
+        );
+        assert!(report.layers.iter().all(|l| l.name != name));
+    }
+    // Every converted layer saves.
+    assert!(report.layers.iter().all(|l| l.achieved_ratio > 1.0));
+    o.selection = Selection::Named(vec!["layer2.0.conv1".into()]);
+    let named = convert::convert(&src, &tmp.path().join("b.onnx"), &o).unwrap();
+    assert!(named.layers[0].achieved_ratio < 1.0);
+}
