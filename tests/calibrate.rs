@@ -172,8 +172,6 @@ fn target_speedup_allocates_ratios_that_meet_the_budget() {
         &out,
         "--target-speedup",
         "2.5",
-        "--c",
-        "2",
         "--calibrate",
         &data,
         "--preprocess",
@@ -184,6 +182,8 @@ fn target_speedup_allocates_ratios_that_meet_the_budget() {
     ]);
     let a = &j["allocation"];
     assert_eq!(a["sensitivity"], "output");
+    // DL's c is 2 under --target-speedup unless given.
+    assert_eq!(j["params"]["c"], 2.0);
     let allocated = a["layers"].as_array().unwrap();
     assert!(!allocated.is_empty());
     for l in allocated {
