@@ -91,10 +91,7 @@ pub fn allocate(
             let layer = layers[i].layer;
             let mut p = layer_params(layer);
             p.ratio = ratio;
-            let w = original
-                .tensor_f32(original.initializer(&layer.weight).expect("eligible"))
-                .and_then(|a| Ok(a.into_dimensionality::<ndarray::Ix4>()?))
-                .with_context(|| format!("layer `{}`", layer.name))?;
+            let w = layer.kernel_f32(original)?;
             let k = w.dim();
             if p.sizes(k.0, k.1, k.2 * k.3).is_err() {
                 return Ok(None);

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use ndarray::Ix4;
 use serde::{Deserialize, Serialize};
 
 use crate::budget::{self, Allocation};
@@ -180,6 +179,7 @@ fn allocate<'a>(
     inv: &'a inspect::Inventory,
     opts: &ConvertOptions,
     target: f64,
+    calibration: Option<&Calibration>,
 ) -> Result<(Vec<&'a ConvLayer>, Vec<SkippedLayer>, Option<Allocation>)> {
     let (candidates, skipped): (Vec<&ConvLayer>, Vec<SkippedLayer>) = match &opts.selection {
         Selection::Named(names) if !names.is_empty() => {
@@ -208,10 +208,6 @@ fn allocate<'a>(
             position_factor: position_factor(inv, l),
         })
         .collect();
-    let inputs = match &opts.calibration {
-        Some(cal) => Some(calibrate::load_inputs(cal)?),
-        None => None,
-    };
     let none = BTreeMap::new();
     let a = budget::allocate(
         original,
@@ -219,9 +215,7 @@ fn allocate<'a>(
         inv.cost.total.multiplications,
         target,
         &|l: &ConvLayer| layer_params(opts, &none, l),
-        inputs
-            .as_deref()
-            .zip(opts.calibration.as_ref().map(|c| c.damping)),
+        calibration.map(|(cal, inputs)| (inputs.as_slice(), cal.damping)),
     )?;
     for l in &a.layers {
         eprintln!(
@@ -274,16 +268,6 @@ struct LearntLayer {
     seconds: f64,
 }
 
-fn layer_weight(original: &OnnxModel, layer: &ConvLayer) -> Result<ndarray::Array4<f32>> {
-    original
-        .tensor_f32(original.initializer(&layer.weight).expect("eligible"))
-        .and_then(|a| Ok(a.into_dimensionality::<Ix4>()?))
-        .with_context(|| format!("layer `{}`: weight `{}`", layer.name, layer.weight))
-}
-
-/// The codebook of every chosen layer (in `chosen` order). Without calibration each layer is
-/// learnt from its weights alone; with it, layers are learnt in network order, each from the
-/// statistics of its input in a model whose earlier layers already carry their approximation.
 /// A layer's parameters: the user's, with the layer's own seed and (from an allocation) ρ.
 fn layer_params(
     opts: &ConvertOptions,
@@ -298,19 +282,26 @@ fn layer_params(
     params
 }
 
+/// The calibration options with their images, loaded once per conversion.
+type Calibration<'a> = (&'a CalibrationOptions, Vec<ndarray::ArrayD<f32>>);
+
+/// The codebook of every chosen layer (in `chosen` order). Without calibration each layer is
+/// learnt from its weights alone; with it, layers are learnt in network order, each from the
+/// statistics of its input in a model whose earlier layers already carry their approximation.
 fn learn_codebooks(
     original: &OnnxModel,
     chosen: &[&ConvLayer],
     opts: &ConvertOptions,
     ratios: &BTreeMap<String, f64>,
+    calibration: Option<&Calibration>,
 ) -> Result<Vec<LearntLayer>> {
     let params_for = |layer: &ConvLayer| layer_params(opts, ratios, layer);
-    let Some(cal) = &opts.calibration else {
+    let Some((cal, inputs)) = calibration else {
         return chosen
             .iter()
             .map(|layer| {
                 let started = Instant::now();
-                let w = layer_weight(original, layer)?;
+                let w = layer.kernel_f32(original)?;
                 let cb = codebook::learn(w.view(), &params_for(layer))
                     .with_context(|| format!("layer `{}`", layer.name))?;
                 Ok(LearntLayer {
@@ -322,9 +313,7 @@ fn learn_codebooks(
             })
             .collect();
     };
-    let started = Instant::now();
-    let inputs = calibrate::load_inputs(cal)?;
-    learn_calibrated(original, chosen, cal, &inputs, &params_for, started)
+    learn_calibrated(original, chosen, cal, inputs, &params_for)
 }
 
 fn learn_calibrated(
@@ -333,14 +322,7 @@ fn learn_calibrated(
     cal: &CalibrationOptions,
     inputs: &[ndarray::ArrayD<f32>],
     params_for: &dyn Fn(&ConvLayer) -> ClusterParams,
-    started: Instant,
 ) -> Result<Vec<LearntLayer>> {
-    eprintln!(
-        "calibration: {} images from {} ({:.1}s)",
-        inputs.len(),
-        cal.data.display(),
-        started.elapsed().as_secs_f64()
-    );
     let mut order: Vec<usize> = (0..chosen.len()).collect();
     order.sort_by_key(|&i| chosen[i].node_index);
     let mut simulated = original.clone();
@@ -349,7 +331,7 @@ fn learn_calibrated(
         let layer = chosen[i];
         let started = Instant::now();
         let ctx = || format!("calibrating layer `{}`", layer.name);
-        let w = layer_weight(original, layer)?;
+        let w = layer.kernel_f32(original)?;
         let stats = calibrate::collect(&simulated, inputs, &layer.input).with_context(ctx)?;
         let params = params_for(layer);
         let cb = calibrate::learn(w.view(), &params, &stats, cal.damping).with_context(ctx)?;
@@ -384,12 +366,26 @@ fn learn_calibrated(
 pub fn convert_model(original: &OnnxModel, opts: &ConvertOptions) -> Result<Converted> {
     opts.params.validate()?;
     let inv = inspect::inventory(original, &opts.input_shapes)?;
+    let calibration = match &opts.calibration {
+        Some(cal) => {
+            let started = Instant::now();
+            let inputs = calibrate::load_inputs(cal)?;
+            eprintln!(
+                "calibration: {} images from {} ({:.1}s)",
+                inputs.len(),
+                cal.data.display(),
+                started.elapsed().as_secs_f64()
+            );
+            Some((cal, inputs))
+        }
+        None => None,
+    };
     let (chosen, skipped, allocation) = match opts.target_speedup {
         None => {
             let (c, s) = choose(&inv, &opts.selection, &opts.params)?;
             (c, s, None)
         }
-        Some(target) => allocate(original, &inv, opts, target)?,
+        Some(target) => allocate(original, &inv, opts, target, calibration.as_ref())?,
     };
     let ratios: BTreeMap<String, f64> = allocation
         .iter()
@@ -404,7 +400,7 @@ pub fn convert_model(original: &OnnxModel, opts: &ConvertOptions) -> Result<Conv
     for s in &skipped {
         eprintln!("skip {}: {}", s.name, s.reason);
     }
-    let learnt = learn_codebooks(original, &chosen, opts, &ratios)?;
+    let learnt = learn_codebooks(original, &chosen, opts, &ratios, calibration.as_ref())?;
     let mut patch = GraphPatch::default();
     let mut partial = Vec::new();
     let total = chosen.len();

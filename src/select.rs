@@ -1,7 +1,8 @@
 //! Layer selection: the model's convolution layers, whether each can be converted (and why not),
 //! and resolving user-given layer names (node name, output name or weight name) to layers.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use ndarray::{Array4, Ix4};
 use serde::Serialize;
 
 use crate::conv::ConvAttrs;
@@ -32,6 +33,18 @@ pub struct ConvLayer {
 }
 
 impl ConvLayer {
+    /// The layer's kernel [M, N, kh, kw] as f32, read from `model`'s weight initializer.
+    pub fn kernel_f32(&self, model: &OnnxModel) -> Result<Array4<f32>> {
+        let ctx = || format!("layer `{}`: weight `{}`", self.name, self.weight);
+        let t = model
+            .initializer(&self.weight)
+            .with_context(|| format!("{} is not an initializer", ctx()))?;
+        model
+            .tensor_f32(t)
+            .and_then(|a| Ok(a.into_dimensionality::<Ix4>()?))
+            .with_context(ctx)
+    }
+
     pub fn convertible(&self) -> bool {
         self.eligibility.is_ok()
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
-use ndarray::{ArrayView4, Ix4};
+use ndarray::ArrayView4;
 use serde::Serialize;
 
 use crate::codebook::{self, ClusterParams, Method};
@@ -106,10 +106,7 @@ pub fn sweep(model_path: &Path, layer_name: &str, opts: &SweepOptions) -> Result
     if let Err(reason) = &layer.eligibility {
         anyhow::bail!("layer `{}` cannot be converted: {reason}", layer.name);
     }
-    let w = m
-        .tensor_f32(m.initializer(&layer.weight).expect("eligible"))
-        .and_then(|a| Ok(a.into_dimensionality::<Ix4>()?))
-        .with_context(|| format!("layer `{}`: weight `{}`", layer.name, layer.weight))?;
+    let w = layer.kernel_f32(&m)?;
     let mut ratios = opts.ratios.clone();
     ratios.sort_by(f64::total_cmp);
     let mut rows = Vec::new();
