@@ -241,8 +241,9 @@ pub struct ClusterSettings {
     /// Dictionary-learning iterations.
     #[arg(long, default_value_t = 20)]
     pub iters: usize,
-    /// Random seed (same seed, same output bytes).
-    #[arg(long, default_value_t = 0)]
+    /// Random seed (same seed, same output bytes). A negative number is named as an invalid
+    /// value of --seed rather than taken for an unknown flag.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
 }
 
@@ -315,7 +316,7 @@ pub struct SweepArgs {
     /// Dictionary-learning iterations.
     #[arg(long, default_value_t = 20)]
     pub iters: usize,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
     /// Write the rows as CSV to this file.
     #[arg(long, value_name = "F.csv")]

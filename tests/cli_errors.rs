@@ -133,3 +133,37 @@ fn usage_errors_exit_with_2() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
 }
+
+/// Parameters the command line cannot take: a negative or non-numeric seed, a ratio that is not
+/// a number, a zero iteration count. Usage errors (2) or clear failures (1) naming the flag; no
+/// output file.
+#[test]
+fn impossible_parameters_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.onnx");
+    let model = common::default_model();
+    let cases: [(&[&str], i32, &str); 6] = [
+        (&["--seed", "-1"], 2, "--seed"),
+        (&["--seed", "seven"], 2, "--seed"),
+        (&["--ratio", "fast"], 2, "--ratio"),
+        (&["--ratio", "1"], 1, "--ratio must be above 1"),
+        (&["--iters", "0"], 1, "--iters must be at least 1"),
+        (&["--alpha", "8", "--subspace", "8"], 1, "α"),
+    ];
+    for (extra, code, expect) in cases {
+        let mut args = vec![
+            "convert",
+            common::path_str(&model),
+            common::path_str(&out),
+            "--layers",
+            "conv2",
+        ];
+        args.extend_from_slice(extra);
+        let o = common::run(&args);
+        let err = common::stderr(&o);
+        assert_eq!(o.status.code(), Some(code), "{extra:?}: {err}");
+        assert!(err.contains(expect), "{extra:?}: `{expect}` not in {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!out.exists(), "{extra:?} wrote {out:?}");
+    }
+}
