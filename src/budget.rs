@@ -32,7 +32,8 @@ pub struct AllocatedLayer {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Allocation {
     pub target_speedup: f64,
-    /// From each layer's multiplications divided by its ρ (the rewrite's count is within ~2%).
+    /// From each converted layer's multiplications × position factor / ρ (the rewrite counts the
+    /// same within rounding of K and L).
     pub estimated_speedup: f64,
     /// "output" (calibrated) or "weight".
     pub sensitivity: String,
@@ -81,6 +82,11 @@ pub fn allocate(
         }
         None => None,
     };
+    // Each kernel is read once, not once per candidate ratio.
+    let kernels: Vec<ndarray::Array4<f32>> = layers
+        .iter()
+        .map(|c| c.layer.kernel_f32(original))
+        .collect::<Result<_>>()?;
     let jobs: Vec<(usize, f64)> = (0..layers.len())
         .flat_map(|i| CANDIDATE_RATIOS.iter().map(move |&r| (i, r)))
         .collect();
@@ -91,7 +97,7 @@ pub fn allocate(
             let layer = layers[i].layer;
             let mut p = layer_params(layer);
             p.ratio = ratio;
-            let w = layer.kernel_f32(original)?;
+            let w = &kernels[i];
             let k = w.dim();
             if p.sizes(k.0, k.1, k.2 * k.3).is_err() {
                 return Ok(None);

@@ -203,7 +203,8 @@ pub struct CalibrationArgs {
     /// Calibrate on the first this many images.
     #[arg(long, default_value_t = 256, requires = "calibrate")]
     pub calib_samples: usize,
-    /// Ridge added to the input second moments, relative to their mean diagonal.
+    /// Ridge added to each input covariance, relative to its mean diagonal (see
+    /// `calibrate::DEFAULT_DAMPING` for how the default was measured).
     #[arg(long, default_value_t = calibrate::DEFAULT_DAMPING, requires = "calibrate")]
     pub calib_damping: f64,
 }
