@@ -374,7 +374,9 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
         params,
         input_shapes: args.input_shape.clone(),
         external: if args.external_data {
-            ExternalData::Always { threshold: 1024 }
+            ExternalData::Always {
+                threshold: crate::model::EXTERNAL_THRESHOLD,
+            }
         } else {
             ExternalData::Auto
         },

@@ -497,10 +497,20 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
         );
     }
     let original = model::load(input)?;
+    model::check_writable(output)?;
     let c = convert_model(&original, opts)?;
     // `c.model` keeps the input's path and folder: external tensors are read from there, and
     // the save refuses to overwrite them.
-    let saved = model::save(&c.model, output, opts.external)?;
+    // A model stored with external data is written with external data: the tensors that
+    // replace its kernels are new, so "what was external stays external" would move them all
+    // into the protobuf.
+    let policy = match opts.external {
+        ExternalData::Auto if original.has_external_data() => ExternalData::Always {
+            threshold: model::EXTERNAL_THRESHOLD,
+        },
+        policy => policy,
+    };
+    let saved = model::save(&c.model, output, policy)?;
     let (mb, ma) = (c.multiplications_before, c.multiplications_after);
     Ok(ConvertReport {
         input: input.display().to_string(),

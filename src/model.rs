@@ -169,8 +169,9 @@ pub struct SaveReport {
     pub external: Option<(PathBuf, u64)>,
 }
 
-/// The smallest tensor moved out when the model is too large for one protobuf message.
-const AUTO_EXTERNAL_THRESHOLD: usize = 1024;
+/// The smallest tensor moved out when the model is too large for one protobuf message, when
+/// the user asks for external data, or when the input model had some.
+pub const EXTERNAL_THRESHOLD: usize = 1024;
 /// Tensors in the data file start at multiples of this, so runtimes can map them directly.
 const EXTERNAL_ALIGNMENT: u64 = 4096;
 
@@ -199,7 +200,7 @@ pub fn save(model: &OnnxModel, out: &Path, policy: ExternalData) -> Result<SaveR
     let threshold = match policy {
         ExternalData::Always { threshold } => Some(threshold),
         ExternalData::Auto if proto.encoded_len() > PROTOBUF_LIMIT - (1 << 20) => {
-            Some(AUTO_EXTERNAL_THRESHOLD)
+            Some(EXTERNAL_THRESHOLD)
         }
         ExternalData::Auto => None,
     };
@@ -330,21 +331,8 @@ pub fn write_atomically_with(
     path: &Path,
     write: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
 ) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
     let shown = path.display();
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".onnx-dlq-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .with_context(|| {
-            format!(
-                "cannot write {shown}: cannot create a file in {}",
-                dir.display()
-            )
-        })?;
+    let mut tmp = temp_file_beside(path)?;
     write(tmp.as_file_mut()).with_context(|| format!("cannot write {shown}"))?;
     tmp.as_file()
         .sync_all()
@@ -353,6 +341,41 @@ pub fn write_atomically_with(
         .map_err(|e| e.error)
         .with_context(|| format!("cannot write {shown}"))?;
     Ok(())
+}
+
+/// A temporary file in `path`'s folder (removed when dropped), or an error naming `path`.
+fn temp_file_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let shown = path.display();
+    ensure!(
+        dir.is_dir(),
+        "cannot write {shown}: {} {}",
+        dir.display(),
+        if dir.exists() {
+            "is not a folder"
+        } else {
+            "does not exist"
+        }
+    );
+    tempfile::Builder::new()
+        .prefix(".onnx-dlq-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .with_context(|| {
+            format!(
+                "cannot write {shown}: cannot create a file in {}",
+                dir.display()
+            )
+        })
+}
+
+/// Fails now, rather than after minutes of work, when `path` could not be written: its folder
+/// is missing, read-only or not a folder. Leaves nothing behind.
+pub fn check_writable(path: &Path) -> Result<()> {
+    temp_file_beside(path).map(drop)
 }
 
 #[cfg(test)]

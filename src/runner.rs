@@ -29,11 +29,11 @@ pub struct Runner {
 pub fn parse(model: &OnnxModel) -> Result<tract_onnx::model::ParseResult> {
     let bytes = model.proto.encode_to_vec();
     let pb = tract_onnx::pb::ModelProto::decode(bytes.as_slice())
-        .map_err(|e| anyhow!("tract could not read the model: {e}"))?;
+        .map_err(|e| anyhow!("tract could not read {}: {e}", model.path.display()))?;
     let dir = model.base_dir.to_string_lossy().into_owned();
     tract_onnx::onnx()
         .parse(&pb, Some(&dir))
-        .map_err(|e| anyhow!("tract could not parse the model: {e:#}"))
+        .map_err(|e| anyhow!("tract could not parse {}: {e:#}", model.path.display()))
 }
 
 impl Runner {

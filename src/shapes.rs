@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use anyhow::{anyhow, bail, Context, Result};
-use prost::Message;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
@@ -60,13 +59,7 @@ impl ShapeMap {
 /// Parses the model with tract, fixes input shapes (user-given, or a symbolic batch dimension
 /// taken as 1) and propagates shapes to every tensor tract can reach.
 pub fn infer(model: &OnnxModel, overrides: &[InputShape]) -> Result<ShapeMap> {
-    let bytes = model.proto.encode_to_vec();
-    let pb = tract_onnx::pb::ModelProto::decode(bytes.as_slice())
-        .map_err(|e| anyhow!("tract could not read the model: {e}"))?;
-    let dir = model.base_dir.to_string_lossy().into_owned();
-    let parsed = tract_onnx::onnx()
-        .parse(&pb, Some(&dir))
-        .map_err(|e| anyhow!("tract could not parse the model: {e:#}"))?;
+    let parsed = crate::runner::parse(model)?;
     let mut tm = parsed.model;
     let mut map = ShapeMap::default();
 

@@ -167,3 +167,56 @@ fn impossible_parameters_are_refused_before_anything_is_written() {
         assert!(!out.exists(), "{extra:?} wrote {out:?}");
     }
 }
+
+/// An output that cannot be written (its folder missing, a file, or read-only) is refused
+/// before any work: exit 1, the path named, nothing left behind.
+#[test]
+fn unwritable_outputs_are_refused_before_converting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::default_model();
+    let a_file = tmp.path().join("a-file");
+    fs::write(&a_file, b"x").unwrap();
+    let read_only = tmp.path().join("read-only");
+    fs::create_dir(&read_only).unwrap();
+    let mut cases = vec![
+        (tmp.path().join("missing/out.onnx"), "does not exist"),
+        (a_file.join("out.onnx"), "is not a folder"),
+        // procfs takes no new files, even from root.
+        (
+            Path::new("/proc/onnx-dlq-out.onnx").to_path_buf(),
+            "cannot create a file",
+        ),
+    ];
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&read_only, fs::Permissions::from_mode(0o555)).unwrap();
+        // root writes into read-only folders anyway; the /proc case covers it then.
+        if tempfile::tempfile_in(&read_only).is_err() {
+            cases.push((read_only.join("out.onnx"), "cannot create a file"));
+        } else {
+            eprintln!("running as root: a mode-555 folder is writable, /proc stands in for it");
+        }
+    }
+    for (out, expect) in cases {
+        let o = common::run(&[
+            common::path_str(&model),
+            common::path_str(&out),
+            "--layers",
+            "conv2",
+        ]);
+        let err = common::stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{}: {err}", out.display());
+        assert!(
+            err.contains(common::path_str(&out)) && err.contains(expect),
+            "{}: {err}",
+            out.display()
+        );
+        assert!(
+            !err.contains("conv2: ["),
+            "work started before the check: {err}"
+        );
+        assert!(!out.exists());
+    }
+    assert_eq!(fs::read_dir(&read_only).unwrap().count(), 0);
+    assert_eq!(fs::read(&a_file).unwrap(), b"x");
+}

@@ -316,6 +316,9 @@ fn stages_convert_cumulatively_and_report_each_stage() {
     );
 }
 
+/// ONNX Runtime computing in f16 against tract computing in f32, relative to the largest output.
+const FP16_ENGINE_REL_TOLERANCE: f32 = 2e-3;
+
 /// The fp16 SqueezeNet as published (f16 input, f16 weights, IR 3): its baseline through tract
 /// reproduces the ONNX Runtime figures, and a converted copy keeps f16 weights and input and
 /// still classifies about as well.
@@ -378,4 +381,22 @@ fn fp16_squeezenet_baseline_and_converted_model_through_tract() {
     let inits = &model.proto.graph.as_ref().unwrap().initializer;
     assert!(inits.iter().all(|t| t.data_type != Some(float)));
     assert!(inits.iter().any(|t| t.data_type == Some(f16)));
+    // ONNX Runtime runs the converted f16 model natively in f16 (after onnx.checker); tract
+    // computes in f32, so they agree to f16 precision.
+    if let Some(py) = common::ort_python(test) {
+        let shape = [1, 3, 224, 224];
+        let x = common::input_like(&shape, 3);
+        let ort = common::run_ort(&py, &out, &x);
+        let tract = onnx_dlq::runner::Runner::new(&model, &shape)
+            .unwrap()
+            .run(&x)
+            .unwrap();
+        let d = common::max_abs_diff(&ort, &tract);
+        let bound = FP16_ENGINE_REL_TOLERANCE * common::max_abs(&tract);
+        eprintln!("ONNX Runtime (f16) vs tract (f32): max |Δ| {d}, bound {bound}");
+        assert!(
+            d <= bound,
+            "ONNX Runtime (f16) vs tract (f32): {d} > {bound}"
+        );
+    }
 }

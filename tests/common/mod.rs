@@ -98,7 +98,7 @@ pub fn value_info(name: &str, elem: i32, dims: Option<&[usize]>) -> ValueInfoPro
     }
 }
 
-fn ints(name: &str, v: &[i64]) -> AttributeProto {
+pub fn ints(name: &str, v: &[i64]) -> AttributeProto {
     AttributeProto {
         name: Some(name.into()),
         r#type: Some(AttributeType::Ints as i32),

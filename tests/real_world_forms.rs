@@ -1,0 +1,676 @@
+//! Real-world model forms, end to end: each model is written to disk as an exporter would write
+//! it, converted by the command-line tool, then checked by onnx.checker and run in tract and in
+//! ONNX Runtime. With K_vq = p²·M (one centroid per kernel column) VQ reproduces the kernel
+//! exactly, so the converted model must compute what the original computes: that checks the graph
+//! surgery on each form. A DL conversion of the same model must run in both engines, and they
+//! must agree. Forms that cannot be converted are reported with their reason and left intact.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use ndarray::ArrayD;
+use onnx_dlq::model::{self, ExternalData};
+use onnx_dlq::proto::attribute_proto::AttributeType;
+use onnx_dlq::proto::{
+    tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, TensorProto,
+};
+use onnx_dlq::runner::Runner;
+use onnx_dlq::tensor::{new_tensor, FloatType};
+use prost::Message;
+
+use common::{conv_model, ints, value_info, ConvSpec};
+
+/// The VQ conversion with one centroid per column against the original: the same function,
+/// summed in another order.
+const EXACT_REL_TOLERANCE: f32 = 1e-4;
+const EXACT_ABS_TOLERANCE: f32 = 1e-5;
+/// tract and ONNX Runtime on the same graph: other kernels, other summation orders.
+const ENGINE_REL_TOLERANCE: f32 = 1e-3;
+const ENGINE_ABS_TOLERANCE: f32 = 1e-5;
+
+fn weights(n: usize, seed: u64) -> Vec<f32> {
+    common::input_like(&[n], seed).into_raw_vec_and_offset().0
+}
+
+/// A graph output of known rank and unknown sizes (onnx.checker wants a shape field).
+fn output_info(name: &str, rank: usize) -> onnx_dlq::proto::ValueInfoProto {
+    let mut v = value_info(name, 1, Some(&vec![0; rank]));
+    if let Some(type_proto::Value::TensorType(t)) = v.r#type.as_mut().unwrap().value.as_mut() {
+        for d in &mut t.shape.as_mut().unwrap().dim {
+            d.value = None;
+        }
+    }
+    v
+}
+
+/// Gives rank-4 outputs without a shape a shape of unknown sizes.
+fn with_output_shapes(mut proto: ModelProto) -> ModelProto {
+    for o in &mut proto.graph.as_mut().unwrap().output {
+        if let Some(type_proto::Value::TensorType(t)) = o.r#type.as_ref().unwrap().value.as_ref() {
+            if t.shape.is_none() {
+                *o = output_info(o.name.as_deref().unwrap(), 4);
+            }
+        }
+    }
+    proto
+}
+
+fn write_proto(path: &Path, proto: &ModelProto) {
+    let proto = with_output_shapes(proto.clone());
+    std::fs::write(path, proto.encode_to_vec()).unwrap();
+}
+
+fn assert_close(what: &str, got: &ArrayD<f32>, want: &ArrayD<f32>, rel: f32, abs: f32) {
+    assert_eq!(got.shape(), want.shape(), "{what}");
+    let d = common::max_abs_diff(got, want);
+    let bound = rel * common::max_abs(want) + abs;
+    assert!(d <= bound, "{what}: max |Δ| = {d} > {bound}");
+}
+
+fn tract_run(path: &Path, x: &ArrayD<f32>) -> ArrayD<f32> {
+    let m = model::load(path).unwrap();
+    Runner::new(&m, x.shape())
+        .unwrap_or_else(|e| panic!("tract cannot prepare {}: {e:#}", path.display()))
+        .run(x)
+        .unwrap_or_else(|e| panic!("tract cannot run {}: {e:#}", path.display()))
+}
+
+/// `onnx-dlq convert IN OUT ARGS --json`, which must succeed; the report.
+fn convert(input: &Path, output: &Path, args: &[String]) -> serde_json::Value {
+    let mut all = vec![
+        "convert".to_string(),
+        common::path_str(input).into(),
+        common::path_str(output).into(),
+        "--json".into(),
+    ];
+    all.extend_from_slice(args);
+    let o = common::bin().args(&all).output().unwrap();
+    assert!(
+        o.status.success(),
+        "convert {all:?}: {}",
+        common::stderr(&o)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Converts `input` twice (VQ with one centroid per column, and DL) and runs everything in both
+/// engines on an input of `shape`. `select` picks the layers (`--layers …` or `--all`); `k_exact`
+/// is p²·M of the selected layers. Returns the two output paths.
+fn check_form(
+    test: &str,
+    input: &Path,
+    shape: &[usize],
+    select: &[&str],
+    k_exact: usize,
+) -> (PathBuf, PathBuf) {
+    let dir = input.parent().unwrap();
+    let x = common::input_like(shape, 11);
+    let original = tract_run(input, &x);
+    let python = common::ort_python(test);
+    if let Some(py) = &python {
+        let ort = common::run_ort(py, input, &x);
+        assert_close(
+            &format!("{test}: original, ONNX Runtime vs tract"),
+            &ort,
+            &original,
+            ENGINE_REL_TOLERANCE,
+            ENGINE_ABS_TOLERANCE,
+        );
+    }
+    let select: Vec<String> = select.iter().map(|s| s.to_string()).collect();
+
+    let vq = dir.join("vq.onnx");
+    let mut args = select.clone();
+    args.extend(["--method", "vq", "--k", &k_exact.to_string()].map(String::from));
+    let report = convert(input, &vq, &args);
+    let layers = report["layers"].as_array().unwrap();
+    assert!(!layers.is_empty(), "{test}: nothing converted: {report}");
+    for l in layers {
+        let e = l["relative_error"].as_f64().unwrap();
+        assert!(e < 1e-6, "{test}: K_vq = p²M must be exact, error {e}");
+    }
+    let got = tract_run(&vq, &x);
+    assert_close(
+        &format!("{test}: VQ-exact conversion vs original (tract)"),
+        &got,
+        &original,
+        EXACT_REL_TOLERANCE,
+        EXACT_ABS_TOLERANCE,
+    );
+    if let Some(py) = &python {
+        let ort = common::run_ort(py, &vq, &x);
+        assert_close(
+            &format!("{test}: VQ-exact conversion in ONNX Runtime vs original"),
+            &ort,
+            &original,
+            ENGINE_REL_TOLERANCE,
+            ENGINE_ABS_TOLERANCE,
+        );
+    }
+
+    let dl = dir.join("dl.onnx");
+    let mut args = select;
+    let (k, l) = ((k_exact / 2).max(4), 4);
+    args.extend(
+        [
+            "--method",
+            "dl",
+            "--k",
+            &k.to_string(),
+            "--l",
+            &l.to_string(),
+            "--subspace",
+            "4",
+            "--iters",
+            "3",
+        ]
+        .map(String::from),
+    );
+    convert(input, &dl, &args);
+    let got = tract_run(&dl, &x);
+    assert!(got.iter().all(|v| v.is_finite()), "{test}: DL output");
+    assert_eq!(got.shape(), original.shape(), "{test}: DL output shape");
+    if let Some(py) = &python {
+        let ort = common::run_ort(py, &dl, &x);
+        assert_close(
+            &format!("{test}: DL conversion, ONNX Runtime vs tract"),
+            &ort,
+            &got,
+            ENGINE_REL_TOLERANCE,
+            ENGINE_ABS_TOLERANCE,
+        );
+    }
+    (vq, dl)
+}
+
+fn spec(n: usize, m: usize, h: usize, w: usize, k: usize) -> ConvSpec {
+    ConvSpec {
+        batch: 2,
+        n,
+        m,
+        h,
+        w,
+        kh: k,
+        kw: k,
+        strides: [1, 1],
+        dilations: [1, 1],
+        pads: [k as i64 / 2; 4],
+        auto_pad: None,
+        bias: true,
+        opset: 13,
+    }
+}
+
+fn single_conv(test: &str, s: &ConvSpec) {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.onnx");
+    let w = weights(s.m * s.n * s.kh * s.kw, 1);
+    let b = weights(s.m, 2);
+    write_proto(&input, &conv_model(s, &w, &b));
+    check_form(
+        test,
+        &input,
+        &[s.batch, s.n, s.h, s.w],
+        &["--layers", "conv"],
+        s.m * s.kh * s.kw,
+    );
+}
+
+#[test]
+fn auto_pad_same_upper_with_stride_2() {
+    single_conv(
+        "auto_pad_same_upper_with_stride_2",
+        &ConvSpec {
+            strides: [2, 2],
+            auto_pad: Some("SAME_UPPER"),
+            ..spec(12, 8, 9, 11, 3)
+        },
+    );
+}
+
+#[test]
+fn auto_pad_same_lower() {
+    single_conv(
+        "auto_pad_same_lower",
+        &ConvSpec {
+            auto_pad: Some("SAME_LOWER"),
+            ..spec(8, 6, 8, 8, 4)
+        },
+    );
+}
+
+#[test]
+fn auto_pad_valid() {
+    single_conv(
+        "auto_pad_valid",
+        &ConvSpec {
+            auto_pad: Some("VALID"),
+            ..spec(10, 6, 9, 9, 3)
+        },
+    );
+}
+
+#[test]
+fn asymmetric_pads_and_dilation_2() {
+    single_conv(
+        "asymmetric_pads_and_dilation_2",
+        &ConvSpec {
+            pads: [0, 1, 2, 0],
+            dilations: [2, 2],
+            ..spec(9, 7, 10, 10, 3)
+        },
+    );
+}
+
+#[test]
+fn one_by_one_kernel_with_stride_2() {
+    single_conv(
+        "one_by_one_kernel_with_stride_2",
+        &ConvSpec {
+            strides: [2, 2],
+            ..spec(16, 10, 9, 9, 1)
+        },
+    );
+}
+
+#[test]
+fn five_by_five_kernel() {
+    single_conv("five_by_five_kernel", &spec(8, 6, 11, 11, 5));
+}
+
+#[test]
+fn non_square_input_and_kernel() {
+    single_conv(
+        "non_square_input_and_kernel",
+        &ConvSpec {
+            kw: 5,
+            pads: [1, 2, 1, 2],
+            strides: [1, 2],
+            ..spec(8, 6, 7, 13, 3)
+        },
+    );
+}
+
+#[test]
+fn conv_without_bias() {
+    single_conv(
+        "conv_without_bias",
+        &ConvSpec {
+            bias: false,
+            ..spec(8, 6, 7, 7, 3)
+        },
+    );
+}
+
+/// The batch dimension is a symbol (`batch`), as exporters write it; the converted model keeps
+/// it symbolic and runs with batch 3.
+#[test]
+fn dynamic_batch_dimension() {
+    let test = "dynamic_batch_dimension";
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.onnx");
+    let s = ConvSpec {
+        batch: 3,
+        ..spec(8, 6, 9, 9, 3)
+    };
+    let mut proto = conv_model(&s, &weights(s.m * s.n * 9, 3), &weights(s.m, 4));
+    dim0(&mut proto).value = Some(tensor_shape_proto::dimension::Value::DimParam(
+        "batch".into(),
+    ));
+    write_proto(&input, &proto);
+    let (vq, dl) = check_form(test, &input, &[3, 8, 9, 9], &["--layers", "conv"], 54);
+    for out in [vq, dl] {
+        let mut p = model::load(&out).unwrap().proto;
+        assert_eq!(
+            dim0(&mut p).value,
+            Some(tensor_shape_proto::dimension::Value::DimParam(
+                "batch".into()
+            )),
+            "{}: the batch dimension must stay symbolic",
+            out.display()
+        );
+    }
+}
+
+fn dim0(p: &mut ModelProto) -> &mut tensor_shape_proto::Dimension {
+    let t = p.graph.as_mut().unwrap().input[0].r#type.as_mut().unwrap();
+    match t.value.as_mut().unwrap() {
+        type_proto::Value::TensorType(t) => &mut t.shape.as_mut().unwrap().dim[0],
+        _ => unreachable!(),
+    }
+}
+
+fn node(op: &str, name: Option<&str>, inputs: &[&str], outputs: &[&str]) -> NodeProto {
+    NodeProto {
+        op_type: Some(op.into()),
+        name: name.map(String::from),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn with_attrs(mut n: NodeProto, attrs: Vec<AttributeProto>) -> NodeProto {
+    n.attribute = attrs;
+    n
+}
+
+fn int_attr(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Int as i32),
+        i: Some(v),
+        ..Default::default()
+    }
+}
+
+fn model_proto(
+    ir: i64,
+    opset: i64,
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+    inputs: Vec<onnx_dlq::proto::ValueInfoProto>,
+    outputs: &[(&str, usize)],
+) -> ModelProto {
+    ModelProto {
+        ir_version: Some(ir),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(opset),
+        }],
+        producer_name: Some("onnx-dlq tests".into()),
+        graph: Some(GraphProto {
+            name: Some("g".into()),
+            node: nodes,
+            initializer: inits,
+            input: inputs,
+            output: outputs.iter().map(|&(o, r)| output_info(o, r)).collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// IR 3 / opset 7 as old exporters wrote it: every initializer is also listed as a graph input,
+/// nodes have no names, the first Conv has no bias and feeds a BatchNormalization, which must
+/// stay as it is (folding it is not this tool's job).
+#[test]
+fn ir3_opset7_initializers_as_inputs_nameless_nodes_and_batchnorm() {
+    let test = "ir3_opset7_initializers_as_inputs_nameless_nodes_and_batchnorm";
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.onnx");
+    let (n, m) = (8, 8);
+    let conv_attrs = || {
+        vec![
+            ints("kernel_shape", &[3, 3]),
+            ints("pads", &[1, 1, 1, 1]),
+            ints("strides", &[1, 1]),
+        ]
+    };
+    let var: Vec<f32> = weights(m, 9).iter().map(|v| 0.5 + v.abs()).collect();
+    let inits = vec![
+        new_tensor("w1", &[m, n, 3, 3], &weights(m * n * 9, 5), FloatType::F32),
+        new_tensor("bn_scale", &[m], &weights(m, 6), FloatType::F32),
+        new_tensor("bn_bias", &[m], &weights(m, 7), FloatType::F32),
+        new_tensor("bn_mean", &[m], &weights(m, 8), FloatType::F32),
+        new_tensor("bn_var", &[m], &var, FloatType::F32),
+        new_tensor("w2", &[m, m, 3, 3], &weights(m * m * 9, 10), FloatType::F32),
+        new_tensor("b2", &[m], &weights(m, 12), FloatType::F32),
+    ];
+    let mut inputs = vec![value_info("x", 1, Some(&[1, n, 10, 10]))];
+    for t in &inits {
+        let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+        inputs.push(value_info(t.name.as_deref().unwrap(), 1, Some(&dims)));
+    }
+    let nodes = vec![
+        with_attrs(node("Conv", None, &["x", "w1"], &["c1"]), conv_attrs()),
+        with_attrs(
+            node(
+                "BatchNormalization",
+                None,
+                &["c1", "bn_scale", "bn_bias", "bn_mean", "bn_var"],
+                &["bn"],
+            ),
+            vec![AttributeProto {
+                name: Some("epsilon".into()),
+                r#type: Some(AttributeType::Float as i32),
+                f: Some(1e-5),
+                ..Default::default()
+            }],
+        ),
+        node("Relu", None, &["bn"], &["r"]),
+        with_attrs(node("Conv", None, &["r", "w2", "b2"], &["y"]), conv_attrs()),
+    ];
+    let proto = model_proto(3, 7, nodes, inits, inputs, &[("y", 4)]);
+    write_proto(&input, &proto);
+    let (vq, dl) = check_form(test, &input, &[1, n, 10, 10], &["--all"], m * 9);
+    for out in [vq, dl] {
+        let out = model::load(&out).unwrap();
+        assert_eq!(out.proto.ir_version, Some(3));
+        assert_eq!(out.default_opset(), 7);
+        let g = out.graph();
+        let bn: Vec<&NodeProto> = g
+            .node
+            .iter()
+            .filter(|n| n.op_type.as_deref() == Some("BatchNormalization"))
+            .collect();
+        assert_eq!(bn.len(), 1);
+        assert_eq!(bn[0], &proto.graph.as_ref().unwrap().node[1], "BN changed");
+        // IR 3 needs every initializer among the inputs, and no input may be left without its
+        // initializer (it would become a required input): the replaced kernels are gone from
+        // both lists.
+        let inits: Vec<&str> = g
+            .initializer
+            .iter()
+            .filter_map(|t| t.name.as_deref())
+            .collect();
+        let inputs: Vec<&str> = g.input.iter().filter_map(|v| v.name.as_deref()).collect();
+        for name in &inits {
+            assert!(
+                inputs.contains(name),
+                "initializer {name} is not a graph input"
+            );
+        }
+        for name in &inputs {
+            assert!(
+                *name == "x" || inits.contains(name),
+                "input {name} has no initializer"
+            );
+        }
+        assert!(!inits.contains(&"w1") && !inits.contains(&"w2"));
+    }
+}
+
+/// Weights stored outside the protobuf: the converted model keeps its tensors in a data file
+/// beside it, and both engines read them.
+#[test]
+fn external_data_model_converts_and_keeps_external_data() {
+    let test = "external_data_model_converts_and_keeps_external_data";
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.onnx");
+    let s = spec(16, 16, 9, 9, 3);
+    let proto = conv_model(&s, &weights(16 * 16 * 9, 13), &weights(16, 14));
+    let m = common::in_memory(with_output_shapes(proto), tmp.path());
+    let saved = model::save(&m, &input, ExternalData::Always { threshold: 1024 }).unwrap();
+    assert!(saved.external.is_some());
+    let (vq, dl) = check_form(test, &input, &[2, 16, 9, 9], &["--layers", "conv"], 144);
+    for out in [vq, dl] {
+        let data = PathBuf::from(format!("{}.data", out.display()));
+        assert!(data.is_file(), "{} has no data file", out.display());
+        let loaded = model::load(&out).unwrap();
+        assert!(loaded.has_external_data(), "{}", out.display());
+    }
+    // The input's own data file is untouched.
+    assert!(tmp.path().join("in.onnx.data").is_file());
+}
+
+/// Layers the rewrite cannot express are listed with the reason, `--all` leaves them as they
+/// are (node for node), and naming one is an error that says why and writes nothing.
+#[test]
+fn unconvertible_forms_are_reported_skipped_and_refused_by_name() {
+    let test = "unconvertible_forms_are_reported_skipped_and_refused_by_name";
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.onnx");
+    let c = 8;
+    let conv = |name: &str, inputs: &[&str], out: &str, k: &[i64], extra: Vec<AttributeProto>| {
+        let mut attrs = vec![ints("kernel_shape", k)];
+        attrs.extend(extra);
+        with_attrs(node("Conv", Some(name), inputs, &[out]), attrs)
+    };
+    let i64_tensor = |name: &str, v: &[i64]| TensorProto {
+        name: Some(name.into()),
+        dims: vec![v.len() as i64],
+        data_type: Some(onnx_dlq::proto::tensor_proto::DataType::Int64 as i32),
+        int64_data: v.to_vec(),
+        ..Default::default()
+    };
+    let f = |name: &str, shape: &[usize], seed: u64| {
+        new_tensor(
+            name,
+            shape,
+            &weights(shape.iter().product(), seed),
+            FloatType::F32,
+        )
+    };
+    let inits = vec![
+        f("w_ok", &[c, c, 3, 3], 20),
+        f("w_grouped", &[c, c / 2, 3, 3], 21),
+        f("w_depthwise", &[c, 1, 3, 3], 22),
+        f("w_1d", &[c, c, 3], 23),
+        f("w_3d", &[c, c, 3, 3, 3], 24),
+        f("w_transpose", &[c, c, 3, 3], 25),
+        f("w_base", &[c, c, 3, 3], 26),
+        f("two", &[1], 27),
+        i64_tensor("shape_1d", &[1, c as i64, 64]),
+        i64_tensor("shape_3d", &[1, c as i64, 4, 4, 4]),
+    ];
+    let nodes = vec![
+        conv("ok", &["x", "w_ok"], "y_ok", &[3, 3], vec![]),
+        conv(
+            "grouped",
+            &["x", "w_grouped"],
+            "y_grouped",
+            &[3, 3],
+            vec![int_attr("group", 2)],
+        ),
+        conv(
+            "depthwise",
+            &["x", "w_depthwise"],
+            "y_depthwise",
+            &[3, 3],
+            vec![int_attr("group", c as i64)],
+        ),
+        node("Reshape", Some("to_1d"), &["x", "shape_1d"], &["x1d"]),
+        conv("conv1d", &["x1d", "w_1d"], "y_1d", &[3], vec![]),
+        node("Reshape", Some("to_3d"), &["x", "shape_3d"], &["x3d"]),
+        conv("conv3d", &["x3d", "w_3d"], "y_3d", &[3, 3, 3], vec![]),
+        with_attrs(
+            node(
+                "ConvTranspose",
+                Some("transpose"),
+                &["x", "w_transpose"],
+                &["y_transpose"],
+            ),
+            vec![ints("kernel_shape", &[3, 3])],
+        ),
+        node(
+            "Mul",
+            Some("scale_weight"),
+            &["w_base", "two"],
+            &["w_runtime"],
+        ),
+        conv("runtime", &["x", "w_runtime"], "y_runtime", &[3, 3], vec![]),
+    ];
+    let outputs = [
+        ("y_ok", 4),
+        ("y_grouped", 4),
+        ("y_depthwise", 4),
+        ("y_1d", 3),
+        ("y_3d", 5),
+        ("y_transpose", 4),
+        ("y_runtime", 4),
+    ];
+    let proto = model_proto(
+        8,
+        13,
+        nodes,
+        inits,
+        vec![value_info("x", 1, Some(&[1, c, 8, 8]))],
+        &outputs,
+    );
+    write_proto(&input, &proto);
+
+    let expected = [
+        ("grouped", "grouped convolution"),
+        ("depthwise", "depthwise convolution"),
+        ("conv1d", "2-D"),
+        ("conv3d", "2-D"),
+        ("transpose", "ConvTranspose"),
+        ("runtime", "computed at run time"),
+    ];
+    let (vq, _) = check_form(test, &input, &[1, c, 8, 8], &["--all"], c * 9);
+    let report = convert(
+        &input,
+        &tmp.path().join("again.onnx"),
+        &["--all", "--method", "vq", "--k", "72"].map(String::from),
+    );
+    let converted: Vec<&str> = report["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(converted, ["ok"], "{report}");
+    let skipped = report["skipped"].as_array().unwrap();
+    for (name, why) in expected {
+        let s = skipped
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not listed as skipped: {report}"));
+        let reason = s["reason"].as_str().unwrap();
+        assert!(reason.contains(why), "{name}: {reason}");
+    }
+    // Left intact, node for node.
+    let out = model::load(&vq).unwrap();
+    for kept in [
+        "grouped",
+        "depthwise",
+        "conv1d",
+        "conv3d",
+        "transpose",
+        "runtime",
+    ] {
+        let before = proto
+            .graph
+            .as_ref()
+            .unwrap()
+            .node
+            .iter()
+            .find(|n| n.name.as_deref() == Some(kept))
+            .unwrap();
+        let after = out
+            .graph()
+            .node
+            .iter()
+            .find(|n| n.name.as_deref() == Some(kept))
+            .unwrap_or_else(|| panic!("{kept} vanished"));
+        assert_eq!(before, after, "{kept} changed");
+    }
+    // Named explicitly: exit 1, the reason, no file.
+    for (name, why) in expected {
+        let out = tmp.path().join(format!("named-{name}.onnx"));
+        let o = common::run(&[
+            "convert",
+            common::path_str(&input),
+            common::path_str(&out),
+            "--layers",
+            name,
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{name}: {}", common::stderr(&o));
+        let err = common::stderr(&o);
+        assert!(err.contains(name) && err.contains(why), "{name}: {err}");
+        assert!(!out.exists(), "{name}: an output was written");
+    }
+}
