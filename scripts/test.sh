@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The full test suite, exactly as CI runs it (.ci/run calls this). It installs what it needs:
 # Rust crates through cargo (Cargo.lock pins them) and the Python packages of the ONNX Runtime
-# cross-checks (scripts/requirements-test.txt pins them) into target/venv-test.
+# cross-checks (scripts/requirements-test.txt pins them) into target/venv-test, and cargo-fuzz
+# for the closing fuzz smoke (pinned version, from crates.io).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=target/venv-test
@@ -14,3 +15,16 @@ export ONNX_DLQ_PYTHON="$PWD/$venv/bin/python"
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked
+# Coverage-guided fuzz smoke on the stable toolchain (no sanitizer): 60 s of libFuzzer over the
+# seed corpus; new inputs go to target/fuzz-corpus, a crash fails the run (README, "Fuzzing").
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked --version 0.13.2
+fi
+mkdir -p target/fuzz-corpus
+if ! cargo fuzz run --sanitizer none load_convert target/fuzz-corpus fuzz/corpus/load_convert \
+    -- -max_total_time=60 -max_len=16384 -timeout=30 >target/fuzz-smoke.log 2>&1; then
+  tail -n 60 target/fuzz-smoke.log
+  echo "fuzz smoke failed: full log in target/fuzz-smoke.log" >&2
+  exit 1
+fi
+grep -a "^Done" target/fuzz-smoke.log

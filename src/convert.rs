@@ -392,9 +392,15 @@ pub fn convert_model(original: &OnnxModel, opts: &ConvertOptions) -> Result<Conv
         .flat_map(|a| a.layers.iter().map(|l| (l.name.clone(), l.ratio)))
         .collect();
     if chosen.is_empty() {
+        let reasons: Vec<String> = skipped
+            .iter()
+            .map(|s| format!("{}: {}", s.name, s.reason))
+            .collect();
         bail!(
-            "no layer to convert ({} Conv layers, none eligible with these parameters)",
-            inv.layers.len()
+            "no layer to convert ({} Conv layers, none eligible with these parameters){}{}",
+            inv.layers.len(),
+            if reasons.is_empty() { "" } else { "; " },
+            reasons.join("; ")
         );
     }
     for s in &skipped {

@@ -16,6 +16,7 @@ pub mod convert;
 pub mod cost;
 pub mod data;
 pub mod diff;
+pub mod harness;
 pub mod inspect;
 pub mod model;
 pub mod rewrite;
@@ -25,6 +26,7 @@ pub mod shapes;
 pub mod stages;
 pub mod sweep;
 pub mod tensor;
+pub mod validate;
 pub mod verify;
 
 /// ONNX protobuf messages, generated from `proto/onnx.proto` at build time.

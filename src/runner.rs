@@ -25,15 +25,52 @@ pub struct Runner {
     pub input_shape: Vec<usize>,
 }
 
-/// Parses `model` with tract (external data resolved next to the model file).
+/// Parses `model` with tract (external data resolved next to the model file), after the
+/// structural checks tract relies on.
 pub fn parse(model: &OnnxModel) -> Result<tract_onnx::model::ParseResult> {
+    crate::validate::check(model).with_context(|| format!("{}", model.path.display()))?;
     let bytes = model.proto.encode_to_vec();
     let pb = tract_onnx::pb::ModelProto::decode(bytes.as_slice())
         .map_err(|e| anyhow!("tract could not read {}: {e}", model.path.display()))?;
     let dir = model.base_dir.to_string_lossy().into_owned();
-    tract_onnx::onnx()
-        .parse(&pb, Some(&dir))
-        .map_err(|e| anyhow!("tract could not parse {}: {e:#}", model.path.display()))
+    guarded(&model.path, || {
+        tract_onnx::onnx()
+            .parse(&pb, Some(&dir))
+            .map_err(|e| anyhow!("tract could not parse {}: {e:#}", model.path.display()))
+    })
+}
+
+thread_local! {
+    static IN_TRACT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs a tract call with its panics turned into errors naming `path`: tract assumes
+/// well-formed graphs, and [`crate::validate`] cannot foresee every way a file breaks that.
+/// The panic message goes into the error instead of onto stderr.
+pub fn guarded<T>(path: &std::path::Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_TRACT.with(|t| t.get()) {
+                previous(info);
+            }
+        }));
+    });
+    let was = IN_TRACT.with(|t| t.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    IN_TRACT.with(|t| t.set(was));
+    result.unwrap_or_else(|payload| {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(anyhow!(
+            "tract failed on {} (internal error: {msg}); the model is malformed in a way onnx-dlq does not check",
+            path.display()
+        ))
+    })
 }
 
 impl Runner {
@@ -72,25 +109,26 @@ impl Runner {
         let fact = m.input_fact(0)?.clone();
         let input_type = fact.datum_type.concretize().unwrap_or(DatumType::F32);
         m.set_input_fact(0, InferenceFact::dt_shape(input_type, input_shape))?;
-        let plan = m
-            .into_typed()
-            .and_then(|mut t| {
-                if t.nodes().iter().any(|n| {
-                    n.outputs
-                        .iter()
-                        .any(|o| o.fact.datum_type == DatumType::F16)
-                }) {
-                    t.transform(&FloatPrecisionTranslator::new(
-                        DatumType::F16,
-                        DatumType::F32,
-                    ))?;
-                }
-                t.into_optimized()
-            })
-            .and_then(|t| t.into_runnable())
-            .map_err(|e| {
-                anyhow!("tract could not prepare the model for input {input_shape:?}: {e:#}")
-            })?;
+        let plan = guarded(&model.path, || {
+            m.into_typed()
+                .and_then(|mut t| {
+                    if t.nodes().iter().any(|n| {
+                        n.outputs
+                            .iter()
+                            .any(|o| o.fact.datum_type == DatumType::F16)
+                    }) {
+                        t.transform(&FloatPrecisionTranslator::new(
+                            DatumType::F16,
+                            DatumType::F32,
+                        ))?;
+                    }
+                    t.into_optimized()
+                })
+                .and_then(|t| t.into_runnable())
+                .map_err(|e| {
+                    anyhow!("tract could not prepare the model for input {input_shape:?}: {e:#}")
+                })
+        })?;
         let plan_input_type = plan.model().input_fact(0)?.datum_type;
         Ok(Runner {
             plan,
@@ -129,5 +167,24 @@ impl Runner {
                 Ok(o.to_plain_array_view::<f32>()?.to_owned())
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_inside_a_guarded_call_is_an_error_naming_the_file() {
+        let path = std::path::Path::new("broken.onnx");
+        let r: Result<()> = guarded(path, || panic!("index out of bounds"));
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.contains("broken.onnx") && e.contains("index out of bounds"),
+            "{e}"
+        );
+        // Calls that return are untouched, errors included.
+        assert_eq!(guarded(path, || Ok(3)).unwrap(), 3);
+        assert!(guarded::<()>(path, || Err(anyhow!("plain error"))).is_err());
     }
 }

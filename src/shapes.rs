@@ -125,7 +125,10 @@ pub fn infer(model: &OnnxModel, overrides: &[InputShape]) -> Result<ShapeMap> {
         map.inputs.push((name.clone(), dims));
     }
     // Obstinate: keep what can be inferred even if an exotic node somewhere cannot be.
-    let _ = tm.analyse(true);
+    crate::runner::guarded(&model.path, || {
+        let _ = tm.analyse(true);
+        Ok(())
+    })?;
     for (name, outlet) in &parsed.outlets_by_name {
         if let Ok(fact) = tm.outlet_fact(*outlet) {
             if let Ok(Some(dims)) = fact.shape.as_concrete_finite() {

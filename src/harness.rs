@@ -1,0 +1,100 @@
+//! One pass of the whole pipeline over arbitrary bytes — decode → inspect → convert → save →
+//! reload — shared by the cargo-fuzz target (`fuzz/`) and the mutation smoke test. Whatever the
+//! bytes, each step must end in a value or an error; what must hold after a success is asserted,
+//! so a broken output is a panic the fuzzer reports, like a crash.
+
+use std::path::Path;
+
+use crate::codebook::{ClusterParams, Method};
+use crate::convert::{self, ConvertOptions, Selection};
+use crate::inspect;
+use crate::model::{self, ExternalData, OnnxModel};
+
+/// Kernels larger than this (elements over all convertible layers) are not clustered: a fuzzer
+/// wants many small inputs per second, not one big conversion.
+pub const MAX_KERNEL_ELEMENTS: usize = 1 << 16;
+
+/// How far an input got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not a model, or a model tract cannot read: an error, as it should be.
+    Rejected(String),
+    /// Inspected, but nothing to convert (or too large for a fuzzing pass).
+    Inspected { layers: usize },
+    /// Converted (`layers` of them), saved, and the output read back and inspected.
+    Converted { layers: usize },
+    /// Inspected, but the conversion failed with an error and left no file.
+    NotConverted(String),
+}
+
+/// Runs the pipeline on `bytes` with scratch files in `scratch` (an empty folder the caller
+/// owns: external data is looked up there, the output is written there).
+pub fn exercise(bytes: &[u8], scratch: &Path) -> Outcome {
+    let proto = match model::decode(bytes) {
+        Ok(p) => p,
+        Err(e) => return Outcome::Rejected(format!("{e:#}")),
+    };
+    let original = OnnxModel {
+        proto,
+        path: scratch.join("input.onnx"),
+        base_dir: scratch.to_path_buf(),
+    };
+    let inv = match inspect::inventory(&original, &[]) {
+        Ok(inv) => inv,
+        Err(e) => return Outcome::Rejected(format!("{e:#}")),
+    };
+    let _ = inspect::render_table(&inspect::report(&original, &inv));
+    let convertible: Vec<_> = inv.layers.iter().filter(|l| l.convertible()).collect();
+    let elements: usize = convertible
+        .iter()
+        .filter_map(|l| l.kernel.as_ref())
+        .map(|k| k.iter().product::<usize>())
+        .sum();
+    if convertible.is_empty() || elements > MAX_KERNEL_ELEMENTS {
+        return Outcome::Inspected {
+            layers: inv.layers.len(),
+        };
+    }
+    // Both methods, chosen by the input so that a corpus covers both.
+    let method = if bytes.len() % 2 == 0 {
+        Method::Dl
+    } else {
+        Method::Vq
+    };
+    let mut params = ClusterParams::new(method, 4.0);
+    params.c = 2.0;
+    params.iters = 2;
+    let opts = ConvertOptions {
+        selection: Selection::All,
+        params,
+        input_shapes: vec![],
+        external: ExternalData::Auto,
+        calibration: None,
+        target_speedup: None,
+    };
+    let out = scratch.join("output.onnx");
+    let converted = convert::convert_model(&original, &opts)
+        .and_then(|c| model::save(&c.model, &out, ExternalData::Auto).map(|_| c));
+    match converted {
+        Ok(c) => {
+            check_output(&out);
+            let _ = std::fs::remove_file(&out);
+            Outcome::Converted {
+                layers: c.layers.len(),
+            }
+        }
+        Err(e) => {
+            assert!(!out.exists(), "a failed conversion left {}", out.display());
+            Outcome::NotConverted(format!("{e:#}"))
+        }
+    }
+}
+
+/// What a successful conversion promises: the file reads back, and tract parses it and infers
+/// the shapes of every tensor.
+fn check_output(out: &Path) {
+    let back = model::load(out).unwrap_or_else(|e| panic!("the output does not load: {e:#}"));
+    if let Err(e) = inspect::inventory(&back, &[]) {
+        panic!("tract cannot read the output: {e:#}");
+    }
+}

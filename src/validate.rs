@@ -1,0 +1,203 @@
+//! Structural checks a model passes before it reaches tract: every name a node, a subgraph or
+//! a graph output reads is defined, and the window attributes of convolutions and poolings agree
+//! with their rank. tract assumes both and panics otherwise (found by fuzzing); here they are
+//! errors that name the node and the attribute.
+
+use std::collections::HashSet;
+
+use anyhow::{bail, Context, Result};
+
+use crate::conv::{attribute, ConvAttrs};
+use crate::model::OnnxModel;
+use crate::proto::{GraphProto, NodeProto};
+
+/// Operators whose `kernel_shape` / `strides` / `dilations` / `pads` tract reads by axis.
+const WINDOWED_OPS: [&str; 7] = [
+    "Conv",
+    "ConvTranspose",
+    "ConvInteger",
+    "QLinearConv",
+    "MaxPool",
+    "AveragePool",
+    "LpPool",
+];
+
+pub fn check(model: &OnnxModel) -> Result<()> {
+    check_graph(model.graph(), &HashSet::new(), model)
+}
+
+fn node_label(node: &NodeProto, index: usize) -> String {
+    let op = node.op_type.as_deref().unwrap_or("?");
+    match node.name.as_deref() {
+        Some(n) if !n.is_empty() => format!("node `{n}` ({op})"),
+        _ => format!("node #{index} ({op})"),
+    }
+}
+
+fn check_graph(graph: &GraphProto, outer: &HashSet<&str>, model: &OnnxModel) -> Result<()> {
+    let mut known: HashSet<&str> = outer.clone();
+    known.extend(graph.input.iter().filter_map(|v| v.name.as_deref()));
+    known.extend(graph.initializer.iter().filter_map(|t| t.name.as_deref()));
+    known.extend(
+        graph
+            .sparse_initializer
+            .iter()
+            .filter_map(|s| s.values.as_ref().and_then(|v| v.name.as_deref())),
+    );
+    for n in &graph.node {
+        known.extend(n.output.iter().map(String::as_str));
+    }
+    for (i, node) in graph.node.iter().enumerate() {
+        let label = || node_label(node, i);
+        for input in node.input.iter().filter(|s| !s.is_empty()) {
+            if !known.contains(input.as_str()) {
+                bail!(
+                    "{} reads `{input}`, which no node, initializer or graph input defines",
+                    label()
+                );
+            }
+        }
+        if node.domain.as_deref().is_none_or(str::is_empty)
+            && WINDOWED_OPS.contains(&node.op_type.as_deref().unwrap_or(""))
+        {
+            check_window(node, model).with_context(label)?;
+        }
+        for a in &node.attribute {
+            for g in a.g.iter().chain(a.graphs.iter()) {
+                check_graph(g, &known, model).with_context(|| {
+                    format!(
+                        "{}, subgraph `{}`",
+                        label(),
+                        a.name.as_deref().unwrap_or("?")
+                    )
+                })?;
+            }
+        }
+    }
+    for o in &graph.output {
+        let name = o.name.as_deref().unwrap_or("");
+        if !known.contains(name) {
+            bail!("graph output `{name}` is not produced by any node, initializer or input");
+        }
+    }
+    Ok(())
+}
+
+/// The spatial rank from `kernel_shape`, else from a constant weight; unknown (not checked)
+/// when neither says.
+fn check_window(node: &NodeProto, model: &OnnxModel) -> Result<()> {
+    let weight_index = match node.op_type.as_deref() {
+        Some("QLinearConv") => Some(3),
+        Some("Conv" | "ConvTranspose" | "ConvInteger") => Some(1),
+        _ => None,
+    };
+    let rank = match attribute(node, "kernel_shape") {
+        Some(k) => Some(k.ints.len()),
+        None => weight_index
+            .and_then(|i| node.input.get(i))
+            .and_then(|w| model.initializer(w))
+            .map(|t| t.dims.len().saturating_sub(2)),
+    };
+    if let Some(rank) = rank {
+        if rank == 0 {
+            bail!("no spatial axis: `kernel_shape` or the weight has rank below 3");
+        }
+        ConvAttrs::from_node(node, rank)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{AttributeProto, ModelProto, TensorProto, ValueInfoProto};
+
+    fn model(nodes: Vec<NodeProto>, outputs: &[&str]) -> OnnxModel {
+        let info = |n: &str| ValueInfoProto {
+            name: Some(n.into()),
+            ..Default::default()
+        };
+        OnnxModel {
+            proto: ModelProto {
+                ir_version: Some(8),
+                graph: Some(GraphProto {
+                    node: nodes,
+                    input: vec![info("x")],
+                    output: outputs.iter().map(|o| info(o)).collect(),
+                    initializer: vec![TensorProto {
+                        name: Some("w".into()),
+                        dims: vec![4, 2, 3, 3],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            path: "m.onnx".into(),
+            base_dir: ".".into(),
+        }
+    }
+
+    fn conv(name: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
+        NodeProto {
+            name: Some(name.into()),
+            op_type: Some("Conv".into()),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec!["y".into()],
+            attribute: attrs,
+            ..Default::default()
+        }
+    }
+
+    fn ints(name: &str, v: &[i64]) -> AttributeProto {
+        AttributeProto {
+            name: Some(name.into()),
+            ints: v.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn well_formed_graphs_pass() {
+        let m = model(
+            vec![conv("c", &["x", "w"], vec![ints("pads", &[1, 1, 1, 1])])],
+            &["y"],
+        );
+        check(&m).unwrap();
+    }
+
+    #[test]
+    fn undefined_names_are_reported_with_the_node() {
+        let m = model(vec![conv("c", &["x", "nowhere"], vec![])], &["y"]);
+        let e = check(&m).unwrap_err().to_string();
+        assert!(e.contains("node `c` (Conv) reads `nowhere`"), "{e}");
+        let m = model(vec![conv("c", &["x", "w"], vec![])], &["y", "ghost"]);
+        let e = check(&m).unwrap_err().to_string();
+        assert!(e.contains("graph output `ghost`"), "{e}");
+    }
+
+    #[test]
+    fn window_attributes_must_match_the_rank() {
+        // The weight says 2-D: two pads are too few.
+        let m = model(
+            vec![conv("c", &["x", "w"], vec![ints("pads", &[1, 1])])],
+            &["y"],
+        );
+        let e = format!("{:#}", check(&m).unwrap_err());
+        assert!(
+            e.contains("node `c` (Conv)") && e.contains("`pads` has 2 values, expected 4"),
+            "{e}"
+        );
+        // kernel_shape says 1-D while strides has two values.
+        let m = model(
+            vec![conv(
+                "c",
+                &["x", "w"],
+                vec![ints("kernel_shape", &[3]), ints("strides", &[1, 1])],
+            )],
+            &["y"],
+        );
+        let e = format!("{:#}", check(&m).unwrap_err());
+        assert!(e.contains("`strides` has 2 values, expected 1"), "{e}");
+    }
+}

@@ -1,0 +1,133 @@
+//! A seeded mutation smoke run of the fuzzing harness, on the stable toolchain and inside
+//! `cargo test`: every seed of `fuzz/corpus/load_convert` converts, and a fixed set of mutants
+//! of them (bit flips, boundary bytes, lying varints, truncations, deleted, repeated and spliced
+//! chunks) each end in a value or an error, never a panic, with no output file left behind.
+//! The coverage-guided run is `cargo fuzz run load_convert` (README, "Fuzzing").
+
+mod common;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+
+use onnx_dlq::harness::{self, Outcome};
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+
+/// Mutants per seed: enough to reach every stage on every seed, few enough for a debug build.
+const MUTANTS_PER_SEED: usize = 2000;
+
+fn seeds() -> Vec<(String, Vec<u8>)> {
+    let dir = common::repo().join("fuzz/corpus/load_convert");
+    let mut seeds: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "onnx"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&p).unwrap())
+        })
+        .collect();
+    seeds.sort();
+    assert!(seeds.len() >= 8, "the seed corpus is missing");
+    seeds
+}
+
+fn mutate(rng: &mut Xoshiro256PlusPlus, bytes: &[u8], other: &[u8]) -> Vec<u8> {
+    let mut b = bytes.to_vec();
+    let n = b.len();
+    let at = rng.random_range(0..n);
+    match rng.random_range(0..7) {
+        0 => {
+            for _ in 0..rng.random_range(1..5) {
+                let i = rng.random_range(0..n);
+                b[i] ^= 1 << rng.random_range(0..8);
+            }
+        }
+        1 => b[at] = [0x00, 0x01, 0x7f, 0x80, 0xff][rng.random_range(0..5)],
+        // A varint claiming 2^35 where a length or a dimension may be.
+        2 => {
+            let lie = [0xff, 0xff, 0xff, 0xff, 0x7f];
+            for (k, v) in lie.iter().enumerate() {
+                if at + k < n {
+                    b[at + k] = *v;
+                }
+            }
+        }
+        3 => b.truncate(at),
+        4 => {
+            let len = rng.random_range(1..=(n - at).min(64));
+            b.drain(at..at + len);
+        }
+        5 => {
+            let len = rng.random_range(1..=(n - at).min(64));
+            let chunk = b[at..at + len].to_vec();
+            let to = rng.random_range(0..n);
+            b.splice(to..to, chunk);
+        }
+        _ => {
+            let cut = rng.random_range(0..other.len());
+            b.truncate(at);
+            b.extend_from_slice(&other[cut..]);
+        }
+    }
+    b
+}
+
+#[test]
+fn seeds_convert_and_mutants_never_panic() {
+    let seeds = seeds();
+    let scratch = tempfile::tempdir().unwrap();
+    for (name, bytes) in &seeds {
+        let outcome = harness::exercise(bytes, scratch.path());
+        assert!(
+            matches!(outcome, Outcome::Converted { .. }),
+            "seed {name}: {outcome:?}"
+        );
+    }
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(6);
+    let mut failures: Vec<PathBuf> = Vec::new();
+    let mut tally = std::collections::BTreeMap::<&str, usize>::new();
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    for (i, (name, bytes)) in seeds.iter().enumerate() {
+        let other = &seeds[(i + 1) % seeds.len()].1;
+        for j in 0..MUTANTS_PER_SEED {
+            let mutant = mutate(&mut rng, bytes, other);
+            let run = catch_unwind(AssertUnwindSafe(|| {
+                harness::exercise(&mutant, scratch.path())
+            }));
+            let kind = match &run {
+                Ok(Outcome::Rejected(e)) if e.contains("internal error") => "tract panic caught",
+                Ok(Outcome::Rejected(_)) => "rejected",
+                Ok(Outcome::Inspected { .. }) => "inspected",
+                Ok(Outcome::NotConverted(_)) => "not converted",
+                Ok(Outcome::Converted { .. }) => "converted",
+                Err(_) => "PANIC",
+            };
+            *tally.entry(kind).or_default() += 1;
+            if run.is_err() {
+                let dir = common::repo().join("target/fuzz-smoke-failures");
+                std::fs::create_dir_all(&dir).unwrap();
+                let path = dir.join(format!("{name}.mutant-{j}"));
+                std::fs::write(&path, &mutant).unwrap();
+                failures.push(path);
+            }
+            let left: Vec<_> = std::fs::read_dir(scratch.path()).unwrap().collect();
+            assert!(left.is_empty(), "{name} mutant {j} left files: {left:?}");
+        }
+    }
+    std::panic::set_hook(quiet);
+    eprintln!("mutants by outcome: {tally:?}");
+    assert!(
+        failures.is_empty(),
+        "{} mutants panicked; replay one with `cargo fuzz run load_convert FILE`: {failures:#?}",
+        failures.len()
+    );
+    // The mutants reach every stage, or this test says little.
+    for stage in ["rejected", "converted", "not converted"] {
+        assert!(
+            tally.contains_key(stage),
+            "no mutant was {stage}: {tally:?}"
+        );
+    }
+}
