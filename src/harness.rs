@@ -77,6 +77,15 @@ pub fn exercise(bytes: &[u8], scratch: &Path) -> Outcome {
         .and_then(|c| model::save(&c.model, &out, ExternalData::Auto).map(|_| c));
     match converted {
         Ok(c) => {
+            for l in &c.layers {
+                assert!(
+                    l.relative_error.is_finite() && l.achieved_ratio.is_finite(),
+                    "layer {}: error {}, ratio {}",
+                    l.name,
+                    l.relative_error,
+                    l.achieved_ratio
+                );
+            }
             check_output(&out);
             let _ = std::fs::remove_file(&out);
             Outcome::Converted {
@@ -90,8 +99,8 @@ pub fn exercise(bytes: &[u8], scratch: &Path) -> Outcome {
     }
 }
 
-/// What a successful conversion promises: the file reads back, and tract parses it and infers
-/// the shapes of every tensor.
+/// What a successful conversion promises (besides finite figures in its report): the file
+/// reads back, and tract parses it and infers the shapes of every tensor.
 fn check_output(out: &Path) {
     let back = model::load(out).unwrap_or_else(|e| panic!("the output does not load: {e:#}"));
     if let Err(e) = inspect::inventory(&back, &[]) {

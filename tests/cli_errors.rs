@@ -220,3 +220,38 @@ fn unwritable_outputs_are_refused_before_converting() {
     assert_eq!(fs::read_dir(&read_only).unwrap().count(), 0);
     assert_eq!(fs::read(&a_file).unwrap(), b"x");
 }
+
+/// A kernel holding NaN or ±inf (a broken export, or a fuzzer's) is named and refused rather
+/// than clustered into NaN codebooks.
+#[test]
+fn non_finite_weights_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut m = onnx_dlq::model::load(&common::default_model()).unwrap();
+    let t = m
+        .graph_mut()
+        .initializer
+        .iter_mut()
+        .find(|t| t.name.as_deref() == Some("conv2.weight"))
+        .unwrap();
+    let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+    let mut values = vec![0.5f32; dims.iter().product()];
+    values[7] = f32::NAN;
+    values[9] = f32::INFINITY;
+    onnx_dlq::tensor::set_f32(t, &dims, &values, onnx_dlq::tensor::FloatType::F32);
+    let input = tmp.path().join("nan.onnx");
+    fs::write(&input, m.proto.encode_to_vec()).unwrap();
+    let out = tmp.path().join("out.onnx");
+    let o = common::run(&[
+        common::path_str(&input),
+        common::path_str(&out),
+        "--layers",
+        "conv2",
+    ]);
+    let err = common::stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("conv2.weight") && err.contains("2 non-finite values"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}

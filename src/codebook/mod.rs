@@ -126,6 +126,11 @@ pub fn learn(kernel: ArrayView4<f32>, params: &ClusterParams) -> Result<Codebook
         "empty kernel {:?}",
         kernel.dim()
     );
+    let non_finite = kernel.iter().filter(|v| !v.is_finite()).count();
+    ensure!(
+        non_finite == 0,
+        "the kernel has {non_finite} non-finite values (NaN or ±inf); it cannot be clustered"
+    );
     let sizes = params.sizes(m, n, kh * kw)?;
     let plan = SubspacePlan::new(n, params.subspace);
     let ranges: Vec<Range<usize>> = plan.ranges().collect();
