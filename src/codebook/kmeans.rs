@@ -185,45 +185,93 @@ unsafe fn score_top_two_avx2(
     let mut index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     let step = _mm256_set1_epi32(LANES as i32);
     let blocks = padded / LANES;
+    // Folds one block's scores into the per-lane best two, then steps the lane indices.
+    let mut fold = |v: __m256| {
+        let below_first = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LT_OQ>(v, first));
+        let below_second = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LT_OQ>(v, second));
+        second = _mm256_min_ps(_mm256_max_ps(v, first), second);
+        let demoted = _mm256_blendv_epi8(index, first_at, below_first);
+        second_at = _mm256_blendv_epi8(second_at, demoted, below_second);
+        first_at = _mm256_blendv_epi8(first_at, index, below_first);
+        first = _mm256_min_ps(v, first);
+        index = _mm256_add_epi32(index, step);
+    };
     let mut block = 0;
-    while block < blocks {
-        // Four blocks at once where possible: independent add chains hide the add latency.
-        let group = if blocks - block >= GROUP { GROUP } else { 1 };
-        let mut v = [_mm256_setzero_ps(); GROUP];
-        for (g, vg) in v.iter_mut().enumerate().take(group) {
-            // SAFETY: every load reads LANES floats inside `norms` or `transposed` (asserted
-            // above; block + g < blocks).
-            *vg = _mm256_loadu_ps(norms.as_ptr().add((block + g) * LANES));
-        }
+    // Four blocks at once: independent add chains hide the add latency. Four named
+    // accumulators (not an array indexed by a run-time count) so they stay in registers.
+    while blocks - block >= GROUP {
+        // SAFETY (all loads): each reads LANES floats inside `norms` or `transposed`
+        // (asserted above; block + 3 < blocks).
+        let at = block * LANES;
+        let mut v0 = _mm256_loadu_ps(norms.as_ptr().add(at));
+        let mut v1 = _mm256_loadu_ps(norms.as_ptr().add(at + LANES));
+        let mut v2 = _mm256_loadu_ps(norms.as_ptr().add(at + 2 * LANES));
+        let mut v3 = _mm256_loadu_ps(norms.as_ptr().add(at + 3 * LANES));
         // Pointer steps rather than index products: no overflow checks in the inner loop.
-        let mut row = transposed.as_ptr().add(block * LANES);
+        let mut row = transposed.as_ptr().add(at);
         for &xd in &x[..dim] {
             let xd = _mm256_set1_ps(-2.0 * xd);
-            for (g, vg) in v.iter_mut().enumerate().take(group) {
-                let c = _mm256_loadu_ps(row.add(g * LANES));
-                *vg = _mm256_add_ps(*vg, _mm256_mul_ps(xd, c));
-            }
+            v0 = _mm256_add_ps(v0, _mm256_mul_ps(xd, _mm256_loadu_ps(row)));
+            v1 = _mm256_add_ps(v1, _mm256_mul_ps(xd, _mm256_loadu_ps(row.add(LANES))));
+            v2 = _mm256_add_ps(v2, _mm256_mul_ps(xd, _mm256_loadu_ps(row.add(2 * LANES))));
+            v3 = _mm256_add_ps(v3, _mm256_mul_ps(xd, _mm256_loadu_ps(row.add(3 * LANES))));
             row = row.wrapping_add(padded);
         }
-        for &vg in &v[..group] {
-            let below_first = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LT_OQ>(vg, first));
-            let below_second = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LT_OQ>(vg, second));
-            second = _mm256_min_ps(_mm256_max_ps(vg, first), second);
-            let demoted = _mm256_blendv_epi8(index, first_at, below_first);
-            second_at = _mm256_blendv_epi8(second_at, demoted, below_second);
-            first_at = _mm256_blendv_epi8(first_at, index, below_first);
-            first = _mm256_min_ps(vg, first);
-            index = _mm256_add_epi32(index, step);
-        }
-        block += group;
+        fold(v0);
+        fold(v1);
+        fold(v2);
+        fold(v3);
+        block += GROUP;
     }
-    let (mut f, mut s) = ([0f32; LANES], [0f32; LANES]);
-    let (mut fa, mut sa) = ([0u32; LANES], [0u32; LANES]);
-    _mm256_storeu_ps(f.as_mut_ptr(), first);
-    _mm256_storeu_ps(s.as_mut_ptr(), second);
-    _mm256_storeu_si256(fa.as_mut_ptr().cast(), first_at);
-    _mm256_storeu_si256(sa.as_mut_ptr().cast(), second_at);
-    merge_lanes(std::array::from_fn(|l| [(f[l], fa[l]), (s[l], sa[l])]))
+    while block < blocks {
+        let at = block * LANES;
+        let mut v = _mm256_loadu_ps(norms.as_ptr().add(at));
+        let mut row = transposed.as_ptr().add(at);
+        for &xd in &x[..dim] {
+            let xd = _mm256_set1_ps(-2.0 * xd);
+            v = _mm256_add_ps(v, _mm256_mul_ps(xd, _mm256_loadu_ps(row)));
+            row = row.wrapping_add(padded);
+        }
+        fold(v);
+        block += 1;
+    }
+    // The merge of `merge_lanes`, without branches: the best is the lowest (score, index) of
+    // the lanes' firsts; the second best is the lowest of the firsts after the winning lane's
+    // first is replaced by its second (within a lane the first always precedes the second).
+    let lowest = |scores: __m256, at: __m256i| -> (f32, u32) {
+        let m = _mm256_min_ps(scores, _mm256_permute2f128_ps::<1>(scores, scores));
+        let m = _mm256_min_ps(m, _mm256_shuffle_ps::<0b01_00_11_10>(m, m));
+        let m = _mm256_min_ps(m, _mm256_shuffle_ps::<0b10_11_00_01>(m, m));
+        let tied = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_EQ_OQ>(scores, m));
+        let i = _mm256_blendv_epi8(_mm256_set1_epi32(-1), at, tied);
+        let i = _mm256_min_epu32(i, _mm256_permute2x128_si256::<1>(i, i));
+        let i = _mm256_min_epu32(i, _mm256_shuffle_epi32::<0b01_00_11_10>(i));
+        let i = _mm256_min_epu32(i, _mm256_shuffle_epi32::<0b10_11_00_01>(i));
+        (
+            _mm256_cvtss_f32(m),
+            _mm_cvtsi128_si32(_mm256_castsi256_si128(i)) as u32,
+        )
+    };
+    let (s1, j1) = lowest(first, first_at);
+    if s1 == f32::INFINITY {
+        // Every score is +∞ (no centre scored): the portable merge's order on the initial
+        // (∞, 0) entries.
+        let (mut f, mut s) = ([0f32; LANES], [0f32; LANES]);
+        let (mut fa, mut sa) = ([0u32; LANES], [0u32; LANES]);
+        _mm256_storeu_ps(f.as_mut_ptr(), first);
+        _mm256_storeu_ps(s.as_mut_ptr(), second);
+        _mm256_storeu_si256(fa.as_mut_ptr().cast(), first_at);
+        _mm256_storeu_si256(sa.as_mut_ptr().cast(), second_at);
+        return merge_lanes(std::array::from_fn(|l| [(f[l], fa[l]), (s[l], sa[l])]));
+    }
+    let won = _mm256_and_si256(
+        _mm256_cmpeq_epi32(first_at, _mm256_set1_epi32(j1 as i32)),
+        _mm256_castps_si256(_mm256_cmp_ps::<_CMP_EQ_OQ>(first, _mm256_set1_ps(s1))),
+    );
+    let rest = _mm256_blendv_ps(first, second, _mm256_castsi256_ps(won));
+    let rest_at = _mm256_blendv_epi8(first_at, second_at, won);
+    let (s2, j2) = lowest(rest, rest_at);
+    ((s1, j1), (s2, j2))
 }
 
 /// Scores every centre into `acc`, then keeps the best two per lane and merges the lanes.
@@ -658,10 +706,35 @@ mod tests {
                 let used = search.top_two(&x.data);
                 assert_eq!(portable.0, used.0, "k {k} dim {dim}");
                 assert_eq!(portable.1 .0.to_bits(), used.1 .0.to_bits());
+                if used.1 .0.is_finite() {
+                    assert_eq!(portable.1 .1, used.1 .1, "k {k} dim {dim}");
+                }
                 // The winner is the true nearest centre (lowest index on ties).
                 let brute = nearest(&x.data, &centers.data, dim).0;
                 let d = |j: usize| sq_dist(&x.data, centers.row(j));
                 assert!(d(used.0 .1 as usize) <= d(brute) * (1.0 + 1e-5) + 1e-6);
+            }
+        }
+        // Ties: five distinct centres, each repeated in several blocks and lanes, and points
+        // on the centres themselves; the lowest index must win in both scans.
+        for (k, dim) in [(20, 8), (40, 4), (9, 8)] {
+            let distinct = random_points(5, dim, &mut rng);
+            let centers: Vec<f32> = (0..k).flat_map(|j| distinct.row(j % 5).to_vec()).collect();
+            let mut search = NearestSearch::new(&centers, dim);
+            let mut acc = vec![0f32; search.padded];
+            for p in 0..10 {
+                let x = distinct.row(p % 5).to_vec();
+                let portable = score_top_two(
+                    &search.norms,
+                    &search.transposed,
+                    search.padded,
+                    dim,
+                    &x,
+                    &mut acc,
+                );
+                let used = search.top_two(&x);
+                assert_eq!(portable, used, "ties, k {k} dim {dim}");
+                assert_eq!(used.0 .1 as usize, p % 5);
             }
         }
     }
