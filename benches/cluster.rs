@@ -8,6 +8,7 @@ use std::time::Instant;
 use ndarray::Ix4;
 use onnx_dlq::codebook::{self, ClusterParams, Method};
 use onnx_dlq::{model, select};
+use rayon::prelude::*;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -56,11 +57,14 @@ fn main() -> anyhow::Result<()> {
         let mut errors = Vec::new();
         for _ in 0..reps {
             let started = Instant::now();
-            errors.clear();
-            for w in &weights {
-                let cb = codebook::learn(w.view(), &ClusterParams::new(method, ratio))?;
-                errors.push(cb.relative_error(w.view()));
-            }
+            // As `convert` does: layers in parallel, each layer's subspaces in parallel.
+            errors = weights
+                .par_iter()
+                .map(|w| {
+                    let cb = codebook::learn(w.view(), &ClusterParams::new(method, ratio))?;
+                    Ok(cb.relative_error(w.view()))
+                })
+                .collect::<anyhow::Result<_>>()?;
             times.push(started.elapsed().as_secs_f64());
         }
         eprintln!(

@@ -56,7 +56,7 @@ def main():
     sk = float(np.median(times))
     print(f"scikit-learn KMeans(n_init=1): {len(layers)} layers, median {sk:.3f}s over {a.reps} runs {['%.3f' % t for t in times]}")
     print(f"scikit-learn relative errors: {['%.4f' % e for e in errors]}")
-    cmd = ["cargo", "bench", "--quiet", "--profile", "dev", "--bench", "cluster", "--", a.model, "--ratio", str(a.ratio), "--reps", str(a.reps)]
+    cmd = ["cargo", "bench", "--quiet", "--bench", "cluster", "--", a.model, "--ratio", str(a.ratio), "--reps", str(a.reps)]
     out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
     ours = json.loads(out.stdout.strip().splitlines()[-1])
     vq, dl = ours["vq"]["seconds_median"], ours["dl"]["seconds_median"]

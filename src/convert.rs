@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::budget::{self, Allocation};
@@ -297,8 +298,10 @@ fn learn_codebooks(
 ) -> Result<Vec<LearntLayer>> {
     let params_for = |layer: &ConvLayer| layer_params(opts, ratios, layer);
     let Some((cal, inputs)) = calibration else {
+        // Layers in parallel too (each one's subspaces already are): every layer has its own
+        // seeded RNGs, so the codebooks do not depend on the schedule; collected in order.
         return chosen
-            .iter()
+            .par_iter()
             .map(|layer| {
                 let started = Instant::now();
                 let w = layer.kernel_f32(original)?;

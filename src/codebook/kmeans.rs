@@ -316,17 +316,39 @@ fn distances_to(pt: &[f32], n: usize, c: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Sum of `values` in f64 over eight interleaved lanes combined in a fixed order: the same result
-/// on every run, without the latency chain of one running f64 sum.
+/// With `c` added as a centre: every point's squared distance to its nearest centre (into
+/// `trial`) and their sum. One pass over the points in blocks of eight, with the operations of
+/// [`distances_to`], a `min` and an f64 sum over eight interleaved lanes combined in a fixed order (the
+/// same result on every run, without the latency chain of one running sum), so the figures are theirs to the
+/// bit.
 #[inline(always)]
-fn lane_sum(values: &[f32]) -> f64 {
+fn trial_potential(pt: &[f32], n: usize, c: &[f32], closest: &[f32], trial: &mut [f32]) -> f64 {
     let mut lanes = [0f64; 8];
-    let chunks = values.chunks_exact(8);
-    let rest: f64 = chunks.remainder().iter().map(|&v| v as f64).sum();
-    for c in chunks {
-        for (l, &v) in lanes.iter_mut().zip(c) {
-            *l += v as f64;
+    let whole = n - n % 8;
+    for i in (0..whole).step_by(8) {
+        let mut o = [0f32; 8];
+        for (d, &cd) in c.iter().enumerate() {
+            let row = &pt[d * n + i..d * n + i + 8];
+            for l in 0..8 {
+                o[l] += (row[l] - cd) * (row[l] - cd);
+            }
         }
+        for l in 0..8 {
+            let t = o[l].min(closest[i + l]);
+            trial[i + l] = t;
+            lanes[l] += t as f64;
+        }
+    }
+    let mut rest = 0f64;
+    for i in whole..n {
+        let mut o = 0f32;
+        for (d, &cd) in c.iter().enumerate() {
+            let x = pt[d * n + i];
+            o += (x - cd) * (x - cd);
+        }
+        let t = o.min(closest[i]);
+        trial[i] = t;
+        rest += t as f64;
     }
     lanes.iter().sum::<f64>() + rest
 }
@@ -367,11 +389,7 @@ fn seed(points: &Points, k: usize, rng: &mut Xoshiro256PlusPlus) -> Vec<f32> {
             } else {
                 rng.random_range(0..n)
             };
-            distances_to(&pt, n, points.row(cand), &mut trial);
-            for (t, &c) in trial.iter_mut().zip(&closest) {
-                *t = t.min(c);
-            }
-            let pot = lane_sum(&trial);
+            let pot = trial_potential(&pt, n, points.row(cand), &closest, &mut trial);
             if best.is_none_or(|b| pot < b.0) {
                 best = Some((pot, cand));
                 std::mem::swap(&mut best_dist, &mut trial);
@@ -604,6 +622,50 @@ fn kmeans_body(
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    /// The seeding's reference: the lane sum `trial_potential` fuses.
+    /// Sum of `values` in f64 over eight interleaved lanes combined in a fixed order: the same result
+    /// on every run, without the latency chain of one running f64 sum.
+    fn lane_sum(values: &[f32]) -> f64 {
+        let mut lanes = [0f64; 8];
+        let chunks = values.chunks_exact(8);
+        let rest: f64 = chunks.remainder().iter().map(|&v| v as f64).sum();
+        for c in chunks {
+            for (l, &v) in lanes.iter_mut().zip(c) {
+                *l += v as f64;
+            }
+        }
+        lanes.iter().sum::<f64>() + rest
+    }
+
+    #[test]
+    fn fused_trial_potential_matches_the_separate_passes() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(9);
+        for (n, dim) in [(1, 8), (7, 8), (8, 4), (2304, 8), (101, 3)] {
+            let points = random_points(n, dim, &mut rng);
+            let mut pt = vec![0f32; n * dim];
+            for i in 0..n {
+                for (d, &x) in points.row(i).iter().enumerate() {
+                    pt[d * n + i] = x;
+                }
+            }
+            let closest: Vec<f32> = (0..n).map(|_| rng.random_range(0.0..4.0)).collect();
+            let c = random_points(1, dim, &mut rng);
+            let mut separate = vec![0f32; n];
+            distances_to(&pt, n, &c.data, &mut separate);
+            for (t, &cl) in separate.iter_mut().zip(&closest) {
+                *t = t.min(cl);
+            }
+            let mut fused = vec![0f32; n];
+            let pot = trial_potential(&pt, n, &c.data, &closest, &mut fused);
+            assert_eq!(fused, separate, "n {n} dim {dim}");
+            assert_eq!(
+                pot.to_bits(),
+                lane_sum(&separate).to_bits(),
+                "n {n} dim {dim}"
+            );
+        }
+    }
 
     /// K well-separated blobs of `per` points around known centres.
     pub fn blobs(
