@@ -227,12 +227,7 @@ fn unwritable_outputs_are_refused_before_converting() {
 fn non_finite_weights_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let mut m = onnx_dlq::model::load(&common::default_model()).unwrap();
-    let t = m
-        .graph_mut()
-        .initializer
-        .iter_mut()
-        .find(|t| t.name.as_deref() == Some("conv2.weight"))
-        .unwrap();
+    let t = common::initializer_mut(&mut m, "conv2.weight");
     let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
     let mut values = vec![0.5f32; dims.iter().product()];
     values[7] = f32::NAN;

@@ -228,12 +228,7 @@ fn real_weights_rewrite_exactly_at_opset_7() {
         .unwrap();
         let mut dense = m.clone();
         let rec = cb.reconstruct();
-        let t = dense
-            .graph_mut()
-            .initializer
-            .iter_mut()
-            .find(|t| t.name.as_deref() == Some(layer.weight.as_str()))
-            .unwrap();
+        let t = common::initializer_mut(&mut dense, layer.weight.as_str());
         tensor::set_f32(
             t,
             rec.shape(),

@@ -72,12 +72,7 @@ fn lying_field(field: u32, claimed: u64, payload: &[u8]) -> Vec<u8> {
 /// The default model with its `conv2.weight` replaced by `t`.
 fn default_model_with_weight(t: TensorProto) -> Vec<u8> {
     let mut m = model::load(&common::default_model()).unwrap();
-    let w = m
-        .graph_mut()
-        .initializer
-        .iter_mut()
-        .find(|x| x.name.as_deref() == Some("conv2.weight"))
-        .unwrap();
+    let w = common::initializer_mut(&mut m, "conv2.weight");
     *w = t;
     m.proto.encode_to_vec()
 }

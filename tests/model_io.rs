@@ -262,12 +262,7 @@ fn external_data_with_a_lying_length_is_an_error_not_an_allocation() {
     let path = tmp.path().join("m.onnx");
     model::save(&original, &path, ExternalData::Always { threshold: 0 }).unwrap();
     let mut m = model::load(&path).unwrap();
-    let t = m
-        .graph_mut()
-        .initializer
-        .iter_mut()
-        .find(|t| t.name.as_deref() == Some("conv2.weight"))
-        .unwrap();
+    let t = common::initializer_mut(&mut m, "conv2.weight");
     for e in &mut t.external_data {
         if e.key.as_deref() == Some("length") {
             e.value = Some(u64::MAX.to_string());

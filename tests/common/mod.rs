@@ -165,6 +165,18 @@ pub fn conv_model(spec: &ConvSpec, weight: &[f32], bias: &[f32]) -> ModelProto {
     }
 }
 
+/// The initializer `name` of `m`, to edit (the test's model must have it).
+pub fn initializer_mut<'a>(
+    m: &'a mut onnx_dlq::model::OnnxModel,
+    name: &str,
+) -> &'a mut onnx_dlq::proto::TensorProto {
+    m.graph_mut()
+        .initializer
+        .iter_mut()
+        .find(|t| t.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("no initializer `{name}`"))
+}
+
 /// Wraps a protobuf as a loaded model living in `dir` (for tract and the rewrite).
 pub fn in_memory(proto: ModelProto, dir: &Path) -> onnx_dlq::model::OnnxModel {
     onnx_dlq::model::OnnxModel {
