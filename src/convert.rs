@@ -150,27 +150,32 @@ fn choose<'a>(
             }
             Ok((chosen, vec![]))
         }
-        Selection::All => {
-            let mut chosen = Vec::new();
-            let mut skipped = Vec::new();
-            for l in layers {
-                let verdict = match &l.eligibility {
-                    Err(r) => Err(r.clone()),
-                    Ok(()) => sizes_ok(l)
-                        .map_err(|e| e.to_string())
-                        .and_then(|()| no_saving(l).map_or(Ok(()), Err)),
-                };
-                match verdict {
-                    Ok(()) => chosen.push(l),
-                    Err(reason) => skipped.push(SkippedLayer {
-                        name: l.name.clone(),
-                        reason,
-                    }),
-                }
-            }
-            Ok((chosen, skipped))
+        Selection::All => Ok(split_eligible(layers, |l| {
+            sizes_ok(l)
+                .map_err(|e| e.to_string())
+                .and_then(|()| no_saving(l).map_or(Ok(()), Err))
+        })),
+    }
+}
+
+/// The layers that are eligible and pass `check`, and the others with their reason, in graph
+/// order.
+fn split_eligible(
+    layers: &[ConvLayer],
+    check: impl Fn(&ConvLayer) -> Result<(), String>,
+) -> (Vec<&ConvLayer>, Vec<SkippedLayer>) {
+    let mut chosen = Vec::new();
+    let mut skipped = Vec::new();
+    for l in layers {
+        match l.eligibility.clone().and_then(|()| check(l)) {
+            Ok(()) => chosen.push(l),
+            Err(reason) => skipped.push(SkippedLayer {
+                name: l.name.clone(),
+                reason,
+            }),
         }
     }
+    (chosen, skipped)
 }
 
 /// `--target-speedup`: the selected eligible layers (all with `--all` or no names), their
@@ -186,20 +191,7 @@ fn allocate<'a>(
         Selection::Named(names) if !names.is_empty() => {
             (select::resolve_all(&inv.layers, names)?, vec![])
         }
-        _ => {
-            let mut c = Vec::new();
-            let mut s = Vec::new();
-            for l in &inv.layers {
-                match &l.eligibility {
-                    Ok(()) => c.push(l),
-                    Err(reason) => s.push(SkippedLayer {
-                        name: l.name.clone(),
-                        reason: reason.clone(),
-                    }),
-                }
-            }
-            (c, s)
-        }
+        _ => split_eligible(&inv.layers, |_| Ok(())),
     };
     let with_cost: Vec<budget::Candidate> = candidates
         .iter()
@@ -216,7 +208,7 @@ fn allocate<'a>(
         inv.cost.total.multiplications,
         target,
         &|l: &ConvLayer| layer_params(opts, &none, l),
-        calibration.map(|(cal, inputs)| (inputs.as_slice(), cal.damping)),
+        calibration.map(|&(cal, inputs)| (inputs, cal.damping)),
     )?;
     for l in &a.layers {
         eprintln!(
@@ -283,8 +275,9 @@ fn layer_params(
     params
 }
 
-/// The calibration options with their images, loaded once per conversion.
-type Calibration<'a> = (&'a CalibrationOptions, Vec<ndarray::ArrayD<f32>>);
+/// The calibration options with their images, loaded once per conversion (or by the caller,
+/// once for many: see [`convert_model_with_inputs`]).
+type Calibration<'a> = (&'a CalibrationOptions, &'a [ndarray::ArrayD<f32>]);
 
 /// The codebook of every chosen layer (in `chosen` order). Without calibration each layer is
 /// learnt from its weights alone; with it, layers are learnt in network order, each from the
@@ -367,21 +360,39 @@ fn learn_calibrated(
 
 /// Converts the chosen layers of `original` in memory; progress lines go to stderr.
 pub fn convert_model(original: &OnnxModel, opts: &ConvertOptions) -> Result<Converted> {
+    let inputs = match &opts.calibration {
+        Some(cal) => Some(load_calibration_inputs(cal)?),
+        None => None,
+    };
+    convert_model_with_inputs(original, opts, inputs.as_deref())
+}
+
+/// The calibration images of `cal`, decoded and preprocessed (with a progress line).
+pub fn load_calibration_inputs(cal: &CalibrationOptions) -> Result<Vec<ndarray::ArrayD<f32>>> {
+    let started = Instant::now();
+    let inputs = calibrate::load_inputs(cal)?;
+    eprintln!(
+        "calibration: {} images from {} ({:.1}s)",
+        inputs.len(),
+        cal.data.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(inputs)
+}
+
+/// [`convert_model`] with the calibration images already loaded (by
+/// [`load_calibration_inputs`]), for callers that convert many times with the same ones.
+pub fn convert_model_with_inputs(
+    original: &OnnxModel,
+    opts: &ConvertOptions,
+    calibration_inputs: Option<&[ndarray::ArrayD<f32>]>,
+) -> Result<Converted> {
     opts.params.validate()?;
     let inv = inspect::inventory(original, &opts.input_shapes)?;
-    let calibration = match &opts.calibration {
-        Some(cal) => {
-            let started = Instant::now();
-            let inputs = calibrate::load_inputs(cal)?;
-            eprintln!(
-                "calibration: {} images from {} ({:.1}s)",
-                inputs.len(),
-                cal.data.display(),
-                started.elapsed().as_secs_f64()
-            );
-            Some((cal, inputs))
-        }
-        None => None,
+    let calibration = match (&opts.calibration, calibration_inputs) {
+        (Some(cal), Some(inputs)) => Some((cal, inputs)),
+        (Some(_), None) => bail!("calibration asked for, but no calibration images were given"),
+        (None, _) => None,
     };
     let (chosen, skipped, allocation) = match opts.target_speedup {
         None => {

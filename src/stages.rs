@@ -120,6 +120,11 @@ pub fn run(path: &Path, opts: &StagesOptions) -> Result<StagesReport> {
         100.0 * top1,
         100.0 * top5
     );
+    // Decoded once for every conversion below.
+    let calibration_inputs = match &opts.calibration {
+        Some(cal) => Some(convert::load_calibration_inputs(cal)?),
+        None => None,
+    };
     for &method in &opts.methods {
         for &ratio in &opts.ratios {
             let mut layers: Vec<String> = Vec::new();
@@ -128,7 +133,7 @@ pub fn run(path: &Path, opts: &StagesOptions) -> Result<StagesReport> {
                 let mut params = opts.params.clone();
                 params.method = method;
                 params.ratio = ratio;
-                let c = convert::convert_model(
+                let c = convert::convert_model_with_inputs(
                     &original,
                     &ConvertOptions {
                         selection: Selection::Named(layers.clone()),
@@ -138,6 +143,7 @@ pub fn run(path: &Path, opts: &StagesOptions) -> Result<StagesReport> {
                         calibration: opts.calibration.clone(),
                         target_speedup: None,
                     },
+                    calibration_inputs.as_deref(),
                 )
                 .with_context(|| format!("{} ρ={ratio} stage `{stage}`", method.as_str()))?;
                 let r = Runner::new(&c.model, &set.input_shape)
