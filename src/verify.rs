@@ -53,6 +53,25 @@ fn graph_input(m: &OnnxModel) -> Option<&str> {
         .find(|n| m.initializer(n).is_none())
 }
 
+/// The declared dimensions of graph input `name` (`None` for a symbolic or missing one), when
+/// the model declares a shape.
+fn declared_dims(m: &OnnxModel, name: &str) -> Option<Vec<Option<usize>>> {
+    use crate::proto::{tensor_shape_proto::dimension::Value, type_proto};
+    let input = m
+        .graph()
+        .input
+        .iter()
+        .find(|i| i.name.as_deref() == Some(name))?;
+    let Some(type_proto::Value::TensorType(t)) = input.r#type.as_ref()?.value.as_ref() else {
+        return None;
+    };
+    let dims = t.shape.as_ref()?.dim.iter().map(|d| match d.value {
+        Some(Value::DimValue(v)) => usize::try_from(v).ok(),
+        _ => None,
+    });
+    Some(dims.collect())
+}
+
 impl EvalSet {
     /// `samples` images of a labelled set (all by default) after the first `skip`,
     /// preprocessed for `model`.
@@ -95,6 +114,28 @@ impl EvalSet {
                 x.shape(),
                 input_shape,
                 spec_path.display()
+            );
+        }
+        // What the images give against what the model declares, named here rather than
+        // deep in tract's shape inference.
+        if let Some(declared) = declared_dims(model, &spec.input) {
+            let differs = declared.len() != input_shape.len()
+                || declared
+                    .iter()
+                    .zip(&input_shape)
+                    .skip(1)
+                    .any(|(want, got)| want.is_some_and(|w| w != *got));
+            let shown: Vec<String> = declared
+                .iter()
+                .map(|d| d.map_or("?".into(), |v| v.to_string()))
+                .collect();
+            ensure!(
+                !differs,
+                "the model's input `{}` has shape [{}], but the images preprocessed by {} give {:?} (channels: three colours; sizes: `resize_shorter` / `center_crop`)",
+                spec.input,
+                shown.join(", "),
+                spec_path.display(),
+                input_shape
             );
         }
         let labels = set.items[..n].iter().map(|(_, l)| *l).collect();

@@ -189,6 +189,47 @@ fn bad_verify_data_gets_a_clear_error() {
             common::stderr(&o)
         );
     }
+    // A one-channel model fed the three colour channels of the images.
+    let gray = tmp.path().join("gray.onnx");
+    let spec1 = common::ConvSpec {
+        batch: 1,
+        n: 1,
+        m: 4,
+        h: 8,
+        w: 8,
+        kh: 3,
+        kw: 3,
+        strides: [1, 1],
+        dilations: [1, 1],
+        pads: [1, 1, 1, 1],
+        auto_pad: None,
+        bias: false,
+        opset: 13,
+    };
+    let proto = common::conv_model(&spec1, &[0.1; 36], &[]);
+    std::fs::write(&gray, prost::Message::encode_to_vec(&proto)).unwrap();
+    let gray_spec = tmp.path().join("gray.json");
+    let text = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("\"input\": \"input\"", "\"input\": \"x\"");
+    std::fs::write(&gray_spec, text).unwrap();
+    let gs = common::path_str(&gray);
+    let o = common::run(&[
+        "verify",
+        gs,
+        gs,
+        "--data",
+        common::path_str(&digits),
+        "--preprocess",
+        common::path_str(&gray_spec),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        common::stderr(&o).contains("has shape [1, 1, 8, 8]")
+            && common::stderr(&o).contains("give [1, 3, 8, 8]"),
+        "{}",
+        common::stderr(&o)
+    );
     // --data without --preprocess is a usage error.
     let o = common::run(&["verify", ms, ms, "--data", common::path_str(&digits)]);
     assert_eq!(o.status.code(), Some(2));
