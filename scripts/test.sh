@@ -22,6 +22,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 mkdir -p target/fuzz-corpus
 if ! cargo fuzz run --sanitizer none load_convert target/fuzz-corpus fuzz/corpus/load_convert \
+    fuzz/regressions/load_convert \
     -- -max_total_time=60 -max_len=16384 -timeout=30 >target/fuzz-smoke.log 2>&1; then
   tail -n 60 target/fuzz-smoke.log
   echo "fuzz smoke failed: full log in target/fuzz-smoke.log" >&2

@@ -22,6 +22,24 @@ const WINDOWED_OPS: [&str; 7] = [
     "LpPool",
 ];
 
+/// Operators whose first input tract reads as (N, C, spatial…) without checking its rank, with
+/// the least rank ONNX allows there. A lower rank is an unchecked out-of-bounds index inside
+/// tract 0.23 (found by fuzzing: a rank-1 tensor fed to BatchNormalization).
+const LAYOUT_OPS: [(&str, usize); 12] = [
+    ("Conv", 3),
+    ("ConvTranspose", 3),
+    ("ConvInteger", 3),
+    ("QLinearConv", 3),
+    ("MaxPool", 3),
+    ("AveragePool", 3),
+    ("LpPool", 3),
+    ("GlobalAveragePool", 3),
+    ("GlobalMaxPool", 3),
+    ("GlobalLpPool", 3),
+    ("BatchNormalization", 2),
+    ("InstanceNormalization", 3),
+];
+
 pub fn check(model: &OnnxModel) -> Result<()> {
     check_graph(model.graph(), &HashSet::new(), model)
 }
@@ -57,10 +75,22 @@ fn check_graph(graph: &GraphProto, outer: &HashSet<&str>, model: &OnnxModel) -> 
                 );
             }
         }
-        if node.domain.as_deref().is_none_or(str::is_empty)
-            && WINDOWED_OPS.contains(&node.op_type.as_deref().unwrap_or(""))
-        {
+        let default_domain = node.domain.as_deref().is_none_or(str::is_empty);
+        let op = node.op_type.as_deref().unwrap_or("");
+        if default_domain && WINDOWED_OPS.contains(&op) {
             check_window(node, model).with_context(label)?;
+        }
+        if let Some(&(_, least)) = LAYOUT_OPS.iter().find(|(o, _)| *o == op) {
+            let x = node.input.first().map(String::as_str).unwrap_or("");
+            if let Some(rank) = declared_rank(graph, x).filter(|_| default_domain) {
+                if rank < least {
+                    bail!(
+                        "{} reads `{x}` of rank {rank}; {op} needs rank {least} or more (batch, channels{})",
+                        label(),
+                        if least > 2 { ", spatial axes" } else { "" }
+                    );
+                }
+            }
         }
         for a in &node.attribute {
             for g in a.g.iter().chain(a.graphs.iter()) {
@@ -81,6 +111,29 @@ fn check_graph(graph: &GraphProto, outer: &HashSet<&str>, model: &OnnxModel) -> 
         }
     }
     Ok(())
+}
+
+/// The rank of `name` where the file states it: an initializer's dims, or the declared shape
+/// of a graph input or value_info entry. Tensors computed at run time without a declared shape
+/// are not known here.
+fn declared_rank(graph: &GraphProto, name: &str) -> Option<usize> {
+    use crate::proto::type_proto;
+    if let Some(t) = graph
+        .initializer
+        .iter()
+        .find(|t| t.name.as_deref() == Some(name))
+    {
+        return Some(t.dims.len());
+    }
+    graph
+        .input
+        .iter()
+        .chain(&graph.value_info)
+        .find(|v| v.name.as_deref() == Some(name))
+        .and_then(|v| match v.r#type.as_ref()?.value.as_ref()? {
+            type_proto::Value::TensorType(t) => t.shape.as_ref().map(|s| s.dim.len()),
+            _ => None,
+        })
 }
 
 /// The spatial rank from `kernel_shape`, else from a constant weight; unknown (not checked)
@@ -174,6 +227,42 @@ mod tests {
         let m = model(vec![conv("c", &["x", "w"], vec![])], &["y", "ghost"]);
         let e = check(&m).unwrap_err().to_string();
         assert!(e.contains("graph output `ghost`"), "{e}");
+    }
+
+    /// The fuzzer's find: BatchNormalization fed a rank-1 initializer made tract index out of
+    /// bounds (an abort with debug assertions, undefined behaviour without).
+    #[test]
+    fn layout_ops_need_their_least_rank() {
+        let bn = NodeProto {
+            name: Some("bn".into()),
+            op_type: Some("BatchNormalization".into()),
+            input: ["b", "b", "b", "b", "b"].map(String::from).to_vec(),
+            output: vec!["y".into()],
+            ..Default::default()
+        };
+        let mut m = model(vec![bn], &["y"]);
+        m.graph_mut().initializer.push(TensorProto {
+            name: Some("b".into()),
+            dims: vec![4],
+            ..Default::default()
+        });
+        let e = check(&m).unwrap_err().to_string();
+        assert!(
+            e.contains("node `bn` (BatchNormalization) reads `b` of rank 1")
+                && e.contains("rank 2 or more"),
+            "{e}"
+        );
+        // A Conv on the rank-4 weight itself is fine; on a rank-1 tensor it is not.
+        let m = model(vec![conv("c", &["w", "w"], vec![])], &["y"]);
+        check(&m).unwrap();
+        let mut m = model(vec![conv("c", &["b", "w"], vec![])], &["y"]);
+        m.graph_mut().initializer.push(TensorProto {
+            name: Some("b".into()),
+            dims: vec![4],
+            ..Default::default()
+        });
+        let e = check(&m).unwrap_err().to_string();
+        assert!(e.contains("Conv needs rank 3 or more"), "{e}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! `cargo test`: every seed of `fuzz/corpus/load_convert` converts, and a fixed set of mutants
 //! of them (bit flips, boundary bytes, lying varints, truncations, deleted, repeated and spliced
 //! chunks) each end in a value or an error, never a panic, with no output file left behind.
-//! The coverage-guided run is `cargo fuzz run load_convert` (README, "Fuzzing").
+//! Inputs the coverage-guided run (`cargo fuzz run load_convert`, README "Fuzzing") once
+//! crashed on are replayed from `fuzz/regressions/load_convert`.
 
 mod common;
 
@@ -71,6 +72,25 @@ fn mutate(rng: &mut Xoshiro256PlusPlus, bytes: &[u8], other: &[u8]) -> Vec<u8> {
         }
     }
     b
+}
+
+/// Inputs that once crashed the pipeline (`fuzz/regressions/load_convert`), each kept with a
+/// name saying what it broke: they must now end in a value or an error.
+#[test]
+fn past_crashes_stay_fixed() {
+    let dir = common::repo().join("fuzz/regressions/load_convert");
+    let scratch = tempfile::tempdir().unwrap();
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            harness::exercise(&bytes, scratch.path())
+        }));
+        assert!(outcome.is_ok(), "{} panics again", path.display());
+        seen += 1;
+    }
+    assert!(seen > 0, "no regression inputs in {}", dir.display());
 }
 
 #[test]
