@@ -1,7 +1,7 @@
 //! Layer selection: the model's convolution layers, whether each can be converted (and why not),
 //! and resolving user-given layer names (node name, output name or weight name) to layers.
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use ndarray::{Array4, Ix4};
 use serde::Serialize;
 
@@ -43,12 +43,7 @@ impl ConvLayer {
             .tensor_f32(t)
             .and_then(|a| Ok(a.into_dimensionality::<Ix4>()?))
             .with_context(ctx)?;
-        let non_finite = kernel.iter().filter(|v| !v.is_finite()).count();
-        ensure!(
-            non_finite == 0,
-            "{} has {non_finite} non-finite values (NaN or ±inf); such a kernel cannot be clustered",
-            ctx()
-        );
+        crate::codebook::check_values(kernel.view()).with_context(ctx)?;
         Ok(kernel)
     }
 

@@ -250,3 +250,32 @@ fn non_finite_weights_are_refused() {
     );
     assert!(!out.exists());
 }
+
+/// Weights so large that clustering's f32 arithmetic overflows (a fuzzed file had 1e19) are
+/// refused with the layer named, not turned into NaN codebooks.
+#[test]
+fn overflowing_weights_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut m = onnx_dlq::model::load(&common::default_model()).unwrap();
+    let t = common::initializer_mut(&mut m, "conv2.weight");
+    let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+    let mut values = vec![0.5f32; dims.iter().product()];
+    values[3] = 1e19;
+    onnx_dlq::tensor::set_f32(t, &dims, &values, onnx_dlq::tensor::FloatType::F32);
+    let input = tmp.path().join("huge.onnx");
+    fs::write(&input, m.proto.encode_to_vec()).unwrap();
+    let out = tmp.path().join("out.onnx");
+    let o = common::run(&[
+        common::path_str(&input),
+        common::path_str(&out),
+        "--layers",
+        "conv2",
+    ]);
+    let err = common::stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("conv2.weight") && err.contains("values up to 1e19"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}

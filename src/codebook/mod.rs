@@ -119,6 +119,27 @@ fn subspace_rng(seed: u64, s: usize) -> Xoshiro256PlusPlus {
 }
 
 /// Learns the codebook of a kernel [M, N, kh, kw]; subspaces in parallel.
+/// The largest weight magnitude clustered: squared norms and Gram entries of 16-dimensional
+/// sub-vectors stay far inside f32's range (3.4e38) below it. Trained networks are many orders
+/// of magnitude below; a fuzzed file with 1e19 made the DL arithmetic overflow into NaN.
+pub const MAX_WEIGHT_MAGNITUDE: f32 = 1e15;
+
+/// Refuses kernels that cannot be clustered: NaN or ±inf values, or magnitudes above
+/// [`MAX_WEIGHT_MAGNITUDE`].
+pub fn check_values(kernel: ArrayView4<f32>) -> Result<()> {
+    let non_finite = kernel.iter().filter(|v| !v.is_finite()).count();
+    ensure!(
+        non_finite == 0,
+        "{non_finite} non-finite values (NaN or ±inf); such a kernel cannot be clustered"
+    );
+    let largest = kernel.iter().fold(0f32, |m, v| m.max(v.abs()));
+    ensure!(
+        largest <= MAX_WEIGHT_MAGNITUDE,
+        "values up to {largest:e}; above {MAX_WEIGHT_MAGNITUDE:e} the clustering's f32 arithmetic overflows"
+    );
+    Ok(())
+}
+
 pub fn learn(kernel: ArrayView4<f32>, params: &ClusterParams) -> Result<Codebook> {
     let (m, n, kh, kw) = kernel.dim();
     ensure!(
@@ -126,11 +147,7 @@ pub fn learn(kernel: ArrayView4<f32>, params: &ClusterParams) -> Result<Codebook
         "empty kernel {:?}",
         kernel.dim()
     );
-    let non_finite = kernel.iter().filter(|v| !v.is_finite()).count();
-    ensure!(
-        non_finite == 0,
-        "the kernel has {non_finite} non-finite values (NaN or ±inf); it cannot be clustered"
-    );
+    check_values(kernel)?;
     let sizes = params.sizes(m, n, kh * kw)?;
     let plan = SubspacePlan::new(n, params.subspace);
     let ranges: Vec<Range<usize>> = plan.ranges().collect();
