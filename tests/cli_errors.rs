@@ -221,19 +221,19 @@ fn unwritable_outputs_are_refused_before_converting() {
     assert_eq!(fs::read(&a_file).unwrap(), b"x");
 }
 
-/// A kernel holding NaN or ±inf (a broken export, or a fuzzer's) is named and refused rather
-/// than clustered into NaN codebooks.
-#[test]
-fn non_finite_weights_are_refused() {
+/// Converts the default model with `conv2.weight` set to 0.5 except at the `(index, value)`
+/// pairs given, and checks: exit 1, the weight and `expect` named, nothing written.
+fn assert_kernel_refused(bad: &[(usize, f32)], expect: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let mut m = onnx_dlq::model::load(&common::default_model()).unwrap();
     let t = common::initializer_mut(&mut m, "conv2.weight");
     let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
     let mut values = vec![0.5f32; dims.iter().product()];
-    values[7] = f32::NAN;
-    values[9] = f32::INFINITY;
+    for &(i, v) in bad {
+        values[i] = v;
+    }
     onnx_dlq::tensor::set_f32(t, &dims, &values, onnx_dlq::tensor::FloatType::F32);
-    let input = tmp.path().join("nan.onnx");
+    let input = tmp.path().join("bad-kernel.onnx");
     fs::write(&input, m.proto.encode_to_vec()).unwrap();
     let out = tmp.path().join("out.onnx");
     let o = common::run(&[
@@ -245,37 +245,22 @@ fn non_finite_weights_are_refused() {
     let err = common::stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("conv2.weight") && err.contains("2 non-finite values"),
+        err.contains("conv2.weight") && err.contains(expect),
         "{err}"
     );
     assert!(!out.exists());
+}
+
+/// A kernel holding NaN or ±inf (a broken export, or a fuzzer's) is named and refused rather
+/// than clustered into NaN codebooks.
+#[test]
+fn non_finite_weights_are_refused() {
+    assert_kernel_refused(&[(7, f32::NAN), (9, f32::INFINITY)], "2 non-finite values");
 }
 
 /// Weights so large that clustering's f32 arithmetic overflows (a fuzzed file had 1e19) are
 /// refused with the layer named, not turned into NaN codebooks.
 #[test]
 fn overflowing_weights_are_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut m = onnx_dlq::model::load(&common::default_model()).unwrap();
-    let t = common::initializer_mut(&mut m, "conv2.weight");
-    let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
-    let mut values = vec![0.5f32; dims.iter().product()];
-    values[3] = 1e19;
-    onnx_dlq::tensor::set_f32(t, &dims, &values, onnx_dlq::tensor::FloatType::F32);
-    let input = tmp.path().join("huge.onnx");
-    fs::write(&input, m.proto.encode_to_vec()).unwrap();
-    let out = tmp.path().join("out.onnx");
-    let o = common::run(&[
-        common::path_str(&input),
-        common::path_str(&out),
-        "--layers",
-        "conv2",
-    ]);
-    let err = common::stderr(&o);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("conv2.weight") && err.contains("values up to 1e19"),
-        "{err}"
-    );
-    assert!(!out.exists());
+    assert_kernel_refused(&[(3, 1e19)], "values up to 1e19");
 }
