@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use ndarray::Ix4;
 use onnx_dlq::codebook::{self, ClusterParams, Method};
-use onnx_dlq::{model, select};
+use onnx_dlq::{analysis::select, onnx::model};
 use rayon::prelude::*;
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -6,12 +6,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
+use crate::analysis::inventory;
+use crate::analysis::shapes::InputShape;
 use crate::calibrate::{self, CalibrationOptions};
 use crate::codebook::{ClusterParams, Method};
 use crate::convert::{self, ConvertOptions, Selection};
-use crate::model::ExternalData;
-use crate::shapes::InputShape;
-use crate::{diff, inspect, model, stages, sweep, verify};
+use crate::onnx::model::ExternalData;
+use crate::{
+    eval::verify, experiments::stages, experiments::sweep, onnx::model, report::diff,
+    report::inspect,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -346,7 +350,7 @@ pub fn run() -> Result<()> {
 
 fn run_inspect(args: InspectArgs) -> Result<()> {
     let model = model::load(&args.model)?;
-    let inv = inspect::inventory(&model, &args.input_shape)?;
+    let inv = inventory::inventory(&model, &args.input_shape)?;
     let report = inspect::report(&model, &inv);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -375,7 +379,7 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
         input_shapes: args.input_shape.clone(),
         external: if args.external_data {
             ExternalData::Always {
-                threshold: crate::model::EXTERNAL_THRESHOLD,
+                threshold: crate::onnx::model::EXTERNAL_THRESHOLD,
             }
         } else {
             ExternalData::Auto

@@ -5,10 +5,11 @@
 
 use std::path::Path;
 
+use crate::analysis::inventory;
 use crate::codebook::{ClusterParams, Method};
 use crate::convert::{self, ConvertOptions, Selection};
-use crate::inspect;
-use crate::model::{self, ExternalData, OnnxModel};
+use crate::onnx::model::{self, ExternalData, OnnxModel};
+use crate::report::inspect;
 
 /// Kernels larger than this (elements over all convertible layers) are not clustered: a fuzzer
 /// wants many small inputs per second, not one big conversion.
@@ -39,7 +40,7 @@ pub fn exercise(bytes: &[u8], scratch: &Path) -> Outcome {
         path: scratch.join("input.onnx"),
         base_dir: scratch.to_path_buf(),
     };
-    let inv = match inspect::inventory(&original, &[]) {
+    let inv = match inventory::inventory(&original, &[]) {
         Ok(inv) => inv,
         Err(e) => return Outcome::Rejected(format!("{e:#}")),
     };
@@ -103,7 +104,7 @@ pub fn exercise(bytes: &[u8], scratch: &Path) -> Outcome {
 /// reads back, and tract parses it and infers the shapes of every tensor.
 fn check_output(out: &Path) {
     let back = model::load(out).unwrap_or_else(|e| panic!("the output does not load: {e:#}"));
-    if let Err(e) = inspect::inventory(&back, &[]) {
+    if let Err(e) = inventory::inventory(&back, &[]) {
         panic!("tract cannot read the output: {e:#}");
     }
 }

@@ -1,33 +1,29 @@
 //! onnx-dlq: accelerate convolutional networks by clustering their convolution kernels.
 //!
-//! The pipeline, one module per step: [`model`] (load/save) → [`select`] (which Conv layers)
-//! → cluster → rewrite → verify → report. [`shapes`] and [`cost`] serve every step with
-//! inferred tensor shapes and multiplication counts.
+//! The folders are the pipeline's layers, each using only the ones before it:
+//! [`onnx`] (the file format) → [`codebook`] (clustering, pure arithmetic) → [`engine`]
+//! (running models in tract) → [`analysis`] (shapes, cost, which layers) → [`lower`] (codebooks
+//! into graph edits, one module per output form) → [`eval`] (data sets, verification) →
+//! [`calibrate`] (output-aware codebooks, the model-wide budget) → [`convert`] (the driver:
+//! plan → learn → lower → recount) → [`report`] (inspect, diff) → [`experiments`] (sweep,
+//! stages) → [`cli`]. [`progress`] is the one service every layer may use; `tests/layering.rs`
+//! checks the rule. See docs/ARCHITECTURE.md.
 
 // Numeric kernels index several arrays with one loop variable; iterator chains would hide that.
 #![allow(clippy::needless_range_loop)]
 
-pub mod budget;
+pub mod analysis;
 pub mod calibrate;
 pub mod cli;
 pub mod codebook;
-pub mod conv;
 pub mod convert;
-pub mod cost;
-pub mod data;
-pub mod diff;
+pub mod engine;
+pub mod eval;
+pub mod experiments;
 pub mod harness;
-pub mod inspect;
-pub mod model;
-pub mod rewrite;
-pub mod runner;
-pub mod select;
-pub mod shapes;
-pub mod stages;
-pub mod sweep;
-pub mod tensor;
-pub mod validate;
-pub mod verify;
+pub mod lower;
+pub mod onnx;
+pub mod report;
 
 /// ONNX protobuf messages, generated from `proto/onnx.proto` at build time.
 #[allow(clippy::all)]

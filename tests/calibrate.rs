@@ -188,7 +188,10 @@ fn target_speedup_allocates_ratios_that_meet_the_budget() {
     assert!(!allocated.is_empty());
     for l in allocated {
         let r = l["ratio"].as_f64().unwrap();
-        assert!(onnx_dlq::budget::CANDIDATE_RATIOS.contains(&r), "{l}");
+        assert!(
+            onnx_dlq::calibrate::budget::CANDIDATE_RATIOS.contains(&r),
+            "{l}"
+        );
     }
     // The rewrite's own count meets the target, and the allocation's estimate is that count.
     let speedup = j["speedup"].as_f64().unwrap();

@@ -105,7 +105,7 @@ fn model_without_a_graph() {
 fn model_whose_graph_cannot_be_run_is_a_clean_error() {
     let tmp = tempfile::tempdir().unwrap();
     let f = tmp.path().join("dangling.onnx");
-    let mut m = onnx_dlq::model::load(&common::default_model())
+    let mut m = onnx_dlq::onnx::model::load(&common::default_model())
         .unwrap()
         .proto;
     let g: &mut GraphProto = m.graph.as_mut().unwrap();
@@ -225,14 +225,14 @@ fn unwritable_outputs_are_refused_before_converting() {
 /// pairs given, and checks: exit 1, the weight and `expect` named, nothing written.
 fn assert_kernel_refused(bad: &[(usize, f32)], expect: &str) {
     let tmp = tempfile::tempdir().unwrap();
-    let mut m = onnx_dlq::model::load(&common::default_model()).unwrap();
+    let mut m = onnx_dlq::onnx::model::load(&common::default_model()).unwrap();
     let t = common::initializer_mut(&mut m, "conv2.weight");
     let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
     let mut values = vec![0.5f32; dims.iter().product()];
     for &(i, v) in bad {
         values[i] = v;
     }
-    onnx_dlq::tensor::set_f32(t, &dims, &values, onnx_dlq::tensor::FloatType::F32);
+    onnx_dlq::onnx::tensor::set_f32(t, &dims, &values, onnx_dlq::onnx::tensor::FloatType::F32);
     let input = tmp.path().join("bad-kernel.onnx");
     fs::write(&input, m.proto.encode_to_vec()).unwrap();
     let out = tmp.path().join("out.onnx");

@@ -9,10 +9,10 @@ use std::path::Path;
 use ndarray::Ix4;
 use onnx_dlq::codebook::{self, ClusterParams, Method};
 use onnx_dlq::convert::{self, ConvertOptions, ConvertReport, Selection};
-use onnx_dlq::model::{self, ExternalData};
-use onnx_dlq::rewrite::{self, GraphPatch};
-use onnx_dlq::runner::Runner;
-use onnx_dlq::{select, shapes, tensor};
+use onnx_dlq::engine::runner::Runner;
+use onnx_dlq::lower::{self, GraphPatch};
+use onnx_dlq::onnx::model::{self, ExternalData};
+use onnx_dlq::{analysis::select, analysis::shapes, onnx::tensor};
 
 /// tract and ONNX Runtime run the same graph with different kernels and summation orders.
 const ENGINE_REL_TOLERANCE: f32 = 1e-3;
@@ -219,10 +219,10 @@ fn real_weights_rewrite_exactly_at_opset_7() {
         let cb = codebook::learn(w.view(), &ClusterParams::new(method, 20.0)).unwrap();
         let sh = shapes::infer(&m, &[]).unwrap();
         let mut converted = m.clone();
-        rewrite::apply(
+        lower::apply(
             &mut converted,
             GraphPatch {
-                layers: vec![rewrite::lower(&m, layer, &cb, &sh, "{}").unwrap()],
+                layers: vec![lower::lower(&m, layer, &cb, &sh, "{}").unwrap()],
             },
         )
         .unwrap();

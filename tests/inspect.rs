@@ -2,8 +2,8 @@
 
 mod common;
 
-use onnx_dlq::select::{self, ResolvedBy};
-use onnx_dlq::{inspect, model};
+use onnx_dlq::analysis::select::{self, ResolvedBy};
+use onnx_dlq::{analysis::inventory, onnx::model};
 use serde_json::Value;
 
 fn inspect_json(path: &std::path::Path) -> Value {
@@ -120,7 +120,7 @@ fn squeezenet_layers_without_node_names_resolve_by_output() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("`fire8/expand3x3_1`"), "{e}");
-    let inv = inspect::inventory(&m, &[]).unwrap();
+    let inv = inventory::inventory(&m, &[]).unwrap();
     assert_eq!(
         inv.shapes.get("fire8/expand3x3_1"),
         Some(&[1, 256, 13, 13][..])

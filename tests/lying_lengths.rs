@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use onnx_dlq::codebook::{ClusterParams, Method};
 use onnx_dlq::convert::{self, ConvertOptions, Selection};
-use onnx_dlq::model::{self, ExternalData};
+use onnx_dlq::onnx::model::{self, ExternalData};
 use onnx_dlq::proto::tensor_proto::DataType;
 use onnx_dlq::proto::TensorProto;
 use prost::Message;
@@ -121,7 +121,7 @@ fn lying_lengths_and_dimensions_are_errors_not_allocations() {
             let Ok(m) = loaded else {
                 return;
             };
-            let inspected = onnx_dlq::inspect::inventory(&m, &[]);
+            let inspected = onnx_dlq::analysis::inventory::inventory(&m, &[]);
             assert!(inspected.is_err(), "{what}: inspect accepted the file");
             let opts = ConvertOptions {
                 selection: Selection::Named(vec!["conv2".into()]),

@@ -5,9 +5,9 @@ mod common;
 
 use std::fs;
 
-use onnx_dlq::model::{self, ExternalData};
+use onnx_dlq::onnx::model::{self, ExternalData};
+use onnx_dlq::onnx::tensor::{self, FloatType};
 use onnx_dlq::proto::*;
-use onnx_dlq::tensor::{self, FloatType};
 use prost::Message;
 
 #[test]
@@ -226,7 +226,7 @@ fn external_data_is_read_written_and_kept() {
         );
     }
     // Shapes (through tract, which reads the data file too) still work.
-    let shapes = onnx_dlq::shapes::infer(&loaded, &[]).unwrap();
+    let shapes = onnx_dlq::analysis::shapes::infer(&loaded, &[]).unwrap();
     assert_eq!(shapes.get("conv4_out"), Some(&[1, 64, 4, 4][..]));
 
     // Saving elsewhere keeps the tensors external, in a data file next to the new model.

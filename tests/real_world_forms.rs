@@ -10,14 +10,14 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use ndarray::ArrayD;
-use onnx_dlq::model::{self, ExternalData};
+use onnx_dlq::engine::runner::Runner;
+use onnx_dlq::onnx::model::{self, ExternalData};
+use onnx_dlq::onnx::tensor::{new_tensor, FloatType};
 use onnx_dlq::proto::attribute_proto::AttributeType;
 use onnx_dlq::proto::{
     tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
     OperatorSetIdProto, TensorProto,
 };
-use onnx_dlq::runner::Runner;
-use onnx_dlq::tensor::{new_tensor, FloatType};
 use prost::Message;
 
 use common::{conv_model, ints, value_info, ConvSpec};

@@ -9,9 +9,9 @@ mod common;
 use common::{conv_model, in_memory, ConvSpec};
 use ndarray::{ArrayD, Ix4, IxDyn};
 use onnx_dlq::codebook::{self, ClusterParams, Codebook, Method};
-use onnx_dlq::rewrite::{self, GraphPatch};
-use onnx_dlq::runner::Runner;
-use onnx_dlq::{cost, select, shapes};
+use onnx_dlq::engine::runner::Runner;
+use onnx_dlq::lower::{self, GraphPatch};
+use onnx_dlq::{analysis::cost, analysis::select, analysis::shapes};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
@@ -36,8 +36,8 @@ fn convert(
     rng: &mut Xoshiro256PlusPlus,
     dir: &std::path::Path,
 ) -> (
-    onnx_dlq::model::OnnxModel,
-    onnx_dlq::model::OnnxModel,
+    onnx_dlq::onnx::model::OnnxModel,
+    onnx_dlq::onnx::model::OnnxModel,
     Codebook,
 ) {
     let s = &case.spec;
@@ -67,11 +67,11 @@ fn convert(
     assert!(layers[0].convertible(), "{:?}", layers[0].eligibility);
     // The dense reference: the reconstructed kernel (and shifted bias) in the original Conv.
     let mut dense = original.clone();
-    onnx_dlq::calibrate::substitute(&mut dense, &layers[0], &cb).unwrap();
+    onnx_dlq::lower::reconstructed::substitute(&mut dense, &layers[0], &cb).unwrap();
     let sh = shapes::infer(&original, &[]).unwrap();
-    let lp = rewrite::lower(&original, &layers[0], &cb, &sh, "{}").unwrap();
+    let lp = lower::lower(&original, &layers[0], &cb, &sh, "{}").unwrap();
     let mut converted = original.clone();
-    rewrite::apply(&mut converted, GraphPatch { layers: vec![lp] }).unwrap();
+    lower::apply(&mut converted, GraphPatch { layers: vec![lp] }).unwrap();
     (converted, dense, cb)
 }
 

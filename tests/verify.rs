@@ -409,7 +409,7 @@ fn fp16_squeezenet_baseline_and_converted_model_through_tract() {
     assert!(converted > top1 - 0.05, "converted top-1 {converted}");
     assert!(v["top1_agreement"].as_f64().unwrap() > 0.85, "{v}");
     // The output is still an f16 model: f16 input and f16 weights.
-    let model = onnx_dlq::model::load(&out).unwrap();
+    let model = onnx_dlq::onnx::model::load(&out).unwrap();
     let f16 = onnx_dlq::proto::tensor_proto::DataType::Float16 as i32;
     let input = &model.proto.graph.as_ref().unwrap().input[0];
     let elem = match &input.r#type.as_ref().unwrap().value {
@@ -428,7 +428,7 @@ fn fp16_squeezenet_baseline_and_converted_model_through_tract() {
         let shape = [1, 3, 224, 224];
         let x = common::input_like(&shape, 3);
         let ort = common::run_ort(&py, &out, &x);
-        let tract = onnx_dlq::runner::Runner::new(&model, &shape)
+        let tract = onnx_dlq::engine::runner::Runner::new(&model, &shape)
             .unwrap()
             .run(&x)
             .unwrap();

@@ -109,7 +109,7 @@ pub fn ints(name: &str, v: &[i64]) -> AttributeProto {
 
 /// A model `y = Conv(x, w[, b])` with the given weights, named `conv`, weight `w`, bias `b`.
 pub fn conv_model(spec: &ConvSpec, weight: &[f32], bias: &[f32]) -> ModelProto {
-    use onnx_dlq::tensor::{new_tensor, FloatType};
+    use onnx_dlq::onnx::tensor::{new_tensor, FloatType};
     let mut attrs = vec![
         ints("kernel_shape", &[spec.kh as i64, spec.kw as i64]),
         ints("strides", &spec.strides),
@@ -167,7 +167,7 @@ pub fn conv_model(spec: &ConvSpec, weight: &[f32], bias: &[f32]) -> ModelProto {
 
 /// The initializer `name` of `m`, to edit (the test's model must have it).
 pub fn initializer_mut<'a>(
-    m: &'a mut onnx_dlq::model::OnnxModel,
+    m: &'a mut onnx_dlq::onnx::model::OnnxModel,
     name: &str,
 ) -> &'a mut onnx_dlq::proto::TensorProto {
     m.graph_mut()
@@ -178,8 +178,8 @@ pub fn initializer_mut<'a>(
 }
 
 /// Wraps a protobuf as a loaded model living in `dir` (for tract and the rewrite).
-pub fn in_memory(proto: ModelProto, dir: &Path) -> onnx_dlq::model::OnnxModel {
-    onnx_dlq::model::OnnxModel {
+pub fn in_memory(proto: ModelProto, dir: &Path) -> onnx_dlq::onnx::model::OnnxModel {
+    onnx_dlq::onnx::model::OnnxModel {
         proto,
         path: dir.join("model.onnx"),
         base_dir: dir.to_path_buf(),

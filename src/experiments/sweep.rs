@@ -10,7 +10,7 @@ use ndarray::ArrayView4;
 use serde::Serialize;
 
 use crate::codebook::{self, ClusterParams, Method};
-use crate::{model, select};
+use crate::{analysis::select, onnx::model};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SweepRow {

@@ -13,7 +13,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::floats::FloatPrecisionTranslator;
 use tract_onnx::tract_hir::infer::Factoid;
 
-use crate::model::OnnxModel;
+use crate::onnx::model::OnnxModel;
 
 pub struct Runner {
     plan: std::sync::Arc<TypedSimplePlan>,
@@ -28,7 +28,7 @@ pub struct Runner {
 /// Parses `model` with tract (external data resolved next to the model file), after the
 /// structural checks tract relies on.
 pub fn parse(model: &OnnxModel) -> Result<tract_onnx::model::ParseResult> {
-    crate::validate::check(model).with_context(|| format!("{}", model.path.display()))?;
+    crate::onnx::validate::check(model).with_context(|| format!("{}", model.path.display()))?;
     let bytes = model.proto.encode_to_vec();
     let pb = tract_onnx::pb::ModelProto::decode(bytes.as_slice())
         .map_err(|e| anyhow!("tract could not read {}: {e}", model.path.display()))?;
@@ -45,7 +45,7 @@ thread_local! {
 }
 
 /// Runs a tract call with its panics turned into errors naming `path`: tract assumes
-/// well-formed graphs, and [`crate::validate`] cannot foresee every way a file breaks that.
+/// well-formed graphs, and [`crate::onnx::validate`] cannot foresee every way a file breaks that.
 /// The panic message goes into the error instead of onto stderr.
 pub fn guarded<T>(path: &std::path::Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
     static QUIET_HOOK: std::sync::Once = std::sync::Once::new();

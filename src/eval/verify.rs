@@ -13,11 +13,11 @@ use rand::{RngExt, SeedableRng};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::data::{top_k, LabelledSet, PreprocessSpec};
-use crate::model::OnnxModel;
-use crate::runner::Runner;
-use crate::shapes::InputShape;
-use crate::{cost, model, shapes};
+use crate::analysis::shapes::InputShape;
+use crate::engine::runner::Runner;
+use crate::eval::data::{top_k, LabelledSet, PreprocessSpec};
+use crate::onnx::model::OnnxModel;
+use crate::{analysis::cost, analysis::shapes, onnx::model};
 
 /// Random inputs `verify` uses when no labelled set is given.
 pub const DEFAULT_RANDOM_SAMPLES: usize = 8;
@@ -355,7 +355,7 @@ pub fn render(r: &VerifyReport) -> String {
             "{name:<10} {:<8} {:<8} {:<16} {:.2} [{:.2}, {:.2}]\n",
             pct(m.top1),
             pct(m.top5),
-            crate::inspect::millions(m.multiplications),
+            crate::analysis::cost::millions(m.multiplications),
             m.latency_ms.median,
             m.latency_ms.min,
             m.latency_ms.max

@@ -12,10 +12,10 @@ use ndarray::ArrayD;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::analysis::select::ConvLayer;
 use crate::calibrate::{self, InputStats};
 use crate::codebook::{self, ClusterParams};
-use crate::model::OnnxModel;
-use crate::select::ConvLayer;
+use crate::onnx::model::OnnxModel;
 
 /// The ratios a layer may get.
 pub const CANDIDATE_RATIOS: [f64; 7] = [2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0];

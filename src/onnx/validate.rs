@@ -7,8 +7,8 @@ use std::collections::HashSet;
 
 use anyhow::{bail, Context, Result};
 
-use crate::conv::{attribute, ConvAttrs};
-use crate::model::OnnxModel;
+use crate::onnx::conv::{attribute, ConvAttrs};
+use crate::onnx::model::OnnxModel;
 use crate::proto::{GraphProto, NodeProto};
 
 /// Operators whose `kernel_shape` / `strides` / `dilations` / `pads` tract reads by axis.

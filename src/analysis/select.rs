@@ -5,10 +5,10 @@ use anyhow::{bail, Context, Result};
 use ndarray::{Array4, Ix4};
 use serde::Serialize;
 
-use crate::conv::ConvAttrs;
-use crate::model::OnnxModel;
+use crate::onnx::conv::ConvAttrs;
+use crate::onnx::model::OnnxModel;
+use crate::onnx::tensor::{self, FloatType};
 use crate::proto::NodeProto;
-use crate::tensor::{self, FloatType};
 
 /// One Conv (or ConvTranspose) node of the main graph.
 #[derive(Debug, Clone)]

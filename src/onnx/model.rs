@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use prost::Message;
 
+use crate::onnx::tensor;
 use crate::proto::tensor_proto::DataLocation;
 use crate::proto::{GraphProto, ModelProto, StringStringEntryProto, TensorProto};
-use crate::tensor;
 
 /// Protobuf's hard limit for one message; larger models must keep their tensors outside.
 pub const PROTOBUF_LIMIT: usize = i32::MAX as usize;

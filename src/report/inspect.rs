@@ -3,14 +3,12 @@
 
 use std::fmt::Write as _;
 
-use anyhow::Result;
 use serde::Serialize;
 
-use crate::conv::AutoPad;
-use crate::cost::{self, GraphCost};
-use crate::model::OnnxModel;
-use crate::select::{self, ConvLayer};
-use crate::shapes::{self, InputShape, ShapeMap};
+use crate::analysis::cost::millions;
+use crate::analysis::inventory::Inventory;
+use crate::onnx::conv::AutoPad;
+use crate::onnx::model::OnnxModel;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LayerRow {
@@ -50,23 +48,6 @@ pub struct InspectReport {
     pub conv_multiplications: u64,
     pub total_multiplications: u64,
     pub total_additions: u64,
-}
-
-/// Everything `inspect` and later stages need to know about a model's convolutions.
-pub struct Inventory {
-    pub layers: Vec<ConvLayer>,
-    pub shapes: ShapeMap,
-    pub cost: GraphCost,
-}
-
-pub fn inventory(model: &OnnxModel, input_shapes: &[InputShape]) -> Result<Inventory> {
-    let shapes = shapes::infer(model, input_shapes)?;
-    let cost = cost::graph_cost(model, &shapes);
-    Ok(Inventory {
-        layers: select::conv_layers(model),
-        shapes,
-        cost,
-    })
 }
 
 pub fn report(model: &OnnxModel, inv: &Inventory) -> InspectReport {
@@ -136,11 +117,6 @@ fn list(v: &Option<Vec<usize>>, sep: &str) -> String {
             .join(sep),
         None => "?".into(),
     }
-}
-
-/// Millions with one decimal, as people read multiplication counts.
-pub fn millions(n: u64) -> String {
-    format!("{:.1}M", n as f64 / 1e6)
 }
 
 pub fn render_table(r: &InspectReport) -> String {

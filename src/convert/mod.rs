@@ -9,15 +9,16 @@ use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::budget::{self, Allocation};
+use crate::analysis::cost::millions;
+use crate::analysis::cost::GraphCost;
+use crate::analysis::inventory;
+use crate::analysis::select::{self, ConvLayer};
+use crate::analysis::shapes::{self, InputShape};
+use crate::calibrate::budget::{self, Allocation};
 use crate::calibrate::{self, CalibrationOptions};
 use crate::codebook::{self, ClusterParams, Codebook, Method};
-use crate::cost::GraphCost;
-use crate::inspect::{self, millions};
-use crate::model::{self, ExternalData, OnnxModel};
-use crate::rewrite::{self, GraphPatch};
-use crate::select::{self, ConvLayer};
-use crate::shapes::{self, InputShape};
+use crate::lower::{self, GraphPatch};
+use crate::onnx::model::{self, ExternalData, OnnxModel};
 
 /// Which layers to convert.
 #[derive(Debug, Clone)]
@@ -103,7 +104,7 @@ fn file_size(p: &Path) -> u64 {
 
 /// Input positions / output positions of a layer: the lowering works at the input's
 /// resolution (`rewrite`), so a stride-s layer at ratio ρ saves as if at ρ/s².
-fn position_factor(inv: &inspect::Inventory, layer: &ConvLayer) -> f64 {
+fn position_factor(inv: &inventory::Inventory, layer: &ConvLayer) -> f64 {
     let positions = |t: &str| {
         inv.shapes
             .get(t)
@@ -120,7 +121,7 @@ fn position_factor(inv: &inspect::Inventory, layer: &ConvLayer) -> f64 {
 /// whose sizes the parameter rules accept and whose conversion saves multiplications, and lists
 /// the others with the reason.
 fn choose<'a>(
-    inv: &'a inspect::Inventory,
+    inv: &'a inventory::Inventory,
     sel: &Selection,
     params: &ClusterParams,
 ) -> Result<(Vec<&'a ConvLayer>, Vec<SkippedLayer>)> {
@@ -182,7 +183,7 @@ fn split_eligible(
 /// ratios from `budget::allocate`; the chosen layers in graph order.
 fn allocate<'a>(
     original: &OnnxModel,
-    inv: &'a inspect::Inventory,
+    inv: &'a inventory::Inventory,
     opts: &ConvertOptions,
     target: f64,
     calibration: Option<&Calibration>,
@@ -231,7 +232,7 @@ fn allocate<'a>(
     Ok((chosen, skipped, Some(a)))
 }
 
-fn prefix_cost(cost: &GraphCost, model: &OnnxModel, layer: &str) -> crate::cost::OpCost {
+fn prefix_cost(cost: &GraphCost, model: &OnnxModel, layer: &str) -> crate::analysis::cost::OpCost {
     let prefix = format!("{layer}/dlq/");
     let g = model.graph();
     cost.sum_where(|i| {
@@ -336,7 +337,7 @@ fn learn_calibrated(
             calibrate::output_error(w.view(), cb.reconstruct().view(), &stats),
             calibrate::output_error(w.view(), plain.reconstruct().view(), &stats),
         );
-        calibrate::substitute(&mut simulated, layer, &cb).with_context(ctx)?;
+        lower::reconstructed::substitute(&mut simulated, layer, &cb).with_context(ctx)?;
         eprintln!(
             "calibrate [{}/{}] {}: {} input positions, {:.1}s",
             step + 1,
@@ -388,7 +389,7 @@ pub fn convert_model_with_inputs(
     calibration_inputs: Option<&[ndarray::ArrayD<f32>]>,
 ) -> Result<Converted> {
     opts.params.validate()?;
-    let inv = inspect::inventory(original, &opts.input_shapes)?;
+    let inv = inventory::inventory(original, &opts.input_shapes)?;
     let calibration = match (&opts.calibration, calibration_inputs) {
         (Some(cal), Some(inputs)) => Some((cal, inputs)),
         (Some(_), None) => bail!("calibration asked for, but no calibration images were given"),
@@ -437,7 +438,7 @@ pub fn convert_model_with_inputs(
             "iters": opts.params.iters, "seed": opts.params.seed, "relative_error": err,
             "calibrated": opts.calibration.is_some(),
         });
-        patch.layers.push(rewrite::lower(
+        patch.layers.push(lower::lower(
             original,
             layer,
             &cb,
@@ -467,11 +468,11 @@ pub fn convert_model_with_inputs(
         ));
     }
     let mut converted = original.clone();
-    rewrite::apply(&mut converted, patch)?;
+    lower::apply(&mut converted, patch)?;
     // Counted on the new graph, through the same shape inference as the original.
     let new_shapes =
         shapes::infer(&converted, &opts.input_shapes).context("the converted model")?;
-    let new_cost = crate::cost::graph_cost(&converted, &new_shapes);
+    let new_cost = crate::analysis::cost::graph_cost(&converted, &new_shapes);
     let layers = partial
         .into_iter()
         .map(|(name, node_index, cb, err, seconds, output_errors)| {
@@ -550,8 +551,8 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
 
 fn external_size(m: &OnnxModel) -> u64 {
     let mut files = std::collections::BTreeSet::<PathBuf>::new();
-    crate::model::visit_tensors(m.graph(), &mut |t| {
-        if let Ok(r) = crate::tensor::external_ref(t, &m.base_dir) {
+    crate::onnx::model::visit_tensors(m.graph(), &mut |t| {
+        if let Ok(r) = crate::onnx::tensor::external_ref(t, &m.base_dir) {
             files.insert(r.path);
         }
     });

@@ -7,10 +7,11 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::inspect::{self, millions};
-use crate::model;
-use crate::shapes::InputShape;
-use crate::tensor;
+use crate::analysis::cost::millions;
+use crate::analysis::inventory;
+use crate::analysis::shapes::InputShape;
+use crate::onnx::model;
+use crate::onnx::tensor;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct OpChange {
@@ -61,8 +62,8 @@ fn init_bytes(m: &model::OnnxModel) -> u64 {
 pub fn diff(a: &Path, b: &Path, input_shapes: &[InputShape]) -> Result<ModelDiff> {
     let ma = model::load(a)?;
     let mb = model::load(b)?;
-    let ia = inspect::inventory(&ma, input_shapes)?;
-    let ib = inspect::inventory(&mb, input_shapes)?;
+    let ia = inventory::inventory(&ma, input_shapes)?;
+    let ib = inventory::inventory(&mb, input_shapes)?;
     let (ca, cb) = (op_counts(&ma), op_counts(&mb));
     let mut ops: Vec<OpChange> = ca
         .keys()

@@ -8,7 +8,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
 
-use crate::model::OnnxModel;
+use crate::onnx::model::OnnxModel;
 
 /// A user-given concrete shape for a model input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +59,7 @@ impl ShapeMap {
 /// Parses the model with tract, fixes input shapes (user-given, or a symbolic batch dimension
 /// taken as 1) and propagates shapes to every tensor tract can reach.
 pub fn infer(model: &OnnxModel, overrides: &[InputShape]) -> Result<ShapeMap> {
-    let parsed = crate::runner::parse(model)?;
+    let parsed = crate::engine::runner::parse(model)?;
     let mut tm = parsed.model;
     let mut map = ShapeMap::default();
 
@@ -125,7 +125,7 @@ pub fn infer(model: &OnnxModel, overrides: &[InputShape]) -> Result<ShapeMap> {
         map.inputs.push((name.clone(), dims));
     }
     // Obstinate: keep what can be inferred even if an exotic node somewhere cannot be.
-    crate::runner::guarded(&model.path, || {
+    crate::engine::runner::guarded(&model.path, || {
         let _ = tm.analyse(true);
         Ok(())
     })?;

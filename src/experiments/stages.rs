@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 
+use crate::analysis::select;
 use crate::calibrate::CalibrationOptions;
 use crate::codebook::{ClusterParams, Method};
 use crate::convert::{self, ConvertOptions, Selection};
-use crate::model::{self, ExternalData, OnnxModel};
-use crate::runner::Runner;
-use crate::select;
-use crate::verify::{self, EvalSet};
+use crate::engine::runner::Runner;
+use crate::eval::verify::{self, EvalSet};
+use crate::onnx::model::{self, ExternalData, OnnxModel};
 
 #[derive(Debug, Clone)]
 pub struct StagesOptions {

@@ -4,10 +4,10 @@
 
 use serde::Serialize;
 
-use crate::conv::attribute;
-use crate::model::OnnxModel;
+use crate::analysis::shapes::ShapeMap;
+use crate::onnx::conv::attribute;
+use crate::onnx::model::OnnxModel;
 use crate::proto::NodeProto;
-use crate::shapes::ShapeMap;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct OpCost {
@@ -152,4 +152,9 @@ pub fn graph_cost(model: &OnnxModel, shapes: &ShapeMap) -> GraphCost {
         .collect();
     let total = nodes.iter().map(|n| n.cost).sum();
     GraphCost { nodes, total }
+}
+
+/// Millions with one decimal, as people read multiplication counts.
+pub fn millions(n: u64) -> String {
+    format!("{:.1}M", n as f64 / 1e6)
 }

@@ -1,0 +1,5 @@
+//! Measuring models: labelled image sets and preprocessing ([`data`]), and the comparison of an
+//! original with its conversion — accuracy, agreement, output error, latency ([`verify`]).
+
+pub mod data;
+pub mod verify;

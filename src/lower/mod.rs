@@ -1,0 +1,16 @@
+//! Lowering: a learnt codebook becomes graph edits. One module per output form, all producing
+//! a [`LayerPatch`] that [`patch::apply`] puts into the model in one place:
+//!
+//! - [`ops`]: the standard-operator form (plain ONNX at the model's opset; the paper's count);
+//! - [`reconstructed`]: the Conv with the dense reconstructed kernel W̃, the reference the
+//!   other forms must equal (calibration runs it; the exactness tests compare against it).
+//!
+//! [`builder`] is the shared wiring toolkit.
+
+pub mod builder;
+pub mod ops;
+pub mod patch;
+pub mod reconstructed;
+
+pub use ops::{lower, MIN_OPSET};
+pub use patch::{apply, GraphPatch, LayerPatch};

@@ -1,0 +1,133 @@
+//! Graph edits as one patch applied in one place: each converted layer contributes a
+//! [`LayerPatch`] (its replacement nodes, new initializers, the initializers it frees and a
+//! metadata entry), and [`apply`] puts them all into the model.
+
+use std::collections::{BTreeMap, HashSet};
+
+use anyhow::{bail, ensure, Result};
+
+use crate::onnx::model::OnnxModel;
+use crate::onnx::tensor;
+use crate::proto::{
+    tensor_shape_proto, type_proto, NodeProto, StringStringEntryProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
+};
+
+/// The replacement of one Conv node.
+#[derive(Debug, Clone)]
+pub struct LayerPatch {
+    pub node_index: usize,
+    pub layer: String,
+    pub nodes: Vec<NodeProto>,
+    pub initializers: Vec<TensorProto>,
+    /// Initializers the Conv used (weight, bias): removed when nothing else uses them.
+    pub released: Vec<String>,
+    /// `metadata_props` entry recording what was done.
+    pub metadata: (String, String),
+}
+
+/// All edits of a conversion, applied together by [`apply`].
+#[derive(Debug, Clone, Default)]
+pub struct GraphPatch {
+    pub layers: Vec<LayerPatch>,
+}
+
+fn value_info_for(t: &TensorProto) -> ValueInfoProto {
+    ValueInfoProto {
+        name: t.name.clone(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: t.data_type,
+                shape: Some(TensorShapeProto {
+                    dim: t
+                        .dims
+                        .iter()
+                        .map(|&d| tensor_shape_proto::Dimension {
+                            value: Some(tensor_shape_proto::dimension::Value::DimValue(d)),
+                            denotation: None,
+                        })
+                        .collect(),
+                }),
+            })),
+            denotation: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Applies every layer patch: new nodes take the place of their Conv (so the graph stays
+/// topologically sorted), released initializers nothing else uses are removed, and the model's
+/// metadata records the settings. Nothing else in the model changes.
+pub fn apply(model: &mut OnnxModel, patch: GraphPatch) -> Result<()> {
+    let list_initializers_as_inputs = model.proto.ir_version.unwrap_or(0) < 4;
+    let mut by_index: BTreeMap<usize, LayerPatch> = BTreeMap::new();
+    for lp in patch.layers {
+        if by_index.insert(lp.node_index, lp).is_some() {
+            bail!("a layer is patched twice");
+        }
+    }
+    let mut metadata = Vec::new();
+    let mut released: Vec<String> = Vec::new();
+    let graph = model.graph_mut();
+    let old_nodes = std::mem::take(&mut graph.node);
+    for (i, node) in old_nodes.into_iter().enumerate() {
+        match by_index.remove(&i) {
+            Some(lp) => {
+                ensure!(
+                    node.op_type.as_deref() == Some("Conv"),
+                    "node {i} is {:?}, not the Conv being replaced",
+                    node.op_type
+                );
+                graph.node.extend(lp.nodes);
+                if list_initializers_as_inputs {
+                    graph
+                        .input
+                        .extend(lp.initializers.iter().map(value_info_for));
+                }
+                graph.initializer.extend(lp.initializers);
+                released.extend(lp.released);
+                metadata.push(lp.metadata);
+            }
+            None => graph.node.push(node),
+        }
+    }
+    ensure!(by_index.is_empty(), "patches name nodes that do not exist");
+    let used: HashSet<&str> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .collect();
+    let outputs: HashSet<&str> = graph
+        .output
+        .iter()
+        .filter_map(|o| o.name.as_deref())
+        .collect();
+    let dead: HashSet<String> = released
+        .into_iter()
+        .filter(|r| !used.contains(r.as_str()) && !outputs.contains(r.as_str()))
+        .collect();
+    graph
+        .initializer
+        .retain(|t| !dead.contains(tensor::tensor_name(t)));
+    graph
+        .input
+        .retain(|v| !v.name.as_ref().is_some_and(|n| dead.contains(n)));
+    graph
+        .value_info
+        .retain(|v| !v.name.as_ref().is_some_and(|n| dead.contains(n)));
+    let entry = |k: String, v: String| StringStringEntryProto {
+        key: Some(k),
+        value: Some(v),
+    };
+    let props = &mut model.proto.metadata_props;
+    props.retain(|p| p.key.as_deref() != Some("onnx-dlq/version"));
+    props.push(entry(
+        "onnx-dlq/version".into(),
+        env!("CARGO_PKG_VERSION").into(),
+    ));
+    for (k, v) in metadata {
+        props.retain(|p| p.key.as_deref() != Some(k.as_str()));
+        props.push(entry(k, v));
+    }
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! The reconstructed form: the Conv kept as it is, with the codebook's dense kernel W̃ (and
+//! calibration's bias shift) in place of its weights. It is the reference every other form must
+//! equal, and what calibration runs to see the inputs the converted model will produce.
+
+use anyhow::{Context, Result};
+
+use crate::analysis::select::ConvLayer;
+use crate::codebook::Codebook;
+use crate::onnx::model::OnnxModel;
+use crate::onnx::tensor::{self, FloatType};
+
+/// Puts a layer's approximated weights (and shifted bias) into `model` as a dense Conv, so the
+/// next layer's calibration inputs are what the converted model will produce.
+pub fn substitute(model: &mut OnnxModel, layer: &ConvLayer, cb: &Codebook) -> Result<()> {
+    let approx = cb.reconstruct();
+    let [m, ..] = cb.kernel_shape;
+    let elem = layer.weight_type.unwrap_or(FloatType::F32);
+    let ctx = || format!("layer `{}`", layer.name);
+    let graph = model.graph_mut();
+    let w = graph
+        .initializer
+        .iter_mut()
+        .find(|t| t.name.as_deref() == Some(layer.weight.as_str()))
+        .with_context(ctx)?;
+    tensor::set_f32(
+        w,
+        &cb.kernel_shape,
+        approx.as_slice().expect("standard layout"),
+        elem,
+    );
+    let Some(shift) = &cb.bias_shift else {
+        return Ok(());
+    };
+    match &layer.bias {
+        Some(name) => {
+            let base = model.base_dir.clone();
+            let graph = model.graph_mut();
+            let t = graph
+                .initializer
+                .iter_mut()
+                .find(|t| t.name.as_deref() == Some(name.as_str()))
+                .with_context(ctx)?;
+            let old = tensor::to_f32(t, &base).with_context(ctx)?;
+            let new: Vec<f32> = old.iter().zip(shift).map(|(b, s)| b + s).collect();
+            tensor::set_f32(t, &[m], &new, elem);
+        }
+        None => {
+            let name = format!("{}/dlq/calibration_bias", layer.name);
+            let graph = model.graph_mut();
+            graph
+                .initializer
+                .push(tensor::new_tensor(&name, &[m], shift, elem));
+            let node = &mut graph.node[layer.node_index];
+            node.input.truncate(2);
+            node.input.push(name);
+        }
+    }
+    Ok(())
+}
