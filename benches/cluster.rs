@@ -61,7 +61,8 @@ fn main() -> anyhow::Result<()> {
             errors = weights
                 .par_iter()
                 .map(|w| {
-                    let cb = codebook::learn(w.view(), &ClusterParams::new(method, ratio))?;
+                    let cb =
+                        codebook::learn(w.view(), &ClusterParams::new(method, ratio).check()?)?;
                     Ok(cb.relative_error(w.view()))
                 })
                 .collect::<anyhow::Result<_>>()?;

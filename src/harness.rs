@@ -67,7 +67,7 @@ pub fn exercise(bytes: &[u8], scratch: &Path) -> Outcome {
     params.iters = 2;
     let opts = ConvertOptions {
         selection: Selection::All,
-        params,
+        params: params.check().expect("the harness's parameters are valid"),
         input_shapes: vec![],
         external: ExternalData::Auto,
         calibration: None,

@@ -6,7 +6,8 @@
 //! into graph edits, one module per output form) → [`eval`] (data sets, verification) →
 //! [`calibrate`] (output-aware codebooks, the model-wide budget) → [`convert`] (the driver:
 //! plan → learn → lower → recount) → [`report`] (inspect, diff) → [`experiments`] (sweep,
-//! stages) → [`cli`]. [`progress`] is the one service every layer may use; `tests/layering.rs`
+//! stages) → [`cli`]. [`progress`] and [`setting`] (progress reporting, typed invalid-setting errors) are the
+//! services every layer may use; `tests/layering.rs`
 //! checks the rule. See docs/ARCHITECTURE.md.
 
 // Numeric kernels index several arrays with one loop variable; iterator chains would hide that.
@@ -23,7 +24,9 @@ pub mod experiments;
 pub mod harness;
 pub mod lower;
 pub mod onnx;
+pub mod progress;
 pub mod report;
+pub mod setting;
 
 /// ONNX protobuf messages, generated from `proto/onnx.proto` at build time.
 #[allow(clippy::all)]

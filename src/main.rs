@@ -4,7 +4,7 @@ fn main() -> ExitCode {
     match onnx_dlq::cli::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", onnx_dlq::cli::sink::render_error(&e));
             ExitCode::FAILURE
         }
     }

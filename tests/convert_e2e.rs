@@ -23,7 +23,7 @@ const RATIO_TOLERANCE: f64 = 0.02;
 fn opts(selection: Selection, method: Method, ratio: f64) -> ConvertOptions {
     ConvertOptions {
         selection,
-        params: ClusterParams::new(method, ratio),
+        params: ClusterParams::new(method, ratio).check().unwrap(),
         input_shapes: vec![],
         external: ExternalData::Auto,
         calibration: None,
@@ -216,7 +216,8 @@ fn real_weights_rewrite_exactly_at_opset_7() {
         .into_dimensionality::<Ix4>()
         .unwrap();
     for method in [Method::Dl, Method::Vq] {
-        let cb = codebook::learn(w.view(), &ClusterParams::new(method, 20.0)).unwrap();
+        let params = ClusterParams::new(method, 20.0).check().unwrap();
+        let cb = codebook::learn(w.view(), &params).unwrap();
         let sh = shapes::infer(&m, &[]).unwrap();
         let mut converted = m.clone();
         lower::apply(

@@ -150,12 +150,17 @@ fn ineligible_layers_say_why() {
         layers[1]
             .reason()
             .unwrap()
+            .to_string()
             .contains("grouped convolution (group = 2)"),
         "{:?}",
         layers[1].eligibility
     );
     assert!(
-        layers[2].reason().unwrap().contains("computed at run time"),
+        layers[2]
+            .reason()
+            .unwrap()
+            .to_string()
+            .contains("computed at run time"),
         "{:?}",
         layers[2].eligibility
     );

@@ -125,7 +125,7 @@ fn lying_lengths_and_dimensions_are_errors_not_allocations() {
             assert!(inspected.is_err(), "{what}: inspect accepted the file");
             let opts = ConvertOptions {
                 selection: Selection::Named(vec!["conv2".into()]),
-                params: ClusterParams::new(Method::Vq, 4.0),
+                params: ClusterParams::new(Method::Vq, 4.0).check().unwrap(),
                 input_shapes: vec![],
                 external: ExternalData::Auto,
                 calibration: None,

@@ -58,7 +58,7 @@ fn convert(
     if case.method == Method::Dl && p.l.unwrap() < case.alpha {
         p.alpha = 1;
     }
-    let mut cb = codebook::learn(kernel.view(), &p).unwrap();
+    let mut cb = codebook::learn(kernel.view(), &p.check().unwrap()).unwrap();
     // Half the cases carry a calibration bias shift, which the rewrite adds to the bias.
     if rng.random_range(0..2) == 0 {
         cb.bias_shift = Some(uniform(rng, s.m));

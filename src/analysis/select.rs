@@ -28,8 +28,8 @@ pub struct ConvLayer {
     pub attrs: Option<ConvAttrs>,
     /// Weight element type, when the weight is a floating-point initializer.
     pub weight_type: Option<FloatType>,
-    /// `Err(reason)` when the layer cannot be converted.
-    pub eligibility: Result<(), String>,
+    /// `Err(why)` when the layer cannot be converted.
+    pub eligibility: Result<(), Ineligible>,
 }
 
 impl ConvLayer {
@@ -51,8 +51,8 @@ impl ConvLayer {
         self.eligibility.is_ok()
     }
 
-    pub fn reason(&self) -> Option<&str> {
-        self.eligibility.as_ref().err().map(String::as_str)
+    pub fn reason(&self) -> Option<&Ineligible> {
+        self.eligibility.as_ref().err()
     }
 
     pub fn node<'a>(&self, model: &'a OnnxModel) -> &'a NodeProto {
@@ -101,98 +101,118 @@ pub fn conv_layers(model: &OnnxModel) -> Vec<ConvLayer> {
 fn describe(model: &OnnxModel, node_index: usize, node: &NodeProto) -> ConvLayer {
     let node_name = node.name.clone().unwrap_or_default();
     let output = node.output.first().cloned().unwrap_or_default();
-    let name = if node_name.is_empty() {
-        output.clone()
-    } else {
-        node_name.clone()
+    let name = match node_name.is_empty() {
+        true => output.clone(),
+        false => node_name.clone(),
     };
-    let op_type = node.op_type.clone().unwrap_or_default();
-    let input = node.input.first().cloned().unwrap_or_default();
     let weight = node.input.get(1).cloned().unwrap_or_default();
-    let bias = node.input.get(2).filter(|b| !b.is_empty()).cloned();
     let init = model.initializer(&weight);
     let kernel = init.and_then(|t| tensor::dims(t).ok());
-    let weight_type = init.and_then(|t| FloatType::from_onnx(t.data_type.unwrap_or(0)));
-    let rank = kernel
-        .as_ref()
-        .map(|k| k.len().saturating_sub(2))
-        .unwrap_or(2);
-    let attrs = ConvAttrs::from_node(node, rank);
-    let eligibility = (|| {
-        if op_type == "ConvTranspose" {
-            return Err("ConvTranspose: only Conv is converted".to_string());
-        }
-        let Some(init) = init else {
-            return Err(format!(
-                "weight `{weight}` is computed at run time, not a constant initializer"
-            ));
-        };
-        let Some(kernel) = kernel.as_ref() else {
-            return Err(format!(
-                "weight `{weight}` has a malformed shape {:?}",
-                init.dims
-            ));
-        };
-        if kernel.len() != 4 {
-            return Err(format!(
-                "{}-D convolution (weight {:?}): only 2-D convolutions are converted",
-                kernel.len().saturating_sub(2),
-                kernel
-            ));
-        }
-        if weight_type.is_none() {
-            return Err(format!(
-                "weight `{weight}` is {}, not a floating-point tensor",
-                tensor::data_type_name(init.data_type.unwrap_or(0))
-            ));
-        }
-        let attrs = attrs
-            .as_ref()
-            .map_err(|e| format!("malformed attributes: {e}"))?;
-        if let Some(ks) = &attrs.kernel_shape {
-            if ks[..] != kernel[2..] {
-                return Err(format!(
-                    "kernel_shape {ks:?} disagrees with the weight shape {kernel:?}"
-                ));
-            }
-        }
-        if attrs.group != 1 {
-            let kind = if kernel[1] == 1 {
-                "depthwise"
-            } else {
-                "grouped"
-            };
-            return Err(format!(
-                "{kind} convolution (group = {}): only group = 1 is converted",
-                attrs.group
-            ));
-        }
-        if kernel.contains(&0) {
-            return Err(format!("weight `{weight}` is empty {kernel:?}"));
-        }
-        if let Some(b) = &bias {
-            if model.initializer(b).is_none() {
-                return Err(format!(
-                    "bias `{b}` is computed at run time, not a constant initializer"
-                ));
-            }
-        }
-        Ok(())
-    })();
-    ConvLayer {
+    let rank = kernel.as_ref().map_or(2, |k| k.len().saturating_sub(2));
+    let mut layer = ConvLayer {
         node_index,
         name,
         node_name,
-        op_type,
-        input,
+        op_type: node.op_type.clone().unwrap_or_default(),
+        input: node.input.first().cloned().unwrap_or_default(),
         output,
         weight,
-        bias,
+        bias: node.input.get(2).filter(|b| !b.is_empty()).cloned(),
         kernel,
-        attrs: attrs.ok(),
-        weight_type,
-        eligibility,
+        attrs: None,
+        weight_type: init.and_then(|t| FloatType::from_onnx(t.data_type.unwrap_or(0))),
+        eligibility: Ok(()),
+    };
+    let attrs = ConvAttrs::from_node(node, rank);
+    layer.eligibility = eligibility(model, &layer, attrs.as_ref().map_err(|e| e.to_string()));
+    layer.attrs = attrs.ok();
+    layer
+}
+
+/// Whether `layer` (described but for its eligibility) can be converted, and why not.
+fn eligibility(
+    model: &OnnxModel,
+    layer: &ConvLayer,
+    attrs: Result<&ConvAttrs, String>,
+) -> Result<(), Ineligible> {
+    let weight = &layer.weight;
+    if layer.op_type == "ConvTranspose" {
+        return Err(Ineligible::Transposed);
     }
+    let init = model
+        .initializer(weight)
+        .ok_or_else(|| Ineligible::RuntimeWeight(weight.clone()))?;
+    let kernel = layer
+        .kernel
+        .clone()
+        .ok_or_else(|| Ineligible::MalformedWeight {
+            weight: weight.clone(),
+            dims: init.dims.clone(),
+        })?;
+    if kernel.len() != 4 {
+        return Err(Ineligible::NotTwoD { kernel });
+    }
+    if layer.weight_type.is_none() {
+        let data_type = tensor::data_type_name(init.data_type.unwrap_or(0)).to_string();
+        return Err(Ineligible::NotFloat {
+            weight: weight.clone(),
+            data_type,
+        });
+    }
+    let attrs = attrs.map_err(Ineligible::MalformedAttributes)?;
+    if let Some(ks) = &attrs.kernel_shape {
+        if ks[..] != kernel[2..] {
+            return Err(Ineligible::KernelShapeMismatch {
+                kernel_shape: ks.clone(),
+                kernel,
+            });
+        }
+    }
+    if attrs.group != 1 {
+        let depthwise = kernel[1] == 1;
+        return Err(Ineligible::Grouped {
+            group: attrs.group,
+            depthwise,
+        });
+    }
+    if kernel.contains(&0) {
+        return Err(Ineligible::EmptyWeight {
+            weight: weight.clone(),
+            kernel,
+        });
+    }
+    match &layer.bias {
+        Some(b) if model.initializer(b).is_none() => Err(Ineligible::RuntimeBias(b.clone())),
+        _ => Ok(()),
+    }
+}
+
+/// Why a Conv layer cannot be converted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Ineligible {
+    #[error("ConvTranspose: only Conv is converted")]
+    Transposed,
+    #[error("weight `{0}` is computed at run time, not a constant initializer")]
+    RuntimeWeight(String),
+    #[error("weight `{weight}` has a malformed shape {dims:?}")]
+    MalformedWeight { weight: String, dims: Vec<i64> },
+    #[error("{}-D convolution (weight {kernel:?}): only 2-D convolutions are converted", kernel.len().saturating_sub(2))]
+    NotTwoD { kernel: Vec<usize> },
+    #[error("weight `{weight}` is {data_type}, not a floating-point tensor")]
+    NotFloat { weight: String, data_type: String },
+    #[error("malformed attributes: {0}")]
+    MalformedAttributes(String),
+    #[error("kernel_shape {kernel_shape:?} disagrees with the weight shape {kernel:?}")]
+    KernelShapeMismatch {
+        kernel_shape: Vec<usize>,
+        kernel: Vec<usize>,
+    },
+    #[error("{} convolution (group = {group}): only group = 1 is converted", if *depthwise { "depthwise" } else { "grouped" })]
+    Grouped { group: usize, depthwise: bool },
+    #[error("weight `{weight}` is empty {kernel:?}")]
+    EmptyWeight { weight: String, kernel: Vec<usize> },
+    #[error("bias `{0}` is computed at run time, not a constant initializer")]
+    RuntimeBias(String),
 }
 
 /// Finds the layer a user-given name refers to: node name first, then output, then weight name.

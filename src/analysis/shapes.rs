@@ -9,6 +9,7 @@ use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
 
 use crate::onnx::model::OnnxModel;
+use crate::setting::{InvalidSetting, Setting};
 
 /// A user-given concrete shape for a model input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,15 +72,25 @@ pub fn infer(model: &OnnxModel, overrides: &[InputShape]) -> Result<ShapeMap> {
     for o in overrides {
         match &o.name {
             Some(n) if !input_names.contains(n) => {
-                bail!(
-                    "--input-shape names `{n}`, but the model's inputs are {}",
-                    quoted(&input_names)
+                return Err(InvalidSetting::new(
+                    Setting::InputShape,
+                    format!(
+                        "names `{n}`, but the model's inputs are {}",
+                        quoted(&input_names)
+                    ),
                 )
+                .into())
             }
-            None if input_names.len() != 1 => bail!(
-                "--input-shape without a name needs a model with one input; this one has {}",
-                quoted(&input_names)
-            ),
+            None if input_names.len() != 1 => {
+                return Err(InvalidSetting::new(
+                    Setting::InputShape,
+                    format!(
+                        "without a name needs a model with one input; this one has {}",
+                        quoted(&input_names)
+                    ),
+                )
+                .into())
+            }
             _ => {}
         }
     }
@@ -91,10 +102,14 @@ pub fn infer(model: &OnnxModel, overrides: &[InputShape]) -> Result<ShapeMap> {
         let dims: Vec<usize> = if let Some(given) = given {
             if let Some(rank) = fact.shape.concretize().map(|s| s.len()) {
                 if rank != given.dims.len() {
-                    bail!(
-                        "--input-shape for `{name}` has rank {}, the model expects rank {rank}",
-                        given.dims.len()
-                    );
+                    let rank_given = given.dims.len();
+                    return Err(InvalidSetting::new(
+                        Setting::InputShape,
+                        format!(
+                            "for `{name}` has rank {rank_given}, the model expects rank {rank}"
+                        ),
+                    )
+                    .into());
                 }
             }
             given.dims.clone()

@@ -7,15 +7,17 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::Result;
 use ndarray::ArrayD;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::select::ConvLayer;
 use crate::calibrate::{self, InputStats};
-use crate::codebook::{self, ClusterParams};
+use crate::codebook::{self, ValidParams};
 use crate::onnx::model::OnnxModel;
+use crate::progress;
+use crate::setting::{require, Setting};
 
 /// The ratios a layer may get.
 pub const CANDIDATE_RATIOS: [f64; 7] = [2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0];
@@ -35,12 +37,32 @@ pub struct Allocation {
     /// From each converted layer's multiplications × position factor / ρ (the rewrite counts the
     /// same within rounding of K and L).
     pub estimated_speedup: f64,
-    /// "output" (calibrated) or "weight".
-    pub sensitivity: String,
+    pub sensitivity: Sensitivity,
     pub layers: Vec<AllocatedLayer>,
     /// Layers considered and left original.
     pub unchanged: Vec<String>,
     pub seconds: f64,
+}
+
+/// What a layer's error at a ratio is measured on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sensitivity {
+    /// The relative output error on the calibration inputs.
+    Output,
+    /// The relative weight error (no calibration).
+    Weight,
+}
+
+/// Why no allocation can be made.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BudgetError {
+    #[error("a {target}x speed-up: the {layers} candidate layers cannot save that much even at ρ = {max_ratio}")]
+    Unreachable {
+        target: f64,
+        layers: usize,
+        max_ratio: f64,
+    },
 }
 
 /// A layer the budget may convert.
@@ -50,95 +72,37 @@ pub struct Candidate<'a> {
     /// Input positions / output positions: the lowered layer works at the input's resolution
     /// (`rewrite`), so a stride-2 layer at ratio ρ saves only as if at ρ/4.
     pub position_factor: f64,
+    /// Its clustering parameters (its own seed); the budget varies the ratio.
+    pub params: ValidParams,
 }
 
 /// One layer's error at each valid candidate ratio.
-struct Sensitivity {
+struct LayerSensitivity {
     before: u64,
     position_factor: f64,
     /// (ρ, error), increasing ρ.
     points: Vec<(f64, f64)>,
 }
 
-/// Chooses the ratios. `layer_params(layer)` gives the layer's clustering parameters (its
-/// seed); `calibration` the calibration inputs and damping when calibrating.
+/// Chooses the ratios; `calibration` gives the calibration inputs and damping when calibrating.
 pub fn allocate(
     original: &OnnxModel,
     layers: &[Candidate],
     total_multiplications: u64,
     target: f64,
-    layer_params: &(dyn Fn(&ConvLayer) -> ClusterParams + Sync),
     calibration: Option<(&[ArrayD<f32>], f64)>,
 ) -> Result<Allocation> {
     let started = Instant::now();
-    ensure!(
+    require(
         target.is_finite() && target > 1.0,
-        "--target-speedup must be above 1, got {target}"
-    );
-    let stats: Option<Vec<InputStats>> = match calibration {
-        Some((inputs, _)) => {
-            let tensors: Vec<String> = layers.iter().map(|c| c.layer.input.clone()).collect();
-            Some(calibrate::collect_many(original, inputs, &tensors)?)
-        }
-        None => None,
-    };
-    // Each kernel is read once, not once per candidate ratio.
-    let kernels: Vec<ndarray::Array4<f32>> = layers
-        .iter()
-        .map(|c| c.layer.kernel_f32(original))
-        .collect::<Result<_>>()?;
-    let jobs: Vec<(usize, f64)> = (0..layers.len())
-        .flat_map(|i| CANDIDATE_RATIOS.iter().map(move |&r| (i, r)))
-        .collect();
-    let done = std::sync::atomic::AtomicUsize::new(0);
-    let errors: Vec<Option<f64>> = jobs
-        .par_iter()
-        .map(|&(i, ratio)| {
-            let layer = layers[i].layer;
-            let mut p = layer_params(layer);
-            p.ratio = ratio;
-            let w = &kernels[i];
-            let k = w.dim();
-            if p.sizes(k.0, k.1, k.2 * k.3).is_err() {
-                return Ok(None);
-            }
-            let e = match (&stats, calibration) {
-                (Some(s), Some((_, damping))) => {
-                    let cb = calibrate::learn(w.view(), &p, &s[i], damping)?;
-                    calibrate::output_error(w.view(), cb.reconstruct().view(), &s[i])
-                }
-                _ => codebook::learn(w.view(), &p)?.relative_error(w.view()),
-            };
-            let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            if n % 10 == 0 || n == jobs.len() {
-                eprintln!(
-                    "target-speedup: sensitivity {n}/{} (layer, ρ) pairs",
-                    jobs.len()
-                );
-            }
-            Ok(Some(e))
-        })
-        .collect::<Result<_>>()?;
-    let sens: Vec<Sensitivity> = layers
-        .iter()
-        .enumerate()
-        .map(|(i, c)| Sensitivity {
-            before: c.multiplications,
-            position_factor: c.position_factor,
-            points: jobs
-                .iter()
-                .zip(&errors)
-                .filter(|((j, _), e)| *j == i && e.is_some())
-                .map(|((_, r), e)| (*r, e.expect("filtered")))
-                .collect(),
-        })
-        .collect();
-    let chosen = greedy(&sens, total_multiplications, target).with_context(|| {
-        format!(
-            "--target-speedup {target}: the {} candidate layers cannot save that much even at ρ = {}",
-            layers.len(),
-            CANDIDATE_RATIOS[CANDIDATE_RATIOS.len() - 1]
-        )
+        Setting::TargetSpeedup,
+        || format!("must be above 1, got {target}"),
+    )?;
+    let sens = measure(original, layers, calibration)?;
+    let chosen = greedy(&sens, total_multiplications, target).ok_or(BudgetError::Unreachable {
+        target,
+        layers: layers.len(),
+        max_ratio: CANDIDATE_RATIOS[CANDIDATE_RATIOS.len() - 1],
     })?;
     let after: f64 = sens
         .iter()
@@ -162,19 +126,77 @@ pub fn allocate(
     Ok(Allocation {
         target_speedup: target,
         estimated_speedup: total_multiplications as f64 / after,
-        sensitivity: if calibration.is_some() {
-            "output"
-        } else {
-            "weight"
-        }
-        .into(),
+        sensitivity: match calibration {
+            Some(_) => Sensitivity::Output,
+            None => Sensitivity::Weight,
+        },
         layers: allocated,
         unchanged,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
 
-impl Sensitivity {
+/// Every candidate layer's error at every candidate ratio its sizes allow (in parallel; the
+/// order of the results does not depend on the schedule).
+fn measure(
+    original: &OnnxModel,
+    layers: &[Candidate],
+    calibration: Option<(&[ArrayD<f32>], f64)>,
+) -> Result<Vec<LayerSensitivity>> {
+    let stats: Option<Vec<InputStats>> = match calibration {
+        Some((inputs, _)) => {
+            let tensors: Vec<String> = layers.iter().map(|c| c.layer.input.clone()).collect();
+            Some(calibrate::collect_many(original, inputs, &tensors)?)
+        }
+        None => None,
+    };
+    // Each kernel is read once, not once per candidate ratio.
+    let kernels: Vec<ndarray::Array4<f32>> = layers
+        .iter()
+        .map(|c| c.layer.kernel_f32(original))
+        .collect::<Result<_>>()?;
+    let jobs: Vec<(usize, f64)> = (0..layers.len())
+        .flat_map(|i| CANDIDATE_RATIOS.iter().map(move |&r| (i, r)))
+        .collect();
+    let task = progress::task("sensitivity", jobs.len() as u64);
+    let errors: Vec<Option<f64>> = jobs
+        .par_iter()
+        .map(|&(i, ratio)| {
+            let p = layers[i].params.with_ratio(ratio)?;
+            let w = &kernels[i];
+            let k = w.dim();
+            if p.sizes(k.0, k.1, k.2 * k.3).is_err() {
+                return Ok(None);
+            }
+            let e = match (&stats, calibration) {
+                (Some(s), Some((_, damping))) => {
+                    let cb = calibrate::learn(w.view(), &p, &s[i], damping)?;
+                    calibrate::output_error(w.view(), cb.reconstruct().view(), &s[i])
+                }
+                _ => codebook::learn(w.view(), &p)?.relative_error(w.view()),
+            };
+            task.inc(1);
+            Ok(Some(e))
+        })
+        .collect::<Result<_>>()?;
+    let sens: Vec<LayerSensitivity> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| LayerSensitivity {
+            before: c.multiplications,
+            position_factor: c.position_factor,
+            points: jobs
+                .iter()
+                .zip(&errors)
+                .filter(|((j, _), e)| *j == i && e.is_some())
+                .map(|((_, r), e)| (*r, e.expect("filtered")))
+                .collect(),
+        })
+        .collect();
+    Ok(sens)
+}
+
+impl LayerSensitivity {
     /// Multiplications saved at point `c` (negative when the lowering costs more).
     fn saving(&self, c: Option<usize>) -> f64 {
         match c {
@@ -185,12 +207,14 @@ impl Sensitivity {
 }
 
 /// Per layer: the index of its chosen point, or `None` (original). Greedy on cost = error².
-fn greedy(sens: &[Sensitivity], total: u64, target: f64) -> Result<Vec<Option<usize>>> {
+/// `None` when the candidates cannot save enough even at their highest ratios.
+fn greedy(sens: &[LayerSensitivity], total: u64, target: f64) -> Option<Vec<Option<usize>>> {
     let need = total as f64 * (1.0 - 1.0 / target);
     let mut chosen: Vec<Option<usize>> = vec![None; sens.len()];
     let mut saved = 0.0;
-    let state =
-        |s: &Sensitivity, c: Option<usize>| (s.saving(c), c.map_or(0.0, |j| s.points[j].1.powi(2)));
+    let state = |s: &LayerSensitivity, c: Option<usize>| {
+        (s.saving(c), c.map_or(0.0, |j| s.points[j].1.powi(2)))
+    };
     while saved < need {
         // The best step: most multiplications saved per added squared error; ties to the
         // earlier layer and the smaller ρ, so the choice is deterministic.
@@ -211,21 +235,19 @@ fn greedy(sens: &[Sensitivity], total: u64, target: f64) -> Result<Vec<Option<us
                 }
             }
         }
-        let Some((_, i, j)) = best else {
-            bail!("no layer can be accelerated further");
-        };
+        let (_, i, j) = best?;
         saved += state(&sens[i], Some(j)).0 - state(&sens[i], chosen[i]).0;
         chosen[i] = Some(j);
     }
-    Ok(chosen)
+    Some(chosen)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn s(before: u64, points: &[(f64, f64)]) -> Sensitivity {
-        Sensitivity {
+    fn s(before: u64, points: &[(f64, f64)]) -> LayerSensitivity {
+        LayerSensitivity {
             before,
             position_factor: 1.0,
             points: points.to_vec(),
@@ -261,11 +283,11 @@ mod tests {
     }
 
     #[test]
-    fn an_impossible_budget_is_an_error() {
+    fn an_impossible_budget_has_no_allocation() {
         let sens = vec![s(100, &[(2.0, 0.1)])];
         // Only half of 300 multiplications can be saved at most: 2× is reachable only with
         // everything at ρ = 2 and the rest nothing.
-        assert!(greedy(&sens, 300, 2.0).is_err());
-        assert!(greedy(&sens, 100, 2.0).is_ok());
+        assert!(greedy(&sens, 300, 2.0).is_none());
+        assert!(greedy(&sens, 100, 2.0).is_some());
     }
 }

@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use rayon::prelude::*;
 
 pub use dl::SparseCodes;
-pub use params::{ClusterParams, Method, Sizes};
+pub use params::{ClusterParams, Method, SizeError, Sizes, ValidParams};
 pub use subspace::{Points, SubspacePlan};
 
 /// The codebook of one subspace.
@@ -140,7 +140,7 @@ pub fn check_values(kernel: ArrayView4<f32>) -> Result<()> {
     Ok(())
 }
 
-pub fn learn(kernel: ArrayView4<f32>, params: &ClusterParams) -> Result<Codebook> {
+pub fn learn(kernel: ArrayView4<f32>, params: &ValidParams) -> Result<Codebook> {
     let (m, n, kh, kw) = kernel.dim();
     ensure!(
         m > 0 && n > 0 && kh > 0 && kw > 0,
@@ -224,7 +224,7 @@ mod tests {
             let mut p = ClusterParams::new(method, 4.0);
             p.subspace = 4;
             p.c = 1.5;
-            let cb = learn(w.view(), &p).unwrap();
+            let cb = learn(w.view(), &p.clone().check().unwrap()).unwrap();
             assert_eq!(cb.subspaces.len(), 3);
             let rec = cb.reconstruct();
             let sc = &cb.subspaces[1];
@@ -244,7 +244,7 @@ mod tests {
         let w = random_kernel((8, 10, 3, 3), 2);
         let mut p = ClusterParams::new(Method::Vq, 2.0);
         p.subspace = 4;
-        let cb = learn(w.view(), &p).unwrap();
+        let cb = learn(w.view(), &p.clone().check().unwrap()).unwrap();
         assert_eq!(
             cb.subspaces
                 .iter()
@@ -266,7 +266,7 @@ mod tests {
                     .num_threads(threads)
                     .build()
                     .unwrap();
-                pool.install(|| learn(w.view(), &p).unwrap())
+                pool.install(|| learn(w.view(), &p.clone().check().unwrap()).unwrap())
             };
             let (one, two) = (run(1), run(2));
             assert_eq!(one, two, "{method:?}");
@@ -280,7 +280,7 @@ mod tests {
             assert_eq!(bits(&one), bits(&two));
             p.seed = 43;
             assert_ne!(
-                learn(w.view(), &p).unwrap(),
+                learn(w.view(), &p.clone().check().unwrap()).unwrap(),
                 one,
                 "another seed gives another codebook"
             );
@@ -293,7 +293,7 @@ mod tests {
         let w = random_kernel((4, 8, 1, 1), 3);
         let mut p = ClusterParams::new(Method::Vq, 1.0001);
         p.k = Some(4);
-        let cb = learn(w.view(), &p).unwrap();
+        let cb = learn(w.view(), &p.clone().check().unwrap()).unwrap();
         assert!(cb.relative_error(w.view()) < 1e-6);
     }
 }

@@ -2,10 +2,11 @@
 //! into codebook sizes: K_vq = p²M/ρ, K = c·K_vq, L = K_vq·(1 − α·c·S/N) (= K_vq(1 − αc/N′)
 //! when N′ divides N), so that DL costs no more multiplications than VQ.
 
-use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+use crate::setting::{require, InvalidSetting, Setting};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// k-means centroids (the VQ baseline).
@@ -24,7 +25,7 @@ impl Method {
 }
 
 /// What the user asks for. Build with [`ClusterParams::new`], adjust fields, then
-/// [`ClusterParams::validate`]; [`ClusterParams::sizes`] applies the rules to one layer.
+/// [`ClusterParams::check`] once into [`ValidParams`], which is what the clustering takes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterParams {
     pub method: Method,
@@ -64,65 +65,121 @@ impl ClusterParams {
         }
     }
 
-    /// Checks what does not depend on the layer.
-    pub fn validate(&self) -> Result<()> {
-        ensure!(
-            self.ratio.is_finite() && self.ratio > 1.0,
-            "--ratio must be above 1 (an acceleration), got {}",
-            self.ratio
-        );
-        ensure!(self.subspace > 0, "--subspace (N′) must be at least 1");
-        ensure!(self.iters > 0, "--iters must be at least 1");
-        ensure!(
-            self.kmeans_iters > 0,
-            "k-means iterations must be at least 1"
-        );
+    /// Checks what does not depend on the layer, once; the result is what the clustering takes.
+    pub fn check(self) -> Result<ValidParams, InvalidSetting> {
+        check_ratio(self.ratio)?;
+        require(self.subspace > 0, Setting::Subspace, || {
+            "must be at least 1".into()
+        })?;
+        require(self.iters > 0, Setting::Iters, || {
+            "must be at least 1".into()
+        })?;
+        require(self.kmeans_iters > 0, Setting::KmeansIters, || {
+            "must be at least 1".into()
+        })?;
         if self.method == Method::Dl {
-            ensure!(self.alpha > 0, "--alpha must be at least 1");
-            ensure!(
-                self.c.is_finite() && self.c >= 1.0,
-                "--c must be at least 1 (K = c·K_vq), got {}",
-                self.c
-            );
+            require(self.alpha > 0, Setting::Alpha, || {
+                "must be at least 1".into()
+            })?;
+            require(self.c.is_finite() && self.c >= 1.0, Setting::C, || {
+                format!("must be at least 1 (K = c·K_vq), got {}", self.c)
+            })?;
             if self.l.is_none() {
-                ensure!(
+                require(
                     (self.alpha as f64) * self.c < self.subspace as f64,
-                    "α·c = {}·{} = {} must be below N′ = {} (eq. 16: L = K_vq(1 − αc/N′) > 0); lower --alpha or --c, or raise --subspace",
-                    self.alpha,
-                    self.c,
-                    self.alpha as f64 * self.c,
-                    self.subspace
-                );
+                    Setting::Alpha,
+                    || {
+                        format!(
+                        "(with c) gives α·c = {}·{} = {}, which must be below N′ = {} (eq. 16: L = K_vq(1 − αc/N′) > 0); lower α or c, or raise N′",
+                        self.alpha,
+                        self.c,
+                        self.alpha as f64 * self.c,
+                        self.subspace
+                    )
+                    },
+                )?;
             }
         }
-        Ok(())
+        Ok(ValidParams(self))
+    }
+}
+
+fn check_ratio(ratio: f64) -> Result<(), InvalidSetting> {
+    require(ratio.is_finite() && ratio > 1.0, Setting::Ratio, || {
+        format!("must be above 1 (an acceleration), got {ratio}")
+    })
+}
+
+/// Parameters that passed [`ClusterParams::check`]: every field is usable, and only
+/// [`ValidParams::sizes`] can still fail (the rules also depend on the layer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "ClusterParams", into = "ClusterParams")]
+pub struct ValidParams(ClusterParams);
+
+impl TryFrom<ClusterParams> for ValidParams {
+    type Error = InvalidSetting;
+    fn try_from(p: ClusterParams) -> Result<Self, InvalidSetting> {
+        p.check()
+    }
+}
+
+impl From<ValidParams> for ClusterParams {
+    fn from(p: ValidParams) -> ClusterParams {
+        p.0
+    }
+}
+
+impl std::ops::Deref for ValidParams {
+    type Target = ClusterParams;
+    fn deref(&self) -> &ClusterParams {
+        &self.0
+    }
+}
+
+impl ValidParams {
+    /// The same parameters with another ρ (a budget's per-layer choice).
+    pub fn with_ratio(&self, ratio: f64) -> Result<ValidParams, InvalidSetting> {
+        check_ratio(ratio)?;
+        Ok(ValidParams(ClusterParams {
+            ratio,
+            ..self.0.clone()
+        }))
+    }
+
+    /// The same parameters with another seed (a layer's own stream).
+    pub fn with_seed(&self, seed: u64) -> ValidParams {
+        ValidParams(ClusterParams {
+            seed,
+            ..self.0.clone()
+        })
     }
 
     /// Codebook sizes for a layer with `m` output channels, `n` input channels and `positions`
     /// = kh·kw kernel positions.
-    pub fn sizes(&self, m: usize, n: usize, positions: usize) -> Result<Sizes> {
-        self.validate()?;
+    pub fn sizes(&self, m: usize, n: usize, positions: usize) -> Result<Sizes, SizeError> {
+        let p = &self.0;
         let columns = m * positions;
-        ensure!(
-            self.subspace <= n,
-            "N′ = {} is larger than the layer's {n} input channels; use --subspace {n} or less",
-            self.subspace
-        );
-        let s = n.div_ceil(self.subspace);
-        let k_vq = match (self.method, self.k) {
+        if p.subspace > n {
+            return Err(SizeError::SubspaceTooLarge {
+                subspace: p.subspace,
+                n,
+            });
+        }
+        let s = n.div_ceil(p.subspace);
+        let k_vq = match (p.method, p.k) {
             (Method::Vq, Some(k)) => k,
-            _ => (columns as f64 / self.ratio).round() as usize,
+            _ => (columns as f64 / p.ratio).round() as usize,
         };
-        ensure!(
-            k_vq >= 1,
-            "ρ = {} is too large for a layer with p²M = {columns} kernel sub-vectors per subspace (K_vq = p²M/ρ < 1); use ρ ≤ {columns}",
-            self.ratio
-        );
-        ensure!(
-            k_vq <= columns,
-            "K_vq = {k_vq} exceeds p²M = {columns}, the number of sub-vectors per subspace"
-        );
-        if self.method == Method::Vq {
+        if k_vq < 1 {
+            return Err(SizeError::RatioTooLarge {
+                ratio: p.ratio,
+                columns,
+            });
+        }
+        if k_vq > columns {
+            return Err(SizeError::KvqTooLarge { k_vq, columns });
+        }
+        if p.method == Method::Vq {
             return Ok(Sizes {
                 k_vq,
                 k: k_vq,
@@ -130,36 +187,83 @@ impl ClusterParams {
                 subspaces: s,
             });
         }
-        let k = self.k.unwrap_or((self.c * k_vq as f64).round() as usize);
-        ensure!(k >= 1, "K must be at least 1");
-        if k > columns {
-            bail!(
-                "K = c·K_vq = {k} exceeds p²M = {columns}, the number of sub-vectors per subspace; lower --c to at most {:.2} or raise --ratio",
-                columns as f64 / k_vq as f64
-            );
+        let k = p.k.unwrap_or((p.c * k_vq as f64).round() as usize);
+        if k < 1 {
+            return Err(SizeError::NoRepresentative);
         }
-        let l = match self.l {
+        if k > columns {
+            let max_c = columns as f64 / k_vq as f64;
+            return Err(SizeError::KTooLarge { k, columns, max_c });
+        }
+        let l = match p.l {
             Some(l) => l,
             // N·L + α·S·K ≤ N·K_vq: DL costs at most what VQ costs at the same ρ.
-            None => ((n * k_vq).saturating_sub(self.alpha * s * k)) / n,
+            None => ((n * k_vq).saturating_sub(p.alpha * s * k)) / n,
         };
-        ensure!(
-            l >= self.alpha,
-            "L = {l} atoms is fewer than α = {} (eq. 16 gives L = K_vq(1 − αcS/N) = {k_vq}·(1 − {}·{}·{s}/{n})); lower --ratio, --alpha or --c",
-            self.alpha,
-            self.alpha,
-            self.c
-        );
-        ensure!(
-            l <= k,
-            "L = {l} exceeds K = {k}: more atoms than representatives"
-        );
+        if l < p.alpha {
+            let (alpha, c) = (p.alpha, p.c);
+            return Err(SizeError::TooFewAtoms {
+                l,
+                alpha,
+                c,
+                k_vq,
+                s,
+                n,
+            });
+        }
+        if l > k {
+            return Err(SizeError::MoreAtomsThanRepresentatives { l, k });
+        }
         Ok(Sizes {
             k_vq,
             k,
             l,
             subspaces: s,
         })
+    }
+}
+
+/// Why the paper's rules give no codebook for a layer with these parameters.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SizeError {
+    #[error("N′ = {subspace} is larger than the layer's {n} input channels; use N′ ≤ {n}")]
+    SubspaceTooLarge { subspace: usize, n: usize },
+    #[error("ρ = {ratio} is too large for a layer with p²M = {columns} kernel sub-vectors per subspace (K_vq = p²M/ρ < 1); use ρ ≤ {columns}")]
+    RatioTooLarge { ratio: f64, columns: usize },
+    #[error("K_vq = {k_vq} exceeds p²M = {columns}, the number of sub-vectors per subspace")]
+    KvqTooLarge { k_vq: usize, columns: usize },
+    #[error("K must be at least 1")]
+    NoRepresentative,
+    #[error("K = c·K_vq = {k} exceeds p²M = {columns}, the number of sub-vectors per subspace; lower c to at most {max_c:.2} or raise ρ")]
+    KTooLarge {
+        k: usize,
+        columns: usize,
+        max_c: f64,
+    },
+    #[error("L = {l} atoms is fewer than α = {alpha} (eq. 16 gives L = K_vq(1 − αcS/N) = {k_vq}·(1 − {alpha}·{c}·{s}/{n})); lower ρ, α or c")]
+    TooFewAtoms {
+        l: usize,
+        alpha: usize,
+        c: f64,
+        k_vq: usize,
+        s: usize,
+        n: usize,
+    },
+    #[error("L = {l} exceeds K = {k}: more atoms than representatives")]
+    MoreAtomsThanRepresentatives { l: usize, k: usize },
+}
+
+impl SizeError {
+    /// The settings that would lift the failure.
+    pub fn remedies(&self) -> &'static [Setting] {
+        match self {
+            SizeError::SubspaceTooLarge { .. } => &[Setting::Subspace],
+            SizeError::RatioTooLarge { .. } => &[Setting::Ratio],
+            SizeError::KvqTooLarge { .. } | SizeError::NoRepresentative => &[Setting::K],
+            SizeError::KTooLarge { .. } => &[Setting::C, Setting::Ratio],
+            SizeError::TooFewAtoms { .. } => &[Setting::Ratio, Setting::Alpha, Setting::C],
+            SizeError::MoreAtomsThanRepresentatives { .. } => &[Setting::L, Setting::K],
+        }
     }
 }
 
@@ -182,13 +286,15 @@ mod tests {
     #[test]
     fn the_paper_rules_for_fire8() {
         // fire8/expand3x3: M = 256, N = 64, 3×3; ρ = 20, N′ = 8, c = 3, α = 2.
-        let p = ClusterParams::new(Method::Dl, 20.0);
+        let p = ClusterParams::new(Method::Dl, 20.0).check().unwrap();
         let s = p.sizes(256, 64, 9).unwrap();
         assert_eq!(s.k_vq, 115); // 2304 / 20 = 115.2
         assert_eq!(s.k, 345);
         assert_eq!(s.l, 28); // 115·(1 − 6/8) = 28.75, floored so DL costs ≤ VQ
         assert_eq!(s.subspaces, 8);
         let vq = ClusterParams::new(Method::Vq, 20.0)
+            .check()
+            .unwrap()
             .sizes(256, 64, 9)
             .unwrap();
         assert_eq!((vq.k_vq, vq.k, vq.l), (115, 115, 115));
@@ -199,19 +305,21 @@ mod tests {
         let mut p = ClusterParams::new(Method::Dl, 20.0);
         p.alpha = 3;
         assert!(p
-            .validate()
+            .check()
             .unwrap_err()
             .to_string()
             .contains("must be below N′"));
         let p = ClusterParams::new(Method::Dl, 1.0);
-        assert!(p.validate().unwrap_err().to_string().contains("above 1"));
-        let p = ClusterParams::new(Method::Vq, 5000.0);
+        let e = p.check().unwrap_err();
+        assert_eq!(e.setting, Setting::Ratio);
+        assert!(e.to_string().contains("above 1"));
+        let p = ClusterParams::new(Method::Vq, 5000.0).check().unwrap();
         assert!(p
             .sizes(256, 64, 9)
             .unwrap_err()
             .to_string()
             .contains("too large"));
-        let p = ClusterParams::new(Method::Dl, 400.0);
+        let p = ClusterParams::new(Method::Dl, 400.0).check().unwrap();
         assert!(p
             .sizes(256, 64, 9)
             .unwrap_err()
@@ -221,11 +329,13 @@ mod tests {
         p.c = 5.0;
         p.alpha = 1;
         assert!(p
+            .check()
+            .unwrap()
             .sizes(256, 64, 9)
             .unwrap_err()
             .to_string()
             .contains("exceeds p²M"));
-        let p = ClusterParams::new(Method::Dl, 10.0);
+        let p = ClusterParams::new(Method::Dl, 10.0).check().unwrap();
         assert!(p
             .sizes(32, 3, 9)
             .unwrap_err()
@@ -238,7 +348,7 @@ mod tests {
         let mut p = ClusterParams::new(Method::Dl, 20.0);
         p.k = Some(100);
         p.l = Some(10);
-        let s = p.sizes(256, 64, 9).unwrap();
+        let s = p.check().unwrap().sizes(256, 64, 9).unwrap();
         assert_eq!((s.k, s.l), (100, 10));
     }
 }

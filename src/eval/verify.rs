@@ -3,7 +3,6 @@
 //! agreement, output differences, multiplications and latency.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
@@ -17,6 +16,8 @@ use crate::analysis::shapes::InputShape;
 use crate::engine::runner::Runner;
 use crate::eval::data::{top_k, LabelledSet, PreprocessSpec};
 use crate::onnx::model::OnnxModel;
+use crate::progress;
+use crate::setting::{require, Setting};
 use crate::{analysis::cost, analysis::shapes, onnx::model};
 
 /// Random inputs `verify` uses when no labelled set is given.
@@ -83,12 +84,13 @@ impl EvalSet {
         skip: usize,
     ) -> Result<EvalSet> {
         let mut set = LabelledSet::load(dir)?;
-        ensure!(
-            skip < set.items.len(),
-            "--skip {skip} leaves no image of the {} in {}",
-            set.items.len(),
-            dir.display()
-        );
+        require(skip < set.items.len(), Setting::Skip, || {
+            format!(
+                "({skip}) leaves no image of the {} in {}",
+                set.items.len(),
+                dir.display()
+            )
+        })?;
         set.items.drain(..skip);
         let spec = PreprocessSpec::load(spec_path)?;
         let name = graph_input(model);
@@ -100,7 +102,7 @@ impl EvalSet {
             name.map_or("missing".to_string(), |n| format!("`{n}`"))
         );
         let n = samples.unwrap_or(set.items.len()).min(set.items.len());
-        ensure!(n > 0, "--samples must be at least 1");
+        require(n > 0, Setting::Samples, || "must be at least 1".into())?;
         let inputs: Vec<ArrayD<f32>> = set.items[..n]
             .par_iter()
             .map(|(path, _)| spec.apply(path).map(|a| a.into_dyn()))
@@ -153,7 +155,7 @@ impl EvalSet {
         n: usize,
         seed: u64,
     ) -> Result<EvalSet> {
-        ensure!(n > 0, "--samples must be at least 1");
+        require(n > 0, Setting::Samples, || "must be at least 1".into())?;
         let sh = shapes::infer(model, input_shapes)?;
         ensure!(
             sh.inputs.len() == 1,
@@ -180,22 +182,21 @@ impl EvalSet {
         self.inputs.is_empty()
     }
 
-    /// Runs `runner` on every input (in parallel; outputs in input order), with progress lines
-    /// on stderr tagged `what`.
+    /// Runs `runner` on every input (in parallel; outputs in input order), its progress
+    /// labelled `what`.
     pub fn run(&self, runner: &Runner, what: &str) -> Result<Vec<ArrayD<f32>>> {
-        let done = AtomicUsize::new(0);
-        let n = self.len();
-        self.inputs
+        let task = progress::task(what, self.len() as u64);
+        let outputs = self
+            .inputs
             .par_iter()
             .map(|x| {
                 let y = runner.run(x)?;
-                let d = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if d % 250 == 0 || d == n {
-                    eprintln!("{what}: {d}/{n} samples");
-                }
+                task.inc(1);
                 Ok(y)
             })
-            .collect()
+            .collect();
+        log::debug!("{what}: {} samples", self.len());
+        outputs
     }
 
     /// Top-1 and top-5 accuracy of `outputs`, or `None` without labels.

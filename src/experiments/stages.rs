@@ -6,12 +6,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::setting::{require, Setting};
 use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 
 use crate::analysis::select;
 use crate::calibrate::CalibrationOptions;
-use crate::codebook::{ClusterParams, Method};
+use crate::codebook::{ClusterParams, Method, ValidParams};
 use crate::convert::{self, ConvertOptions, Selection};
 use crate::engine::runner::Runner;
 use crate::eval::verify::{self, EvalSet};
@@ -80,13 +81,43 @@ fn stage_layers(model: &OnnxModel, stages: &[String]) -> Result<Vec<(String, Vec
         .collect()
 }
 
+/// Checks the lists, and every method × ratio's parameters, before any work.
+fn check(opts: &StagesOptions) -> Result<()> {
+    let needs = |ok: bool, setting: Setting, what: &str| {
+        require(ok, setting, || format!("needs at least one {what}"))
+    };
+    needs(!opts.stages.is_empty(), Setting::Stages, "stage")?;
+    needs(!opts.ratios.is_empty(), Setting::Ratios, "ratio")?;
+    needs(!opts.methods.is_empty(), Setting::Methods, "method")?;
+    for &method in &opts.methods {
+        for &ratio in &opts.ratios {
+            run_params(opts, method, ratio)?;
+        }
+    }
+    Ok(())
+}
+
+/// The parameters of one method × ratio run.
+fn run_params(opts: &StagesOptions, method: Method, ratio: f64) -> Result<ValidParams> {
+    let params = ClusterParams {
+        method,
+        ratio,
+        ..opts.params.clone()
+    };
+    Ok(params.check()?)
+}
+
+/// The original model, its evaluation set and its outputs on it: what every row compares to.
+struct Baseline {
+    original: OnnxModel,
+    set: EvalSet,
+    outputs: Vec<ndarray::ArrayD<f32>>,
+    multiplications: u64,
+    norms: HashMap<String, f64>,
+}
+
 pub fn run(path: &Path, opts: &StagesOptions) -> Result<StagesReport> {
-    ensure!(!opts.stages.is_empty(), "--stages needs at least one stage");
-    ensure!(!opts.ratios.is_empty(), "--ratios needs at least one ratio");
-    ensure!(
-        !opts.methods.is_empty(),
-        "--methods needs at least one method"
-    );
+    check(opts)?;
     let original = model::load(path)?;
     let stages = stage_layers(&original, &opts.stages)?;
     let norms = weight_norms(&original, &stages)?;
@@ -99,9 +130,21 @@ pub fn run(path: &Path, opts: &StagesOptions) -> Result<StagesReport> {
     )?;
     let runner =
         Runner::new(&original, &set.input_shape).with_context(|| path.display().to_string())?;
-    let base = set.run(&runner, "original")?;
-    let (top1, top5) = set.accuracy(&base).expect("a labelled set");
-    let base_mults = verify::multiplications(&original, &set.input_shape)?;
+    let outputs = set.run(&runner, "original")?;
+    let multiplications = verify::multiplications(&original, &set.input_shape)?;
+    let base = Baseline {
+        original,
+        set,
+        outputs,
+        multiplications,
+        norms,
+    };
+    let (top1, top5) = base.set.accuracy(&base.outputs).expect("a labelled set");
+    log::info!(
+        "original: top-1 {:.2}%, top-5 {:.2}%",
+        100.0 * top1,
+        100.0 * top5
+    );
     let mut rows = vec![StageRow {
         method: None,
         ratio: None,
@@ -111,80 +154,88 @@ pub fn run(path: &Path, opts: &StagesOptions) -> Result<StagesReport> {
         top1,
         top5,
         top1_agreement: 1.0,
-        multiplications: base_mults,
+        multiplications: base.multiplications,
         speedup: 1.0,
         weight_error: None,
     }];
-    eprintln!(
-        "original: top-1 {:.2}%, top-5 {:.2}%",
-        100.0 * top1,
-        100.0 * top5
-    );
     // Decoded once for every conversion below.
     let calibration_inputs = match &opts.calibration {
         Some(cal) => Some(convert::load_calibration_inputs(cal)?),
         None => None,
     };
+    let cal = calibration_inputs.as_deref();
     for &method in &opts.methods {
         for &ratio in &opts.ratios {
+            let params = run_params(opts, method, ratio)?;
             let mut layers: Vec<String> = Vec::new();
             for (i, (stage, names)) in stages.iter().enumerate() {
                 layers.extend(names.iter().cloned());
-                let mut params = opts.params.clone();
-                params.method = method;
-                params.ratio = ratio;
-                let c = convert::convert_model_with_inputs(
-                    &original,
-                    &ConvertOptions {
-                        selection: Selection::Named(layers.clone()),
-                        params,
-                        input_shapes: vec![],
-                        external: ExternalData::Auto,
-                        calibration: opts.calibration.clone(),
-                        target_speedup: None,
-                    },
-                    calibration_inputs.as_deref(),
-                )
-                .with_context(|| format!("{} ρ={ratio} stage `{stage}`", method.as_str()))?;
-                let r = Runner::new(&c.model, &set.input_shape)
-                    .with_context(|| format!("{} ρ={ratio} stage `{stage}`", method.as_str()))?;
-                let y = set.run(
-                    &r,
-                    &format!("{} ρ={ratio} stage {}", method.as_str(), i + 1),
-                )?;
-                let (top1, top5) = set.accuracy(&y).expect("a labelled set");
-                let agree = verify::agreement(&base, &y)?;
-                let weight_error = weighted_error(&norms, &c.layers);
-                let mults = verify::multiplications(&c.model, &set.input_shape)?;
-                eprintln!(
-                    "{} ρ={ratio} after stage {} ({stage}): top-1 {:.2}%, top-5 {:.2}%, {:.3}x fewer multiplications",
-                    method.as_str(),
-                    i + 1,
-                    100.0 * top1,
-                    100.0 * top5,
-                    base_mults as f64 / mults.max(1) as f64
-                );
-                rows.push(StageRow {
-                    method: Some(method),
-                    ratio: Some(ratio),
-                    stages: i + 1,
-                    last_stage: Some(stage.clone()),
-                    layers: layers.clone(),
-                    top1,
-                    top5,
-                    top1_agreement: agree.top1_agreement,
-                    multiplications: mults,
-                    speedup: base_mults as f64 / mults.max(1) as f64,
-                    weight_error: Some(weight_error),
-                });
+                let what = format!("{} ρ={ratio} stage `{stage}`", method.as_str());
+                let row = stage_row(&base, opts, &params, &layers, cal, i, stage)
+                    .with_context(|| what.clone())?;
+                rows.push(row);
             }
         }
     }
     Ok(StagesReport {
         model: path.display().to_string(),
-        samples: set.len(),
+        samples: base.set.len(),
         stages,
         rows,
+    })
+}
+
+/// Converts `layers` (stages 1..=i) and evaluates the result against the baseline.
+fn stage_row(
+    base: &Baseline,
+    opts: &StagesOptions,
+    params: &ValidParams,
+    layers: &[String],
+    calibration_inputs: Option<&[ndarray::ArrayD<f32>]>,
+    i: usize,
+    stage: &str,
+) -> Result<StageRow> {
+    let (method, ratio) = (params.method, params.ratio);
+    let c = convert::convert_model_with_inputs(
+        &base.original,
+        &ConvertOptions {
+            selection: Selection::Named(layers.to_vec()),
+            params: params.clone(),
+            input_shapes: vec![],
+            external: ExternalData::Auto,
+            calibration: opts.calibration.clone(),
+            target_speedup: None,
+        },
+        calibration_inputs,
+    )?;
+    let r = Runner::new(&c.model, &base.set.input_shape)?;
+    let y = base.set.run(
+        &r,
+        &format!("{} ρ={ratio} stage {}", method.as_str(), i + 1),
+    )?;
+    let (top1, top5) = base.set.accuracy(&y).expect("a labelled set");
+    let agree = verify::agreement(&base.outputs, &y)?;
+    let mults = verify::multiplications(&c.model, &base.set.input_shape)?;
+    let speedup = base.multiplications as f64 / mults.max(1) as f64;
+    log::info!(
+        "{} ρ={ratio} after stage {} ({stage}): top-1 {:.2}%, top-5 {:.2}%, {speedup:.3}x fewer multiplications",
+        method.as_str(),
+        i + 1,
+        100.0 * top1,
+        100.0 * top5,
+    );
+    Ok(StageRow {
+        method: Some(method),
+        ratio: Some(ratio),
+        stages: i + 1,
+        last_stage: Some(stage.to_string()),
+        layers: layers.to_vec(),
+        top1,
+        top5,
+        top1_agreement: agree.top1_agreement,
+        multiplications: mults,
+        speedup,
+        weight_error: Some(weighted_error(&base.norms, &c.layers)),
     })
 }
 

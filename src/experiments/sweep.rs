@@ -5,12 +5,13 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use ndarray::ArrayView4;
 use serde::Serialize;
 
 use crate::codebook::{self, ClusterParams, Method};
-use crate::{analysis::select, onnx::model};
+use crate::setting::{require, Setting};
+use crate::{analysis::select, onnx::model, progress};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SweepRow {
@@ -65,9 +66,10 @@ pub struct SweepOptions {
     pub seed: u64,
 }
 
-fn row(kernel: ArrayView4<f32>, p: &ClusterParams) -> Result<SweepRow> {
+fn row(kernel: ArrayView4<f32>, p: ClusterParams) -> Result<SweepRow> {
     let started = Instant::now();
-    let cb = codebook::learn(kernel, p)?;
+    let p = p.check()?;
+    let cb = codebook::learn(kernel, &p)?;
     Ok(SweepRow {
         method: p.method,
         ratio: p.ratio,
@@ -99,7 +101,9 @@ pub fn ratio_at_error(curve: &[(f64, f64)], error: f64) -> Option<f64> {
 }
 
 pub fn sweep(model_path: &Path, layer_name: &str, opts: &SweepOptions) -> Result<SweepReport> {
-    ensure!(!opts.ratios.is_empty(), "--ratios needs at least one value");
+    require(!opts.ratios.is_empty(), Setting::Ratios, || {
+        "needs at least one value".into()
+    })?;
     let m = model::load(model_path)?;
     let layers = select::conv_layers(&m);
     let (layer, _) = select::resolve(&layers, layer_name)?;
@@ -107,6 +111,24 @@ pub fn sweep(model_path: &Path, layer_name: &str, opts: &SweepOptions) -> Result
         anyhow::bail!("layer `{}` cannot be converted: {reason}", layer.name);
     }
     let w = layer.kernel_f32(&m)?;
+    let rows = measure(w.view(), opts)?;
+    let gains = gains(&rows, opts);
+    let kernel = layer.kernel.clone().expect("eligible");
+    Ok(SweepReport {
+        model: model_path.display().to_string(),
+        layer: layer.name.clone(),
+        kernel: [kernel[0], kernel[1], kernel[2], kernel[3]],
+        gain_at_equal_error: gains.first().and_then(|g| g.mean),
+        rows,
+        gains,
+    })
+}
+
+/// VQ at every ratio and DL at every ratio × c × α (a DL setting the rules refuse is skipped
+/// with a warning), by increasing ratio.
+fn measure(w: ArrayView4<f32>, opts: &SweepOptions) -> Result<Vec<SweepRow>> {
+    let runs = opts.ratios.len() * (1 + opts.cs.len() * opts.alphas.len());
+    let task = progress::task("sweep", runs as u64);
     let mut ratios = opts.ratios.clone();
     ratios.sort_by(f64::total_cmp);
     let mut rows = Vec::new();
@@ -114,10 +136,12 @@ pub fn sweep(model_path: &Path, layer_name: &str, opts: &SweepOptions) -> Result
         let mut p = ClusterParams::new(Method::Vq, ratio);
         p.subspace = opts.subspace;
         p.seed = opts.seed;
-        let r = row(w.view(), &p).with_context(|| format!("VQ at ρ = {ratio}"))?;
-        eprintln!(
+        let r = row(w, p).with_context(|| format!("VQ at ρ = {ratio}"))?;
+        task.inc(1);
+        log::info!(
             "vq ρ={ratio}: error {:.4} ({:.2}s)",
-            r.relative_error, r.seconds
+            r.relative_error,
+            r.seconds
         );
         rows.push(r);
         for &c in &opts.cs {
@@ -128,19 +152,28 @@ pub fn sweep(model_path: &Path, layer_name: &str, opts: &SweepOptions) -> Result
                 p.alpha = alpha;
                 p.iters = opts.iters;
                 p.seed = opts.seed;
-                match row(w.view(), &p) {
+                let r = row(w, p);
+                task.inc(1);
+                match r {
                     Ok(r) => {
-                        eprintln!(
+                        log::info!(
                             "dl ρ={ratio} c={c} α={alpha}: error {:.4} ({:.2}s)",
-                            r.relative_error, r.seconds
+                            r.relative_error,
+                            r.seconds
                         );
                         rows.push(r);
                     }
-                    Err(e) => eprintln!("dl ρ={ratio} c={c} α={alpha}: skipped: {e:#}"),
+                    Err(e) => log::warn!("dl ρ={ratio} c={c} α={alpha}: skipped: {e:#}"),
                 }
             }
         }
     }
+    Ok(rows)
+}
+
+/// DL's acceleration gain at equal error per c × α: at each VQ point, the ratio where DL's
+/// curve reaches VQ's error, over VQ's ratio; their geometric mean.
+fn gains(rows: &[SweepRow], opts: &SweepOptions) -> Vec<Gain> {
     let vq: Vec<(f64, f64)> = rows
         .iter()
         .filter(|r| r.method == Method::Vq)
@@ -176,15 +209,7 @@ pub fn sweep(model_path: &Path, layer_name: &str, opts: &SweepOptions) -> Result
             });
         }
     }
-    let kernel = layer.kernel.clone().expect("eligible");
-    Ok(SweepReport {
-        model: model_path.display().to_string(),
-        layer: layer.name.clone(),
-        kernel: [kernel[0], kernel[1], kernel[2], kernel[3]],
-        gain_at_equal_error: gains.first().and_then(|g| g.mean),
-        rows,
-        gains,
-    })
+    gains
 }
 
 pub fn to_csv(r: &SweepReport) -> String {

@@ -79,7 +79,7 @@ pub fn report(model: &OnnxModel, inv: &Inventory) -> InspectReport {
                 multiplications: mults,
                 share: mults.filter(|_| total > 0).map(|m| m as f64 / total as f64),
                 convertible: l.convertible(),
-                reason: l.reason().map(str::to_string),
+                reason: l.reason().map(|r| r.to_string()),
             }
         })
         .collect();

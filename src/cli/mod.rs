@@ -1,15 +1,18 @@
-//! Command-line interface: argument definitions (clap derive) and dispatch to the library.
-//! Results go to stdout, logs and progress to stderr.
+//! Command-line interface: argument definitions (clap derive), settings checked into the
+//! library's validated types, and dispatch. Results go to stdout; logs, progress bars and
+//! errors to stderr ([`sink`]).
+
+pub mod sink;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::analysis::inventory;
 use crate::analysis::shapes::InputShape;
 use crate::calibrate::{self, CalibrationOptions};
-use crate::codebook::{ClusterParams, Method};
+use crate::codebook::{ClusterParams, Method, ValidParams};
 use crate::convert::{self, ConvertOptions, Selection};
 use crate::onnx::model::ExternalData;
 use crate::{
@@ -28,6 +31,12 @@ use crate::{
     after_help = "The bare form `onnx-dlq IN OUT --layers a,b` is the convert command."
 )]
 pub struct Cli {
+    /// More detail on stderr (-v: debug, -vv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors on stderr, no progress bars.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
@@ -48,6 +57,24 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Accuracy after converting stage after stage, per method and ratio (the paper's Experiment II).
     Stages(StagesArgs),
+}
+
+/// The clustering method, as the command line names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MethodArg {
+    /// k-means centroids (the VQ baseline).
+    Vq,
+    /// Sparse combinations of a learned dictionary (the paper's method).
+    Dl,
+}
+
+impl From<MethodArg> for Method {
+    fn from(m: MethodArg) -> Method {
+        match m {
+            MethodArg::Vq => Method::Vq,
+            MethodArg::Dl => Method::Dl,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -83,7 +110,7 @@ pub struct ConvertArgs {
     pub all: bool,
     /// dl: the paper's dictionary learning; vq: plain k-means (the baseline).
     #[arg(long, value_enum, default_value = "dl")]
-    pub method: Method,
+    pub method: MethodArg,
     /// Target acceleration ρ of each converted layer.
     #[arg(long, default_value_t = 10.0)]
     pub ratio: f64,
@@ -277,7 +304,7 @@ pub struct StagesArgs {
     pub ratios: Vec<f64>,
     /// Methods (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "dl,vq")]
-    pub methods: Vec<Method>,
+    pub methods: Vec<MethodArg>,
     /// A labelled image set (labels.csv + classes.txt).
     #[arg(long)]
     pub data: PathBuf,
@@ -337,6 +364,7 @@ pub struct SweepArgs {
 /// Parses arguments and runs the command. Usage errors exit with 2 (clap), failures with 1.
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
+    sink::install(cli.verbose, cli.quiet);
     match cli.command {
         Some(Command::Inspect(args)) => run_inspect(args),
         Some(Command::Convert(args)) => run_convert(args),
@@ -363,12 +391,13 @@ fn run_inspect(args: InspectArgs) -> Result<()> {
 fn run_convert(args: ConvertArgs) -> Result<()> {
     let input = args.input.expect("required by clap");
     let output = args.output.expect("required by clap");
-    let mut params = args.settings.params(args.method, args.ratio);
+    let mut params = args.settings.params(args.method.into(), args.ratio);
     if args.target_speedup.is_some() && args.settings.c.is_none() {
         params.c = TARGET_SPEEDUP_C;
     }
     params.k = args.k;
     params.l = args.l;
+    let params: ValidParams = params.check()?;
     let opts = ConvertOptions {
         selection: if args.all {
             Selection::All
@@ -440,7 +469,7 @@ fn run_stages(args: StagesArgs) -> Result<()> {
     let opts = stages::StagesOptions {
         stages: args.stages,
         ratios: args.ratios,
-        methods: args.methods,
+        methods: args.methods.into_iter().map(Method::from).collect(),
         params,
         data: args.data,
         calibration: args.calibration.options(Some(&args.preprocess))?,

@@ -1,0 +1,160 @@
+//! A layer's input statistics on the calibration images: per-channel sums and channel ×
+//! channel sums of products over every spatial position, collected through tract in input order.
+
+use std::ops::Range;
+
+use anyhow::{ensure, Context, Result};
+use ndarray::{Array2, ArrayD, Axis, Ix3};
+use rayon::prelude::*;
+
+use crate::engine::runner::Runner;
+use crate::onnx::model::OnnxModel;
+
+/// Per-channel sums and channel × channel sums of products of a layer's input over every
+/// spatial position of every calibration image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputStats {
+    pub channels: usize,
+    pub positions: u64,
+    sum: Vec<f64>,
+    /// Row-major channels × channels.
+    pub(crate) products: Vec<f64>,
+}
+
+impl InputStats {
+    pub fn new(channels: usize) -> InputStats {
+        InputStats {
+            channels,
+            positions: 0,
+            sum: vec![0.0; channels],
+            products: vec![0.0; channels * channels],
+        }
+    }
+
+    /// Statistics of one activation [B, N, spatial…].
+    pub fn of(x: &ArrayD<f32>) -> Result<InputStats> {
+        ensure!(
+            x.ndim() >= 3,
+            "layer input of shape {:?}: expected [batch, channels, spatial…]",
+            x.shape()
+        );
+        let (b, n) = (x.shape()[0], x.shape()[1]);
+        let spatial: usize = x.shape()[2..].iter().product();
+        let x3 = x
+            .view()
+            .into_shape_with_order((b, n, spatial))
+            .context("layer input is not contiguous")?
+            .into_dimensionality::<Ix3>()?;
+        let mut s = InputStats::new(n);
+        for img in x3.axis_iter(Axis(0)) {
+            let gram = img.dot(&img.t());
+            for (acc, &g) in s.products.iter_mut().zip(gram.iter()) {
+                *acc += g as f64;
+            }
+            for (c, row) in img.axis_iter(Axis(0)).enumerate() {
+                s.sum[c] += row.iter().map(|&v| v as f64).sum::<f64>();
+            }
+            s.positions += spatial as u64;
+        }
+        Ok(s)
+    }
+
+    pub fn merge(&mut self, other: &InputStats) {
+        assert_eq!(self.channels, other.channels);
+        self.positions += other.positions;
+        for (a, b) in self.sum.iter_mut().zip(&other.sum) {
+            *a += b;
+        }
+        for (a, b) in self.products.iter_mut().zip(&other.products) {
+            *a += b;
+        }
+    }
+
+    /// E[x] per channel.
+    pub fn mean(&self) -> Vec<f64> {
+        let n = self.positions.max(1) as f64;
+        self.sum.iter().map(|s| s / n).collect()
+    }
+
+    /// E[x xᵀ] over `channels`.
+    pub fn second_moment(&self, channels: Range<usize>) -> Array2<f64> {
+        let n = self.positions.max(1) as f64;
+        let d = channels.len();
+        Array2::from_shape_fn((d, d), |(i, j)| {
+            self.products[(channels.start + i) * self.channels + channels.start + j] / n
+        })
+    }
+
+    /// E[(x − μ)(x − μ)ᵀ] over `channels`.
+    pub fn covariance(&self, channels: Range<usize>) -> Array2<f64> {
+        let mean = self.mean();
+        let mut h = self.second_moment(channels.clone());
+        for i in 0..channels.len() {
+            for j in 0..channels.len() {
+                h[[i, j]] -= mean[channels.start + i] * mean[channels.start + j];
+            }
+        }
+        h
+    }
+}
+
+/// Runs `model` with `tensor` exposed on every input and sums its statistics (in input order,
+/// so the result does not depend on the thread count).
+pub fn collect(model: &OnnxModel, inputs: &[ArrayD<f32>], tensor: &str) -> Result<InputStats> {
+    Ok(collect_many(model, inputs, &[tensor.to_string()])?.swap_remove(0))
+}
+
+/// [`collect`] for several tensors in one pass over the inputs.
+pub fn collect_many(
+    model: &OnnxModel,
+    inputs: &[ArrayD<f32>],
+    tensors: &[String],
+) -> Result<Vec<InputStats>> {
+    ensure!(!inputs.is_empty(), "no calibration inputs");
+    let mut unique: Vec<String> = tensors.to_vec();
+    unique.sort();
+    unique.dedup();
+    let runner = Runner::with_outputs(model, inputs[0].shape(), &unique)?;
+    // Inputs in parallel by chunks, merged in input order: bounded memory (a chunk's
+    // statistics, not every input's), and sums that do not depend on the thread count.
+    let chunk = 4 * rayon::current_num_threads().max(1);
+    let mut total: Option<Vec<InputStats>> = None;
+    for part in inputs.chunks(chunk) {
+        let per_input: Vec<Vec<InputStats>> = part
+            .par_iter()
+            .map(|x| runner.run_all(x)?.iter().map(InputStats::of).collect())
+            .collect::<Result<_>>()
+            .with_context(|| format!("collecting the statistics of {unique:?}"))?;
+        for stats in per_input {
+            match &mut total {
+                None => total = Some(stats),
+                Some(t) => t.iter_mut().zip(&stats).for_each(|(t, s)| t.merge(s)),
+            }
+        }
+    }
+    let total = total.expect("at least one input");
+    Ok(tensors
+        .iter()
+        .map(|t| total[unique.binary_search(t).expect("deduplicated from tensors")].clone())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_are_means_and_second_moments_over_positions() {
+        let x = ArrayD::from_shape_vec(ndarray::IxDyn(&[1, 2, 1, 2]), vec![1.0, 3.0, 2.0, -2.0])
+            .unwrap();
+        let s = InputStats::of(&x).unwrap();
+        assert_eq!(s.positions, 2);
+        assert_eq!(s.mean(), vec![2.0, 0.0]);
+        let h = s.second_moment(0..2);
+        assert_eq!(h[[0, 0]], 5.0);
+        assert_eq!(h[[0, 1]], -2.0);
+        assert_eq!(h[[1, 1]], 4.0);
+        let cov = s.covariance(0..2);
+        assert_eq!((cov[[0, 0]], cov[[0, 1]], cov[[1, 1]]), (1.0, -2.0, 4.0));
+    }
+}

@@ -1,0 +1,140 @@
+//! Where the library's logs, progress and errors reach the user: a `log` sink on stderr whose
+//! level `-v`/`-q` set, progress bars (indicatif) on stderr when it is a terminal, and errors
+//! rendered with the flags that set the offending values.
+
+use std::sync::OnceLock;
+
+use indicatif::{MultiProgress, ProgressDrawTarget, ProgressStyle};
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+use crate::calibrate::budget::BudgetError;
+use crate::codebook::SizeError;
+use crate::progress::{self, ProgressBar, ProgressSink};
+use crate::setting::{InvalidSetting, Setting};
+
+/// Bars and log lines share stderr: log lines are printed above the bars, not through them.
+static BARS: OnceLock<MultiProgress> = OnceLock::new();
+
+fn bars() -> &'static MultiProgress {
+    BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
+}
+
+/// Our own records at the chosen level; the dependencies' (tract's opset notes and the like)
+/// only at `-vv`, where everything is shown.
+struct StderrLog {
+    others: LevelFilter,
+}
+
+impl Log for StderrLog {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        let ours = metadata.target().starts_with("onnx_dlq");
+        let max = if ours { log::max_level() } else { self.others };
+        metadata.level() <= max
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let line = match record.level() {
+            Level::Error => format!("error: {}", record.args()),
+            Level::Warn => format!("warning: {}", record.args()),
+            _ => record.args().to_string(),
+        };
+        bars().suspend(|| eprintln!("{line}"));
+    }
+
+    fn flush(&self) {}
+}
+
+struct Bars;
+
+struct Bar(indicatif::ProgressBar);
+
+impl ProgressSink for Bars {
+    fn start(&self, label: &str, total: u64) -> Box<dyn ProgressBar> {
+        let style = ProgressStyle::with_template(
+            "{msg:>12} [{bar:30}] {pos}/{len} {elapsed_precise} (eta {eta})",
+        )
+        .expect("a valid template")
+        .progress_chars("=> ");
+        let bar = bars().add(indicatif::ProgressBar::new(total).with_style(style));
+        bar.set_message(label.to_string());
+        Box::new(Bar(bar))
+    }
+}
+
+impl ProgressBar for Bar {
+    fn inc(&self, n: u64) {
+        self.0.inc(n);
+    }
+
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// Installs the log sink at the level `-v` (count) and `-q` ask for, and the progress bars
+/// (drawn only when stderr is a terminal; `-q` hides them).
+pub fn install(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => LevelFilter::Warn,
+        (false, 0) => LevelFilter::Info,
+        (false, 1) => LevelFilter::Debug,
+        (false, _) => LevelFilter::Trace,
+    };
+    let others = match level {
+        LevelFilter::Trace => LevelFilter::Trace,
+        _ => LevelFilter::Off,
+    };
+    if log::set_boxed_logger(Box::new(StderrLog { others })).is_ok() {
+        log::set_max_level(level);
+    }
+    if quiet {
+        bars().set_draw_target(ProgressDrawTarget::hidden());
+    }
+    progress::install(Box::new(Bars));
+}
+
+/// The flag that sets `setting`.
+pub fn flag(setting: Setting) -> &'static str {
+    match setting {
+        Setting::Ratio => "--ratio",
+        Setting::Subspace => "--subspace",
+        Setting::C => "--c",
+        Setting::Alpha => "--alpha",
+        Setting::K => "--k",
+        Setting::L => "--l",
+        Setting::Iters => "--iters",
+        Setting::KmeansIters => "(the k-means iteration count)",
+        Setting::TargetSpeedup => "--target-speedup",
+        Setting::CalibSamples => "--calib-samples",
+        Setting::Ratios => "--ratios",
+        Setting::Stages => "--stages",
+        Setting::Methods => "--methods",
+        Setting::Samples => "--samples",
+        Setting::Skip => "--skip",
+        Setting::InputShape => "--input-shape",
+    }
+}
+
+/// One level of an error chain in the CLI's words: invalid settings named by their flag, the
+/// flags that would lift a size rule's failure, the budget's flag.
+fn render_level(e: &(dyn std::error::Error + 'static)) -> String {
+    if let Some(s) = e.downcast_ref::<InvalidSetting>() {
+        return format!("{} {}", flag(s.setting), s.requirement);
+    }
+    if let Some(s) = e.downcast_ref::<SizeError>() {
+        let flags: Vec<&str> = s.remedies().iter().map(|&r| flag(r)).collect();
+        return format!("{s} [{}]", flags.join(", "));
+    }
+    if e.downcast_ref::<BudgetError>().is_some() {
+        return format!("{}: {e}", flag(Setting::TargetSpeedup));
+    }
+    e.to_string()
+}
+
+/// The whole error chain on one line, as `{:#}` prints it, each level in the CLI's words.
+pub fn render_error(e: &anyhow::Error) -> String {
+    e.chain().map(render_level).collect::<Vec<_>>().join(": ")
+}

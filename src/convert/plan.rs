@@ -1,0 +1,227 @@
+//! Phase 1 of a conversion: which layers, each with its own parameters (seed, and ρ from a
+//! `--target-speedup` allocation), and which are left original with the reason.
+
+use anyhow::{Context, Result};
+
+use crate::analysis::inventory::Inventory;
+use crate::analysis::select::{self, ConvLayer, Ineligible};
+use crate::calibrate::budget::{self, Allocation};
+use crate::codebook::{SizeError, ValidParams};
+use crate::onnx::model::OnnxModel;
+
+use super::learn::Calibration;
+use super::report::SkippedLayer;
+use super::ConvertOptions;
+
+/// Which layers to convert.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    Named(Vec<String>),
+    All,
+}
+
+/// A layer to convert with the parameters it is learnt with.
+pub struct PlannedLayer<'a> {
+    pub layer: &'a ConvLayer,
+    pub params: ValidParams,
+}
+
+/// The layers to convert (graph order), those left original, and the allocation that chose
+/// their ratios (with `--target-speedup`).
+pub struct Plan<'a> {
+    pub layers: Vec<PlannedLayer<'a>>,
+    pub skipped: Vec<SkippedLayer>,
+    pub allocation: Option<Allocation>,
+}
+
+/// Why an eligible-looking layer is left original.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SkipReason {
+    #[error(transparent)]
+    Ineligible(#[from] Ineligible),
+    #[error(transparent)]
+    Sizes(#[from] SizeError),
+    #[error("converting it would not save multiplications: it has {factor}x more input than output positions (stride), so ρ = {ratio} saves as if ρ = {:.2}; use ρ above {factor}", ratio / factor)]
+    NoSaving { factor: f64, ratio: f64 },
+}
+
+/// Per-layer seed: the user's seed mixed with the layer name, so a layer's codebook does not
+/// depend on which other layers are converted with it.
+fn layer_seed(seed: u64, name: &str) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in name.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x1000_0000_01b3);
+    }
+    seed ^ h
+}
+
+/// The user's parameters with the layer's own seed.
+pub fn layer_params(params: &ValidParams, layer: &ConvLayer) -> ValidParams {
+    params.with_seed(layer_seed(params.seed, &layer.name))
+}
+
+/// Input positions / output positions of a layer: the lowering works at the input's
+/// resolution, so a stride-s layer at ratio ρ saves as if at ρ/s².
+pub fn position_factor(inv: &Inventory, layer: &ConvLayer) -> f64 {
+    let positions = |t: &str| {
+        inv.shapes
+            .get(t)
+            .filter(|d| d.len() > 2)
+            .map(|d| d[2..].iter().product::<usize>() as f64)
+    };
+    match (positions(&layer.input), positions(&layer.output)) {
+        (Some(i), Some(o)) if o > 0.0 => i / o,
+        _ => 1.0,
+    }
+}
+
+/// Plans a conversion: one ρ for the selected layers, or an allocation for a target speed-up.
+pub fn plan<'a>(
+    original: &OnnxModel,
+    inv: &'a Inventory,
+    opts: &ConvertOptions,
+    calibration: Option<&Calibration>,
+) -> Result<Plan<'a>> {
+    match opts.target_speedup {
+        None => choose(inv, &opts.selection, &opts.params),
+        Some(target) => allocate(original, inv, opts, target, calibration),
+    }
+}
+
+/// The sizes the rules give `l` (an eligible layer) under `params`.
+fn sizes_ok(params: &ValidParams, l: &ConvLayer) -> Result<(), SizeError> {
+    let k = l.kernel.as_ref().expect("eligible");
+    params.sizes(k[0], k[1], k[2] * k[3]).map(|_| ())
+}
+
+/// `Some(reason)` when converting `l` at ρ would cost more multiplications than it saves.
+fn no_saving(inv: &Inventory, params: &ValidParams, l: &ConvLayer) -> Option<SkipReason> {
+    let factor = position_factor(inv, l);
+    (params.ratio <= factor).then_some(SkipReason::NoSaving {
+        factor,
+        ratio: params.ratio,
+    })
+}
+
+/// Named layers must exist and be eligible (a stride that eats the saving is only warned
+/// about); `--all` takes every eligible Conv whose sizes the rules accept and whose conversion
+/// saves multiplications, and lists the others with the reason.
+fn choose<'a>(inv: &'a Inventory, sel: &Selection, params: &ValidParams) -> Result<Plan<'a>> {
+    let (chosen, skipped) = match sel {
+        Selection::Named(names) => {
+            let chosen = select::resolve_all(&inv.layers, names)?;
+            for l in &chosen {
+                sizes_ok(params, l).with_context(|| format!("layer `{}`", l.name))?;
+                if let Some(why) = no_saving(inv, params, l) {
+                    log::warn!("layer `{}`: {why}", l.name);
+                }
+            }
+            (chosen, vec![])
+        }
+        Selection::All => split_eligible(&inv.layers, |l| {
+            sizes_ok(params, l)?;
+            no_saving(inv, params, l).map_or(Ok(()), Err)
+        }),
+    };
+    let layers = chosen
+        .into_iter()
+        .map(|layer| PlannedLayer {
+            layer,
+            params: layer_params(params, layer),
+        })
+        .collect();
+    Ok(Plan {
+        layers,
+        skipped,
+        allocation: None,
+    })
+}
+
+/// The layers that are eligible and pass `check`, and the others with their reason, in graph
+/// order.
+pub fn split_eligible(
+    layers: &[ConvLayer],
+    check: impl Fn(&ConvLayer) -> Result<(), SkipReason>,
+) -> (Vec<&ConvLayer>, Vec<SkippedLayer>) {
+    let mut chosen = Vec::new();
+    let mut skipped = Vec::new();
+    for l in layers {
+        let verdict = l.eligibility.clone().map_err(SkipReason::from);
+        match verdict.and_then(|()| check(l)) {
+            Ok(()) => chosen.push(l),
+            Err(reason) => skipped.push(SkippedLayer {
+                name: l.name.clone(),
+                reason: reason.to_string(),
+            }),
+        }
+    }
+    (chosen, skipped)
+}
+
+/// `--target-speedup`: the selected eligible layers (all with `--all` or no names), their
+/// ratios from `budget::allocate`; the chosen layers in graph order.
+fn allocate<'a>(
+    original: &OnnxModel,
+    inv: &'a Inventory,
+    opts: &ConvertOptions,
+    target: f64,
+    calibration: Option<&Calibration>,
+) -> Result<Plan<'a>> {
+    let (candidates, skipped) = match &opts.selection {
+        Selection::Named(names) if !names.is_empty() => {
+            (select::resolve_all(&inv.layers, names)?, vec![])
+        }
+        _ => split_eligible(&inv.layers, |_| Ok(())),
+    };
+    let with_cost: Vec<budget::Candidate> = candidates
+        .iter()
+        .map(|l| budget::Candidate {
+            layer: l,
+            multiplications: inv.cost.nodes[l.node_index].cost.multiplications,
+            position_factor: position_factor(inv, l),
+            params: layer_params(&opts.params, l),
+        })
+        .collect();
+    let a = budget::allocate(
+        original,
+        &with_cost,
+        inv.cost.total.multiplications,
+        target,
+        calibration.map(|c| (c.inputs, c.options.damping)),
+    )?;
+    log_allocation(&a);
+    let mut layers = Vec::new();
+    for c in with_cost {
+        if let Some(x) = a.layers.iter().find(|x| x.name == c.layer.name) {
+            let params = c.params.with_ratio(x.ratio)?;
+            layers.push(PlannedLayer {
+                layer: c.layer,
+                params,
+            });
+        }
+    }
+    layers.sort_by_key(|p| p.layer.node_index);
+    Ok(Plan {
+        layers,
+        skipped,
+        allocation: Some(a),
+    })
+}
+
+fn log_allocation(a: &Allocation) {
+    for l in &a.layers {
+        log::info!(
+            "target-speedup: {} at ρ = {} (error {:.4})",
+            l.name,
+            l.ratio,
+            l.error
+        );
+    }
+    log::info!(
+        "target-speedup: {} layers converted, {} left original, estimated {:.3}x ({:.1}s)",
+        a.layers.len(),
+        a.unchanged.len(),
+        a.estimated_speedup,
+        a.seconds
+    );
+}

@@ -1,0 +1,124 @@
+//! What a conversion reports: per layer (K, L, achieved ρ, weight and output error,
+//! multiplications), the layers left original, the allocation, model totals and file sizes;
+//! rendered as a table or serialized as JSON. Also the settings each converted layer records in
+//! the model's metadata.
+
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::cost::millions;
+use crate::calibrate::budget::Allocation;
+use crate::codebook::{ClusterParams, Method};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerReport {
+    pub name: String,
+    pub kernel: [usize; 4],
+    pub method: Method,
+    pub subspaces: usize,
+    pub k_vq: usize,
+    pub k: usize,
+    pub l: usize,
+    pub alpha: Option<usize>,
+    pub relative_error: f64,
+    pub multiplications_before: u64,
+    pub multiplications_after: u64,
+    pub additions_after: u64,
+    /// multiplications_before / multiplications_after, as counted on the graphs.
+    pub achieved_ratio: f64,
+    pub seconds: f64,
+    /// With calibration: the relative output error on the calibration inputs of the
+    /// calibrated codebook, and of the plain (weight-error) one for comparison.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_error: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_error_uncalibrated: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SkippedLayer {
+    pub name: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConvertReport {
+    pub input: String,
+    pub output: String,
+    pub params: ClusterParams,
+    pub layers: Vec<LayerReport>,
+    pub skipped: Vec<SkippedLayer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<Allocation>,
+    pub multiplications_before: u64,
+    pub multiplications_after: u64,
+    pub speedup: f64,
+    pub file_bytes_before: u64,
+    pub file_bytes_after: u64,
+    pub external_data: Option<String>,
+}
+
+/// The settings a converted layer records in the model's metadata (`onnx-dlq/<layer>`).
+/// Fields in alphabetical order: the JSON is part of the output's bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerSettings {
+    pub alpha: usize,
+    pub c: f64,
+    pub calibrated: bool,
+    pub iters: usize,
+    pub k: usize,
+    pub k_vq: usize,
+    pub l: usize,
+    pub method: Method,
+    pub ratio: f64,
+    pub relative_error: f64,
+    /// The user's seed (each layer's own is derived from it and the layer's name).
+    pub seed: u64,
+    pub subspace: usize,
+}
+
+pub fn render(r: &ConvertReport) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "layer\tkernel\tmethod\tS\tK_vq\tK\tL\trel.error\tmults before\tmults after\tachieved ρ"
+    );
+    for l in &r.layers {
+        let _ = writeln!(
+            s,
+            "{}\t{}x{}x{}x{}\t{}\t{}\t{}\t{}\t{}\t{:.4}\t{}\t{}\t{:.2}",
+            l.name,
+            l.kernel[0],
+            l.kernel[1],
+            l.kernel[2],
+            l.kernel[3],
+            l.method.as_str(),
+            l.subspaces,
+            l.k_vq,
+            l.k,
+            l.l,
+            l.relative_error,
+            millions(l.multiplications_before),
+            millions(l.multiplications_after),
+            l.achieved_ratio
+        );
+    }
+    for sk in &r.skipped {
+        let _ = writeln!(s, "skipped {}: {}", sk.name, sk.reason);
+    }
+    let _ = writeln!(
+        s,
+        "model: {} -> {} multiplications ({:.3}x fewer); file {} -> {} bytes{}",
+        millions(r.multiplications_before),
+        millions(r.multiplications_after),
+        r.speedup,
+        r.file_bytes_before,
+        r.file_bytes_after,
+        r.external_data
+            .as_ref()
+            .map(|e| format!(" (tensors in {e})"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(s, "wrote {}", r.output);
+    s
+}

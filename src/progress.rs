@@ -1,0 +1,53 @@
+//! Progress of long work (clustering many layers, calibration, verification, stages, sweeps),
+//! reported to a sink the front end installs — the CLI draws bars on stderr. With no sink
+//! installed (tests, the fuzz harness, other library users) nothing is drawn. Like the `log`
+//! facade, the sink is global, so the library's signatures carry no user-interface types.
+
+use std::sync::OnceLock;
+
+/// What draws progress: one [`ProgressBar`] per task.
+pub trait ProgressSink: Send + Sync {
+    fn start(&self, label: &str, total: u64) -> Box<dyn ProgressBar>;
+}
+
+/// One task's progress, drawn by the sink.
+pub trait ProgressBar: Send + Sync {
+    fn inc(&self, n: u64);
+    fn finish(&self);
+}
+
+static SINK: OnceLock<Box<dyn ProgressSink>> = OnceLock::new();
+
+/// Installs the sink for the rest of the process; `false` if one was installed already.
+pub fn install(sink: Box<dyn ProgressSink>) -> bool {
+    SINK.set(sink).is_ok()
+}
+
+/// A task of `total` steps labelled `label`; finished when dropped.
+pub struct Task {
+    bar: Option<Box<dyn ProgressBar>>,
+}
+
+/// Starts a task (drawn only when a sink is installed).
+pub fn task(label: &str, total: u64) -> Task {
+    Task {
+        bar: SINK.get().map(|s| s.start(label, total)),
+    }
+}
+
+impl Task {
+    /// `n` more steps done (callable from parallel workers).
+    pub fn inc(&self, n: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(n);
+        }
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        if let Some(b) = &self.bar {
+            b.finish();
+        }
+    }
+}
