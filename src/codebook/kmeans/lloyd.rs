@@ -20,10 +20,11 @@ const BOUND_SLACK: f32 = 1e-5;
 #[inline(always)]
 pub fn lloyd(points: &Points, mut centers: Vec<f32>, params: &KMeansParams) -> KMeansResult {
     let (n, dim, k) = (points.len(), points.dim, params.k);
-    let mut assignment = vec![0u32; n];
-    let mut dist = vec![0f32; n];
-    // Lower bound on each point's distance (not squared) to its second-nearest centre.
-    let mut lower = vec![0f32; n];
+    let mut labels = Labels {
+        assignment: vec![0u32; n],
+        dist: vec![0f32; n],
+        lower: vec![0f32; n],
+    };
     let mut sums = vec![0f64; k * dim];
     let mut counts = vec![0usize; k];
     let mut half_gap = vec![0f32; k];
@@ -34,47 +35,19 @@ pub fn lloyd(points: &Points, mut centers: Vec<f32>, params: &KMeansParams) -> K
     let mut iterations = 0;
     for it in 0..params.max_iters.max(1) {
         iterations = it + 1;
-        inertia = 0.0;
         let mut search = NearestSearch::new(&centers, dim);
-        if it == 0 {
-            for i in 0..n {
-                let (j, d, d2) = search.nearest_two(points.row(i));
-                assignment[i] = j as u32;
-                dist[i] = d;
-                lower[i] = d2.sqrt();
-                inertia += d as f64;
-            }
+        inertia = if it == 0 {
+            assign_all(points, &mut search, &mut labels)
         } else {
-            half_gaps(&centers, dim, &mut half_gap);
-            // The largest and second-largest moves: a point's other centres moved at most the
-            // largest move among centres other than its own.
-            let (mut top, mut top_at, mut runner_up) = (0f32, usize::MAX, 0f32);
-            for (j, &m) in moved.iter().enumerate() {
-                if m > top {
-                    runner_up = top;
-                    (top, top_at) = (m, j);
-                } else if m > runner_up {
-                    runner_up = m;
-                }
-            }
-            for i in 0..n {
-                let a = assignment[i] as usize;
-                let x = points.row(i);
-                let other_moved = if a == top_at { runner_up } else { top };
-                lower[i] -= other_moved;
-                let d = sq_dist(x, &centers[a * dim..(a + 1) * dim]);
-                let bound = lower[i].max(half_gap[a]) * (1.0 - BOUND_SLACK);
-                if d.sqrt() < bound {
-                    dist[i] = d;
-                } else {
-                    let (j, d, d2) = search.nearest_two(x);
-                    assignment[i] = j as u32;
-                    dist[i] = d;
-                    lower[i] = d2.sqrt();
-                }
-                inertia += dist[i] as f64;
-            }
-        }
+            assign_bounded(
+                points,
+                &centers,
+                &mut search,
+                &mut half_gap,
+                &moved,
+                &mut labels,
+            )
+        };
         if prev.is_finite() && prev - inertia <= params.tolerance * prev {
             break;
         }
@@ -82,29 +55,111 @@ pub fn lloyd(points: &Points, mut centers: Vec<f32>, params: &KMeansParams) -> K
         previous.copy_from_slice(&centers);
         let reseeded = update_centroids(
             points,
-            &mut assignment,
-            &mut dist,
+            &mut labels.assignment,
+            &mut labels.dist,
             &mut centers,
             &mut sums,
             &mut counts,
         );
         for w in reseeded {
             // Its centre is now the point itself; nothing is known about the others.
-            lower[w] = 0.0;
+            labels.lower[w] = 0.0;
         }
-        for (j, m) in moved.iter_mut().enumerate() {
-            *m = sq_dist(
-                &centers[j * dim..(j + 1) * dim],
-                &previous[j * dim..(j + 1) * dim],
-            )
-            .sqrt();
-        }
+        centre_moves(&centers, &previous, dim, &mut moved);
     }
     KMeansResult {
         centroids: Points { data: centers, dim },
-        assignment,
+        assignment: labels.assignment,
         inertia,
         iterations,
+    }
+}
+
+/// What Lloyd keeps per point between iterations.
+struct Labels {
+    assignment: Vec<u32>,
+    /// Squared distance to the assigned centre, exact for the current centres.
+    dist: Vec<f32>,
+    /// Lower bound on each point's distance (not squared) to its second-nearest centre.
+    lower: Vec<f32>,
+}
+
+/// The first iteration: a full search for every point, which also sets its lower bound.
+/// Returns the objective, summed in point order.
+#[inline(always)]
+fn assign_all(points: &Points, search: &mut NearestSearch, labels: &mut Labels) -> f64 {
+    let mut inertia = 0.0;
+    for i in 0..points.len() {
+        let (j, d, d2) = search.nearest_two(points.row(i));
+        labels.assignment[i] = j as u32;
+        labels.dist[i] = d;
+        labels.lower[i] = d2.sqrt();
+        inertia += d as f64;
+    }
+    inertia
+}
+
+/// Later iterations: each point's bounds are loosened by how far the other centres moved, and
+/// the full search runs only where they no longer prove its centre the nearest. Returns the
+/// objective, summed in point order.
+#[inline(always)]
+fn assign_bounded(
+    points: &Points,
+    centers: &[f32],
+    search: &mut NearestSearch,
+    half_gap: &mut [f32],
+    moved: &[f32],
+    labels: &mut Labels,
+) -> f64 {
+    let dim = points.dim;
+    half_gaps(centers, dim, half_gap);
+    let (top, top_at, runner_up) = largest_moves(moved);
+    let mut inertia = 0.0;
+    for i in 0..points.len() {
+        let a = labels.assignment[i] as usize;
+        let x = points.row(i);
+        let other_moved = if a == top_at { runner_up } else { top };
+        labels.lower[i] -= other_moved;
+        let d = sq_dist(x, &centers[a * dim..(a + 1) * dim]);
+        let bound = labels.lower[i].max(half_gap[a]) * (1.0 - BOUND_SLACK);
+        if d.sqrt() < bound {
+            labels.dist[i] = d;
+        } else {
+            let (j, d, d2) = search.nearest_two(x);
+            labels.assignment[i] = j as u32;
+            labels.dist[i] = d;
+            labels.lower[i] = d2.sqrt();
+        }
+        inertia += labels.dist[i] as f64;
+    }
+    inertia
+}
+
+/// The largest and second-largest moves, and which centre made the largest: a point's other
+/// centres moved at most the largest move among centres other than its own.
+#[inline(always)]
+fn largest_moves(moved: &[f32]) -> (f32, usize, f32) {
+    let (mut top, mut top_at, mut runner_up) = (0f32, usize::MAX, 0f32);
+    for (j, &m) in moved.iter().enumerate() {
+        if m > top {
+            runner_up = top;
+            (top, top_at) = (m, j);
+        } else if m > runner_up {
+            runner_up = m;
+        }
+    }
+    (top, top_at, runner_up)
+}
+
+/// How far (not squared) each centre moved in the last update.
+#[inline(always)]
+fn centre_moves(centers: &[f32], previous: &[f32], dim: usize, moved: &mut [f32]) {
+    for (j, m) in moved.iter_mut().enumerate() {
+        *m = sq_dist(
+            &centers[j * dim..(j + 1) * dim],
+            &previous[j * dim..(j + 1) * dim],
+        )
+        .sqrt();
     }
 }
 
