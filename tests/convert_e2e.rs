@@ -10,15 +10,10 @@ use ndarray::Ix4;
 use onnx_dlq::codebook::{self, ClusterParams, Method};
 use onnx_dlq::convert::{self, ConvertOptions, ConvertReport, Selection};
 use onnx_dlq::engine::runner::Runner;
+use onnx_dlq::eval::approx::{self, Approximation};
 use onnx_dlq::lower::{self, GraphPatch};
 use onnx_dlq::onnx::model::{self, ExternalData};
 use onnx_dlq::{analysis::select, analysis::shapes, onnx::tensor};
-
-/// tract and ONNX Runtime run the same graph with different kernels and summation orders.
-const ENGINE_REL_TOLERANCE: f32 = 1e-3;
-const ENGINE_ABS_TOLERANCE: f32 = 1e-5;
-/// The counted reduction of a layer against the formula's ρ.
-const RATIO_TOLERANCE: f64 = 0.02;
 
 fn opts(selection: Selection, method: Method, ratio: f64) -> ConvertOptions {
     ConvertOptions {
@@ -43,19 +38,17 @@ fn run_both(test: &str, converted: &Path, shape: &[usize]) -> ndarray::ArrayD<f3
     assert!(tract.iter().all(|v| v.is_finite()));
     if let Some(py) = common::ort_python(test) {
         let ort = common::run_ort(&py, converted, &x);
-        let d = common::max_abs_diff(&ort, &tract);
-        let bound = ENGINE_REL_TOLERANCE * common::max_abs(&tract) + ENGINE_ABS_TOLERANCE;
-        assert!(
-            d <= bound,
-            "{}: ONNX Runtime and tract differ by {d} > {bound}",
-            converted.display()
+        Approximation::Engines.assert_close(
+            &format!("{}: ONNX Runtime against tract", converted.display()),
+            &ort,
+            &tract,
         );
     }
     tract
 }
 
 /// Every converted layer's counted reduction equals the formula's ρ = T_o / T_dl (or T_vq) within
-/// 2 %. The paper's formula counts atom responses at the m×m output positions; a strided Conv
+/// [`approx::RATIO_VS_FORMULA`]. The paper's formula counts atom responses at the m×m output positions; a strided Conv
 /// needs them at every input position, so its count is taken over the H×W input positions.
 fn assert_ratios_follow_the_formula(original: &Path, report: &ConvertReport) {
     let m = model::load(original).unwrap();
@@ -75,7 +68,7 @@ fn assert_ratios_follow_the_formula(original: &Path, report: &ConvertReport) {
         };
         let formula = t_o / t_new;
         assert!(
-            (l.achieved_ratio / formula - 1.0).abs() <= RATIO_TOLERANCE,
+            (l.achieved_ratio / formula - 1.0).abs() <= approx::RATIO_VS_FORMULA,
             "{}: counted {:.3}, formula {formula:.3}",
             l.name,
             l.achieved_ratio
@@ -84,7 +77,7 @@ fn assert_ratios_follow_the_formula(original: &Path, report: &ConvertReport) {
             // Where the paper's assumption holds, the counted ρ is the requested one up to
             // the rounding of K_vq and L.
             assert!(
-                (l.achieved_ratio / report.params.ratio - 1.0).abs() <= 0.1,
+                (l.achieved_ratio / report.params.ratio - 1.0).abs() <= approx::RATIO_VS_REQUESTED,
                 "{}: {:.3}",
                 l.name,
                 l.achieved_ratio
@@ -249,8 +242,7 @@ fn real_weights_rewrite_exactly_at_opset_7() {
             .unwrap()
             .run(&x)
             .unwrap();
-        let d = common::max_abs_diff(&got, &want);
-        assert!(d <= 1e-4 * common::max_abs(&want) + 1e-5, "{method:?}: {d}");
+        Approximation::Exact.assert_close(&format!("{method:?}"), &got, &want);
     }
 }
 

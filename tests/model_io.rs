@@ -5,6 +5,7 @@ mod common;
 
 use std::fs;
 
+use onnx_dlq::onnx::build;
 use onnx_dlq::onnx::model::{self, ExternalData};
 use onnx_dlq::onnx::tensor::{self, FloatType};
 use onnx_dlq::proto::*;
@@ -119,18 +120,8 @@ fn model_with_newer_fields() -> ModelProto {
             overload: Some("v2".into()),
             input: vec!["a".into()],
             output: vec!["b".into()],
-            attribute_proto: vec![AttributeProto {
-                name: Some("k".into()),
-                i: Some(2),
-                r#type: Some(2),
-                ..Default::default()
-            }],
-            node: vec![NodeProto {
-                input: vec!["a".into(), "a".into()],
-                output: vec!["b".into()],
-                op_type: Some("Add".into()),
-                ..Default::default()
-            }],
+            attribute_proto: vec![build::attr_int("k", 2)],
+            node: vec![build::node("Add", "", &["a", "a"], &["b"], vec![])],
             metadata_props: vec![meta("fn", "meta")],
             ..Default::default()
         }],

@@ -11,24 +11,17 @@ use std::path::{Path, PathBuf};
 
 use ndarray::ArrayD;
 use onnx_dlq::engine::runner::Runner;
+use onnx_dlq::eval::approx::Approximation;
+use onnx_dlq::onnx::build::{attr_float, attr_int, attr_ints, node};
 use onnx_dlq::onnx::model::{self, ExternalData};
 use onnx_dlq::onnx::tensor::{new_tensor, FloatType};
-use onnx_dlq::proto::attribute_proto::AttributeType;
 use onnx_dlq::proto::{
     tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
     OperatorSetIdProto, TensorProto,
 };
 use prost::Message;
 
-use common::{conv_model, ints, value_info, ConvSpec};
-
-/// The VQ conversion with one centroid per column against the original: the same function,
-/// summed in another order.
-const EXACT_REL_TOLERANCE: f32 = 1e-4;
-const EXACT_ABS_TOLERANCE: f32 = 1e-5;
-/// tract and ONNX Runtime on the same graph: other kernels, other summation orders.
-const ENGINE_REL_TOLERANCE: f32 = 1e-3;
-const ENGINE_ABS_TOLERANCE: f32 = 1e-5;
+use common::{conv_model, value_info, ConvSpec};
 
 fn weights(n: usize, seed: u64) -> Vec<f32> {
     common::input_like(&[n], seed).into_raw_vec_and_offset().0
@@ -60,13 +53,6 @@ fn with_output_shapes(mut proto: ModelProto) -> ModelProto {
 fn write_proto(path: &Path, proto: &ModelProto) {
     let proto = with_output_shapes(proto.clone());
     std::fs::write(path, proto.encode_to_vec()).unwrap();
-}
-
-fn assert_close(what: &str, got: &ArrayD<f32>, want: &ArrayD<f32>, rel: f32, abs: f32) {
-    assert_eq!(got.shape(), want.shape(), "{what}");
-    let d = common::max_abs_diff(got, want);
-    let bound = rel * common::max_abs(want) + abs;
-    assert!(d <= bound, "{what}: max |Δ| = {d} > {bound}");
 }
 
 fn tract_run(path: &Path, x: &ArrayD<f32>) -> ArrayD<f32> {
@@ -111,12 +97,10 @@ fn check_form(
     let python = common::ort_python(test);
     if let Some(py) = &python {
         let ort = common::run_ort(py, input, &x);
-        assert_close(
+        Approximation::Engines.assert_close(
             &format!("{test}: original, ONNX Runtime vs tract"),
             &ort,
             &original,
-            ENGINE_REL_TOLERANCE,
-            ENGINE_ABS_TOLERANCE,
         );
     }
     let select: Vec<String> = select.iter().map(|s| s.to_string()).collect();
@@ -132,21 +116,17 @@ fn check_form(
         assert!(e < 1e-6, "{test}: K_vq = p²M must be exact, error {e}");
     }
     let got = tract_run(&vq, &x);
-    assert_close(
+    Approximation::Exact.assert_close(
         &format!("{test}: VQ-exact conversion vs original (tract)"),
         &got,
         &original,
-        EXACT_REL_TOLERANCE,
-        EXACT_ABS_TOLERANCE,
     );
     if let Some(py) = &python {
         let ort = common::run_ort(py, &vq, &x);
-        assert_close(
+        Approximation::Engines.assert_close(
             &format!("{test}: VQ-exact conversion in ONNX Runtime vs original"),
             &ort,
             &original,
-            ENGINE_REL_TOLERANCE,
-            ENGINE_ABS_TOLERANCE,
         );
     }
 
@@ -174,12 +154,10 @@ fn check_form(
     assert_eq!(got.shape(), original.shape(), "{test}: DL output shape");
     if let Some(py) = &python {
         let ort = common::run_ort(py, &dl, &x);
-        assert_close(
+        Approximation::Engines.assert_close(
             &format!("{test}: DL conversion, ONNX Runtime vs tract"),
             &ort,
             &got,
-            ENGINE_REL_TOLERANCE,
-            ENGINE_ABS_TOLERANCE,
         );
     }
     (vq, dl)
@@ -342,30 +320,6 @@ fn dim0(p: &mut ModelProto) -> &mut tensor_shape_proto::Dimension {
     }
 }
 
-fn node(op: &str, name: Option<&str>, inputs: &[&str], outputs: &[&str]) -> NodeProto {
-    NodeProto {
-        op_type: Some(op.into()),
-        name: name.map(String::from),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: outputs.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }
-}
-
-fn with_attrs(mut n: NodeProto, attrs: Vec<AttributeProto>) -> NodeProto {
-    n.attribute = attrs;
-    n
-}
-
-fn int_attr(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(AttributeType::Int as i32),
-        i: Some(v),
-        ..Default::default()
-    }
-}
-
 fn model_proto(
     ir: i64,
     opset: i64,
@@ -404,9 +358,9 @@ fn ir3_opset7_initializers_as_inputs_nameless_nodes_and_batchnorm() {
     let (n, m) = (8, 8);
     let conv_attrs = || {
         vec![
-            ints("kernel_shape", &[3, 3]),
-            ints("pads", &[1, 1, 1, 1]),
-            ints("strides", &[1, 1]),
+            attr_ints("kernel_shape", &[3, 3]),
+            attr_ints("pads", &[1, 1, 1, 1]),
+            attr_ints("strides", &[1, 1]),
         ]
     };
     let var: Vec<f32> = weights(m, 9).iter().map(|v| 0.5 + v.abs()).collect();
@@ -424,24 +378,18 @@ fn ir3_opset7_initializers_as_inputs_nameless_nodes_and_batchnorm() {
         let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
         inputs.push(value_info(t.name.as_deref().unwrap(), 1, Some(&dims)));
     }
+    // An empty name: the node is unnamed, as old exporters wrote them.
     let nodes = vec![
-        with_attrs(node("Conv", None, &["x", "w1"], &["c1"]), conv_attrs()),
-        with_attrs(
-            node(
-                "BatchNormalization",
-                None,
-                &["c1", "bn_scale", "bn_bias", "bn_mean", "bn_var"],
-                &["bn"],
-            ),
-            vec![AttributeProto {
-                name: Some("epsilon".into()),
-                r#type: Some(AttributeType::Float as i32),
-                f: Some(1e-5),
-                ..Default::default()
-            }],
+        node("Conv", "", &["x", "w1"], &["c1"], conv_attrs()),
+        node(
+            "BatchNormalization",
+            "",
+            &["c1", "bn_scale", "bn_bias", "bn_mean", "bn_var"],
+            &["bn"],
+            vec![attr_float("epsilon", 1e-5)],
         ),
-        node("Relu", None, &["bn"], &["r"]),
-        with_attrs(node("Conv", None, &["r", "w2", "b2"], &["y"]), conv_attrs()),
+        node("Relu", "", &["bn"], &["r"], vec![]),
+        node("Conv", "", &["r", "w2", "b2"], &["y"], conv_attrs()),
     ];
     let proto = model_proto(3, 7, nodes, inits, inputs, &[("y", 4)]);
     write_proto(&input, &proto);
@@ -515,9 +463,9 @@ fn unconvertible_forms_are_reported_skipped_and_refused_by_name() {
     let input = tmp.path().join("in.onnx");
     let c = 8;
     let conv = |name: &str, inputs: &[&str], out: &str, k: &[i64], extra: Vec<AttributeProto>| {
-        let mut attrs = vec![ints("kernel_shape", k)];
+        let mut attrs = vec![attr_ints("kernel_shape", k)];
         attrs.extend(extra);
-        with_attrs(node("Conv", Some(name), inputs, &[out]), attrs)
+        node("Conv", name, inputs, &[out], attrs)
     };
     let i64_tensor = |name: &str, v: &[i64]| TensorProto {
         name: Some(name.into()),
@@ -553,33 +501,32 @@ fn unconvertible_forms_are_reported_skipped_and_refused_by_name() {
             &["x", "w_grouped"],
             "y_grouped",
             &[3, 3],
-            vec![int_attr("group", 2)],
+            vec![attr_int("group", 2)],
         ),
         conv(
             "depthwise",
             &["x", "w_depthwise"],
             "y_depthwise",
             &[3, 3],
-            vec![int_attr("group", c as i64)],
+            vec![attr_int("group", c as i64)],
         ),
-        node("Reshape", Some("to_1d"), &["x", "shape_1d"], &["x1d"]),
+        node("Reshape", "to_1d", &["x", "shape_1d"], &["x1d"], vec![]),
         conv("conv1d", &["x1d", "w_1d"], "y_1d", &[3], vec![]),
-        node("Reshape", Some("to_3d"), &["x", "shape_3d"], &["x3d"]),
+        node("Reshape", "to_3d", &["x", "shape_3d"], &["x3d"], vec![]),
         conv("conv3d", &["x3d", "w_3d"], "y_3d", &[3, 3, 3], vec![]),
-        with_attrs(
-            node(
-                "ConvTranspose",
-                Some("transpose"),
-                &["x", "w_transpose"],
-                &["y_transpose"],
-            ),
-            vec![ints("kernel_shape", &[3, 3])],
+        node(
+            "ConvTranspose",
+            "transpose",
+            &["x", "w_transpose"],
+            &["y_transpose"],
+            vec![attr_ints("kernel_shape", &[3, 3])],
         ),
         node(
             "Mul",
-            Some("scale_weight"),
+            "scale_weight",
             &["w_base", "two"],
             &["w_runtime"],
+            vec![],
         ),
         conv("runtime", &["x", "w_runtime"], "y_runtime", &[3, 3], vec![]),
     ];

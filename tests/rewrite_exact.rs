@@ -10,14 +10,11 @@ use common::{conv_model, in_memory, ConvSpec};
 use ndarray::{ArrayD, Ix4, IxDyn};
 use onnx_dlq::codebook::{self, ClusterParams, Codebook, Method};
 use onnx_dlq::engine::runner::Runner;
+use onnx_dlq::eval::approx::Approximation;
 use onnx_dlq::lower::{self, GraphPatch};
 use onnx_dlq::{analysis::cost, analysis::select, analysis::shapes};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
-
-/// max |Δ| ≤ REL · max |y| + ABS (the acceptance tolerance of the rewrite issue).
-const REL_TOLERANCE: f32 = 1e-4;
-const ABS_TOLERANCE: f32 = 1e-5;
 
 struct Case {
     spec: ConvSpec,
@@ -75,10 +72,6 @@ fn convert(
     (converted, dense, cb)
 }
 
-fn max_abs(a: &ArrayD<f32>) -> f32 {
-    a.iter().fold(0.0, |m, &x| m.max(x.abs()))
-}
-
 fn check_exact(case: &Case, rng: &mut Xoshiro256PlusPlus) {
     let tmp = tempfile::tempdir().unwrap();
     let (converted, dense, _) = convert(case, rng, tmp.path());
@@ -90,14 +83,11 @@ fn check_exact(case: &Case, rng: &mut Xoshiro256PlusPlus) {
         .unwrap_or_else(|e| panic!("{s:?}: {e:#}"))
         .run(&x)
         .unwrap();
-    assert_eq!(got.shape(), want.shape(), "{s:?}");
-    let diff = (&got - &want).iter().fold(0f32, |m, &d| m.max(d.abs()));
-    let bound = REL_TOLERANCE * max_abs(&want) + ABS_TOLERANCE;
-    assert!(
-        diff <= bound,
-        "{s:?} {:?} N′={}: max |Δ| = {diff} > {bound}",
-        case.method,
-        case.subspace
+    // The acceptance tolerance of the rewrite issue: the same function as a dense Conv.
+    Approximation::Exact.assert_close(
+        &format!("{s:?} {:?} N′={}", case.method, case.subspace),
+        &got,
+        &want,
     );
 }
 

@@ -3,13 +3,12 @@
 
 mod common;
 
+use onnx_dlq::eval::approx::QUALITY_SLACK;
 use serde_json::Value;
 
 /// Relative errors an independent implementation measured (N′ = 8, c = 3, α = 2).
 const INDEPENDENT_VQ: [(f64, f64); 3] = [(10.0, 0.4646), (20.0, 0.5398), (40.0, 0.6072)];
 const INDEPENDENT_DL: [(f64, f64); 3] = [(10.0, 0.3855), (20.0, 0.4755), (40.0, 0.5511)];
-/// How much worse than the independent figures ours may be.
-const QUALITY_SLACK: f64 = 0.01;
 
 fn error(rows: &[Value], method: &str, ratio: f64) -> f64 {
     rows.iter()

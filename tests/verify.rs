@@ -4,13 +4,11 @@
 
 mod common;
 
+use onnx_dlq::eval::approx::{Approximation, BASELINE_ACCURACY};
 use serde_json::Value;
 
 /// The default model's test top-1 as measured by ONNX Runtime (models/README.md).
 const DIGITS_TOP1: f64 = 0.9917;
-/// tract against ONNX Runtime on the same preprocessed inputs: the shared README allows ±0.5
-/// points for resampling differences; the default model's PNGs need no resampling.
-const BASELINE_TOLERANCE: f64 = 0.005;
 /// ResNet-20 on the shared CIFAR-10 subset through ONNX Runtime (../shared/README.md).
 const RESNET20_TOP1: f64 = 0.8135;
 const RESNET20_TOP5: f64 = 0.9875;
@@ -57,7 +55,7 @@ fn a_model_verified_against_itself_agrees_exactly() {
     assert_eq!(j["accuracy_drop"], 0.0);
     let top1 = j["original"]["top1"].as_f64().unwrap();
     assert!(
-        (top1 - DIGITS_TOP1).abs() <= BASELINE_TOLERANCE,
+        (top1 - DIGITS_TOP1).abs() <= BASELINE_ACCURACY,
         "tract top-1 {top1} vs ONNX Runtime {DIGITS_TOP1}"
     );
     assert!(j["original"]["top5"].as_f64().unwrap() >= top1);
@@ -261,11 +259,11 @@ fn cifar_baseline_matches_onnx_runtime(test: &str, name: &str, want_top1: f64, w
         j["original"]["top5"].as_f64().unwrap(),
     );
     assert!(
-        (top1 - want_top1).abs() <= BASELINE_TOLERANCE,
+        (top1 - want_top1).abs() <= BASELINE_ACCURACY,
         "{name} top-1 {top1} vs {want_top1}"
     );
     assert!(
-        (top5 - want_top5).abs() <= BASELINE_TOLERANCE,
+        (top5 - want_top5).abs() <= BASELINE_ACCURACY,
         "{name} top-5 {top5} vs {want_top5}"
     );
 }
@@ -357,9 +355,6 @@ fn stages_convert_cumulatively_and_report_each_stage() {
     );
 }
 
-/// ONNX Runtime computing in f16 against tract computing in f32, relative to the largest output.
-const FP16_ENGINE_REL_TOLERANCE: f32 = 2e-3;
-
 /// The fp16 SqueezeNet as published (f16 input, f16 weights, IR 3): its baseline through tract
 /// reproduces the ONNX Runtime figures, and a converted copy keeps f16 weights and input and
 /// still classifies about as well.
@@ -397,11 +392,11 @@ fn fp16_squeezenet_baseline_and_converted_model_through_tract() {
         v["original"]["top5"].as_f64().unwrap(),
     );
     assert!(
-        (top1 - SQUEEZENET_TOP1).abs() <= BASELINE_TOLERANCE,
+        (top1 - SQUEEZENET_TOP1).abs() <= BASELINE_ACCURACY,
         "top-1 {top1} vs {SQUEEZENET_TOP1}"
     );
     assert!(
-        (top5 - SQUEEZENET_TOP5).abs() <= BASELINE_TOLERANCE,
+        (top5 - SQUEEZENET_TOP5).abs() <= BASELINE_ACCURACY,
         "top-5 {top5} vs {SQUEEZENET_TOP5}"
     );
     // One layer at ρ = 4 costs a few points at most, never the model.
@@ -433,11 +428,8 @@ fn fp16_squeezenet_baseline_and_converted_model_through_tract() {
             .run(&x)
             .unwrap();
         let d = common::max_abs_diff(&ort, &tract);
-        let bound = FP16_ENGINE_REL_TOLERANCE * common::max_abs(&tract);
+        let bound = Approximation::EnginesF16.bound(&tract);
         eprintln!("ONNX Runtime (f16) vs tract (f32): max |Δ| {d}, bound {bound}");
-        assert!(
-            d <= bound,
-            "ONNX Runtime (f16) vs tract (f32): {d} > {bound}"
-        );
+        Approximation::EnginesF16.assert_close("ONNX Runtime (f16) vs tract (f32)", &ort, &tract);
     }
 }

@@ -161,32 +161,11 @@ impl ConvAttrs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::attribute_proto::AttributeType;
+    use crate::onnx::build::{self, attr_ints, attr_str};
 
-    fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
-        AttributeProto {
-            name: Some(name.into()),
-            r#type: Some(AttributeType::Ints as i32),
-            ints: v.to_vec(),
-            ..Default::default()
-        }
-    }
-
-    fn str_attr(name: &str, v: &str) -> AttributeProto {
-        AttributeProto {
-            name: Some(name.into()),
-            r#type: Some(AttributeType::String as i32),
-            s: Some(v.as_bytes().to_vec()),
-            ..Default::default()
-        }
-    }
-
+    /// A Conv node with these attributes (inputs and outputs do not matter to the parsing).
     fn node(attrs: Vec<AttributeProto>) -> NodeProto {
-        NodeProto {
-            op_type: Some("Conv".into()),
-            attribute: attrs,
-            ..Default::default()
-        }
+        build::node("Conv", "", &[], &[], attrs)
     }
 
     #[test]
@@ -204,9 +183,9 @@ mod tests {
     fn output_sizes_follow_the_onnx_formula() {
         let a = ConvAttrs::from_node(
             &node(vec![
-                ints_attr("strides", &[2, 2]),
-                ints_attr("pads", &[1, 0, 2, 1]),
-                ints_attr("dilations", &[2, 1]),
+                attr_ints("strides", &[2, 2]),
+                attr_ints("pads", &[1, 0, 2, 1]),
+                attr_ints("dilations", &[2, 1]),
             ]),
             2,
         )
@@ -219,8 +198,8 @@ mod tests {
     fn same_padding_puts_the_odd_pixel_where_the_mode_says() {
         let up = ConvAttrs::from_node(
             &node(vec![
-                str_attr("auto_pad", "SAME_UPPER"),
-                ints_attr("strides", &[2, 2]),
+                attr_str("auto_pad", "SAME_UPPER"),
+                attr_ints("strides", &[2, 2]),
             ]),
             2,
         )
@@ -230,8 +209,8 @@ mod tests {
         assert_eq!(up.output_size(&[8, 7], &[3, 3]).unwrap(), vec![4, 4]);
         let low = ConvAttrs::from_node(
             &node(vec![
-                str_attr("auto_pad", "SAME_LOWER"),
-                ints_attr("strides", &[2, 2]),
+                attr_str("auto_pad", "SAME_LOWER"),
+                attr_ints("strides", &[2, 2]),
             ]),
             2,
         )
@@ -239,8 +218,8 @@ mod tests {
         assert_eq!(low.resolved_pads(&[8, 8], &[3, 3]), vec![(1, 0), (1, 0)]);
         let valid = ConvAttrs::from_node(
             &node(vec![
-                str_attr("auto_pad", "VALID"),
-                ints_attr("pads", &[1, 1, 1, 1]),
+                attr_str("auto_pad", "VALID"),
+                attr_ints("pads", &[1, 1, 1, 1]),
             ]),
             2,
         )
@@ -250,17 +229,17 @@ mod tests {
 
     #[test]
     fn malformed_attributes_name_the_attribute() {
-        let e = ConvAttrs::from_node(&node(vec![ints_attr("strides", &[1])]), 2).unwrap_err();
+        let e = ConvAttrs::from_node(&node(vec![attr_ints("strides", &[1])]), 2).unwrap_err();
         assert!(
             e.to_string().contains("`strides` has 1 values, expected 2"),
             "{e}"
         );
-        let e = ConvAttrs::from_node(&node(vec![ints_attr("dilations", &[0, 1])]), 2).unwrap_err();
+        let e = ConvAttrs::from_node(&node(vec![attr_ints("dilations", &[0, 1])]), 2).unwrap_err();
         assert!(e.to_string().contains("dilations"), "{e}");
-        let e = ConvAttrs::from_node(&node(vec![str_attr("auto_pad", "SAME")]), 2).unwrap_err();
+        let e = ConvAttrs::from_node(&node(vec![attr_str("auto_pad", "SAME")]), 2).unwrap_err();
         assert!(e.to_string().contains("auto_pad"), "{e}");
         let e =
-            ConvAttrs::from_node(&node(vec![ints_attr("pads", &[-1, 0, 0, 0])]), 2).unwrap_err();
+            ConvAttrs::from_node(&node(vec![attr_ints("pads", &[-1, 0, 0, 0])]), 2).unwrap_err();
         assert!(e.to_string().contains("negative"), "{e}");
         let a = ConvAttrs::from_node(&node(vec![]), 2).unwrap();
         assert!(a.output_size(&[2, 2], &[3, 3]).is_err());

@@ -163,6 +163,7 @@ fn check_window(node: &NodeProto, model: &OnnxModel) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::onnx::build::{attr_ints, node};
     use crate::proto::{AttributeProto, ModelProto, TensorProto, ValueInfoProto};
 
     fn model(nodes: Vec<NodeProto>, outputs: &[&str]) -> OnnxModel {
@@ -192,28 +193,17 @@ mod tests {
     }
 
     fn conv(name: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
-        NodeProto {
-            name: Some(name.into()),
-            op_type: Some("Conv".into()),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec!["y".into()],
-            attribute: attrs,
-            ..Default::default()
-        }
-    }
-
-    fn ints(name: &str, v: &[i64]) -> AttributeProto {
-        AttributeProto {
-            name: Some(name.into()),
-            ints: v.to_vec(),
-            ..Default::default()
-        }
+        node("Conv", name, inputs, &["y"], attrs)
     }
 
     #[test]
     fn well_formed_graphs_pass() {
         let m = model(
-            vec![conv("c", &["x", "w"], vec![ints("pads", &[1, 1, 1, 1])])],
+            vec![conv(
+                "c",
+                &["x", "w"],
+                vec![attr_ints("pads", &[1, 1, 1, 1])],
+            )],
             &["y"],
         );
         check(&m).unwrap();
@@ -233,13 +223,7 @@ mod tests {
     /// bounds (an abort with debug assertions, undefined behaviour without).
     #[test]
     fn layout_ops_need_their_least_rank() {
-        let bn = NodeProto {
-            name: Some("bn".into()),
-            op_type: Some("BatchNormalization".into()),
-            input: ["b", "b", "b", "b", "b"].map(String::from).to_vec(),
-            output: vec!["y".into()],
-            ..Default::default()
-        };
+        let bn = node("BatchNormalization", "bn", &["b"; 5], &["y"], vec![]);
         let mut m = model(vec![bn], &["y"]);
         m.graph_mut().initializer.push(TensorProto {
             name: Some("b".into()),
@@ -269,7 +253,7 @@ mod tests {
     fn window_attributes_must_match_the_rank() {
         // The weight says 2-D: two pads are too few.
         let m = model(
-            vec![conv("c", &["x", "w"], vec![ints("pads", &[1, 1])])],
+            vec![conv("c", &["x", "w"], vec![attr_ints("pads", &[1, 1])])],
             &["y"],
         );
         let e = format!("{:#}", check(&m).unwrap_err());
@@ -282,7 +266,10 @@ mod tests {
             vec![conv(
                 "c",
                 &["x", "w"],
-                vec![ints("kernel_shape", &[3]), ints("strides", &[1, 1])],
+                vec![
+                    attr_ints("kernel_shape", &[3]),
+                    attr_ints("strides", &[1, 1]),
+                ],
             )],
             &["y"],
         );

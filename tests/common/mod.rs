@@ -51,10 +51,10 @@ pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
-use onnx_dlq::proto::attribute_proto::AttributeType;
+use onnx_dlq::onnx::build::{attr_ints, attr_str, node};
 use onnx_dlq::proto::{
-    tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
-    OperatorSetIdProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    tensor_shape_proto, type_proto, GraphProto, ModelProto, OperatorSetIdProto, TensorShapeProto,
+    TypeProto, ValueInfoProto,
 };
 
 /// Geometry of a single-Conv test model.
@@ -98,33 +98,19 @@ pub fn value_info(name: &str, elem: i32, dims: Option<&[usize]>) -> ValueInfoPro
     }
 }
 
-pub fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(AttributeType::Ints as i32),
-        ints: v.to_vec(),
-        ..Default::default()
-    }
-}
-
 /// A model `y = Conv(x, w[, b])` with the given weights, named `conv`, weight `w`, bias `b`.
 pub fn conv_model(spec: &ConvSpec, weight: &[f32], bias: &[f32]) -> ModelProto {
     use onnx_dlq::onnx::tensor::{new_tensor, FloatType};
     let mut attrs = vec![
-        ints("kernel_shape", &[spec.kh as i64, spec.kw as i64]),
-        ints("strides", &spec.strides),
-        ints("dilations", &spec.dilations),
+        attr_ints("kernel_shape", &[spec.kh as i64, spec.kw as i64]),
+        attr_ints("strides", &spec.strides),
+        attr_ints("dilations", &spec.dilations),
     ];
     match spec.auto_pad {
-        Some(mode) => attrs.push(AttributeProto {
-            name: Some("auto_pad".into()),
-            r#type: Some(AttributeType::String as i32),
-            s: Some(mode.as_bytes().to_vec()),
-            ..Default::default()
-        }),
-        None => attrs.push(ints("pads", &spec.pads)),
+        Some(mode) => attrs.push(attr_str("auto_pad", mode)),
+        None => attrs.push(attr_ints("pads", &spec.pads)),
     }
-    let mut inputs = vec!["x".to_string(), "w".to_string()];
+    let mut inputs = vec!["x", "w"];
     let mut inits = vec![new_tensor(
         "w",
         &[spec.m, spec.n, spec.kh, spec.kw],
@@ -132,7 +118,7 @@ pub fn conv_model(spec: &ConvSpec, weight: &[f32], bias: &[f32]) -> ModelProto {
         FloatType::F32,
     )];
     if spec.bias {
-        inputs.push("b".into());
+        inputs.push("b");
         inits.push(new_tensor("b", &[spec.m], bias, FloatType::F32));
     }
     ModelProto {
@@ -144,14 +130,7 @@ pub fn conv_model(spec: &ConvSpec, weight: &[f32], bias: &[f32]) -> ModelProto {
         producer_name: Some("onnx-dlq tests".into()),
         graph: Some(GraphProto {
             name: Some("conv".into()),
-            node: vec![NodeProto {
-                input: inputs,
-                output: vec!["y".into()],
-                name: Some("conv".into()),
-                op_type: Some("Conv".into()),
-                attribute: attrs,
-                ..Default::default()
-            }],
+            node: vec![node("Conv", "conv", &inputs, &["y"], attrs)],
             initializer: inits,
             input: vec![value_info(
                 "x",

@@ -1,0 +1,356 @@
+//! The crate's folders are layers of the pipeline, and each may use only the layers before it
+//! (lib.rs and docs/ARCHITECTURE.md). This test reads every source file and fails, listing file
+//! and path, where a layer reaches a later one: such a dependency makes the early layer
+//! untestable on its own and the pipeline circular.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// The layers in pipeline order. Entries that share a rank (`cli` and `harness`, the two ends
+/// the outside world calls) may not use each other either: neither comes before the other.
+const LAYERS: &[&[&str]] = &[
+    &["onnx"],
+    &["codebook"],
+    &["engine"],
+    &["analysis"],
+    &["lower"],
+    &["eval"],
+    &["calibrate"],
+    &["convert"],
+    &["report"],
+    &["experiments"],
+    &["cli", "harness"],
+];
+
+/// Services any layer may use: the generated protobuf messages and progress reporting.
+const ANYONE_MAY_USE: &[&str] = &["proto", "progress"];
+
+/// Layers held to a stricter rule than their rank gives them, with what they may use:
+/// the clustering is pure arithmetic on arrays and knows nothing of ONNX, so it can be
+/// benchmarked, fuzzed and reused without a model.
+const STRICTER: &[(&str, &[&str])] = &[("codebook", &["progress"])];
+
+fn rank(layer: &str) -> Option<usize> {
+    LAYERS.iter().position(|r| r.contains(&layer))
+}
+
+/// `src` with comments (line, doc and nested block), string, raw string and char literals
+/// blanked out, so that only code is searched. Newlines are kept, for line numbers.
+fn code_only(src: &str) -> String {
+    let c: Vec<char> = src.chars().collect();
+    let mut out = String::with_capacity(src.len());
+    let blank = |out: &mut String, ch: char| out.push(if ch == '\n' { '\n' } else { ' ' });
+    let mut i = 0;
+    while i < c.len() {
+        let at = |k: usize| c.get(i + k).copied().unwrap_or('\0');
+        if at(0) == '/' && at(1) == '/' {
+            while i < c.len() && c[i] != '\n' {
+                i += 1;
+            }
+        } else if at(0) == '/' && at(1) == '*' {
+            let mut depth = 0;
+            while i < c.len() {
+                if c[i] == '/' && c.get(i + 1) == Some(&'*') {
+                    depth += 1;
+                    i += 2;
+                } else if c[i] == '*' && c.get(i + 1) == Some(&'/') {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    blank(&mut out, c[i]);
+                    i += 1;
+                }
+            }
+        } else if at(0) == 'r'
+            && (at(1) == '"' || at(1) == '#')
+            && !(i > 0 && (c[i - 1].is_alphanumeric() || c[i - 1] == '_'))
+        {
+            // Raw string r#"…"#: count the hashes, then find the quote followed by as many.
+            let mut j = i + 1;
+            let mut hashes = 0;
+            while c.get(j) == Some(&'#') {
+                hashes += 1;
+                j += 1;
+            }
+            if c.get(j) != Some(&'"') {
+                out.push(c[i]);
+                i += 1;
+                continue;
+            }
+            j += 1;
+            while j < c.len() {
+                if c[j] == '"' && (1..=hashes).all(|h| c.get(j + h) == Some(&'#')) {
+                    j += 1 + hashes;
+                    break;
+                }
+                blank(&mut out, c[j]);
+                j += 1;
+            }
+            i = j;
+        } else if at(0) == '"' {
+            i += 1;
+            while i < c.len() && c[i] != '"' {
+                if c[i] == '\\' {
+                    i += 1;
+                }
+                if i < c.len() {
+                    blank(&mut out, c[i]);
+                }
+                i += 1;
+            }
+            i += 1;
+        } else if at(0) == '\'' && (at(1) == '\\' || at(2) == '\'') {
+            // A char literal ('x', '\n', '\''); a lone quote is a lifetime and stays.
+            // Past the opening quote and the first char (two for an escape, which may be a quote).
+            i += if at(1) == '\\' { 3 } else { 2 };
+            while i < c.len() && c[i] != '\'' {
+                i += 1;
+            }
+            i += 1;
+        } else {
+            out.push(c[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn ident_at(s: &[u8], mut i: usize) -> (String, usize) {
+    while i < s.len() && s[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    let start = i;
+    while i < s.len() && (s[i].is_ascii_alphanumeric() || s[i] == b'_') {
+        i += 1;
+    }
+    (String::from_utf8_lossy(&s[start..i]).into_owned(), i)
+}
+
+/// The top-level modules named after `crate::` (including each item of `crate::{a, b::c}`),
+/// with their line numbers.
+fn crate_paths(code: &str) -> Vec<(usize, String)> {
+    let s = code.as_bytes();
+    let mut found = Vec::new();
+    let mut from = 0;
+    while let Some(k) = code[from..].find("crate") {
+        let at = from + k;
+        from = at + 5;
+        let word_start = at == 0 || !(s[at - 1].is_ascii_alphanumeric() || s[at - 1] == b'_');
+        let rest = code[from..].trim_start();
+        if !word_start || !rest.starts_with("::") {
+            continue;
+        }
+        let line = code[..at].matches('\n').count() + 1;
+        let after = code.len() - rest.len() + 2;
+        let next = code[after..].trim_start();
+        if let Some(group) = next.strip_prefix('{') {
+            // Split the group at top-level commas and take each item's first segment.
+            let (mut depth, mut item_start) = (0usize, true);
+            let g = group.as_bytes();
+            let mut j = 0;
+            while j < g.len() {
+                match g[j] {
+                    b'{' => depth += 1,
+                    b'}' if depth == 0 => break,
+                    b'}' => depth -= 1,
+                    b',' if depth == 0 => item_start = true,
+                    _ => {}
+                }
+                if item_start && (g[j].is_ascii_alphabetic() || g[j] == b'_') {
+                    let (name, end) = ident_at(g, j);
+                    found.push((line, name));
+                    item_start = false;
+                    j = end;
+                    continue;
+                }
+                j += 1;
+            }
+        } else {
+            let (name, _) = ident_at(s, code.len() - next.len());
+            found.push((line, name));
+        }
+    }
+    found
+}
+
+/// For each byte of `code`, how many inline `mod name { … }` blocks enclose it: `super` inside
+/// one (a `mod tests`, say) climbs out of that block before it climbs out of the file.
+fn inline_mod_depths(code: &str) -> Vec<usize> {
+    let s = code.as_bytes();
+    let mut depths = Vec::with_capacity(s.len());
+    // One entry per open brace: whether it opened an inline module.
+    let mut stack: Vec<bool> = Vec::new();
+    let mut mod_pending = false;
+    let mut i = 0;
+    while i < s.len() {
+        let word_start = i == 0 || !(s[i - 1].is_ascii_alphanumeric() || s[i - 1] == b'_');
+        if word_start && code[i..].starts_with("mod") {
+            let (word, end) = ident_at(s, i);
+            if word == "mod" {
+                mod_pending = true;
+                let (_, after_name) = ident_at(s, end);
+                depths.resize(after_name, stack.iter().filter(|m| **m).count());
+                i = after_name;
+                continue;
+            }
+        }
+        match s[i] {
+            b'{' => {
+                stack.push(mod_pending);
+                mod_pending = false;
+            }
+            b'}' => {
+                stack.pop();
+            }
+            // `mod name;`: a module in another file, no block follows.
+            b';' => mod_pending = false,
+            _ => {}
+        }
+        depths.push(stack.iter().filter(|m| **m).count());
+        i += 1;
+    }
+    depths
+}
+
+/// `super::` paths leave the current module; once they climb above the layer's root module
+/// they reach the crate root, so `super::x` there means `crate::x`. Those, with their line
+/// numbers, given how deep the file's module is below its layer's root.
+fn super_paths(code: &str, file_depth: usize) -> Vec<(usize, String)> {
+    let s = code.as_bytes();
+    let inline = inline_mod_depths(code);
+    let mut found = Vec::new();
+    let mut from = 0;
+    while let Some(k) = code[from..].find("super") {
+        let at = from + k;
+        from = at + 5;
+        if at > 0 && (s[at - 1].is_ascii_alphanumeric() || s[at - 1] == b'_' || s[at - 1] == b':') {
+            continue;
+        }
+        // Follow the chain super::super::…
+        let (mut ups, mut j) = (0, at);
+        while code[j..].starts_with("super") {
+            let Some(after) = code[j + 5..].trim_start().strip_prefix("::") else {
+                break;
+            };
+            ups += 1;
+            j = code.len() - after.trim_start().len();
+        }
+        if ups > file_depth + inline[at] {
+            let (name, _) = ident_at(s, j);
+            let line = code[..at].matches('\n').count() + 1;
+            found.push((line, name));
+        }
+    }
+    found
+}
+
+fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            rs_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// The file's layer and how deep its module sits below the layer's root module.
+fn layer_of(src: &Path, file: &Path) -> Option<(String, usize)> {
+    let rel = file.strip_prefix(src).unwrap();
+    let parts: Vec<String> = rel
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    let (layer, depth) = if parts.len() == 1 {
+        // src/cli.rs, src/harness.rs: a layer in one file; lib.rs and main.rs are the root.
+        (parts[0].trim_end_matches(".rs").to_string(), 0)
+    } else {
+        let last = parts.last().unwrap();
+        let nested = parts.len() - 1 - usize::from(last == "mod.rs");
+        (parts[0].clone(), nested)
+    };
+    rank(&layer).map(|_| (layer, depth))
+}
+
+#[test]
+fn each_layer_uses_only_earlier_layers() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rs_files(&src, &mut files);
+    files.sort();
+    let mut violations = Vec::new();
+    let mut layers_seen = BTreeSet::new();
+    for file in &files {
+        let Some((layer, depth)) = layer_of(&src, file) else {
+            continue;
+        };
+        layers_seen.insert(layer.clone());
+        let code = code_only(&std::fs::read_to_string(file).unwrap());
+        let mut used = crate_paths(&code);
+        used.extend(super_paths(&code, depth));
+        let own = rank(&layer).unwrap();
+        let stricter = STRICTER.iter().find(|(l, _)| *l == layer).map(|(_, a)| *a);
+        for (line, name) in used {
+            if name == layer || ANYONE_MAY_USE.contains(&name.as_str()) {
+                continue;
+            }
+            let allowed = match (stricter, rank(&name)) {
+                (Some(only), _) => only.contains(&name.as_str()),
+                (None, Some(r)) => r < own,
+                // Not a layer (a crate-root item such as a macro): nothing to check.
+                (None, None) => true,
+            };
+            if !allowed {
+                violations.push(format!(
+                    "{}:{line}: `{layer}` uses `crate::{name}`",
+                    file.strip_prefix(&src).unwrap().display()
+                ));
+            }
+        }
+    }
+    // Guard against the test checking nothing (a moved tree, a broken walk).
+    for l in ["onnx", "codebook", "lower", "convert", "cli"] {
+        assert!(layers_seen.contains(l), "no files found for layer `{l}`");
+    }
+    assert!(
+        violations.is_empty(),
+        "layers reaching later layers (order: {LAYERS:?}; anyone may use {ANYONE_MAY_USE:?}; \
+         {STRICTER:?}):\n{}",
+        violations.join("\n")
+    );
+}
+
+/// The scanner itself: comments and strings do not count, groups and `super` chains do.
+#[test]
+fn the_scanner_finds_paths_in_code_only() {
+    let code = code_only(
+        "use crate::{onnx::model, lower::{self, X}};\n\
+         // crate::report in a comment\n\
+         /// crate::cli in a doc comment\n\
+         /* crate::eval /* nested */ crate::eval */\n\
+         let s = \"crate::convert\"; let r = r#\"crate::calibrate\"#; let c = '\"';\n\
+         let x = crate::engine::run(); fn f<'a>(_: &'a str) {}\n\
+         let y = my_crate::analysis::f();\n",
+    );
+    let names: Vec<(usize, String)> = crate_paths(&code);
+    assert_eq!(
+        names,
+        [
+            (1, "onnx".to_string()),
+            (1, "lower".to_string()),
+            (6, "engine".to_string())
+        ]
+    );
+    let sup = super_paths(
+        &code_only(
+            "use super::super::convert;\nuse super::x;\n\
+             mod a;\nmod tests { use super::super::y; fn f() { super::super::super::z(); } }\n",
+        ),
+        1,
+    );
+    assert_eq!(sup, [(1, "convert".to_string()), (4, "z".to_string())]);
+}
