@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 /// The layers in pipeline order. Entries that share a rank (`cli` and `harness`, the two ends
 /// the outside world calls) may not use each other either: neither comes before the other.
 const LAYERS: &[&[&str]] = &[
+    // The services every layer may use, and which use no layer themselves: the generated
+    // protobuf messages, progress reporting, the typed invalid-setting error.
+    &["proto", "progress", "setting"],
     &["onnx"],
     &["codebook"],
     &["engine"],
@@ -22,13 +25,13 @@ const LAYERS: &[&[&str]] = &[
     &["cli", "harness"],
 ];
 
-/// Services any layer may use: the generated protobuf messages and progress reporting.
-const ANYONE_MAY_USE: &[&str] = &["proto", "progress"];
+/// Services any layer may use (the first rank of [`LAYERS`]).
+const ANYONE_MAY_USE: &[&str] = &["proto", "progress", "setting"];
 
 /// Layers held to a stricter rule than their rank gives them, with what they may use:
 /// the clustering is pure arithmetic on arrays and knows nothing of ONNX, so it can be
 /// benchmarked, fuzzed and reused without a model.
-const STRICTER: &[(&str, &[&str])] = &[("codebook", &["progress"])];
+const STRICTER: &[(&str, &[&str])] = &[("codebook", &["progress", "setting"])];
 
 fn rank(layer: &str) -> Option<usize> {
     LAYERS.iter().position(|r| r.contains(&layer))
@@ -313,7 +316,9 @@ fn each_layer_uses_only_earlier_layers() {
         }
     }
     // Guard against the test checking nothing (a moved tree, a broken walk).
-    for l in ["onnx", "codebook", "lower", "convert", "cli"] {
+    for l in [
+        "progress", "setting", "onnx", "codebook", "lower", "convert", "cli",
+    ] {
         assert!(layers_seen.contains(l), "no files found for layer `{l}`");
     }
     assert!(
@@ -321,6 +326,23 @@ fn each_layer_uses_only_earlier_layers() {
         "layers reaching later layers (order: {LAYERS:?}; anyone may use {ANYONE_MAY_USE:?}; \
          {STRICTER:?}):\n{}",
         violations.join("\n")
+    );
+}
+
+/// The pipeline lives in the folders: at most 8 source files directly in `src/` (issue 13).
+#[test]
+fn few_files_directly_in_src() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let top: Vec<String> = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "rs"))
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        top.len() <= 8,
+        "{} files directly in src/: {top:?}",
+        top.len()
     );
 }
 
