@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
@@ -69,69 +69,13 @@ pub fn infer(model: &OnnxModel, overrides: &[InputShape]) -> Result<ShapeMap> {
         .iter()
         .map(|o| tm.node(o.node).name.clone())
         .collect();
-    for o in overrides {
-        match &o.name {
-            Some(n) if !input_names.contains(n) => {
-                return Err(InvalidSetting::new(
-                    Setting::InputShape,
-                    format!(
-                        "names `{n}`, but the model's inputs are {}",
-                        quoted(&input_names)
-                    ),
-                )
-                .into())
-            }
-            None if input_names.len() != 1 => {
-                return Err(InvalidSetting::new(
-                    Setting::InputShape,
-                    format!(
-                        "without a name needs a model with one input; this one has {}",
-                        quoted(&input_names)
-                    ),
-                )
-                .into())
-            }
-            _ => {}
-        }
-    }
+    check_overrides(overrides, &input_names)?;
     for (ix, name) in input_names.iter().enumerate() {
         let fact = tm.input_fact(ix)?.clone();
         let given = overrides
             .iter()
             .find(|o| o.name.as_deref().is_none_or(|n| n == name));
-        let dims: Vec<usize> = if let Some(given) = given {
-            if let Some(rank) = fact.shape.concretize().map(|s| s.len()) {
-                if rank != given.dims.len() {
-                    let rank_given = given.dims.len();
-                    return Err(InvalidSetting::new(
-                        Setting::InputShape,
-                        format!(
-                            "for `{name}` has rank {rank_given}, the model expects rank {rank}"
-                        ),
-                    )
-                    .into());
-                }
-            }
-            given.dims.clone()
-        } else {
-            let dims = fact.shape.concretize().with_context(|| {
-                format!("input `{name}` has no known rank; pass --input-shape {name}=D1,D2,...")
-            })?;
-            let mut out = Vec::new();
-            for (axis, d) in dims.iter().enumerate() {
-                match d.to_usize() {
-                    Ok(v) => out.push(v),
-                    Err(_) if axis == 0 => {
-                        map.assumptions.push(format!("batch dimension `{d}` of input `{name}` taken as 1"));
-                        out.push(1);
-                    }
-                    Err(_) => bail!(
-                        "input `{name}` has a dynamic dimension `{d}` on axis {axis}; pass --input-shape {name}=D1,D2,..."
-                    ),
-                }
-            }
-            out
-        };
+        let dims = input_dims(name, &fact, given, &mut map.assumptions)?;
         let mut new_fact = fact.clone().with_shape(dims.clone());
         if new_fact.datum_type.concretize().is_none() {
             new_fact = new_fact.with_datum_type(DatumType::F32);
@@ -152,6 +96,73 @@ pub fn infer(model: &OnnxModel, overrides: &[InputShape]) -> Result<ShapeMap> {
         }
     }
     Ok(map)
+}
+
+/// Every `--input-shape` names an input of the model (or the model has one input).
+fn check_overrides(overrides: &[InputShape], input_names: &[String]) -> Result<()> {
+    for o in overrides {
+        let why = match &o.name {
+            Some(n) if !input_names.contains(n) => format!(
+                "names `{n}`, but the model's inputs are {}",
+                quoted(input_names)
+            ),
+            None if input_names.len() != 1 => format!(
+                "without a name needs a model with one input; this one has {}",
+                quoted(input_names)
+            ),
+            _ => continue,
+        };
+        return Err(InvalidSetting::new(Setting::InputShape, why).into());
+    }
+    Ok(())
+}
+
+/// The concrete dimensions of input `name`: the user's, or the model's with a symbolic batch
+/// dimension taken as 1 (recorded in `assumptions`).
+fn input_dims(
+    name: &str,
+    fact: &InferenceFact,
+    given: Option<&InputShape>,
+    assumptions: &mut Vec<String>,
+) -> Result<Vec<usize>> {
+    let needed = |why: String| -> anyhow::Error {
+        InvalidSetting::new(
+            Setting::InputShape,
+            format!("is needed: {why}; give {name}=D1,D2,..."),
+        )
+        .into()
+    };
+    if let Some(given) = given {
+        if let Some(rank) = fact.shape.concretize().map(|s| s.len()) {
+            let rank_given = given.dims.len();
+            if rank != rank_given {
+                let why =
+                    format!("for `{name}` has rank {rank_given}, the model expects rank {rank}");
+                return Err(InvalidSetting::new(Setting::InputShape, why).into());
+            }
+        }
+        return Ok(given.dims.clone());
+    }
+    let Some(dims) = fact.shape.concretize() else {
+        return Err(needed(format!("input `{name}` has no known rank")));
+    };
+    let mut out = Vec::new();
+    for (axis, d) in dims.iter().enumerate() {
+        match d.to_usize() {
+            Ok(v) => out.push(v),
+            Err(_) if axis == 0 => {
+                assumptions.push(format!(
+                    "batch dimension `{d}` of input `{name}` taken as 1"
+                ));
+                out.push(1);
+            }
+            Err(_) => {
+                let why = format!("input `{name}` has a dynamic dimension `{d}` on axis {axis}");
+                return Err(needed(why));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn quoted(names: &[String]) -> String {
