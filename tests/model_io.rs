@@ -77,24 +77,8 @@ fn model_with_newer_fields() -> ModelProto {
         ..Default::default()
     };
     let f32_info = |name: &str, dims: &[i64]| ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(1),
-                shape: Some(TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|&d| tensor_shape_proto::Dimension {
-                            value: Some(tensor_shape_proto::dimension::Value::DimValue(d)),
-                            denotation: None,
-                        })
-                        .collect(),
-                }),
-            })),
-            denotation: None,
-        }),
         metadata_props: vec![meta("unit", "none")],
-        ..Default::default()
+        ..onnx_dlq::onnx::build::value_info(name, 1, Some(dims))
     };
     ModelProto {
         ir_version: Some(11),

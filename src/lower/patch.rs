@@ -6,12 +6,10 @@ use std::collections::{BTreeMap, HashSet};
 
 use anyhow::{bail, ensure, Result};
 
+use crate::onnx::build;
 use crate::onnx::model::OnnxModel;
 use crate::onnx::tensor;
-use crate::proto::{
-    tensor_shape_proto, type_proto, NodeProto, StringStringEntryProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
-};
+use crate::proto::{NodeProto, StringStringEntryProto, TensorProto, ValueInfoProto};
 
 /// The replacement of one Conv node.
 #[derive(Debug, Clone)]
@@ -32,27 +30,10 @@ pub struct GraphPatch {
     pub layers: Vec<LayerPatch>,
 }
 
+/// The graph-input entry an IR-3 model lists for initializer `t`.
 fn value_info_for(t: &TensorProto) -> ValueInfoProto {
-    ValueInfoProto {
-        name: t.name.clone(),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: t.data_type,
-                shape: Some(TensorShapeProto {
-                    dim: t
-                        .dims
-                        .iter()
-                        .map(|&d| tensor_shape_proto::Dimension {
-                            value: Some(tensor_shape_proto::dimension::Value::DimValue(d)),
-                            denotation: None,
-                        })
-                        .collect(),
-                }),
-            })),
-            denotation: None,
-        }),
-        ..Default::default()
-    }
+    let name = t.name.as_deref().unwrap_or_default();
+    build::value_info(name, t.data_type.unwrap_or(0), Some(&t.dims))
 }
 
 /// Applies every layer patch: new nodes take the place of their Conv (so the graph stays

@@ -2,7 +2,10 @@
 //! attribute is spelled one way everywhere.
 
 use crate::proto::attribute_proto::AttributeType;
-use crate::proto::{AttributeProto, NodeProto};
+use crate::proto::{
+    tensor_shape_proto, type_proto, AttributeProto, NodeProto, TensorShapeProto, TypeProto,
+    ValueInfoProto,
+};
 
 /// An INTS attribute.
 pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
@@ -58,6 +61,28 @@ pub fn node(
         name: (!name.is_empty()).then(|| name.to_string()),
         op_type: Some(op.into()),
         attribute: attrs,
+        ..Default::default()
+    }
+}
+
+/// The value info of a tensor `name` of element type `elem` (an ONNX `DataType`), with concrete
+/// `dims` or no shape.
+pub fn value_info(name: &str, elem: i32, dims: Option<&[i64]>) -> ValueInfoProto {
+    let dim = |&d: &i64| tensor_shape_proto::Dimension {
+        value: Some(tensor_shape_proto::dimension::Value::DimValue(d)),
+        denotation: None,
+    };
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(elem),
+                shape: dims.map(|d| TensorShapeProto {
+                    dim: d.iter().map(dim).collect(),
+                }),
+            })),
+            denotation: None,
+        }),
         ..Default::default()
     }
 }

@@ -52,10 +52,7 @@ pub fn path_str(p: &Path) -> &str {
 }
 
 use onnx_dlq::onnx::build::{attr_ints, attr_str, node};
-use onnx_dlq::proto::{
-    tensor_shape_proto, type_proto, GraphProto, ModelProto, OperatorSetIdProto, TensorShapeProto,
-    TypeProto, ValueInfoProto,
-};
+use onnx_dlq::proto::{GraphProto, ModelProto, OperatorSetIdProto, ValueInfoProto};
 
 /// Geometry of a single-Conv test model.
 #[derive(Debug, Clone)]
@@ -77,25 +74,8 @@ pub struct ConvSpec {
 }
 
 pub fn value_info(name: &str, elem: i32, dims: Option<&[usize]>) -> ValueInfoProto {
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(elem),
-                shape: dims.map(|d| TensorShapeProto {
-                    dim: d
-                        .iter()
-                        .map(|&v| tensor_shape_proto::Dimension {
-                            value: Some(tensor_shape_proto::dimension::Value::DimValue(v as i64)),
-                            denotation: None,
-                        })
-                        .collect(),
-                }),
-            })),
-            denotation: None,
-        }),
-        ..Default::default()
-    }
+    let dims: Option<Vec<i64>> = dims.map(|d| d.iter().map(|&v| v as i64).collect());
+    onnx_dlq::onnx::build::value_info(name, elem, dims.as_deref())
 }
 
 /// A model `y = Conv(x, w[, b])` with the given weights, named `conv`, weight `w`, bias `b`.
