@@ -67,56 +67,8 @@ impl fmt::Display for KernelError {
             ZeroGeometry { field } => write!(f, "geometry: {field} is 0, must be at least 1"),
             NoSubspaces => write!(f, "no subspaces: the input channels are not covered"),
             EmptySubspace { subspace } => write!(f, "subspace {subspace}: empty channel range"),
-            SubspaceNotContiguous {
-                subspace,
-                expected_start,
-                start,
-            } => write!(
-                f,
-                "subspace {subspace}: starts at channel {start}, expected {expected_start} \
-                 (subspaces must be contiguous and in order)"
-            ),
-            SubspacesDoNotCover { end, in_channels } => write!(
-                f,
-                "subspaces cover channels 0..{end}, but the layer has {in_channels} input channels"
-            ),
             NoAtoms { subspace } => write!(f, "subspace {subspace}: num_atoms is 0"),
             ZeroAlpha { subspace } => write!(f, "subspace {subspace}: codes have alpha 0"),
-            CodeCount {
-                subspace,
-                alpha,
-                len,
-            } => write!(
-                f,
-                "subspace {subspace}: {len} code atoms is not a positive multiple of alpha {alpha}"
-            ),
-            Length {
-                subspace,
-                what,
-                expected,
-                found,
-            } => {
-                write_subspace(f, *subspace)?;
-                write!(f, "{what} has length {found}, expected {expected}")
-            }
-            IndexOutOfRange {
-                subspace,
-                what,
-                position,
-                value,
-                limit,
-            } => write!(
-                f,
-                "subspace {subspace}: {what}[{position}] = {value}, must be below {limit}"
-            ),
-            NonFinite {
-                subspace,
-                what,
-                position,
-            } => {
-                write_subspace(f, *subspace)?;
-                write!(f, "{what}[{position}] is not finite")
-            }
             ChannelMismatch { expected, found } => write!(
                 f,
                 "input has {found} channels, the geometry expects {expected}"
@@ -126,6 +78,73 @@ impl fmt::Display for KernelError {
                 "no output: the dilated kernel does not fit the padded {h}×{w} input"
             ),
             TooLarge { what } => write!(f, "{what}: size overflows usize"),
+            SubspaceNotContiguous { .. }
+            | SubspacesDoNotCover { .. }
+            | CodeCount { .. }
+            | Length { .. }
+            | IndexOutOfRange { .. }
+            | NonFinite { .. } => self.fmt_detailed(f),
+        }
+    }
+}
+
+impl KernelError {
+    /// The variants with three or more fields (split off only to keep `fmt` short).
+    fn fmt_detailed(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use KernelError::*;
+        match self {
+            SubspaceNotContiguous {
+                subspace: s,
+                expected_start,
+                start,
+            } => write!(
+                f,
+                "subspace {s}: starts at channel {start}, expected {expected_start} \
+                 (subspaces must be contiguous and in order)"
+            ),
+            SubspacesDoNotCover { end, in_channels } => write!(
+                f,
+                "subspaces cover channels 0..{end}, but the layer has {in_channels} input channels"
+            ),
+            CodeCount {
+                subspace: s,
+                alpha,
+                len,
+            } => write!(
+                f,
+                "subspace {s}: {len} code atoms is not a positive multiple of alpha {alpha}"
+            ),
+            Length {
+                subspace: s,
+                what,
+                expected,
+                found,
+            } => {
+                write_subspace(f, *s)?;
+                write!(f, "{what} has length {found}, expected {expected}")
+            }
+            IndexOutOfRange {
+                subspace: s,
+                what,
+                position: i,
+                value,
+                limit,
+            } => {
+                write!(
+                    f,
+                    "subspace {s}: {what}[{i}] = {value}, must be below {limit}"
+                )
+            }
+            NonFinite {
+                subspace: s,
+                what,
+                position: i,
+            } => {
+                write_subspace(f, *s)?;
+                write!(f, "{what}[{i}] is not finite")
+            }
+            // Not reached: `fmt` routes only the variants above here. Debug keeps it total.
+            other => write!(f, "{other:?}"),
         }
     }
 }
