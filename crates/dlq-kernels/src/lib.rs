@@ -1,0 +1,39 @@
+//! `dlq-kernels`: one job — compute a convolution whose kernel was clustered by onnx-dlq
+//! (dictionary-learning quantization, DL, or its special case vector quantization, VQ)
+//! without ever expanding the kernel, and prove it equals the dense convolution.
+//!
+//! Input channels `0..N` are split into S subspaces of consecutive channels. Subspace `s` has
+//! L atoms (vectors over its channels), K representatives (each a sparse combination of α atoms;
+//! VQ is α = 1, coefficient 1, representative i = atom i) and an assignment
+//! `Γ_s[k][u][v] ∈ 0..K` for every output channel k and kernel position (u, v). The kernel it stands
+//! for is
+//!
+//! ```text
+//! W̃[k, c ∈ s, u, v] = Σ_{t < α} coef[Γ_s[k][u][v]][t] · atom[idx[Γ_s[k][u][v]][t]][c]
+//! U = Conv(X, W̃) + bias
+//! ```
+//!
+//! and [`DlqConv::run`] computes U by linearity, per image and subspace:
+//! `Z_s = atoms · X_s` (an L × (H·W) product), `R_s[i] = Σ_t coef · Z_s[idx]` (α multiply-adds per
+//! element), then for each output channel k and position (u, v) it adds the shifted, strided plane
+//! `R_s[Γ_s[k][u][v]]` into output channel k. Multiplications per output pixel drop from
+//! `kh·kw·M·N` to about `N·L + α·S·K`; the look-ups cost `kh·kw·M·S` additions.
+//!
+//! [`DlqConv::new`] validates everything once, so the compute paths never index out of bounds and
+//! never panic on user data; [`dense_conv`] is the straightforward reference and
+//! [`DlqConv::reconstruct`] the dense W̃ it is checked with.
+//!
+//! This first step is portable scalar code shaped for autovectorisation (contiguous axpy loops,
+//! output channels stationary, no per-element gathers): no SIMD intrinsics and no threads yet —
+//! SIMD dispatch and parallelism come later.
+
+mod conv;
+mod dense;
+mod error;
+mod fast;
+mod geometry;
+
+pub use conv::{Codes, DlqConv, Subspace};
+pub use dense::dense_conv;
+pub use error::KernelError;
+pub use geometry::Geometry;
