@@ -12,11 +12,11 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
 export ONNX_DLQ_PYTHON="$PWD/$venv/bin/python"
-cargo fmt --check
+cargo fmt --all --check
 # The size rule of docs/ARCHITECTURE.md: no function outside SIMD kernels above 100 lines.
 python3 scripts/fn_lengths.py src --max 100 --top 3
-cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked
+cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo test --locked --workspace
 # Coverage-guided fuzz smoke on the stable toolchain (no sanitizer): 60 s of libFuzzer over the
 # seed corpus; new inputs go to target/fuzz-corpus, a crash fails the run (README, "Fuzzing").
 if ! cargo fuzz --version >/dev/null 2>&1; then
