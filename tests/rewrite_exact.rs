@@ -1,6 +1,7 @@
 //! Exactness of the rewrite: over random layers (kernel sizes, strides, pads incl. asymmetric and
 //! SAME_*, dilations, odd sizes, batch 1 and 3, N′ dividing N or not, DL and VQ, several
-//! opsets), the converted graph run in tract equals a dense Conv with the reconstructed kernel.
+//! opsets), the converted graph run in tract equals a dense Conv with the reconstructed kernel,
+//! and so does the native `dlq-kernels` kernel of the same codebook (the fused operator's).
 //! Also: multiplication counts equal the paper's formulas, and no intermediate holds more than
 //! max(S·K, S·M) planes.
 
@@ -27,7 +28,8 @@ fn uniform(rng: &mut Xoshiro256PlusPlus, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
-/// Converts the single Conv of `case`, returning (converted model, dense model with W̃, codebook).
+/// Converts the single Conv of `case`, returning (converted model, dense model with W̃,
+/// codebook, the native kernel).
 fn convert(
     case: &Case,
     rng: &mut Xoshiro256PlusPlus,
@@ -36,6 +38,7 @@ fn convert(
     onnx_dlq::onnx::model::OnnxModel,
     onnx_dlq::onnx::model::OnnxModel,
     Codebook,
+    dlq_kernels::DlqConv,
 ) {
     let s = &case.spec;
     let weight = uniform(rng, s.m * s.n * s.kh * s.kw);
@@ -69,12 +72,13 @@ fn convert(
     let lp = lower::lower(&original, &layers[0], &cb, &sh, "{}").unwrap();
     let mut converted = original.clone();
     lower::apply(&mut converted, GraphPatch { layers: vec![lp] }).unwrap();
-    (converted, dense, cb)
+    let native = lower::kernel::native(&original, &layers[0], &cb, [s.h, s.w]).unwrap();
+    (converted, dense, cb, native)
 }
 
 fn check_exact(case: &Case, rng: &mut Xoshiro256PlusPlus) {
     let tmp = tempfile::tempdir().unwrap();
-    let (converted, dense, _) = convert(case, rng, tmp.path());
+    let (converted, dense, _, native) = convert(case, rng, tmp.path());
     let s = &case.spec;
     let shape = [s.batch, s.n, s.h, s.w];
     let x = ArrayD::from_shape_vec(IxDyn(&shape), uniform(rng, shape.iter().product())).unwrap();
@@ -84,11 +88,13 @@ fn check_exact(case: &Case, rng: &mut Xoshiro256PlusPlus) {
         .run(&x)
         .unwrap();
     // The acceptance tolerance of the rewrite issue: the same function as a dense Conv.
-    Approximation::Exact.assert_close(
-        &format!("{s:?} {:?} N′={}", case.method, case.subspace),
-        &got,
-        &want,
-    );
+    let what = format!("{s:?} {:?} N′={}", case.method, case.subspace);
+    Approximation::Exact.assert_close(&what, &got, &want);
+    let mut fused = ArrayD::zeros(want.raw_dim());
+    let x_flat = x.as_slice().unwrap();
+    let out_flat = fused.as_slice_mut().unwrap();
+    native.run(x_flat, s.batch, s.h, s.w, out_flat).unwrap();
+    Approximation::Exact.assert_close(&format!("native kernel, {what}"), &fused, &want);
 }
 
 fn random_case(rng: &mut Xoshiro256PlusPlus, opset: i64) -> Case {
@@ -258,7 +264,7 @@ fn multiplications_match_the_paper_formulas_and_planes_stay_bounded() {
             subspace,
             alpha: 2,
         };
-        let (converted, _, cb) = convert(&case, &mut rng, tmp.path());
+        let (converted, _, cb, _) = convert(&case, &mut rng, tmp.path());
         let sh = shapes::infer(&converted, &[]).unwrap();
         let total = cost::graph_cost(&converted, &sh).total.multiplications as usize;
         let m2 = spec.h * spec.w;

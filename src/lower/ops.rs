@@ -339,7 +339,7 @@ fn wire_subspace_sum(b: &mut Builder, geo: &Geometry, acc: String) -> Result<Str
 }
 
 /// The original bias (if any) plus calibration's shift (if any): what the subgraph adds last.
-fn layer_bias(
+pub(super) fn layer_bias(
     model: &OnnxModel,
     layer: &ConvLayer,
     codebook: &Codebook,
