@@ -1,0 +1,551 @@
+//! `bench_layer`: wall-clock timing of `DlqConv::run` on one clustered Conv layer (issue 14).
+//!
+//! Builds a DL layer of the given sizes with seeded random atoms, codes and assignments (the
+//! kernel's time depends only on the sizes, never on the values), times `run` on batch 1
+//! (warm-up, then the median and minimum of `--reps` runs) and prints one JSON line: the sizes,
+//! the times, the paper's counts (multiplications `m²(N·L + α·S·K)`, look-up additions
+//! `kh·kw·M·S` per output position), the achieved GFLOP/s (a multiply-add = 2 flops, a look-up
+//! add = 1), the time of each phase (Z, R, look-up adds; measured by a copy of `run`'s loops that
+//! must produce the same output bit for bit) and, for orientation only, the crate's *naive*
+//! f64 reference `dense_conv` (not a tuned dense convolution).
+//!
+//! `--ceiling` instead prints this machine's ceilings: FMA throughput (AVX2+FMA intrinsics and
+//! AVX-512 inline assembly, each when the CPU has it), copy bandwidth (64 MiB, i.e. DRAM, and
+//! 256 KiB, L2) and an L2-resident `a[i] += b[i]` rate compiled like the kernel's look-up adds.
+//!
+//! ```text
+//! cargo run --release -p dlq-kernels --example bench_layer -- [--m 256 --n 64 --h 13 --w 13
+//!     --k 3 --pad 1 --subspace 8 --l 28 --k-reps 345 --alpha 2 --reps 200 --warmup 20
+//!     --dense-reps 3 --seed 1] [--ceiling]
+//! ```
+//! Defaults: SqueezeNet `fire8/expand3x3` at ρ = 20 (N′ = 8, c = 3, α = 2).
+
+use std::hint::black_box;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use dlq_kernels::{dense_conv, Codes, DlqConv, Geometry, Subspace};
+
+/// Layer sizes and run counts from the command line.
+#[derive(Debug, Clone)]
+struct Args {
+    m: usize,
+    n: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    pad: usize,
+    subspace: usize,
+    l: usize,
+    k_reps: usize,
+    alpha: usize,
+    reps: usize,
+    warmup: usize,
+    dense_reps: usize,
+    seed: u64,
+    ceiling: bool,
+}
+
+impl Args {
+    fn parse() -> Result<Args, String> {
+        let mut a = Args {
+            m: 256,
+            n: 64,
+            h: 13,
+            w: 13,
+            k: 3,
+            pad: 1,
+            subspace: 8,
+            l: 28,
+            k_reps: 345,
+            alpha: 2,
+            reps: 200,
+            warmup: 20,
+            dense_reps: 3,
+            seed: 1,
+            ceiling: false,
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(flag) = it.next() {
+            if flag == "--ceiling" {
+                a.ceiling = true;
+                continue;
+            }
+            let value = it.next().ok_or(format!("{flag} needs a value"))?;
+            let v: u64 = value
+                .parse()
+                .map_err(|_| format!("{flag}: not a number: {value}"))?;
+            let u = v as usize;
+            match flag.as_str() {
+                "--m" => a.m = u,
+                "--n" => a.n = u,
+                "--h" => a.h = u,
+                "--w" => a.w = u,
+                "--k" => a.k = u,
+                "--pad" => a.pad = u,
+                "--subspace" => a.subspace = u,
+                "--l" => a.l = u,
+                "--k-reps" => a.k_reps = u,
+                "--alpha" => a.alpha = u,
+                "--reps" => a.reps = u,
+                "--warmup" => a.warmup = u,
+                "--dense-reps" => a.dense_reps = u,
+                "--seed" => a.seed = v,
+                _ => return Err(format!("unknown flag {flag}")),
+            }
+        }
+        if a.subspace == 0 || a.reps == 0 {
+            return Err("--subspace and --reps must be at least 1".into());
+        }
+        Ok(a)
+    }
+}
+
+/// xorshift64*, as in the crate's tests.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> u32 {
+        (self.next() % n as u64) as u32
+    }
+
+    /// Uniform in [−1, 1).
+    fn value(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+
+    fn values(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.value()).collect()
+    }
+}
+
+/// A DL layer with random values: subspaces of `a.subspace` consecutive channels (the last may be
+/// narrower), L atoms, K representatives of α atoms each, a random Γ.
+fn random_layer(a: &Args, rng: &mut Rng) -> Result<DlqConv, String> {
+    let geometry = Geometry {
+        in_channels: a.n,
+        out_channels: a.m,
+        kernel: [a.k, a.k],
+        strides: [1, 1],
+        dilations: [1, 1],
+        pads: [a.pad; 4],
+    };
+    let taps = a.m * a.k * a.k;
+    let subspaces = (0..a.n)
+        .step_by(a.subspace)
+        .map(|start| {
+            let channels = start..(start + a.subspace).min(a.n);
+            Subspace {
+                atoms: rng.values(a.l * channels.len()),
+                channels,
+                num_atoms: a.l,
+                codes: Some(Codes {
+                    alpha: a.alpha,
+                    atoms: (0..a.k_reps * a.alpha).map(|_| rng.below(a.l)).collect(),
+                    coefficients: rng.values(a.k_reps * a.alpha),
+                }),
+                assignment: (0..taps).map(|_| rng.below(a.k_reps)).collect(),
+            }
+        })
+        .collect();
+    DlqConv::new(geometry, subspaces, None).map_err(|e| format!("{e:?}"))
+}
+
+/// Median and minimum of a list of seconds, in milliseconds.
+fn median_min_ms(mut times: Vec<f64>) -> (f64, f64) {
+    times.sort_by(f64::total_cmp);
+    (times[times.len() / 2] * 1e3, times[0] * 1e3)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase timing: the loops of `src/fast.rs` (`run`), copied with a clock between the phases.
+// `main` checks that this copy produces `run`'s output bit for bit.
+
+/// Seconds spent in each phase of one `run`-equivalent pass.
+#[derive(Default, Clone, Copy)]
+struct Phases {
+    init: f64,
+    z: f64,
+    r: f64,
+    taps: f64,
+}
+
+struct PhaseRunner<'a> {
+    conv: &'a DlqConv,
+    hw: [usize; 2],
+    padded: [usize; 2],
+    out_hw: [usize; 2],
+    z: Vec<f32>,
+    r: Vec<f32>,
+}
+
+impl<'a> PhaseRunner<'a> {
+    fn new(conv: &'a DlqConv, h: usize, w: usize) -> PhaseRunner<'a> {
+        let g = conv.geometry();
+        let [top, left, bottom, right] = g.pads;
+        let padded = [h + top + bottom, w + left + right];
+        let out_hw = g.output_size(h, w).expect("layer fits");
+        let l = conv.subspaces().iter().map(|s| s.num_atoms).max().unwrap();
+        let k = conv.subspaces().iter().map(Subspace::num_representatives);
+        let plane = padded[0] * padded[1];
+        PhaseRunner {
+            conv,
+            hw: [h, w],
+            padded,
+            out_hw,
+            z: vec![0.0; l * plane],
+            r: vec![0.0; k.max().unwrap() * plane],
+        }
+    }
+
+    fn run(&mut self, image: &[f32], dst: &mut [f32]) -> Phases {
+        let mut p = Phases::default();
+        let [oh, ow] = self.out_hw;
+        let t = Instant::now();
+        dst.fill(0.0);
+        p.init += t.elapsed().as_secs_f64();
+        for sub in self.conv.subspaces() {
+            let t = Instant::now();
+            self.atom_responses(sub, image);
+            let t1 = Instant::now();
+            self.representative_responses(sub);
+            let t2 = Instant::now();
+            self.add_taps(sub, dst, [oh, ow]);
+            let t3 = Instant::now();
+            p.z += (t1 - t).as_secs_f64();
+            p.r += (t2 - t1).as_secs_f64();
+            p.taps += (t3 - t2).as_secs_f64();
+        }
+        p
+    }
+
+    fn atom_responses(&mut self, sub: &Subspace, image: &[f32]) {
+        let [h, w] = self.hw;
+        let (plane, wp) = (self.padded[0] * self.padded[1], self.padded[1]);
+        let [top, left, ..] = self.conv.geometry().pads;
+        let width = sub.channels.len();
+        let (runs, run_len) = if wp == w { (1, h * w) } else { (h, w) };
+        let atoms = sub.atoms.chunks_exact(width);
+        for (z, atom) in self.z.chunks_exact_mut(plane).zip(atoms) {
+            for (j, &a) in atom.iter().enumerate() {
+                let channel = &image[(sub.channels.start + j) * h * w..][..h * w];
+                for run in 0..runs {
+                    let src = &channel[run * run_len..][..run_len];
+                    let dst = &mut z[(top + run) * wp + left..][..run_len];
+                    if j == 0 {
+                        scale(dst, a, src);
+                    } else {
+                        axpy(dst, a, src);
+                    }
+                }
+            }
+        }
+    }
+
+    fn representative_responses(&mut self, sub: &Subspace) {
+        let plane = self.padded[0] * self.padded[1];
+        let codes = sub.codes.as_ref().expect("the bench builds DL layers");
+        let k = sub.num_representatives();
+        let atoms = codes.atoms.chunks_exact(codes.alpha);
+        let coefficients = codes.coefficients.chunks_exact(codes.alpha);
+        let reps = self.r.chunks_exact_mut(plane).take(k);
+        for ((r, idx), coef) in reps.zip(atoms).zip(coefficients) {
+            for (t, (&atom, &c)) in idx.iter().zip(coef).enumerate() {
+                let z = &self.z[atom as usize * plane..][..plane];
+                if t == 0 {
+                    scale(r, c, z);
+                } else {
+                    axpy(r, c, z);
+                }
+            }
+        }
+    }
+
+    fn add_taps(&self, sub: &Subspace, dst: &mut [f32], [oh, ow]: [usize; 2]) {
+        let g = self.conv.geometry();
+        let [kh, kw] = g.kernel;
+        let wp = self.padded[1];
+        let plane = self.padded[0] * wp;
+        let columns = sub.assignment.chunks_exact(kh * kw);
+        for (out_plane, gamma) in dst.chunks_exact_mut(oh * ow).zip(columns) {
+            for (tap, &rep) in gamma.iter().enumerate() {
+                let (u, v) = (tap / kw, tap % kw);
+                let r = &self.r[rep as usize * plane..][..plane];
+                let origin = u * g.dilations[0] * wp + v * g.dilations[1];
+                add_shifted(out_plane, &r[origin..], ow, wp, g.strides);
+            }
+        }
+    }
+}
+
+fn add_shifted(out_plane: &mut [f32], r: &[f32], ow: usize, wp: usize, [sh, sw]: [usize; 2]) {
+    let span = (ow - 1) * sw + 1;
+    for (oy, out_row) in out_plane.chunks_exact_mut(ow).enumerate() {
+        let src = &r[oy * sh * wp..][..span];
+        if sw == 1 {
+            for (o, &s) in out_row.iter_mut().zip(src) {
+                *o += s;
+            }
+        } else {
+            for (o, &s) in out_row.iter_mut().zip(src.iter().step_by(sw)) {
+                *o += s;
+            }
+        }
+    }
+}
+
+fn scale(dst: &mut [f32], a: f32, src: &[f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = a * s;
+    }
+}
+
+fn axpy(dst: &mut [f32], a: f32, src: &[f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d += a * s;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Machine ceilings.
+
+/// FMA throughput with `ACC` independent 256-bit accumulators; returns GFLOP/s (FMA = 2 flops).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_avx2(iters: usize) -> f64 {
+    use std::arch::x86_64::*;
+    const ACC: usize = 12;
+    let mut acc = [_mm256_set1_ps(1.0); ACC];
+    let a = _mm256_set1_ps(black_box(0.999_999_9));
+    let b = _mm256_set1_ps(black_box(1e-7));
+    let t = Instant::now();
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = _mm256_fmadd_ps(*x, a, b);
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    black_box(acc);
+    (iters * ACC * 8 * 2) as f64 / secs / 1e9
+}
+
+/// As [`fma_avx2`] with 14 independent 512-bit accumulators, in inline assembly: the AVX-512
+/// intrinsics and target feature are stable only since Rust 1.89, above the crate's MSRV (1.85).
+/// Only zmm0–zmm15 are used; `clobber_abi("C")` declares them (all caller-saved) clobbered.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+unsafe fn fma_avx512(iters: usize) -> f64 {
+    const ACC: usize = 14;
+    let (a, b) = (black_box(0.999_999_9f32), black_box(1e-7f32));
+    let t = Instant::now();
+    std::arch::asm!(
+        "vbroadcastss zmm14, dword ptr [{a}]",
+        "vbroadcastss zmm15, dword ptr [{b}]",
+        "vmovaps zmm0, zmm15", "vmovaps zmm1, zmm15", "vmovaps zmm2, zmm15",
+        "vmovaps zmm3, zmm15", "vmovaps zmm4, zmm15", "vmovaps zmm5, zmm15",
+        "vmovaps zmm6, zmm15", "vmovaps zmm7, zmm15", "vmovaps zmm8, zmm15",
+        "vmovaps zmm9, zmm15", "vmovaps zmm10, zmm15", "vmovaps zmm11, zmm15",
+        "vmovaps zmm12, zmm15", "vmovaps zmm13, zmm15",
+        "2:",
+        "vfmadd213ps zmm0, zmm14, zmm15", "vfmadd213ps zmm1, zmm14, zmm15",
+        "vfmadd213ps zmm2, zmm14, zmm15", "vfmadd213ps zmm3, zmm14, zmm15",
+        "vfmadd213ps zmm4, zmm14, zmm15", "vfmadd213ps zmm5, zmm14, zmm15",
+        "vfmadd213ps zmm6, zmm14, zmm15", "vfmadd213ps zmm7, zmm14, zmm15",
+        "vfmadd213ps zmm8, zmm14, zmm15", "vfmadd213ps zmm9, zmm14, zmm15",
+        "vfmadd213ps zmm10, zmm14, zmm15", "vfmadd213ps zmm11, zmm14, zmm15",
+        "vfmadd213ps zmm12, zmm14, zmm15", "vfmadd213ps zmm13, zmm14, zmm15",
+        "dec rcx",
+        "jnz 2b",
+        "vzeroupper",
+        a = in(reg) &a,
+        b = in(reg) &b,
+        inout("rcx") iters.max(1) => _,
+        clobber_abi("C"),
+        options(nostack),
+    );
+    let secs = t.elapsed().as_secs_f64();
+    (iters.max(1) * ACC * 16 * 2) as f64 / secs / 1e9
+}
+
+/// Best of `tries` calls of `f` (each returning a rate): the machine is shared, so the best is the
+/// closest to the ceiling.
+fn best_of(tries: usize, mut f: impl FnMut() -> f64) -> f64 {
+    (0..tries).map(|_| f()).fold(0.0, f64::max)
+}
+
+/// Copy bandwidth over `bytes`-sized buffers, counting bytes read + written, in GB/s.
+fn copy_bandwidth(bytes: usize, repeats: usize) -> f64 {
+    let n = bytes / 4;
+    let src: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let mut dst = vec![0.0f32; n];
+    dst.copy_from_slice(&src);
+    let t = Instant::now();
+    for _ in 0..repeats {
+        dst.copy_from_slice(black_box(&src));
+        black_box(&mut dst);
+    }
+    (2 * bytes * repeats) as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+/// `a[i] += b[i]` over `bytes`-sized buffers (the look-up adds' operation, compiled with the same
+/// flags as the kernel, long contiguous runs), in G adds/s.
+fn add_rate(bytes: usize, repeats: usize) -> f64 {
+    let n = bytes / 4;
+    let b: Vec<f32> = (0..n).map(|i| i as f32 * 1e-9).collect();
+    let mut a = vec![0.0f32; n];
+    let t = Instant::now();
+    for _ in 0..repeats {
+        for (x, &y) in a.iter_mut().zip(black_box(&b)) {
+            *x += y;
+        }
+        black_box(&mut a);
+    }
+    (n * repeats) as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+fn ceiling() {
+    let mut fields = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        let iters = 20_000_000;
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            let g = best_of(5, || unsafe { fma_avx2(iters) });
+            fields.push(format!("\"fma_avx2_gflops\":{g:.1}"));
+        }
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            let g = best_of(5, || unsafe { fma_avx512(iters) });
+            fields.push(format!("\"fma_avx512_gflops\":{g:.1}"));
+        }
+    }
+    let dram = best_of(5, || copy_bandwidth(64 << 20, 4));
+    fields.push(format!("\"copy_64mib_gbs\":{dram:.1}"));
+    let l2 = best_of(5, || copy_bandwidth(256 << 10, 2000));
+    fields.push(format!("\"copy_256kib_gbs\":{l2:.1}"));
+    let adds = best_of(5, || add_rate(256 << 10, 2000));
+    fields.push(format!("\"add_256kib_gadds\":{adds:.2}"));
+    println!("{{\"ceiling\":true,{}}}", fields.join(","));
+}
+
+fn main() -> ExitCode {
+    let a = match Args::parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("bench_layer: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if a.ceiling {
+        ceiling();
+        return ExitCode::SUCCESS;
+    }
+    let mut rng = Rng(a.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let conv = match random_layer(&a, &mut rng) {
+        Ok(conv) => conv,
+        Err(e) => {
+            eprintln!("bench_layer: invalid layer: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some([oh, ow]) = conv.geometry().output_size(a.h, a.w) else {
+        eprintln!("bench_layer: the kernel does not fit the input");
+        return ExitCode::FAILURE;
+    };
+    let x = rng.values(a.n * a.h * a.w);
+    let mut out = vec![0.0f32; a.m * oh * ow];
+
+    for _ in 0..a.warmup {
+        conv.run(&x, 1, a.h, a.w, &mut out).expect("valid sizes");
+    }
+    let times = (0..a.reps)
+        .map(|_| {
+            let t = Instant::now();
+            conv.run(black_box(&x), 1, a.h, a.w, &mut out)
+                .expect("valid sizes");
+            black_box(&mut out);
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    let (median_ms, min_ms) = median_min_ms(times);
+
+    // Phases, with the same warm-up and repetitions; their sum approximates `run`.
+    let mut runner = PhaseRunner::new(&conv, a.h, a.w);
+    let mut phased = vec![0.0f32; out.len()];
+    for _ in 0..a.warmup {
+        runner.run(&x, &mut phased);
+    }
+    let phases: Vec<Phases> = (0..a.reps).map(|_| runner.run(&x, &mut phased)).collect();
+    let phases_match_run = phased == out;
+    let phase_ms = |f: fn(&Phases) -> f64| median_min_ms(phases.iter().map(f).collect()).0;
+    let (init_ms, z_ms, r_ms, taps_ms) = (
+        phase_ms(|p| p.init),
+        phase_ms(|p| p.z),
+        phase_ms(|p| p.r),
+        phase_ms(|p| p.taps),
+    );
+
+    // The naive reference, for orientation only (f64 accumulation, no blocking, no SIMD).
+    let weight = conv.reconstruct();
+    let mut reference = vec![0.0f32; out.len()];
+    let dense_times = (0..a.dense_reps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            dense_conv(
+                &x,
+                1,
+                a.n,
+                a.h,
+                a.w,
+                &weight,
+                conv.geometry(),
+                None,
+                &mut reference,
+            )
+            .expect("valid sizes");
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    let (dense_ms, _) = median_min_ms(dense_times);
+    let scale_ref = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let max_err = out
+        .iter()
+        .zip(&reference)
+        .fold(0.0f32, |m, (o, r)| m.max((o - r).abs()));
+
+    let s = a.n.div_ceil(a.subspace);
+    let positions = (oh * ow) as f64;
+    let multiplications = positions * (a.n * a.l + a.alpha * s * a.k_reps) as f64;
+    let additions = positions * (a.k * a.k * a.m * s) as f64;
+    let dense_multiplications = positions * (a.k * a.k * a.m * a.n) as f64;
+    let gflops = (2.0 * multiplications + additions) / (median_ms * 1e-3) / 1e9;
+    println!(
+        "{{\"m\":{},\"n\":{},\"h\":{},\"w\":{},\"k\":{},\"pad\":{},\"subspace\":{},\"s\":{},\
+         \"l\":{},\"k_reps\":{},\"alpha\":{},\"oh\":{oh},\"ow\":{ow},\"reps\":{},\
+         \"median_ms\":{median_ms:.4},\"min_ms\":{min_ms:.4},\
+         \"multiplications\":{multiplications},\"additions\":{additions},\
+         \"dense_multiplications\":{dense_multiplications},\"gflops\":{gflops:.2},\
+         \"phase_init_ms\":{init_ms:.4},\"phase_z_ms\":{z_ms:.4},\"phase_r_ms\":{r_ms:.4},\
+         \"phase_taps_ms\":{taps_ms:.4},\"phases_match_run\":{phases_match_run},\
+         \"naive_dense_reference_ms\":{dense_ms:.3},\"max_abs_err_vs_reference\":{max_err:.3e},\
+         \"reference_max_abs\":{scale_ref:.3e}}}",
+        a.m, a.n, a.h, a.w, a.k, a.pad, a.subspace, s, a.l, a.k_reps, a.alpha, a.reps
+    );
+    if phases_match_run {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("bench_layer: the phase-timing copy does not reproduce run's output");
+        ExitCode::FAILURE
+    }
+}
