@@ -72,6 +72,7 @@ pub fn exercise(bytes: &[u8], scratch: &Path) -> Outcome {
         external: ExternalData::Auto,
         calibration: None,
         target_speedup: None,
+        measure_latency: false,
     };
     let out = scratch.join("output.onnx");
     let converted = convert::convert_model(&original, &opts)

@@ -23,6 +23,7 @@ fn opts(selection: Selection, method: Method, ratio: f64) -> ConvertOptions {
         external: ExternalData::Auto,
         calibration: None,
         target_speedup: None,
+        measure_latency: false,
     }
 }
 
@@ -117,6 +118,17 @@ fn default_model_converts_and_runs_in_both_engines() {
         report["multiplications_after"].as_u64().unwrap()
             < report["multiplications_before"].as_u64().unwrap()
     );
+    // The latency check: both models timed, the comparison printed, a warning when slower.
+    let latency = &report["latency"];
+    let (before_ms, after_ms) = (
+        latency["original_ms"].as_f64().unwrap(),
+        latency["converted_ms"].as_f64().unwrap(),
+    );
+    assert!(before_ms > 0.0 && after_ms > 0.0, "{latency}");
+    assert!(table.contains("latency in tract"), "{table}");
+    if after_ms > before_ms {
+        assert!(common::stderr(&o).contains("warning: the converted model runs"));
+    }
     let converted = run_both(
         "default_model_converts_and_runs_in_both_engines",
         &out,

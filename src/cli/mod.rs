@@ -142,6 +142,10 @@ pub struct ConvertArgs {
     /// Run `verify` on the result right after converting.
     #[arg(long)]
     pub verify: bool,
+    /// Skip the latency check (the original and the converted model timed in tract, one
+    /// thread, after writing: the standard-operator form is usually slower than the original).
+    #[arg(long)]
+    pub no_latency: bool,
     #[command(flatten)]
     pub calibration: CalibrationArgs,
     #[command(flatten)]
@@ -417,6 +421,7 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
             .calibration
             .options(args.verify_data.preprocess.as_deref())?,
         target_speedup: args.target_speedup,
+        measure_latency: !args.no_latency,
     };
     args.verify_data
         .check(args.calibration.calibrate.is_some())?;

@@ -19,13 +19,15 @@ use crate::analysis::inventory::{self, Inventory};
 use crate::analysis::shapes::{self, InputShape};
 use crate::calibrate::{self, budget::Allocation, CalibrationOptions};
 use crate::codebook::ValidParams;
+use crate::engine::runner::Runner;
+use crate::eval::verify;
 use crate::lower::{self, GraphPatch};
 use crate::onnx::model::{self, ExternalData, OnnxModel};
 
 use learn::{Calibration, LearntLayer};
 pub use plan::Selection;
 use plan::{Plan, PlannedLayer};
-pub use report::{render, ConvertReport, LayerReport, LayerSettings, SkippedLayer};
+pub use report::{render, ConvertReport, LatencyCheck, LayerReport, LayerSettings, SkippedLayer};
 
 #[derive(Debug, Clone)]
 pub struct ConvertOptions {
@@ -39,6 +41,8 @@ pub struct ConvertOptions {
     /// Whole-model multiplication reduction to reach: a ρ per layer is allocated (see
     /// `calibrate::budget`) among the selected layers.
     pub target_speedup: Option<f64>,
+    /// After writing, time the original and the converted model (`convert` only).
+    pub measure_latency: bool,
 }
 
 /// A model converted in memory, with what each layer became.
@@ -250,6 +254,10 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
         policy => policy,
     };
     let saved = model::save(&c.model, output, policy)?;
+    let latency = match opts.measure_latency {
+        true => latency_check(&original, &c.model, &opts.input_shapes),
+        false => None,
+    };
     let (mb, ma) = (c.multiplications_before, c.multiplications_after);
     Ok(ConvertReport {
         input: input.display().to_string(),
@@ -264,7 +272,53 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
         file_bytes_before: file_size(input) + external_size(&original),
         file_bytes_after: saved.model_bytes + saved.external.as_ref().map_or(0, |e| e.1),
         external_data: saved.external.map(|e| e.0.display().to_string()),
+        latency,
     })
+}
+
+/// Timed runs per model for the latency check: enough for a stable median of what is usually a
+/// many-fold difference, few enough to keep a conversion quick.
+const LATENCY_RUNS: usize = 5;
+
+/// Times `original` and `converted` in tract; a warning says how much slower the converted model
+/// runs when it does (the standard operators materialise the look-ups). A model the check
+/// cannot time (several inputs, say) is converted all the same, with a note.
+fn latency_check(
+    original: &OnnxModel,
+    converted: &OnnxModel,
+    input_shapes: &[InputShape],
+) -> Option<LatencyCheck> {
+    let measure = || -> Result<LatencyCheck> {
+        let set = verify::EvalSet::random(original, input_shapes, 1, 0)?;
+        let x = &set.inputs[0];
+        let time = |m: &OnnxModel| -> Result<f64> {
+            let runner = Runner::new(m, &set.input_shape)?;
+            Ok(verify::latency(&runner, x, LATENCY_RUNS)?.median)
+        };
+        Ok(LatencyCheck {
+            engine: "tract".into(),
+            runs: LATENCY_RUNS,
+            original_ms: time(original)?,
+            converted_ms: time(converted)?,
+        })
+    };
+    match measure() {
+        Ok(check) => {
+            if check.converted_ms > check.original_ms {
+                log::warn!(
+                    "the converted model runs {} than the original in tract ({:.3} ms against {:.3} ms): the standard-operator form counts fewer multiplications but materialises the look-ups, so it is not faster on CPU engines (BENCHMARKS.md); the fused form (issue 14) is where the saving becomes time",
+                    check.verdict(),
+                    check.converted_ms,
+                    check.original_ms
+                );
+            }
+            Some(check)
+        }
+        Err(e) => {
+            log::warn!("latency not measured: {e:#}");
+            None
+        }
+    }
 }
 
 fn file_size(p: &Path) -> u64 {

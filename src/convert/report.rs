@@ -55,6 +55,31 @@ pub struct ConvertReport {
     pub file_bytes_before: u64,
     pub file_bytes_after: u64,
     pub external_data: Option<String>,
+    /// Measured after converting (unless asked not to): the counted saving is not a wall-clock
+    /// saving in the standard-operator form, and the user should know before shipping it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyCheck>,
+}
+
+/// Single-threaded latency of the original and the converted model in tract, batch 1, on one
+/// seeded random input (median of `runs` timed runs after a warm-up).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LatencyCheck {
+    pub engine: String,
+    pub runs: usize,
+    pub original_ms: f64,
+    pub converted_ms: f64,
+}
+
+impl LatencyCheck {
+    /// How the converted model compares, in words: "75.2x slower" or "1.30x faster".
+    pub fn verdict(&self) -> String {
+        let ratio = self.converted_ms / self.original_ms.max(1e-9);
+        match ratio >= 1.0 {
+            true => format!("{ratio:.1}x slower"),
+            false => format!("{:.2}x faster", 1.0 / ratio),
+        }
+    }
 }
 
 /// The settings a converted layer records in the model's metadata (`onnx-dlq/<layer>`).
@@ -119,6 +144,17 @@ pub fn render(r: &ConvertReport) -> String {
             .map(|e| format!(" (tensors in {e})"))
             .unwrap_or_default()
     );
+    if let Some(l) = &r.latency {
+        let _ = writeln!(
+            s,
+            "latency in {} (1 thread, batch 1, median of {} runs): original {:.3} ms, converted {:.3} ms ({})",
+            l.engine,
+            l.runs,
+            l.original_ms,
+            l.converted_ms,
+            l.verdict()
+        );
+    }
     let _ = writeln!(s, "wrote {}", r.output);
     s
 }

@@ -205,6 +205,7 @@ fn stage_row(
             external: ExternalData::Auto,
             calibration: opts.calibration.clone(),
             target_speedup: None,
+            measure_latency: false,
         },
         calibration_inputs,
     )?;
