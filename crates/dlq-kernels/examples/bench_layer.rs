@@ -5,9 +5,11 @@
 //! (warm-up, then the median and minimum of `--reps` runs) and prints one JSON line: the sizes,
 //! the times, the paper's counts (multiplications `m²(N·L + α·S·K)`, look-up additions
 //! `kh·kw·M·S` per output position), the achieved GFLOP/s (a multiply-add = 2 flops, a look-up
-//! add = 1), the time of each phase (Z, R, look-up adds; measured by a copy of `run`'s loops that
-//! must produce the same output bit for bit) and, for orientation only, the crate's *naive*
-//! f64 reference `dense_conv` (not a tuned dense convolution).
+//! add = 1), the time of each phase (Z, R, look-up adds; measured by the crate's hidden
+//! `run_timed`, `run` with a clock read between the phases, checked to produce `run`'s output bit
+//! for bit), the SIMD level `run` dispatched to, the median of the forced portable path
+//! (`run_portable`) and, for orientation only, the crate's *naive* f64 reference `dense_conv`
+//! (not a tuned dense convolution).
 //!
 //! `--ceiling` instead prints this machine's ceilings: FMA throughput (AVX2+FMA intrinsics and
 //! AVX-512 inline assembly, each when the CPU has it), copy bandwidth (64 MiB, i.e. DRAM, and
@@ -24,7 +26,7 @@ use std::hint::black_box;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use dlq_kernels::{dense_conv, Codes, DlqConv, Geometry, Subspace};
+use dlq_kernels::{dense_conv, Codes, DlqConv, Geometry, PhaseTimes, Subspace};
 
 /// Layer sizes and run counts from the command line.
 #[derive(Debug, Clone)]
@@ -164,155 +166,6 @@ fn random_layer(a: &Args, rng: &mut Rng) -> Result<DlqConv, String> {
 fn median_min_ms(mut times: Vec<f64>) -> (f64, f64) {
     times.sort_by(f64::total_cmp);
     (times[times.len() / 2] * 1e3, times[0] * 1e3)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Phase timing: the loops of `src/fast.rs` (`run`), copied with a clock between the phases.
-// `main` checks that this copy produces `run`'s output bit for bit.
-
-/// Seconds spent in each phase of one `run`-equivalent pass.
-#[derive(Default, Clone, Copy)]
-struct Phases {
-    init: f64,
-    z: f64,
-    r: f64,
-    taps: f64,
-}
-
-struct PhaseRunner<'a> {
-    conv: &'a DlqConv,
-    hw: [usize; 2],
-    padded: [usize; 2],
-    out_hw: [usize; 2],
-    z: Vec<f32>,
-    r: Vec<f32>,
-}
-
-impl<'a> PhaseRunner<'a> {
-    fn new(conv: &'a DlqConv, h: usize, w: usize) -> PhaseRunner<'a> {
-        let g = conv.geometry();
-        let [top, left, bottom, right] = g.pads;
-        let padded = [h + top + bottom, w + left + right];
-        let out_hw = g.output_size(h, w).expect("layer fits");
-        let l = conv.subspaces().iter().map(|s| s.num_atoms).max().unwrap();
-        let k = conv.subspaces().iter().map(Subspace::num_representatives);
-        let plane = padded[0] * padded[1];
-        PhaseRunner {
-            conv,
-            hw: [h, w],
-            padded,
-            out_hw,
-            z: vec![0.0; l * plane],
-            r: vec![0.0; k.max().unwrap() * plane],
-        }
-    }
-
-    fn run(&mut self, image: &[f32], dst: &mut [f32]) -> Phases {
-        let mut p = Phases::default();
-        let [oh, ow] = self.out_hw;
-        let t = Instant::now();
-        dst.fill(0.0);
-        p.init += t.elapsed().as_secs_f64();
-        for sub in self.conv.subspaces() {
-            let t = Instant::now();
-            self.atom_responses(sub, image);
-            let t1 = Instant::now();
-            self.representative_responses(sub);
-            let t2 = Instant::now();
-            self.add_taps(sub, dst, [oh, ow]);
-            let t3 = Instant::now();
-            p.z += (t1 - t).as_secs_f64();
-            p.r += (t2 - t1).as_secs_f64();
-            p.taps += (t3 - t2).as_secs_f64();
-        }
-        p
-    }
-
-    fn atom_responses(&mut self, sub: &Subspace, image: &[f32]) {
-        let [h, w] = self.hw;
-        let (plane, wp) = (self.padded[0] * self.padded[1], self.padded[1]);
-        let [top, left, ..] = self.conv.geometry().pads;
-        let width = sub.channels.len();
-        let (runs, run_len) = if wp == w { (1, h * w) } else { (h, w) };
-        let atoms = sub.atoms.chunks_exact(width);
-        for (z, atom) in self.z.chunks_exact_mut(plane).zip(atoms) {
-            for (j, &a) in atom.iter().enumerate() {
-                let channel = &image[(sub.channels.start + j) * h * w..][..h * w];
-                for run in 0..runs {
-                    let src = &channel[run * run_len..][..run_len];
-                    let dst = &mut z[(top + run) * wp + left..][..run_len];
-                    if j == 0 {
-                        scale(dst, a, src);
-                    } else {
-                        axpy(dst, a, src);
-                    }
-                }
-            }
-        }
-    }
-
-    fn representative_responses(&mut self, sub: &Subspace) {
-        let plane = self.padded[0] * self.padded[1];
-        let codes = sub.codes.as_ref().expect("the bench builds DL layers");
-        let k = sub.num_representatives();
-        let atoms = codes.atoms.chunks_exact(codes.alpha);
-        let coefficients = codes.coefficients.chunks_exact(codes.alpha);
-        let reps = self.r.chunks_exact_mut(plane).take(k);
-        for ((r, idx), coef) in reps.zip(atoms).zip(coefficients) {
-            for (t, (&atom, &c)) in idx.iter().zip(coef).enumerate() {
-                let z = &self.z[atom as usize * plane..][..plane];
-                if t == 0 {
-                    scale(r, c, z);
-                } else {
-                    axpy(r, c, z);
-                }
-            }
-        }
-    }
-
-    fn add_taps(&self, sub: &Subspace, dst: &mut [f32], [oh, ow]: [usize; 2]) {
-        let g = self.conv.geometry();
-        let [kh, kw] = g.kernel;
-        let wp = self.padded[1];
-        let plane = self.padded[0] * wp;
-        let columns = sub.assignment.chunks_exact(kh * kw);
-        for (out_plane, gamma) in dst.chunks_exact_mut(oh * ow).zip(columns) {
-            for (tap, &rep) in gamma.iter().enumerate() {
-                let (u, v) = (tap / kw, tap % kw);
-                let r = &self.r[rep as usize * plane..][..plane];
-                let origin = u * g.dilations[0] * wp + v * g.dilations[1];
-                add_shifted(out_plane, &r[origin..], ow, wp, g.strides);
-            }
-        }
-    }
-}
-
-fn add_shifted(out_plane: &mut [f32], r: &[f32], ow: usize, wp: usize, [sh, sw]: [usize; 2]) {
-    let span = (ow - 1) * sw + 1;
-    for (oy, out_row) in out_plane.chunks_exact_mut(ow).enumerate() {
-        let src = &r[oy * sh * wp..][..span];
-        if sw == 1 {
-            for (o, &s) in out_row.iter_mut().zip(src) {
-                *o += s;
-            }
-        } else {
-            for (o, &s) in out_row.iter_mut().zip(src.iter().step_by(sw)) {
-                *o += s;
-            }
-        }
-    }
-}
-
-fn scale(dst: &mut [f32], a: f32, src: &[f32]) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = a * s;
-    }
-}
-
-fn axpy(dst: &mut [f32], a: f32, src: &[f32]) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d += a * s;
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -480,21 +333,44 @@ fn main() -> ExitCode {
         .collect();
     let (median_ms, min_ms) = median_min_ms(times);
 
-    // Phases, with the same warm-up and repetitions; their sum approximates `run`.
-    let mut runner = PhaseRunner::new(&conv, a.h, a.w);
+    // Phases, with the same warm-up and repetitions (`run_timed` is `run` with a clock read
+    // between the phases); their sum approximates `run`.
     let mut phased = vec![0.0f32; out.len()];
+    let timed = |phased: &mut [f32]| {
+        let mut p = PhaseTimes::default();
+        conv.run_timed(&x, 1, a.h, a.w, phased, &mut p)
+            .expect("valid sizes");
+        p
+    };
     for _ in 0..a.warmup {
-        runner.run(&x, &mut phased);
+        timed(&mut phased);
     }
-    let phases: Vec<Phases> = (0..a.reps).map(|_| runner.run(&x, &mut phased)).collect();
+    let phases: Vec<PhaseTimes> = (0..a.reps).map(|_| timed(&mut phased)).collect();
     let phases_match_run = phased == out;
-    let phase_ms = |f: fn(&Phases) -> f64| median_min_ms(phases.iter().map(f).collect()).0;
+    let phase_ms = |f: fn(&PhaseTimes) -> f64| median_min_ms(phases.iter().map(f).collect()).0;
     let (init_ms, z_ms, r_ms, taps_ms) = (
         phase_ms(|p| p.init),
         phase_ms(|p| p.z),
         phase_ms(|p| p.r),
         phase_ms(|p| p.taps),
     );
+
+    // The portable path (no intrinsics), same warm-up and repetitions, for comparison.
+    let mut portable = vec![0.0f32; out.len()];
+    for _ in 0..a.warmup {
+        conv.run_portable(&x, 1, a.h, a.w, &mut portable)
+            .expect("valid sizes");
+    }
+    let portable_times = (0..a.reps)
+        .map(|_| {
+            let t = Instant::now();
+            conv.run_portable(black_box(&x), 1, a.h, a.w, &mut portable)
+                .expect("valid sizes");
+            black_box(&mut portable);
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    let (portable_ms, _) = median_min_ms(portable_times);
 
     // The naive reference, for orientation only (f64 accumulation, no blocking, no SIMD).
     let weight = conv.reconstruct();
@@ -538,14 +414,27 @@ fn main() -> ExitCode {
          \"dense_multiplications\":{dense_multiplications},\"gflops\":{gflops:.2},\
          \"phase_init_ms\":{init_ms:.4},\"phase_z_ms\":{z_ms:.4},\"phase_r_ms\":{r_ms:.4},\
          \"phase_taps_ms\":{taps_ms:.4},\"phases_match_run\":{phases_match_run},\
+         \"simd\":\"{simd}\",\"portable_ms\":{portable_ms:.4},\
          \"naive_dense_reference_ms\":{dense_ms:.3},\"max_abs_err_vs_reference\":{max_err:.3e},\
          \"reference_max_abs\":{scale_ref:.3e}}}",
-        a.m, a.n, a.h, a.w, a.k, a.pad, a.subspace, s, a.l, a.k_reps, a.alpha, a.reps
+        a.m,
+        a.n,
+        a.h,
+        a.w,
+        a.k,
+        a.pad,
+        a.subspace,
+        s,
+        a.l,
+        a.k_reps,
+        a.alpha,
+        a.reps,
+        simd = DlqConv::simd_level(),
     );
     if phases_match_run {
         ExitCode::SUCCESS
     } else {
-        eprintln!("bench_layer: the phase-timing copy does not reproduce run's output");
+        eprintln!("bench_layer: run_timed does not reproduce run's output");
         ExitCode::FAILURE
     }
 }

@@ -1,54 +1,224 @@
 //! `DlqConv::run`, the fast path: per image and subspace, atom responses Z, representative
-//! responses R in zero-padded planes, then shifted row adds of R into the output channels.
+//! responses R in zero-padded planes, then the look-up adds of R into the output channels.
 //!
-//! Layout choice: Z and R live in planes of the padded size `Hp × Wp` (padding = the Conv's pads),
-//! with the image written at offset `(top, left)` and the border left at zero. A kernel tap
-//! (u, v) then reads R at a plain offset `(oy·sh + u·dh, ox·sw + v·dw)` — no bounds tests per
-//! element — and a DL representative is a whole-plane axpy over Z (zero borders stay zero).
-//! Z is written in the padded layout directly, so VQ (R = Z) needs no copy; the axpy runs over the
-//! whole H·W plane when there is no left/right padding, else row by row.
+//! Layout: the subspace's input channels are first copied into zero-padded planes of the padded
+//! size `Hp × Wp` (padding = the Conv's pads), each plane stored at a `stride` of `Hp·Wp` rounded
+//! up to [`BLOCK`] floats (the extra floats stay zero). Z (`L × stride`) is then one contiguous
+//! product `atoms · X_padded` (zero borders give zero borders) and a DL representative one
+//! contiguous α-term combination of Z planes; VQ uses Z itself (R = Z). A kernel tap (u, v) reads
+//! R at the plain offset `u·dh·Wp + v·dw` — no bounds tests per element.
+//!
+//! Look-up adds, stride 1 (the common case): the output is accumulated at the *padded* width
+//! `Wp`, so a tap of output channel k is ONE contiguous run of `(oh − 1)·Wp + ow` floats (rounded
+//! up to [`BLOCK`]; the extra columns are junk and never leave the accumulator). Per subspace and
+//! output channel, all kh·kw taps are summed into the channel's accumulator slice in registers
+//! (`simd::accumulate`), so the accumulator is read and written once per (subspace, channel), not
+//! once per tap. The accumulator starts at the bias and is cropped to `ow` columns once per image.
+//! The reads stay inside R: the last one of a tap ends at `Hp·Wp` exactly, plus at most
+//! `BLOCK − 1` floats of rounding that land in the next plane or in [`SLACK`].
+//! Other strides keep the row-by-row adds straight into the output.
+
+use std::cell::RefCell;
+use std::time::Instant;
 
 use crate::conv::{DlqConv, Subspace};
 use crate::error::{check_len, checked_product, KernelError};
+use crate::simd::{self, Isa, BLOCK};
 
-/// Scratch planes, allocated once per `run` call and reused for every image and subspace.
+/// Zero floats after the last Z and R plane, so a tap's run rounded up to [`BLOCK`] stays inside
+/// the buffer.
+const SLACK: usize = BLOCK;
+
+/// Time spent in each phase of [`DlqConv::run_timed`], in seconds (summed over images).
+#[doc(hidden)]
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct PhaseTimes {
+    /// Output initialisation (bias) and the final crop of the padded-width accumulator.
+    pub init: f64,
+    /// Padded copy of the subspace's input channels and the atom responses Z.
+    pub z: f64,
+    /// Representative responses R (DL only).
+    pub r: f64,
+    /// Look-up adds.
+    pub taps: f64,
+}
+
+/// A stopwatch that only reads the clock when timing was asked for.
+struct Clock<'a> {
+    times: Option<&'a mut PhaseTimes>,
+    last: Option<Instant>,
+}
+
+impl Clock<'_> {
+    fn start(&mut self) {
+        if self.times.is_some() {
+            self.last = Some(Instant::now());
+        }
+    }
+
+    /// Adds the time since the last lap to the field `slot` picks.
+    fn lap(&mut self, slot: fn(&mut PhaseTimes) -> &mut f64) {
+        if let (Some(times), Some(last)) = (self.times.as_deref_mut(), self.last) {
+            let now = Instant::now();
+            *slot(times) += (now - last).as_secs_f64();
+            self.last = Some(now);
+        }
+    }
+}
+
+/// Scratch planes, reused for every image and subspace of a `run` call and pooled per thread
+/// between calls.
 struct Scratch {
     /// `[Hp, Wp]`, the padded plane size.
     padded: [usize; 2],
-    /// Atom responses: `max L` planes of `Hp·Wp`.
+    /// Distance between consecutive planes: `Hp·Wp` rounded up to `BLOCK`.
+    stride: usize,
+    /// The subspace's input channels, zero-padded: `max |s|` planes.
+    x: Vec<f32>,
+    /// Atom responses: `max L` planes, then `SLACK`.
     z: Vec<f32>,
-    /// Representative responses for DL subspaces: `max K` planes (empty if all subspaces are VQ).
+    /// Representative responses for DL subspaces: `max K` planes, then `SLACK` (just `SLACK`
+    /// if all subspaces are VQ).
     r: Vec<f32>,
+    /// Stride 1 only: the output at padded width, `M` slices of `acc_stride` floats.
+    acc: Vec<f32>,
+    /// Length of one output channel's accumulator slice: `oh·Wp` rounded up to `BLOCK`.
+    acc_stride: usize,
+    /// The kh·kw offsets of one output channel's taps into R (reused buffer).
+    offsets: Vec<usize>,
+}
+
+thread_local! {
+    /// Buffers of the last `run` on this thread, reused by the next one: allocating (and
+    /// page-faulting) a few hundred KiB of fresh zeroed memory per call cost as much as the
+    /// compute. Only the calling thread touches its own buffers; they are handed back on return.
+    static POOL: RefCell<Option<Scratch>> = const { RefCell::new(None) };
+}
+
+/// `v` resized to `len`, keeping its allocation (contents are left as they are).
+fn resized(mut v: Vec<f32>, len: usize) -> Vec<f32> {
+    v.resize(len, 0.0);
+    v
 }
 
 impl Scratch {
-    fn new(conv: &DlqConv, h: usize, w: usize) -> Result<Scratch, KernelError> {
+    /// Sizes the buffers for `conv` on an `h × w` input (reusing this thread's pooled ones) and
+    /// zeroes everything the compute paths read without writing first: the padded input planes
+    /// (borders and stride tails) and the `SLACK` after the last Z and R plane.
+    fn new(conv: &DlqConv, h: usize, w: usize, oh: usize) -> Result<Scratch, KernelError> {
         let too_large = KernelError::TooLarge { what: "scratch" };
-        let padded = conv.geometry.padded_size(h, w).ok_or(too_large)?;
+        let g = &conv.geometry;
+        let padded = g.padded_size(h, w).ok_or(too_large.clone())?;
+        let plane = checked_product(&padded, "scratch")?;
+        let stride = round_up(plane).ok_or(too_large.clone())?;
         let subs = conv.subspaces.iter();
+        let max_width = subs.clone().map(|s| s.channels.len()).max().unwrap_or(0);
         let max_atoms = subs.clone().map(|s| s.num_atoms).max().unwrap_or(0);
         let dl = subs.filter(|s| s.codes.is_some());
         let max_reps = dl.map(Subspace::num_representatives).max().unwrap_or(0);
-        let z_len = checked_product(&[max_atoms, padded[0], padded[1]], "scratch")?;
-        let r_len = checked_product(&[max_reps, padded[0], padded[1]], "scratch")?;
-        Ok(Scratch {
+        let planes = |n: usize| -> Result<usize, KernelError> {
+            checked_product(&[n, stride], "scratch")?
+                .checked_add(SLACK)
+                .ok_or(too_large.clone())
+        };
+        let unit_stride = g.strides == [1, 1];
+        let acc_stride = if unit_stride {
+            round_up(checked_product(&[oh, padded[1]], "scratch")?).ok_or(too_large.clone())?
+        } else {
+            0
+        };
+        let acc_len = checked_product(&[g.out_channels, acc_stride], "scratch")?;
+        let x_len = checked_product(&[max_width, stride], "scratch")?;
+        let (z_len, r_len) = (planes(max_atoms)?, planes(max_reps)?);
+        let pooled = POOL.with(|pool| pool.borrow_mut().take());
+        let (x, z, r, acc) = match pooled {
+            Some(s) => (s.x, s.z, s.r, s.acc),
+            None => Default::default(),
+        };
+        let mut scratch = Scratch {
             padded,
-            z: vec![0.0; z_len],
-            r: vec![0.0; r_len],
-        })
+            stride,
+            x: resized(x, x_len),
+            z: resized(z, z_len),
+            r: resized(r, r_len),
+            acc: resized(acc, acc_len),
+            acc_stride,
+            offsets: vec![0; g.kernel[0] * g.kernel[1]],
+        };
+        scratch.x.fill(0.0);
+        scratch.z[z_len - SLACK..].fill(0.0);
+        scratch.r[r_len - SLACK..].fill(0.0);
+        Ok(scratch)
     }
 
-    fn plane(&self) -> usize {
-        self.padded[0] * self.padded[1]
+    /// Hands the buffers back to this thread's pool for the next `run`.
+    fn recycle(self) {
+        POOL.with(|pool| *pool.borrow_mut() = Some(self));
     }
+}
+
+/// `n` rounded up to a multiple of `BLOCK`, or `None` on overflow.
+fn round_up(n: usize) -> Option<usize> {
+    Some(n.checked_add(BLOCK - 1)? / BLOCK * BLOCK)
 }
 
 impl DlqConv {
     /// Computes `U = Conv(x, W̃) + bias` for NCHW f32 `x` of shape `[batch, N, h, w]` into `out`
     /// of shape `[batch, M, oh, ow]`, and returns `[oh, ow]`. Refuses (never panics) when the
     /// kernel does not fit the padded input or a buffer length is wrong.
+    ///
+    /// Uses AVX2 + FMA when the CPU has them (checked at run time), else portable loops; the
+    /// two agree to float rounding (see [`DlqConv::run_portable`]). Single-threaded.
     pub fn run(
         &self,
+        x: &[f32],
+        batch: usize,
+        h: usize,
+        w: usize,
+        out: &mut [f32],
+    ) -> Result<[usize; 2], KernelError> {
+        self.run_with(Isa::detect(), None, x, batch, h, w, out)
+    }
+
+    /// [`DlqConv::run`] forced onto the portable loops (for tests comparing the two paths).
+    #[doc(hidden)]
+    pub fn run_portable(
+        &self,
+        x: &[f32],
+        batch: usize,
+        h: usize,
+        w: usize,
+        out: &mut [f32],
+    ) -> Result<[usize; 2], KernelError> {
+        self.run_with(Isa::Portable, None, x, batch, h, w, out)
+    }
+
+    /// [`DlqConv::run`] with the time of each phase added to `times` (for benchmarks; the
+    /// clock reads cost a little).
+    #[doc(hidden)]
+    pub fn run_timed(
+        &self,
+        x: &[f32],
+        batch: usize,
+        h: usize,
+        w: usize,
+        out: &mut [f32],
+        times: &mut PhaseTimes,
+    ) -> Result<[usize; 2], KernelError> {
+        self.run_with(Isa::detect(), Some(times), x, batch, h, w, out)
+    }
+
+    /// The name of the implementation [`DlqConv::run`] uses on this CPU.
+    #[doc(hidden)]
+    pub fn simd_level() -> &'static str {
+        Isa::detect().name()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_with(
+        &self,
+        isa: Isa,
+        times: Option<&mut PhaseTimes>,
         x: &[f32],
         batch: usize,
         h: usize,
@@ -63,49 +233,160 @@ impl DlqConv {
         let output_len = checked_product(&[batch, out_image_len], "output")?;
         check_len(None, "input", input_len, x.len())?;
         check_len(None, "output", output_len, out.len())?;
-        let mut scratch = Scratch::new(self, h, w)?;
-        let padded = scratch.padded;
+        let mut scratch = Scratch::new(self, h, w, oh)?;
+        let mut clock = Clock { times, last: None };
+        let unit_stride = g.strides == [1, 1];
         // Both image lengths are ≥ 1 (every dimension was checked ≥ 1), so chunking is safe.
         let images = x.chunks_exact(image_len);
         for (image, dst) in images.zip(out.chunks_exact_mut(out_image_len)) {
-            self.init_output(dst, oh * ow);
-            for sub in &self.subspaces {
-                atom_responses(sub, image, [h, w], self.geometry.pads, &mut scratch);
-                let reps = representative_responses(sub, &mut scratch);
-                self.add_taps(sub, reps, padded, dst, [oh, ow]);
+            clock.start();
+            if unit_stride {
+                self.init_planes(&mut scratch.acc, scratch.acc_stride);
+            } else {
+                self.init_planes(dst, oh * ow);
             }
+            clock.lap(|t| &mut t.init);
+            for sub in &self.subspaces {
+                pad_channels(sub, image, [h, w], g.pads, &mut scratch);
+                simd::atom_responses(
+                    isa,
+                    &mut scratch.z,
+                    &sub.atoms,
+                    sub.channels.len(),
+                    &scratch.x,
+                    scratch.stride,
+                );
+                clock.lap(|t| &mut t.z);
+                if let Some(codes) = &sub.codes {
+                    simd::representatives(
+                        isa,
+                        &mut scratch.r,
+                        &scratch.z,
+                        &codes.atoms,
+                        &codes.coefficients,
+                        codes.alpha,
+                        scratch.stride,
+                    );
+                }
+                clock.lap(|t| &mut t.r);
+                if unit_stride {
+                    self.add_taps_unit_stride(isa, sub, &mut scratch, oh, ow);
+                } else {
+                    self.add_taps_strided(sub, &scratch, dst, [oh, ow]);
+                }
+                clock.lap(|t| &mut t.taps);
+            }
+            if unit_stride {
+                crop(
+                    &scratch.acc,
+                    scratch.acc_stride,
+                    scratch.padded[1],
+                    dst,
+                    [oh, ow],
+                );
+            }
+            clock.lap(|t| &mut t.init);
         }
+        scratch.recycle();
         Ok([oh, ow])
     }
 
-    /// Starts every output plane at its bias (or 0), so the bias is added exactly once.
-    fn init_output(&self, dst: &mut [f32], plane: usize) {
-        for (k, out_plane) in dst.chunks_exact_mut(plane).enumerate() {
-            out_plane.fill(self.bias.as_ref().map_or(0.0, |b| b[k]));
+    /// Starts every `len`-long plane of `dst` at its channel's bias (or 0), so the bias is added
+    /// exactly once.
+    fn init_planes(&self, dst: &mut [f32], len: usize) {
+        for (k, plane) in dst.chunks_exact_mut(len).enumerate() {
+            plane.fill(self.bias.as_ref().map_or(0.0, |b| b[k]));
         }
     }
 
-    /// For every output channel k (stationary: its plane stays hot in cache) and tap (u, v),
-    /// adds the plane of representative `Γ[k][u][v]`, shifted by the tap, into channel k.
-    fn add_taps(
+    /// Stride 1: for every output channel k, adds the kh·kw tap runs of R (each one contiguous
+    /// run at padded width) into k's accumulator slice in one pass.
+    fn add_taps_unit_stride(
+        &self,
+        isa: Isa,
+        sub: &Subspace,
+        scratch: &mut Scratch,
+        oh: usize,
+        ow: usize,
+    ) {
+        let g = &self.geometry;
+        let [kh, kw] = g.kernel;
+        let (wp, stride) = (scratch.padded[1], scratch.stride);
+        // (oh − 1)·wp + ow ≤ oh·wp ≤ acc_stride, so the rounded run fits the accumulator slice.
+        let run = round_up((oh - 1) * wp + ow).unwrap_or(scratch.acc_stride);
+        let reps: &[f32] = if sub.codes.is_some() {
+            &scratch.r
+        } else {
+            &scratch.z
+        };
+        let columns = sub.assignment.chunks_exact(kh * kw);
+        let accs = scratch.acc.chunks_exact_mut(scratch.acc_stride);
+        for (acc, gamma) in accs.zip(columns) {
+            for ((offset, &rep), tap) in scratch.offsets.iter_mut().zip(gamma).zip(0..) {
+                let (u, v) = (tap / kw, tap % kw);
+                *offset = rep as usize * stride + u * g.dilations[0] * wp + v * g.dilations[1];
+            }
+            simd::accumulate(isa, &mut acc[..run], reps, &scratch.offsets);
+        }
+    }
+
+    /// Any stride: for every output channel k and tap (u, v), adds the plane of representative
+    /// `Γ[k][u][v]`, shifted by the tap, row by row into channel k of the output.
+    fn add_taps_strided(
         &self,
         sub: &Subspace,
-        reps: &[f32],
-        [hp, wp]: [usize; 2],
+        scratch: &Scratch,
         dst: &mut [f32],
         [oh, ow]: [usize; 2],
     ) {
         let g = &self.geometry;
         let [kh, kw] = g.kernel;
-        let plane = hp * wp;
+        let [hp, wp] = scratch.padded;
+        let reps: &[f32] = if sub.codes.is_some() {
+            &scratch.r
+        } else {
+            &scratch.z
+        };
         let columns = sub.assignment.chunks_exact(kh * kw);
         for (out_plane, gamma) in dst.chunks_exact_mut(oh * ow).zip(columns) {
             for (tap, &rep) in gamma.iter().enumerate() {
                 let (u, v) = (tap / kw, tap % kw);
-                let r = &reps[rep as usize * plane..][..plane];
+                let r = &reps[rep as usize * scratch.stride..][..hp * wp];
                 let origin = u * g.dilations[0] * wp + v * g.dilations[1];
                 add_shifted(out_plane, &r[origin..], ow, wp, g.strides);
             }
+        }
+    }
+}
+
+/// Copies the subspace's input channels into the interior of the zero-padded planes of
+/// `scratch.x` (the borders and the stride's tail are never written, so they stay zero).
+fn pad_channels(
+    sub: &Subspace,
+    image: &[f32],
+    [h, w]: [usize; 2],
+    pads: [usize; 4],
+    scratch: &mut Scratch,
+) {
+    let wp = scratch.padded[1];
+    let [top, left, ..] = pads;
+    let channels = &image[sub.channels.start * h * w..sub.channels.end * h * w];
+    let planes = scratch.x.chunks_exact_mut(scratch.stride);
+    for (plane, channel) in planes.zip(channels.chunks_exact(h * w)) {
+        for (y, row) in channel.chunks_exact(w).enumerate() {
+            plane[(top + y) * wp + left..][..w].copy_from_slice(row);
+        }
+    }
+}
+
+/// Copies the valid `ow` columns of each padded-width accumulator row into the output.
+fn crop(acc: &[f32], acc_stride: usize, wp: usize, dst: &mut [f32], [oh, ow]: [usize; 2]) {
+    let planes = dst
+        .chunks_exact_mut(oh * ow)
+        .zip(acc.chunks_exact(acc_stride));
+    for (out_plane, acc_plane) in planes {
+        for (oy, out_row) in out_plane.chunks_exact_mut(ow).enumerate() {
+            out_row.copy_from_slice(&acc_plane[oy * wp..][..ow]);
         }
     }
 }
@@ -126,74 +407,5 @@ fn add_shifted(out_plane: &mut [f32], r: &[f32], ow: usize, wp: usize, [sh, sw]:
                 *o += s;
             }
         }
-    }
-}
-
-/// `Z[l] = Σ_j atom[l][j] · X[channel j]` into the interior of padded plane l. Loop order: atom,
-/// channel, contiguous run — the first channel assigns (no zeroing pass), the rest axpy.
-fn atom_responses(
-    sub: &Subspace,
-    image: &[f32],
-    [h, w]: [usize; 2],
-    pads: [usize; 4],
-    scratch: &mut Scratch,
-) {
-    let (plane, wp) = (scratch.plane(), scratch.padded[1]);
-    let [top, left, ..] = pads;
-    let width = sub.channels.len();
-    // Without left/right padding the padded rows are contiguous: one run of h·w.
-    let (runs, run_len) = if wp == w { (1, h * w) } else { (h, w) };
-    let atoms = sub.atoms.chunks_exact(width);
-    for (z, atom) in scratch.z.chunks_exact_mut(plane).zip(atoms) {
-        for (j, &a) in atom.iter().enumerate() {
-            let channel = &image[(sub.channels.start + j) * h * w..][..h * w];
-            for run in 0..runs {
-                let src = &channel[run * run_len..][..run_len];
-                let dst = &mut z[(top + run) * wp + left..][..run_len];
-                if j == 0 {
-                    scale(dst, a, src);
-                } else {
-                    axpy(dst, a, src);
-                }
-            }
-        }
-    }
-}
-
-/// The response planes of the subspace's representatives: Z itself for VQ, else
-/// `R[i] = Σ_t coef · Z[idx]` over whole padded planes (zero borders stay zero).
-fn representative_responses<'a>(sub: &Subspace, scratch: &'a mut Scratch) -> &'a [f32] {
-    let plane = scratch.plane();
-    let Some(codes) = &sub.codes else {
-        return &scratch.z[..sub.num_atoms * plane];
-    };
-    let k = sub.num_representatives();
-    let atoms = codes.atoms.chunks_exact(codes.alpha);
-    let coefficients = codes.coefficients.chunks_exact(codes.alpha);
-    let reps = scratch.r.chunks_exact_mut(plane).take(k);
-    for ((r, idx), coef) in reps.zip(atoms).zip(coefficients) {
-        for (t, (&atom, &c)) in idx.iter().zip(coef).enumerate() {
-            let z = &scratch.z[atom as usize * plane..][..plane];
-            if t == 0 {
-                scale(r, c, z);
-            } else {
-                axpy(r, c, z);
-            }
-        }
-    }
-    &scratch.r[..k * plane]
-}
-
-/// `dst = a · src` (equal lengths; zip keeps the loop free of bounds checks).
-fn scale(dst: &mut [f32], a: f32, src: &[f32]) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = a * s;
-    }
-}
-
-/// `dst += a · src`.
-fn axpy(dst: &mut [f32], a: f32, src: &[f32]) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d += a * s;
     }
 }

@@ -23,17 +23,20 @@
 //! never panic on user data; [`dense_conv`] is the straightforward reference and
 //! [`DlqConv::reconstruct`] the dense W̃ it is checked with.
 //!
-//! This first step is portable scalar code shaped for autovectorisation (contiguous axpy loops,
-//! output channels stationary, no per-element gathers): no SIMD intrinsics and no threads yet —
-//! SIMD dispatch and parallelism come later.
+//! The hot loops (Z product, R combination, look-up adds) have portable versions and explicit
+//! AVX2 + FMA versions chosen at run time (`is_x86_feature_detected!`); the two agree to float
+//! rounding. No threads: the result does not depend on any thread count.
 
 mod conv;
 mod dense;
 mod error;
 mod fast;
 mod geometry;
+mod simd;
 
 pub use conv::{Codes, DlqConv, Subspace};
 pub use dense::dense_conv;
 pub use error::KernelError;
+#[doc(hidden)]
+pub use fast::PhaseTimes;
 pub use geometry::Geometry;

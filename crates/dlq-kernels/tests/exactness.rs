@@ -715,3 +715,91 @@ fn dense_conv_refuses_bad_buffers() {
         })
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Dispatch: the SIMD path `run` picks on this CPU against the forced portable path.
+
+/// Largest |a − b| over two outputs, and whether it is within the tolerance of `scale`.
+fn within_tolerance(a: &[f32], b: &[f32], scale: f32) -> (f32, bool) {
+    let err = a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+    (err, err <= EXACT_TOL * scale + ABS_FLOOR)
+}
+
+/// `run` (SIMD when the CPU has it) and `run_portable` agree within EXACT_TOL, and each matches
+/// the dense reference, on the random grid plus larger stride-1 layers whose padded-width runs
+/// cover the SIMD loops' 64-float blocks and their 16-float remainders.
+#[test]
+fn dispatched_matches_portable() {
+    let mut rng = Rng::new(6);
+    let mut cases: Vec<Case> = (0..400).map(|_| random_case(&mut rng)).collect();
+    for (m, n, hw, k, pad, width, alpha) in [
+        (24, 16, 13, 3, 1, 8, Some(2)),
+        (16, 16, 8, 3, 1, 8, None),
+        (8, 12, 21, 5, 2, 5, Some(3)),
+        (7, 9, 17, 1, 0, 4, Some(1)),
+    ] {
+        cases.push(Case {
+            geometry: Geometry {
+                in_channels: n,
+                out_channels: m,
+                kernel: [k, k],
+                strides: [1, 1],
+                dilations: [1, 1],
+                pads: [pad; 4],
+            },
+            h: hw,
+            w: hw + 1,
+            batch: 2,
+            width,
+            alpha,
+            atoms: 11,
+            reps: 37,
+            bias: true,
+        });
+    }
+    let mut worst = 0f32;
+    for case in &cases {
+        let conv = build(case, &mut rng);
+        let g = conv.geometry();
+        let x = rng.values(case.batch * g.in_channels * case.h * case.w);
+        let [oh, ow] = g.output_size(case.h, case.w).expect("case fits");
+        let mut fast = vec![f32::NAN; case.batch * g.out_channels * oh * ow];
+        let (mut portable, mut reference) = (fast.clone(), fast.clone());
+        assert_eq!(
+            conv.run(&x, case.batch, case.h, case.w, &mut fast),
+            Ok([oh, ow])
+        );
+        let size = conv.run_portable(&x, case.batch, case.h, case.w, &mut portable);
+        assert_eq!(size, Ok([oh, ow]));
+        let weight = conv.reconstruct();
+        let (n, bias) = (g.in_channels, conv.bias());
+        let size = dense_conv(
+            &x,
+            case.batch,
+            n,
+            case.h,
+            case.w,
+            &weight,
+            g,
+            bias,
+            &mut reference,
+        );
+        assert_eq!(size, Ok([oh, ow]));
+        let scale = reference.iter().fold(0f32, |acc, v| acc.max(v.abs()));
+        for (name, a, b) in [
+            ("run vs run_portable", &fast, &portable),
+            ("run vs dense", &fast, &reference),
+            ("run_portable vs dense", &portable, &reference),
+        ] {
+            let (err, ok) = within_tolerance(a, b, scale);
+            assert!(ok, "{case:?}: {name}: error {err}, max |output| {scale}");
+        }
+        worst =
+            worst.max(within_tolerance(&fast, &portable, scale).0 / scale.max(f32::MIN_POSITIVE));
+    }
+    eprintln!(
+        "dispatched_matches_portable: {} cases, largest run − run_portable error {worst:.3e} \
+         relative to max |output|",
+        cases.len()
+    );
+}

@@ -1,0 +1,319 @@
+//! The three hot loops of `DlqConv::run`, each as a portable version and an explicit x86-64
+//! AVX2 + FMA version, picked at run time ([`Isa::detect`], `is_x86_feature_detected!`).
+//!
+//! Every entry point here is safe: it checks the lengths the SIMD code relies on (a few compares
+//! per call, never per element) and panics on a violation — which `run` never causes, because it
+//! sizes every buffer itself and `DlqConv::new` validated every index. `unsafe` appears only in
+//! the `x86` module, whose functions state their preconditions and are called only after the
+//! checks and the CPU-feature test.
+//!
+//! All lengths are multiples of [`BLOCK`] floats (the scratch planes are padded to it), so the
+//! SIMD loops have no tails. The portable and SIMD versions differ only by float rounding:
+//! `accumulate` sums in the same order in both (bitwise equal); `atom_responses` and
+//! `representatives` use fused multiply-adds in the SIMD version.
+
+/// Granularity of every vector loop: 16 floats (two AVX2 vectors, one AVX-512 vector).
+pub(crate) const BLOCK: usize = 16;
+
+/// Which implementation of the hot loops to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// Plain Rust loops (autovectorised to the compile target's baseline).
+    Portable,
+    /// x86-64 AVX2 + FMA intrinsics; only ever chosen after the CPU reported both features.
+    Avx2Fma,
+}
+
+impl Isa {
+    /// The best implementation this CPU supports.
+    pub(crate) fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Isa::Avx2Fma;
+        }
+        Isa::Portable
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2Fma => "avx2+fma",
+        }
+    }
+}
+
+/// `acc[p] += r[offsets[0] + p] + r[offsets[1] + p] + …` for every `p < acc.len()`, summed left
+/// to right. Panics unless `acc.len()` is a multiple of [`BLOCK`] and every
+/// `offset + acc.len() <= r.len()`.
+pub(crate) fn accumulate(isa: Isa, acc: &mut [f32], r: &[f32], offsets: &[usize]) {
+    let len = acc.len();
+    assert!(
+        len % BLOCK == 0,
+        "accumulate: length {len} not a multiple of {BLOCK}"
+    );
+    for &o in offsets {
+        assert!(
+            o.checked_add(len).is_some_and(|end| end <= r.len()),
+            "accumulate: run out of bounds"
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2Fma {
+        // SAFETY: `Avx2Fma` is only produced by `detect` after both features were reported;
+        // the lengths were checked just above.
+        unsafe { x86::accumulate(acc, r, offsets) };
+        return;
+    }
+    let _ = isa;
+    for &o in offsets {
+        for (a, &s) in acc.iter_mut().zip(&r[o..o + len]) {
+            *a += s;
+        }
+    }
+}
+
+/// `z[i·stride + p] = Σ_j atoms[i·width + j] · x[j·stride + p]` for `i < atoms.len() / width`
+/// (an L × width by width × stride product). Panics unless `stride` is a multiple of
+/// [`BLOCK`], `width ≥ 1`, `atoms.len()` a multiple of `width`, `x` holds `width` planes and `z`
+/// at least L planes of `stride` floats.
+pub(crate) fn atom_responses(
+    isa: Isa,
+    z: &mut [f32],
+    atoms: &[f32],
+    width: usize,
+    x: &[f32],
+    stride: usize,
+) {
+    assert!(width >= 1 && atoms.len() % width == 0 && stride % BLOCK == 0);
+    let l = atoms.len() / width;
+    assert!(x.len() >= width * stride && z.len() >= l * stride);
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2Fma {
+        // SAFETY: CPU features checked by `detect`; lengths checked just above.
+        unsafe { x86::atom_responses(z, atoms, width, x, stride) };
+        return;
+    }
+    let _ = isa;
+    for (zl, atom) in z.chunks_exact_mut(stride).zip(atoms.chunks_exact(width)) {
+        for (j, (&a, xj)) in atom.iter().zip(x.chunks_exact(stride)).enumerate() {
+            if j == 0 {
+                for (d, &s) in zl.iter_mut().zip(xj) {
+                    *d = a * s;
+                }
+            } else {
+                for (d, &s) in zl.iter_mut().zip(xj) {
+                    *d += a * s;
+                }
+            }
+        }
+    }
+}
+
+/// `r[i·stride + p] = Σ_t coef[i·α + t] · z[idx[i·α + t]·stride + p]` for the K = `idx.len() / α`
+/// representatives. Panics unless `alpha ≥ 1`, `idx` and `coef` have the same length, a multiple
+/// of α, `stride` is a multiple of [`BLOCK`], `r` holds K planes and `z` every plane `idx` names.
+pub(crate) fn representatives(
+    isa: Isa,
+    r: &mut [f32],
+    z: &[f32],
+    idx: &[u32],
+    coef: &[f32],
+    alpha: usize,
+    stride: usize,
+) {
+    assert!(alpha >= 1 && idx.len() == coef.len() && idx.len() % alpha == 0);
+    assert!(stride % BLOCK == 0 && r.len() >= idx.len() / alpha * stride);
+    let planes = z.len() / stride;
+    assert!(
+        idx.iter().all(|&i| (i as usize) < planes),
+        "representatives: atom index"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2Fma {
+        // SAFETY: CPU features checked by `detect`; lengths and indices checked just above.
+        unsafe { x86::representatives(r, z, idx, coef, alpha, stride) };
+        return;
+    }
+    let _ = isa;
+    let codes = idx.chunks_exact(alpha).zip(coef.chunks_exact(alpha));
+    for (ri, (idx, coef)) in r.chunks_exact_mut(stride).zip(codes) {
+        for (t, (&atom, &c)) in idx.iter().zip(coef).enumerate() {
+            let zt = &z[atom as usize * stride..][..stride];
+            if t == 0 {
+                for (d, &s) in ri.iter_mut().zip(zt) {
+                    *d = c * s;
+                }
+            } else {
+                for (d, &s) in ri.iter_mut().zip(zt) {
+                    *d += c * s;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::BLOCK;
+
+    /// See [`super::accumulate`]. Eight ymm accumulators (64 floats) stay in registers over all
+    /// taps, so `acc` is read and written once per 64 floats, not once per tap.
+    ///
+    /// # Safety
+    /// AVX2 available; `acc.len() % BLOCK == 0`; `o + acc.len() <= r.len()` for every offset.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn accumulate(acc: &mut [f32], r: &[f32], offsets: &[usize]) {
+        let len = acc.len();
+        let (a, rp) = (acc.as_mut_ptr(), r.as_ptr());
+        let mut i = 0;
+        while i + 64 <= len {
+            let mut v = [_mm256_setzero_ps(); 8];
+            for (q, x) in v.iter_mut().enumerate() {
+                *x = _mm256_loadu_ps(a.add(i + 8 * q));
+            }
+            for &o in offsets {
+                let src = rp.add(o + i);
+                for (q, x) in v.iter_mut().enumerate() {
+                    *x = _mm256_add_ps(*x, _mm256_loadu_ps(src.add(8 * q)));
+                }
+            }
+            for (q, x) in v.iter().enumerate() {
+                _mm256_storeu_ps(a.add(i + 8 * q), *x);
+            }
+            i += 64;
+        }
+        while i + BLOCK <= len {
+            let mut v0 = _mm256_loadu_ps(a.add(i));
+            let mut v1 = _mm256_loadu_ps(a.add(i + 8));
+            for &o in offsets {
+                let src = rp.add(o + i);
+                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(src));
+                v1 = _mm256_add_ps(v1, _mm256_loadu_ps(src.add(8)));
+            }
+            _mm256_storeu_ps(a.add(i), v0);
+            _mm256_storeu_ps(a.add(i + 8), v1);
+            i += BLOCK;
+        }
+    }
+
+    /// See [`super::atom_responses`]: a register-blocked micro-GEMM, 4 atoms × 16 columns
+    /// (8 ymm accumulators) per step, then single atoms for the remainder.
+    ///
+    /// # Safety
+    /// AVX2 + FMA available; `width ≥ 1`; `atoms.len() % width == 0`; `stride % BLOCK == 0`;
+    /// `x.len() ≥ width·stride`; `z.len() ≥ (atoms.len() / width)·stride`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn atom_responses(
+        z: &mut [f32],
+        atoms: &[f32],
+        width: usize,
+        x: &[f32],
+        stride: usize,
+    ) {
+        let l = atoms.len() / width;
+        let (zp, ap, xp) = (z.as_mut_ptr(), atoms.as_ptr(), x.as_ptr());
+        let mut i = 0;
+        while i + 4 <= l {
+            let mut p = 0;
+            while p < stride {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for j in 0..width {
+                    let x0 = _mm256_loadu_ps(xp.add(j * stride + p));
+                    let x1 = _mm256_loadu_ps(xp.add(j * stride + p + 8));
+                    for (row, pair) in acc.chunks_exact_mut(2).enumerate() {
+                        let a = _mm256_broadcast_ss(&*ap.add((i + row) * width + j));
+                        pair[0] = _mm256_fmadd_ps(a, x0, pair[0]);
+                        pair[1] = _mm256_fmadd_ps(a, x1, pair[1]);
+                    }
+                }
+                for (row, pair) in acc.chunks_exact(2).enumerate() {
+                    let dst = zp.add((i + row) * stride + p);
+                    _mm256_storeu_ps(dst, pair[0]);
+                    _mm256_storeu_ps(dst.add(8), pair[1]);
+                }
+                p += BLOCK;
+            }
+            i += 4;
+        }
+        while i < l {
+            let mut p = 0;
+            while p < stride {
+                let (mut v0, mut v1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                for j in 0..width {
+                    let a = _mm256_broadcast_ss(&*ap.add(i * width + j));
+                    let src = xp.add(j * stride + p);
+                    v0 = _mm256_fmadd_ps(a, _mm256_loadu_ps(src), v0);
+                    v1 = _mm256_fmadd_ps(a, _mm256_loadu_ps(src.add(8)), v1);
+                }
+                _mm256_storeu_ps(zp.add(i * stride + p), v0);
+                _mm256_storeu_ps(zp.add(i * stride + p + 8), v1);
+                p += BLOCK;
+            }
+            i += 1;
+        }
+    }
+
+    /// See [`super::representatives`]: per representative, 32 floats at a time, the α terms
+    /// fused multiply-added in registers and stored once.
+    ///
+    /// # Safety
+    /// AVX2 + FMA available; `alpha ≥ 1`; `idx.len() == coef.len()`, a multiple of α;
+    /// `stride % BLOCK == 0`; `r.len() ≥ idx.len() / α · stride`; every
+    /// `(idx[t] + 1)·stride ≤ z.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn representatives(
+        r: &mut [f32],
+        z: &[f32],
+        idx: &[u32],
+        coef: &[f32],
+        alpha: usize,
+        stride: usize,
+    ) {
+        // Plain index loops: iterator adapters such as `Skip` are not always inlined into a
+        // `target_feature` function, and a call per term spilled the accumulators.
+        let (rp, zp, ip, cp) = (r.as_mut_ptr(), z.as_ptr(), idx.as_ptr(), coef.as_ptr());
+        for i in 0..idx.len() / alpha {
+            let (dst, code) = (rp.add(i * stride), i * alpha);
+            // The first term is a plain product (as in the portable path), so α = 1 with
+            // coefficient 1 copies Z bit for bit (sign of zero included).
+            let first = zp.add(*ip.add(code) as usize * stride);
+            let c0 = _mm256_set1_ps(*cp.add(code));
+            let mut p = 0;
+            while p + 32 <= stride {
+                let mut v0 = _mm256_mul_ps(c0, _mm256_loadu_ps(first.add(p)));
+                let mut v1 = _mm256_mul_ps(c0, _mm256_loadu_ps(first.add(p + 8)));
+                let mut v2 = _mm256_mul_ps(c0, _mm256_loadu_ps(first.add(p + 16)));
+                let mut v3 = _mm256_mul_ps(c0, _mm256_loadu_ps(first.add(p + 24)));
+                for t in 1..alpha {
+                    let src = zp.add(*ip.add(code + t) as usize * stride + p);
+                    let c = _mm256_set1_ps(*cp.add(code + t));
+                    v0 = _mm256_fmadd_ps(c, _mm256_loadu_ps(src), v0);
+                    v1 = _mm256_fmadd_ps(c, _mm256_loadu_ps(src.add(8)), v1);
+                    v2 = _mm256_fmadd_ps(c, _mm256_loadu_ps(src.add(16)), v2);
+                    v3 = _mm256_fmadd_ps(c, _mm256_loadu_ps(src.add(24)), v3);
+                }
+                _mm256_storeu_ps(dst.add(p), v0);
+                _mm256_storeu_ps(dst.add(p + 8), v1);
+                _mm256_storeu_ps(dst.add(p + 16), v2);
+                _mm256_storeu_ps(dst.add(p + 24), v3);
+                p += 32;
+            }
+            while p < stride {
+                let mut v0 = _mm256_mul_ps(c0, _mm256_loadu_ps(first.add(p)));
+                let mut v1 = _mm256_mul_ps(c0, _mm256_loadu_ps(first.add(p + 8)));
+                for t in 1..alpha {
+                    let src = zp.add(*ip.add(code + t) as usize * stride + p);
+                    let c = _mm256_set1_ps(*cp.add(code + t));
+                    v0 = _mm256_fmadd_ps(c, _mm256_loadu_ps(src), v0);
+                    v1 = _mm256_fmadd_ps(c, _mm256_loadu_ps(src.add(8)), v1);
+                }
+                _mm256_storeu_ps(dst.add(p), v0);
+                _mm256_storeu_ps(dst.add(p + 8), v1);
+                p += BLOCK;
+            }
+        }
+    }
+}
