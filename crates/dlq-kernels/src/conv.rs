@@ -191,7 +191,7 @@ fn validate_codes(index: usize, codes: &Codes, num_atoms: usize) -> Result<(), K
         return Err(KernelError::ZeroAlpha { subspace: index });
     }
     let len = codes.atoms.len();
-    if len == 0 || len % codes.alpha != 0 {
+    if len == 0 || !len.is_multiple_of(codes.alpha) {
         return Err(KernelError::CodeCount {
             subspace: index,
             alpha: codes.alpha,

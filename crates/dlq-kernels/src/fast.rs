@@ -86,6 +86,11 @@ struct Scratch {
     acc_stride: usize,
     /// The kh·kw offsets of one output channel's taps into R (reused buffer).
     offsets: Vec<usize>,
+    /// Where tap (u, v) starts reading a padded plane: `u·dh·Wp + v·dw`, at `u·kw + v`.
+    origins: Vec<usize>,
+    /// Fused path: the kh·kw·α offsets into Z and coefficients of one output channel's taps.
+    terms: Vec<usize>,
+    coefs: Vec<f32>,
 }
 
 thread_local! {
@@ -144,6 +149,14 @@ impl Scratch {
             acc: resized(acc, acc_len),
             acc_stride,
             offsets: vec![0; g.kernel[0] * g.kernel[1]],
+            origins: (0..g.kernel[0] * g.kernel[1])
+                .map(|tap| {
+                    let (u, v) = (tap / g.kernel[1], tap % g.kernel[1]);
+                    u * g.dilations[0] * padded[1] + v * g.dilations[1]
+                })
+                .collect(),
+            terms: Vec::new(),
+            coefs: Vec::new(),
         };
         scratch.x.fill(0.0);
         scratch.z[z_len - SLACK..].fill(0.0);
@@ -257,7 +270,8 @@ impl DlqConv {
                     scratch.stride,
                 );
                 clock.lap(|t| &mut t.z);
-                if let Some(codes) = &sub.codes {
+                let fused = unit_stride && fuse_representatives(isa, sub, sub.assignment.len());
+                if let (Some(codes), false) = (&sub.codes, fused) {
                     simd::representatives(
                         isa,
                         &mut scratch.r,
@@ -269,7 +283,9 @@ impl DlqConv {
                     );
                 }
                 clock.lap(|t| &mut t.r);
-                if unit_stride {
+                if unit_stride && fused {
+                    self.add_taps_fused(isa, sub, &mut scratch, oh, ow);
+                } else if unit_stride {
                     self.add_taps_unit_stride(isa, sub, &mut scratch, oh, ow);
                 } else {
                     self.add_taps_strided(sub, &scratch, dst, [oh, ow]);
@@ -322,11 +338,57 @@ impl DlqConv {
         let columns = sub.assignment.chunks_exact(kh * kw);
         let accs = scratch.acc.chunks_exact_mut(scratch.acc_stride);
         for (acc, gamma) in accs.zip(columns) {
-            for ((offset, &rep), tap) in scratch.offsets.iter_mut().zip(gamma).zip(0..) {
-                let (u, v) = (tap / kw, tap % kw);
-                *offset = rep as usize * stride + u * g.dilations[0] * wp + v * g.dilations[1];
+            let taps = scratch.offsets.iter_mut().zip(gamma).zip(&scratch.origins);
+            for ((offset, &rep), &origin) in taps {
+                *offset = rep as usize * stride + origin;
             }
             simd::accumulate(isa, &mut acc[..run], reps, &scratch.offsets);
+        }
+    }
+
+    /// Stride 1, DL subspace, R not materialised: for every output channel k, adds
+    /// `Σ_t coef · Z[idx]` of each tap's representative straight from the (small) Z planes into
+    /// k's accumulator slice, α fused multiply-adds per tap and element.
+    fn add_taps_fused(
+        &self,
+        isa: Isa,
+        sub: &Subspace,
+        scratch: &mut Scratch,
+        oh: usize,
+        ow: usize,
+    ) {
+        let Some(codes) = &sub.codes else {
+            return self.add_taps_unit_stride(isa, sub, scratch, oh, ow);
+        };
+        let g = &self.geometry;
+        let [kh, kw] = g.kernel;
+        let (wp, stride, alpha) = (scratch.padded[1], scratch.stride, codes.alpha);
+        let run = round_up((oh - 1) * wp + ow).unwrap_or(scratch.acc_stride);
+        let terms = kh * kw * alpha;
+        scratch.terms.resize(terms, 0);
+        scratch.coefs.resize(terms, 0.0);
+        let columns = sub.assignment.chunks_exact(kh * kw);
+        let accs = scratch.acc.chunks_exact_mut(scratch.acc_stride);
+        for (acc, gamma) in accs.zip(columns) {
+            let slots = scratch.terms.chunks_exact_mut(alpha);
+            let coef_slots = scratch.coefs.chunks_exact_mut(alpha);
+            let taps = slots.zip(coef_slots).zip(gamma).zip(&scratch.origins);
+            for (((offsets, coefs), &rep), &origin) in taps {
+                let code = rep as usize * alpha;
+                let idx = &codes.atoms[code..code + alpha];
+                offsets
+                    .iter_mut()
+                    .zip(idx)
+                    .for_each(|(o, &i)| *o = i as usize * stride + origin);
+                coefs.copy_from_slice(&codes.coefficients[code..code + alpha]);
+            }
+            simd::accumulate_scaled(
+                isa,
+                &mut acc[..run],
+                &scratch.z,
+                &scratch.terms,
+                &scratch.coefs,
+            );
         }
     }
 
@@ -357,6 +419,20 @@ impl DlqConv {
             }
         }
     }
+}
+
+/// Whether a DL subspace's look-up adds read Z directly (α fused multiply-adds per tap) instead
+/// of a materialised R. Only with SIMD and stride 1. Fusing saves the R phase (K planes of α
+/// multiply-adds, written out to L2) and costs α − 1 extra multiply-adds per tap run (M·kh·kw
+/// runs, read from the far smaller Z). The factor 2.5 is the measured cost ratio of an R plane
+/// to a tap run on the benchmark machine (fire8: R of K = 345, α = 2 ≈ 0.09 ms; the extra tap
+/// terms ≈ 0.11 ms); both choices give the same result to float rounding.
+fn fuse_representatives(isa: Isa, sub: &Subspace, taps: usize) -> bool {
+    let Some(codes) = &sub.codes else {
+        return false;
+    };
+    let extra_terms = (codes.alpha - 1) as f64 * taps as f64;
+    isa != Isa::Portable && extra_terms < 2.5 * (codes.alpha * sub.num_representatives()) as f64
 }
 
 /// Copies the subspace's input channels into the interior of the zero-padded planes of

@@ -1,5 +1,6 @@
-//! The three hot loops of `DlqConv::run`, each as a portable version and an explicit x86-64
-//! AVX2 + FMA version, picked at run time ([`Isa::detect`], `is_x86_feature_detected!`).
+//! The hot loops of `DlqConv::run`, each as a portable version and an explicit x86-64 AVX2 + FMA
+//! version (the look-up adds also in AVX-512F), picked at run time ([`Isa::detect`],
+//! `is_x86_feature_detected!`; AVX-512 intrinsics need Rust 1.89, the crate's MSRV).
 //!
 //! Every entry point here is safe: it checks the lengths the SIMD code relies on (a few compares
 //! per call, never per element) and panics on a violation — which `run` never causes, because it
@@ -9,8 +10,8 @@
 //!
 //! All lengths are multiples of [`BLOCK`] floats (the scratch planes are padded to it), so the
 //! SIMD loops have no tails. The portable and SIMD versions differ only by float rounding:
-//! `accumulate` sums in the same order in both (bitwise equal); `atom_responses` and
-//! `representatives` use fused multiply-adds in the SIMD version.
+//! `accumulate` sums in the same order in both (bitwise equal); `accumulate_scaled`,
+//! `atom_responses` and `representatives` use fused multiply-adds in the SIMD versions.
 
 /// Granularity of every vector loop: 16 floats (two AVX2 vectors, one AVX-512 vector).
 pub(crate) const BLOCK: usize = 16;
@@ -22,6 +23,9 @@ pub(crate) enum Isa {
     Portable,
     /// x86-64 AVX2 + FMA intrinsics; only ever chosen after the CPU reported both features.
     Avx2Fma,
+    /// As `Avx2Fma`, with the look-up adds in AVX-512F (up to 16 zmm accumulators); only ever
+    /// chosen after the CPU reported AVX-512F, AVX2 and FMA.
+    Avx512,
 }
 
 impl Isa {
@@ -30,6 +34,9 @@ impl Isa {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
             return Isa::Avx2Fma;
         }
         Isa::Portable
@@ -39,6 +46,7 @@ impl Isa {
         match self {
             Isa::Portable => "portable",
             Isa::Avx2Fma => "avx2+fma",
+            Isa::Avx512 => "avx512f+avx2+fma",
         }
     }
 }
@@ -49,7 +57,7 @@ impl Isa {
 pub(crate) fn accumulate(isa: Isa, acc: &mut [f32], r: &[f32], offsets: &[usize]) {
     let len = acc.len();
     assert!(
-        len % BLOCK == 0,
+        len.is_multiple_of(BLOCK),
         "accumulate: length {len} not a multiple of {BLOCK}"
     );
     for &o in offsets {
@@ -59,16 +67,50 @@ pub(crate) fn accumulate(isa: Isa, acc: &mut [f32], r: &[f32], offsets: &[usize]
         );
     }
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2Fma {
-        // SAFETY: `Avx2Fma` is only produced by `detect` after both features were reported;
-        // the lengths were checked just above.
-        unsafe { x86::accumulate(acc, r, offsets) };
-        return;
+    match isa {
+        // SAFETY: each SIMD level is only produced by `detect` after the CPU reported its
+        // features; the lengths were checked just above.
+        Isa::Avx512 => return unsafe { x86::accumulate_avx512(acc, r, offsets, None) },
+        Isa::Avx2Fma => return unsafe { x86::accumulate(acc, r, offsets) },
+        Isa::Portable => {}
     }
     let _ = isa;
     for &o in offsets {
         for (a, &s) in acc.iter_mut().zip(&r[o..o + len]) {
             *a += s;
+        }
+    }
+}
+
+/// `acc[p] += c[0]·z[offsets[0] + p] + c[1]·z[offsets[1] + p] + …` for every `p < acc.len()`,
+/// term by term (the SIMD version fuses each multiply-add). Panics unless `acc.len()` is a
+/// multiple of [`BLOCK`], `coefs` is as long as `offsets` and every `offset + acc.len() <= z.len()`.
+pub(crate) fn accumulate_scaled(
+    isa: Isa,
+    acc: &mut [f32],
+    z: &[f32],
+    offsets: &[usize],
+    coefs: &[f32],
+) {
+    let len = acc.len();
+    assert!(len.is_multiple_of(BLOCK) && coefs.len() == offsets.len());
+    for &o in offsets {
+        assert!(
+            o.checked_add(len).is_some_and(|end| end <= z.len()),
+            "accumulate_scaled: run out of bounds"
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    match isa {
+        // SAFETY: CPU features checked by `detect`; lengths checked just above.
+        Isa::Avx512 => return unsafe { x86::accumulate_avx512(acc, z, offsets, Some(coefs)) },
+        Isa::Avx2Fma => return unsafe { x86::accumulate_scaled(acc, z, offsets, coefs) },
+        Isa::Portable => {}
+    }
+    let _ = isa;
+    for (&o, &c) in offsets.iter().zip(coefs) {
+        for (a, &s) in acc.iter_mut().zip(&z[o..o + len]) {
+            *a += c * s;
         }
     }
 }
@@ -85,12 +127,13 @@ pub(crate) fn atom_responses(
     x: &[f32],
     stride: usize,
 ) {
-    assert!(width >= 1 && atoms.len() % width == 0 && stride % BLOCK == 0);
+    assert!(width >= 1 && atoms.len().is_multiple_of(width) && stride.is_multiple_of(BLOCK));
     let l = atoms.len() / width;
     assert!(x.len() >= width * stride && z.len() >= l * stride);
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2Fma {
-        // SAFETY: CPU features checked by `detect`; lengths checked just above.
+    if isa != Isa::Portable {
+        // SAFETY: both SIMD levels include AVX2 + FMA (checked by `detect`); lengths checked
+        // just above.
         unsafe { x86::atom_responses(z, atoms, width, x, stride) };
         return;
     }
@@ -122,16 +165,17 @@ pub(crate) fn representatives(
     alpha: usize,
     stride: usize,
 ) {
-    assert!(alpha >= 1 && idx.len() == coef.len() && idx.len() % alpha == 0);
-    assert!(stride % BLOCK == 0 && r.len() >= idx.len() / alpha * stride);
+    assert!(alpha >= 1 && idx.len() == coef.len() && idx.len().is_multiple_of(alpha));
+    assert!(stride.is_multiple_of(BLOCK) && r.len() >= idx.len() / alpha * stride);
     let planes = z.len() / stride;
     assert!(
         idx.iter().all(|&i| (i as usize) < planes),
         "representatives: atom index"
     );
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2Fma {
-        // SAFETY: CPU features checked by `detect`; lengths and indices checked just above.
+    if isa != Isa::Portable {
+        // SAFETY: both SIMD levels include AVX2 + FMA (checked by `detect`); lengths and indices
+        // checked just above.
         unsafe { x86::representatives(r, z, idx, coef, alpha, stride) };
         return;
     }
@@ -192,6 +236,131 @@ mod x86 {
                 let src = rp.add(o + i);
                 v0 = _mm256_add_ps(v0, _mm256_loadu_ps(src));
                 v1 = _mm256_add_ps(v1, _mm256_loadu_ps(src.add(8)));
+            }
+            _mm256_storeu_ps(a.add(i), v0);
+            _mm256_storeu_ps(a.add(i + 8), v1);
+            i += BLOCK;
+        }
+    }
+
+    /// See [`super::accumulate`] (`coefs = None`) and [`super::accumulate_scaled`]
+    /// (`Some(coefs)`, fused multiply-adds): up to 16 zmm accumulators (256 floats) per pass, so
+    /// a typical padded-width run is one pass and the accumulators are independent chains.
+    ///
+    /// # Safety
+    /// AVX-512F available; `acc.len() % BLOCK == 0`; `coefs`, if any, as long as `offsets`;
+    /// `o + acc.len() <= r.len()` for every offset.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn accumulate_avx512(
+        acc: &mut [f32],
+        r: &[f32],
+        offsets: &[usize],
+        coefs: Option<&[f32]>,
+    ) {
+        let len = acc.len();
+        let mut i = 0;
+        while i < len {
+            let vectors = (len - i) / BLOCK;
+            // Each arm covers `n` whole vectors starting at float `i`, inside `acc`, and
+            // `o + i + 16·n <= o + len <= r.len()`.
+            macro_rules! pass {
+                ($($n:literal)*) => {
+                    match vectors {
+                        $($n => block512::<$n>(acc.as_mut_ptr().add(i), r.as_ptr().add(i), offsets, coefs),)*
+                        _ => block512::<16>(acc.as_mut_ptr().add(i), r.as_ptr().add(i), offsets, coefs),
+                    }
+                };
+            }
+            pass!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+            i += vectors.min(16) * BLOCK;
+        }
+    }
+
+    /// `N` zmm accumulators loaded from `acc`, every term added (or fused-multiply-added), stored.
+    ///
+    /// # Safety
+    /// AVX-512F available; `acc` valid for `16·N` floats; `r.add(o)` valid for `16·N` floats for
+    /// every offset `o`; `coefs`, if any, as long as `offsets`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn block512<const N: usize>(
+        acc: *mut f32,
+        r: *const f32,
+        offsets: &[usize],
+        coefs: Option<&[f32]>,
+    ) {
+        let mut v = [_mm512_setzero_ps(); N];
+        for (q, x) in v.iter_mut().enumerate() {
+            *x = _mm512_loadu_ps(acc.add(16 * q));
+        }
+        let (op, terms) = (offsets.as_ptr(), offsets.len());
+        match coefs {
+            None => {
+                for t in 0..terms {
+                    let src = r.add(*op.add(t));
+                    for (q, x) in v.iter_mut().enumerate() {
+                        *x = _mm512_add_ps(*x, _mm512_loadu_ps(src.add(16 * q)));
+                    }
+                }
+            }
+            Some(coefs) => {
+                let cp = coefs.as_ptr();
+                for t in 0..terms {
+                    let (src, c) = (r.add(*op.add(t)), _mm512_set1_ps(*cp.add(t)));
+                    for (q, x) in v.iter_mut().enumerate() {
+                        *x = _mm512_fmadd_ps(c, _mm512_loadu_ps(src.add(16 * q)), *x);
+                    }
+                }
+            }
+        }
+        for (q, x) in v.iter().enumerate() {
+            _mm512_storeu_ps(acc.add(16 * q), *x);
+        }
+    }
+
+    /// See [`super::accumulate_scaled`]: as [`accumulate`], one fused multiply-add per term.
+    ///
+    /// # Safety
+    /// AVX2 + FMA available; `acc.len() % BLOCK == 0`; `coefs.len() == offsets.len()`;
+    /// `o + acc.len() <= z.len()` for every offset.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn accumulate_scaled(
+        acc: &mut [f32],
+        z: &[f32],
+        offsets: &[usize],
+        coefs: &[f32],
+    ) {
+        let (len, terms) = (acc.len(), offsets.len());
+        let (a, zp, op, cp) = (
+            acc.as_mut_ptr(),
+            z.as_ptr(),
+            offsets.as_ptr(),
+            coefs.as_ptr(),
+        );
+        let mut i = 0;
+        while i + 64 <= len {
+            let mut v = [_mm256_setzero_ps(); 8];
+            for (q, x) in v.iter_mut().enumerate() {
+                *x = _mm256_loadu_ps(a.add(i + 8 * q));
+            }
+            for t in 0..terms {
+                let (src, c) = (zp.add(*op.add(t) + i), _mm256_set1_ps(*cp.add(t)));
+                for (q, x) in v.iter_mut().enumerate() {
+                    *x = _mm256_fmadd_ps(c, _mm256_loadu_ps(src.add(8 * q)), *x);
+                }
+            }
+            for (q, x) in v.iter().enumerate() {
+                _mm256_storeu_ps(a.add(i + 8 * q), *x);
+            }
+            i += 64;
+        }
+        while i + BLOCK <= len {
+            let mut v0 = _mm256_loadu_ps(a.add(i));
+            let mut v1 = _mm256_loadu_ps(a.add(i + 8));
+            for t in 0..terms {
+                let (src, c) = (zp.add(*op.add(t) + i), _mm256_set1_ps(*cp.add(t)));
+                v0 = _mm256_fmadd_ps(c, _mm256_loadu_ps(src), v0);
+                v1 = _mm256_fmadd_ps(c, _mm256_loadu_ps(src.add(8)), v1);
             }
             _mm256_storeu_ps(a.add(i), v0);
             _mm256_storeu_ps(a.add(i + 8), v1);
