@@ -24,8 +24,8 @@
 //! [`DlqConv::reconstruct`] the dense W̃ it is checked with.
 //!
 //! The hot loops (Z product, R combination, look-up adds) have portable versions and explicit
-//! AVX2 + FMA (look-up adds: AVX-512F) versions chosen at run time (`is_x86_feature_detected!`); the two agree to float
-//! rounding. No threads: the result does not depend on any thread count.
+//! AVX2 + FMA versions (look-up adds: AVX-512F) chosen at run time (`is_x86_feature_detected!`);
+//! the two agree to float rounding. No threads: the result does not depend on any thread count.
 
 mod conv;
 mod dense;
