@@ -57,7 +57,7 @@ pub fn exercise(bytes: &[u8], scratch: &Path) -> Outcome {
         };
     }
     // Both methods, chosen by the input so that a corpus covers both.
-    let method = if bytes.len() % 2 == 0 {
+    let method = if bytes.len().is_multiple_of(2) {
         Method::Dl
     } else {
         Method::Vq
