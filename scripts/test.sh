@@ -14,7 +14,7 @@ fi
 export ONNX_DLQ_PYTHON="$PWD/$venv/bin/python"
 cargo fmt --all --check
 # The size rule of docs/ARCHITECTURE.md: no function outside SIMD kernels above 100 lines.
-python3 scripts/fn_lengths.py src --max 100 --top 3
+python3 scripts/fn_lengths.py src crates --max 100 --top 3
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace
 # Coverage-guided fuzz smoke on the stable toolchain (no sanitizer): 60 s of libFuzzer over the
