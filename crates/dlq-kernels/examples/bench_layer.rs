@@ -292,6 +292,72 @@ fn ceiling() {
     println!("{{\"ceiling\":true,{}}}", fields.join(","));
 }
 
+/// Median and min in ms of `reps` timed calls of `f` after `warmup` untimed ones.
+fn time_ms(warmup: usize, reps: usize, mut f: impl FnMut()) -> (f64, f64) {
+    for _ in 0..warmup {
+        f();
+    }
+    let times = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    median_min_ms(times)
+}
+
+/// Median ms of each phase (`run_timed` is `run` with a clock read between the phases; their
+/// sum approximates `run`), and whether `run_timed` reproduced `out` exactly.
+fn time_phases(conv: &DlqConv, a: &Args, x: &[f32], out: &[f32]) -> ([f64; 4], bool) {
+    let mut phased = vec![0.0f32; out.len()];
+    let mut timed = || {
+        let mut p = PhaseTimes::default();
+        conv.run_timed(x, 1, a.h, a.w, &mut phased, &mut p)
+            .expect("valid sizes");
+        p
+    };
+    for _ in 0..a.warmup {
+        timed();
+    }
+    let phases: Vec<PhaseTimes> = (0..a.reps).map(|_| timed()).collect();
+    let phase_ms = |f: fn(&PhaseTimes) -> f64| median_min_ms(phases.iter().map(f).collect()).0;
+    let ms = [
+        phase_ms(|p| p.init),
+        phase_ms(|p| p.z),
+        phase_ms(|p| p.r),
+        phase_ms(|p| p.taps),
+    ];
+    (ms, phased == out)
+}
+
+/// The naive reference's time (for orientation only: f64 accumulation, no blocking, no SIMD),
+/// and the largest |out − reference| with the reference's largest magnitude.
+fn reference(conv: &DlqConv, a: &Args, x: &[f32], out: &[f32]) -> (f64, f32, f32) {
+    let weight = conv.reconstruct();
+    let mut reference = vec![0.0f32; out.len()];
+    let (dense_ms, _) = time_ms(0, a.dense_reps.max(1), || {
+        dense_conv(
+            x,
+            1,
+            a.n,
+            a.h,
+            a.w,
+            &weight,
+            conv.geometry(),
+            None,
+            &mut reference,
+        )
+        .expect("valid sizes");
+    });
+    let scale_ref = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let max_err = out
+        .iter()
+        .zip(&reference)
+        .fold(0.0f32, |m, (o, r)| m.max((o - r).abs()));
+    (dense_ms, max_err, scale_ref)
+}
+
 fn main() -> ExitCode {
     let a = match Args::parse() {
         Ok(a) => a,
@@ -319,86 +385,20 @@ fn main() -> ExitCode {
     let x = rng.values(a.n * a.h * a.w);
     let mut out = vec![0.0f32; a.m * oh * ow];
 
-    for _ in 0..a.warmup {
-        conv.run(&x, 1, a.h, a.w, &mut out).expect("valid sizes");
-    }
-    let times = (0..a.reps)
-        .map(|_| {
-            let t = Instant::now();
-            conv.run(black_box(&x), 1, a.h, a.w, &mut out)
-                .expect("valid sizes");
-            black_box(&mut out);
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    let (median_ms, min_ms) = median_min_ms(times);
-
-    // Phases, with the same warm-up and repetitions (`run_timed` is `run` with a clock read
-    // between the phases); their sum approximates `run`.
-    let mut phased = vec![0.0f32; out.len()];
-    let timed = |phased: &mut [f32]| {
-        let mut p = PhaseTimes::default();
-        conv.run_timed(&x, 1, a.h, a.w, phased, &mut p)
+    let (median_ms, min_ms) = time_ms(a.warmup, a.reps, || {
+        conv.run(black_box(&x), 1, a.h, a.w, &mut out)
             .expect("valid sizes");
-        p
-    };
-    for _ in 0..a.warmup {
-        timed(&mut phased);
-    }
-    let phases: Vec<PhaseTimes> = (0..a.reps).map(|_| timed(&mut phased)).collect();
-    let phases_match_run = phased == out;
-    let phase_ms = |f: fn(&PhaseTimes) -> f64| median_min_ms(phases.iter().map(f).collect()).0;
-    let (init_ms, z_ms, r_ms, taps_ms) = (
-        phase_ms(|p| p.init),
-        phase_ms(|p| p.z),
-        phase_ms(|p| p.r),
-        phase_ms(|p| p.taps),
-    );
-
+        black_box(&mut out);
+    });
+    let ([init_ms, z_ms, r_ms, taps_ms], phases_match_run) = time_phases(&conv, &a, &x, &out);
     // The portable path (no intrinsics), same warm-up and repetitions, for comparison.
     let mut portable = vec![0.0f32; out.len()];
-    for _ in 0..a.warmup {
-        conv.run_portable(&x, 1, a.h, a.w, &mut portable)
+    let (portable_ms, _) = time_ms(a.warmup, a.reps, || {
+        conv.run_portable(black_box(&x), 1, a.h, a.w, &mut portable)
             .expect("valid sizes");
-    }
-    let portable_times = (0..a.reps)
-        .map(|_| {
-            let t = Instant::now();
-            conv.run_portable(black_box(&x), 1, a.h, a.w, &mut portable)
-                .expect("valid sizes");
-            black_box(&mut portable);
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    let (portable_ms, _) = median_min_ms(portable_times);
-
-    // The naive reference, for orientation only (f64 accumulation, no blocking, no SIMD).
-    let weight = conv.reconstruct();
-    let mut reference = vec![0.0f32; out.len()];
-    let dense_times = (0..a.dense_reps.max(1))
-        .map(|_| {
-            let t = Instant::now();
-            dense_conv(
-                &x,
-                1,
-                a.n,
-                a.h,
-                a.w,
-                &weight,
-                conv.geometry(),
-                None,
-                &mut reference,
-            )
-            .expect("valid sizes");
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    let (dense_ms, _) = median_min_ms(dense_times);
-    let scale_ref = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let max_err = out
-        .iter()
-        .zip(&reference)
-        .fold(0.0f32, |m, (o, r)| m.max((o - r).abs()));
+        black_box(&mut portable);
+    });
+    let (dense_ms, max_err, scale_ref) = reference(&conv, &a, &x, &out);
 
     let s = a.n.div_ceil(a.subspace);
     let positions = (oh * ow) as f64;
