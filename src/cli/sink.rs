@@ -138,3 +138,38 @@ fn render_level(e: &(dyn std::error::Error + 'static)) -> String {
 pub fn render_error(e: &anyhow::Error) -> String {
     e.chain().map(render_level).collect::<Vec<_>>().join(": ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codebook::{ClusterParams, Method};
+    use anyhow::Context;
+
+    /// The library says what is wrong in the domain's words; the CLI names the flag.
+    #[test]
+    fn invalid_settings_are_printed_with_their_flag() {
+        let e = ClusterParams::new(Method::Dl, 1.0).check().unwrap_err();
+        assert!(!e.to_string().contains("--"), "{e}");
+        assert!(e
+            .to_string()
+            .starts_with("the acceleration ratio ρ must be above 1"));
+        let chained = anyhow::Error::new(e).context("converting `m.onnx`");
+        assert_eq!(
+            render_error(&chained),
+            "converting `m.onnx`: --ratio must be above 1 (an acceleration), got 1"
+        );
+    }
+
+    #[test]
+    fn size_rule_failures_list_the_flags_that_lift_them() {
+        let params = ClusterParams::new(Method::Dl, 10.0).check().unwrap();
+        let e = params.sizes(32, 3, 9).unwrap_err();
+        let chained = anyhow::Error::new(e).context("layer `conv1`");
+        let text = render_error(&chained);
+        assert!(
+            text.starts_with("layer `conv1`: N′ = 8 is larger"),
+            "{text}"
+        );
+        assert!(text.ends_with("[--subspace]"), "{text}");
+    }
+}
