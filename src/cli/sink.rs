@@ -143,7 +143,6 @@ pub fn render_error(e: &anyhow::Error) -> String {
 mod tests {
     use super::*;
     use crate::codebook::{ClusterParams, Method};
-    use anyhow::Context;
 
     /// The library says what is wrong in the domain's words; the CLI names the flag.
     #[test]
