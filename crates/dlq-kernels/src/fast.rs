@@ -26,8 +26,9 @@ use crate::error::{check_len, checked_product, KernelError};
 use crate::simd::{self, Isa, BLOCK};
 
 /// Zero floats after the last Z and R plane, so a tap's run rounded up to [`BLOCK`] stays inside
-/// the buffer.
-const SLACK: usize = BLOCK;
+/// the buffer, plus one more block for the AVX-512 look-up adds, which read each run from the
+/// 64-byte boundary before it up to one block past its end (see `simd::accumulate`).
+const SLACK: usize = 2 * BLOCK;
 
 /// Time spent in each phase of [`DlqConv::run_timed`], in seconds (summed over images).
 #[doc(hidden)]
