@@ -199,11 +199,13 @@ pub(crate) fn representatives(
         "representatives: atom index"
     );
     #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Portable {
-        // SAFETY: both SIMD levels include AVX2 + FMA (checked by `detect`); lengths and indices
-        // checked just above.
-        unsafe { x86::representatives(r, z, idx, coef, alpha, stride) };
-        return;
+    match isa {
+        // SAFETY: CPU features checked by `detect`; lengths and indices checked just above.
+        Isa::Avx512 => {
+            return unsafe { x86::representatives_avx512(r, z, idx, coef, alpha, stride) }
+        }
+        Isa::Avx2Fma => return unsafe { x86::representatives(r, z, idx, coef, alpha, stride) },
+        Isa::Portable => {}
     }
     let _ = isa;
     let codes = idx.chunks_exact(alpha).zip(coef.chunks_exact(alpha));
@@ -533,6 +535,39 @@ mod x86 {
                 p += BLOCK;
             }
             i += 1;
+        }
+    }
+
+    /// See [`super::representatives`]: per representative, one zmm (16 floats) at a time, the
+    /// α terms fused multiply-added in a register and stored once.
+    ///
+    /// # Safety
+    /// AVX-512F available; otherwise as [`representatives`].
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn representatives_avx512(
+        r: &mut [f32],
+        z: &[f32],
+        idx: &[u32],
+        coef: &[f32],
+        alpha: usize,
+        stride: usize,
+    ) {
+        let (rp, zp, ip, cp) = (r.as_mut_ptr(), z.as_ptr(), idx.as_ptr(), coef.as_ptr());
+        for i in 0..idx.len() / alpha {
+            let (dst, code) = (rp.add(i * stride), i * alpha);
+            // The first term is a plain product, as in the portable path.
+            let first = zp.add(*ip.add(code) as usize * stride);
+            let c0 = _mm512_set1_ps(*cp.add(code));
+            let mut p = 0;
+            while p < stride {
+                let mut v = _mm512_mul_ps(c0, _mm512_loadu_ps(first.add(p)));
+                for t in 1..alpha {
+                    let src = zp.add(*ip.add(code + t) as usize * stride + p);
+                    v = _mm512_fmadd_ps(_mm512_set1_ps(*cp.add(code + t)), _mm512_loadu_ps(src), v);
+                }
+                _mm512_storeu_ps(dst.add(p), v);
+                p += BLOCK;
+            }
         }
     }
 
