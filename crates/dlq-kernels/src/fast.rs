@@ -326,8 +326,6 @@ impl DlqConv {
         oh: usize,
         ow: usize,
     ) {
-        let g = &self.geometry;
-        let [kh, kw] = g.kernel;
         let (wp, stride) = (scratch.padded[1], scratch.stride);
         // (oh − 1)·wp + ow ≤ oh·wp ≤ acc_stride, so the rounded run fits the accumulator slice.
         let run = round_up((oh - 1) * wp + ow).unwrap_or(scratch.acc_stride);
@@ -336,15 +334,17 @@ impl DlqConv {
         } else {
             &scratch.z
         };
-        let columns = sub.assignment.chunks_exact(kh * kw);
-        let accs = scratch.acc.chunks_exact_mut(scratch.acc_stride);
-        for (acc, gamma) in accs.zip(columns) {
-            let taps = scratch.offsets.iter_mut().zip(gamma).zip(&scratch.origins);
-            for ((offset, &rep), &origin) in taps {
-                *offset = rep as usize * stride + origin;
-            }
-            simd::accumulate(isa, &mut acc[..run], reps, &scratch.offsets);
-        }
+        simd::accumulate_channels(
+            isa,
+            &mut scratch.acc,
+            scratch.acc_stride,
+            run,
+            reps,
+            &sub.assignment,
+            &scratch.origins,
+            stride,
+            &mut scratch.offsets,
+        );
     }
 
     /// Stride 1, DL subspace, R not materialised: for every output channel k, adds

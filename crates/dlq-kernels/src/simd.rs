@@ -104,6 +104,59 @@ fn aligned_reads_fit(r: &[f32], offsets: &[usize], len: usize) -> bool {
         })
 }
 
+/// For every output channel `k < gamma.len() / origins.len()`: [`accumulate`] into the first
+/// `run` floats of `acc[k·acc_stride..]` the runs of `r` at offsets
+/// `gamma[k·taps + t]·stride + origins[t]` (`taps = origins.len()`), in tap order. One call for
+/// all channels, so the checks run once per subspace, not once per channel. `offsets` is a
+/// buffer of `taps` entries. Panics unless `run` is a multiple of [`BLOCK`], `run <= acc_stride`,
+/// `acc` holds every channel's slice, and every run lies inside `r`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn accumulate_channels(
+    isa: Isa,
+    acc: &mut [f32],
+    acc_stride: usize,
+    run: usize,
+    r: &[f32],
+    gamma: &[u32],
+    origins: &[usize],
+    stride: usize,
+    offsets: &mut [usize],
+) {
+    let taps = origins.len();
+    assert!(taps >= 1 && offsets.len() == taps && gamma.len().is_multiple_of(taps));
+    assert!(run.is_multiple_of(BLOCK) && run <= acc_stride);
+    let channels = gamma.len() / taps;
+    assert!(channels
+        .checked_mul(acc_stride)
+        .is_some_and(|n| n <= acc.len()));
+    let max_rep = gamma.iter().max().map_or(0, |&g| g as usize);
+    let end = max_rep
+        .checked_mul(stride)
+        .and_then(|o| o.checked_add(origins.iter().max()?.checked_add(run)?));
+    assert!(
+        end.is_some_and(|end| end <= r.len()),
+        "accumulate_channels: run out of bounds"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        let aligned = r.len() >= ALIGNED_MIN_LEN && end.is_some_and(|e| e + BLOCK <= r.len());
+        // SAFETY: CPU features checked by `detect`; every run (plus one block if `aligned`)
+        // lies inside `r` and every channel's slice inside `acc`, checked just above.
+        return unsafe {
+            x86::accumulate_channels_avx512(
+                acc, acc_stride, run, r, gamma, origins, stride, aligned,
+            )
+        };
+    }
+    let slices = acc.chunks_exact_mut(acc_stride);
+    for (a, column) in slices.zip(gamma.chunks_exact(taps)) {
+        for ((o, &g), &origin) in offsets.iter_mut().zip(column).zip(origins) {
+            *o = g as usize * stride + origin;
+        }
+        accumulate(isa, &mut a[..run], r, offsets);
+    }
+}
+
 /// `acc[p] += c[0]·z[offsets[0] + p] + c[1]·z[offsets[1] + p] + …` for every `p < acc.len()`,
 /// term by term (the SIMD version fuses each multiply-add). Panics unless `acc.len()` is a
 /// multiple of [`BLOCK`], `coefs` is as long as `offsets` and every `offset + acc.len() <= z.len()`.
@@ -385,6 +438,62 @@ mod x86 {
             }
             pass!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
             i += vectors.min(16) * BLOCK;
+        }
+    }
+
+    /// See [`super::accumulate_channels`]: per channel, its tap offsets into a stack buffer,
+    /// then the passes of [`accumulate_avx512_aligned`] (when `aligned` and no run starts in
+    /// the first, partial block of `r`) or of [`accumulate_avx512`].
+    ///
+    /// # Safety
+    /// AVX-512F available; `run % BLOCK == 0`, `run <= acc_stride`; `acc` holds
+    /// `gamma.len() / origins.len()` slices of `acc_stride`; every
+    /// `gamma·stride + origin + run (+ BLOCK if aligned) <= r.len()`; `r` 4-byte aligned.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn accumulate_channels_avx512(
+        acc: &mut [f32],
+        acc_stride: usize,
+        run: usize,
+        r: &[f32],
+        gamma: &[u32],
+        origins: &[usize],
+        stride: usize,
+        aligned: bool,
+    ) {
+        let taps = origins.len();
+        let misalignment = (r.as_ptr() as usize / 4) % BLOCK;
+        let mut buffer = [0usize; 32];
+        let mut heap = Vec::new();
+        let offsets: &mut [usize] = if taps <= buffer.len() {
+            &mut buffer[..taps]
+        } else {
+            heap.resize(taps, 0);
+            &mut heap
+        };
+        for (k, column) in gamma.chunks_exact(taps).enumerate() {
+            let mut shifted_fits = aligned;
+            for ((o, &g), &origin) in offsets.iter_mut().zip(column).zip(origins) {
+                *o = g as usize * stride + origin;
+                shifted_fits &= (misalignment + *o) % BLOCK <= *o;
+            }
+            let a = acc.as_mut_ptr().add(k * acc_stride);
+            let mut i = 0;
+            while i < run {
+                let vectors = (run - i) / BLOCK;
+                macro_rules! pass {
+                    ($($n:literal)*) => {
+                        match (vectors, shifted_fits) {
+                            $(($n, true) => block512_aligned::<$n>(a.add(i), r.as_ptr(), i, misalignment, offsets, None),
+                              ($n, false) => block512::<$n>(a.add(i), r.as_ptr().add(i), offsets, None),)*
+                            (_, true) => block512_aligned::<16>(a.add(i), r.as_ptr(), i, misalignment, offsets, None),
+                            (_, false) => block512::<16>(a.add(i), r.as_ptr().add(i), offsets, None),
+                        }
+                    };
+                }
+                pass!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+                i += vectors.min(16) * BLOCK;
+            }
         }
     }
 
@@ -676,6 +785,54 @@ mod tests {
         let r = &backing[aligned.unwrap_or(0)..];
         assert!(aligned_reads_fit(r, &[0, 1, 17, 240], 13 * BLOCK));
         assert!(!aligned_reads_fit(r, &[r.len() - 13 * BLOCK], 13 * BLOCK));
+    }
+
+    /// `accumulate_channels` on AVX-512 gives the portable sums bit for bit: 3×3 taps at padded
+    /// width 15 over 240-float planes, every misalignment of `r`, representative 0 included
+    /// (its first run starts in `r`'s first partial block: the unaligned fallback), sources
+    /// above and below `ALIGNED_MIN_LEN`.
+    #[test]
+    fn avx512_accumulate_channels_matches_portable() {
+        if Isa::detect() != Isa::Avx512 {
+            return;
+        }
+        let mut seed = 0x2545_f491_4f6c_dd1d;
+        let (stride, run, acc_stride) = (240, 208, 208);
+        let origins: Vec<usize> = (0..9).map(|t| t / 3 * 15 + t % 3).collect();
+        for reps in [20, 60] {
+            let backing = values(reps * stride + 3 * BLOCK, &mut seed);
+            for start in 0..BLOCK {
+                let r = &backing[start..start + reps * stride + 2 * BLOCK];
+                let gamma: Vec<u32> = values(9 * 12, &mut seed)
+                    .iter()
+                    .enumerate()
+                    .map(|(j, v)| {
+                        if j < 9 {
+                            0
+                        } else {
+                            ((v + 1.0) * 1000.0) as u32 % reps as u32
+                        }
+                    })
+                    .collect();
+                let init = values(12 * acc_stride, &mut seed);
+                let mut offsets = vec![0; 9];
+                let (mut fast, mut slow) = (init.clone(), init);
+                for (isa, acc) in [(Isa::Avx512, &mut fast), (Isa::Portable, &mut slow)] {
+                    accumulate_channels(
+                        isa,
+                        acc,
+                        acc_stride,
+                        run,
+                        r,
+                        &gamma,
+                        &origins,
+                        stride,
+                        &mut offsets,
+                    );
+                }
+                assert_eq!(fast, slow, "{reps} representatives, start {start}");
+            }
+        }
     }
 
     /// Runs both look-up adds on AVX-512 and portably and compares them.
