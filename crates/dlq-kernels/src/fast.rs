@@ -75,14 +75,14 @@ struct Scratch {
     /// Distance between consecutive planes: `Hp·Wp` rounded up to `BLOCK`.
     stride: usize,
     /// The subspace's input channels, zero-padded: `max |s|` planes.
-    x: Vec<f32>,
+    x: Aligned,
     /// Atom responses: `max L` planes, then `SLACK`.
-    z: Vec<f32>,
+    z: Aligned,
     /// Representative responses for DL subspaces: `max K` planes, then `SLACK` (just `SLACK`
     /// if all subspaces are VQ).
-    r: Vec<f32>,
+    r: Aligned,
     /// Stride 1 only: the output at padded width, `M` slices of `acc_stride` floats.
-    acc: Vec<f32>,
+    acc: Aligned,
     /// Length of one output channel's accumulator slice: `oh·Wp` rounded up to `BLOCK`.
     acc_stride: usize,
     /// The kh·kw offsets of one output channel's taps into R (reused buffer).
@@ -101,10 +101,43 @@ thread_local! {
     static POOL: RefCell<Option<Scratch>> = const { RefCell::new(None) };
 }
 
-/// `v` resized to `len`, keeping its allocation (contents are left as they are).
-fn resized(mut v: Vec<f32>, len: usize) -> Vec<f32> {
-    v.resize(len, 0.0);
-    v
+/// A float buffer whose visible part starts on a 64-byte boundary, so that every plane (a
+/// multiple of [`BLOCK`] floats) starts on a cache line: the SIMD loops then neither load nor
+/// store across cache lines at plane and block starts. Derefs to the `len` visible floats.
+#[derive(Default)]
+struct Aligned {
+    buf: Vec<f32>,
+    lead: usize,
+    len: usize,
+}
+
+impl Aligned {
+    /// `self` resized to `len` visible floats, keeping its allocation (contents are left as
+    /// they are, but may move by up to `BLOCK − 1` floats).
+    fn resized(mut self, len: usize) -> Result<Aligned, KernelError> {
+        let total = len
+            .checked_add(BLOCK - 1)
+            .ok_or(KernelError::TooLarge { what: "scratch" })?;
+        self.buf.resize(total, 0.0);
+        // A `Vec<f32>`'s pointer is 4-byte aligned, so `lead < BLOCK`.
+        let misaligned = self.buf.as_ptr() as usize % (4 * BLOCK);
+        self.lead = (4 * BLOCK - misaligned) % (4 * BLOCK) / 4;
+        self.len = len;
+        Ok(self)
+    }
+}
+
+impl std::ops::Deref for Aligned {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.buf[self.lead..self.lead + self.len]
+    }
+}
+
+impl std::ops::DerefMut for Aligned {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.buf[self.lead..self.lead + self.len]
+    }
 }
 
 impl Scratch {
@@ -144,10 +177,10 @@ impl Scratch {
         let mut scratch = Scratch {
             padded,
             stride,
-            x: resized(x, x_len),
-            z: resized(z, z_len),
-            r: resized(r, r_len),
-            acc: resized(acc, acc_len),
+            x: x.resized(x_len)?,
+            z: z.resized(z_len)?,
+            r: r.resized(r_len)?,
+            acc: acc.resized(acc_len)?,
             acc_stride,
             offsets: vec![0; g.kernel[0] * g.kernel[1]],
             origins: (0..g.kernel[0] * g.kernel[1])
