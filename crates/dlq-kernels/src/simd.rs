@@ -667,6 +667,19 @@ mod x86 {
             // The first term is a plain product, as in the portable path.
             let first = zp.add(*ip.add(code) as usize * stride);
             let c0 = _mm512_set1_ps(*cp.add(code));
+            if alpha == 2 {
+                // The common case with its two sources and coefficients hoisted out of the loop.
+                let second = zp.add(*ip.add(code + 1) as usize * stride);
+                let c1 = _mm512_set1_ps(*cp.add(code + 1));
+                let mut p = 0;
+                while p < stride {
+                    let v = _mm512_mul_ps(c0, _mm512_loadu_ps(first.add(p)));
+                    let v = _mm512_fmadd_ps(c1, _mm512_loadu_ps(second.add(p)), v);
+                    _mm512_storeu_ps(dst.add(p), v);
+                    p += BLOCK;
+                }
+                continue;
+            }
             let mut p = 0;
             while p < stride {
                 let mut v = _mm512_mul_ps(c0, _mm512_loadu_ps(first.add(p)));
