@@ -458,15 +458,17 @@ impl DlqConv {
 /// Whether a DL subspace's look-up adds read Z directly (α fused multiply-adds per tap) instead
 /// of a materialised R. Only with SIMD and stride 1. Fusing saves the R phase (K planes of α
 /// multiply-adds, written out to L2) and costs α − 1 extra multiply-adds per tap run (M·kh·kw
-/// runs, read from the far smaller Z). The factor 2.5 is the measured cost ratio of an R plane
-/// to a tap run on the benchmark machine (fire8: R of K = 345, α = 2 ≈ 0.09 ms; the extra tap
-/// terms ≈ 0.11 ms); both choices give the same result to float rounding.
+/// runs, read from the far smaller Z). The factor 1.0 (cost of an R term relative to an extra
+/// tap term) was refitted on the benchmark machine after the AVX-512 R and aligned look-up adds:
+/// fusing wins on ResNet-20 layer3 at ρ = 4 (extra terms / R terms = 0.67: 0.062 vs 0.071 ms)
+/// and loses at ρ = 8 (1.33: 0.058 vs 0.046 ms) and on fire8 at ρ = 10 (1.67: 0.41 vs 0.37 ms).
+/// Both choices give the same result to float rounding.
 fn fuse_representatives(isa: Isa, sub: &Subspace, taps: usize) -> bool {
     let Some(codes) = &sub.codes else {
         return false;
     };
     let extra_terms = (codes.alpha - 1) as f64 * taps as f64;
-    isa != Isa::Portable && extra_terms < 2.5 * (codes.alpha * sub.num_representatives()) as f64
+    isa != Isa::Portable && extra_terms < 1.0 * (codes.alpha * sub.num_representatives()) as f64
 }
 
 /// Copies the subspace's input channels into the interior of the zero-padded planes of
