@@ -26,8 +26,9 @@ use crate::error::{check_len, checked_product, KernelError};
 use crate::simd::{self, Isa, BLOCK};
 
 /// Zero floats after the last Z and R plane, so a tap's run rounded up to [`BLOCK`] stays inside
-/// the buffer.
-const SLACK: usize = BLOCK;
+/// the buffer, plus one more block for the AVX-512 look-up adds, which read each run from the
+/// 64-byte boundary before it up to one block past its end (see `simd::accumulate`).
+const SLACK: usize = 2 * BLOCK;
 
 /// Time spent in each phase of [`DlqConv::run_timed`], in seconds (summed over images).
 #[doc(hidden)]
@@ -74,14 +75,14 @@ struct Scratch {
     /// Distance between consecutive planes: `Hp·Wp` rounded up to `BLOCK`.
     stride: usize,
     /// The subspace's input channels, zero-padded: `max |s|` planes.
-    x: Vec<f32>,
+    x: Aligned,
     /// Atom responses: `max L` planes, then `SLACK`.
-    z: Vec<f32>,
+    z: Aligned,
     /// Representative responses for DL subspaces: `max K` planes, then `SLACK` (just `SLACK`
     /// if all subspaces are VQ).
-    r: Vec<f32>,
+    r: Aligned,
     /// Stride 1 only: the output at padded width, `M` slices of `acc_stride` floats.
-    acc: Vec<f32>,
+    acc: Aligned,
     /// Length of one output channel's accumulator slice: `oh·Wp` rounded up to `BLOCK`.
     acc_stride: usize,
     /// The kh·kw offsets of one output channel's taps into R (reused buffer).
@@ -100,10 +101,43 @@ thread_local! {
     static POOL: RefCell<Option<Scratch>> = const { RefCell::new(None) };
 }
 
-/// `v` resized to `len`, keeping its allocation (contents are left as they are).
-fn resized(mut v: Vec<f32>, len: usize) -> Vec<f32> {
-    v.resize(len, 0.0);
-    v
+/// A float buffer whose visible part starts on a 64-byte boundary, so that every plane (a
+/// multiple of [`BLOCK`] floats) starts on a cache line: the SIMD loops then neither load nor
+/// store across cache lines at plane and block starts. Derefs to the `len` visible floats.
+#[derive(Default)]
+struct Aligned {
+    buf: Vec<f32>,
+    lead: usize,
+    len: usize,
+}
+
+impl Aligned {
+    /// `self` resized to `len` visible floats, keeping its allocation (contents are left as
+    /// they are, but may move by up to `BLOCK − 1` floats).
+    fn resized(mut self, len: usize) -> Result<Aligned, KernelError> {
+        let total = len
+            .checked_add(BLOCK - 1)
+            .ok_or(KernelError::TooLarge { what: "scratch" })?;
+        self.buf.resize(total, 0.0);
+        // A `Vec<f32>`'s pointer is 4-byte aligned, so `lead < BLOCK`.
+        let misaligned = self.buf.as_ptr() as usize % (4 * BLOCK);
+        self.lead = (4 * BLOCK - misaligned) % (4 * BLOCK) / 4;
+        self.len = len;
+        Ok(self)
+    }
+}
+
+impl std::ops::Deref for Aligned {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.buf[self.lead..self.lead + self.len]
+    }
+}
+
+impl std::ops::DerefMut for Aligned {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.buf[self.lead..self.lead + self.len]
+    }
 }
 
 impl Scratch {
@@ -143,10 +177,10 @@ impl Scratch {
         let mut scratch = Scratch {
             padded,
             stride,
-            x: resized(x, x_len),
-            z: resized(z, z_len),
-            r: resized(r, r_len),
-            acc: resized(acc, acc_len),
+            x: x.resized(x_len)?,
+            z: z.resized(z_len)?,
+            r: r.resized(r_len)?,
+            acc: acc.resized(acc_len)?,
             acc_stride,
             offsets: vec![0; g.kernel[0] * g.kernel[1]],
             origins: (0..g.kernel[0] * g.kernel[1])
@@ -325,8 +359,6 @@ impl DlqConv {
         oh: usize,
         ow: usize,
     ) {
-        let g = &self.geometry;
-        let [kh, kw] = g.kernel;
         let (wp, stride) = (scratch.padded[1], scratch.stride);
         // (oh − 1)·wp + ow ≤ oh·wp ≤ acc_stride, so the rounded run fits the accumulator slice.
         let run = round_up((oh - 1) * wp + ow).unwrap_or(scratch.acc_stride);
@@ -335,15 +367,17 @@ impl DlqConv {
         } else {
             &scratch.z
         };
-        let columns = sub.assignment.chunks_exact(kh * kw);
-        let accs = scratch.acc.chunks_exact_mut(scratch.acc_stride);
-        for (acc, gamma) in accs.zip(columns) {
-            let taps = scratch.offsets.iter_mut().zip(gamma).zip(&scratch.origins);
-            for ((offset, &rep), &origin) in taps {
-                *offset = rep as usize * stride + origin;
-            }
-            simd::accumulate(isa, &mut acc[..run], reps, &scratch.offsets);
-        }
+        simd::accumulate_channels(
+            isa,
+            &mut scratch.acc,
+            scratch.acc_stride,
+            run,
+            reps,
+            &sub.assignment,
+            &scratch.origins,
+            stride,
+            &mut scratch.offsets,
+        );
     }
 
     /// Stride 1, DL subspace, R not materialised: for every output channel k, adds
@@ -424,15 +458,17 @@ impl DlqConv {
 /// Whether a DL subspace's look-up adds read Z directly (α fused multiply-adds per tap) instead
 /// of a materialised R. Only with SIMD and stride 1. Fusing saves the R phase (K planes of α
 /// multiply-adds, written out to L2) and costs α − 1 extra multiply-adds per tap run (M·kh·kw
-/// runs, read from the far smaller Z). The factor 2.5 is the measured cost ratio of an R plane
-/// to a tap run on the benchmark machine (fire8: R of K = 345, α = 2 ≈ 0.09 ms; the extra tap
-/// terms ≈ 0.11 ms); both choices give the same result to float rounding.
+/// runs, read from the far smaller Z). The factor 1.0 (cost of an R term relative to an extra
+/// tap term) was refitted on the benchmark machine after the AVX-512 R and aligned look-up adds:
+/// fusing wins on ResNet-20 layer3 at ρ = 4 (extra terms / R terms = 0.67: 0.062 vs 0.071 ms)
+/// and loses at ρ = 8 (1.33: 0.058 vs 0.046 ms) and on fire8 at ρ = 10 (1.67: 0.41 vs 0.37 ms).
+/// Both choices give the same result to float rounding.
 fn fuse_representatives(isa: Isa, sub: &Subspace, taps: usize) -> bool {
     let Some(codes) = &sub.codes else {
         return false;
     };
     let extra_terms = (codes.alpha - 1) as f64 * taps as f64;
-    isa != Isa::Portable && extra_terms < 2.5 * (codes.alpha * sub.num_representatives()) as f64
+    isa != Isa::Portable && extra_terms < 1.0 * (codes.alpha * sub.num_representatives()) as f64
 }
 
 /// Copies the subspace's input channels into the interior of the zero-padded planes of
