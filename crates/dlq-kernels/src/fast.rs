@@ -214,8 +214,8 @@ impl DlqConv {
     /// of shape `[batch, M, oh, ow]`, and returns `[oh, ow]`. Refuses (never panics) when the
     /// kernel does not fit the padded input or a buffer length is wrong.
     ///
-    /// Uses AVX2 + FMA when the CPU has them (checked at run time), else portable loops; the
-    /// two agree to float rounding (see [`DlqConv::run_portable`]). Single-threaded.
+    /// Uses AVX-512F or AVX2 + FMA when the CPU has them (checked at run time), else portable
+    /// loops; they agree to float rounding (see [`DlqConv::run_portable`]). Single-threaded.
     pub fn run(
         &self,
         x: &[f32],
