@@ -158,6 +158,7 @@ pub fn lower(
         initializers: b.inits,
         released,
         metadata: (format!("onnx-dlq/{}", layer.name), settings.to_string()),
+        domains: vec![],
     })
 }
 

@@ -9,7 +9,9 @@ use anyhow::{bail, ensure, Result};
 use crate::onnx::build;
 use crate::onnx::model::OnnxModel;
 use crate::onnx::tensor;
-use crate::proto::{NodeProto, StringStringEntryProto, TensorProto, ValueInfoProto};
+use crate::proto::{
+    NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, ValueInfoProto,
+};
 
 /// The replacement of one Conv node.
 #[derive(Debug, Clone)]
@@ -22,6 +24,9 @@ pub struct LayerPatch {
     pub released: Vec<String>,
     /// `metadata_props` entry recording what was done.
     pub metadata: (String, String),
+    /// Operator-set domains (name, version) the new nodes need beside the default one; [`apply`]
+    /// adds each to the model's `opset_import` unless it is already there.
+    pub domains: Vec<(String, i64)>,
 }
 
 /// All edits of a conversion, applied together by [`apply`].
@@ -49,6 +54,7 @@ pub fn apply(model: &mut OnnxModel, patch: GraphPatch) -> Result<()> {
     }
     let mut metadata = Vec::new();
     let mut released: Vec<String> = Vec::new();
+    let mut domains: Vec<(String, i64)> = Vec::new();
     let graph = model.graph_mut();
     let old_nodes = std::mem::take(&mut graph.node);
     for (i, node) in old_nodes.into_iter().enumerate() {
@@ -68,6 +74,7 @@ pub fn apply(model: &mut OnnxModel, patch: GraphPatch) -> Result<()> {
                 graph.initializer.extend(lp.initializers);
                 released.extend(lp.released);
                 metadata.push(lp.metadata);
+                domains.extend(lp.domains);
             }
             None => graph.node.push(node),
         }
@@ -96,6 +103,7 @@ pub fn apply(model: &mut OnnxModel, patch: GraphPatch) -> Result<()> {
     graph
         .value_info
         .retain(|v| !v.name.as_ref().is_some_and(|n| dead.contains(n)));
+    add_domains(model, domains)?;
     let entry = |k: String, v: String| StringStringEntryProto {
         key: Some(k),
         value: Some(v),
@@ -109,6 +117,29 @@ pub fn apply(model: &mut OnnxModel, patch: GraphPatch) -> Result<()> {
     for (k, v) in metadata {
         props.retain(|p| p.key.as_deref() != Some(k.as_str()));
         props.push(entry(k, v));
+    }
+    Ok(())
+}
+
+/// Adds each (domain, version) to the model's `opset_import`; a domain already imported at
+/// another version is an error (the nodes would be read at the wrong version).
+fn add_domains(model: &mut OnnxModel, domains: Vec<(String, i64)>) -> Result<()> {
+    let imports = &mut model.proto.opset_import;
+    for (domain, version) in domains {
+        match imports
+            .iter()
+            .find(|o| o.domain.as_deref() == Some(domain.as_str()))
+        {
+            Some(o) => ensure!(
+                o.version == Some(version),
+                "the model imports domain `{domain}` at version {:?}, the new nodes need {version}",
+                o.version
+            ),
+            None => imports.push(OperatorSetIdProto {
+                domain: Some(domain),
+                version: Some(version),
+            }),
+        }
     }
     Ok(())
 }

@@ -354,6 +354,27 @@ pub fn new_i32_tensor(name: &str, shape: &[usize], values: &[i32]) -> TensorProt
     }
 }
 
+/// A new unsigned index tensor of the smallest type (UINT8, UINT16 or UINT32) holding every
+/// index below `bound` (`values` must all be below it).
+pub fn new_index_tensor(name: &str, shape: &[usize], values: &[u32], bound: usize) -> TensorProto {
+    let (data_type, raw_data): (DataType, Vec<u8>) = if bound <= 1 << 8 {
+        (DataType::Uint8, values.iter().map(|&v| v as u8).collect())
+    } else if bound <= 1 << 16 {
+        let bytes = values.iter().flat_map(|&v| (v as u16).to_le_bytes());
+        (DataType::Uint16, bytes.collect())
+    } else {
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes());
+        (DataType::Uint32, bytes.collect())
+    };
+    TensorProto {
+        name: Some(name.to_string()),
+        dims: shape.iter().map(|&d| d as i64).collect(),
+        data_type: Some(data_type as i32),
+        raw_data: Some(raw_data),
+        ..Default::default()
+    }
+}
+
 /// A new INT64 tensor (shapes, axes, slice bounds).
 pub fn new_i64_tensor(name: &str, shape: &[usize], values: &[i64]) -> TensorProto {
     TensorProto {

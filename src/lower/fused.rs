@@ -1,0 +1,195 @@
+//! The fused form: each converted Conv becomes ONE `DlqConv` node of the custom domain
+//! `ai.onnx_dlq` (docs/design/dlqconv-operator-draft.md), whose initializers hold the codebook
+//! itself (atoms, sparse codes, assignment Γ) and the bias. onnx-dlq's tract engine computes it
+//! with the native `dlq-kernels` kernel (`engine::dlq_op`).
+
+use anyhow::{ensure, Context, Result};
+
+use crate::analysis::select::ConvLayer;
+use crate::analysis::shapes::ShapeMap;
+use crate::codebook::{Codebook, Method};
+use crate::onnx::build::{attr_int, attr_ints};
+use crate::onnx::model::OnnxModel;
+use crate::onnx::tensor::{self, FloatType};
+
+use super::builder::{taken_names, Builder};
+use super::ops::layer_bias;
+use super::patch::LayerPatch;
+
+/// The custom operator-set domain of `DlqConv`.
+pub const DOMAIN: &str = "ai.onnx_dlq";
+/// The version of [`DOMAIN`] the node format follows.
+pub const DOMAIN_VERSION: i64 = 1;
+/// The operator's type.
+pub const OP_TYPE: &str = "DlqConv";
+
+fn layer_context(layer: &ConvLayer) -> String {
+    format!("layer `{}` (node {} Conv)", layer.name, layer.node_index)
+}
+
+/// Per subspace sizes shared by every subspace: (S, L, K, α, N′).
+fn codebook_sizes(codebook: &Codebook, ctx: &str) -> Result<[usize; 5]> {
+    let first = codebook
+        .subspaces
+        .first()
+        .with_context(|| format!("{ctx}: the codebook has no subspaces"))?;
+    let alpha = first.codes.as_ref().map_or(1, |c| c.alpha);
+    let sizes = [
+        codebook.subspaces.len(),
+        first.atoms.len(),
+        first.num_representatives(),
+        alpha,
+        first.channels.len(),
+    ];
+    for s in &codebook.subspaces {
+        ensure!(
+            s.atoms.len() == sizes[1]
+                && s.num_representatives() == sizes[2]
+                && s.codes.as_ref().map_or(1, |c| c.alpha) == alpha
+                && s.channels.len() <= sizes[4],
+            "{ctx}: subspaces have different codebook sizes"
+        );
+    }
+    Ok(sizes)
+}
+
+/// Checks `layer` against its codebook and input shape; returns its explicit pads per spatial
+/// axis (`auto_pad` resolved) and its weight element type.
+fn resolved_pads(
+    layer: &ConvLayer,
+    codebook: &Codebook,
+    shapes: &ShapeMap,
+    ctx: &str,
+) -> Result<(Vec<(usize, usize)>, FloatType)> {
+    layer
+        .eligibility
+        .clone()
+        .map_err(anyhow::Error::msg)
+        .with_context(|| ctx.to_string())?;
+    let attrs = layer
+        .attrs
+        .as_ref()
+        .context("eligible layers have attributes")?;
+    let elem = layer
+        .weight_type
+        .context("eligible layers have float weights")?;
+    let [_, _, kh, kw] = codebook.kernel_shape;
+    ensure!(
+        layer.kernel.as_deref() == Some(&codebook.kernel_shape[..]),
+        "{ctx}: codebook is for a {:?} kernel",
+        codebook.kernel_shape
+    );
+    ensure!(attrs.strides.len() == 2, "{ctx}: not a 2-D convolution");
+    let in_shape = shapes
+        .get(&layer.input)
+        .with_context(|| format!("{ctx}: the shape of input `{}` is unknown", layer.input))?;
+    ensure!(
+        in_shape.len() == 4,
+        "{ctx}: input `{}` has shape {in_shape:?}, expected 4-D",
+        layer.input
+    );
+    let hw = [in_shape[2], in_shape[3]];
+    attrs
+        .output_size(&hw, &[kh, kw])
+        .with_context(|| ctx.to_string())?;
+    Ok((attrs.resolved_pads(&hw, &[kh, kw]), elem))
+}
+
+/// Builds the `DlqConv` node replacing `layer`. `shapes` gives the input's spatial size, which
+/// resolves `auto_pad` into explicit pads; `settings` is recorded in the model's metadata.
+pub fn lower(
+    model: &OnnxModel,
+    layer: &ConvLayer,
+    codebook: &Codebook,
+    shapes: &ShapeMap,
+    settings: &str,
+) -> Result<LayerPatch> {
+    let ctx = layer_context(layer);
+    let (pads, elem) = resolved_pads(layer, codebook, shapes, &ctx)?;
+    let attrs = layer
+        .attrs
+        .as_ref()
+        .context("eligible layers have attributes")?;
+    let [m, _, kh, kw] = codebook.kernel_shape;
+    let [s_count, l, k, alpha, width] = codebook_sizes(codebook, &ctx)?;
+    let taken = taken_names(model);
+    let mut b = Builder::new(&layer.name, model.default_opset(), elem, &taken);
+    let mut atoms = vec![0.0f32; s_count * l * width];
+    for (s, sc) in codebook.subspaces.iter().enumerate() {
+        let w = sc.channels.len();
+        for (a, row) in sc.atoms.data.chunks_exact(w).enumerate() {
+            atoms[(s * l + a) * width..][..w].copy_from_slice(row);
+        }
+    }
+    let mut inputs = vec![layer.input.clone()];
+    inputs.push(b.float_init("atoms", &[s_count, l, width], &atoms)?);
+    if codebook.method == Method::Vq {
+        inputs.extend([String::new(), String::new()]);
+    } else {
+        let (mut idx, mut coef) = (Vec::new(), Vec::new());
+        for sc in &codebook.subspaces {
+            let codes = sc
+                .codes
+                .as_ref()
+                .with_context(|| format!("{ctx}: DL without codes"))?;
+            idx.extend_from_slice(&codes.atoms);
+            coef.extend_from_slice(&codes.coefs);
+        }
+        let name = b.name("atom_indices")?;
+        b.inits.push(tensor::new_index_tensor(
+            &name,
+            &[s_count, k, alpha],
+            &idx,
+            l,
+        ));
+        inputs.push(name);
+        inputs.push(b.float_init("coefficients", &[s_count, k, alpha], &coef)?);
+    }
+    let assignment: Vec<u32> = codebook
+        .subspaces
+        .iter()
+        .flat_map(|s| s.assignment.iter().copied())
+        .collect();
+    let name = b.name("assignment")?;
+    b.inits.push(tensor::new_index_tensor(
+        &name,
+        &[s_count, m, kh, kw],
+        &assignment,
+        k,
+    ));
+    inputs.push(name);
+    if let Some(values) = layer_bias(model, layer, codebook, m)? {
+        inputs.push(b.float_init("bias", &[m], &values)?);
+    }
+    let node_attrs = vec![
+        attr_ints(
+            "strides",
+            &[attrs.strides[0] as i64, attrs.strides[1] as i64],
+        ),
+        attr_ints(
+            "pads",
+            &[pads[0].0, pads[1].0, pads[0].1, pads[1].1].map(|p| p as i64),
+        ),
+        attr_ints(
+            "dilations",
+            &[attrs.dilations[0] as i64, attrs.dilations[1] as i64],
+        ),
+        attr_int("subspace", width as i64),
+    ];
+    b.node(OP_TYPE, "conv", inputs, node_attrs)?;
+    let mut nodes = b.nodes;
+    // The node writes the Conv's own output name, so consumers are untouched.
+    nodes[0].output[0] = layer.output.clone();
+    nodes[0].domain = Some(DOMAIN.into());
+    let mut released = vec![layer.weight.clone()];
+    released.extend(layer.bias.iter().cloned());
+    Ok(LayerPatch {
+        node_index: layer.node_index,
+        layer: layer.name.clone(),
+        nodes,
+        initializers: b.inits,
+        released,
+        metadata: (format!("onnx-dlq/{}", layer.name), settings.to_string()),
+        domains: vec![(DOMAIN.into(), DOMAIN_VERSION)],
+    })
+}
