@@ -26,7 +26,8 @@ pub struct Runner {
 }
 
 /// Parses `model` with tract (external data resolved next to the model file), after the
-/// structural checks tract relies on.
+/// structural checks tract relies on. `DlqConv` nodes (the fused form) run onnx-dlq's
+/// native kernel ([`super::dlq_op`]).
 pub fn parse(model: &OnnxModel) -> Result<tract_onnx::model::ParseResult> {
     crate::onnx::validate::check(model).with_context(|| format!("{}", model.path.display()))?;
     let bytes = model.proto.encode_to_vec();
@@ -34,7 +35,11 @@ pub fn parse(model: &OnnxModel) -> Result<tract_onnx::model::ParseResult> {
         .map_err(|e| anyhow!("tract could not read {}: {e}", model.path.display()))?;
     let dir = model.base_dir.to_string_lossy().into_owned();
     guarded(&model.path, || {
-        tract_onnx::onnx()
+        let mut framework = tract_onnx::onnx();
+        framework
+            .op_register
+            .insert(super::dlq_op::OP_TYPE, super::dlq_op::builder);
+        framework
             .parse(&pb, Some(&dir))
             .map_err(|e| anyhow!("tract could not parse {}: {e:#}", model.path.display()))
     })
