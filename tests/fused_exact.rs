@@ -1,0 +1,146 @@
+//! Exactness of the fused form: over random layers (strides 1 and 2, pads, dilations, batch 1
+//! and 3, DL and VQ, N′ dividing N or not), the model with one `DlqConv` node, run in tract
+//! through onnx-dlq's op register, equals a dense Conv with the reconstructed kernel. Also: a
+//! `DlqConv` whose assignment holds an index ≥ K is refused, naming the node.
+
+mod common;
+
+use common::{conv_model, in_memory, ConvSpec};
+use ndarray::{ArrayD, IxDyn};
+use onnx_dlq::codebook::{self, ClusterParams, Method};
+use onnx_dlq::engine::runner::Runner;
+use onnx_dlq::eval::approx::Approximation;
+use onnx_dlq::lower::{self, fused, GraphPatch};
+use onnx_dlq::onnx::model::OnnxModel;
+use onnx_dlq::{analysis::select, analysis::shapes};
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+
+fn uniform(rng: &mut Xoshiro256PlusPlus, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// (fused model, dense reference) for the single Conv of `spec`.
+fn convert(
+    spec: &ConvSpec,
+    method: Method,
+    subspace: usize,
+    rng: &mut Xoshiro256PlusPlus,
+    dir: &std::path::Path,
+) -> (OnnxModel, OnnxModel) {
+    let s = spec;
+    let weight = uniform(rng, s.m * s.n * s.kh * s.kw);
+    let bias = uniform(rng, s.m);
+    let original = in_memory(conv_model(s, &weight, &bias), dir);
+    let kernel = ndarray::Array4::from_shape_vec((s.m, s.n, s.kh, s.kw), weight).unwrap();
+    let columns = s.m * s.kh * s.kw;
+    let mut p = ClusterParams::new(method, 2.0);
+    p.subspace = subspace;
+    p.alpha = if method == Method::Dl { 2 } else { 1 };
+    p.iters = 3;
+    p.seed = rng.random();
+    p.k = Some((columns / 2).max(1));
+    p.l = Some((columns / 4).max(p.alpha).min(columns / 2).max(1));
+    if method == Method::Dl && p.l.unwrap() < p.alpha {
+        p.alpha = 1;
+    }
+    let mut cb = codebook::learn(kernel.view(), &p.check().unwrap()).unwrap();
+    if rng.random_range(0..2) == 0 {
+        cb.bias_shift = Some(uniform(rng, s.m));
+    }
+    let layers = select::conv_layers(&original);
+    let mut dense = original.clone();
+    lower::reconstructed::substitute(&mut dense, &layers[0], &cb).unwrap();
+    let sh = shapes::infer(&original, &[]).unwrap();
+    let lp = fused::lower(&original, &layers[0], &cb, &sh, "{}").unwrap();
+    let mut converted = original.clone();
+    lower::apply(&mut converted, GraphPatch { layers: vec![lp] }).unwrap();
+    (converted, dense)
+}
+
+fn random_spec(rng: &mut Xoshiro256PlusPlus) -> ConvSpec {
+    let k = [1usize, 3, 5][rng.random_range(0..3)];
+    let dil = [rng.random_range(1..3), rng.random_range(1..3)];
+    ConvSpec {
+        batch: [1, 3][rng.random_range(0..2)],
+        n: rng.random_range(2..14),
+        m: rng.random_range(2..10),
+        h: rng.random_range(0..4) * 2 + 5 + (k - 1) * dil[0] as usize,
+        w: rng.random_range(0..4) * 2 + 5 + (k - 1) * dil[1] as usize,
+        kh: k,
+        kw: k,
+        strides: [rng.random_range(1..3), rng.random_range(1..3)],
+        dilations: dil,
+        pads: [0; 4].map(|_| rng.random_range(0..3)),
+        auto_pad: [None, None, None, Some("SAME_UPPER")][rng.random_range(0..4)],
+        bias: rng.random_range(0..4) != 0,
+        opset: 13,
+    }
+}
+
+#[test]
+fn random_fused_layers_equal_the_dense_reference() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(14);
+    for i in 0..30 {
+        let spec = random_spec(&mut rng);
+        let method = if i % 2 == 0 { Method::Dl } else { Method::Vq };
+        let subspace = rng.random_range(1..=spec.n.min(5));
+        let tmp = tempfile::tempdir().unwrap();
+        let (fused_model, dense) = convert(&spec, method, subspace, &mut rng, tmp.path());
+        let g = fused_model.graph();
+        assert_eq!(g.node.len(), 1);
+        assert_eq!(g.node[0].op_type.as_deref(), Some("DlqConv"));
+        assert!(fused_model
+            .proto
+            .opset_import
+            .iter()
+            .any(|o| o.domain.as_deref() == Some("ai.onnx_dlq") && o.version == Some(1)));
+        let shape = [spec.batch, spec.n, spec.h, spec.w];
+        let x = ArrayD::from_shape_vec(IxDyn(&shape), uniform(&mut rng, shape.iter().product()))
+            .unwrap();
+        let want = Runner::new(&dense, &shape).unwrap().run(&x).unwrap();
+        let got = Runner::new(&fused_model, &shape)
+            .unwrap_or_else(|e| panic!("{spec:?}: {e:#}"))
+            .run(&x)
+            .unwrap();
+        let what = format!("{spec:?} {method:?} N′={subspace}");
+        Approximation::Exact.assert_close(&what, &got, &want);
+    }
+}
+
+#[test]
+fn an_assignment_index_out_of_range_is_refused_naming_the_node() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+    let spec = ConvSpec {
+        batch: 1,
+        n: 6,
+        m: 4,
+        h: 7,
+        w: 7,
+        kh: 3,
+        kw: 3,
+        strides: [1, 1],
+        dilations: [1, 1],
+        pads: [1, 1, 1, 1],
+        auto_pad: None,
+        bias: true,
+        opset: 13,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut model, _) = convert(&spec, Method::Dl, 3, &mut rng, tmp.path());
+    let node_name = model.graph().node[0].name.clone().unwrap();
+    let assignment = model
+        .graph_mut()
+        .initializer
+        .iter_mut()
+        .find(|t| t.name.as_deref().unwrap().ends_with("/dlq/assignment"))
+        .unwrap();
+    // UINT8 (K is small): 255 is at least K.
+    assignment.raw_data.as_mut().unwrap()[5] = 255;
+    let e = match Runner::new(&model, &[1, 6, 7, 7]) {
+        Ok(_) => panic!("an out-of-range assignment was accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(e.contains(&node_name) && e.contains("assignment"), "{e}");
+    assert!(!e.contains("internal error"), "{e}");
+}
