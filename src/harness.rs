@@ -73,6 +73,7 @@ pub fn exercise(bytes: &[u8], scratch: &Path) -> Outcome {
         calibration: None,
         target_speedup: None,
         measure_latency: false,
+        form: Default::default(),
     };
     let out = scratch.join("output.onnx");
     let converted = convert::convert_model(&original, &opts)

@@ -24,6 +24,7 @@ fn opts(selection: Selection, method: Method, ratio: f64) -> ConvertOptions {
         calibration: None,
         target_speedup: None,
         measure_latency: false,
+        form: Default::default(),
     }
 }
 

@@ -144,3 +144,66 @@ fn an_assignment_index_out_of_range_is_refused_naming_the_node() {
     assert!(e.contains(&node_name) && e.contains("assignment"), "{e}");
     assert!(!e.contains("internal error"), "{e}");
 }
+
+#[test]
+fn convert_with_the_fused_form_equals_the_ops_form_and_counts_the_same_multiplications() {
+    use onnx_dlq::convert::{self, ConvertOptions, OutputForm, Selection};
+    use onnx_dlq::onnx::model::ExternalData;
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(21);
+    // Stride 1 with "same" padding: the paper's setting, where both forms count m²(N·L + α·S·K).
+    let spec = ConvSpec {
+        batch: 1,
+        n: 12,
+        m: 16,
+        h: 11,
+        w: 11,
+        kh: 3,
+        kw: 3,
+        strides: [1, 1],
+        dilations: [1, 1],
+        pads: [1, 1, 1, 1],
+        auto_pad: None,
+        bias: true,
+        opset: 13,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let weight = uniform(&mut rng, spec.m * spec.n * 9);
+    let bias = uniform(&mut rng, spec.m);
+    let original = in_memory(conv_model(&spec, &weight, &bias), tmp.path());
+    for method in [Method::Dl, Method::Vq] {
+        let mut p = ClusterParams::new(method, 2.0);
+        p.subspace = 5;
+        p.k = Some(40);
+        p.l = Some(20);
+        p.iters = 3;
+        let run = |form: OutputForm| {
+            let opts = ConvertOptions {
+                selection: Selection::All,
+                params: p.clone().check().unwrap(),
+                input_shapes: vec![],
+                external: ExternalData::Auto,
+                calibration: None,
+                target_speedup: None,
+                measure_latency: false,
+                form,
+            };
+            convert::convert_model(&original, &opts).unwrap()
+        };
+        let (ops, fused) = (run(OutputForm::Ops), run(OutputForm::Fused));
+        assert_eq!(fused.model.graph().node.len(), 1);
+        assert_eq!(
+            fused.multiplications_after, ops.multiplications_after,
+            "{method:?}"
+        );
+        assert_eq!(
+            fused.layers[0].multiplications_after,
+            ops.layers[0].multiplications_after
+        );
+        let shape = [1, spec.n, spec.h, spec.w];
+        let x = ArrayD::from_shape_vec(IxDyn(&shape), uniform(&mut rng, shape.iter().product()))
+            .unwrap();
+        let want = Runner::new(&ops.model, &shape).unwrap().run(&x).unwrap();
+        let got = Runner::new(&fused.model, &shape).unwrap().run(&x).unwrap();
+        Approximation::Exact.assert_close(&format!("{method:?} fused vs ops"), &got, &want);
+    }
+}

@@ -131,6 +131,7 @@ fn lying_lengths_and_dimensions_are_errors_not_allocations() {
                 calibration: None,
                 target_speedup: None,
                 measure_latency: false,
+                form: Default::default(),
             };
             let e = convert::convert(&path, &out, &opts).unwrap_err();
             let msg = format!("{e:#}");

@@ -119,6 +119,26 @@ pub fn node_cost(node: &NodeProto, shapes: &ShapeMap) -> Option<OpCost> {
             cost(n, n)
         }
         "ReduceSum" => cost(0, elems(shape_of(0)?).saturating_sub(elems(out()?))),
+        "DlqConv" => {
+            // The fused form (`lower::fused`): Z = atoms · X on the input plane (N·L per pixel),
+            // α coefficient products per representative (DL only: S·K·α per pixel), then
+            // kh·kw·S look-up additions per output element, plus the bias.
+            let (x, atoms, gamma) = (shape_of(0)?, shape_of(1)?, shape_of(4)?);
+            if x.len() != 4 || atoms.len() != 3 || gamma.len() != 4 {
+                return None;
+            }
+            let in_pixels = elems(&[x[0], x[2], x[3]]);
+            let codes = match has_input(2) {
+                true => elems(shape_of(2)?),
+                false => 0,
+            };
+            let n_out = elems(out()?);
+            let bias = if has_input(5) { n_out } else { 0 };
+            cost(
+                in_pixels * (elems(&[x[1], atoms[1]]) + codes),
+                n_out * elems(&[gamma[0], gamma[2], gamma[3]]) + bias,
+            )
+        }
         "AveragePool" | "GlobalAveragePool" | "ReduceMean" => {
             let n_out = elems(out()?);
             cost(n_out, elems(shape_of(0)?).saturating_sub(n_out))

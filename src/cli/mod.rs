@@ -13,7 +13,7 @@ use crate::analysis::inventory;
 use crate::analysis::shapes::InputShape;
 use crate::calibrate::{self, CalibrationOptions};
 use crate::codebook::{ClusterParams, Method, ValidParams};
-use crate::convert::{self, ConvertOptions, Selection};
+use crate::convert::{self, ConvertOptions, OutputForm, Selection};
 use crate::onnx::model::ExternalData;
 use crate::{
     eval::verify, experiments::stages, experiments::sweep, onnx::model, report::diff,
@@ -75,6 +75,15 @@ impl From<MethodArg> for Method {
             MethodArg::Dl => Method::Dl,
         }
     }
+}
+
+/// The output form of converted layers, as the command line names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormArg {
+    /// Standard ONNX operators (the default).
+    Ops,
+    /// One custom `DlqConv` node per layer.
+    Fused,
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +155,11 @@ pub struct ConvertArgs {
     /// thread, after writing: the standard-operator form is usually slower than the original).
     #[arg(long)]
     pub no_latency: bool,
+    /// Output form: `ops`, standard ONNX operators any runtime runs; `fused`, one `DlqConv` node
+    /// per layer (custom domain `ai.onnx_dlq`), which onnx-dlq's tract engine runs with its native
+    /// kernel.
+    #[arg(long, value_enum, default_value = "ops")]
+    pub form: FormArg,
     #[command(flatten)]
     pub calibration: CalibrationArgs,
     #[command(flatten)]
@@ -422,6 +436,10 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
             .options(args.verify_data.preprocess.as_deref())?,
         target_speedup: args.target_speedup,
         measure_latency: !args.no_latency,
+        form: match args.form {
+            FormArg::Ops => OutputForm::Ops,
+            FormArg::Fused => OutputForm::Fused,
+        },
     };
     args.verify_data
         .check(args.calibration.calibrate.is_some())?;

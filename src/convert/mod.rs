@@ -43,6 +43,19 @@ pub struct ConvertOptions {
     pub target_speedup: Option<f64>,
     /// After writing, time the original and the converted model (`convert` only).
     pub measure_latency: bool,
+    /// The output form of each converted layer.
+    pub form: OutputForm,
+}
+
+/// How a converted layer is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputForm {
+    /// A subgraph of standard ONNX operators at the model's opset (`lower::ops`).
+    #[default]
+    Ops,
+    /// One custom-domain `DlqConv` node, run by the native kernel (`lower::fused`).
+    Fused,
 }
 
 /// A model converted in memory, with what each layer became.
@@ -131,7 +144,7 @@ fn check_not_empty(inv: &Inventory, plan: &Plan) -> Result<()> {
     )
 }
 
-/// Phase 3: every learnt codebook as a patch of the standard-operator form.
+/// Phase 3: every learnt codebook as a patch of the chosen output form.
 fn lower_layers(
     original: &OnnxModel,
     inv: &Inventory,
@@ -157,9 +170,13 @@ fn lower_layers(
             subspace: opts.params.subspace,
         };
         let settings = serde_json::to_string(&settings)?;
+        let lowering = match opts.form {
+            OutputForm::Ops => lower::lower,
+            OutputForm::Fused => lower::fused::lower,
+        };
         patch
             .layers
-            .push(lower::lower(original, p.layer, cb, &inv.shapes, &settings)?);
+            .push(lowering(original, p.layer, cb, &inv.shapes, &settings)?);
         log::info!(
             "[{}/{}] {}: {:?} K={} L={} S={} relative error {:.4}{} ({:.2}s)",
             i + 1,

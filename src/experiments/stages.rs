@@ -206,6 +206,7 @@ fn stage_row(
             calibration: opts.calibration.clone(),
             target_speedup: None,
             measure_latency: false,
+            form: Default::default(),
         },
         calibration_inputs,
     )?;
