@@ -272,7 +272,7 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
     };
     let saved = model::save(&c.model, output, policy)?;
     let latency = match opts.measure_latency {
-        true => latency_check(&original, &c.model, &opts.input_shapes),
+        true => latency_check(&original, &c.model, opts),
         false => None,
     };
     let (mb, ma) = (c.multiplications_before, c.multiplications_after);
@@ -303,10 +303,10 @@ const LATENCY_RUNS: usize = 5;
 fn latency_check(
     original: &OnnxModel,
     converted: &OnnxModel,
-    input_shapes: &[InputShape],
+    opts: &ConvertOptions,
 ) -> Option<LatencyCheck> {
     let measure = || -> Result<LatencyCheck> {
-        let set = verify::EvalSet::random(original, input_shapes, 1, 0)?;
+        let set = verify::EvalSet::random(original, &opts.input_shapes, 1, 0)?;
         let x = &set.inputs[0];
         let time = |m: &OnnxModel| -> Result<f64> {
             let runner = Runner::new(m, &set.input_shape)?;
@@ -322,8 +322,12 @@ fn latency_check(
     match measure() {
         Ok(check) => {
             if check.converted_ms > check.original_ms {
+                let why = match opts.form {
+                    OutputForm::Ops => "the standard-operator form counts fewer multiplications but materialises the look-ups, so it is not faster on CPU engines (BENCHMARKS.md); --form fused runs the native kernel (in onnx-dlq's tract engine; ONNX Runtime support is to come)",
+                    OutputForm::Fused => "the native kernel does not pay off on these layers at these ratios (BENCHMARKS.md); raise the ratio or convert fewer layers",
+                };
                 log::warn!(
-                    "the converted model runs {} than the original in tract ({:.3} ms against {:.3} ms): the standard-operator form counts fewer multiplications but materialises the look-ups, so it is not faster on CPU engines (BENCHMARKS.md); the fused form (issue 14) is where the saving becomes time",
+                    "the converted model runs {} than the original in tract ({:.3} ms against {:.3} ms): {why}",
                     check.verdict(),
                     check.converted_ms,
                     check.original_ms
