@@ -10,10 +10,10 @@ use crate::analysis::shapes::ShapeMap;
 use crate::codebook::{Codebook, Method};
 use crate::onnx::build::{attr_int, attr_ints};
 use crate::onnx::model::OnnxModel;
-use crate::onnx::tensor::{self, FloatType};
+use crate::onnx::tensor;
 
 use super::builder::{taken_names, Builder};
-use super::ops::layer_bias;
+use super::ops::{layer_bias, layer_context, Geometry};
 use super::patch::LayerPatch;
 
 /// The custom operator-set domain of `DlqConv`.
@@ -22,10 +22,6 @@ pub const DOMAIN: &str = "ai.onnx_dlq";
 pub const DOMAIN_VERSION: i64 = 1;
 /// The operator's type.
 pub const OP_TYPE: &str = "DlqConv";
-
-fn layer_context(layer: &ConvLayer) -> String {
-    format!("layer `{}` (node {} Conv)", layer.name, layer.node_index)
-}
 
 /// Per subspace sizes shared by every subspace: (S, L, K, α, N′).
 fn codebook_sizes(codebook: &Codebook, ctx: &str) -> Result<[usize; 5]> {
@@ -53,67 +49,14 @@ fn codebook_sizes(codebook: &Codebook, ctx: &str) -> Result<[usize; 5]> {
     Ok(sizes)
 }
 
-/// Checks `layer` against its codebook and input shape; returns its explicit pads per spatial
-/// axis (`auto_pad` resolved) and its weight element type.
-fn resolved_pads(
-    layer: &ConvLayer,
+/// The initializers of the codebook (atoms, and for DL the atom indices and coefficients), as
+/// the node's inputs 1–3 (empty names for VQ's absent codes).
+fn codebook_inputs(
+    b: &mut Builder,
     codebook: &Codebook,
-    shapes: &ShapeMap,
+    [s_count, l, k, alpha, width]: [usize; 5],
     ctx: &str,
-) -> Result<(Vec<(usize, usize)>, FloatType)> {
-    layer
-        .eligibility
-        .clone()
-        .map_err(anyhow::Error::msg)
-        .with_context(|| ctx.to_string())?;
-    let attrs = layer
-        .attrs
-        .as_ref()
-        .context("eligible layers have attributes")?;
-    let elem = layer
-        .weight_type
-        .context("eligible layers have float weights")?;
-    let [_, _, kh, kw] = codebook.kernel_shape;
-    ensure!(
-        layer.kernel.as_deref() == Some(&codebook.kernel_shape[..]),
-        "{ctx}: codebook is for a {:?} kernel",
-        codebook.kernel_shape
-    );
-    ensure!(attrs.strides.len() == 2, "{ctx}: not a 2-D convolution");
-    let in_shape = shapes
-        .get(&layer.input)
-        .with_context(|| format!("{ctx}: the shape of input `{}` is unknown", layer.input))?;
-    ensure!(
-        in_shape.len() == 4,
-        "{ctx}: input `{}` has shape {in_shape:?}, expected 4-D",
-        layer.input
-    );
-    let hw = [in_shape[2], in_shape[3]];
-    attrs
-        .output_size(&hw, &[kh, kw])
-        .with_context(|| ctx.to_string())?;
-    Ok((attrs.resolved_pads(&hw, &[kh, kw]), elem))
-}
-
-/// Builds the `DlqConv` node replacing `layer`. `shapes` gives the input's spatial size, which
-/// resolves `auto_pad` into explicit pads; `settings` is recorded in the model's metadata.
-pub fn lower(
-    model: &OnnxModel,
-    layer: &ConvLayer,
-    codebook: &Codebook,
-    shapes: &ShapeMap,
-    settings: &str,
-) -> Result<LayerPatch> {
-    let ctx = layer_context(layer);
-    let (pads, elem) = resolved_pads(layer, codebook, shapes, &ctx)?;
-    let attrs = layer
-        .attrs
-        .as_ref()
-        .context("eligible layers have attributes")?;
-    let [m, _, kh, kw] = codebook.kernel_shape;
-    let [s_count, l, k, alpha, width] = codebook_sizes(codebook, &ctx)?;
-    let taken = taken_names(model);
-    let mut b = Builder::new(&layer.name, model.default_opset(), elem, &taken);
+) -> Result<Vec<String>> {
     let mut atoms = vec![0.0f32; s_count * l * width];
     for (s, sc) in codebook.subspaces.iter().enumerate() {
         let w = sc.channels.len();
@@ -121,8 +64,7 @@ pub fn lower(
             atoms[(s * l + a) * width..][..w].copy_from_slice(row);
         }
     }
-    let mut inputs = vec![layer.input.clone()];
-    inputs.push(b.float_init("atoms", &[s_count, l, width], &atoms)?);
+    let mut inputs = vec![b.float_init("atoms", &[s_count, l, width], &atoms)?];
     if codebook.method == Method::Vq {
         inputs.extend([String::new(), String::new()]);
     } else {
@@ -145,6 +87,41 @@ pub fn lower(
         inputs.push(name);
         inputs.push(b.float_init("coefficients", &[s_count, k, alpha], &coef)?);
     }
+    Ok(inputs)
+}
+
+/// Builds the `DlqConv` node replacing `layer`. `shapes` gives the input's spatial size, which
+/// resolves `auto_pad` into explicit pads; `settings` is recorded in the model's metadata.
+pub fn lower(
+    model: &OnnxModel,
+    layer: &ConvLayer,
+    codebook: &Codebook,
+    shapes: &ShapeMap,
+    settings: &str,
+) -> Result<LayerPatch> {
+    let ctx = layer_context(layer);
+    let Geometry {
+        attrs,
+        m,
+        kh,
+        kw,
+        pads,
+        ..
+    } = Geometry::of(layer, codebook, shapes)?;
+    ensure!(attrs.strides.len() == 2, "{ctx}: not a 2-D convolution");
+    let elem = layer
+        .weight_type
+        .context("eligible layers have float weights")?;
+    let [s_count, l, k, alpha, width] = codebook_sizes(codebook, &ctx)?;
+    let taken = taken_names(model);
+    let mut b = Builder::new(&layer.name, model.default_opset(), elem, &taken);
+    let mut inputs = vec![layer.input.clone()];
+    inputs.extend(codebook_inputs(
+        &mut b,
+        codebook,
+        [s_count, l, k, alpha, width],
+        &ctx,
+    )?);
     let assignment: Vec<u32> = codebook
         .subspaces
         .iter()

@@ -10,7 +10,7 @@ use crate::analysis::select::ConvLayer;
 use crate::codebook::Codebook;
 use crate::onnx::model::OnnxModel;
 
-use super::ops::layer_bias;
+use super::ops::{layer_bias, layer_context};
 
 /// The kernel computing `layer` with `codebook` (and the layer's bias plus any calibration
 /// shift) on inputs of spatial size `in_hw` (which resolves `auto_pad`).
@@ -20,7 +20,7 @@ pub fn native(
     codebook: &Codebook,
     in_hw: [usize; 2],
 ) -> Result<DlqConv> {
-    let ctx = || format!("layer `{}` (node {} Conv)", layer.name, layer.node_index);
+    let ctx = || layer_context(layer);
     layer.eligibility.clone().with_context(ctx)?;
     let attrs = layer
         .attrs

@@ -29,40 +29,31 @@ use super::patch::LayerPatch;
 /// The oldest default-domain opset the lowering emits operators for.
 pub const MIN_OPSET: i64 = 7;
 
-/// What the lowering needs to know of one layer, checked once by [`Geometry::of`].
-struct Geometry<'a> {
-    attrs: &'a ConvAttrs,
+/// What a lowering needs to know of one layer, checked once by [`Geometry::of`] (the
+/// standard-operator and the fused form share it).
+pub(super) struct Geometry<'a> {
+    pub(super) attrs: &'a ConvAttrs,
     /// Output channels M and kernel size kh × kw.
-    m: usize,
-    kh: usize,
-    kw: usize,
+    pub(super) m: usize,
+    pub(super) kh: usize,
+    pub(super) kw: usize,
     out_hw: Vec<usize>,
     /// (begin, end) zero padding per spatial axis, `auto_pad` resolved.
-    pads: Vec<(usize, usize)>,
+    pub(super) pads: Vec<(usize, usize)>,
     subspaces: usize,
     atoms_per: usize,
     reps_per: usize,
 }
 
 impl<'a> Geometry<'a> {
-    fn of(
-        model: &OnnxModel,
-        layer: &'a ConvLayer,
-        codebook: &Codebook,
-        shapes: &ShapeMap,
-    ) -> Result<Self> {
+    /// The layer checked against its codebook and its input's shape.
+    pub(super) fn of(layer: &'a ConvLayer, codebook: &Codebook, shapes: &ShapeMap) -> Result<Self> {
         let ctx = || layer_context(layer);
         layer
             .eligibility
             .clone()
             .map_err(anyhow::Error::msg)
             .with_context(ctx)?;
-        let opset = model.default_opset();
-        ensure!(
-            opset >= MIN_OPSET,
-            "{}: the model's opset {opset} is older than {MIN_OPSET}, which onnx-dlq needs",
-            ctx()
-        );
         let attrs = layer
             .attrs
             .as_ref()
@@ -109,7 +100,8 @@ impl<'a> Geometry<'a> {
     }
 }
 
-fn layer_context(layer: &ConvLayer) -> String {
+/// How errors name a layer.
+pub(super) fn layer_context(layer: &ConvLayer) -> String {
     format!("layer `{}` (node {} Conv)", layer.name, layer.node_index)
 }
 
@@ -123,7 +115,13 @@ pub fn lower(
     shapes: &ShapeMap,
     settings: &str,
 ) -> Result<LayerPatch> {
-    let geo = Geometry::of(model, layer, codebook, shapes)?;
+    let opset = model.default_opset();
+    ensure!(
+        opset >= MIN_OPSET,
+        "{}: the model's opset {opset} is older than {MIN_OPSET}, which onnx-dlq needs",
+        layer_context(layer)
+    );
+    let geo = Geometry::of(layer, codebook, shapes)?;
     let bias = layer_bias(model, layer, codebook, geo.m)?;
     let taken = taken_names(model);
     let elem = layer
