@@ -6,93 +6,59 @@
 
 use std::sync::Arc;
 
-use dlq_kernels::{Codes, DlqConv, Geometry, Subspace};
+use dlq_kernels::operator::{
+    Attributes, Constant, Inputs, Padding, RawAttributes, DOMAIN, VERSION,
+};
+use dlq_kernels::DlqConv;
 use tract_onnx::model::{optional_inputs, ParsingContext};
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
 /// The op_type tract looks the builder up by (tract ignores the node's domain).
-pub const OP_TYPE: &str = "DlqConv";
+pub const OP_TYPE: &str = dlq_kernels::operator::OP_TYPE;
 
-/// The node's attributes and which of its six input slots are present.
+/// The node's checked attributes and which of its six input slots are present.
 #[derive(Debug, Clone)]
 struct DlqConvExpansion {
-    strides: [usize; 2],
-    dilations: [usize; 2],
-    /// top, left, bottom, right.
-    pads: [usize; 4],
-    subspace: usize,
+    attributes: Attributes,
     /// For each input slot (X, atoms, atom_indices, coefficients, assignment, B), its position
     /// among the node's actual inputs.
     slots: [Option<usize>; 6],
 }
 
-fn positive<const N: usize>(
-    node: &NodeProto,
-    name: &str,
-    default: usize,
-) -> TractResult<[usize; N]> {
-    let values: Vec<i64> = node
-        .get_attr_opt_vec(name)?
-        .unwrap_or_else(|| vec![default as i64; N]);
-    let out: Vec<usize> = values.iter().map(|&v| v.max(-1) as usize).collect();
-    let min = if name == "pads" { 0 } else { 1 };
-    if values.iter().any(|&v| v < min) || out.len() != N {
-        bail!(
-            "DlqConv node `{}`: attribute {name} is {values:?}",
-            node.name
-        );
-    }
-    Ok(out.try_into().expect("length checked"))
-}
-
-/// Reads a `DlqConv` node's attributes (the ONNX op-register builder).
+/// Reads a `DlqConv` node's attributes (the ONNX op-register builder); the checks are the
+/// kernel crate's, shared with the ONNX Runtime library.
 pub fn builder(
-    _ctx: &ParsingContext,
+    ctx: &ParsingContext,
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let name = &node.name;
-    if let Some(mode) = node.get_attr_opt::<&str>("auto_pad")? {
-        if mode != "NOTSET" {
-            bail!("DlqConv node `{name}`: auto_pad {mode} is not supported (give explicit pads)");
-        }
+    let declared = ctx.model.opset_import.iter().find(|o| o.domain == DOMAIN);
+    if let Some(version) = declared.map(|o| o.version).filter(|&v| v != VERSION) {
+        bail!(
+            "DlqConv node `{name}`: the model uses {DOMAIN} version {version}; this onnx-dlq implements version {VERSION}"
+        );
     }
-    let subspace: i64 = node.get_attr("subspace")?;
-    if subspace < 1 {
-        bail!("DlqConv node `{name}`: subspace is {subspace}, must be at least 1");
-    }
+    let raw = RawAttributes {
+        strides: node.get_attr_opt_vec("strides")?,
+        pads: node.get_attr_opt_vec("pads")?,
+        dilations: node.get_attr_opt_vec("dilations")?,
+        auto_pad: node.get_attr_opt::<String>("auto_pad")?,
+        subspace: node.get_attr_opt("subspace")?,
+    };
+    let attributes = raw
+        .check()
+        .map_err(|e| format_err!("DlqConv node `{name}`: {e}"))?;
     let slots: Vec<Option<usize>> = optional_inputs(node).take(6).collect();
     let slots: [Option<usize>; 6] = slots.try_into().expect("six slots");
     if slots[0].is_none() || slots[1].is_none() || slots[4].is_none() {
         bail!("DlqConv node `{name}`: inputs X, atoms and assignment are required");
     }
-    if slots[2].is_some() != slots[3].is_some() {
-        bail!("DlqConv node `{name}`: atom_indices and coefficients go together");
-    }
-    let op = DlqConvExpansion {
-        strides: positive(node, "strides", 1)?,
-        dilations: positive(node, "dilations", 1)?,
-        pads: positive(node, "pads", 0)?,
-        subspace: subspace as usize,
-        slots,
-    };
-    Ok((expand(op), vec![]))
+    Ok((expand(DlqConvExpansion { attributes, slots }), vec![]))
 }
 
 impl DlqConvExpansion {
-    fn geometry(&self, in_channels: usize, out_channels: usize, kernel: [usize; 2]) -> Geometry {
-        Geometry {
-            in_channels,
-            out_channels,
-            kernel,
-            strides: self.strides,
-            dilations: self.dilations,
-            pads: self.pads,
-        }
-    }
-
-    /// The constant value of input slot `slot`, with the shape it must have (`None` entries
-    /// are free), as the element type `T`.
+    /// The constant value of input slot `slot` as the element type `T`.
     fn constant<T: Datum>(
         &self,
         name: &str,
@@ -100,7 +66,7 @@ impl DlqConvExpansion {
         inputs: &[OutletId],
         slot: usize,
         what: &str,
-    ) -> TractResult<Option<(Vec<usize>, Vec<T>)>> {
+    ) -> TractResult<Option<Constant<T>>> {
         let Some(position) = self.slots[slot] else {
             return Ok(None);
         };
@@ -112,100 +78,54 @@ impl DlqConvExpansion {
             .cast_to::<T>()
             .with_context(|| format!("DlqConv node `{name}`: input {what}"))?;
         let values = cast.to_plain_array_view::<T>()?.iter().cloned().collect();
-        Ok(Some((konst.shape().to_vec(), values)))
+        Ok(Some(Constant {
+            shape: konst.shape().to_vec(),
+            values,
+        }))
     }
 
-    /// The validated kernel from the node's constant inputs and X's channel count.
+    /// The validated kernel from the node's constant inputs and X's shape.
     fn kernel(&self, name: &str, model: &TypedModel, inputs: &[OutletId]) -> TractResult<DlqConv> {
         let x = model.outlet_fact(inputs[0])?;
         let bad = |what: String| format_err!("DlqConv node `{name}`: {what}");
         if x.rank() != 4 {
             return Err(bad(format!("input X has rank {}, expected 4", x.rank())));
         }
-        let c = x.shape[1]
-            .to_usize()
-            .map_err(|_| bad("the channel count of X is not known".into()))?;
-        let (ad, atoms) = self
-            .constant::<f32>(name, model, inputs, 1, "atoms")?
-            .expect("required");
-        let (gd, gamma) = self
-            .constant::<u32>(name, model, inputs, 4, "assignment")?
-            .expect("required");
-        let width = self.subspace;
-        let s_count = c.div_ceil(width);
-        if ad.len() != 3 || ad[0] != s_count || ad[2] != width || ad[1] == 0 {
-            return Err(bad(format!(
-                "atoms have shape {ad:?}, expected [{s_count}, L, {width}] for {c} channels"
-            )));
-        }
-        if gd.len() != 4 || gd[0] != s_count {
-            return Err(bad(format!(
-                "assignment has shape {gd:?}, expected [{s_count}, M, kh, kw]"
-            )));
-        }
-        let l = ad[1];
-        let codes = self.codes(name, model, inputs, s_count)?;
-        let per_sub = gd[1] * gd[2] * gd[3];
-        let mut subspaces = Vec::with_capacity(s_count);
-        for s in 0..s_count {
-            let channels = s * width..c.min((s + 1) * width);
-            let w = channels.len();
-            let rows = &atoms[s * l * width..][..l * width];
-            if rows
-                .chunks_exact(width)
-                .any(|r| r[w..].iter().any(|&v| v != 0.0))
-            {
-                return Err(bad(format!(
-                    "subspace {s}: atom entries beyond its {w} channels are not 0"
-                )));
-            }
-            subspaces.push(Subspace {
-                channels,
-                atoms: rows
-                    .chunks_exact(width)
-                    .flat_map(|r| r[..w].iter().copied())
-                    .collect(),
-                num_atoms: l,
-                codes: codes.as_ref().map(|c| c[s].clone()),
-                assignment: gamma[s * per_sub..][..per_sub].to_vec(),
-            });
-        }
-        let bias = self
-            .constant::<f32>(name, model, inputs, 5, "B")?
-            .map(|(_, b)| b);
-        let geometry = self.geometry(c, gd[1], [gd[2], gd[3]]);
-        DlqConv::new(geometry, subspaces, bias).map_err(|e| bad(e.to_string()))
-    }
-
-    /// The sparse codes per subspace (`None` for VQ).
-    fn codes(
-        &self,
-        name: &str,
-        model: &TypedModel,
-        inputs: &[OutletId],
-        s_count: usize,
-    ) -> TractResult<Option<Vec<Codes>>> {
-        let Some((id, idx)) = self.constant::<u32>(name, model, inputs, 2, "atom_indices")? else {
-            return Ok(None);
+        let known = |axis: usize, what: &str| {
+            x.shape[axis]
+                .to_usize()
+                .map_err(|_| bad(format!("the {what} of X is not known")))
         };
-        let (cd, coef) = self
-            .constant::<f32>(name, model, inputs, 3, "coefficients")?
-            .expect("checked by the builder");
-        if id.len() != 3 || id[0] != s_count || cd != id || id[2] == 0 {
-            bail!(
-                "DlqConv node `{name}`: atom_indices {id:?} and coefficients {cd:?} must both be [{s_count}, K, alpha]"
-            );
-        }
-        let per_sub = id[1] * id[2];
-        Ok(Some(
-            (0..s_count)
-                .map(|s| Codes {
-                    alpha: id[2],
-                    atoms: idx[s * per_sub..][..per_sub].to_vec(),
-                    coefficients: coef[s * per_sub..][..per_sub].to_vec(),
-                })
-                .collect(),
-        ))
+        let c = known(1, "channel count")?;
+        let required = "checked by the builder";
+        let inputs = Inputs {
+            atoms: self
+                .constant(name, model, inputs, 1, "atoms")?
+                .expect(required),
+            atom_indices: self.constant(name, model, inputs, 2, "atom_indices")?,
+            coefficients: self.constant(name, model, inputs, 3, "coefficients")?,
+            assignment: self
+                .constant(name, model, inputs, 4, "assignment")?
+                .expect(required),
+            bias: self.constant(name, model, inputs, 5, "B")?,
+        };
+        let kernel = inputs
+            .kernel()
+            .ok_or_else(|| bad("input assignment must have rank 4".into()))?;
+        // SAME padding depends on the input size: fixed here for X's (typed, known) size, which
+        // `DlqConvOp::eval` holds the input to.
+        let pads = match self.attributes.padding {
+            Padding::Explicit(pads) => pads,
+            Padding::Same { .. } => {
+                let (h, w) = (known(2, "height")?, known(3, "width")?);
+                self.attributes
+                    .pads_for(h, w, kernel)
+                    .ok_or_else(|| bad("the SAME padding overflows".into()))?
+            }
+        };
+        inputs
+            .build(&self.attributes, pads, c)
+            .map_err(|e| bad(e.to_string()))
     }
 }
 
@@ -233,8 +153,7 @@ impl Expansion for DlqConvExpansion {
         s.given_2(&inputs[0].shape, &assignment.shape, move |s, x, a| {
             let dims = [&x[2], &x[3], &a[2], &a[3]].map(|d| d.to_usize().ok());
             if let [Some(h), Some(w), Some(kh), Some(kw)] = dims {
-                let geometry = this.geometry(1, 1, [kh, kw]);
-                if let Some([oh, ow]) = geometry.output_size(h, w) {
+                if let Some([oh, ow]) = this.attributes.output_size(h, w, [kh, kw]) {
                     s.equals(&outputs[0].shape[2], oh.to_dim())?;
                     s.equals(&outputs[0].shape[3], ow.to_dim())?;
                 }
@@ -250,9 +169,15 @@ impl Expansion for DlqConvExpansion {
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
         let conv = self.kernel(prefix, model, inputs)?;
+        let x = model.outlet_fact(inputs[0])?;
+        let same_for = match self.attributes.padding {
+            Padding::Same { .. } => Some([x.shape[2].to_usize()?, x.shape[3].to_usize()?]),
+            Padding::Explicit(_) => None,
+        };
         let op = DlqConvOp {
             name: prefix.to_string(),
             conv: Arc::new(conv),
+            same_for,
         };
         model.wire_node(prefix, op, &[inputs[0]])
     }
@@ -263,11 +188,13 @@ impl Expansion for DlqConvExpansion {
 struct DlqConvOp {
     name: String,
     conv: Arc<DlqConv>,
+    /// With SAME padding, the input size its pads were computed for.
+    same_for: Option<[usize; 2]>,
 }
 
 impl PartialEq for DlqConvOp {
     fn eq(&self, other: &Self) -> bool {
-        self.name == other.name && self.conv == other.conv
+        self.name == other.name && self.conv == other.conv && self.same_for == other.same_for
     }
 }
 
@@ -304,6 +231,13 @@ impl EvalOp for DlqConvOp {
             bail!("DlqConv node `{}`: input has shape {shape:?}", self.name);
         }
         let (b, h, w) = (shape[0], shape[2], shape[3]);
+        if self.same_for.is_some_and(|hw| hw != [h, w]) {
+            bail!(
+                "DlqConv node `{}`: SAME padding was set for a {:?} input, got {h}×{w}",
+                self.name,
+                self.same_for
+            );
+        }
         let [oh, ow] = self.output_hw(h, w)?;
         let m = self.conv.geometry().out_channels;
         let x32 = x.cast_to::<f32>()?;

@@ -16,12 +16,8 @@ use super::builder::{taken_names, Builder};
 use super::ops::{layer_bias, layer_context, Geometry};
 use super::patch::LayerPatch;
 
-/// The custom operator-set domain of `DlqConv`.
-pub const DOMAIN: &str = "ai.onnx_dlq";
-/// The version of [`DOMAIN`] the node format follows.
-pub const DOMAIN_VERSION: i64 = 1;
-/// The operator's type.
-pub const OP_TYPE: &str = "DlqConv";
+/// The operator's identity, shared with every engine that runs it.
+pub use dlq_kernels::operator::{DOMAIN, OP_TYPE, VERSION as DOMAIN_VERSION};
 
 /// Per subspace sizes shared by every subspace: (S, L, K, α, N′).
 fn codebook_sizes(codebook: &Codebook, ctx: &str) -> Result<[usize; 5]> {

@@ -58,6 +58,8 @@ pub enum KernelError {
     NoOutput { h: usize, w: usize },
     /// A size computed from the inputs overflows `usize`.
     TooLarge { what: &'static str },
+    /// The operator's node form (attributes, input shapes) is invalid (`operator` module).
+    Node { message: String },
 }
 
 impl fmt::Display for KernelError {
@@ -78,6 +80,7 @@ impl fmt::Display for KernelError {
                 "no output: the dilated kernel does not fit the padded {h}×{w} input"
             ),
             TooLarge { what } => write!(f, "{what}: size overflows usize"),
+            Node { message } => f.write_str(message),
             SubspaceNotContiguous { .. }
             | SubspacesDoNotCover { .. }
             | CodeCount { .. }

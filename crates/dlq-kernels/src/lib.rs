@@ -32,6 +32,7 @@ mod dense;
 mod error;
 mod fast;
 mod geometry;
+pub mod operator;
 mod simd;
 
 pub use conv::{Codes, DlqConv, Subspace};
