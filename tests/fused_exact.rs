@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{conv_model, in_memory, ConvSpec};
+use common::{conv_model, in_memory, ort_library, ort_python, run_ort_with, ConvSpec};
 use ndarray::{ArrayD, IxDyn};
 use onnx_dlq::codebook::{self, ClusterParams, Method};
 use onnx_dlq::engine::runner::Runner;
@@ -80,6 +80,7 @@ fn random_spec(rng: &mut Xoshiro256PlusPlus) -> ConvSpec {
 
 #[test]
 fn random_fused_layers_equal_the_dense_reference() {
+    let python = ort_python("random_fused_layers_equal_the_dense_reference");
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(14);
     for i in 0..30 {
         let spec = random_spec(&mut rng);
@@ -105,6 +106,13 @@ fn random_fused_layers_equal_the_dense_reference() {
             .unwrap();
         let what = format!("{spec:?} {method:?} N′={subspace}");
         Approximation::Exact.assert_close(&what, &got, &want);
+        // The same model in ONNX Runtime through libonnx_dlq_ort (after onnx.checker).
+        if let Some(python) = &python {
+            let path = tmp.path().join("fused.onnx");
+            onnx_dlq::onnx::model::save(&fused_model, &path, Default::default()).unwrap();
+            let ort = run_ort_with(python, &path, &x, Some(&ort_library()));
+            Approximation::Exact.assert_close(&format!("ORT {what}"), &ort, &want);
+        }
     }
 }
 
@@ -205,5 +213,56 @@ fn convert_with_the_fused_form_equals_the_ops_form_and_counts_the_same_multiplic
         let want = Runner::new(&ops.model, &shape).unwrap().run(&x).unwrap();
         let got = Runner::new(&fused.model, &shape).unwrap().run(&x).unwrap();
         Approximation::Exact.assert_close(&format!("{method:?} fused vs ops"), &got, &want);
+    }
+}
+
+/// Whole converted models with `--form fused` (the README's model, `--all`; SqueezeNet 1.1 fp16
+/// with two expand3x3 layers when ../shared is there) give the same output in ONNX Runtime,
+/// through libonnx_dlq_ort, as in tract, after onnx.checker's full check.
+#[test]
+fn fused_models_run_in_onnx_runtime_as_in_tract() {
+    let Some(python) = ort_python("fused_models_run_in_onnx_runtime_as_in_tract") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cases = vec![(
+        common::default_model(),
+        vec!["--all", "--ratio", "4"],
+        [2, 3, 8, 8],
+        Approximation::Engines,
+    )];
+    match common::shared_model(
+        "fused_models_run_in_onnx_runtime_as_in_tract",
+        "squeezenet1.1-fp16.onnx",
+    ) {
+        Some(sq) => cases.push((
+            sq,
+            vec![
+                "--layers",
+                "fire8/expand3x3_1,fire9/expand3x3_1",
+                "--ratio",
+                "10",
+            ],
+            [1, 3, 224, 224],
+            Approximation::EnginesF16,
+        )),
+        None => eprintln!("SKIPPED the SqueezeNet fp16 part: ../shared is missing"),
+    }
+    for (i, (model, args, shape, tolerance)) in cases.into_iter().enumerate() {
+        let out = tmp.path().join(format!("fused{i}.onnx"));
+        let mut cli = vec![common::path_str(&model), common::path_str(&out)];
+        cli.extend(args);
+        cli.extend(["--form", "fused", "--no-latency"]);
+        let o = common::run(&cli);
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        let converted = onnx_dlq::onnx::model::load(&out).unwrap();
+        let x = common::input_like(&shape, 3);
+        let tract = Runner::new(&converted, &shape).unwrap().run(&x).unwrap();
+        let ort = run_ort_with(&python, &out, &x, Some(&ort_library()));
+        tolerance.assert_close(
+            &format!("ORT vs tract on {}", model.display()),
+            &ort,
+            &tract,
+        );
     }
 }

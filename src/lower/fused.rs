@@ -8,9 +8,10 @@ use anyhow::{ensure, Context, Result};
 use crate::analysis::select::ConvLayer;
 use crate::analysis::shapes::ShapeMap;
 use crate::codebook::{Codebook, Method};
-use crate::onnx::build::{attr_int, attr_ints};
+use crate::onnx::build::{attr_int, attr_ints, value_info};
 use crate::onnx::model::OnnxModel;
 use crate::onnx::tensor;
+use crate::proto::{type_proto, ValueInfoProto};
 
 use super::builder::{taken_names, Builder};
 use super::ops::{layer_bias, layer_context, Geometry};
@@ -164,5 +165,31 @@ pub fn lower(
         released,
         metadata: (format!("onnx-dlq/{}", layer.name), settings.to_string()),
         domains: vec![(DOMAIN.into(), DOMAIN_VERSION)],
+        value_info: vec![output_type(&layer.output, elem.onnx() as i32, m)],
     })
+}
+
+/// The type of the node's output, `[?, M, ?, ?]` of the layer's element type: batch and spatial
+/// sizes stay open, so the model keeps working for any size the original accepted.
+fn output_type(name: &str, elem: i32, m: usize) -> ValueInfoProto {
+    use crate::proto::tensor_shape_proto::{dimension::Value, Dimension};
+    let mut info = value_info(name, elem, Some(&[0, m as i64, 0, 0]));
+    if let Some(type_proto::Value::TensorType(t)) =
+        info.r#type.as_mut().and_then(|t| t.value.as_mut())
+    {
+        for (axis, dim) in t
+            .shape
+            .iter_mut()
+            .flat_map(|s| s.dim.iter_mut())
+            .enumerate()
+        {
+            if axis != 1 {
+                *dim = Dimension {
+                    value: None::<Value>,
+                    denotation: None,
+                };
+            }
+        }
+    }
+    info
 }

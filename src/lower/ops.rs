@@ -157,6 +157,7 @@ pub fn lower(
         released,
         metadata: (format!("onnx-dlq/{}", layer.name), settings.to_string()),
         domains: vec![],
+        value_info: vec![],
     })
 }
 

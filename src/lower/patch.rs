@@ -27,6 +27,10 @@ pub struct LayerPatch {
     /// Operator-set domains (name, version) the new nodes need beside the default one; [`apply`]
     /// adds each to the model's `opset_import` unless it is already there.
     pub domains: Vec<(String, i64)>,
+    /// Types of new nodes' outputs that no standard schema infers (custom operators), so that
+    /// `onnx.checker` can type-check their consumers: [`apply`] records each in the graph's
+    /// `value_info`, or completes the graph output's type when the output is one.
+    pub value_info: Vec<ValueInfoProto>,
 }
 
 /// All edits of a conversion, applied together by [`apply`].
@@ -55,6 +59,7 @@ pub fn apply(model: &mut OnnxModel, patch: GraphPatch) -> Result<()> {
     let mut metadata = Vec::new();
     let mut released: Vec<String> = Vec::new();
     let mut domains: Vec<(String, i64)> = Vec::new();
+    let mut typed: Vec<ValueInfoProto> = Vec::new();
     let graph = model.graph_mut();
     let old_nodes = std::mem::take(&mut graph.node);
     for (i, node) in old_nodes.into_iter().enumerate() {
@@ -75,6 +80,7 @@ pub fn apply(model: &mut OnnxModel, patch: GraphPatch) -> Result<()> {
                 released.extend(lp.released);
                 metadata.push(lp.metadata);
                 domains.extend(lp.domains);
+                typed.extend(lp.value_info);
             }
             None => graph.node.push(node),
         }
@@ -103,6 +109,7 @@ pub fn apply(model: &mut OnnxModel, patch: GraphPatch) -> Result<()> {
     graph
         .value_info
         .retain(|v| !v.name.as_ref().is_some_and(|n| dead.contains(n)));
+    add_value_info(graph, typed);
     add_domains(model, domains)?;
     let entry = |k: String, v: String| StringStringEntryProto {
         key: Some(k),
@@ -119,6 +126,25 @@ pub fn apply(model: &mut OnnxModel, patch: GraphPatch) -> Result<()> {
         props.push(entry(k, v));
     }
     Ok(())
+}
+
+/// Records each typed output: a graph output of that name takes the type when its own has no
+/// shape (onnx.checker requires one on graph outputs), otherwise `value_info` gets the entry.
+fn add_value_info(graph: &mut crate::proto::GraphProto, typed: Vec<ValueInfoProto>) {
+    for info in typed {
+        if let Some(out) = graph.output.iter_mut().find(|o| o.name == info.name) {
+            let shaped = matches!(
+                out.r#type.as_ref().and_then(|t| t.value.as_ref()),
+                Some(crate::proto::type_proto::Value::TensorType(t)) if t.shape.is_some()
+            );
+            if !shaped {
+                out.r#type = info.r#type;
+            }
+            continue;
+        }
+        graph.value_info.retain(|v| v.name != info.name);
+        graph.value_info.push(info);
+    }
 }
 
 /// Adds each (domain, version) to the model's `opset_import`; a domain already imported at

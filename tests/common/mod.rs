@@ -213,6 +213,32 @@ pub fn ort_python(test: &str) -> Option<PathBuf> {
 
 /// Checks `model` with onnx.checker (full check) and runs it in ONNX Runtime on `input`.
 pub fn run_ort(python: &Path, model: &Path, input: &ndarray::ArrayD<f32>) -> ndarray::ArrayD<f32> {
+    run_ort_with(python, model, input, None)
+}
+
+/// The ONNX Runtime custom-op library (crates/dlq-ort, a dev-dependency, so cargo builds it
+/// beside the test binaries).
+#[allow(dead_code)]
+pub fn ort_library() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    let name = format!(
+        "{}onnx_dlq_ort{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
+    let path = deps.join(&name);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// [`run_ort`] with a custom-op library registered (for models with DlqConv nodes).
+pub fn run_ort_with(
+    python: &Path,
+    model: &Path,
+    input: &ndarray::ArrayD<f32>,
+    library: Option<&Path>,
+) -> ndarray::ArrayD<f32> {
     let tmp = tempfile::tempdir().unwrap();
     let (inp, out) = (tmp.path().join("x.npy"), tmp.path().join("y.npy"));
     write_npy(&inp, input);
@@ -221,6 +247,7 @@ pub fn run_ort(python: &Path, model: &Path, input: &ndarray::ArrayD<f32>) -> nda
         .arg(model)
         .arg(&inp)
         .arg(&out)
+        .args(library)
         .output()
         .unwrap();
     assert!(
