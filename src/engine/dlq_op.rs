@@ -1,4 +1,4 @@
-//! The `DlqConv` custom operator (domain `ai.onnx_dlq`, docs/design/dlqconv-operator-draft.md)
+//! The `DlqConv` custom operator (domain `ai.onnx_dlq`, docs/OPERATOR.md)
 //! in tract: [`builder`] is registered in tract's ONNX op register by `runner::parse`. When the
 //! model is typed, the node's constant inputs (atoms, codes, assignment, bias) become one
 //! validated `dlq_kernels::DlqConv` (an invalid codebook is an error naming the node, never a

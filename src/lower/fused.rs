@@ -1,5 +1,5 @@
 //! The fused form: each converted Conv becomes ONE `DlqConv` node of the custom domain
-//! `ai.onnx_dlq` (docs/design/dlqconv-operator-draft.md), whose initializers hold the codebook
+//! `ai.onnx_dlq` (docs/OPERATOR.md), whose initializers hold the codebook
 //! itself (atoms, sparse codes, assignment Γ) and the bias. onnx-dlq's tract engine computes it
 //! with the native `dlq-kernels` kernel (`engine::dlq_op`).
 
@@ -10,7 +10,7 @@ use crate::analysis::shapes::ShapeMap;
 use crate::codebook::{Codebook, Method};
 use crate::onnx::build::{attr_int, attr_ints, value_info};
 use crate::onnx::model::OnnxModel;
-use crate::onnx::tensor;
+use crate::onnx::tensor::{self, FloatType};
 use crate::proto::{type_proto, ValueInfoProto};
 
 use super::builder::{taken_names, Builder};
@@ -109,6 +109,10 @@ pub fn lower(
     let elem = layer
         .weight_type
         .context("eligible layers have float weights")?;
+    ensure!(
+        matches!(elem, FloatType::F32 | FloatType::F16),
+        "{ctx}: the fused form holds float and float16 layers (the DlqConv operator's T); this layer's weight is {elem:?}: use the standard-operator form"
+    );
     let [s_count, l, k, alpha, width] = codebook_sizes(codebook, &ctx)?;
     let taken = taken_names(model);
     let mut b = Builder::new(&layer.name, model.default_opset(), elem, &taken);
