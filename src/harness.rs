@@ -7,7 +7,8 @@ use std::path::Path;
 
 use crate::analysis::inventory;
 use crate::codebook::{ClusterParams, Method};
-use crate::convert::{self, ConvertOptions, Selection};
+use crate::convert::{self, ConvertOptions, OutputForm, Selection};
+use crate::engine::runner::Runner;
 use crate::onnx::model::{self, ExternalData, OnnxModel};
 use crate::report::inspect;
 
@@ -22,6 +23,8 @@ pub enum Outcome {
     Rejected(String),
     /// Inspected, but nothing to convert (or too large for a fuzzing pass).
     Inspected { layers: usize },
+    /// A fused model with nothing to convert whose `dlq_nodes` DlqConv nodes tract ran.
+    RanFused { dlq_nodes: usize },
     /// Converted (`layers` of them), saved, and the output read back and inspected.
     Converted { layers: usize },
     /// Inspected, but the conversion failed with an error and left no file.
@@ -45,12 +48,16 @@ pub fn exercise(bytes: &[u8], scratch: &Path) -> Outcome {
         Err(e) => return Outcome::Rejected(format!("{e:#}")),
     };
     let _ = inspect::render_table(&inspect::report(&original, &inv));
+    let ran_fused = run_custom_ops(&original, &inv);
     let convertible: Vec<_> = inv.layers.iter().filter(|l| l.convertible()).collect();
     let elements: usize = convertible
         .iter()
         .filter_map(|l| l.kernel.as_ref())
         .map(|k| k.iter().product::<usize>())
         .sum();
+    if let (true, Some(dlq_nodes)) = (convertible.is_empty(), ran_fused) {
+        return Outcome::RanFused { dlq_nodes };
+    }
     if convertible.is_empty() || elements > MAX_KERNEL_ELEMENTS {
         return Outcome::Inspected {
             layers: inv.layers.len(),
@@ -61,6 +68,12 @@ pub fn exercise(bytes: &[u8], scratch: &Path) -> Outcome {
         Method::Dl
     } else {
         Method::Vq
+    };
+    // Both output forms too, so fused outputs (DlqConv nodes) are read back and, mutated, fed in.
+    let form = if (bytes.len() / 2).is_multiple_of(2) {
+        OutputForm::Ops
+    } else {
+        OutputForm::Fused
     };
     let mut params = ClusterParams::new(method, 4.0);
     params.c = 2.0;
@@ -73,7 +86,7 @@ pub fn exercise(bytes: &[u8], scratch: &Path) -> Outcome {
         calibration: None,
         target_speedup: None,
         measure_latency: false,
-        form: Default::default(),
+        form,
     };
     let out = scratch.join("output.onnx");
     let converted = convert::convert_model(&original, &opts)
@@ -100,6 +113,25 @@ pub fn exercise(bytes: &[u8], scratch: &Path) -> Outcome {
             Outcome::NotConverted(format!("{e:#}"))
         }
     }
+}
+
+/// Inputs with `DlqConv` nodes (fused outputs, mutated) are also run once on zeros when small,
+/// so the operator's decoding and kernel see corrupt codebooks, shapes and attributes: any
+/// outcome but a panic is fine. Returns the number of DlqConv nodes when the model ran.
+fn run_custom_ops(model: &OnnxModel, inv: &crate::analysis::inventory::Inventory) -> Option<usize> {
+    let dlq_nodes = model
+        .graph()
+        .node
+        .iter()
+        .filter(|n| n.op_type.as_deref() == Some(crate::lower::fused::OP_TYPE))
+        .count();
+    let (_, shape) = inv.shapes.inputs.first()?;
+    if dlq_nodes == 0 || shape.iter().product::<usize>() > MAX_KERNEL_ELEMENTS {
+        return None;
+    }
+    let runner = Runner::new(model, shape).ok()?;
+    runner.run(&ndarray::ArrayD::zeros(shape.as_slice())).ok()?;
+    Some(dlq_nodes)
 }
 
 /// What a successful conversion promises (besides finite figures in its report): the file

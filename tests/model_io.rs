@@ -260,3 +260,25 @@ fn a_save_that_cannot_happen_leaves_no_file() {
     assert!(e.to_string().contains("does not exist"), "{e}");
     assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
 }
+
+/// The output is an ordinary file: created with the same permissions as any new file in that
+/// folder (0666 minus the umask), not the 0600 of the temporary file it is written through.
+#[cfg(unix)]
+#[test]
+fn the_output_has_ordinary_file_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let original = model::load(&common::default_model()).unwrap();
+    let out = dir.path().join("out.onnx");
+    model::save(&original, &out, ExternalData::Auto).unwrap();
+    let plain = dir.path().join("plain");
+    std::fs::File::create(&plain).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode(&out),
+        mode(&plain),
+        "{:o} vs {:o}",
+        mode(&out),
+        mode(&plain)
+    );
+}

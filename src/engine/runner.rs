@@ -146,7 +146,9 @@ impl Runner {
 
     /// Runs on `input` and returns the first output as `f32`.
     pub fn run(&self, input: &ArrayD<f32>) -> Result<ArrayD<f32>> {
-        Ok(self.run_all(input)?.swap_remove(0))
+        let mut outputs = self.run_all(input)?;
+        anyhow::ensure!(!outputs.is_empty(), "the model has no outputs");
+        Ok(outputs.swap_remove(0))
     }
 
     /// Runs on `input` and returns every output as `f32`, in order.

@@ -360,16 +360,21 @@ fn temp_file_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
             "does not exist"
         }
     );
-    tempfile::Builder::new()
-        .prefix(".onnx-dlq-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .with_context(|| {
-            format!(
-                "cannot write {shown}: cannot create a file in {}",
-                dir.display()
-            )
-        })
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".onnx-dlq-").suffix(".tmp");
+    // A temporary file is private (0600); the output is an ordinary file, created like any other
+    // (0666 minus the user's umask, which the OS applies at creation).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    builder.tempfile_in(dir).with_context(|| {
+        format!(
+            "cannot write {shown}: cannot create a file in {}",
+            dir.display()
+        )
+    })
 }
 
 /// Fails now, rather than after minutes of work, when `path` could not be written: its folder
