@@ -266,3 +266,51 @@ fn fused_models_run_in_onnx_runtime_as_in_tract() {
         );
     }
 }
+
+/// `--target-speedup` with the fused form spends measured time: the report predicts the
+/// converted model's latency from per-layer timings, every converted layer was measured faster
+/// as a DlqConv than as its Conv, and the prediction matches the time measured after writing
+/// within the noise of a shared machine (a factor 1.5).
+#[test]
+fn a_fused_target_speedup_is_a_latency_budget() {
+    let Some(model) = common::shared_model(
+        "a_fused_target_speedup_is_a_latency_budget",
+        "resnet20-cifar10.onnx",
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("r20.onnx");
+    let o = common::run(&[
+        common::path_str(&model),
+        common::path_str(&out),
+        "--target-speedup",
+        "1.2",
+        "--form",
+        "fused",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    let allocation = &report["allocation"];
+    let predicted = allocation["latency"]["predicted_ms"].as_f64().unwrap();
+    let original = allocation["latency"]["original_ms"].as_f64().unwrap();
+    assert!(
+        predicted > 0.0 && predicted <= original / 1.2 + 1e-9,
+        "{allocation}"
+    );
+    let layers = allocation["layers"].as_array().unwrap();
+    assert!(!layers.is_empty());
+    for l in layers {
+        let (dense, fused) = (
+            l["timing_ms"][0].as_f64().unwrap(),
+            l["timing_ms"][1].as_f64().unwrap(),
+        );
+        assert!(fused < dense, "{l}");
+    }
+    let measured = report["latency"]["converted_ms"].as_f64().unwrap();
+    assert!(
+        measured < predicted * 1.5 && measured > predicted / 1.5,
+        "predicted {predicted} ms, measured {measured} ms"
+    );
+}

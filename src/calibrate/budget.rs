@@ -1,5 +1,6 @@
 //! Model-wide speed budget: a ratio ρ per layer so that the whole model needs X× fewer
-//! multiplications, chosen from each layer's measured sensitivity — its relative output error on
+//! multiplications — or, with measured timings (the fused form), runs in X× less time — chosen
+//! from each layer's measured sensitivity — its relative output error on
 //! the calibration inputs (or its weight error without calibration) at every candidate ρ — by a
 //! greedy exchange: repeatedly take the step (one layer to a higher ρ) that saves the most
 //! multiplications per unit of added squared error, until the budget is met. Layers never picked
@@ -13,7 +14,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::select::ConvLayer;
-use crate::calibrate::{self, InputStats};
+use crate::calibrate::{self, timing, InputStats};
 use crate::codebook::{self, ValidParams};
 use crate::onnx::model::OnnxModel;
 use crate::progress;
@@ -29,14 +30,37 @@ pub struct AllocatedLayer {
     /// The sensitivity measure at that ratio (output error with calibration, else weight error).
     pub error: f64,
     pub multiplications_before: u64,
+    /// With a latency budget: the layer's measured (dense Conv, DlqConv at `ratio`) ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing_ms: Option<(f64, f64)>,
+}
+
+/// Measured times that make the budget spend latency instead of multiplications.
+#[derive(Debug, Clone)]
+pub struct LatencyBudget {
+    /// The whole original model, ms.
+    pub model_ms: f64,
+    /// Per candidate layer (same order as the candidates).
+    pub layers: Vec<timing::LayerTiming>,
+}
+
+/// A latency budget's prediction: the original's measured time and the converted model's
+/// predicted one (original minus each converted layer's measured saving).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LatencyEstimate {
+    pub original_ms: f64,
+    pub predicted_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Allocation {
     pub target_speedup: f64,
     /// From each converted layer's multiplications × position factor / ρ (the rewrite counts the
-    /// same within rounding of K and L).
+    /// same within rounding of K and L); with a latency budget, predicted time speed-up.
     pub estimated_speedup: f64,
+    /// Present when the budget was spent on measured latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyEstimate>,
     pub sensitivity: Sensitivity,
     pub layers: Vec<AllocatedLayer>,
     /// Layers considered and left original.
@@ -82,6 +106,8 @@ struct LayerSensitivity {
     position_factor: f64,
     /// (ρ, error), increasing ρ.
     points: Vec<(f64, f64)>,
+    /// With a latency budget, the layer's measured times.
+    timing: Option<timing::LayerTiming>,
 }
 
 /// Chooses the ratios; `calibration` gives the calibration inputs and damping when calibrating.
@@ -91,6 +117,7 @@ pub fn allocate(
     total_multiplications: u64,
     target: f64,
     calibration: Option<(&[ArrayD<f32>], f64)>,
+    latency: Option<LatencyBudget>,
 ) -> Result<Allocation> {
     let started = Instant::now();
     require(
@@ -98,18 +125,27 @@ pub fn allocate(
         Setting::TargetSpeedup,
         || format!("must be above 1, got {target}"),
     )?;
-    let sens = measure(original, layers, calibration)?;
-    let chosen = greedy(&sens, total_multiplications, target).ok_or(BudgetError::Unreachable {
+    let mut sens = measure(original, layers, calibration)?;
+    let total = match &latency {
+        Some(l) => {
+            for (s, t) in sens.iter_mut().zip(&l.layers) {
+                s.timing = Some(t.clone());
+            }
+            l.model_ms
+        }
+        None => total_multiplications as f64,
+    };
+    let chosen = greedy(&sens, total, target).ok_or(BudgetError::Unreachable {
         target,
         layers: layers.len(),
         max_ratio: CANDIDATE_RATIOS[CANDIDATE_RATIOS.len() - 1],
     })?;
-    let after: f64 = sens
-        .iter()
-        .zip(&chosen)
-        .map(|(s, c)| s.before as f64 - s.saving(*c))
-        .sum::<f64>()
-        + (total_multiplications - layers.iter().map(|c| c.multiplications).sum::<u64>()) as f64;
+    let after = total
+        - sens
+            .iter()
+            .zip(&chosen)
+            .map(|(s, c)| s.saving(*c))
+            .sum::<f64>();
     let mut allocated = Vec::new();
     let mut unchanged = Vec::new();
     for (cand, (s, c)) in layers.iter().zip(sens.iter().zip(&chosen)) {
@@ -119,13 +155,21 @@ pub fn allocate(
                 ratio: s.points[*j].0,
                 error: s.points[*j].1,
                 multiplications_before: cand.multiplications,
+                timing_ms: s
+                    .timing
+                    .as_ref()
+                    .and_then(|t| Some((t.dense_ms, s.fused_ms(s.points[*j].0)?))),
             }),
             None => unchanged.push(cand.layer.name.clone()),
         }
     }
     Ok(Allocation {
         target_speedup: target,
-        estimated_speedup: total_multiplications as f64 / after,
+        estimated_speedup: total / after,
+        latency: latency.map(|l| LatencyEstimate {
+            original_ms: l.model_ms,
+            predicted_ms: after,
+        }),
         sensitivity: match calibration {
             Some(_) => Sensitivity::Output,
             None => Sensitivity::Weight,
@@ -191,25 +235,40 @@ fn measure(
                 .filter(|((j, _), e)| *j == i && e.is_some())
                 .map(|((_, r), e)| (*r, e.expect("filtered")))
                 .collect(),
+            timing: None,
         })
         .collect();
     Ok(sens)
 }
 
 impl LayerSensitivity {
-    /// Multiplications saved at point `c` (negative when the lowering costs more).
+    /// Multiplications — or, with timings, milliseconds — saved at point `c` (negative when the
+    /// converted layer costs more; a ratio without a timing saves nothing worth taking).
     fn saving(&self, c: Option<usize>) -> f64 {
-        match c {
-            Some(j) => self.before as f64 * (1.0 - self.position_factor / self.points[j].0),
-            None => 0.0,
+        let Some(j) = c else { return 0.0 };
+        let ratio = self.points[j].0;
+        match &self.timing {
+            Some(t) => self
+                .fused_ms(ratio)
+                .map_or(f64::NEG_INFINITY, |f| t.dense_ms - f),
+            None => self.before as f64 * (1.0 - self.position_factor / ratio),
         }
+    }
+
+    /// The measured DlqConv time at `ratio`, if it was timed.
+    fn fused_ms(&self, ratio: f64) -> Option<f64> {
+        let t = self.timing.as_ref()?;
+        t.fused_ms
+            .iter()
+            .find(|(r, _)| *r == ratio)
+            .map(|(_, ms)| *ms)
     }
 }
 
 /// Per layer: the index of its chosen point, or `None` (original). Greedy on cost = error².
 /// `None` when the candidates cannot save enough even at their highest ratios.
-fn greedy(sens: &[LayerSensitivity], total: u64, target: f64) -> Option<Vec<Option<usize>>> {
-    let need = total as f64 * (1.0 - 1.0 / target);
+fn greedy(sens: &[LayerSensitivity], total: f64, target: f64) -> Option<Vec<Option<usize>>> {
+    let need = total * (1.0 - 1.0 / target);
     let mut chosen: Vec<Option<usize>> = vec![None; sens.len()];
     let mut saved = 0.0;
     let state = |s: &LayerSensitivity, c: Option<usize>| {
@@ -251,6 +310,7 @@ mod tests {
             before,
             position_factor: 1.0,
             points: points.to_vec(),
+            timing: None,
         }
     }
 
@@ -262,11 +322,11 @@ mod tests {
             s(100, &[(2.0, 0.05), (4.0, 0.1), (8.0, 0.2)]),
             s(100, &[(2.0, 0.5), (4.0, 0.8), (8.0, 0.9)]),
         ];
-        let c = greedy(&sens, 200, 1.5).unwrap();
+        let c = greedy(&sens, 200.0, 1.5).unwrap();
         assert_eq!(c[1], None);
         assert!(sens[0].saving(c[0]) >= 200.0 * (1.0 - 1.0 / 1.5));
         // A larger target needs both.
-        let c = greedy(&sens, 200, 3.0).unwrap();
+        let c = greedy(&sens, 200.0, 3.0).unwrap();
         assert!(c[0].is_some() && c[1].is_some());
     }
 
@@ -278,8 +338,41 @@ mod tests {
         assert!(strided.saving(Some(0)) < 0.0);
         assert_eq!(strided.saving(Some(1)), 0.0);
         let sens = vec![strided, s(100, &[(2.0, 0.5), (4.0, 0.6)])];
-        let c = greedy(&sens, 200, 1.2).unwrap();
+        let c = greedy(&sens, 200.0, 1.2).unwrap();
         assert_eq!(c[0], Some(2), "only ρ = 8 saves on the strided layer");
+    }
+
+    #[test]
+    fn a_latency_budget_never_converts_a_layer_the_kernel_does_not_speed_up() {
+        let timed = |before, points: &[(f64, f64)], dense_ms, fused_ms: &[(f64, f64)]| {
+            let mut l = s(before, points);
+            l.timing = Some(timing::LayerTiming {
+                dense_ms,
+                fused_ms: fused_ms.to_vec(),
+            });
+            l
+        };
+        // Many multiplications saved, but the kernel is slower than the dense Conv: never
+        // taken, however robust the layer; the small layer the kernel speeds up is.
+        let slow = timed(
+            1000,
+            &[(2.0, 0.01), (4.0, 0.02)],
+            1.0,
+            &[(2.0, 1.5), (4.0, 1.2)],
+        );
+        let fast = timed(
+            10,
+            &[(2.0, 0.3), (4.0, 0.5)],
+            1.0,
+            &[(2.0, 0.6), (4.0, 0.4)],
+        );
+        let sens = vec![slow, fast];
+        // A 2 ms model, 1.2× faster: 0.33 ms to save, which only the fast layer offers.
+        let c = greedy(&sens, 2.0, 1.2).unwrap();
+        assert_eq!(c[0], None);
+        assert_eq!(sens[1].saving(c[1]), 1.0 - 0.6);
+        // 2× needs 1 ms: the fast layer saves 0.6 at most, so no allocation.
+        assert!(greedy(&sens, 2.0, 2.0).is_none());
     }
 
     #[test]
@@ -287,7 +380,7 @@ mod tests {
         let sens = vec![s(100, &[(2.0, 0.1)])];
         // Only half of 300 multiplications can be saved at most: 2× is reachable only with
         // everything at ρ = 2 and the rest nothing.
-        assert!(greedy(&sens, 300, 2.0).is_none());
-        assert!(greedy(&sens, 100, 2.0).is_some());
+        assert!(greedy(&sens, 300.0, 2.0).is_none());
+        assert!(greedy(&sens, 100.0, 2.0).is_some());
     }
 }

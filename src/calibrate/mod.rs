@@ -15,6 +15,7 @@
 pub mod budget;
 pub mod learn;
 pub mod stats;
+pub mod timing;
 
 use std::path::{Path, PathBuf};
 

@@ -6,12 +6,14 @@ use anyhow::{Context, Result};
 use crate::analysis::inventory::Inventory;
 use crate::analysis::select::{self, ConvLayer, Ineligible};
 use crate::calibrate::budget::{self, Allocation};
+use crate::calibrate::timing;
 use crate::codebook::{SizeError, ValidParams};
 use crate::onnx::model::OnnxModel;
+use crate::progress;
 
 use super::learn::Calibration;
 use super::report::SkippedLayer;
-use super::ConvertOptions;
+use super::{ConvertOptions, OutputForm};
 
 /// Which layers to convert.
 #[derive(Debug, Clone)]
@@ -182,12 +184,19 @@ fn allocate<'a>(
             params: layer_params(&opts.params, l),
         })
         .collect();
+    // The fused form runs a native kernel whose speed is not the multiplication count's: spend
+    // measured time instead.
+    let latency = match opts.form {
+        OutputForm::Fused => Some(latency_budget(original, inv, &with_cost)?),
+        OutputForm::Ops => None,
+    };
     let a = budget::allocate(
         original,
         &with_cost,
         inv.cost.total.multiplications,
         target,
         calibration.map(|c| (c.inputs, c.options.damping)),
+        latency,
     )?;
     log_allocation(&a);
     let mut layers = Vec::new();
@@ -206,6 +215,44 @@ fn allocate<'a>(
         skipped,
         allocation: Some(a),
     })
+}
+
+/// Times the whole model and every candidate layer (dense, and fused at each candidate ratio)
+/// in tract on this machine, batch 1.
+fn latency_budget(
+    original: &OnnxModel,
+    inv: &Inventory,
+    candidates: &[budget::Candidate],
+) -> Result<budget::LatencyBudget> {
+    let mut shape = inv
+        .shapes
+        .inputs
+        .first()
+        .map(|(_, s)| s.clone())
+        .context("the model has no input to time it with")?;
+    shape[0] = 1;
+    let task = progress::task("timing", candidates.len() as u64 + 1);
+    let model_ms = timing::time_model(original, &shape)?;
+    task.inc(1);
+    let mut layers = Vec::with_capacity(candidates.len());
+    for c in candidates {
+        let t = timing::time_layer(
+            original,
+            c.layer,
+            &inv.shapes,
+            &c.params,
+            &budget::CANDIDATE_RATIOS,
+        )?;
+        log::debug!(
+            "timing: {} dense {:.3} ms, fused {:?}",
+            c.layer.name,
+            t.dense_ms,
+            t.fused_ms
+        );
+        layers.push(t);
+        task.inc(1);
+    }
+    Ok(budget::LatencyBudget { model_ms, layers })
 }
 
 fn log_allocation(a: &Allocation) {

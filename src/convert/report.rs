@@ -144,6 +144,15 @@ pub fn render(r: &ConvertReport) -> String {
             .map(|e| format!(" (tensors in {e})"))
             .unwrap_or_default()
     );
+    if let Some(p) = r.allocation.as_ref().and_then(|a| a.latency.as_ref()) {
+        let _ = writeln!(
+            s,
+            "latency budget (tract, 1 thread, batch 1, per-layer timings): original {:.3} ms, predicted {:.3} ms ({:.2}x)",
+            p.original_ms,
+            p.predicted_ms,
+            p.original_ms / p.predicted_ms
+        );
+    }
     if let Some(l) = &r.latency {
         let _ = writeln!(
             s,
