@@ -39,4 +39,5 @@ pub use dense::dense_conv;
 pub use error::KernelError;
 #[doc(hidden)]
 pub use fast::PhaseTimes;
+pub use fast::ParallelFor;
 pub use geometry::Geometry;
