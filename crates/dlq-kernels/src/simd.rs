@@ -1183,6 +1183,134 @@ mod tests {
         }
     }
 
+    /// The AVX-512 row-layout adds equal the portable loop (to rounding) on every edge: 1–3
+    /// vectors per row, bands of 1 to the most rows that fit (one-row last bands included),
+    /// kernels 1×1 to 5×4, column shifts up to 15 lanes, row dilation 1–2, α = 1–3, initial
+    /// values and the crop on and off, and Z exactly as long as the planes its terms name (the
+    /// last term's last row ends at the buffer's end).
+    #[test]
+    fn avx512_accumulate_rows_matches_portable() {
+        if Isa::detect() != Isa::Avx512 {
+            return;
+        }
+        let mut seed = 0x5851_f42d_4c95_7f2d;
+        let mut cases = 0;
+        for per_row in 1..=3 {
+            let pitch = per_row * BLOCK;
+            for [kh, kw, dh, dw] in [
+                [1, 1, 1, 1],
+                [3, 3, 1, 1],
+                [3, 3, 2, 7],
+                [5, 4, 1, 5],
+                [2, 2, 1, 15],
+            ] {
+                let ow = pitch - (kw - 1) * dw;
+                for oh in [1, 4, 13, 14, 27] {
+                    let most = ROW_VECTORS / per_row;
+                    for band_rows in [1, 2, most.min(oh).max(1), most] {
+                        for alpha in [None, Some(1), Some(2), Some(3)] {
+                            let hp = oh + (kh - 1) * dh;
+                            let stride = (hp * pitch).div_ceil(BLOCK) * BLOCK;
+                            check_rows(
+                                [kh, kw, dh, dw],
+                                [pitch, oh, ow, stride],
+                                band_rows,
+                                alpha,
+                                cases,
+                                &mut seed,
+                            );
+                            cases += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One case of [`avx512_accumulate_rows_matches_portable`]: 5 channels, the middle three
+    /// computed; init and crop chosen by `case`.
+    fn check_rows(
+        [kh, kw, dh, dw]: [usize; 4],
+        [pitch, oh, ow, stride]: [usize; 4],
+        band_rows: usize,
+        alpha: Option<usize>,
+        case: usize,
+        seed: &mut u64,
+    ) {
+        let (m, atoms) = (5, 6);
+        let reps = if alpha.is_some() { 7 } else { atoms };
+        let pick = |n: usize, limit: usize, seed: &mut u64| -> Vec<u32> {
+            values(n, seed)
+                .iter()
+                .map(|v| ((v + 1.0) * 1000.0) as u32 % limit as u32)
+                .collect()
+        };
+        // The largest atom is always used, so Z ends exactly where its last plane ends.
+        let mut code_atoms = pick(reps * alpha.unwrap_or(1), atoms, seed);
+        code_atoms[0] = atoms as u32 - 1;
+        let mut assignment = pick(m * kh * kw, reps, seed);
+        assignment[0] = if alpha.is_some() { 0 } else { atoms as u32 - 1 };
+        assignment[m * kh * kw - 1] = assignment[0];
+        let sub = crate::conv::Subspace {
+            channels: 0..1,
+            atoms: values(atoms, seed),
+            num_atoms: atoms,
+            codes: alpha.map(|alpha| crate::conv::Codes {
+                alpha,
+                atoms: code_atoms[..reps * alpha].to_vec(),
+                coefficients: values(reps * alpha, seed),
+            }),
+            assignment,
+        };
+        let terms = RowTerms::new(&sub, [kh, kw]);
+        let z = values(atoms * stride, seed);
+        let shape = RowShape {
+            pitch,
+            stride,
+            oh,
+            kernel: [kh, kw],
+            row_step: dh * pitch,
+            shift: dw,
+            band_rows,
+        };
+        let acc_stride = oh * pitch + if case % 2 == 0 { 0 } else { BLOCK };
+        let init_acc = values(3 * acc_stride, seed);
+        let bias = values(3, seed);
+        let init = match case % 4 {
+            0 | 1 => None,
+            2 => Some(None),
+            _ => Some(Some(&bias[..])),
+        };
+        let crop = case % 3 == 0;
+        let mut results = Vec::new();
+        for isa in [Isa::Avx512, Isa::Portable] {
+            let mut acc = init_acc.clone();
+            let mut dst = vec![f32::NAN; 3 * oh * ow];
+            let ends = RowEnds {
+                init,
+                crop: crop.then_some((&mut dst[..], ow)),
+            };
+            accumulate_rows(isa, &mut acc, acc_stride, &z, &terms, 1..4, shape, ends);
+            results.push((acc, dst));
+        }
+        let what = format!("kernel {kh}×{kw} dil {dh},{dw} pitch {pitch} oh {oh} band {band_rows} α {alpha:?} case {case}");
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * (1.0 + b.abs());
+        if crop {
+            let (fast, slow) = (&results[0].1, &results[1].1);
+            assert!(fast.iter().zip(slow).all(|(&a, &b)| close(a, b)), "{what}");
+        } else {
+            let (fast, slow) = (&results[0].0, &results[1].0);
+            for i in 0..3 {
+                for y in 0..oh {
+                    for c in 0..ow {
+                        let p = i * acc_stride + y * pitch + c;
+                        assert!(close(fast[p], slow[p]), "{what}: channel {i} ({y}, {c})");
+                    }
+                }
+            }
+        }
+    }
+
     /// Runs both look-up adds on AVX-512 and portably and compares them.
     fn check_accumulate(r: &[f32], len: usize, offsets: &[usize], seed: &mut u64) {
         let coefs = values(offsets.len(), seed);
