@@ -400,11 +400,11 @@ pub(crate) fn atom_responses(
     let l = atoms.len() / width;
     assert!(x.len() >= width * stride && z.len() >= l * stride);
     #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Portable {
-        // SAFETY: both SIMD levels include AVX2 + FMA (checked by `detect`); lengths checked
-        // just above.
-        unsafe { x86::atom_responses(z, atoms, width, x, stride) };
-        return;
+    match isa {
+        // SAFETY: CPU features checked by `detect`; lengths checked just above.
+        Isa::Avx512 => return unsafe { x86::atom_responses_avx512(z, atoms, width, x, stride) },
+        Isa::Avx2Fma => return unsafe { x86::atom_responses(z, atoms, width, x, stride) },
+        Isa::Portable => {}
     }
     let _ = isa;
     for (zl, atom) in z.chunks_exact_mut(stride).zip(atoms.chunks_exact(width)) {
@@ -979,6 +979,82 @@ mod x86 {
                 p += BLOCK;
             }
             i += 1;
+        }
+    }
+
+    /// See [`super::atom_responses`]: a register-blocked micro-GEMM in AVX-512, `A` atoms ×
+    /// 32 columns (2·A zmm accumulators) per step, a 16-column step for an odd tail, then the
+    /// remaining atoms one by one (`A` = 4).
+    ///
+    /// # Safety
+    /// AVX-512F available; otherwise as [`atom_responses`].
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn atom_responses_avx512(
+        z: &mut [f32],
+        atoms: &[f32],
+        width: usize,
+        x: &[f32],
+        stride: usize,
+    ) {
+        let l = atoms.len() / width;
+        let (zp, ap, xp) = (z.as_mut_ptr(), atoms.as_ptr(), x.as_ptr());
+        let mut i = 0;
+        while i + 4 <= l {
+            zresp_block::<4>(zp, ap, xp, i, width, stride);
+            i += 4;
+        }
+        while i < l {
+            zresp_block::<1>(zp, ap, xp, i, width, stride);
+            i += 1;
+        }
+    }
+
+    /// Atoms `i..i + A` over all `stride` columns (a multiple of 16): 32 at a time, then 16.
+    ///
+    /// # Safety
+    /// AVX-512F available; atoms `i..i + A` exist (`(i + A)·width <= atoms.len()`), `x` holds
+    /// `width` planes and `z` planes `i..i + A` of `stride` floats.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn zresp_block<const A: usize>(
+        zp: *mut f32,
+        ap: *const f32,
+        xp: *const f32,
+        i: usize,
+        width: usize,
+        stride: usize,
+    ) {
+        let mut p = 0;
+        while p + 32 <= stride {
+            let mut acc = [[_mm512_setzero_ps(); 2]; A];
+            for j in 0..width {
+                let x0 = _mm512_loadu_ps(xp.add(j * stride + p));
+                let x1 = _mm512_loadu_ps(xp.add(j * stride + p + 16));
+                for (row, pair) in acc.iter_mut().enumerate() {
+                    let a = _mm512_set1_ps(*ap.add((i + row) * width + j));
+                    pair[0] = _mm512_fmadd_ps(a, x0, pair[0]);
+                    pair[1] = _mm512_fmadd_ps(a, x1, pair[1]);
+                }
+            }
+            for (row, pair) in acc.iter().enumerate() {
+                let dst = zp.add((i + row) * stride + p);
+                _mm512_storeu_ps(dst, pair[0]);
+                _mm512_storeu_ps(dst.add(16), pair[1]);
+            }
+            p += 32;
+        }
+        if p < stride {
+            let mut acc = [_mm512_setzero_ps(); A];
+            for j in 0..width {
+                let x0 = _mm512_loadu_ps(xp.add(j * stride + p));
+                for (row, v) in acc.iter_mut().enumerate() {
+                    let a = _mm512_set1_ps(*ap.add((i + row) * width + j));
+                    *v = _mm512_fmadd_ps(a, x0, *v);
+                }
+            }
+            for (row, v) in acc.iter().enumerate() {
+                _mm512_storeu_ps(zp.add((i + row) * stride + p), *v);
+            }
         }
     }
 
