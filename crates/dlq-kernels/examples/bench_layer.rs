@@ -505,7 +505,11 @@ fn time_threads(conv: &DlqConv, a: &Args, x: &[f32], out: &[f32]) -> (f64, f64, 
             .expect("valid sizes");
         black_box(&mut par_out);
     });
-    let same = pool_same && par_out.iter().zip(out).all(|(p, q)| p.to_bits() == q.to_bits());
+    let same = pool_same
+        && par_out
+            .iter()
+            .zip(out)
+            .all(|(p, q)| p.to_bits() == q.to_bits());
     (pool_med, pool_min, scoped_med, same)
 }
 

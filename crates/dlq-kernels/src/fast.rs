@@ -183,7 +183,13 @@ impl Scratch {
     /// Chooses every subspace's mode, the layout and the chunks, sizes the buffers for `conv`
     /// on an `h × w` input (reusing this thread's pooled ones) and zeroes the padded input planes
     /// (their borders and stride tails are never written).
-    fn new(conv: &DlqConv, isa: Isa, h: usize, w: usize, oh: usize) -> Result<Scratch, KernelError> {
+    fn new(
+        conv: &DlqConv,
+        isa: Isa,
+        h: usize,
+        w: usize,
+        oh: usize,
+    ) -> Result<Scratch, KernelError> {
         let too_large = KernelError::TooLarge { what: "scratch" };
         let g = &conv.geometry;
         let [kh, kw] = g.kernel;
@@ -192,7 +198,9 @@ impl Scratch {
         let row_pitch = round_up(padded[1]).ok_or(too_large.clone())?;
         let rows = isa == Isa::Avx512
             && unit_stride
-            && (kw - 1).checked_mul(g.dilations[1]).is_some_and(|s| s < BLOCK)
+            && (kw - 1)
+                .checked_mul(g.dilations[1])
+                .is_some_and(|s| s < BLOCK)
             && row_pitch / BLOCK <= simd::ROW_VECTORS;
         let pitch = if rows { row_pitch } else { padded[1] };
         let plane = checked_product(&[padded[0], pitch], "scratch")?;
@@ -257,7 +265,12 @@ impl Scratch {
             0
         };
         let acc_len = checked_product(&[g.out_channels, acc_stride], "scratch")?;
-        let max_atoms = conv.subspaces.iter().map(|s| s.num_atoms).max().unwrap_or(1);
+        let max_atoms = conv
+            .subspaces
+            .iter()
+            .map(|s| s.num_atoms)
+            .max()
+            .unwrap_or(1);
         // Rows per band: the band's Z rows (band + (kh − 1)·dh rows of every atom) within
         // ROW_BAND_BYTES, at least one row, at most ROW_VECTORS vectors.
         let halo = (kh - 1) * g.dilations[0];
@@ -309,10 +322,7 @@ fn round_up(n: usize) -> Option<usize> {
 
 /// Splits `buf` into consecutive pieces of the given lengths (the last piece takes whatever the
 /// lengths leave, so `buf` must hold at least their sum).
-fn split_lengths<'a>(
-    mut buf: &'a mut [f32],
-    lengths: impl Iterator<Item = usize>,
-) -> Vec<&'a mut [f32]> {
+fn split_lengths(mut buf: &mut [f32], lengths: impl Iterator<Item = usize>) -> Vec<&mut [f32]> {
     let mut pieces = Vec::new();
     for len in lengths {
         let (head, tail) = std::mem::take(&mut buf).split_at_mut(len);
@@ -410,7 +420,16 @@ impl DlqConv {
         times: &mut PhaseTimes,
     ) -> Result<[usize; 2], KernelError> {
         let shared = Mutex::new(*times);
-        let size = self.run_with(Isa::detect(), Some(&shared), x, batch, h, w, out, &sequential);
+        let size = self.run_with(
+            Isa::detect(),
+            Some(&shared),
+            x,
+            batch,
+            h,
+            w,
+            out,
+            &sequential,
+        );
         *times = *lock(&shared);
         size
     }
@@ -453,7 +472,9 @@ impl DlqConv {
             // planes (kept across chunks: the accumulator carries the sum over subspaces).
             let acc_blocks = split_lengths(
                 &mut scratch.acc,
-                (0..m).step_by(block).map(|k| (m - k).min(block) * scratch.acc_stride),
+                (0..m)
+                    .step_by(block)
+                    .map(|k| (m - k).min(block) * scratch.acc_stride),
             );
             let dst_blocks = split_lengths(
                 dst,
@@ -481,7 +502,7 @@ impl DlqConv {
                     let xs = split_lengths(&mut scratch.x, piece(0));
                     let zs = split_lengths(&mut scratch.z, piece(1));
                     let rs = split_lengths(&mut scratch.r, piece(2));
-                    let slots1: Vec<Mutex<(&mut [f32], &mut [f32], &mut [f32])>> = xs
+                    let slots1: Vec<Mutex<Regions>> = xs
                         .into_iter()
                         .zip(zs)
                         .zip(rs)
@@ -713,6 +734,9 @@ impl DlqConv {
         }
     }
 }
+
+/// A phase-1 task's regions of the padded input, Z and R.
+type Regions<'a> = (&'a mut [f32], &'a mut [f32], &'a mut [f32]);
 
 /// The per-call sizes phase 1 and 2 tasks share.
 struct Layout<'a> {

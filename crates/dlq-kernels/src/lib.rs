@@ -37,7 +37,7 @@ mod simd;
 pub use conv::{Codes, DlqConv, Subspace};
 pub use dense::dense_conv;
 pub use error::KernelError;
+pub use fast::ParallelFor;
 #[doc(hidden)]
 pub use fast::PhaseTimes;
-pub use fast::ParallelFor;
 pub use geometry::Geometry;

@@ -251,6 +251,7 @@ pub(crate) struct RowShape {
 /// `≥ pitch − (kw − 1)·shift` of the accumulator receive junk (callers crop them). Panics unless
 /// the shape is consistent, `acc` holds every channel's `oh` rows and `z` every plane a term
 /// names up to row `(kh − 1)·dh + oh`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn accumulate_rows(
     isa: Isa,
     acc: &mut [f32],
@@ -278,14 +279,31 @@ pub(crate) fn accumulate_rows(
     assert!(channels.start <= channels.end && channels.end * per <= terms.atoms.len());
     let count = channels.len();
     let rows_len = oh * pitch;
-    assert!(count == 0 || (rows_len <= acc_stride && (count - 1) * acc_stride + rows_len <= acc.len()));
+    assert!(
+        count == 0 || (rows_len <= acc_stride && (count - 1) * acc_stride + rows_len <= acc.len())
+    );
     // The last float any term reads: atom·stride + (kh − 1)·row_step + oh·pitch − 1.
-    let span = (kh - 1).checked_mul(row_step).and_then(|r| r.checked_add(rows_len));
-    assert!(span.is_some_and(|s| s <= stride), "accumulate_rows: rows past the plane");
-    let planes = terms.max_atom.checked_add(1).and_then(|n| n.checked_mul(stride));
-    assert!(planes.is_some_and(|end| end <= z.len()), "accumulate_rows: plane out of bounds");
+    let span = (kh - 1)
+        .checked_mul(row_step)
+        .and_then(|r| r.checked_add(rows_len));
+    assert!(
+        span.is_some_and(|s| s <= stride),
+        "accumulate_rows: rows past the plane"
+    );
+    let planes = terms
+        .max_atom
+        .checked_add(1)
+        .and_then(|n| n.checked_mul(stride));
+    assert!(
+        planes.is_some_and(|end| end <= z.len()),
+        "accumulate_rows: plane out of bounds"
+    );
     if let Some(Some(init)) = ends.init {
-        assert_eq!(init.len(), count, "accumulate_rows: one initial value per channel");
+        assert_eq!(
+            init.len(),
+            count,
+            "accumulate_rows: one initial value per channel"
+        );
     }
     if let Some((dst, ow)) = &ends.crop {
         assert!(*ow <= pitch - (kw - 1) * shift && dst.len() == count * oh * ow);
@@ -736,6 +754,7 @@ mod x86 {
     /// # Safety
     /// AVX-512F available; the shape and bounds [`super::accumulate_rows`] checks, `atoms` and
     /// `coefs` holding the terms of `acc.len() / acc_stride`-ish channels as it slices them.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub(super) unsafe fn accumulate_rows_avx512(
         acc: &mut [f32],
@@ -800,6 +819,7 @@ mod x86 {
     /// entries; `z.add(atom·stride + u·row_step)` valid for `16·N` floats for every term;
     /// `(kw − 1)·shift < 16`.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn rows_block<const N: usize>(
         acc: *mut f32,
@@ -1349,7 +1369,7 @@ mod tests {
             shift: dw,
             band_rows,
         };
-        let acc_stride = oh * pitch + if case % 2 == 0 { 0 } else { BLOCK };
+        let acc_stride = oh * pitch + if case.is_multiple_of(2) { 0 } else { BLOCK };
         let init_acc = values(3 * acc_stride, seed);
         let bias = values(3, seed);
         let init = match case % 4 {
@@ -1357,7 +1377,7 @@ mod tests {
             2 => Some(None),
             _ => Some(Some(&bias[..])),
         };
-        let crop = case % 3 == 0;
+        let crop = case.is_multiple_of(3);
         let mut results = Vec::new();
         for isa in [Isa::Avx512, Isa::Portable] {
             let mut acc = init_acc.clone();

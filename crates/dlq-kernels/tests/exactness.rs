@@ -902,13 +902,19 @@ fn run_parallel_is_bit_identical_to_run() {
             let par = threads(workers);
             let size = conv.run_parallel(&x, case.batch, case.h, case.w, &mut out, &par);
             assert_eq!(size, Ok([oh, ow]));
-            let same = out.iter().zip(&single).all(|(a, b)| a.to_bits() == b.to_bits());
+            let same = out
+                .iter()
+                .zip(&single)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "{case:?}: {workers} workers");
         }
         let mut out = vec![f32::NAN; single.len()];
         let size = conv.run_parallel(&x, case.batch, case.h, case.w, &mut out, &reverse);
         assert_eq!(size, Ok([oh, ow]));
-        assert!(out.iter().zip(&single).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(out
+            .iter()
+            .zip(&single)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 }
 
@@ -920,7 +926,10 @@ fn run_parallel_refuses_bad_buffers() {
     let never = |_: usize, _: &(dyn Fn(usize) + Sync)| panic!("par called on refused input");
     let mut out = vec![0.0; 2 * 2 * 4 * 6];
     let short = conv.run_parallel(&[0.0; 3], 2, 4, 6, &mut out, &never);
-    assert!(matches!(short, Err(KernelError::Length { .. })), "{short:?}");
+    assert!(
+        matches!(short, Err(KernelError::Length { .. })),
+        "{short:?}"
+    );
     let none = conv.run_parallel(&[], 1, 0, 6, &mut [], &never);
     assert_eq!(none, Err(KernelError::NoOutput { h: 0, w: 6 }));
 }
@@ -957,8 +966,12 @@ fn multi_chunk_layers() {
         let mut single = vec![f32::NAN; 2 * 5 * oh * ow];
         conv.run(&x, 2, 40, 37, &mut single).unwrap();
         let mut out = vec![f32::NAN; single.len()];
-        conv.run_parallel(&x, 2, 40, 37, &mut out, &threads(3)).unwrap();
-        assert!(out.iter().zip(&single).all(|(a, b)| a.to_bits() == b.to_bits()));
+        conv.run_parallel(&x, 2, 40, 37, &mut out, &threads(3))
+            .unwrap();
+        assert!(out
+            .iter()
+            .zip(&single)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
     }
     worst.report("multi_chunk_layers");
 }
