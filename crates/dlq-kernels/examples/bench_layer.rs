@@ -18,12 +18,18 @@
 //! ```text
 //! cargo run --release -p dlq-kernels --example bench_layer -- [--m 256 --n 64 --h 13 --w 13
 //!     --k 3 --pad 1 --subspace 8 --l 28 --k-reps 345 --alpha 2 --reps 200 --warmup 20
-//!     --dense-reps 3 --seed 1] [--ceiling]
+//!     --dense-reps 3 --seed 1 --threads 2] [--ceiling]
 //! ```
+//!
+//! With `--threads T` (default 2; 1 skips it) it also times `run_parallel` on T threads: on a
+//! persistent spinning pool (like ONNX Runtime's intra-op pool; the calling thread takes part)
+//! and on scoped threads spawned per `par` call, and checks both give `run`'s output bit for bit.
 //! Defaults: SqueezeNet `fire8/expand3x3` at ρ = 20 (N′ = 8, c = 3, α = 2).
 
 use std::hint::black_box;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use dlq_kernels::{dense_conv, Codes, DlqConv, Geometry, PhaseTimes, Subspace};
@@ -46,6 +52,7 @@ struct Args {
     dense_reps: usize,
     seed: u64,
     ceiling: bool,
+    threads: usize,
 }
 
 impl Args {
@@ -66,6 +73,7 @@ impl Args {
             dense_reps: 3,
             seed: 1,
             ceiling: false,
+            threads: 2,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -93,6 +101,7 @@ impl Args {
                 "--warmup" => a.warmup = u,
                 "--dense-reps" => a.dense_reps = u,
                 "--seed" => a.seed = v,
+                "--threads" => a.threads = u,
                 _ => return Err(format!("unknown flag {flag}")),
             }
         }
@@ -358,6 +367,152 @@ fn reference(conv: &DlqConv, a: &Args, x: &[f32], out: &[f32]) -> (f64, f32, f32
     (dense_ms, max_err, scale_ref)
 }
 
+// ---------------------------------------------------------------------------------------------
+// A persistent thread pool for `run_parallel`, as a host engine would drive it.
+
+/// The job a `par` call publishes: the task count and the task, its lifetime erased (the pool
+/// only calls it between publishing and `par`'s return, see [`SpinPool::par`]).
+type Job = (usize, *const (dyn Fn(usize) + Sync));
+
+struct Shared {
+    generation: AtomicUsize,
+    job: Mutex<Option<Job>>,
+    next: AtomicUsize,
+    done: AtomicUsize,
+    stop: AtomicBool,
+}
+
+// SAFETY: the raw task pointer inside is only dereferenced while the `par` call that
+// published it is blocked waiting for the tasks to finish (so the task is alive and `Sync`).
+unsafe impl Sync for Shared {}
+unsafe impl Send for Shared {}
+
+/// `threads − 1` spinning workers plus the calling thread; tasks are handed out by an atomic
+/// counter.
+struct SpinPool {
+    shared: Arc<Shared>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl SpinPool {
+    fn new(threads: usize) -> SpinPool {
+        let shared = Arc::new(Shared {
+            generation: AtomicUsize::new(0),
+            job: Mutex::new(None),
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let workers = (1..threads.max(1))
+            .map(|_| {
+                let shared = Arc::clone(&shared);
+                std::thread::spawn(move || {
+                    let mut seen = 0;
+                    while !shared.stop.load(Ordering::Acquire) {
+                        let generation = shared.generation.load(Ordering::Acquire);
+                        if generation == seen {
+                            std::hint::spin_loop();
+                            continue;
+                        }
+                        seen = generation;
+                        let job = *shared.job.lock().unwrap();
+                        if let Some((n, task)) = job {
+                            SpinPool::work(&shared, n, task);
+                        }
+                    }
+                })
+            })
+            .collect();
+        SpinPool { shared, workers }
+    }
+
+    /// Takes task indices until none are left.
+    fn work(shared: &Shared, n: usize, task: *const (dyn Fn(usize) + Sync)) {
+        loop {
+            let i = shared.next.fetch_add(1, Ordering::AcqRel);
+            if i >= n {
+                break;
+            }
+            // SAFETY: i < n, so the publishing `par` call is still waiting for this task and
+            // `task` is alive.
+            unsafe { (*task)(i) };
+            shared.done.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The `par` driver: publishes the job, works on it, waits for every task to finish.
+    fn par(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        // SAFETY: erases the lifetime only; the pointer is not used after this call returns
+        // (workers reach it only for indices below n, all finished before we return).
+        let task: *const (dyn Fn(usize) + Sync) = unsafe { std::mem::transmute(f) };
+        let s = &self.shared;
+        *s.job.lock().unwrap() = Some((n, task));
+        s.done.store(0, Ordering::Release);
+        s.next.store(0, Ordering::Release);
+        s.generation.fetch_add(1, Ordering::AcqRel);
+        SpinPool::work(s, n, task);
+        while s.done.load(Ordering::Acquire) < n {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+impl Drop for SpinPool {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// A `par` driver spawning `threads` scoped threads per call.
+fn scoped_par(threads: usize) -> impl Fn(usize, &(dyn Fn(usize) + Sync)) {
+    move |n, f| {
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    f(i);
+                });
+            }
+        });
+    }
+}
+
+/// `run_parallel` on `a.threads` threads: (pool median, pool min, scoped median, both
+/// bit-identical to `out`).
+fn time_threads(conv: &DlqConv, a: &Args, x: &[f32], out: &[f32]) -> (f64, f64, f64, bool) {
+    let mut par_out = vec![0.0f32; out.len()];
+    let (pool_med, pool_min, pool_same) = {
+        let pool = SpinPool::new(a.threads);
+        let par = |n: usize, f: &(dyn Fn(usize) + Sync)| pool.par(n, f);
+        let (med, min) = time_ms(a.warmup, a.reps, || {
+            conv.run_parallel(black_box(x), 1, a.h, a.w, &mut par_out, &par)
+                .expect("valid sizes");
+            black_box(&mut par_out);
+        });
+        (med, min, par_out == out)
+    };
+    let scoped = scoped_par(a.threads);
+    par_out.fill(0.0);
+    let (scoped_med, _) = time_ms(a.warmup, a.reps, || {
+        conv.run_parallel(black_box(x), 1, a.h, a.w, &mut par_out, &scoped)
+            .expect("valid sizes");
+        black_box(&mut par_out);
+    });
+    let same = pool_same
+        && par_out
+            .iter()
+            .zip(out)
+            .all(|(p, q)| p.to_bits() == q.to_bits());
+    (pool_med, pool_min, scoped_med, same)
+}
+
 fn main() -> ExitCode {
     let a = match Args::parse() {
         Ok(a) => a,
@@ -399,6 +554,11 @@ fn main() -> ExitCode {
         black_box(&mut portable);
     });
     let (dense_ms, max_err, scale_ref) = reference(&conv, &a, &x, &out);
+    let (par_ms, par_min_ms, scoped_ms, par_same) = if a.threads > 1 {
+        time_threads(&conv, &a, &x, &out)
+    } else {
+        (median_ms, min_ms, median_ms, true)
+    };
 
     let s = a.n.div_ceil(a.subspace);
     let positions = (oh * ow) as f64;
@@ -416,7 +576,9 @@ fn main() -> ExitCode {
          \"phase_taps_ms\":{taps_ms:.4},\"phases_match_run\":{phases_match_run},\
          \"simd\":\"{simd}\",\"portable_ms\":{portable_ms:.4},\
          \"naive_dense_reference_ms\":{dense_ms:.3},\"max_abs_err_vs_reference\":{max_err:.3e},\
-         \"reference_max_abs\":{scale_ref:.3e}}}",
+         \"reference_max_abs\":{scale_ref:.3e},\"threads\":{threads},\
+         \"threads_median_ms\":{par_ms:.4},\"threads_min_ms\":{par_min_ms:.4},\
+         \"threads_scoped_median_ms\":{scoped_ms:.4},\"threads_bit_identical\":{par_same}}}",
         a.m,
         a.n,
         a.h,
@@ -430,11 +592,12 @@ fn main() -> ExitCode {
         a.alpha,
         a.reps,
         simd = DlqConv::simd_level(),
+        threads = a.threads,
     );
-    if phases_match_run {
+    if phases_match_run && par_same {
         ExitCode::SUCCESS
     } else {
-        eprintln!("bench_layer: run_timed does not reproduce run's output");
+        eprintln!("bench_layer: run_timed or run_parallel does not reproduce run's output");
         ExitCode::FAILURE
     }
 }

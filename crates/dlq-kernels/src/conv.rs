@@ -6,6 +6,7 @@ use std::ops::Range;
 
 use crate::error::{check_len, checked_product, KernelError};
 use crate::geometry::Geometry;
+use crate::simd::RowTerms;
 
 /// Sparse codes of a DL subspace: representative `i` is
 /// `Σ_{t < alpha} coefficients[i·alpha + t] · atom[atoms[i·alpha + t]]`.
@@ -72,6 +73,9 @@ pub struct DlqConv {
     pub(crate) geometry: Geometry,
     pub(crate) subspaces: Vec<Subspace>,
     pub(crate) bias: Option<Vec<f32>>,
+    /// Per subspace, its look-up terms in the order of the row-layout adds (derived from the
+    /// subspaces once, here, rather than per call).
+    pub(crate) row_terms: Vec<RowTerms>,
 }
 
 impl DlqConv {
@@ -93,10 +97,15 @@ impl DlqConv {
             check_len(None, "bias", geometry.out_channels, bias.len())?;
             check_finite(None, "bias", bias)?;
         }
+        let row_terms = subspaces
+            .iter()
+            .map(|sub| RowTerms::new(sub, geometry.kernel))
+            .collect();
         Ok(DlqConv {
             geometry,
             subspaces,
             bias,
+            row_terms,
         })
     }
 

@@ -19,6 +19,8 @@
 //! Other strides keep the row-by-row adds straight into the output.
 
 use std::cell::RefCell;
+use std::ops::Range;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::conv::{DlqConv, Subspace};
@@ -44,60 +46,97 @@ pub struct PhaseTimes {
     pub taps: f64,
 }
 
-/// A stopwatch that only reads the clock when timing was asked for.
+/// A stopwatch that only reads the clock when timing was asked for; laps are added to the
+/// shared times under their lock.
 struct Clock<'a> {
-    times: Option<&'a mut PhaseTimes>,
+    times: Option<&'a Mutex<PhaseTimes>>,
     last: Option<Instant>,
 }
 
-impl Clock<'_> {
-    fn start(&mut self) {
-        if self.times.is_some() {
-            self.last = Some(Instant::now());
-        }
+impl<'a> Clock<'a> {
+    fn new(times: Option<&'a Mutex<PhaseTimes>>) -> Clock<'a> {
+        let last = times.map(|_| Instant::now());
+        Clock { times, last }
     }
 
     /// Adds the time since the last lap to the field `slot` picks.
     fn lap(&mut self, slot: fn(&mut PhaseTimes) -> &mut f64) {
-        if let (Some(times), Some(last)) = (self.times.as_deref_mut(), self.last) {
+        if let (Some(times), Some(last)) = (self.times, self.last) {
             let now = Instant::now();
-            *slot(times) += (now - last).as_secs_f64();
+            *slot(&mut lock(times)) += (now - last).as_secs_f64();
             self.last = Some(now);
         }
     }
 }
 
-/// Scratch planes, reused for every image and subspace of a `run` call and pooled per thread
-/// between calls.
+/// How one subspace's look-up adds are computed (chosen per call from the ISA and geometry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Stride 1, AVX-512, row layout: α fused multiply-adds per tap straight from Z, no R
+    /// ([`simd::accumulate_rows`]).
+    Rows,
+    /// Stride 1: the kh·kw runs of R (Z for VQ) added per channel ([`simd::accumulate_channels`]).
+    Adds,
+    /// Stride 1, DL, R not materialised: α multiply-adds per tap from Z at the padded width
+    /// ([`simd::accumulate_scaled`]).
+    Fused,
+    /// Any stride: row-by-row adds of R (Z for VQ) straight into the output.
+    Strided,
+}
+
+/// Most floats of Z, R and padded input one chunk of subspaces keeps (phase 1 writes them all
+/// before phase 2 reads them): 4 MiB, so a chunk stays within L2 (2 MiB) to L3 even with R.
+const CHUNK_FLOATS: usize = 1 << 20;
+
+/// Z rows one band of the row layout may span, in bytes: kept within L1 (48 KiB) next to the
+/// accumulators and the term tables.
+const ROW_BAND_BYTES: usize = 36 << 10;
+
+/// Phase-2 tasks: M split into at most this many blocks of output channels...
+const CHANNEL_BLOCKS: usize = 16;
+
+/// ... of at least this many channels (each task call has a fixed cost: checks, offsets, the
+/// subspaces' Z pulled into L1).
+const MIN_BLOCK: usize = 16;
+
+/// Scratch planes, reused for every image and chunk of a call and pooled per (calling) thread
+/// between calls. Phase 1 tasks write disjoint regions of `x`, `z`, `r`; phase 2 tasks disjoint
+/// blocks of `acc` (and of the output), handed out through one `Mutex` each.
 struct Scratch {
     /// `[Hp, Wp]`, the padded plane size.
     padded: [usize; 2],
-    /// Distance between consecutive planes: `Hp·Wp` rounded up to `BLOCK`.
+    /// Floats per row of every padded plane: `Wp`, or `Wp` rounded up to [`BLOCK`] in the row
+    /// layout.
+    pitch: usize,
+    /// Distance between consecutive planes: `Hp·pitch` rounded up to `BLOCK`.
     stride: usize,
-    /// The subspace's input channels, zero-padded: `max |s|` planes.
+    /// The chunk's subspaces' input channels, zero-padded (`|s|` planes each).
     x: Aligned,
-    /// Atom responses: `max L` planes, then `SLACK`.
+    /// Atom responses of the chunk's subspaces: `L` planes, then `SLACK`, each.
     z: Aligned,
-    /// Representative responses for DL subspaces: `max K` planes, then `SLACK` (just `SLACK`
-    /// if all subspaces are VQ).
+    /// Representative responses of the chunk's subspaces that need them: `K` planes, then
+    /// `SLACK`, each.
     r: Aligned,
-    /// Stride 1 only: the output at padded width, `M` slices of `acc_stride` floats.
+    /// Stride 1 only: the output at row pitch, `M` slices of `acc_stride` floats.
     acc: Aligned,
-    /// Length of one output channel's accumulator slice: `oh·Wp` rounded up to `BLOCK`.
+    /// Length of one output channel's accumulator slice: `oh·pitch` rounded up to `BLOCK`.
     acc_stride: usize,
-    /// The kh·kw offsets of one output channel's taps into R (reused buffer).
-    offsets: Vec<usize>,
-    /// Where tap (u, v) starts reading a padded plane: `u·dh·Wp + v·dw`, at `u·kw + v`.
+    /// Where tap (u, v) starts reading a padded plane: `u·dh·pitch + v·dw`, at `u·kw + v`.
     origins: Vec<usize>,
-    /// Fused path: the kh·kw·α offsets into Z and coefficients of one output channel's taps.
-    terms: Vec<usize>,
-    coefs: Vec<f32>,
+    /// Per subspace: its mode and its regions in `x`, `z`, `r` (offsets relative to its chunk).
+    modes: Vec<Mode>,
+    regions: Vec<[Range<usize>; 3]>,
+    /// Consecutive subspaces processed together (phase 1 then phase 2).
+    chunks: Vec<Range<usize>>,
+    /// Rows per band in the row layout.
+    band_rows: usize,
 }
 
 thread_local! {
     /// Buffers of the last `run` on this thread, reused by the next one: allocating (and
     /// page-faulting) a few hundred KiB of fresh zeroed memory per call cost as much as the
-    /// compute. Only the calling thread touches its own buffers; they are handed back on return.
+    /// compute. Only the calling thread takes and returns them; tasks on other threads borrow
+    /// disjoint parts for the duration of a call.
     static POOL: RefCell<Option<Scratch>> = const { RefCell::new(None) };
 }
 
@@ -141,34 +180,106 @@ impl std::ops::DerefMut for Aligned {
 }
 
 impl Scratch {
-    /// Sizes the buffers for `conv` on an `h × w` input (reusing this thread's pooled ones) and
-    /// zeroes everything the compute paths read without writing first: the padded input planes
-    /// (borders and stride tails) and the `SLACK` after the last Z and R plane.
-    fn new(conv: &DlqConv, h: usize, w: usize, oh: usize) -> Result<Scratch, KernelError> {
+    /// Chooses every subspace's mode, the layout and the chunks, sizes the buffers for `conv`
+    /// on an `h × w` input (reusing this thread's pooled ones) and zeroes the padded input planes
+    /// (their borders and stride tails are never written).
+    fn new(
+        conv: &DlqConv,
+        isa: Isa,
+        h: usize,
+        w: usize,
+        oh: usize,
+    ) -> Result<Scratch, KernelError> {
         let too_large = KernelError::TooLarge { what: "scratch" };
         let g = &conv.geometry;
+        let [kh, kw] = g.kernel;
         let padded = g.padded_size(h, w).ok_or(too_large.clone())?;
-        let plane = checked_product(&padded, "scratch")?;
-        let stride = round_up(plane).ok_or(too_large.clone())?;
-        let subs = conv.subspaces.iter();
-        let max_width = subs.clone().map(|s| s.channels.len()).max().unwrap_or(0);
-        let max_atoms = subs.clone().map(|s| s.num_atoms).max().unwrap_or(0);
-        let dl = subs.filter(|s| s.codes.is_some());
-        let max_reps = dl.map(Subspace::num_representatives).max().unwrap_or(0);
-        let planes = |n: usize| -> Result<usize, KernelError> {
-            checked_product(&[n, stride], "scratch")?
-                .checked_add(SLACK)
-                .ok_or(too_large.clone())
-        };
         let unit_stride = g.strides == [1, 1];
+        let row_pitch = round_up(padded[1]).ok_or(too_large.clone())?;
+        let rows = isa == Isa::Avx512
+            && unit_stride
+            && (kw - 1)
+                .checked_mul(g.dilations[1])
+                .is_some_and(|s| s < BLOCK)
+            && row_pitch / BLOCK <= simd::ROW_VECTORS;
+        let pitch = if rows { row_pitch } else { padded[1] };
+        let plane = checked_product(&[padded[0], pitch], "scratch")?;
+        let stride = round_up(plane).ok_or(too_large.clone())?;
+        let taps = kh * kw;
+        let modes: Vec<Mode> = conv
+            .subspaces
+            .iter()
+            .map(|sub| {
+                if !unit_stride {
+                    Mode::Strided
+                } else if rows {
+                    Mode::Rows
+                } else if fuse_representatives(isa, sub, sub.assignment.len()) {
+                    Mode::Fused
+                } else {
+                    Mode::Adds
+                }
+            })
+            .collect();
+        // Per subspace, the lengths of its x, z and r regions.
+        let mut lengths = Vec::with_capacity(modes.len());
+        for (sub, &mode) in conv.subspaces.iter().zip(&modes) {
+            let planes = |n: usize| -> Result<usize, KernelError> {
+                checked_product(&[n, stride], "scratch")?
+                    .checked_add(SLACK)
+                    .ok_or(too_large.clone())
+            };
+            let x = checked_product(&[sub.channels.len(), stride], "scratch")?;
+            let z = planes(sub.num_atoms)?;
+            let needs_r = sub.codes.is_some() && matches!(mode, Mode::Adds | Mode::Strided);
+            let r = if needs_r {
+                planes(sub.num_representatives())?
+            } else {
+                0
+            };
+            lengths.push([x, z, r]);
+        }
+        // Chunks: consecutive subspaces while their regions fit CHUNK_FLOATS (at least one).
+        let (mut chunks, mut regions) = (Vec::new(), Vec::with_capacity(lengths.len()));
+        let (mut start, mut used, mut ends) = (0, 0usize, [0usize; 3]);
+        let mut totals = [0usize; 3];
+        for (s, len) in lengths.iter().enumerate() {
+            let size = len.iter().try_fold(0usize, |a, &b| a.checked_add(b));
+            let size = size.ok_or(too_large.clone())?;
+            if s > start && used.saturating_add(size) > CHUNK_FLOATS {
+                chunks.push(start..s);
+                (start, used, ends) = (s, 0, [0; 3]);
+            }
+            used += size;
+            let region = [0, 1, 2].map(|i| ends[i]..ends[i] + len[i]);
+            for i in 0..3 {
+                ends[i] += len[i];
+                totals[i] = totals[i].max(ends[i]);
+            }
+            regions.push(region);
+        }
+        chunks.push(start..lengths.len());
         let acc_stride = if unit_stride {
-            round_up(checked_product(&[oh, padded[1]], "scratch")?).ok_or(too_large.clone())?
+            round_up(checked_product(&[oh, pitch], "scratch")?).ok_or(too_large.clone())?
         } else {
             0
         };
         let acc_len = checked_product(&[g.out_channels, acc_stride], "scratch")?;
-        let x_len = checked_product(&[max_width, stride], "scratch")?;
-        let (z_len, r_len) = (planes(max_atoms)?, planes(max_reps)?);
+        let max_atoms = conv
+            .subspaces
+            .iter()
+            .map(|s| s.num_atoms)
+            .max()
+            .unwrap_or(1);
+        // Rows per band: the band's Z rows (band + (kh − 1)·dh rows of every atom) within
+        // ROW_BAND_BYTES, at least one row, at most ROW_VECTORS vectors.
+        let halo = (kh - 1) * g.dilations[0];
+        let row_bytes = max_atoms.saturating_mul(pitch).saturating_mul(4).max(1);
+        let fit = (ROW_BAND_BYTES / row_bytes).saturating_sub(halo);
+        let band_rows = fit
+            .min(simd::ROW_VECTORS / (pitch / BLOCK).max(1))
+            .min(oh)
+            .max(1);
         let pooled = POOL.with(|pool| pool.borrow_mut().take());
         let (x, z, r, acc) = match pooled {
             Some(s) => (s.x, s.z, s.r, s.acc),
@@ -176,25 +287,25 @@ impl Scratch {
         };
         let mut scratch = Scratch {
             padded,
+            pitch,
             stride,
-            x: x.resized(x_len)?,
-            z: z.resized(z_len)?,
-            r: r.resized(r_len)?,
+            x: x.resized(totals[0])?,
+            z: z.resized(totals[1])?,
+            r: r.resized(totals[2])?,
             acc: acc.resized(acc_len)?,
             acc_stride,
-            offsets: vec![0; g.kernel[0] * g.kernel[1]],
-            origins: (0..g.kernel[0] * g.kernel[1])
+            origins: (0..taps)
                 .map(|tap| {
-                    let (u, v) = (tap / g.kernel[1], tap % g.kernel[1]);
-                    u * g.dilations[0] * padded[1] + v * g.dilations[1]
+                    let (u, v) = (tap / kw, tap % kw);
+                    u * g.dilations[0] * pitch + v * g.dilations[1]
                 })
                 .collect(),
-            terms: Vec::new(),
-            coefs: Vec::new(),
+            modes,
+            regions,
+            chunks,
+            band_rows,
         };
         scratch.x.fill(0.0);
-        scratch.z[z_len - SLACK..].fill(0.0);
-        scratch.r[r_len - SLACK..].fill(0.0);
         Ok(scratch)
     }
 
@@ -209,13 +320,42 @@ fn round_up(n: usize) -> Option<usize> {
     Some(n.checked_add(BLOCK - 1)? / BLOCK * BLOCK)
 }
 
+/// Splits `buf` into consecutive pieces of the given lengths (the last piece takes whatever the
+/// lengths leave, so `buf` must hold at least their sum).
+fn split_lengths(mut buf: &mut [f32], lengths: impl Iterator<Item = usize>) -> Vec<&mut [f32]> {
+    let mut pieces = Vec::new();
+    for len in lengths {
+        let (head, tail) = std::mem::take(&mut buf).split_at_mut(len);
+        pieces.push(head);
+        buf = tail;
+    }
+    pieces
+}
+
+/// Locks a task's slot; a poisoned lock (a panicking task, which validated input never causes)
+/// still hands out its data.
+fn lock<T>(slot: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    slot.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The driver a host engine passes to [`DlqConv::run_parallel`]: `par(n, f)` must call `f(i)`
+/// for every `i` in `0..n` (in any order, on any threads, possibly concurrently) and return
+/// only once all those calls have returned.
+pub type ParallelFor<'a> = &'a dyn Fn(usize, &(dyn Fn(usize) + Sync));
+
+/// A [`ParallelFor`] that runs the tasks one after the other on the calling thread.
+fn sequential(n: usize, f: &(dyn Fn(usize) + Sync)) {
+    (0..n).for_each(f);
+}
+
 impl DlqConv {
     /// Computes `U = Conv(x, W̃) + bias` for NCHW f32 `x` of shape `[batch, N, h, w]` into `out`
     /// of shape `[batch, M, oh, ow]`, and returns `[oh, ow]`. Refuses (never panics) when the
     /// kernel does not fit the padded input or a buffer length is wrong.
     ///
     /// Uses AVX-512F or AVX2 + FMA when the CPU has them (checked at run time), else portable
-    /// loops; they agree to float rounding (see [`DlqConv::run_portable`]). Single-threaded.
+    /// loops; they agree to float rounding (see [`DlqConv::run_portable`]). Single-threaded:
+    /// [`DlqConv::run_parallel`] with every task on the calling thread (bit-identical to it).
     pub fn run(
         &self,
         x: &[f32],
@@ -224,7 +364,34 @@ impl DlqConv {
         w: usize,
         out: &mut [f32],
     ) -> Result<[usize; 2], KernelError> {
-        self.run_with(Isa::detect(), None, x, batch, h, w, out)
+        self.run_with(Isa::detect(), None, x, batch, h, w, out, &sequential)
+    }
+
+    /// [`DlqConv::run`] with its work split into tasks that the caller's thread pool runs.
+    ///
+    /// `par(n, f)` must call `f(i)` exactly once for every `i` in `0..n` — in any order, on any
+    /// threads, possibly concurrently — and return only after all of those calls returned
+    /// (ONNX Runtime's `KernelContext_ParallelFor` is such a driver; `|n, f| (0..n).for_each(f)`
+    /// is the sequential one). `run_parallel` calls `par` twice per image and group of
+    /// subspaces (phase 1: the Z and R planes of each subspace; phase 2: the look-up adds of
+    /// each block of output channels); it never calls `par` from inside a task.
+    ///
+    /// **The output is bit-identical to [`DlqConv::run`]'s whatever the number of threads and
+    /// the order of the tasks**: every output element is summed by one task, in an order fixed
+    /// by the layer and input sizes alone. Tasks borrow disjoint parts of the scratch buffers
+    /// (pooled per calling thread) through one mutex each. Refuses (never panics) as `run`
+    /// does; should `par` skip a task the output is left partly unwritten (never memory-unsafe),
+    /// and a task run twice recomputes the same values.
+    pub fn run_parallel(
+        &self,
+        x: &[f32],
+        batch: usize,
+        h: usize,
+        w: usize,
+        out: &mut [f32],
+        par: ParallelFor<'_>,
+    ) -> Result<[usize; 2], KernelError> {
+        self.run_with(Isa::detect(), None, x, batch, h, w, out, par)
     }
 
     /// [`DlqConv::run`] forced onto the portable loops (for tests comparing the two paths).
@@ -237,7 +404,7 @@ impl DlqConv {
         w: usize,
         out: &mut [f32],
     ) -> Result<[usize; 2], KernelError> {
-        self.run_with(Isa::Portable, None, x, batch, h, w, out)
+        self.run_with(Isa::Portable, None, x, batch, h, w, out, &sequential)
     }
 
     /// [`DlqConv::run`] with the time of each phase added to `times` (for benchmarks; the
@@ -252,7 +419,19 @@ impl DlqConv {
         out: &mut [f32],
         times: &mut PhaseTimes,
     ) -> Result<[usize; 2], KernelError> {
-        self.run_with(Isa::detect(), Some(times), x, batch, h, w, out)
+        let shared = Mutex::new(*times);
+        let size = self.run_with(
+            Isa::detect(),
+            Some(&shared),
+            x,
+            batch,
+            h,
+            w,
+            out,
+            &sequential,
+        );
+        *times = *lock(&shared);
+        size
     }
 
     /// The name of the implementation [`DlqConv::run`] uses on this CPU.
@@ -265,12 +444,13 @@ impl DlqConv {
     fn run_with(
         &self,
         isa: Isa,
-        times: Option<&mut PhaseTimes>,
+        times: Option<&Mutex<PhaseTimes>>,
         x: &[f32],
         batch: usize,
         h: usize,
         w: usize,
         out: &mut [f32],
+        par: ParallelFor<'_>,
     ) -> Result<[usize; 2], KernelError> {
         let g = &self.geometry;
         let [oh, ow] = g.output_size(h, w).ok_or(KernelError::NoOutput { h, w })?;
@@ -280,133 +460,243 @@ impl DlqConv {
         let output_len = checked_product(&[batch, out_image_len], "output")?;
         check_len(None, "input", input_len, x.len())?;
         check_len(None, "output", output_len, out.len())?;
-        let mut scratch = Scratch::new(self, h, w, oh)?;
-        let mut clock = Clock { times, last: None };
-        let unit_stride = g.strides == [1, 1];
+        let mut scratch = Scratch::new(self, isa, h, w, oh)?;
+        let m = g.out_channels;
+        let block = m.div_ceil(CHANNEL_BLOCKS).max(MIN_BLOCK);
         // Both image lengths are ≥ 1 (every dimension was checked ≥ 1), so chunking is safe.
         let images = x.chunks_exact(image_len);
         for (image, dst) in images.zip(out.chunks_exact_mut(out_image_len)) {
-            clock.start();
-            if unit_stride {
-                self.init_planes(&mut scratch.acc, scratch.acc_stride);
-            } else {
-                self.init_planes(dst, oh * ow);
-            }
-            clock.lap(|t| &mut t.init);
-            for sub in &self.subspaces {
-                pad_channels(sub, image, [h, w], g.pads, &mut scratch);
-                simd::atom_responses(
-                    isa,
-                    &mut scratch.z,
-                    &sub.atoms,
-                    sub.channels.len(),
-                    &scratch.x,
-                    scratch.stride,
-                );
-                clock.lap(|t| &mut t.z);
-                let fused = unit_stride && fuse_representatives(isa, sub, sub.assignment.len());
-                if let (Some(codes), false) = (&sub.codes, fused) {
-                    simd::representatives(
-                        isa,
-                        &mut scratch.r,
-                        &scratch.z,
-                        &codes.atoms,
-                        &codes.coefficients,
-                        codes.alpha,
-                        scratch.stride,
-                    );
+            let chunks = scratch.chunks.clone();
+            let last = chunks.len() - 1;
+            // Phase-2 slots: per block of output channels, its accumulator slices and output
+            // planes (kept across chunks: the accumulator carries the sum over subspaces).
+            let acc_blocks = split_lengths(
+                &mut scratch.acc,
+                (0..m)
+                    .step_by(block)
+                    .map(|k| (m - k).min(block) * scratch.acc_stride),
+            );
+            let dst_blocks = split_lengths(
+                dst,
+                (0..m).step_by(block).map(|k| (m - k).min(block) * oh * ow),
+            );
+            let slots2: Vec<Mutex<(&mut [f32], &mut [f32])>> = acc_blocks
+                .into_iter()
+                .zip(dst_blocks)
+                .map(Mutex::new)
+                .collect();
+            for (c, chunk) in chunks.into_iter().enumerate() {
+                // Phase 1: each subspace of the chunk pads its input channels and writes its Z
+                // (and R) into its own regions.
+                let layout = Layout {
+                    padded: scratch.padded,
+                    pitch: scratch.pitch,
+                    stride: scratch.stride,
+                    acc_stride: scratch.acc_stride,
+                    origins: &scratch.origins,
+                    band_rows: scratch.band_rows,
+                };
+                {
+                    let regions = &scratch.regions[chunk.clone()];
+                    let piece = |i: usize| regions.iter().map(move |r| r[i].len());
+                    let xs = split_lengths(&mut scratch.x, piece(0));
+                    let zs = split_lengths(&mut scratch.z, piece(1));
+                    let rs = split_lengths(&mut scratch.r, piece(2));
+                    let slots1: Vec<Mutex<Regions>> = xs
+                        .into_iter()
+                        .zip(zs)
+                        .zip(rs)
+                        .map(|((x, z), r)| Mutex::new((x, z, r)))
+                        .collect();
+                    let task = |i: usize| {
+                        let Some(slot) = slots1.get(i) else { return };
+                        let mut slot = lock(slot);
+                        let (xs, zs, rs) = &mut *slot;
+                        let s = chunk.start + i;
+                        self.responses(isa, s, image, [h, w], &layout, xs, zs, rs, times);
+                    };
+                    par(slots1.len(), &task);
                 }
-                clock.lap(|t| &mut t.r);
-                if unit_stride && fused {
-                    self.add_taps_fused(isa, sub, &mut scratch, oh, ow);
-                } else if unit_stride {
-                    self.add_taps_unit_stride(isa, sub, &mut scratch, oh, ow);
-                } else {
-                    self.add_taps_strided(sub, &scratch, dst, [oh, ow]);
-                }
-                clock.lap(|t| &mut t.taps);
+                // Phase 2: each block of output channels adds the chunk's subspaces.
+                let (z, r) = (&scratch.z[..], &scratch.r[..]);
+                let (regions, modes) = (&scratch.regions, &scratch.modes);
+                let task = |b: usize| {
+                    let Some(slot) = slots2.get(b) else { return };
+                    let mut slot = lock(slot);
+                    let (acc, dst) = &mut *slot;
+                    let channels = b * block..(b * block + block).min(m);
+                    let mut clock = Clock::new(times);
+                    let rows = modes.first() == Some(&Mode::Rows);
+                    if c == 0 && !rows {
+                        if layout.acc_stride > 0 {
+                            self.init_planes(acc, layout.acc_stride, channels.start);
+                        } else {
+                            self.init_planes(dst, oh * ow, channels.start);
+                        }
+                        clock.lap(|t| &mut t.init);
+                    }
+                    for s in chunk.clone() {
+                        let [_, zr, rr] = &regions[s];
+                        let (zs, rs) = (&z[zr.clone()], &r[rr.clone()]);
+                        let ctx = (&mut **acc, &mut **dst, channels.clone());
+                        self.add_taps(isa, s, modes[s], &layout, zs, rs, ctx, [oh, ow]);
+                    }
+                    clock.lap(|t| &mut t.taps);
+                    if c == last && layout.acc_stride > 0 && !rows {
+                        crop(acc, layout.acc_stride, layout.pitch, dst, [oh, ow]);
+                        clock.lap(|t| &mut t.init);
+                    }
+                };
+                par(slots2.len(), &task);
             }
-            if unit_stride {
-                crop(
-                    &scratch.acc,
-                    scratch.acc_stride,
-                    scratch.padded[1],
-                    dst,
-                    [oh, ow],
-                );
-            }
-            clock.lap(|t| &mut t.init);
         }
         scratch.recycle();
         Ok([oh, ow])
     }
 
-    /// Starts every `len`-long plane of `dst` at its channel's bias (or 0), so the bias is added
-    /// exactly once.
-    fn init_planes(&self, dst: &mut [f32], len: usize) {
-        for (k, plane) in dst.chunks_exact_mut(len).enumerate() {
-            plane.fill(self.bias.as_ref().map_or(0.0, |b| b[k]));
+    /// Phase 1 for subspace `s`: its input channels into the zero-padded planes `xs`, Z into
+    /// `zs` (then `SLACK` zeros) and, if its mode needs R, R into `rs` (then `SLACK` zeros).
+    #[allow(clippy::too_many_arguments)]
+    fn responses(
+        &self,
+        isa: Isa,
+        s: usize,
+        image: &[f32],
+        hw: [usize; 2],
+        layout: &Layout,
+        xs: &mut [f32],
+        zs: &mut [f32],
+        rs: &mut [f32],
+        times: Option<&Mutex<PhaseTimes>>,
+    ) {
+        let sub = &self.subspaces[s];
+        let mut clock = Clock::new(times);
+        pad_channels(sub, image, hw, self.geometry.pads, layout, xs);
+        let width = sub.channels.len();
+        simd::atom_responses(isa, zs, &sub.atoms, width, xs, layout.stride);
+        let z_end = zs.len() - SLACK;
+        zs[z_end..].fill(0.0);
+        clock.lap(|t| &mut t.z);
+        if let (Some(codes), false) = (&sub.codes, rs.is_empty()) {
+            let r_end = rs.len() - SLACK;
+            simd::representatives(
+                isa,
+                rs,
+                zs,
+                &codes.atoms,
+                &codes.coefficients,
+                codes.alpha,
+                layout.stride,
+            );
+            rs[r_end..].fill(0.0);
+            clock.lap(|t| &mut t.r);
         }
     }
 
-    /// Stride 1: for every output channel k, adds the kh·kw tap runs of R (each one contiguous
-    /// run at padded width) into k's accumulator slice in one pass.
-    fn add_taps_unit_stride(
+    /// Starts every `len`-long plane of `dst` (output channels `first..`) at its channel's bias
+    /// (or 0), so the bias is added exactly once.
+    fn init_planes(&self, dst: &mut [f32], len: usize, first: usize) {
+        for (k, plane) in dst.chunks_exact_mut(len).enumerate() {
+            plane.fill(self.bias.as_ref().map_or(0.0, |b| b[first + k]));
+        }
+    }
+
+    /// Phase 2 for subspace `s` and the output channels `channels`: their look-up adds, from Z
+    /// (`zs`) or R (`rs`), into their accumulator slices `acc` (stride 1) or output planes `dst`.
+    #[allow(clippy::too_many_arguments)]
+    fn add_taps(
         &self,
         isa: Isa,
-        sub: &Subspace,
-        scratch: &mut Scratch,
-        oh: usize,
-        ow: usize,
+        s: usize,
+        mode: Mode,
+        layout: &Layout,
+        zs: &[f32],
+        rs: &[f32],
+        (acc, dst, channels): (&mut [f32], &mut [f32], Range<usize>),
+        [oh, ow]: [usize; 2],
     ) {
-        let (wp, stride) = (scratch.padded[1], scratch.stride);
-        // (oh − 1)·wp + ow ≤ oh·wp ≤ acc_stride, so the rounded run fits the accumulator slice.
-        let run = round_up((oh - 1) * wp + ow).unwrap_or(scratch.acc_stride);
-        let reps: &[f32] = if sub.codes.is_some() {
-            &scratch.r
+        let sub = &self.subspaces[s];
+        let g = &self.geometry;
+        let [kh, kw] = g.kernel;
+        let taps = kh * kw;
+        let gamma = &sub.assignment[channels.start * taps..channels.end * taps];
+        let reps = if sub.codes.is_some() && !rs.is_empty() {
+            rs
         } else {
-            &scratch.z
+            zs
         };
-        simd::accumulate_channels(
-            isa,
-            &mut scratch.acc,
-            scratch.acc_stride,
-            run,
-            reps,
-            &sub.assignment,
-            &scratch.origins,
-            stride,
-            &mut scratch.offsets,
-        );
+        match mode {
+            Mode::Rows => {
+                let shape = simd::RowShape {
+                    pitch: layout.pitch,
+                    stride: layout.stride,
+                    oh,
+                    kernel: [kh, kw],
+                    row_step: g.dilations[0] * layout.pitch,
+                    shift: g.dilations[1],
+                    band_rows: layout.band_rows,
+                };
+                let terms = &self.row_terms[s];
+                // The first subspace starts the accumulators at the bias, the last one writes
+                // the output.
+                let ends = simd::RowEnds {
+                    init: (s == 0).then_some(self.bias.as_ref().map(|b| &b[channels.clone()])),
+                    crop: (s + 1 == self.subspaces.len()).then_some((dst, ow)),
+                };
+                let stride = layout.acc_stride;
+                simd::accumulate_rows(isa, acc, stride, zs, terms, channels, shape, ends);
+            }
+            Mode::Adds => {
+                let (wp, stride) = (layout.pitch, layout.stride);
+                // (oh − 1)·wp + ow ≤ oh·wp ≤ acc_stride, so the rounded run fits the slice.
+                let run = round_up((oh - 1) * wp + ow).unwrap_or(layout.acc_stride);
+                let mut offsets = vec![0; taps];
+                simd::accumulate_channels(
+                    isa,
+                    acc,
+                    layout.acc_stride,
+                    run,
+                    reps,
+                    gamma,
+                    layout.origins,
+                    stride,
+                    &mut offsets,
+                );
+            }
+            Mode::Fused => self.add_taps_fused(isa, sub, layout, zs, acc, gamma, oh, ow),
+            Mode::Strided => self.add_taps_strided(layout, reps, dst, gamma, [oh, ow]),
+        }
     }
 
     /// Stride 1, DL subspace, R not materialised: for every output channel k, adds
     /// `Σ_t coef · Z[idx]` of each tap's representative straight from the (small) Z planes into
     /// k's accumulator slice, α fused multiply-adds per tap and element.
+    #[allow(clippy::too_many_arguments)]
     fn add_taps_fused(
         &self,
         isa: Isa,
         sub: &Subspace,
-        scratch: &mut Scratch,
+        layout: &Layout,
+        zs: &[f32],
+        acc: &mut [f32],
+        gamma: &[u32],
         oh: usize,
         ow: usize,
     ) {
         let Some(codes) = &sub.codes else {
-            return self.add_taps_unit_stride(isa, sub, scratch, oh, ow);
+            return;
         };
-        let g = &self.geometry;
-        let [kh, kw] = g.kernel;
-        let (wp, stride, alpha) = (scratch.padded[1], scratch.stride, codes.alpha);
-        let run = round_up((oh - 1) * wp + ow).unwrap_or(scratch.acc_stride);
+        let [kh, kw] = self.geometry.kernel;
+        let (wp, stride, alpha) = (layout.pitch, layout.stride, codes.alpha);
+        let run = round_up((oh - 1) * wp + ow).unwrap_or(layout.acc_stride);
         let terms = kh * kw * alpha;
-        scratch.terms.resize(terms, 0);
-        scratch.coefs.resize(terms, 0.0);
-        let columns = sub.assignment.chunks_exact(kh * kw);
-        let accs = scratch.acc.chunks_exact_mut(scratch.acc_stride);
-        for (acc, gamma) in accs.zip(columns) {
-            let slots = scratch.terms.chunks_exact_mut(alpha);
-            let coef_slots = scratch.coefs.chunks_exact_mut(alpha);
-            let taps = slots.zip(coef_slots).zip(gamma).zip(&scratch.origins);
+        let mut offsets = vec![0; terms];
+        let mut coefs = vec![0.0; terms];
+        let columns = gamma.chunks_exact(kh * kw);
+        for (acc, gamma) in acc.chunks_exact_mut(layout.acc_stride).zip(columns) {
+            let slots = offsets.chunks_exact_mut(alpha);
+            let coef_slots = coefs.chunks_exact_mut(alpha);
+            let taps = slots.zip(coef_slots).zip(gamma).zip(layout.origins);
             for (((offsets, coefs), &rep), &origin) in taps {
                 let code = rep as usize * alpha;
                 let idx = &codes.atoms[code..code + alpha];
@@ -416,13 +706,7 @@ impl DlqConv {
                     .for_each(|(o, &i)| *o = i as usize * stride + origin);
                 coefs.copy_from_slice(&codes.coefficients[code..code + alpha]);
             }
-            simd::accumulate_scaled(
-                isa,
-                &mut acc[..run],
-                &scratch.z,
-                &scratch.terms,
-                &scratch.coefs,
-            );
+            simd::accumulate_scaled(isa, &mut acc[..run], zs, &offsets, &coefs);
         }
     }
 
@@ -430,29 +714,38 @@ impl DlqConv {
     /// `Γ[k][u][v]`, shifted by the tap, row by row into channel k of the output.
     fn add_taps_strided(
         &self,
-        sub: &Subspace,
-        scratch: &Scratch,
+        layout: &Layout,
+        reps: &[f32],
         dst: &mut [f32],
+        gamma: &[u32],
         [oh, ow]: [usize; 2],
     ) {
         let g = &self.geometry;
         let [kh, kw] = g.kernel;
-        let [hp, wp] = scratch.padded;
-        let reps: &[f32] = if sub.codes.is_some() {
-            &scratch.r
-        } else {
-            &scratch.z
-        };
-        let columns = sub.assignment.chunks_exact(kh * kw);
+        let [hp, wp] = layout.padded;
+        let columns = gamma.chunks_exact(kh * kw);
         for (out_plane, gamma) in dst.chunks_exact_mut(oh * ow).zip(columns) {
             for (tap, &rep) in gamma.iter().enumerate() {
                 let (u, v) = (tap / kw, tap % kw);
-                let r = &reps[rep as usize * scratch.stride..][..hp * wp];
+                let r = &reps[rep as usize * layout.stride..][..hp * wp];
                 let origin = u * g.dilations[0] * wp + v * g.dilations[1];
                 add_shifted(out_plane, &r[origin..], ow, wp, g.strides);
             }
         }
     }
+}
+
+/// A phase-1 task's regions of the padded input, Z and R.
+type Regions<'a> = (&'a mut [f32], &'a mut [f32], &'a mut [f32]);
+
+/// The per-call sizes phase 1 and 2 tasks share.
+struct Layout<'a> {
+    padded: [usize; 2],
+    pitch: usize,
+    stride: usize,
+    acc_stride: usize,
+    origins: &'a [usize],
+    band_rows: usize,
 }
 
 /// Whether a DL subspace's look-up adds read Z directly (α fused multiply-adds per tap) instead
@@ -471,22 +764,24 @@ fn fuse_representatives(isa: Isa, sub: &Subspace, taps: usize) -> bool {
     isa != Isa::Portable && extra_terms < 1.0 * (codes.alpha * sub.num_representatives()) as f64
 }
 
-/// Copies the subspace's input channels into the interior of the zero-padded planes of
-/// `scratch.x` (the borders and the stride's tail are never written, so they stay zero).
+/// Copies the subspace's input channels into the interior of the zero-padded planes `xs`
+/// (rows of `layout.pitch` floats; the borders and the stride's tail are never written, so they
+/// stay zero).
 fn pad_channels(
     sub: &Subspace,
     image: &[f32],
     [h, w]: [usize; 2],
     pads: [usize; 4],
-    scratch: &mut Scratch,
+    layout: &Layout,
+    xs: &mut [f32],
 ) {
-    let wp = scratch.padded[1];
+    let pitch = layout.pitch;
     let [top, left, ..] = pads;
     let channels = &image[sub.channels.start * h * w..sub.channels.end * h * w];
-    let planes = scratch.x.chunks_exact_mut(scratch.stride);
+    let planes = xs.chunks_exact_mut(layout.stride);
     for (plane, channel) in planes.zip(channels.chunks_exact(h * w)) {
         for (y, row) in channel.chunks_exact(w).enumerate() {
-            plane[(top + y) * wp + left..][..w].copy_from_slice(row);
+            plane[(top + y) * pitch + left..][..w].copy_from_slice(row);
         }
     }
 }

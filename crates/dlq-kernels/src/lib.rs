@@ -25,7 +25,13 @@
 //!
 //! The hot loops (Z product, R combination, look-up adds) have portable versions and explicit
 //! AVX2 + FMA versions (look-up adds: AVX-512F) chosen at run time (`is_x86_feature_detected!`);
-//! the two agree to float rounding. No threads: the result does not depend on any thread count.
+//! the two agree to float rounding. On AVX-512, stride-1 layers skip R: the α terms of each tap
+//! are fused-multiply-added straight from Z in a row layout (rows padded to 16 floats).
+//!
+//! [`DlqConv::run_parallel`] splits the work into tasks for the caller's thread pool
+//! (`par(n, f)` calls `f(i)` for every `i < n`, possibly concurrently); its output is bit-identical
+//! to [`DlqConv::run`]'s whatever the thread count, since every output element is summed by one
+//! task in an order fixed by the sizes alone.
 
 mod conv;
 mod dense;
@@ -38,6 +44,7 @@ mod simd;
 pub use conv::{Codes, DlqConv, Subspace};
 pub use dense::dense_conv;
 pub use error::KernelError;
+pub use fast::ParallelFor;
 #[doc(hidden)]
 pub use fast::PhaseTimes;
 pub use geometry::Geometry;

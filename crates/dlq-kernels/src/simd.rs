@@ -157,6 +157,214 @@ pub(crate) fn accumulate_channels(
     }
 }
 
+/// Most zmm vectors one band of [`accumulate_rows`] keeps per channel: `N` output vectors plus
+/// `N` vectors of one shift group, the coefficient, the shift index and a zero (2·13 + 3 = 29 of
+/// the 32 zmm registers).
+pub(crate) const ROW_VECTORS: usize = 13;
+
+/// One subspace's look-up terms in the order [`accumulate_rows`] sums them: per output channel
+/// k, per kernel column v (a shift group), per kernel row u, the α `(atom, coefficient)` pairs of
+/// representative `Γ[k][u][v]` (VQ: the atom `Γ[k][u][v]` with coefficient 1). Built once per
+/// layer; `max_atom` bounds every atom index (so one compare per call bounds every read).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RowTerms {
+    atoms: Vec<u32>,
+    coefs: Vec<f32>,
+    /// kh·kw·α: terms per output channel.
+    per_channel: usize,
+    alpha: usize,
+    max_atom: usize,
+}
+
+impl RowTerms {
+    /// The terms of a validated subspace with a `kh × kw` kernel (`assignment.len()` a multiple
+    /// of kh·kw, every representative and code atom in range: checked by `DlqConv::new`).
+    pub(crate) fn new(sub: &crate::conv::Subspace, [kh, kw]: [usize; 2]) -> RowTerms {
+        let taps = kh * kw;
+        let alpha = sub.codes.as_ref().map_or(1, |c| c.alpha);
+        let (mut atoms, mut coefs) = (Vec::new(), Vec::new());
+        for column in sub.assignment.chunks_exact(taps) {
+            for v in 0..kw {
+                for u in 0..kh {
+                    let rep = column[u * kw + v];
+                    match &sub.codes {
+                        Some(codes) => {
+                            let code = rep as usize * alpha;
+                            atoms.extend_from_slice(&codes.atoms[code..code + alpha]);
+                            coefs.extend_from_slice(&codes.coefficients[code..code + alpha]);
+                        }
+                        None => {
+                            atoms.push(rep);
+                            coefs.push(1.0);
+                        }
+                    }
+                }
+            }
+        }
+        let max_atom = atoms.iter().max().map_or(0, |&a| a as usize);
+        RowTerms {
+            atoms,
+            coefs,
+            per_channel: taps * alpha,
+            alpha,
+            max_atom,
+        }
+    }
+}
+
+/// The shape of one [`accumulate_rows`] call: the planes of `z` (`stride` floats apart) have
+/// rows of `pitch` floats (a multiple of [`BLOCK`]); each channel's accumulator holds `oh` such
+/// rows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RowShape {
+    /// Floats per row (of Z and of the accumulator), a multiple of [`BLOCK`].
+    pub pitch: usize,
+    /// Distance between Z planes.
+    pub stride: usize,
+    /// Output rows.
+    pub oh: usize,
+    /// Kernel size `[kh, kw]`; column v is shift group v, read `v·shift` floats to the right.
+    pub kernel: [usize; 2],
+    /// Floats between kernel rows: `dh·pitch`.
+    pub row_step: usize,
+    /// Floats between kernel columns (the column dilation); `(kw − 1)·shift` must be below
+    /// [`BLOCK`].
+    pub shift: usize,
+    /// Most output rows per band (so a band of Z stays in L1); `band_rows·pitch/16` at most
+    /// [`ROW_VECTORS`].
+    pub band_rows: usize,
+}
+
+/// Stride-1 look-up adds in the row layout, AVX-512 only (other ISAs run a portable loop, the
+/// tests' reference): for the output channels `channels` (accumulator slice `i` belongs to
+/// channel `channels.start + i`), every output row `y < oh` and column
+/// `c < pitch − (kw − 1)·shift`:
+///
+/// ```text
+/// acc[i·acc_stride + y·pitch + c] += Σ_v Σ_u Σ_t coef · z[atom·stride + u·row_step + y·pitch + c + v·shift]
+/// ```
+///
+/// over the terms of [`RowTerms`], summed per kernel column v first (column 0 straight into the
+/// accumulator, in term order; column v ≥ 1 in registers, then shifted by `v·shift` lanes and
+/// added, in column order). Every Z load is a whole aligned vector of one row; the column shift
+/// is applied once per column to the partial sums (`vpermt2ps`), not to every load. Columns
+/// `≥ pitch − (kw − 1)·shift` of the accumulator receive junk (callers crop them). Panics unless
+/// the shape is consistent, `acc` holds every channel's `oh` rows and `z` every plane a term
+/// names up to row `(kh − 1)·dh + oh`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn accumulate_rows(
+    isa: Isa,
+    acc: &mut [f32],
+    acc_stride: usize,
+    z: &[f32],
+    terms: &RowTerms,
+    channels: std::ops::Range<usize>,
+    shape: RowShape,
+    ends: RowEnds,
+) {
+    let RowShape {
+        pitch,
+        stride,
+        oh,
+        kernel: [kh, kw],
+        row_step,
+        shift,
+        band_rows,
+    } = shape;
+    assert!(pitch.is_multiple_of(BLOCK) && pitch >= BLOCK && kh >= 1 && kw >= 1);
+    assert!((kw - 1) * shift < BLOCK && band_rows >= 1);
+    assert!(band_rows * (pitch / BLOCK) <= ROW_VECTORS);
+    assert_eq!(terms.per_channel, kh * kw * terms.alpha);
+    let per = terms.per_channel;
+    assert!(channels.start <= channels.end && channels.end * per <= terms.atoms.len());
+    let count = channels.len();
+    let rows_len = oh * pitch;
+    assert!(
+        count == 0 || (rows_len <= acc_stride && (count - 1) * acc_stride + rows_len <= acc.len())
+    );
+    // The last float any term reads: atom·stride + (kh − 1)·row_step + oh·pitch − 1.
+    let span = (kh - 1)
+        .checked_mul(row_step)
+        .and_then(|r| r.checked_add(rows_len));
+    assert!(
+        span.is_some_and(|s| s <= stride),
+        "accumulate_rows: rows past the plane"
+    );
+    let planes = terms
+        .max_atom
+        .checked_add(1)
+        .and_then(|n| n.checked_mul(stride));
+    assert!(
+        planes.is_some_and(|end| end <= z.len()),
+        "accumulate_rows: plane out of bounds"
+    );
+    if let Some(Some(init)) = ends.init {
+        assert_eq!(
+            init.len(),
+            count,
+            "accumulate_rows: one initial value per channel"
+        );
+    }
+    if let Some((dst, ow)) = &ends.crop {
+        assert!(*ow <= pitch - (kw - 1) * shift && dst.len() == count * oh * ow);
+    }
+    let atoms = &terms.atoms[channels.start * per..channels.end * per];
+    let coefs = &terms.coefs[channels.start * per..channels.end * per];
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: AVX-512F checked by `detect`; shape, accumulator, output and source bounds
+        // checked just above (every atom ≤ max_atom).
+        return unsafe {
+            x86::accumulate_rows_avx512(acc, acc_stride, z, atoms, coefs, terms.alpha, shape, ends)
+        };
+    }
+    let _ = isa;
+    let width = pitch - (kw - 1) * shift;
+    let alpha = terms.alpha;
+    let mut part = vec![0.0f32; rows_len];
+    let RowEnds { init, mut crop } = ends;
+    for i in 0..count {
+        let a = &mut acc[i * acc_stride..][..rows_len];
+        if let Some(init) = init {
+            a.fill(init.map_or(0.0, |b| b[i]));
+        }
+        for v in 0..kw {
+            part.fill(0.0);
+            for u in 0..kh {
+                for t in 0..alpha {
+                    let j = i * per + (v * kh + u) * alpha + t;
+                    let src = &z[atoms[j] as usize * stride + u * row_step..][..rows_len];
+                    for (p, &s) in part.iter_mut().zip(src) {
+                        *p += coefs[j] * s;
+                    }
+                }
+            }
+            for y in 0..oh {
+                for c in 0..width {
+                    a[y * pitch + c] += part[y * pitch + c + v * shift];
+                }
+            }
+        }
+        if let Some((dst, ow)) = &mut crop {
+            let planes = dst[i * oh * *ow..][..oh * *ow].chunks_exact_mut((*ow).max(1));
+            for (y, row) in planes.enumerate() {
+                row.copy_from_slice(&a[y * pitch..][..*ow]);
+            }
+        }
+    }
+}
+
+/// How an [`accumulate_rows`] call starts and ends (the first and the last subspace of an
+/// image): `init = Some(values)`, one value per channel (`None`: zeros), replaces the
+/// accumulator's contents as the starting value (the bias: no separate initialisation pass); `crop = (dst, ow)` writes columns
+/// `c < ow` of every row straight into the channels' `oh × ow` output planes in `dst` instead of
+/// storing the accumulator (no separate crop pass).
+#[derive(Debug, Default)]
+pub(crate) struct RowEnds<'a> {
+    pub init: Option<Option<&'a [f32]>>,
+    pub crop: Option<(&'a mut [f32], usize)>,
+}
+
 /// `acc[p] += c[0]·z[offsets[0] + p] + c[1]·z[offsets[1] + p] + …` for every `p < acc.len()`,
 /// term by term (the SIMD version fuses each multiply-add). Panics unless `acc.len()` is a
 /// multiple of [`BLOCK`], `coefs` is as long as `offsets` and every `offset + acc.len() <= z.len()`.
@@ -210,11 +418,11 @@ pub(crate) fn atom_responses(
     let l = atoms.len() / width;
     assert!(x.len() >= width * stride && z.len() >= l * stride);
     #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Portable {
-        // SAFETY: both SIMD levels include AVX2 + FMA (checked by `detect`); lengths checked
-        // just above.
-        unsafe { x86::atom_responses(z, atoms, width, x, stride) };
-        return;
+    match isa {
+        // SAFETY: CPU features checked by `detect`; lengths checked just above.
+        Isa::Avx512 => return unsafe { x86::atom_responses_avx512(z, atoms, width, x, stride) },
+        Isa::Avx2Fma => return unsafe { x86::atom_responses(z, atoms, width, x, stride) },
+        Isa::Portable => {}
     }
     let _ = isa;
     for (zl, atom) in z.chunks_exact_mut(stride).zip(atoms.chunks_exact(width)) {
@@ -540,6 +748,153 @@ mod x86 {
         }
     }
 
+    /// See [`super::accumulate_rows`]: bands of at most `band_rows` rows (split evenly), each
+    /// channel's band in up to [`super::ROW_VECTORS`] zmm accumulators.
+    ///
+    /// # Safety
+    /// AVX-512F available; the shape and bounds [`super::accumulate_rows`] checks, `atoms` and
+    /// `coefs` holding the terms of `acc.len() / acc_stride`-ish channels as it slices them.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn accumulate_rows_avx512(
+        acc: &mut [f32],
+        acc_stride: usize,
+        z: &[f32],
+        atoms: &[u32],
+        coefs: &[f32],
+        alpha: usize,
+        shape: super::RowShape,
+        ends: super::RowEnds,
+    ) {
+        let per = shape.kernel[0] * shape.kernel[1] * alpha;
+        let init = ends.init.map(|values| values.map(<[f32]>::as_ptr));
+        let (dst, ow) = match ends.crop {
+            Some((dst, ow)) => (Some(dst.as_mut_ptr()), ow),
+            None => (None, 0),
+        };
+        let channels = atoms.len() / per;
+        let per_row = shape.pitch / BLOCK;
+        let bands = shape.oh.div_ceil(shape.band_rows);
+        let mut y0 = 0;
+        for band in 0..bands {
+            // Even split: every band has 1 to ⌈oh / bands⌉ ≤ band_rows rows.
+            let y1 = shape.oh * (band + 1) / bands;
+            let vectors = (y1 - y0) * per_row;
+            for k in 0..channels {
+                // The band's rows of channel k: inside `acc` since
+                // k·acc_stride + y1·pitch ≤ (channels − 1)·acc_stride + oh·pitch ≤ acc.len().
+                // A term reads `atom·stride + u·row_step + y0·pitch` onwards for `vectors`
+                // vectors, up to atom·stride + (kh − 1)·row_step + oh·pitch ≤ (atom + 1)·stride
+                // ≤ z.len() (the column shift is applied in registers, never to an address).
+                let a = acc.as_mut_ptr().add(k * acc_stride + y0 * shape.pitch);
+                let src = z.as_ptr().add(y0 * shape.pitch);
+                let (ap, cp) = (atoms.as_ptr().add(k * per), coefs.as_ptr().add(k * per));
+                // Channel k's initial value (init has one per channel) and its output rows
+                // y0.. (dst holds channels·oh·ow floats; row y's ow columns end at
+                // (k·oh + y + 1)·ow ≤ dst.len()).
+                let start = init.map(|values| values.map_or(0.0, |p| *p.add(k)));
+                let out = dst.map(|p| (p.add((k * shape.oh + y0) * ow), ow));
+                macro_rules! pass {
+                    ($($n:literal)*) => {
+                        match vectors {
+                            $($n => rows_block::<$n>(a, src, ap, cp, alpha, shape, start, out),)*
+                            // vectors ≤ band_rows·per_row ≤ ROW_VECTORS = 13, checked.
+                            _ => {}
+                        }
+                    };
+                }
+                pass!(1 2 3 4 5 6 7 8 9 10 11 12 13);
+            }
+            y0 = y1;
+        }
+    }
+
+    /// One channel's band of `N` vectors: column 0's terms fused-multiply-added straight into the
+    /// accumulators, each further column summed in `N` registers, shifted left by `v·shift`
+    /// lanes (lanes of the next vector moving in; zeros after the last) and added.
+    ///
+    /// # Safety
+    /// AVX-512F available; `acc` valid for `16·N` floats; `crop`'s pointer valid for the band's
+    /// `N / (pitch/16)` rows of `ow` floats, `ow ≤ pitch`; `ap`/`cp` valid for `kh·kw·alpha`
+    /// entries; `z.add(atom·stride + u·row_step)` valid for `16·N` floats for every term;
+    /// `(kw − 1)·shift < 16`.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn rows_block<const N: usize>(
+        acc: *mut f32,
+        z: *const f32,
+        ap: *const u32,
+        cp: *const f32,
+        alpha: usize,
+        shape: super::RowShape,
+        start: Option<f32>,
+        crop: Option<(*mut f32, usize)>,
+    ) {
+        let [kh, kw] = shape.kernel;
+        let mut out = [_mm512_setzero_ps(); N];
+        for (q, x) in out.iter_mut().enumerate() {
+            *x = match start {
+                Some(value) => _mm512_set1_ps(value),
+                None => _mm512_loadu_ps(acc.add(16 * q)),
+            };
+        }
+        let mut e = 0;
+        for u in 0..kh {
+            let row = z.add(u * shape.row_step);
+            for _ in 0..alpha {
+                let src = row.add(*ap.add(e) as usize * shape.stride);
+                let c = _mm512_set1_ps(*cp.add(e));
+                for (q, x) in out.iter_mut().enumerate() {
+                    *x = _mm512_fmadd_ps(c, _mm512_loadu_ps(src.add(16 * q)), *x);
+                }
+                e += 1;
+            }
+        }
+        let zero = _mm512_setzero_ps();
+        for v in 1..kw {
+            let mut part = [_mm512_setzero_ps(); N];
+            for u in 0..kh {
+                let row = z.add(u * shape.row_step);
+                for _ in 0..alpha {
+                    let src = row.add(*ap.add(e) as usize * shape.stride);
+                    let c = _mm512_set1_ps(*cp.add(e));
+                    for (q, x) in part.iter_mut().enumerate() {
+                        *x = _mm512_fmadd_ps(c, _mm512_loadu_ps(src.add(16 * q)), *x);
+                    }
+                    e += 1;
+                }
+            }
+            // SHIFT[s..s + 16] with s = v·shift ≤ 15: inside the 32 entries.
+            let idx = _mm512_loadu_si512(SHIFT.as_ptr().add(v * shape.shift).cast());
+            for q in 0..N {
+                let next = if q + 1 < N { part[q + 1] } else { zero };
+                out[q] = _mm512_add_ps(out[q], _mm512_permutex2var_ps(part[q], idx, next));
+            }
+        }
+        match crop {
+            None => {
+                for (q, x) in out.iter().enumerate() {
+                    _mm512_storeu_ps(acc.add(16 * q), *x);
+                }
+            }
+            Some((dst, ow)) => {
+                // Vector q is part q % per_row of band row q / per_row: its first
+                // min(16, ow − 16·part) lanes are output columns 16·part.., written with a
+                // masked store (masked-off lanes are not accessed); parts past ow write nothing.
+                let per_row = shape.pitch / BLOCK;
+                for (q, x) in out.iter().enumerate() {
+                    let (row, part) = (q / per_row, q % per_row);
+                    let lanes = ow.saturating_sub(16 * part).min(16);
+                    if lanes > 0 {
+                        let mask = ((1u32 << lanes) - 1) as __mmask16;
+                        _mm512_mask_storeu_ps(dst.add(row * ow + 16 * part), mask, *x);
+                    }
+                }
+            }
+        }
+    }
+
     /// See [`super::accumulate_scaled`]: as [`accumulate`], one fused multiply-add per term.
     ///
     /// # Safety
@@ -644,6 +999,82 @@ mod x86 {
                 p += BLOCK;
             }
             i += 1;
+        }
+    }
+
+    /// See [`super::atom_responses`]: a register-blocked micro-GEMM in AVX-512, `A` atoms ×
+    /// 32 columns (2·A zmm accumulators) per step, a 16-column step for an odd tail, then the
+    /// remaining atoms one by one (`A` = 4).
+    ///
+    /// # Safety
+    /// AVX-512F available; otherwise as [`atom_responses`].
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn atom_responses_avx512(
+        z: &mut [f32],
+        atoms: &[f32],
+        width: usize,
+        x: &[f32],
+        stride: usize,
+    ) {
+        let l = atoms.len() / width;
+        let (zp, ap, xp) = (z.as_mut_ptr(), atoms.as_ptr(), x.as_ptr());
+        let mut i = 0;
+        while i + 4 <= l {
+            zresp_block::<4>(zp, ap, xp, i, width, stride);
+            i += 4;
+        }
+        while i < l {
+            zresp_block::<1>(zp, ap, xp, i, width, stride);
+            i += 1;
+        }
+    }
+
+    /// Atoms `i..i + A` over all `stride` columns (a multiple of 16): 32 at a time, then 16.
+    ///
+    /// # Safety
+    /// AVX-512F available; atoms `i..i + A` exist (`(i + A)·width <= atoms.len()`), `x` holds
+    /// `width` planes and `z` planes `i..i + A` of `stride` floats.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn zresp_block<const A: usize>(
+        zp: *mut f32,
+        ap: *const f32,
+        xp: *const f32,
+        i: usize,
+        width: usize,
+        stride: usize,
+    ) {
+        let mut p = 0;
+        while p + 32 <= stride {
+            let mut acc = [[_mm512_setzero_ps(); 2]; A];
+            for j in 0..width {
+                let x0 = _mm512_loadu_ps(xp.add(j * stride + p));
+                let x1 = _mm512_loadu_ps(xp.add(j * stride + p + 16));
+                for (row, pair) in acc.iter_mut().enumerate() {
+                    let a = _mm512_set1_ps(*ap.add((i + row) * width + j));
+                    pair[0] = _mm512_fmadd_ps(a, x0, pair[0]);
+                    pair[1] = _mm512_fmadd_ps(a, x1, pair[1]);
+                }
+            }
+            for (row, pair) in acc.iter().enumerate() {
+                let dst = zp.add((i + row) * stride + p);
+                _mm512_storeu_ps(dst, pair[0]);
+                _mm512_storeu_ps(dst.add(16), pair[1]);
+            }
+            p += 32;
+        }
+        if p < stride {
+            let mut acc = [_mm512_setzero_ps(); A];
+            for j in 0..width {
+                let x0 = _mm512_loadu_ps(xp.add(j * stride + p));
+                for (row, v) in acc.iter_mut().enumerate() {
+                    let a = _mm512_set1_ps(*ap.add((i + row) * width + j));
+                    *v = _mm512_fmadd_ps(a, x0, *v);
+                }
+            }
+            for (row, v) in acc.iter().enumerate() {
+                _mm512_storeu_ps(zp.add((i + row) * stride + p), *v);
+            }
         }
     }
 
@@ -844,6 +1275,134 @@ mod tests {
                     );
                 }
                 assert_eq!(fast, slow, "{reps} representatives, start {start}");
+            }
+        }
+    }
+
+    /// The AVX-512 row-layout adds equal the portable loop (to rounding) on every edge: 1–3
+    /// vectors per row, bands of 1 to the most rows that fit (one-row last bands included),
+    /// kernels 1×1 to 5×4, column shifts up to 15 lanes, row dilation 1–2, α = 1–3, initial
+    /// values and the crop on and off, and Z exactly as long as the planes its terms name (the
+    /// last term's last row ends at the buffer's end).
+    #[test]
+    fn avx512_accumulate_rows_matches_portable() {
+        if Isa::detect() != Isa::Avx512 {
+            return;
+        }
+        let mut seed = 0x5851_f42d_4c95_7f2d;
+        let mut cases = 0;
+        for per_row in 1..=3 {
+            let pitch = per_row * BLOCK;
+            for [kh, kw, dh, dw] in [
+                [1, 1, 1, 1],
+                [3, 3, 1, 1],
+                [3, 3, 2, 7],
+                [5, 4, 1, 5],
+                [2, 2, 1, 15],
+            ] {
+                let ow = pitch - (kw - 1) * dw;
+                for oh in [1, 4, 13, 14, 27] {
+                    let most = ROW_VECTORS / per_row;
+                    for band_rows in [1, 2, most.min(oh).max(1), most] {
+                        for alpha in [None, Some(1), Some(2), Some(3)] {
+                            let hp = oh + (kh - 1) * dh;
+                            let stride = (hp * pitch).div_ceil(BLOCK) * BLOCK;
+                            check_rows(
+                                [kh, kw, dh, dw],
+                                [pitch, oh, ow, stride],
+                                band_rows,
+                                alpha,
+                                cases,
+                                &mut seed,
+                            );
+                            cases += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One case of [`avx512_accumulate_rows_matches_portable`]: 5 channels, the middle three
+    /// computed; init and crop chosen by `case`.
+    fn check_rows(
+        [kh, kw, dh, dw]: [usize; 4],
+        [pitch, oh, ow, stride]: [usize; 4],
+        band_rows: usize,
+        alpha: Option<usize>,
+        case: usize,
+        seed: &mut u64,
+    ) {
+        let (m, atoms) = (5, 6);
+        let reps = if alpha.is_some() { 7 } else { atoms };
+        let pick = |n: usize, limit: usize, seed: &mut u64| -> Vec<u32> {
+            values(n, seed)
+                .iter()
+                .map(|v| ((v + 1.0) * 1000.0) as u32 % limit as u32)
+                .collect()
+        };
+        // The largest atom is always used, so Z ends exactly where its last plane ends.
+        let mut code_atoms = pick(reps * alpha.unwrap_or(1), atoms, seed);
+        code_atoms[0] = atoms as u32 - 1;
+        let mut assignment = pick(m * kh * kw, reps, seed);
+        assignment[0] = if alpha.is_some() { 0 } else { atoms as u32 - 1 };
+        assignment[m * kh * kw - 1] = assignment[0];
+        let sub = crate::conv::Subspace {
+            channels: 0..1,
+            atoms: values(atoms, seed),
+            num_atoms: atoms,
+            codes: alpha.map(|alpha| crate::conv::Codes {
+                alpha,
+                atoms: code_atoms[..reps * alpha].to_vec(),
+                coefficients: values(reps * alpha, seed),
+            }),
+            assignment,
+        };
+        let terms = RowTerms::new(&sub, [kh, kw]);
+        let z = values(atoms * stride, seed);
+        let shape = RowShape {
+            pitch,
+            stride,
+            oh,
+            kernel: [kh, kw],
+            row_step: dh * pitch,
+            shift: dw,
+            band_rows,
+        };
+        let acc_stride = oh * pitch + if case.is_multiple_of(2) { 0 } else { BLOCK };
+        let init_acc = values(3 * acc_stride, seed);
+        let bias = values(3, seed);
+        let init = match case % 4 {
+            0 | 1 => None,
+            2 => Some(None),
+            _ => Some(Some(&bias[..])),
+        };
+        let crop = case.is_multiple_of(3);
+        let mut results = Vec::new();
+        for isa in [Isa::Avx512, Isa::Portable] {
+            let mut acc = init_acc.clone();
+            let mut dst = vec![f32::NAN; 3 * oh * ow];
+            let ends = RowEnds {
+                init,
+                crop: crop.then_some((&mut dst[..], ow)),
+            };
+            accumulate_rows(isa, &mut acc, acc_stride, &z, &terms, 1..4, shape, ends);
+            results.push((acc, dst));
+        }
+        let what = format!("kernel {kh}×{kw} dil {dh},{dw} pitch {pitch} oh {oh} band {band_rows} α {alpha:?} case {case}");
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * (1.0 + b.abs());
+        if crop {
+            let (fast, slow) = (&results[0].1, &results[1].1);
+            assert!(fast.iter().zip(slow).all(|(&a, &b)| close(a, b)), "{what}");
+        } else {
+            let (fast, slow) = (&results[0].0, &results[1].0);
+            for i in 0..3 {
+                for y in 0..oh {
+                    for c in 0..ow {
+                        let p = i * acc_stride + y * pitch + c;
+                        assert!(close(fast[p], slow[p]), "{what}: channel {i} ({y}, {c})");
+                    }
+                }
             }
         }
     }

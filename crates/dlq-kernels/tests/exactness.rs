@@ -803,3 +803,175 @@ fn dispatched_matches_portable() {
         cases.len()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Wide and tall stride-1 layers (the AVX-512 row layout: several vectors per row, several bands
+// of rows, column shifts near and past 16 lanes) and the parallel entry point.
+
+/// Stride-1 cases around the row layout's edges: padded widths of 1–4 vectors of 16 (and past
+/// the 13-vector limit, which falls back), up to 40 output rows (several bands), dilated
+/// kernels whose column shifts reach 15 lanes (and 18, which falls back).
+fn wide_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for (i, (h, w, kernel, dilations, pads)) in [
+        (13, 13, [3, 3], [1, 1], [1, 1, 1, 1]),
+        (8, 8, [3, 3], [1, 1], [1, 1, 1, 1]),
+        (40, 17, [3, 3], [1, 1], [1, 1, 1, 1]),
+        (20, 47, [5, 3], [2, 7], [0, 2, 3, 1]),
+        (9, 60, [1, 4], [1, 5], [0, 0, 0, 0]),
+        (6, 230, [3, 3], [1, 1], [1, 1, 1, 1]),
+        (12, 30, [1, 7], [1, 3], [0, 3, 0, 3]),
+        (15, 16, [2, 2], [3, 15], [1, 0, 2, 0]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for alpha in [None, Some(1), Some(2), Some(3)] {
+            cases.push(Case {
+                geometry: Geometry {
+                    in_channels: 10,
+                    out_channels: 7 + 13 * (i % 3),
+                    kernel,
+                    strides: [1, 1],
+                    dilations,
+                    pads,
+                },
+                h,
+                w,
+                batch: 1 + i % 2,
+                width: 4,
+                alpha,
+                atoms: 9,
+                reps: 23,
+                bias: i % 2 == 0,
+            });
+        }
+    }
+    cases
+}
+
+#[test]
+fn wide_stride1_layers_match_dense() {
+    let (mut rng, mut worst) = (Rng::new(7), Worst::default());
+    for case in wide_cases() {
+        check(&case, &mut rng, &mut worst);
+    }
+    worst.report("wide_stride1_layers_match_dense");
+}
+
+/// A `par` that runs the tasks on `workers` scoped threads, each taking the next index.
+fn threads(workers: usize) -> impl Fn(usize, &(dyn Fn(usize) + Sync)) {
+    move |n, f| {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    f(i);
+                });
+            }
+        });
+    }
+}
+
+/// `run_parallel` gives `run`'s output bit for bit with 1, 2, 3 and 7 worker threads and with
+/// the tasks run in reverse order, on random layers (every stride, dilation, padding, VQ and DL)
+/// and on the wide stride-1 ones.
+#[test]
+fn run_parallel_is_bit_identical_to_run() {
+    let mut rng = Rng::new(8);
+    let mut cases: Vec<Case> = (0..150).map(|_| random_case(&mut rng)).collect();
+    cases.extend(wide_cases());
+    let reverse = |n: usize, f: &(dyn Fn(usize) + Sync)| (0..n).rev().for_each(f);
+    for case in &cases {
+        let conv = build(case, &mut rng);
+        let g = conv.geometry();
+        let x = rng.values(case.batch * g.in_channels * case.h * case.w);
+        let [oh, ow] = g.output_size(case.h, case.w).expect("case fits");
+        let mut single = vec![f32::NAN; case.batch * g.out_channels * oh * ow];
+        assert_eq!(
+            conv.run(&x, case.batch, case.h, case.w, &mut single),
+            Ok([oh, ow])
+        );
+        assert!(single.iter().all(|v| v.is_finite()), "{case:?}");
+        for workers in [1, 2, 3, 7] {
+            let mut out = vec![f32::NAN; single.len()];
+            let par = threads(workers);
+            let size = conv.run_parallel(&x, case.batch, case.h, case.w, &mut out, &par);
+            assert_eq!(size, Ok([oh, ow]));
+            let same = out
+                .iter()
+                .zip(&single)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{case:?}: {workers} workers");
+        }
+        let mut out = vec![f32::NAN; single.len()];
+        let size = conv.run_parallel(&x, case.batch, case.h, case.w, &mut out, &reverse);
+        assert_eq!(size, Ok([oh, ow]));
+        assert!(out
+            .iter()
+            .zip(&single)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+}
+
+/// `run_parallel` refuses bad buffers like `run` (before calling `par`).
+#[test]
+fn run_parallel_refuses_bad_buffers() {
+    let (g, subs, bias) = parts();
+    let conv = DlqConv::new(g, subs, bias).unwrap();
+    let never = |_: usize, _: &(dyn Fn(usize) + Sync)| panic!("par called on refused input");
+    let mut out = vec![0.0; 2 * 2 * 4 * 6];
+    let short = conv.run_parallel(&[0.0; 3], 2, 4, 6, &mut out, &never);
+    assert!(
+        matches!(short, Err(KernelError::Length { .. })),
+        "{short:?}"
+    );
+    let none = conv.run_parallel(&[], 1, 0, 6, &mut [], &never);
+    assert_eq!(none, Err(KernelError::NoOutput { h: 0, w: 6 }));
+}
+
+/// Layers whose Z (and R) regions exceed the kernel's per-chunk budget (2²⁰ floats), so the
+/// subspaces run in several chunks: stride 1 (row layout on AVX-512) and stride 2 (R), checked
+/// against the reference and, bit for bit, across thread counts.
+#[test]
+fn multi_chunk_layers() {
+    let (mut rng, mut worst) = (Rng::new(9), Worst::default());
+    for (strides, atoms, reps) in [([1, 1], 700, 5), ([2, 2], 150, 400)] {
+        let case = Case {
+            geometry: Geometry {
+                in_channels: 6,
+                out_channels: 5,
+                kernel: [3, 3],
+                strides,
+                dilations: [1, 1],
+                pads: [1, 1, 1, 1],
+            },
+            h: 40,
+            w: 37,
+            batch: 2,
+            width: 2,
+            alpha: Some(2),
+            atoms,
+            reps,
+            bias: true,
+        };
+        check(&case, &mut rng, &mut worst);
+        let conv = build(&case, &mut rng);
+        let x = rng.values(2 * 6 * 40 * 37);
+        let [oh, ow] = conv.geometry().output_size(40, 37).unwrap();
+        let mut single = vec![f32::NAN; 2 * 5 * oh * ow];
+        conv.run(&x, 2, 40, 37, &mut single).unwrap();
+        let mut out = vec![f32::NAN; single.len()];
+        conv.run_parallel(&x, 2, 40, 37, &mut out, &threads(3))
+            .unwrap();
+        assert!(out
+            .iter()
+            .zip(&single)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+    worst.report("multi_chunk_layers");
+}
