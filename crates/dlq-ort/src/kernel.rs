@@ -1,11 +1,12 @@
 //! One `DlqConv` node in an ONNX Runtime session: `Kernel::create` reads the attributes and the
 //! constant inputs once, when the session is created, and decodes them with the kernel crate's
 //! `operator` module (the same checks as onnx-dlq's tract op, errors naming the node);
-//! `Kernel::compute` runs `dlq_kernels::DlqConv` on each image of X, images spread over ORT's
-//! intra-op thread pool.
+//! `Kernel::compute` runs `dlq_kernels::DlqConv::run_parallel` on X, its tasks (subspaces, then
+//! blocks of output channels) on ORT's intra-op thread pool.
 
 use std::ffi::{c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dlq_kernels::operator::{Attributes, Constant, Inputs, Padding, RawAttributes};
@@ -265,93 +266,78 @@ impl Kernel {
         if b == 0 || y.len == 0 {
             return Ok(());
         }
-        let images = Images {
-            conv: &conv,
-            element: self.element,
-            x: x.data,
-            y: y.data,
-            per_x,
-            per_y,
-            hw: [h, w],
-            error: Mutex::new(None),
-        };
-        ort.check((ort.api.KernelContext_ParallelFor)(
-            context,
-            run_image,
-            b,
-            0,
-            &images as *const Images as *mut c_void,
-        ))
-        .map_err(at)?;
-        match images.error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            Some(e) => Err(at(e)),
-            None => Ok(()),
-        }
-    }
-}
-
-/// What every image task shares: X and Y as raw pointers (each task touches its own image).
-struct Images<'a> {
-    conv: &'a DlqConv,
-    element: Element,
-    x: *mut c_void,
-    y: *mut c_void,
-    per_x: usize,
-    per_y: usize,
-    hw: [usize; 2],
-    error: Mutex<Option<String>>,
-}
-
-/// ORT's parallel-for callback: image `index` of the batch.
-unsafe extern "system" fn run_image(data: *mut c_void, index: usize) {
-    let images = &*(data as *const Images);
-    let result = catch_unwind(AssertUnwindSafe(|| images.run(index)))
-        .unwrap_or_else(|_| Err("the kernel panicked (a bug: please report it)".into()));
-    if let Err(e) = result {
-        let mut slot = images.error.lock().unwrap_or_else(|p| p.into_inner());
-        slot.get_or_insert(e);
-    }
-}
-
-impl Images<'_> {
-    /// Image `index`: its own slices of X and Y (disjoint between tasks).
-    unsafe fn run(&self, index: usize) -> Result<(), String> {
-        let [h, w] = self.hw;
-        let run = |x: &[f32], y: &mut [f32]| {
-            self.conv
-                .run(x, 1, h, w, y)
-                .map(drop)
-                .map_err(|e| e.to_string())
-        };
-        match self.element {
+        let result = match self.element {
             Element::F32 => {
-                let x = std::slice::from_raw_parts(
-                    (self.x as *const f32).add(index * self.per_x),
-                    self.per_x,
-                );
-                let y = std::slice::from_raw_parts_mut(
-                    (self.y as *mut f32).add(index * self.per_y),
-                    self.per_y,
-                );
-                run(x, y)
+                let x = std::slice::from_raw_parts(x.data as *const f32, b * per_x);
+                let y = std::slice::from_raw_parts_mut(y.data as *mut f32, b * per_y);
+                run_on_pool(ort, context, &conv, x, [b, h, w], y)
             }
             Element::F16 => {
-                let x = std::slice::from_raw_parts(
-                    (self.x as *const u16).add(index * self.per_x),
-                    self.per_x,
-                );
-                let y = std::slice::from_raw_parts_mut(
-                    (self.y as *mut u16).add(index * self.per_y),
-                    self.per_y,
-                );
-                let x32: Vec<f32> = x.iter().map(|&v| f16::from_bits(v).to_f32()).collect();
-                let mut y32 = vec![0.0f32; self.per_y];
-                run(&x32, &mut y32)?;
-                for (o, v) in y.iter_mut().zip(y32) {
+                let x16 = std::slice::from_raw_parts(x.data as *const u16, b * per_x);
+                let y16 = std::slice::from_raw_parts_mut(y.data as *mut u16, b * per_y);
+                let x32: Vec<f32> = x16.iter().map(|&v| f16::from_bits(v).to_f32()).collect();
+                let mut y32 = vec![0.0f32; b * per_y];
+                let done = run_on_pool(ort, context, &conv, &x32, [b, h, w], &mut y32);
+                for (o, v) in y16.iter_mut().zip(y32) {
                     *o = f16::from_f32(v).to_bits();
                 }
-                Ok(())
+                done
             }
+        };
+        result.map_err(at)
+    }
+}
+
+/// One `par(n, f)` call of `DlqConv::run_parallel` as seen by ORT's parallel-for callback.
+struct Tasks<'a> {
+    f: &'a (dyn Fn(usize) + Sync),
+    panicked: AtomicBool,
+}
+
+/// ORT's parallel-for callback: task `index` (panics are caught and reported after).
+unsafe extern "system" fn run_task(data: *mut c_void, index: usize) {
+    let tasks = &*(data as *const Tasks);
+    if catch_unwind(AssertUnwindSafe(|| (tasks.f)(index))).is_err() {
+        tasks.panicked.store(true, Ordering::Relaxed);
+    }
+}
+
+/// `conv` on the whole batch, its tasks on ORT's intra-op thread pool (the output does not
+/// depend on the number of threads: `run_parallel`'s contract).
+unsafe fn run_on_pool(
+    ort: Ort,
+    context: *mut OrtKernelContext,
+    conv: &DlqConv,
+    x: &[f32],
+    [b, h, w]: [usize; 3],
+    y: &mut [f32],
+) -> Result<(), String> {
+    let failure: Mutex<Option<String>> = Mutex::new(None);
+    let fail = |e: String| {
+        failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(e);
+    };
+    let par = |n: usize, f: &(dyn Fn(usize) + Sync)| {
+        let tasks = Tasks {
+            f,
+            panicked: AtomicBool::new(false),
+        };
+        let data = &tasks as *const Tasks as *mut c_void;
+        if let Err(e) = ort.check((ort.api.KernelContext_ParallelFor)(
+            context, run_task, n, 0, data,
+        )) {
+            fail(e);
         }
+        if tasks.panicked.load(Ordering::Relaxed) {
+            fail("the kernel panicked (a bug: please report it)".into());
+        }
+    };
+    conv.run_parallel(x, b, h, w, y, &par)
+        .map_err(|e| e.to_string())?;
+    match failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
