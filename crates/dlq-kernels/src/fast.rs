@@ -179,6 +179,99 @@ impl std::ops::DerefMut for Aligned {
     }
 }
 
+/// Each subspace's look-up mode for this layout.
+fn choose_modes(conv: &DlqConv, isa: Isa, unit_stride: bool, rows: bool) -> Vec<Mode> {
+    conv.subspaces
+        .iter()
+        .map(|sub| {
+            if !unit_stride {
+                Mode::Strided
+            } else if rows {
+                Mode::Rows
+            } else if fuse_representatives(isa, sub, sub.assignment.len()) {
+                Mode::Fused
+            } else {
+                Mode::Adds
+            }
+        })
+        .collect()
+}
+
+/// Per subspace, the lengths of its x, z and r regions.
+fn region_lengths(
+    conv: &DlqConv,
+    modes: &[Mode],
+    stride: usize,
+) -> Result<Vec<[usize; 3]>, KernelError> {
+    let too_large = KernelError::TooLarge { what: "scratch" };
+    let mut lengths = Vec::with_capacity(modes.len());
+    for (sub, &mode) in conv.subspaces.iter().zip(modes) {
+        let planes = |n: usize| -> Result<usize, KernelError> {
+            checked_product(&[n, stride], "scratch")?
+                .checked_add(SLACK)
+                .ok_or(too_large.clone())
+        };
+        let x = checked_product(&[sub.channels.len(), stride], "scratch")?;
+        let z = planes(sub.num_atoms)?;
+        let needs_r = sub.codes.is_some() && matches!(mode, Mode::Adds | Mode::Strided);
+        let r = if needs_r {
+            planes(sub.num_representatives())?
+        } else {
+            0
+        };
+        lengths.push([x, z, r]);
+    }
+    Ok(lengths)
+}
+
+/// Chunks of consecutive subspaces whose regions fit CHUNK_FLOATS (at least one each), each
+/// subspace's regions within its chunk, and the buffer lengths the largest chunk needs.
+#[allow(clippy::type_complexity)]
+fn chunk_regions(
+    lengths: &[[usize; 3]],
+) -> Result<(Vec<Range<usize>>, Vec<[Range<usize>; 3]>, [usize; 3]), KernelError> {
+    let too_large = KernelError::TooLarge { what: "scratch" };
+    let (mut chunks, mut regions) = (Vec::new(), Vec::with_capacity(lengths.len()));
+    let (mut start, mut used, mut ends) = (0, 0usize, [0usize; 3]);
+    let mut totals = [0usize; 3];
+    for (s, len) in lengths.iter().enumerate() {
+        let size = len.iter().try_fold(0usize, |a, &b| a.checked_add(b));
+        let size = size.ok_or(too_large.clone())?;
+        if s > start && used.saturating_add(size) > CHUNK_FLOATS {
+            chunks.push(start..s);
+            (start, used, ends) = (s, 0, [0; 3]);
+        }
+        used += size;
+        let region = [0, 1, 2].map(|i| ends[i]..ends[i] + len[i]);
+        for i in 0..3 {
+            ends[i] += len[i];
+            totals[i] = totals[i].max(ends[i]);
+        }
+        regions.push(region);
+    }
+    chunks.push(start..lengths.len());
+    Ok((chunks, regions, totals))
+}
+
+/// Rows per band: the band's Z rows (band + (kh − 1)·dh rows of every atom) within
+/// ROW_BAND_BYTES, at least one row, at most ROW_VECTORS vectors.
+fn band_rows(conv: &DlqConv, pitch: usize, oh: usize) -> usize {
+    let g = &conv.geometry;
+    let kh = g.kernel[0];
+    let max_atoms = conv
+        .subspaces
+        .iter()
+        .map(|s| s.num_atoms)
+        .max()
+        .unwrap_or(1);
+    let halo = (kh - 1) * g.dilations[0];
+    let row_bytes = max_atoms.saturating_mul(pitch).saturating_mul(4).max(1);
+    let fit = (ROW_BAND_BYTES / row_bytes).saturating_sub(halo);
+    fit.min(simd::ROW_VECTORS / (pitch / BLOCK).max(1))
+        .min(oh)
+        .max(1)
+}
+
 impl Scratch {
     /// Chooses every subspace's mode, the layout and the chunks, sizes the buffers for `conv`
     /// on an `h × w` input (reusing this thread's pooled ones) and zeroes the padded input planes
@@ -206,80 +299,16 @@ impl Scratch {
         let plane = checked_product(&[padded[0], pitch], "scratch")?;
         let stride = round_up(plane).ok_or(too_large.clone())?;
         let taps = kh * kw;
-        let modes: Vec<Mode> = conv
-            .subspaces
-            .iter()
-            .map(|sub| {
-                if !unit_stride {
-                    Mode::Strided
-                } else if rows {
-                    Mode::Rows
-                } else if fuse_representatives(isa, sub, sub.assignment.len()) {
-                    Mode::Fused
-                } else {
-                    Mode::Adds
-                }
-            })
-            .collect();
-        // Per subspace, the lengths of its x, z and r regions.
-        let mut lengths = Vec::with_capacity(modes.len());
-        for (sub, &mode) in conv.subspaces.iter().zip(&modes) {
-            let planes = |n: usize| -> Result<usize, KernelError> {
-                checked_product(&[n, stride], "scratch")?
-                    .checked_add(SLACK)
-                    .ok_or(too_large.clone())
-            };
-            let x = checked_product(&[sub.channels.len(), stride], "scratch")?;
-            let z = planes(sub.num_atoms)?;
-            let needs_r = sub.codes.is_some() && matches!(mode, Mode::Adds | Mode::Strided);
-            let r = if needs_r {
-                planes(sub.num_representatives())?
-            } else {
-                0
-            };
-            lengths.push([x, z, r]);
-        }
-        // Chunks: consecutive subspaces while their regions fit CHUNK_FLOATS (at least one).
-        let (mut chunks, mut regions) = (Vec::new(), Vec::with_capacity(lengths.len()));
-        let (mut start, mut used, mut ends) = (0, 0usize, [0usize; 3]);
-        let mut totals = [0usize; 3];
-        for (s, len) in lengths.iter().enumerate() {
-            let size = len.iter().try_fold(0usize, |a, &b| a.checked_add(b));
-            let size = size.ok_or(too_large.clone())?;
-            if s > start && used.saturating_add(size) > CHUNK_FLOATS {
-                chunks.push(start..s);
-                (start, used, ends) = (s, 0, [0; 3]);
-            }
-            used += size;
-            let region = [0, 1, 2].map(|i| ends[i]..ends[i] + len[i]);
-            for i in 0..3 {
-                ends[i] += len[i];
-                totals[i] = totals[i].max(ends[i]);
-            }
-            regions.push(region);
-        }
-        chunks.push(start..lengths.len());
+        let modes = choose_modes(conv, isa, unit_stride, rows);
+        let lengths = region_lengths(conv, &modes, stride)?;
+        let (chunks, regions, totals) = chunk_regions(&lengths)?;
         let acc_stride = if unit_stride {
             round_up(checked_product(&[oh, pitch], "scratch")?).ok_or(too_large.clone())?
         } else {
             0
         };
         let acc_len = checked_product(&[g.out_channels, acc_stride], "scratch")?;
-        let max_atoms = conv
-            .subspaces
-            .iter()
-            .map(|s| s.num_atoms)
-            .max()
-            .unwrap_or(1);
-        // Rows per band: the band's Z rows (band + (kh − 1)·dh rows of every atom) within
-        // ROW_BAND_BYTES, at least one row, at most ROW_VECTORS vectors.
-        let halo = (kh - 1) * g.dilations[0];
-        let row_bytes = max_atoms.saturating_mul(pitch).saturating_mul(4).max(1);
-        let fit = (ROW_BAND_BYTES / row_bytes).saturating_sub(halo);
-        let band_rows = fit
-            .min(simd::ROW_VECTORS / (pitch / BLOCK).max(1))
-            .min(oh)
-            .max(1);
+        let band_rows = band_rows(conv, pitch, oh);
         let pooled = POOL.with(|pool| pool.borrow_mut().take());
         let (x, z, r, acc) = match pooled {
             Some(s) => (s.x, s.z, s.r, s.acc),
@@ -486,8 +515,7 @@ impl DlqConv {
                 .map(Mutex::new)
                 .collect();
             for (c, chunk) in chunks.into_iter().enumerate() {
-                // Phase 1: each subspace of the chunk pads its input channels and writes its Z
-                // (and R) into its own regions.
+                // Phase 1: Z (and R) of the chunk's subspaces.
                 let layout = Layout {
                     padded: scratch.padded,
                     pitch: scratch.pitch,
@@ -496,27 +524,16 @@ impl DlqConv {
                     origins: &scratch.origins,
                     band_rows: scratch.band_rows,
                 };
-                {
-                    let regions = &scratch.regions[chunk.clone()];
-                    let piece = |i: usize| regions.iter().map(move |r| r[i].len());
-                    let xs = split_lengths(&mut scratch.x, piece(0));
-                    let zs = split_lengths(&mut scratch.z, piece(1));
-                    let rs = split_lengths(&mut scratch.r, piece(2));
-                    let slots1: Vec<Mutex<Regions>> = xs
-                        .into_iter()
-                        .zip(zs)
-                        .zip(rs)
-                        .map(|((x, z), r)| Mutex::new((x, z, r)))
-                        .collect();
-                    let task = |i: usize| {
-                        let Some(slot) = slots1.get(i) else { return };
-                        let mut slot = lock(slot);
-                        let (xs, zs, rs) = &mut *slot;
-                        let s = chunk.start + i;
-                        self.responses(isa, s, image, [h, w], &layout, xs, zs, rs, times);
-                    };
-                    par(slots1.len(), &task);
-                }
+                self.phase_one(
+                    isa,
+                    &chunk,
+                    &scratch.regions[chunk.clone()],
+                    [&mut scratch.x, &mut scratch.z, &mut scratch.r],
+                    (image, [h, w]),
+                    &layout,
+                    times,
+                    par,
+                );
                 // Phase 2: each block of output channels adds the chunk's subspaces.
                 let (z, r) = (&scratch.z[..], &scratch.r[..]);
                 let (regions, modes) = (&scratch.regions, &scratch.modes);
@@ -552,6 +569,40 @@ impl DlqConv {
         }
         scratch.recycle();
         Ok([oh, ow])
+    }
+
+    /// Phase 1 of `run_with` for one chunk: each of its subspaces pads its input channels and
+    /// writes its Z (and R) into its own regions of `buffers` (x, z, r), one task each.
+    #[allow(clippy::too_many_arguments)]
+    fn phase_one(
+        &self,
+        isa: Isa,
+        chunk: &Range<usize>,
+        regions: &[[Range<usize>; 3]],
+        [x, z, r]: [&mut [f32]; 3],
+        (image, [h, w]): (&[f32], [usize; 2]),
+        layout: &Layout,
+        times: Option<&Mutex<PhaseTimes>>,
+        par: ParallelFor<'_>,
+    ) {
+        let piece = |i: usize| regions.iter().map(move |r| r[i].len());
+        let xs = split_lengths(x, piece(0));
+        let zs = split_lengths(z, piece(1));
+        let rs = split_lengths(r, piece(2));
+        let slots1: Vec<Mutex<Regions>> = xs
+            .into_iter()
+            .zip(zs)
+            .zip(rs)
+            .map(|((x, z), r)| Mutex::new((x, z, r)))
+            .collect();
+        let task = |i: usize| {
+            let Some(slot) = slots1.get(i) else { return };
+            let mut slot = lock(slot);
+            let (xs, zs, rs) = &mut *slot;
+            let s = chunk.start + i;
+            self.responses(isa, s, image, [h, w], layout, xs, zs, rs, times);
+        };
+        par(slots1.len(), &task);
     }
 
     /// Phase 1 for subspace `s`: its input channels into the zero-padded planes `xs`, Z into

@@ -319,8 +319,40 @@ pub(crate) fn accumulate_rows(
         };
     }
     let _ = isa;
+    accumulate_rows_portable(
+        acc,
+        acc_stride,
+        z,
+        (atoms, coefs, terms.alpha),
+        count,
+        shape,
+        ends,
+    );
+}
+
+/// The portable loops of [`accumulate_rows`] (its checks done): per channel, the terms of each
+/// kernel column summed into a row buffer, shifted into the accumulator once per column.
+fn accumulate_rows_portable(
+    acc: &mut [f32],
+    acc_stride: usize,
+    z: &[f32],
+    (atoms, coefs, alpha): (&[u32], &[f32], usize),
+    count: usize,
+    shape: RowShape,
+    ends: RowEnds,
+) {
+    let RowShape {
+        pitch,
+        stride,
+        oh,
+        kernel: [kh, kw],
+        row_step,
+        shift,
+        ..
+    } = shape;
+    let per = kh * kw * alpha;
+    let rows_len = oh * pitch;
     let width = pitch - (kw - 1) * shift;
-    let alpha = terms.alpha;
     let mut part = vec![0.0f32; rows_len];
     let RowEnds { init, mut crop } = ends;
     for i in 0..count {
