@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Whole-model latency in ONNX Runtime: original against converted, side by side in one run.
 
-usage: bench_models_ort.py --lib LIBRARY [--threads 1,2] [--runs 200] [--warmup 30] [--json]
-                           ORIGINAL CONVERTED [ORIGINAL CONVERTED ...]
+usage: bench_models_ort.py --lib LIBRARY [--threads 1,2] [--levels all,extended] [--runs 200]
+                           [--warmup 30] [--json] ORIGINAL CONVERTED [ORIGINAL CONVERTED ...]
 
 Each model gets its own session (CPUExecutionProvider, intra_op_num_threads = T,
-inter_op_num_threads = 1, sequential execution, graph optimisations at their default level);
+inter_op_num_threads = 1, sequential execution, graph optimisation level `all` = ORT's default,
+which includes the NCHWc layout transformer on x86 with AVX2/AVX-512, or `extended` = without
+layout transformations);
 converted models register LIBRARY (libonnx_dlq_ort) for their DlqConv nodes. One random input
 of the model's shape (symbolic dimensions = 1) feeds both. Runs alternate between the two
 models (warm-up first), so drifts of the machine hit both alike; the figure is the median
@@ -21,8 +23,13 @@ import onnxruntime as ort
 TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
-def make_session(path, threads, library):
+LEVELS = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+          "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
+
+
+def make_session(path, threads, library, level="all"):
     opts = ort.SessionOptions()
+    opts.graph_optimization_level = LEVELS[level]
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -38,9 +45,9 @@ def feed(sess, seed=0):
     return {inp.name: x}
 
 
-def bench_pair(original, converted, threads, library, runs, warmup):
-    a = make_session(original, threads, None)
-    b = make_session(converted, threads, library)
+def bench_pair(original, converted, threads, library, runs, warmup, level):
+    a = make_session(original, threads, None, level)
+    b = make_session(converted, threads, library, level)
     x = feed(a)
     times = {"original": [], "converted": []}
     for i in range(warmup + runs):
@@ -52,7 +59,7 @@ def bench_pair(original, converted, threads, library, runs, warmup):
                 times[name].append(dt)
     med = {k: float(np.median(v)) for k, v in times.items()}
     low = {k: float(np.min(v)) for k, v in times.items()}
-    return {"original": original, "converted": converted, "threads": threads,
+    return {"original": original, "converted": converted, "threads": threads, "level": level,
             "original_ms": med["original"], "original_min_ms": low["original"],
             "converted_ms": med["converted"], "converted_min_ms": low["converted"],
             "speedup": med["original"] / med["converted"]}
@@ -62,6 +69,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lib", required=True)
     ap.add_argument("--threads", default="1")
+    ap.add_argument("--levels", default="all")
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--json", action="store_true")
@@ -70,17 +78,18 @@ def main():
     if len(args.models) % 2:
         ap.error("models come in pairs: ORIGINAL CONVERTED")
     rows = []
-    for t in [int(v) for v in args.threads.split(",")]:
-        for orig, conv in zip(args.models[::2], args.models[1::2]):
-            rows.append(bench_pair(orig, conv, t, args.lib, args.runs, args.warmup))
+    for level in args.levels.split(","):
+        for t in [int(v) for v in args.threads.split(",")]:
+            for orig, conv in zip(args.models[::2], args.models[1::2]):
+                rows.append(bench_pair(orig, conv, t, args.lib, args.runs, args.warmup, level))
     if args.json:
         print(json.dumps(rows, indent=1))
         return
     print(f"onnxruntime {ort.__version__}; median [min] of {args.runs} runs after {args.warmup} warm-up, alternating")
-    print("| converted model | threads | ORT original ms | ORT converted ms | speed-up |")
-    print("|---|---|---|---|---|")
+    print("| converted model | optimisation level | threads | ORT original ms | ORT converted ms | speed-up |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['converted']} | {r['threads']} | {r['original_ms']:.3f} [{r['original_min_ms']:.3f}] | "
+        print(f"| {r['converted']} | {r['level']} | {r['threads']} | {r['original_ms']:.3f} [{r['original_min_ms']:.3f}] | "
               f"{r['converted_ms']:.3f} [{r['converted_min_ms']:.3f}] | **{r['speedup']:.2f}×** |")
 
 

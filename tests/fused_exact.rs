@@ -1,6 +1,8 @@
-//! Exactness of the fused form: over random layers (strides 1 and 2, pads, dilations, batch 1
-//! and 3, DL and VQ, N′ dividing N or not), the model with one `DlqConv` node, run in tract
-//! through onnx-dlq's op register, equals a dense Conv with the reconstructed kernel. Also: a
+//! Exactness of the fused and the compact forms: over random layers (strides 1 and 2, pads,
+//! dilations, batch 1 and 3, DL and VQ, N′ dividing N or not), the model with one `DlqConv`
+//! node, run in tract through onnx-dlq's op register and in ONNX Runtime through
+//! libonnx_dlq_ort, and the compact form (whose kernel subgraph both engines fold at load),
+//! equal a dense Conv with the reconstructed kernel. Also: a
 //! `DlqConv` whose assignment holds an index ≥ K is refused, naming the node.
 
 mod common;
@@ -20,14 +22,14 @@ fn uniform(rng: &mut Xoshiro256PlusPlus, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
-/// (fused model, dense reference) for the single Conv of `spec`.
+/// (fused model, dense reference, compact model) for the single Conv of `spec`.
 fn convert(
     spec: &ConvSpec,
     method: Method,
     subspace: usize,
     rng: &mut Xoshiro256PlusPlus,
     dir: &std::path::Path,
-) -> (OnnxModel, OnnxModel) {
+) -> (OnnxModel, OnnxModel, OnnxModel) {
     let s = spec;
     let weight = uniform(rng, s.m * s.n * s.kh * s.kw);
     let bias = uniform(rng, s.m);
@@ -55,7 +57,16 @@ fn convert(
     let lp = fused::lower(&original, &layers[0], &cb, &sh, "{}").unwrap();
     let mut converted = original.clone();
     lower::apply(&mut converted, GraphPatch { layers: vec![lp] }).unwrap();
-    (converted, dense)
+    let compact_patch = lower::dense::lower(&original, &layers[0], &cb, "{}").unwrap();
+    let mut compact = original.clone();
+    lower::apply(
+        &mut compact,
+        GraphPatch {
+            layers: vec![compact_patch],
+        },
+    )
+    .unwrap();
+    (converted, dense, compact)
 }
 
 fn random_spec(rng: &mut Xoshiro256PlusPlus) -> ConvSpec {
@@ -87,7 +98,7 @@ fn random_fused_layers_equal_the_dense_reference() {
         let method = if i % 2 == 0 { Method::Dl } else { Method::Vq };
         let subspace = rng.random_range(1..=spec.n.min(5));
         let tmp = tempfile::tempdir().unwrap();
-        let (fused_model, dense) = convert(&spec, method, subspace, &mut rng, tmp.path());
+        let (fused_model, dense, compact) = convert(&spec, method, subspace, &mut rng, tmp.path());
         let g = fused_model.graph();
         assert_eq!(g.node.len(), 1);
         assert_eq!(g.node[0].op_type.as_deref(), Some("DlqConv"));
@@ -106,12 +117,38 @@ fn random_fused_layers_equal_the_dense_reference() {
             .unwrap();
         let what = format!("{spec:?} {method:?} N′={subspace}");
         Approximation::Exact.assert_close(&what, &got, &want);
+        // The compact form: tract folds its kernel subgraph into the plain Conv of the reference.
+        let compact_runner = Runner::new(&compact, &shape).unwrap();
+        let reference_ops = Runner::new(&dense, &shape).unwrap().op_counts();
+        assert_eq!(compact_runner.op_counts(), reference_ops, "{what}");
+        let got = compact_runner.run(&x).unwrap();
+        Approximation::Exact.assert_close(&format!("compact {what}"), &got, &want);
         // The same model in ONNX Runtime through libonnx_dlq_ort (after onnx.checker).
         if let Some(python) = &python {
             let path = tmp.path().join("fused.onnx");
             onnx_dlq::onnx::model::save(&fused_model, &path, Default::default()).unwrap();
             let ort = run_ort_with(python, &path, &x, Some(&ort_library()));
             Approximation::Exact.assert_close(&format!("ORT {what}"), &ort, &want);
+            // The compact form keeps the original Conv: ORT refuses SAME padding with dilation
+            // (in the original too), so those layers are checked in tract only.
+            let ort_runs_original = spec.auto_pad.is_none() || spec.dilations == [1, 1];
+            if !ort_runs_original {
+                continue;
+            }
+            let path = tmp.path().join("compact.onnx");
+            onnx_dlq::onnx::model::save(&compact, &path, Default::default()).unwrap();
+            let ort = run_ort_with(python, &path, &x, None);
+            Approximation::Exact.assert_close(&format!("ORT compact {what}"), &ort, &want);
+            if i % 3 != 0 {
+                continue; // the folding check on every third layer keeps the test short
+            }
+            let dense_path = tmp.path().join("dense.onnx");
+            onnx_dlq::onnx::model::save(&dense, &dense_path, Default::default()).unwrap();
+            assert_eq!(
+                common::ort_optimized_ops(python, &path),
+                common::ort_optimized_ops(python, &dense_path),
+                "ONNX Runtime folds the compact kernel: {what}"
+            );
         }
     }
 }
@@ -135,7 +172,7 @@ fn an_assignment_index_out_of_range_is_refused_naming_the_node() {
         opset: 13,
     };
     let tmp = tempfile::tempdir().unwrap();
-    let (mut model, _) = convert(&spec, Method::Dl, 3, &mut rng, tmp.path());
+    let (mut model, _, _) = convert(&spec, Method::Dl, 3, &mut rng, tmp.path());
     let node_name = model.graph().node[0].name.clone().unwrap();
     let assignment = model
         .graph_mut()
@@ -309,4 +346,45 @@ fn a_fused_target_speedup_is_a_latency_budget() {
         assert!(fused < dense, "{l}");
     }
     assert!(report["latency"]["converted_ms"].as_f64().unwrap() > 0.0);
+}
+
+/// `--form dense` on a whole model: the file shrinks, and after loading, both engines run the
+/// original graph (the kernel subgraphs fold into constant weights).
+#[test]
+fn compact_models_are_smaller_and_fold_to_the_original_graph() {
+    let test = "compact_models_are_smaller_and_fold_to_the_original_graph";
+    let (model, shape) = match common::shared_model(test, "squeezenet1.1.onnx") {
+        Some(sq) => (sq, [1, 3, 224, 224]),
+        None => (common::default_model(), [1, 3, 8, 8]),
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("compact.onnx");
+    let o = common::run(&[
+        common::path_str(&model),
+        common::path_str(&out),
+        "--all",
+        "--ratio",
+        "4",
+        "--form",
+        "dense",
+        "--no-latency",
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
+    assert!(
+        size(&out) * 2 < size(&model),
+        "{} -> {} bytes",
+        size(&model),
+        size(&out)
+    );
+    let original = onnx_dlq::onnx::model::load(&model).unwrap();
+    let compact = onnx_dlq::onnx::model::load(&out).unwrap();
+    let ops = |m: &OnnxModel| Runner::new(m, &shape).unwrap().op_counts();
+    assert_eq!(ops(&compact), ops(&original));
+    if let Some(python) = ort_python(test) {
+        assert_eq!(
+            common::ort_optimized_ops(&python, &out),
+            common::ort_optimized_ops(&python, &model)
+        );
+    }
 }

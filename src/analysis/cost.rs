@@ -149,13 +149,19 @@ pub fn node_cost(node: &NodeProto, shapes: &ShapeMap) -> Option<OpCost> {
 
 /// Costs of every node of the main graph, in graph order.
 pub fn graph_cost(model: &OnnxModel, shapes: &ShapeMap) -> GraphCost {
+    let folded = constant_nodes(model);
     let nodes: Vec<NodeCost> = model
         .graph()
         .node
         .iter()
         .enumerate()
         .map(|(i, node)| {
-            let c = node_cost(node, shapes);
+            // Engines fold a node whose inputs are all constants once, at load: no cost per run.
+            let c = if folded[i] {
+                Some(OpCost::default())
+            } else {
+                node_cost(node, shapes)
+            };
             NodeCost {
                 node_index: i,
                 name: node
@@ -172,6 +178,30 @@ pub fn graph_cost(model: &OnnxModel, shapes: &ShapeMap) -> GraphCost {
         .collect();
     let total = nodes.iter().map(|n| n.cost).sum();
     GraphCost { nodes, total }
+}
+
+/// Per node (graph order): whether every input is an initializer or the output of such a node
+/// (the compact form's kernel subgraph, for instance).
+fn constant_nodes(model: &OnnxModel) -> Vec<bool> {
+    let g = model.graph();
+    let mut constant: std::collections::HashSet<&str> = g
+        .initializer
+        .iter()
+        .filter_map(|t| t.name.as_deref())
+        .collect();
+    g.node
+        .iter()
+        .map(|n| {
+            let folded = n
+                .input
+                .iter()
+                .all(|i| i.is_empty() || constant.contains(i.as_str()));
+            if folded {
+                constant.extend(n.output.iter().map(String::as_str));
+            }
+            folded
+        })
+        .collect()
 }
 
 /// Millions with one decimal, as people read multiplication counts.

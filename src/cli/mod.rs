@@ -84,6 +84,8 @@ pub enum FormArg {
     Ops,
     /// One custom `DlqConv` node per layer.
     Fused,
+    /// The original Conv, its kernel rebuilt from the stored codebook (smaller file).
+    Dense,
 }
 
 #[derive(Debug, Args)]
@@ -156,8 +158,10 @@ pub struct ConvertArgs {
     #[arg(long)]
     pub no_latency: bool,
     /// Output form: `ops`, standard ONNX operators any runtime runs; `fused`, one `DlqConv` node
-    /// per layer (custom domain `ai.onnx_dlq`), which onnx-dlq's tract engine runs with its native
-    /// kernel.
+    /// per layer (custom domain `ai.onnx_dlq`), run by the native kernel (onnx-dlq's tract engine;
+    /// ONNX Runtime with libonnx_dlq_ort); `dense`, the compact form: the original Conv with its
+    /// kernel rebuilt from the stored codebook by a constant subgraph engines fold at load (a
+    /// smaller file at the original's speed).
     #[arg(long, value_enum, default_value = "ops")]
     pub form: FormArg,
     #[command(flatten)]
@@ -439,6 +443,7 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
         form: match args.form {
             FormArg::Ops => OutputForm::Ops,
             FormArg::Fused => OutputForm::Fused,
+            FormArg::Dense => OutputForm::Dense,
         },
     };
     args.verify_data

@@ -56,6 +56,9 @@ pub enum OutputForm {
     Ops,
     /// One custom-domain `DlqConv` node, run by the native kernel (`lower::fused`).
     Fused,
+    /// The original Conv with its kernel rebuilt from the stored codebook by a constant
+    /// subgraph (`lower::dense`): a smaller file at the original's speed.
+    Dense,
 }
 
 /// A model converted in memory, with what each layer became.
@@ -170,13 +173,13 @@ fn lower_layers(
             subspace: opts.params.subspace,
         };
         let settings = serde_json::to_string(&settings)?;
-        let lowering = match opts.form {
-            OutputForm::Ops => lower::lower,
-            OutputForm::Fused => lower::fused::lower,
-        };
-        patch
-            .layers
-            .push(lowering(original, p.layer, cb, &inv.shapes, &settings)?);
+        patch.layers.push(match opts.form {
+            OutputForm::Ops => lower::lower(original, p.layer, cb, &inv.shapes, &settings)?,
+            OutputForm::Fused => {
+                lower::fused::lower(original, p.layer, cb, &inv.shapes, &settings)?
+            }
+            OutputForm::Dense => lower::dense::lower(original, p.layer, cb, &settings)?,
+        });
         log::info!(
             "[{}/{}] {}: {:?} K={} L={} S={} relative error {:.4}{} ({:.2}s)",
             i + 1,
@@ -323,8 +326,9 @@ fn latency_check(
         Ok(check) => {
             if check.converted_ms > check.original_ms {
                 let why = match opts.form {
-                    OutputForm::Ops => "the standard-operator form counts fewer multiplications but materialises the look-ups, so it is not faster on CPU engines (BENCHMARKS.md); --form fused runs the native kernel (in onnx-dlq's tract engine; ONNX Runtime support is to come)",
+                    OutputForm::Ops => "the standard-operator form counts fewer multiplications but materialises the look-ups, so it is not faster on CPU engines (BENCHMARKS.md); --form fused runs the native kernel (in tract, and in ONNX Runtime through libonnx_dlq_ort)",
                     OutputForm::Fused => "the native kernel does not pay off on these layers at these ratios (BENCHMARKS.md); raise the ratio or convert fewer layers",
+                    OutputForm::Dense => "the engine did not fold the kernel's constant subgraph (timing noise is likelier: the folded model is the original Conv)",
                 };
                 log::warn!(
                     "the converted model runs {} than the original in tract ({:.3} ms against {:.3} ms): {why}",

@@ -188,7 +188,7 @@ fn allocate<'a>(
     // measured time instead.
     let latency = match opts.form {
         OutputForm::Fused => Some(latency_budget(original, inv, &with_cost)?),
-        OutputForm::Ops => None,
+        OutputForm::Ops | OutputForm::Dense => None,
     };
     let a = budget::allocate(
         original,

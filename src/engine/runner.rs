@@ -145,6 +145,16 @@ impl Runner {
     }
 
     /// Runs on `input` and returns the first output as `f32`.
+    /// How many operators of each kind the optimised plan runs (tract's op names), e.g. to
+    /// check that a constant subgraph was folded away.
+    pub fn op_counts(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for node in self.plan.model().nodes() {
+            *counts.entry(node.op.name().to_string()).or_insert(0) += 1;
+        }
+        counts
+    }
+
     pub fn run(&self, input: &ArrayD<f32>) -> Result<ArrayD<f32>> {
         let mut outputs = self.run_all(input)?;
         anyhow::ensure!(!outputs.is_empty(), "the model has no outputs");

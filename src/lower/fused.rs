@@ -21,7 +21,7 @@ use super::patch::LayerPatch;
 pub use dlq_kernels::operator::{DOMAIN, OP_TYPE, VERSION as DOMAIN_VERSION};
 
 /// Per subspace sizes shared by every subspace: (S, L, K, α, N′).
-fn codebook_sizes(codebook: &Codebook, ctx: &str) -> Result<[usize; 5]> {
+pub(super) fn codebook_sizes(codebook: &Codebook, ctx: &str) -> Result<[usize; 5]> {
     let first = codebook
         .subspaces
         .first()
@@ -48,7 +48,7 @@ fn codebook_sizes(codebook: &Codebook, ctx: &str) -> Result<[usize; 5]> {
 
 /// The initializers of the codebook (atoms, and for DL the atom indices and coefficients), as
 /// the node's inputs 1–3 (empty names for VQ's absent codes).
-fn codebook_inputs(
+pub(super) fn codebook_inputs(
     b: &mut Builder,
     codebook: &Codebook,
     [s_count, l, k, alpha, width]: [usize; 5],
@@ -175,7 +175,7 @@ pub fn lower(
 
 /// The type of the node's output, `[?, M, ?, ?]` of the layer's element type: batch and spatial
 /// sizes stay open, so the model keeps working for any size the original accepted.
-fn output_type(name: &str, elem: i32, m: usize) -> ValueInfoProto {
+pub(super) fn output_type(name: &str, elem: i32, m: usize) -> ValueInfoProto {
     use crate::proto::tensor_shape_proto::{dimension::Value, Dimension};
     let mut info = value_info(name, elem, Some(&[0, m as i64, 0, 0]));
     if let Some(type_proto::Value::TensorType(t)) =

@@ -4,12 +4,15 @@
 //! - [`ops`]: the standard-operator form (plain ONNX at the model's opset; the paper's count);
 //! - [`reconstructed`]: the Conv with the dense reconstructed kernel W̃, the reference the
 //!   other forms must equal (calibration runs it; the exactness tests compare against it);
+//! - [`dense`]: the compact form, the original Conv with its kernel rebuilt from the codebook
+//!   by a constant subgraph engines fold at load (smaller file, the original's speed);
 //! - [`fused`]: one custom-domain `DlqConv` node per layer, computed by the native kernel;
 //! - [`kernel`]: the layer as the native `dlq-kernels` kernel the fused operator runs.
 //!
 //! [`builder`] is the shared wiring toolkit.
 
 pub mod builder;
+pub mod dense;
 pub mod fused;
 pub mod kernel;
 pub mod ops;

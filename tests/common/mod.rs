@@ -259,6 +259,23 @@ pub fn run_ort_with(
     read_npy(&out)
 }
 
+/// Operator counts of `model` after ONNX Runtime's graph optimisations (JSON object text).
+#[allow(dead_code)]
+pub fn ort_optimized_ops(python: &Path, model: &Path) -> String {
+    let o = Command::new(python)
+        .arg(repo().join("scripts/ort_optimized_ops.py"))
+        .arg(model)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "ONNX Runtime on {}: {}",
+        model.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// Deterministic uniform input in [-1, 1).
 pub fn input_like(shape: &[usize], seed: u64) -> ndarray::ArrayD<f32> {
     let mut x = seed

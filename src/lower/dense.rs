@@ -1,0 +1,185 @@
+//! The compact form (`--form dense`): the Conv stays as it is, and its weight becomes a small
+//! constant subgraph that rebuilds the dense kernel W̃ from the codebook — atoms (float),
+//! sparse codes (smallest unsigned index type, and float coefficients) and the assignment Γ
+//! (smallest unsigned type that holds K). Every input of that subgraph is an initializer, so
+//! engines fold it when they load the model (tract's optimisation, ONNX Runtime's constant
+//! folding) and run the original Conv: the file shrinks, the latency stays. Plain ONNX at the
+//! model's opset (7 or later: broadcasting Add), valid for any input size the original accepts.
+//!
+//! ```text
+//! DL:  reps[S·K, N′] = Reshape(MatMul(coef[S,K,1,α], Gather(atoms[S·L,N′], idx + s·L)))
+//! VQ:  reps[S·K, N′] = Reshape(atoms[S,L,N′])
+//! W̃   = Gather(Transpose(Reshape(Gather(reps, Γ + s·K)), [M, S·N′, kh, kw]), channels < N)
+//! ```
+
+use anyhow::{ensure, Result};
+
+use crate::analysis::select::ConvLayer;
+use crate::codebook::{Codebook, Method};
+use crate::onnx::build::{attr_int, attr_ints};
+use crate::onnx::model::OnnxModel;
+use crate::onnx::tensor;
+use crate::proto::tensor_proto::DataType;
+
+use super::builder::{taken_names, Builder};
+use super::fused::{codebook_inputs, codebook_sizes, output_type};
+use super::ops::{layer_bias, layer_context};
+use super::patch::LayerPatch;
+
+/// The lowest opset the form supports (Cast's `to` as an integer, broadcasting Add).
+pub const MIN_OPSET: i64 = 7;
+
+/// `Cast(x, INT64) + offsets`, the offset of subspace s being `s · step` (shape `[S, 1, …]`
+/// with `rank − 1` ones), so each subspace's indices address its own rows of a flat table.
+fn global_indices(
+    b: &mut Builder,
+    what: &str,
+    x: &str,
+    s: usize,
+    step: usize,
+    rank: usize,
+) -> Result<String> {
+    let cast = b.node(
+        "Cast",
+        &format!("{what}_i64"),
+        vec![x.to_string()],
+        vec![attr_int("to", DataType::Int64 as i64)],
+    )?;
+    let name = b.name(&format!("{what}_offsets"))?;
+    let offsets: Vec<i64> = (0..s).map(|i| (i * step) as i64).collect();
+    let mut shape = vec![s];
+    shape.resize(rank, 1);
+    b.inits
+        .push(tensor::new_i64_tensor(&name, &shape, &offsets));
+    b.node("Add", &format!("{what}_global"), vec![cast, name], vec![])
+}
+
+fn reshape(b: &mut Builder, what: &str, x: &str, shape: &[i64]) -> Result<String> {
+    let s = b.i64_init(&format!("{what}_shape"), shape)?;
+    b.node("Reshape", what, vec![x.to_string(), s], vec![])
+}
+
+/// The representatives as a flat `[S·K, N′]` table.
+fn representatives(
+    b: &mut Builder,
+    inputs: &[String],
+    [s, l, k, alpha, width]: [usize; 5],
+) -> Result<String> {
+    let flat_atoms = reshape(b, "atoms_flat", &inputs[0], &[(s * l) as i64, width as i64])?;
+    if inputs[1].is_empty() {
+        return Ok(flat_atoms); // VQ: representative i is atom i (K = L)
+    }
+    let idx = global_indices(b, "atom_indices", &inputs[1], s, l, 3)?;
+    let terms = b.node(
+        "Gather",
+        "terms",
+        vec![flat_atoms, idx],
+        vec![attr_int("axis", 0)],
+    )?;
+    let coef = reshape(
+        b,
+        "coefficients_row",
+        &inputs[2],
+        &[s as i64, k as i64, 1, alpha as i64],
+    )?;
+    let reps = b.node("MatMul", "representatives", vec![coef, terms], vec![])?;
+    reshape(
+        b,
+        "representatives_flat",
+        &reps,
+        &[(s * k) as i64, width as i64],
+    )
+}
+
+/// Builds the compact replacement of `layer`: the original Conv reading W̃ from the subgraph.
+pub fn lower(
+    model: &OnnxModel,
+    layer: &ConvLayer,
+    codebook: &Codebook,
+    settings: &str,
+) -> Result<LayerPatch> {
+    let ctx = layer_context(layer);
+    ensure!(
+        model.default_opset() >= MIN_OPSET,
+        "{ctx}: the compact form needs opset {MIN_OPSET} or later; the model has {}",
+        model.default_opset()
+    );
+    let elem = layer
+        .weight_type
+        .ok_or_else(|| anyhow::anyhow!("{ctx}: no float weight"))?;
+    let [m, n, kh, kw] = codebook.kernel_shape;
+    let sizes = codebook_sizes(codebook, &ctx)?;
+    let [s, _, k, _, width] = sizes;
+    let taken = taken_names(model);
+    let mut b = Builder::new(&layer.name, model.default_opset(), elem, &taken);
+    let inputs = codebook_inputs(&mut b, codebook, sizes, &ctx)?;
+    let table = representatives(&mut b, &inputs, sizes)?;
+    let reps = if codebook.method == Method::Vq {
+        codebook.sizes.l
+    } else {
+        k
+    };
+    let gamma: Vec<u32> = codebook
+        .subspaces
+        .iter()
+        .flat_map(|c| c.assignment.iter().copied())
+        .collect();
+    let gamma_name = b.name("assignment")?;
+    b.inits.push(tensor::new_index_tensor(
+        &gamma_name,
+        &[s, m, kh, kw],
+        &gamma,
+        reps,
+    ));
+    let gamma_global = global_indices(&mut b, "assignment", &gamma_name, s, reps, 4)?;
+    let columns = b.node(
+        "Gather",
+        "columns",
+        vec![table, gamma_global],
+        vec![attr_int("axis", 0)],
+    )?;
+    let moved = b.node(
+        "Transpose",
+        "columns_by_channel",
+        vec![columns],
+        vec![attr_ints("perm", &[1, 0, 4, 2, 3])],
+    )?;
+    let mut weight = reshape(
+        &mut b,
+        "weight_padded",
+        &moved,
+        &[m as i64, (s * width) as i64, kh as i64, kw as i64],
+    )?;
+    if s * width != n {
+        let channels: Vec<i64> = (0..n as i64).collect();
+        weight = b.gather("weight", &weight, &channels)?;
+    }
+    let mut conv = model.graph().node[layer.node_index].clone();
+    conv.input[1] = weight;
+    // Named like every node of the layer's patch, so per-layer reports find it.
+    conv.name = Some(b.name("conv")?);
+    let mut released = vec![layer.weight.clone()];
+    if let (Some(values), true) = (
+        layer_bias(model, layer, codebook, m)?,
+        codebook.bias_shift.is_some(),
+    ) {
+        let bias = b.float_init("bias", &[m], &values)?;
+        conv.input.truncate(2);
+        conv.input.push(bias);
+        released.extend(layer.bias.iter().cloned());
+    }
+    let mut nodes = b.nodes;
+    nodes.push(conv);
+    Ok(LayerPatch {
+        node_index: layer.node_index,
+        layer: layer.name.clone(),
+        nodes,
+        initializers: b.inits,
+        released,
+        metadata: (format!("onnx-dlq/{}", layer.name), settings.to_string()),
+        domains: vec![],
+        // Completes a graph output's missing shape, which onnx.checker's shape inference does
+        // not recover through the kernel subgraph.
+        value_info: vec![output_type(&layer.output, elem.onnx() as i32, m)],
+    })
+}
