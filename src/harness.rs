@@ -85,6 +85,7 @@ pub fn exercise(bytes: &[u8], scratch: &Path) -> Outcome {
         external: ExternalData::Auto,
         calibration: None,
         target_speedup: None,
+        target_compression: None,
         measure_latency: false,
         form,
     };

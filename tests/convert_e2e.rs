@@ -23,6 +23,7 @@ fn opts(selection: Selection, method: Method, ratio: f64) -> ConvertOptions {
         external: ExternalData::Auto,
         calibration: None,
         target_speedup: None,
+        target_compression: None,
         measure_latency: false,
         form: Default::default(),
     }
@@ -426,4 +427,56 @@ fn all_skips_strided_layers_that_would_cost_more() {
     o.selection = Selection::Named(vec!["layer2.0.conv1".into()]);
     let named = convert::convert(&src, &tmp.path().join("b.onnx"), &o).unwrap();
     assert!(named.layers[0].achieved_ratio < 1.0);
+}
+
+/// `--target-compression X`: the compact form with a ρ per layer chosen by bytes saved; the
+/// budget's prediction holds for the written file, and no other form is accepted.
+#[test]
+fn target_compression_shrinks_the_file_as_predicted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = common::default_model();
+    let out = tmp.path().join("small.onnx");
+    let o = common::run(&[
+        common::path_str(&input),
+        common::path_str(&out),
+        "--target-compression",
+        "2",
+        "--no-latency",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    let m = &report["allocation"]["measured"];
+    assert_eq!(m["unit"], "bytes", "{m}");
+    let (original, predicted) = (
+        m["original"].as_f64().unwrap(),
+        m["predicted"].as_f64().unwrap(),
+    );
+    assert!(predicted <= original / 2.0, "{m}");
+    let written = std::fs::metadata(&out).unwrap().len() as f64;
+    let before = std::fs::metadata(&input).unwrap().len() as f64;
+    assert!(
+        written <= predicted * 1.1 && written * 1.8 <= before,
+        "{written} bytes written, {predicted} predicted, {before} before"
+    );
+    let converted = onnx_dlq::onnx::model::load(&out).unwrap();
+    assert!(converted
+        .graph()
+        .node
+        .iter()
+        .all(|n| n.op_type.as_deref() != Some("DlqConv")));
+    let o = common::run(&[
+        common::path_str(&input),
+        common::path_str(&tmp.path().join("x.onnx")),
+        "--target-compression",
+        "2",
+        "--form",
+        "fused",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        common::stderr(&o).contains("--form dense"),
+        "{}",
+        common::stderr(&o)
+    );
 }

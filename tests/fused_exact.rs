@@ -229,6 +229,7 @@ fn convert_with_the_fused_form_equals_the_ops_form_and_counts_the_same_multiplic
                 external: ExternalData::Auto,
                 calibration: None,
                 target_speedup: None,
+                target_compression: None,
                 measure_latency: false,
                 form,
             };
@@ -330,8 +331,9 @@ fn a_fused_target_speedup_is_a_latency_budget() {
     assert!(o.status.success(), "{}", common::stderr(&o));
     let report: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
     let allocation = &report["allocation"];
-    let predicted = allocation["latency"]["predicted_ms"].as_f64().unwrap();
-    let original = allocation["latency"]["original_ms"].as_f64().unwrap();
+    assert_eq!(allocation["measured"]["unit"], "milliseconds");
+    let predicted = allocation["measured"]["predicted"].as_f64().unwrap();
+    let original = allocation["measured"]["original"].as_f64().unwrap();
     assert!(
         predicted > 0.0 && predicted <= original / 1.2 + 1e-9,
         "{allocation}"
@@ -340,8 +342,8 @@ fn a_fused_target_speedup_is_a_latency_budget() {
     assert!(!layers.is_empty());
     for l in layers {
         let (dense, fused) = (
-            l["timing_ms"][0].as_f64().unwrap(),
-            l["timing_ms"][1].as_f64().unwrap(),
+            l["measured"][0].as_f64().unwrap(),
+            l["measured"][1].as_f64().unwrap(),
         );
         assert!(fused < dense, "{l}");
     }

@@ -130,6 +130,7 @@ fn lying_lengths_and_dimensions_are_errors_not_allocations() {
                 external: ExternalData::Auto,
                 calibration: None,
                 target_speedup: None,
+                target_compression: None,
                 measure_latency: false,
                 form: Default::default(),
             };

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::select::ConvLayer;
-use crate::calibrate::{self, timing, InputStats};
+use crate::calibrate::{self, InputStats};
 use crate::codebook::{self, ValidParams};
 use crate::onnx::model::OnnxModel;
 use crate::progress;
@@ -30,26 +30,46 @@ pub struct AllocatedLayer {
     /// The sensitivity measure at that ratio (output error with calibration, else weight error).
     pub error: f64,
     pub multiplications_before: u64,
-    /// With a latency budget: the layer's measured (dense Conv, DlqConv at `ratio`) ms.
+    /// With a measured budget: the layer's (original, converted at `ratio`) cost in its unit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timing_ms: Option<(f64, f64)>,
+    pub measured: Option<(f64, f64)>,
 }
 
-/// Measured times that make the budget spend latency instead of multiplications.
+/// What a measured budget spends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unit {
+    /// Latency measured on this machine (`--target-speedup` with the fused form).
+    Milliseconds,
+    /// Stored bytes (`--target-compression`).
+    Bytes,
+}
+
+/// One layer's measured cost: as it is, and converted at each candidate ratio.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerCost {
+    pub before: f64,
+    /// (ρ, cost) for every candidate ratio that was measured, increasing ρ.
+    pub after: Vec<(f64, f64)>,
+}
+
+/// Measured costs that make the budget spend time or bytes instead of multiplications.
 #[derive(Debug, Clone)]
-pub struct LatencyBudget {
-    /// The whole original model, ms.
-    pub model_ms: f64,
+pub struct MeasuredBudget {
+    pub unit: Unit,
+    /// The whole original model.
+    pub total: f64,
     /// Per candidate layer (same order as the candidates).
-    pub layers: Vec<timing::LayerTiming>,
+    pub layers: Vec<LayerCost>,
 }
 
-/// A latency budget's prediction: the original's measured time and the converted model's
-/// predicted one (original minus each converted layer's measured saving).
+/// A measured budget's prediction: the original's cost and the converted model's (original
+/// minus each converted layer's saving).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LatencyEstimate {
-    pub original_ms: f64,
-    pub predicted_ms: f64,
+pub struct MeasuredEstimate {
+    pub unit: Unit,
+    pub original: f64,
+    pub predicted: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,9 +78,9 @@ pub struct Allocation {
     /// From each converted layer's multiplications × position factor / ρ (the rewrite counts the
     /// same within rounding of K and L); with a latency budget, predicted time speed-up.
     pub estimated_speedup: f64,
-    /// Present when the budget was spent on measured latency.
+    /// Present when the budget was spent on measured latency or bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub latency: Option<LatencyEstimate>,
+    pub measured: Option<MeasuredEstimate>,
     pub sensitivity: Sensitivity,
     pub layers: Vec<AllocatedLayer>,
     /// Layers considered and left original.
@@ -81,8 +101,11 @@ pub enum Sensitivity {
 /// Why no allocation can be made.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BudgetError {
-    #[error("a {target}x speed-up: the {layers} candidate layers cannot save that much even at ρ = {max_ratio}")]
+    #[error("a {target}x {goal}: the {layers} candidate layers cannot save that much even at ρ = {max_ratio}")]
     Unreachable {
+        /// The setting the target came from.
+        setting: Setting,
+        goal: &'static str,
         target: f64,
         layers: usize,
         max_ratio: f64,
@@ -106,8 +129,8 @@ struct LayerSensitivity {
     position_factor: f64,
     /// (ρ, error), increasing ρ.
     points: Vec<(f64, f64)>,
-    /// With a latency budget, the layer's measured times.
-    timing: Option<timing::LayerTiming>,
+    /// With a measured budget, the layer's measured costs.
+    measured: Option<LayerCost>,
 }
 
 /// Chooses the ratios; `calibration` gives the calibration inputs and damping when calibrating.
@@ -117,25 +140,29 @@ pub fn allocate(
     total_multiplications: u64,
     target: f64,
     calibration: Option<(&[ArrayD<f32>], f64)>,
-    latency: Option<LatencyBudget>,
+    measured: Option<MeasuredBudget>,
 ) -> Result<Allocation> {
     let started = Instant::now();
-    require(
-        target.is_finite() && target > 1.0,
-        Setting::TargetSpeedup,
-        || format!("must be above 1, got {target}"),
-    )?;
+    let (setting, goal) = match measured.as_ref().map(|m| m.unit) {
+        Some(Unit::Bytes) => (Setting::TargetCompression, "compression"),
+        _ => (Setting::TargetSpeedup, "speed-up"),
+    };
+    require(target.is_finite() && target > 1.0, setting, || {
+        format!("must be above 1, got {target}")
+    })?;
     let mut sens = measure(original, layers, calibration)?;
-    let total = match &latency {
-        Some(l) => {
-            for (s, t) in sens.iter_mut().zip(&l.layers) {
-                s.timing = Some(t.clone());
+    let total = match &measured {
+        Some(m) => {
+            for (s, t) in sens.iter_mut().zip(&m.layers) {
+                s.measured = Some(t.clone());
             }
-            l.model_ms
+            m.total
         }
         None => total_multiplications as f64,
     };
     let chosen = greedy(&sens, total, target).ok_or(BudgetError::Unreachable {
+        setting,
+        goal,
         target,
         layers: layers.len(),
         max_ratio: CANDIDATE_RATIOS[CANDIDATE_RATIOS.len() - 1],
@@ -155,10 +182,10 @@ pub fn allocate(
                 ratio: s.points[*j].0,
                 error: s.points[*j].1,
                 multiplications_before: cand.multiplications,
-                timing_ms: s
-                    .timing
+                measured: s
+                    .measured
                     .as_ref()
-                    .and_then(|t| Some((t.dense_ms, s.fused_ms(s.points[*j].0)?))),
+                    .and_then(|t| Some((t.before, s.measured_after(s.points[*j].0)?))),
             }),
             None => unchanged.push(cand.layer.name.clone()),
         }
@@ -166,9 +193,10 @@ pub fn allocate(
     Ok(Allocation {
         target_speedup: target,
         estimated_speedup: total / after,
-        latency: latency.map(|l| LatencyEstimate {
-            original_ms: l.model_ms,
-            predicted_ms: after,
+        measured: measured.map(|m| MeasuredEstimate {
+            unit: m.unit,
+            original: m.total,
+            predicted: after,
         }),
         sensitivity: match calibration {
             Some(_) => Sensitivity::Output,
@@ -235,33 +263,30 @@ fn measure(
                 .filter(|((j, _), e)| *j == i && e.is_some())
                 .map(|((_, r), e)| (*r, e.expect("filtered")))
                 .collect(),
-            timing: None,
+            measured: None,
         })
         .collect();
     Ok(sens)
 }
 
 impl LayerSensitivity {
-    /// Multiplications — or, with timings, milliseconds — saved at point `c` (negative when the
-    /// converted layer costs more; a ratio without a timing saves nothing worth taking).
+    /// Multiplications — or, measured, milliseconds or bytes — saved at point `c` (negative
+    /// when the converted layer costs more; a ratio that was not measured is never worth it).
     fn saving(&self, c: Option<usize>) -> f64 {
         let Some(j) = c else { return 0.0 };
         let ratio = self.points[j].0;
-        match &self.timing {
+        match &self.measured {
             Some(t) => self
-                .fused_ms(ratio)
-                .map_or(f64::NEG_INFINITY, |f| t.dense_ms - f),
+                .measured_after(ratio)
+                .map_or(f64::NEG_INFINITY, |f| t.before - f),
             None => self.before as f64 * (1.0 - self.position_factor / ratio),
         }
     }
 
-    /// The measured DlqConv time at `ratio`, if it was timed.
-    fn fused_ms(&self, ratio: f64) -> Option<f64> {
-        let t = self.timing.as_ref()?;
-        t.fused_ms
-            .iter()
-            .find(|(r, _)| *r == ratio)
-            .map(|(_, ms)| *ms)
+    /// The measured converted cost at `ratio`, if it was measured.
+    fn measured_after(&self, ratio: f64) -> Option<f64> {
+        let t = self.measured.as_ref()?;
+        t.after.iter().find(|(r, _)| *r == ratio).map(|(_, c)| *c)
     }
 }
 
@@ -310,7 +335,7 @@ mod tests {
             before,
             position_factor: 1.0,
             points: points.to_vec(),
-            timing: None,
+            measured: None,
         }
     }
 
@@ -346,9 +371,9 @@ mod tests {
     fn a_latency_budget_never_converts_a_layer_the_kernel_does_not_speed_up() {
         let timed = |before, points: &[(f64, f64)], dense_ms, fused_ms: &[(f64, f64)]| {
             let mut l = s(before, points);
-            l.timing = Some(timing::LayerTiming {
-                dense_ms,
-                fused_ms: fused_ms.to_vec(),
+            l.measured = Some(LayerCost {
+                before: dense_ms,
+                after: fused_ms.to_vec(),
             });
             l
         };

@@ -8,10 +8,10 @@ use anyhow::{Context, Result};
 use ndarray::ArrayD;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
-use serde::{Deserialize, Serialize};
 
 use crate::analysis::select::{self, ConvLayer};
 use crate::analysis::shapes::{self, ShapeMap};
+use crate::calibrate::budget::LayerCost;
 use crate::codebook::{Codebook, Method, Points, SparseCodes, SubspaceCodebook, ValidParams};
 use crate::engine::runner::Runner;
 use crate::lower::{self, fused, GraphPatch};
@@ -21,14 +21,6 @@ use crate::proto::{GraphProto, ModelProto};
 
 /// Timed runs per measurement after two warm-up runs; the median is kept.
 const RUNS: usize = 9;
-
-/// One layer's measured times, in milliseconds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LayerTiming {
-    pub dense_ms: f64,
-    /// (ρ, DlqConv ms) for every candidate ratio the rules accept, increasing ρ.
-    pub fused_ms: Vec<(f64, f64)>,
-}
 
 /// Median time of `runner` on `x`, in milliseconds.
 fn median_ms(runner: &Runner, x: &ArrayD<f32>) -> Result<f64> {
@@ -145,15 +137,15 @@ fn random_codebook(kernel: [usize; 4], params: &ValidParams) -> Result<Codebook>
     })
 }
 
-/// Times `layer` (batch 1) as its Conv and as a DlqConv at each ratio of `ratios` that the
-/// rules accept for `params`.
+/// Times `layer` (batch 1) as its Conv (`before`, ms) and as a DlqConv at each ratio of
+/// `ratios` that the rules accept for `params` (`after`).
 pub fn time_layer(
     original: &OnnxModel,
     layer: &ConvLayer,
     shapes: &ShapeMap,
     params: &ValidParams,
     ratios: &[f64],
-) -> Result<LayerTiming> {
+) -> Result<LayerCost> {
     let ctx = || format!("timing layer `{}`", layer.name);
     let mut x_shape = shapes.get(&layer.input).with_context(ctx)?.to_vec();
     x_shape[0] = 1;
@@ -186,5 +178,8 @@ pub fn time_layer(
         )?;
         fused_ms.push((ratio, median_ms(&Runner::new(&model, &x_shape)?, &x)?));
     }
-    Ok(LayerTiming { dense_ms, fused_ms })
+    Ok(LayerCost {
+        before: dense_ms,
+        after: fused_ms,
+    })
 }

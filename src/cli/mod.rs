@@ -113,7 +113,7 @@ pub struct ConvertArgs {
         long,
         value_delimiter = ',',
         conflicts_with = "all",
-        required_unless_present_any = ["all", "target_speedup"]
+        required_unless_present_any = ["all", "target_speedup", "target_compression"]
     )]
     pub layers: Vec<String>,
     /// Convert every eligible Conv layer (the others are listed with the reason).
@@ -130,6 +130,15 @@ pub struct ConvertArgs {
     /// layers that do not pay off stay original. Best with --calibrate.
     #[arg(long, value_name = "X", conflicts_with_all = ["ratio", "k", "l"])]
     pub target_speedup: Option<f64>,
+    /// Instead of one --ratio: stored tensor bytes X× fewer with the compact form (implies
+    /// --form dense), a ρ per layer chosen from measured sensitivities (among --layers, or every
+    /// eligible layer) by bytes saved per unit of error. Best with --calibrate.
+    #[arg(
+        long,
+        value_name = "X",
+        conflicts_with_all = ["ratio", "k", "l", "target_speedup"]
+    )]
+    pub target_compression: Option<f64>,
     #[command(flatten)]
     pub settings: ClusterSettings,
     /// Explicit K (DL) or K_vq (VQ) instead of the rules.
@@ -162,8 +171,9 @@ pub struct ConvertArgs {
     /// ONNX Runtime with libonnx_dlq_ort); `dense`, the compact form: the original Conv with its
     /// kernel rebuilt from the stored codebook by a constant subgraph engines fold at load (a
     /// smaller file at the original's speed).
-    #[arg(long, value_enum, default_value = "ops")]
-    pub form: FormArg,
+    /// (Default `ops`; `dense` with --target-compression.)
+    #[arg(long, value_enum)]
+    pub form: Option<FormArg>,
     #[command(flatten)]
     pub calibration: CalibrationArgs,
     #[command(flatten)]
@@ -410,11 +420,27 @@ fn run_inspect(args: InspectArgs) -> Result<()> {
     Ok(())
 }
 
+/// The output form: `--form`, or the compact form for a size budget (the only form it suits).
+fn output_form(form: Option<FormArg>, size_budget: bool) -> Result<OutputForm> {
+    Ok(match (form, size_budget) {
+        (None | Some(FormArg::Dense), true) => OutputForm::Dense,
+        (Some(other), true) => anyhow::bail!(
+            "--target-compression shrinks the compact form (--form dense), not --form {}",
+            format!("{other:?}").to_lowercase()
+        ),
+        (None | Some(FormArg::Ops), false) => OutputForm::Ops,
+        (Some(FormArg::Fused), false) => OutputForm::Fused,
+        (Some(FormArg::Dense), false) => OutputForm::Dense,
+    })
+}
+
 fn run_convert(args: ConvertArgs) -> Result<()> {
     let input = args.input.expect("required by clap");
     let output = args.output.expect("required by clap");
     let mut params = args.settings.params(args.method.into(), args.ratio);
-    if args.target_speedup.is_some() && args.settings.c.is_none() {
+    if (args.target_speedup.is_some() || args.target_compression.is_some())
+        && args.settings.c.is_none()
+    {
         params.c = TARGET_SPEEDUP_C;
     }
     params.k = args.k;
@@ -439,12 +465,9 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
             .calibration
             .options(args.verify_data.preprocess.as_deref())?,
         target_speedup: args.target_speedup,
+        target_compression: args.target_compression,
         measure_latency: !args.no_latency,
-        form: match args.form {
-            FormArg::Ops => OutputForm::Ops,
-            FormArg::Fused => OutputForm::Fused,
-            FormArg::Dense => OutputForm::Dense,
-        },
+        form: output_form(args.form, args.target_compression.is_some())?,
     };
     args.verify_data
         .check(args.calibration.calibrate.is_some())?;

@@ -108,6 +108,7 @@ pub fn flag(setting: Setting) -> &'static str {
         Setting::Iters => "--iters",
         Setting::KmeansIters => "(the k-means iteration count)",
         Setting::TargetSpeedup => "--target-speedup",
+        Setting::TargetCompression => "--target-compression",
         Setting::CalibSamples => "--calib-samples",
         Setting::Ratios => "--ratios",
         Setting::Stages => "--stages",
@@ -128,8 +129,8 @@ fn render_level(e: &(dyn std::error::Error + 'static)) -> String {
         let flags: Vec<&str> = s.remedies().iter().map(|&r| flag(r)).collect();
         return format!("{s} [{}]", flags.join(", "));
     }
-    if e.downcast_ref::<BudgetError>().is_some() {
-        return format!("{}: {e}", flag(Setting::TargetSpeedup));
+    if let Some(BudgetError::Unreachable { setting, .. }) = e.downcast_ref::<BudgetError>() {
+        return format!("{}: {e}", flag(*setting));
     }
     e.to_string()
 }

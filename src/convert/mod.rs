@@ -41,6 +41,9 @@ pub struct ConvertOptions {
     /// Whole-model multiplication reduction to reach: a ρ per layer is allocated (see
     /// `calibrate::budget`) among the selected layers.
     pub target_speedup: Option<f64>,
+    /// Instead of one ratio: a whole-model reduction of stored tensor bytes (the compact form),
+    /// with a ρ per layer from measured sensitivities.
+    pub target_compression: Option<f64>,
     /// After writing, time the original and the converted model (`convert` only).
     pub measure_latency: bool,
     /// The output form of each converted layer.

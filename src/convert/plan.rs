@@ -84,9 +84,11 @@ pub fn plan<'a>(
     opts: &ConvertOptions,
     calibration: Option<&Calibration>,
 ) -> Result<Plan<'a>> {
-    match opts.target_speedup {
-        None => choose(inv, &opts.selection, &opts.params),
-        Some(target) => allocate(original, inv, opts, target, calibration),
+    match (opts.target_speedup, opts.target_compression) {
+        (Some(target), _) | (None, Some(target)) => {
+            allocate(original, inv, opts, target, calibration)
+        }
+        (None, None) => choose(inv, &opts.selection, &opts.params),
     }
 }
 
@@ -186,9 +188,10 @@ fn allocate<'a>(
         .collect();
     // The fused form runs a native kernel whose speed is not the multiplication count's: spend
     // measured time instead.
-    let latency = match opts.form {
-        OutputForm::Fused => Some(latency_budget(original, inv, &with_cost)?),
-        OutputForm::Ops | OutputForm::Dense => None,
+    let measured = match (opts.target_compression, opts.form) {
+        (Some(_), _) => Some(size_budget(original, &with_cost)?),
+        (None, OutputForm::Fused) => Some(latency_budget(original, inv, &with_cost)?),
+        (None, OutputForm::Ops | OutputForm::Dense) => None,
     };
     let a = budget::allocate(
         original,
@@ -196,7 +199,7 @@ fn allocate<'a>(
         inv.cost.total.multiplications,
         target,
         calibration.map(|c| (c.inputs, c.options.damping)),
-        latency,
+        measured,
     )?;
     log_allocation(&a);
     let mut layers = Vec::new();
@@ -217,13 +220,85 @@ fn allocate<'a>(
     })
 }
 
+/// Bytes of an index tensor whose values stay below `bound` (`new_index_tensor`'s choice).
+fn index_bytes(bound: usize) -> f64 {
+    match bound {
+        0..=256 => 1.0,
+        257..=65536 => 2.0,
+        _ => 4.0,
+    }
+}
+
+/// Bytes a converted layer adds besides its tensors' data: about a dozen nodes, a dozen
+/// tensor names and small shape constants (measured: SqueezeNet, 26 layers, ≈ 2.7 KB each).
+const LAYER_OVERHEAD_BYTES: f64 = 2800.0;
+
+/// The model's stored bytes (the protobuf plus external tensor data), and per candidate layer
+/// its weight's bytes and the compact form's at each candidate ratio the rules accept
+/// (`lower::dense`'s tensors plus [`LAYER_OVERHEAD_BYTES`]).
+fn size_budget(
+    original: &OnnxModel,
+    candidates: &[budget::Candidate],
+) -> Result<budget::MeasuredBudget> {
+    use prost::Message;
+    let mut total = original.proto.encoded_len() as f64;
+    for t in &original.graph().initializer {
+        if crate::onnx::tensor::is_external(t) {
+            let width = crate::onnx::tensor::element_size(t.data_type.unwrap_or(0)).unwrap_or(1);
+            total += (crate::onnx::tensor::element_count(t)? * width) as f64;
+        }
+    }
+    let layers = candidates
+        .iter()
+        .map(|c| {
+            let kernel = c.layer.kernel.clone().unwrap_or_default();
+            let [m, n, kh, kw] = kernel[..] else {
+                return budget::LayerCost {
+                    before: 0.0,
+                    after: vec![],
+                };
+            };
+            let e = c.layer.weight_type.map_or(4, |t| t.size()) as f64;
+            let after = budget::CANDIDATE_RATIOS
+                .iter()
+                .filter_map(|&r| {
+                    let p = c.params.with_ratio(r).ok()?;
+                    let z = p.sizes(m, n, kh * kw).ok()?;
+                    let (s, l, k, a, w) = (z.subspaces, z.l, z.k, p.alpha, p.subspace);
+                    let atoms = (s * l * w) as f64 * e;
+                    let (codes, reps) = match p.method {
+                        crate::codebook::Method::Dl => {
+                            ((s * k * a) as f64 * (index_bytes(l) + e), k)
+                        }
+                        crate::codebook::Method::Vq => (0.0, l),
+                    };
+                    let gamma = (s * m * kh * kw) as f64 * index_bytes(reps);
+                    Some((
+                        r,
+                        atoms + codes + gamma + 16.0 * s as f64 + LAYER_OVERHEAD_BYTES,
+                    ))
+                })
+                .collect();
+            budget::LayerCost {
+                before: (m * n * kh * kw) as f64 * e,
+                after,
+            }
+        })
+        .collect();
+    Ok(budget::MeasuredBudget {
+        unit: budget::Unit::Bytes,
+        total,
+        layers,
+    })
+}
+
 /// Times the whole model and every candidate layer (dense, and fused at each candidate ratio)
 /// in tract on this machine, batch 1.
 fn latency_budget(
     original: &OnnxModel,
     inv: &Inventory,
     candidates: &[budget::Candidate],
-) -> Result<budget::LatencyBudget> {
+) -> Result<budget::MeasuredBudget> {
     let mut shape = inv
         .shapes
         .inputs
@@ -246,13 +321,17 @@ fn latency_budget(
         log::debug!(
             "timing: {} dense {:.3} ms, fused {:?}",
             c.layer.name,
-            t.dense_ms,
-            t.fused_ms
+            t.before,
+            t.after
         );
         layers.push(t);
         task.inc(1);
     }
-    Ok(budget::LatencyBudget { model_ms, layers })
+    Ok(budget::MeasuredBudget {
+        unit: budget::Unit::Milliseconds,
+        total: model_ms,
+        layers,
+    })
 }
 
 fn log_allocation(a: &Allocation) {

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::cost::millions;
-use crate::calibrate::budget::Allocation;
+use crate::calibrate::budget::{Allocation, Unit};
 use crate::codebook::{ClusterParams, Method};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,14 +144,19 @@ pub fn render(r: &ConvertReport) -> String {
             .map(|e| format!(" (tensors in {e})"))
             .unwrap_or_default()
     );
-    if let Some(p) = r.allocation.as_ref().and_then(|a| a.latency.as_ref()) {
-        let _ = writeln!(
-            s,
-            "latency budget (tract, 1 thread, batch 1, per-layer timings): original {:.3} ms, predicted {:.3} ms ({:.2}x)",
-            p.original_ms,
-            p.predicted_ms,
-            p.original_ms / p.predicted_ms
-        );
+    if let Some(p) = r.allocation.as_ref().and_then(|a| a.measured.as_ref()) {
+        let _ = match p.unit {
+            Unit::Milliseconds => writeln!(
+                s,
+                "latency budget (tract, 1 thread, batch 1, per-layer timings): original {:.3} ms, predicted {:.3} ms ({:.2}x)",
+                p.original, p.predicted, p.original / p.predicted
+            ),
+            Unit::Bytes => writeln!(
+                s,
+                "size budget (stored bytes): original {:.0}, predicted {:.0} ({:.2}x smaller)",
+                p.original, p.predicted, p.original / p.predicted
+            ),
+        };
     }
     if let Some(l) = &r.latency {
         let _ = writeln!(

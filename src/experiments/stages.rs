@@ -205,6 +205,7 @@ fn stage_row(
             external: ExternalData::Auto,
             calibration: opts.calibration.clone(),
             target_speedup: None,
+            target_compression: None,
             measure_latency: false,
             form: Default::default(),
         },
