@@ -365,13 +365,20 @@ fn compact_models_are_smaller_and_fold_to_the_original_graph() {
         common::path_str(&model),
         common::path_str(&out),
         "--all",
-        "--ratio",
-        "4",
+        "--method",
+        "vq",
+        "--subspace",
+        "2",
+        "--k",
+        "256",
         "--form",
         "dense",
         "--no-latency",
     ]);
     assert!(o.status.success(), "{}", common::stderr(&o));
+    // With N′ = 2 and K = 256, rebuilding conv10's 512k-weight kernel outgrows its codebook
+    // more than tract's own constant folding allows: onnx-dlq's runner folds it (and every
+    // other compact kernel) itself, so the plan is the original's.
     let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
     assert!(
         size(&out) * 2 < size(&model),

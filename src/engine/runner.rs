@@ -45,6 +45,54 @@ pub fn parse(model: &OnnxModel) -> Result<tract_onnx::model::ParseResult> {
     })
 }
 
+/// Evaluates, once, every node of the compact form's kernel subgraphs (`lower::dense`: nodes
+/// named `{layer}/dlq/…` whose inputs are all constants) and puts the resulting constant in its
+/// place. tract's own constant propagation skips folds whose output outgrows their inputs
+/// (4 MiB budget), which is exactly what rebuilding a dense kernel from a codebook does; left
+/// alone, a large layer would rebuild its kernel on every run.
+fn fold_compact_kernels(model: &mut TypedModel) -> TractResult<()> {
+    loop {
+        let mut folded = false;
+        for id in model.eval_order()? {
+            if let Some(patch) = fold_patch(model, id)? {
+                patch.apply(model)?;
+                folded = true;
+                break;
+            }
+        }
+        if !folded {
+            return Ok(());
+        }
+    }
+}
+
+/// The patch replacing node `id` by its value, when it is a foldable compact-kernel node.
+fn fold_patch(model: &TypedModel, id: usize) -> TractResult<Option<TypedModelPatch>> {
+    use tract_onnx::tract_core::ops::konst::Const;
+    let node = model.node(id);
+    let facts = model.node_input_facts(id)?;
+    let foldable = node.name.contains("/dlq/")
+        && !node.op_is::<Const>()
+        && !node.inputs.is_empty()
+        && node.outputs.len() == 1
+        && facts.iter().all(|f| f.konst.is_some());
+    if !foldable {
+        return Ok(None);
+    }
+    let inputs = facts
+        .iter()
+        .map(|f| f.konst.clone().expect("checked").into_tvalue())
+        .collect();
+    let Some(mut values) = node.op.eval_out_of_plan(inputs)? else {
+        return Ok(None);
+    };
+    let value = values.remove(0).into_arc_tensor();
+    let mut patch = TypedModelPatch::default();
+    let wire = patch.add_const(&node.name, value)?;
+    patch.shunt_outside(model, OutletId::new(id, 0), wire)?;
+    Ok(Some(patch))
+}
+
 thread_local! {
     static IN_TRACT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -117,6 +165,7 @@ impl Runner {
         let plan = guarded(&model.path, || {
             m.into_typed()
                 .and_then(|mut t| {
+                    fold_compact_kernels(&mut t)?;
                     if t.nodes().iter().any(|n| {
                         n.outputs
                             .iter()
