@@ -15,14 +15,14 @@
 use anyhow::{ensure, Result};
 
 use crate::analysis::select::ConvLayer;
-use crate::codebook::{Codebook, Method};
+use crate::codebook::Codebook;
 use crate::onnx::build::{attr_int, attr_ints};
 use crate::onnx::model::OnnxModel;
 use crate::onnx::tensor;
 use crate::proto::tensor_proto::DataType;
 
 use super::builder::{taken_names, Builder};
-use super::fused::{codebook_inputs, codebook_sizes, output_type};
+use super::fused::{assignment_input, codebook_inputs, codebook_sizes, output_type};
 use super::ops::{layer_bias, layer_context};
 use super::patch::LayerPatch;
 
@@ -114,24 +114,9 @@ pub fn lower(
     let mut b = Builder::new(&layer.name, model.default_opset(), elem, &taken);
     let inputs = codebook_inputs(&mut b, codebook, sizes, &ctx)?;
     let table = representatives(&mut b, &inputs, sizes)?;
-    let reps = if codebook.method == Method::Vq {
-        codebook.sizes.l
-    } else {
-        k
-    };
-    let gamma: Vec<u32> = codebook
-        .subspaces
-        .iter()
-        .flat_map(|c| c.assignment.iter().copied())
-        .collect();
-    let gamma_name = b.name("assignment")?;
-    b.inits.push(tensor::new_index_tensor(
-        &gamma_name,
-        &[s, m, kh, kw],
-        &gamma,
-        reps,
-    ));
-    let gamma_global = global_indices(&mut b, "assignment", &gamma_name, s, reps, 4)?;
+    // K: the representatives Γ indexes (VQ: the L centroids).
+    let gamma_name = assignment_input(&mut b, codebook, [s, m, kh, kw], k)?;
+    let gamma_global = global_indices(&mut b, "assignment", &gamma_name, s, k, 4)?;
     let columns = b.node(
         "Gather",
         "columns",

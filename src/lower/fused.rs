@@ -87,6 +87,25 @@ pub(super) fn codebook_inputs(
     Ok(inputs)
 }
 
+/// Γ of every subspace as one `[S, M, kh, kw]` initializer of the smallest unsigned type that
+/// holds `k` (the number of representatives).
+pub(super) fn assignment_input(
+    b: &mut Builder,
+    codebook: &Codebook,
+    shape: [usize; 4],
+    k: usize,
+) -> Result<String> {
+    let assignment: Vec<u32> = codebook
+        .subspaces
+        .iter()
+        .flat_map(|s| s.assignment.iter().copied())
+        .collect();
+    let name = b.name("assignment")?;
+    b.inits
+        .push(tensor::new_index_tensor(&name, &shape, &assignment, k));
+    Ok(name)
+}
+
 /// Builds the `DlqConv` node replacing `layer`. `shapes` gives the input's spatial size, which
 /// resolves `auto_pad` into explicit pads; `settings` is recorded in the model's metadata.
 pub fn lower(
@@ -123,19 +142,7 @@ pub fn lower(
         [s_count, l, k, alpha, width],
         &ctx,
     )?);
-    let assignment: Vec<u32> = codebook
-        .subspaces
-        .iter()
-        .flat_map(|s| s.assignment.iter().copied())
-        .collect();
-    let name = b.name("assignment")?;
-    b.inits.push(tensor::new_index_tensor(
-        &name,
-        &[s_count, m, kh, kw],
-        &assignment,
-        k,
-    ));
-    inputs.push(name);
+    inputs.push(assignment_input(&mut b, codebook, [s_count, m, kh, kw], k)?);
     if let Some(values) = layer_bias(model, layer, codebook, m)? {
         inputs.push(b.float_init("bias", &[m], &values)?);
     }
