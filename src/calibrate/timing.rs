@@ -89,9 +89,8 @@ fn single_conv(original: &OnnxModel, layer: &ConvLayer, x_shape: &[usize]) -> Re
 fn random_codebook(kernel: [usize; 4], params: &ValidParams) -> Result<Codebook> {
     let [m, n, kh, kw] = kernel;
     let sizes = params.sizes(m, n, kh * kw)?;
-    let p: &ValidParams = params;
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(p.seed);
-    let width = p.subspace;
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(params.seed);
+    let width = params.subspace;
     let columns = m * kh * kw;
     let subspaces = (0..sizes.subspaces)
         .map(|s| {
@@ -103,12 +102,12 @@ fn random_codebook(kernel: [usize; 4], params: &ValidParams) -> Result<Codebook>
                     .collect(),
                 dim,
             };
-            let (codes, reps) = match p.method {
+            let (codes, reps) = match params.method {
                 Method::Vq => (None, sizes.l),
                 Method::Dl => {
-                    let slots = sizes.k * p.alpha;
+                    let slots = sizes.k * params.alpha;
                     let codes = SparseCodes {
-                        alpha: p.alpha,
+                        alpha: params.alpha,
                         atoms: (0..slots)
                             .map(|_| rng.random_range(0..sizes.l as u32))
                             .collect(),
@@ -129,7 +128,7 @@ fn random_codebook(kernel: [usize; 4], params: &ValidParams) -> Result<Codebook>
         })
         .collect();
     Ok(Codebook {
-        method: p.method,
+        method: params.method,
         kernel_shape: kernel,
         sizes,
         subspaces,

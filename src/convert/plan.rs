@@ -7,8 +7,9 @@ use crate::analysis::inventory::Inventory;
 use crate::analysis::select::{self, ConvLayer, Ineligible};
 use crate::calibrate::budget::{self, Allocation};
 use crate::calibrate::timing;
-use crate::codebook::{SizeError, ValidParams};
+use crate::codebook::{Method, SizeError, ValidParams};
 use crate::onnx::model::OnnxModel;
+use crate::onnx::tensor;
 use crate::progress;
 
 use super::learn::Calibration;
@@ -243,9 +244,9 @@ fn size_budget(
     use prost::Message;
     let mut total = original.proto.encoded_len() as f64;
     for t in &original.graph().initializer {
-        if crate::onnx::tensor::is_external(t) {
-            let width = crate::onnx::tensor::element_size(t.data_type.unwrap_or(0)).unwrap_or(1);
-            total += (crate::onnx::tensor::element_count(t)? * width) as f64;
+        if tensor::is_external(t) {
+            let width = tensor::element_size(t.data_type.unwrap_or(0)).unwrap_or(1);
+            total += (tensor::element_count(t)? * width) as f64;
         }
     }
     let layers = candidates
@@ -267,10 +268,8 @@ fn size_budget(
                     let (s, l, k, a, w) = (z.subspaces, z.l, z.k, p.alpha, p.subspace);
                     let atoms = (s * l * w) as f64 * e;
                     let (codes, reps) = match p.method {
-                        crate::codebook::Method::Dl => {
-                            ((s * k * a) as f64 * (index_bytes(l) + e), k)
-                        }
-                        crate::codebook::Method::Vq => (0.0, l),
+                        Method::Dl => ((s * k * a) as f64 * (index_bytes(l) + e), k),
+                        Method::Vq => (0.0, l),
                     };
                     let gamma = (s * m * kh * kw) as f64 * index_bytes(reps);
                     Some((
