@@ -79,7 +79,7 @@ def graph_model(node, inits, n, dtype, m, domain_version=1):
     return helper.make_model(graph, opset_imports=opsets, ir_version=8)
 
 
-def dlq_model(case, d, idx, coef, assign, bias, idx_np, fdt, name="layer"):
+def dlq_model(case, d, idx, coef, assign, bias, idx_np, fdt, name="layer", relu=False):
     onnx_dt = TensorProto.FLOAT16 if fdt == np.float16 else TensorProto.FLOAT
     inits = [numpy_helper.from_array(d.astype(fdt), "atoms")]
     names = ["X", "atoms", "", "", "assignment"]
@@ -93,8 +93,9 @@ def dlq_model(case, d, idx, coef, assign, bias, idx_np, fdt, name="layer"):
     if bias is not None:
         inits.append(numpy_helper.from_array(bias.astype(fdt), "B"))
         names.append("B")
+    extra = {"activation": "Relu"} if relu else {}
     node = helper.make_node("DlqConv", names, ["Y"], name=name, domain="ai.onnx_dlq",
-                            subspace=d.shape[2], **conv_attrs(case))
+                            subspace=d.shape[2], **conv_attrs(case), **extra)
     return graph_model(node, inits, case["n"], onnx_dt, assign.shape[1])
 
 
@@ -142,13 +143,16 @@ def exactness():
                 if fdt == np.float16:  # the reference sees the float16 values
                     d, coef = d.astype(np.float16).astype(np.float32), None if coef is None else coef.astype(np.float16).astype(np.float32)
                     bias = None if bias is None else bias.astype(np.float16).astype(np.float32)
-                fused = dlq_model(case, d, idx, coef, assign, bias, idx_np, fdt)
+                relu = ci % 3 == 1  # the fused Relu (attribute activation) on some models
+                fused = dlq_model(case, d, idx, coef, assign, bias, idx_np, fdt, relu=relu)
                 onnx.checker.check_model(fused, full_check=True)
                 dense = session(dense_model(case, reconstruct(case["n"], case["width"], d, idx, coef, assign), bias))
                 one, two = session(fused, 1), session(fused, 2)
                 for b, h, w in case["sizes"]:
                     x = rng.standard_normal((b, case["n"], h, w)).astype(fdt)
                     ref = dense.run(None, {"X": x.astype(np.float32)})[0].astype(np.float64)
+                    if relu:
+                        ref = np.maximum(ref, 0.0)
                     got = one.run(None, {"X": x})[0]
                     if got.dtype != fdt or got.shape != ref.shape:
                         raise AssertionError(f"case {ci}: output {got.dtype}{got.shape}, expected {np.dtype(fdt)}{ref.shape}")
@@ -188,6 +192,9 @@ def refusals():
         expect_refused(good(d=d[:, :, :4]), ["layer", "atoms has shape"]),
         expect_refused(good(idx=idx, coef=None), ["layer", "go together"]),
     ]
+    m = good()
+    m.graph.node[0].attribute.append(helper.make_attribute("activation", "Tanh"))
+    messages.append(expect_refused(m, ["layer", "attribute activation"]))
     m = good()
     m.graph.node[0].attribute.append(helper.make_attribute("auto_pad", "SAME_UPPER"))
     messages.append(expect_refused(m, ["layer", "exclude each other"]))

@@ -397,3 +397,44 @@ fn compact_models_are_smaller_and_fold_to_the_original_graph() {
         );
     }
 }
+
+/// The fused form takes over the Relu that alone follows a converted Conv (attribute
+/// `activation`): on the README model (Conv → Relu four times; conv1, with 3 input channels,
+/// is not converted) only conv1's Relu is left, and the output equals the standard-operator
+/// form's, which keeps its Relus.
+#[test]
+fn the_fused_form_absorbs_sole_relus_and_equals_the_ops_form() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::default_model();
+    let convert = |form: &str| {
+        let out = tmp.path().join(format!("{form}.onnx"));
+        let o = common::run(&[
+            common::path_str(&model),
+            common::path_str(&out),
+            "--all",
+            "--ratio",
+            "4",
+            "--form",
+            form,
+            "--no-latency",
+        ]);
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        onnx_dlq::onnx::model::load(&out).unwrap()
+    };
+    let (ops, fused) = (convert("ops"), convert("fused"));
+    let count = |m: &OnnxModel, op: &str| {
+        m.graph()
+            .node
+            .iter()
+            .filter(|n| n.op_type.as_deref() == Some(op))
+            .count()
+    };
+    assert_eq!(count(&fused, "DlqConv"), 3);
+    assert_eq!(count(&fused, "Relu"), 1);
+    assert_eq!(count(&ops, "Relu"), 4);
+    let shape = [2, 3, 8, 8];
+    let x = common::input_like(&shape, 9);
+    let want = Runner::new(&ops, &shape).unwrap().run(&x).unwrap();
+    let got = Runner::new(&fused, &shape).unwrap().run(&x).unwrap();
+    Approximation::Engines.assert_close("fused (Relu absorbed) vs ops", &got, &want);
+}

@@ -45,6 +45,7 @@ pub fn builder(
         dilations: node.get_attr_opt_vec("dilations")?,
         auto_pad: node.get_attr_opt::<String>("auto_pad")?,
         subspace: node.get_attr_opt("subspace")?,
+        activation: node.get_attr_opt::<String>("activation")?,
     };
     let attributes = raw
         .check()
@@ -178,6 +179,7 @@ impl Expansion for DlqConvExpansion {
             name: prefix.to_string(),
             conv: Arc::new(conv),
             same_for,
+            relu: self.attributes.relu,
         };
         model.wire_node(prefix, op, &[inputs[0]])
     }
@@ -190,11 +192,16 @@ struct DlqConvOp {
     conv: Arc<DlqConv>,
     /// With SAME padding, the input size its pads were computed for.
     same_for: Option<[usize; 2]>,
+    /// The fused activation (`activation = "Relu"`).
+    relu: bool,
 }
 
 impl PartialEq for DlqConvOp {
     fn eq(&self, other: &Self) -> bool {
-        self.name == other.name && self.conv == other.conv && self.same_for == other.same_for
+        self.name == other.name
+            && self.conv == other.conv
+            && self.same_for == other.same_for
+            && self.relu == other.relu
     }
 }
 
@@ -254,6 +261,9 @@ impl EvalOp for DlqConvOp {
         self.conv
             .run(slice, b, h, w, &mut out)
             .map_err(|e| format_err!("DlqConv node `{}`: {e}", self.name))?;
+        if self.relu {
+            out.iter_mut().for_each(|v| *v = v.max(0.0)); // the fused Relu
+        }
         let y = Tensor::from_shape(&[b, m, oh, ow], &out)?;
         Ok(tvec!(y.cast_to_dt(dt)?.into_owned().into_tvalue()))
     }

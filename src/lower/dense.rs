@@ -166,5 +166,6 @@ pub fn lower(
         // Completes a graph output's missing shape, which onnx.checker's shape inference does
         // not recover through the kernel subgraph.
         value_info: vec![output_type(&layer.output, elem.onnx() as i32, m)],
+        absorbed: vec![],
     })
 }

@@ -8,7 +8,7 @@ use anyhow::{ensure, Context, Result};
 use crate::analysis::select::ConvLayer;
 use crate::analysis::shapes::ShapeMap;
 use crate::codebook::{Codebook, Method};
-use crate::onnx::build::{attr_int, attr_ints, value_info};
+use crate::onnx::build::{attr_int, attr_ints, attr_str, value_info};
 use crate::onnx::model::OnnxModel;
 use crate::onnx::tensor::{self, FloatType};
 use crate::proto::{type_proto, ValueInfoProto};
@@ -146,7 +146,7 @@ pub fn lower(
     if let Some(values) = layer_bias(model, layer, codebook, m)? {
         inputs.push(b.float_init("bias", &[m], &values)?);
     }
-    let node_attrs = vec![
+    let mut node_attrs = vec![
         attr_ints(
             "strides",
             &[attrs.strides[0] as i64, attrs.strides[1] as i64],
@@ -161,13 +161,25 @@ pub fn lower(
         ),
         attr_int("subspace", width as i64),
     ];
+    let relu = sole_relu(model, layer);
+    if relu.is_some() {
+        node_attrs.push(attr_str("activation", "Relu"));
+    }
     b.node(OP_TYPE, "conv", inputs, node_attrs)?;
     let mut nodes = b.nodes;
-    // The node writes the Conv's own output name, so consumers are untouched.
-    nodes[0].output[0] = layer.output.clone();
+    // The node writes the Conv's own output name (or the fused Relu's), so consumers are
+    // untouched.
+    let output = match relu {
+        Some(i) => model.graph().node[i].output[0].clone(),
+        None => layer.output.clone(),
+    };
+    nodes[0].output[0] = output.clone();
     nodes[0].domain = Some(DOMAIN.into());
     let mut released = vec![layer.weight.clone()];
     released.extend(layer.bias.iter().cloned());
+    if relu.is_some() {
+        released.push(layer.output.clone()); // the Conv's output no longer exists
+    }
     Ok(LayerPatch {
         node_index: layer.node_index,
         layer: layer.name.clone(),
@@ -176,8 +188,31 @@ pub fn lower(
         released,
         metadata: (format!("onnx-dlq/{}", layer.name), settings.to_string()),
         domains: vec![(DOMAIN.into(), DOMAIN_VERSION)],
-        value_info: vec![output_type(&layer.output, elem.onnx() as i32, m)],
+        value_info: vec![output_type(&output, elem.onnx() as i32, m)],
+        absorbed: relu.into_iter().collect(),
     })
+}
+
+/// The index of the Relu that is the only consumer of `layer`'s output (which is not a graph
+/// output), so the node can apply it itself and save the engine a pass and a tensor.
+fn sole_relu(model: &OnnxModel, layer: &ConvLayer) -> Option<usize> {
+    let g = model.graph();
+    if g.output
+        .iter()
+        .any(|o| o.name.as_deref() == Some(&layer.output))
+    {
+        return None;
+    }
+    let mut consumers = g
+        .node
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.input.contains(&layer.output));
+    let (i, relu) = consumers.next()?;
+    let plain = relu.op_type.as_deref() == Some("Relu")
+        && matches!(relu.domain.as_deref(), None | Some("" | "ai.onnx"))
+        && relu.output.len() == 1;
+    (plain && consumers.next().is_none()).then_some(i)
 }
 
 /// The type of the node's output, `[?, M, ?, ?]` of the layer's element type: batch and spatial

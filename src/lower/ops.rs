@@ -158,6 +158,7 @@ pub fn lower(
         metadata: (format!("onnx-dlq/{}", layer.name), settings.to_string()),
         domains: vec![],
         value_info: vec![],
+        absorbed: vec![],
     })
 }
 

@@ -31,6 +31,9 @@ pub struct LayerPatch {
     /// `onnx.checker` can type-check their consumers: [`apply`] records each in the graph's
     /// `value_info`, or completes the graph output's type when the output is one.
     pub value_info: Vec<ValueInfoProto>,
+    /// Indices of further nodes the replacement takes over (a Relu fused into the fused form's
+    /// node): [`apply`] removes them.
+    pub absorbed: Vec<usize>,
 }
 
 /// All edits of a conversion, applied together by [`apply`].
@@ -51,6 +54,11 @@ fn value_info_for(t: &TensorProto) -> ValueInfoProto {
 pub fn apply(model: &mut OnnxModel, patch: GraphPatch) -> Result<()> {
     let list_initializers_as_inputs = model.proto.ir_version.unwrap_or(0) < 4;
     let mut by_index: BTreeMap<usize, LayerPatch> = BTreeMap::new();
+    let absorbed: HashSet<usize> = patch
+        .layers
+        .iter()
+        .flat_map(|l| l.absorbed.iter().copied())
+        .collect();
     for lp in patch.layers {
         if by_index.insert(lp.node_index, lp).is_some() {
             bail!("a layer is patched twice");
@@ -82,6 +90,7 @@ pub fn apply(model: &mut OnnxModel, patch: GraphPatch) -> Result<()> {
                 domains.extend(lp.domains);
                 typed.extend(lp.value_info);
             }
+            None if absorbed.contains(&i) => {}
             None => graph.node.push(node),
         }
     }

@@ -30,6 +30,8 @@ pub struct RawAttributes {
     pub dilations: Option<Vec<i64>>,
     pub auto_pad: Option<String>,
     pub subspace: Option<i64>,
+    /// `"Relu"` (the following Relu fused into the node) or absent.
+    pub activation: Option<String>,
 }
 
 /// How the input is padded: ONNX Conv's `pads` / `auto_pad`.
@@ -49,6 +51,8 @@ pub struct Attributes {
     pub padding: Padding,
     /// N′, input channels per subspace.
     pub subspace: usize,
+    /// Whether `max(0, ·)` is applied to the output (attribute `activation = "Relu"`).
+    pub relu: bool,
 }
 
 fn node_error(message: String) -> KernelError {
@@ -111,11 +115,21 @@ impl RawAttributes {
             }
             None => return Err(node_error("attribute subspace is missing".into())),
         };
+        let relu = match self.activation.as_deref() {
+            None | Some("") => false,
+            Some("Relu") => true,
+            Some(other) => {
+                return Err(node_error(format!(
+                    "attribute activation is {other:?}, expected \"Relu\" or none"
+                )))
+            }
+        };
         Ok(Attributes {
             strides,
             dilations,
             padding,
             subspace,
+            relu,
         })
     }
 }
@@ -146,6 +160,15 @@ impl Attributes {
             pads[axis + 2] = after;
         }
         Some(pads)
+    }
+
+    /// Applies the node's activation to its output, in place.
+    pub fn activate(&self, out: &mut [f32]) {
+        if self.relu {
+            for v in out {
+                *v = v.max(0.0);
+            }
+        }
     }
 
     /// The output `[height, width]` for an `h × w` input and a `kernel`, as ONNX Conv computes

@@ -179,6 +179,11 @@ fn malformed_nodes_are_refused_by_name() {
         "dilations",
     );
     refused(
+        with(&|r| r.activation = Some("Sigmoid".into())),
+        &good,
+        "attribute activation",
+    );
+    refused(
         with(&|r| r.auto_pad = Some("SAME".into())),
         &good,
         "auto_pad",
@@ -246,4 +251,18 @@ fn malformed_nodes_are_refused_by_name() {
         &edit(&|i| i.atom_indices.as_mut().unwrap().shape[2] = 1),
         "[3, K, alpha]",
     );
+}
+
+#[test]
+fn the_relu_activation_clamps_the_output_and_nothing_else_does() {
+    let raw = |activation: Option<&str>| RawAttributes {
+        subspace: Some(1),
+        activation: activation.map(String::from),
+        ..Default::default()
+    };
+    let mut out = vec![-1.5f32, 0.0, 2.0, -0.0];
+    raw(None).check().unwrap().activate(&mut out);
+    assert_eq!(out, [-1.5, 0.0, 2.0, -0.0]);
+    raw(Some("Relu")).check().unwrap().activate(&mut out);
+    assert_eq!(out, [0.0, 0.0, 2.0, 0.0]);
 }

@@ -148,6 +148,7 @@ impl Kernel {
             dilations: ints(c"dilations")?,
             auto_pad: ort.attr_string(info, c"auto_pad")?,
             subspace: ort.attr_int(info, c"subspace")?,
+            activation: ort.attr_string(info, c"activation")?,
         };
         raw.check().map_err(|e| e.to_string())
     }
@@ -270,7 +271,9 @@ impl Kernel {
             Element::F32 => {
                 let x = std::slice::from_raw_parts(x.data as *const f32, b * per_x);
                 let y = std::slice::from_raw_parts_mut(y.data as *mut f32, b * per_y);
-                run_on_pool(ort, context, &conv, x, [b, h, w], y)
+                let done = run_on_pool(ort, context, &conv, x, [b, h, w], y);
+                self.attributes.activate(y);
+                done
             }
             Element::F16 => {
                 let x16 = std::slice::from_raw_parts(x.data as *const u16, b * per_x);
@@ -278,6 +281,7 @@ impl Kernel {
                 let x32: Vec<f32> = x16.iter().map(|&v| f16::from_bits(v).to_f32()).collect();
                 let mut y32 = vec![0.0f32; b * per_y];
                 let done = run_on_pool(ort, context, &conv, &x32, [b, h, w], &mut y32);
+                self.attributes.activate(&mut y32);
                 for (o, v) in y16.iter_mut().zip(y32) {
                     *o = f16::from_f32(v).to_bits();
                 }

@@ -52,7 +52,7 @@ fn dlqconv_in_onnx_runtime_equals_dense_conv_and_refuses_bad_nodes() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("refusals: 8 malformed models refused"),
+        stdout.contains("refusals: 9 malformed models refused"),
         "{stdout}"
     );
 }
