@@ -15,6 +15,13 @@ Layers: SqueezeNet `fire8/expand3x3` (M=256, N=64, 3x3, pad 1, 13x13) at ρ = 10
 ResNet-20 layer3 shape (M=N=64, 3x3, pad 1, 8x8) at ρ = 4, 8, 16; DL with N' = 8, c = 3, α = 2
 and the paper's sizes K_vq = round(kh·kw·M/ρ), K = c·K_vq, L = floor((N·K_vq − α·S·K)/N)
 (a ρ with L < α is skipped). Run through scripts/bench_kernel.sh (pinned venv).
+
+`--suite issue14` instead times every SqueezeNet 1.1 expand3x3 (fire2..fire9) and the ResNet-20
+layer1/2/3 stride-1 3x3 convolutions at ρ = 4, 8, 16, and prints one compact table: ORT's dense
+Conv on 1 and 2 intra-op threads, tract's dense Conv (1 thread, with `--tract BINARY`: the
+project's `onnx-dlq verify M M --runs R --json` on the same single-Conv model, once per layer,
+right before that layer's rows), the kernel's `run` (1 thread) and `run_parallel` on 2 threads
+(a persistent spinning pool, and scoped threads spawned per `par` call), and the ratios.
 """
 
 import argparse
@@ -37,12 +44,29 @@ LAYERS = [
     ("SqueezeNet fire8/expand3x3", 256, 64, 13, 3, 1, [10, 20]),
     ("ResNet-20 layer3 3x3", 64, 64, 8, 3, 1, [4, 8, 16]),
 ]
+# The issue-14 suite (`--suite issue14`): name, M, N, H(=W), kernel, pad, ρ values.
+ISSUE14_RHOS = [4, 8, 16]
+ISSUE14_LAYERS = [
+    (f"SqueezeNet {f}/expand3x3", m, n, hw, 3, 1, ISSUE14_RHOS)
+    for f, m, n, hw in [("fire2", 64, 16, 55), ("fire3", 64, 16, 55),
+                        ("fire4", 128, 32, 27), ("fire5", 128, 32, 27),
+                        ("fire6", 192, 48, 13), ("fire7", 192, 48, 13),
+                        ("fire8", 256, 64, 13), ("fire9", 256, 64, 13)]
+] + [
+    (f"ResNet-20 {name} 3x3", c, c, hw, 3, 1, ISSUE14_RHOS)
+    for name, c, hw in [("layer1", 16, 32), ("layer2", 32, 16), ("layer3", 64, 8)]
+]
 SUBSPACE, C, ALPHA = 8, 3, 2
+
+
+def subspace(n):
+    """N′ = 8, or N when N < 8."""
+    return min(SUBSPACE, n)
 
 
 def paper_sizes(m, n, k, rho):
     """(K_vq, K, L) by the paper's rules, or None when L < α."""
-    s = -(-n // SUBSPACE)
+    s = -(-n // subspace(n))
     k_vq = round(k * k * m / rho)
     reps = C * k_vq
     atoms = (n * k_vq - ALPHA * s * reps) // n
@@ -97,12 +121,89 @@ def time_ort(model_bytes, n, hw, warmup, runs, threads=1):
 def run_kernel(binary, m, n, hw, k, pad, sizes, reps, threads=None):
     _, reps_k, atoms = sizes
     cmd = [str(binary), "--m", m, "--n", n, "--h", hw, "--w", hw, "--k", k, "--pad", pad,
-           "--subspace", SUBSPACE, "--l", atoms, "--k-reps", reps_k, "--alpha", ALPHA,
+           "--subspace", subspace(n), "--l", atoms, "--k-reps", reps_k, "--alpha", ALPHA,
            "--reps", reps, "--dense-reps", 1]
     if threads is not None:
         cmd += ["--threads", threads]
     out = subprocess.run([str(c) for c in cmd], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def time_tract(binary, model_bytes, name, runs):
+    """tract's dense Conv, 1 thread: `onnx-dlq verify M M --runs R --json -q` on the single-Conv
+    model (verify times the original and the "converted" model, here the same file, one after the
+    other in one process); returns the original's (median, min) ms."""
+    path = Path("/tmp") / ("bench_kernel_" + "".join(ch if ch.isalnum() else "_" for ch in name)
+                           + ".onnx")
+    path.write_bytes(model_bytes)
+    out = subprocess.run([str(binary), "verify", str(path), str(path), "--runs", str(runs),
+                          "--json", "-q"], check=True, capture_output=True, text=True)
+    lat = json.loads(out.stdout)["original"]["latency_ms"]
+    return lat["median"], lat["min"]
+
+
+def busy_jiffies(seconds=2.0):
+    """Busy and total jiffies over all CPUs in `seconds` (/proc/stat): the load of every
+    process on the machine, which a container's load average may not show."""
+    def snap():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]
+    t0, i0 = snap()
+    time.sleep(seconds)
+    t1, i1 = snap()
+    return (t1 - t0) - (i1 - i0), t1 - t0
+
+
+def load_line(when):
+    with open("/proc/loadavg") as f:
+        avg = " ".join(f.read().split()[0:3])
+    busy, total = busy_jiffies()
+    return f"load average {when}: {avg}; /proc/stat: {busy} of {total} jiffies busy over 2 s"
+
+
+def suite_issue14(args, portable):
+    """The issue-14 table (see the module docstring)."""
+    print(load_line("before"))
+    print(f"onnxruntime {ort.__version__}, onnx {onnx.__version__}, numpy {np.__version__}; "
+          f"{args.runs} timed runs after {args.warmup} warm-up runs (tract: {args.runs} runs); "
+          f"times in ms, median [min]; kernel SIMD level printed per layer below\n")
+    print("| layer | ρ | K_vq / K / L | ORT 1 thr | ORT 2 thr | tract 1 thr | kernel 1 thr "
+          "| kernel 2 thr (pool) | kernel 2 thr (scoped) | ORT/kernel 1 thr "
+          "| ORT/kernel 2 thr | tract/kernel 1 thr |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    simd = set()
+    for name, m, n, hw, k, pad, rhos in ISSUE14_LAYERS:
+        model = conv_model(m, n, hw, k, pad)
+        tr = time_tract(args.tract, model, name, args.runs) if args.tract else None
+        label = f"{name} (M {m}, N {n}, {hw}×{hw})"
+        for rho in rhos:
+            sizes = paper_sizes(m, n, k, rho)
+            if sizes is None:
+                print(f"| {label} | {rho} | L < α: skipped |" + " |" * 9)
+                continue
+            ort1 = time_ort(model, n, hw, args.warmup, args.runs, 1)
+            ort2 = time_ort(model, n, hw, args.warmup, args.runs, 2)
+            res = run_kernel(portable, m, n, hw, k, pad, sizes, args.runs, 2)
+            assert res["threads_bit_identical"], "run_parallel differs from run"
+            simd.add(res["simd"])
+            k1 = res["median_ms"]
+            k2 = res["threads_median_ms"]
+            tract_cell = f"{tr[0]:.3f} [{tr[1]:.3f}]" if tr else "–"
+            tract_ratio = f"{tr[0] / k1:.2f}×" if tr else "–"
+            print(f"| {label} | {rho} | {sizes[0]} / {sizes[1]} / {sizes[2]} "
+                  f"| {ort1[0]:.3f} [{ort1[1]:.3f}] | {ort2[0]:.3f} [{ort2[1]:.3f}] "
+                  f"| {tract_cell} | {k1:.3f} [{res['min_ms']:.3f}] "
+                  f"| {k2:.3f} [{res['threads_min_ms']:.3f}] "
+                  f"| {res['threads_scoped_median_ms']:.3f} [{res['threads_scoped_min_ms']:.3f}] "
+                  f"| {ort1[0] / k1:.2f}× | {ort2[0] / k2:.2f}× | {tract_ratio} |", flush=True)
+            label = name
+    print(f"\nkernel SIMD level: {', '.join(sorted(simd))}")
+    ceil = subprocess.run([str(portable), "--ceiling"], check=True, capture_output=True,
+                          text=True)
+    print("ceiling (bench_layer --ceiling):", ceil.stdout.strip())
+    print(load_line("after"))
+    return 0
 
 
 def main():
@@ -113,10 +214,15 @@ def main():
     ap.add_argument("--threads", type=int, default=2,
                     help="also time ORT and the kernel on this many threads (1: skip)")
     ap.add_argument("--before", help="another bench_layer binary, timed as a 'before' column")
+    ap.add_argument("--suite", choices=["default", "issue14"], default="default",
+                    help="issue14: every SqueezeNet expand3x3 and ResNet-20 3x3 layer, ρ 4/8/16")
+    ap.add_argument("--tract", help="an onnx-dlq binary: add tract's dense Conv (issue14 suite)")
     args = ap.parse_args()
 
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
     portable = cargo_build(target)
+    if args.suite == "issue14":
+        return suite_issue14(args, portable)
     native = None if args.no_native else cargo_build(target / "native", "-C target-cpu=native")
 
     with open("/proc/loadavg") as f:
