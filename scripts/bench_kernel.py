@@ -25,6 +25,9 @@ right before that layer's rows), the kernel's `run` (1 thread) and `run_parallel
 row (and each tract measurement) is repeated, up to `--tries` times, while other processes used
 more than `--max-foreign` % of the machine's CPU time during it (/proc/stat busy jiffies minus
 this process's and its children's); the last column gives that share and the number of tries.
+With `--passes P` the whole table is measured P times in a row and a last table gives, per cell,
+the median of the P medians [the min of the P mins] (slow phases of the shared host lasting
+seconds, invisible in /proc/stat, otherwise move single rows).
 """
 
 import argparse
@@ -195,60 +198,86 @@ def load_line(when):
     return f"load average {when}: {avg}; /proc/stat: {busy} of {total} jiffies busy over 2 s"
 
 
-def tract_load(tr, pct, tries):
-    return f"; tract {pct:.1f} ({tries})" if tr else ""
-
-
 def suite_issue14(args, portable):
-    """The issue-14 table (see the module docstring)."""
+    """The issue-14 table (see the module docstring). With `--passes P` the whole table is
+    measured P times, one pass after the other (each printed as it runs), and the final table
+    gives per cell the median of the P medians [the min of the P mins]."""
     print(load_line("before"))
     print(f"onnxruntime {ort.__version__}, onnx {onnx.__version__}, numpy {np.__version__}; "
           f"{args.runs} timed runs after {args.warmup} warm-up runs (tract: {args.runs} runs); "
-          f"times in ms, median [min]; kernel SIMD level printed per layer below\n")
-    print("| layer | ρ | K_vq / K / L | ORT 1 thr | ORT 2 thr | tract 1 thr | kernel 1 thr "
-          "| kernel 2 thr (pool) | kernel 2 thr (scoped) | ORT/kernel 1 thr "
-          "| ORT/kernel 2 thr | tract/kernel 1 thr | other load % (tries) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          f"times in ms, median [min]\n")
+    head = ("| layer | ρ | K_vq / K / L | ORT 1 thr | ORT 2 thr | tract 1 thr | kernel 1 thr "
+            "| kernel 2 thr (pool) | kernel 2 thr (scoped) | ORT/kernel 1 thr "
+            "| ORT/kernel 2 thr | tract/kernel 1 thr | other load % (tries) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     simd = set()
-    for name, m, n, hw, k, pad, rhos in ISSUE14_LAYERS:
-        model = conv_model(m, n, hw, k, pad)
-        tr, tr_pct, tr_tries = None, 0.0, 0
-        if args.tract:
-            tr, tr_pct, tr_tries = quiet(lambda: time_tract(args.tract, model, name, args.runs),
-                                         args.max_foreign, args.tries)
-        label = f"{name} (M {m}, N {n}, {hw}×{hw})"
-        for rho in rhos:
-            sizes = paper_sizes(m, n, k, rho)
-            if sizes is None:
-                print(f"| {label} | {rho} | L < α: skipped |" + " |" * 10)
-                continue
-            def row():
-                return (time_ort(model, n, hw, args.warmup, args.runs, 1),
-                        time_ort(model, n, hw, args.warmup, args.runs, 2),
-                        run_kernel(portable, m, n, hw, k, pad, sizes, args.runs, 2))
-            (ort1, ort2, res), pct, tries = quiet(row, args.max_foreign, args.tries)
-            assert res["threads_bit_identical"], "run_parallel differs from run"
-            simd.add(res["simd"])
-            k1 = res["median_ms"]
-            k2 = res["threads_median_ms"]
-            tract_cell = f"{tr[0]:.3f} [{tr[1]:.3f}]" if tr else "–"
-            tract_ratio = f"{tr[0] / k1:.2f}×" if tr else "–"
-            tract_note = tract_load(tr, tr_pct, tr_tries) if rho == rhos[0] else ""
-            print(f"| {label} | {rho} | {sizes[0]} / {sizes[1]} / {sizes[2]} "
-                  f"| {ort1[0]:.3f} [{ort1[1]:.3f}] | {ort2[0]:.3f} [{ort2[1]:.3f}] "
-                  f"| {tract_cell} | {k1:.3f} [{res['min_ms']:.3f}] "
-                  f"| {k2:.3f} [{res['threads_min_ms']:.3f}] "
-                  f"| {res['threads_scoped_median_ms']:.3f} [{res['threads_scoped_min_ms']:.3f}] "
-                  f"| {ort1[0] / k1:.2f}× | {ort2[0] / k2:.2f}× | {tract_ratio} "
-                  f"| {pct:.1f} ({tries}){tract_note} |",
-                  flush=True)
-            label = name
+    cells = {}  # (layer index, rho) -> list over passes of (ort1, ort2, tract, k1, k2, scoped)
+    loads = {}  # (layer index, rho) -> list over passes of "pct (tries)" notes
+    for p in range(args.passes):
+        print(f"pass {p + 1} of {args.passes}:\n{head}", flush=True)
+        for li, (name, m, n, hw, k, pad, rhos) in enumerate(ISSUE14_LAYERS):
+            model = conv_model(m, n, hw, k, pad)
+            tr, tr_pct, tr_tries = None, 0.0, 0
+            if args.tract:
+                tr, tr_pct, tr_tries = quiet(
+                    lambda: time_tract(args.tract, model, name, args.runs),
+                    args.max_foreign, args.tries)
+            for rho in rhos:
+                sizes = paper_sizes(m, n, k, rho)
+                if sizes is None:
+                    continue
+
+                def row():
+                    return (time_ort(model, n, hw, args.warmup, args.runs, 1),
+                            time_ort(model, n, hw, args.warmup, args.runs, 2),
+                            run_kernel(portable, m, n, hw, k, pad, sizes, args.runs, 2))
+                (ort1, ort2, res), pct, tries = quiet(row, args.max_foreign, args.tries)
+                assert res["threads_bit_identical"], "run_parallel differs from run"
+                simd.add(res["simd"])
+                meas = (ort1, ort2, tr,
+                        (res["median_ms"], res["min_ms"]),
+                        (res["threads_median_ms"], res["threads_min_ms"]),
+                        (res["threads_scoped_median_ms"], res["threads_scoped_min_ms"]))
+                note = f"{pct:.1f} ({tries})"
+                if tr and rho == rhos[0]:
+                    note += f"; tract {tr_pct:.1f} ({tr_tries})"
+                cells.setdefault((li, rho), []).append(meas)
+                loads.setdefault((li, rho), []).append(note)
+                print(table_row(ISSUE14_LAYERS[li], rho, sizes, [meas], note,
+                                rho == rhos[0]), flush=True)
+        print()
+    if args.passes > 1:
+        print(f"median of the {args.passes} passes' medians [min of their mins]:\n{head}")
+        for (li, rho), meas in cells.items():
+            layer = ISSUE14_LAYERS[li]
+            sizes = paper_sizes(layer[1], layer[2], layer[4], rho)
+            print(table_row(layer, rho, sizes, meas, " / ".join(loads[(li, rho)]),
+                            rho == layer[6][0]))
     print(f"\nkernel SIMD level: {', '.join(sorted(simd))}")
     ceil = subprocess.run([str(portable), "--ceiling"], check=True, capture_output=True,
                           text=True)
     print("ceiling (bench_layer --ceiling):", ceil.stdout.strip())
     print(load_line("after"))
     return 0
+
+
+def table_row(layer, rho, sizes, meas, note, first):
+    """One Markdown row from one or more passes' measurements (median of medians [min of mins])."""
+    name, m, n, hw = layer[:4]
+
+    def agg(i):
+        vals = [x[i] for x in meas if x[i] is not None]
+        if not vals:
+            return None
+        return statistics.median(v[0] for v in vals), min(v[1] for v in vals)
+
+    ort1, ort2, tr, k1, k2, sc = (agg(i) for i in range(6))
+    cell = lambda v: f"{v[0]:.3f} [{v[1]:.3f}]" if v else "–"
+    label = f"{name} (M {m}, N {n}, {hw}×{hw})" if first else name
+    tract_ratio = f"{tr[0] / k1[0]:.2f}×" if tr else "–"
+    return (f"| {label} | {rho} | {sizes[0]} / {sizes[1]} / {sizes[2]} | {cell(ort1)} "
+            f"| {cell(ort2)} | {cell(tr)} | {cell(k1)} | {cell(k2)} | {cell(sc)} "
+            f"| {ort1[0] / k1[0]:.2f}× | {ort2[0] / k2[0]:.2f}× | {tract_ratio} | {note} |")
 
 
 def main():
@@ -262,6 +291,8 @@ def main():
     ap.add_argument("--suite", choices=["default", "issue14"], default="default",
                     help="issue14: every SqueezeNet expand3x3 and ResNet-20 3x3 layer, ρ 4/8/16")
     ap.add_argument("--tract", help="an onnx-dlq binary: add tract's dense Conv (issue14 suite)")
+    ap.add_argument("--passes", type=int, default=1, help="issue14 suite: measure the whole "
+                    "table this many times; the last table gives the median of the medians")
     ap.add_argument("--max-foreign", type=float, default=3.0,
                     help="issue14 suite: re-measure a row while other processes used more than "
                          "this %% of the machine's CPU time during it")
