@@ -370,22 +370,45 @@ fn reference(conv: &DlqConv, a: &Args, x: &[f32], out: &[f32]) -> (f64, f32, f32
 // ---------------------------------------------------------------------------------------------
 // A persistent thread pool for `run_parallel`, as a host engine would drive it.
 
-/// The job a `par` call publishes: the task count and the task, its lifetime erased (the pool
-/// only calls it between publishing and `par`'s return, see [`SpinPool::par`]).
-type Job = (usize, *const (dyn Fn(usize) + Sync));
+/// One `par` call's job: the task count, the task (its lifetime erased: it is only called for
+/// indices below `n`, all of which finish before the publishing `par` call returns) and the call's
+/// own counters. Each call gets a fresh `Job`, so a worker still holding an earlier call's job can
+/// only draw indices ≥ n from it and never runs a finished call's task (a single shared pair of
+/// counters, reset per call, let a late worker draw index 0 of the next call and run it with the
+/// previous call's dangling task: the likely cause of a hang seen once at fire4 ρ = 4).
+struct Job {
+    n: usize,
+    task: *const (dyn Fn(usize) + Sync),
+    next: AtomicUsize,
+    done: AtomicUsize,
+}
+
+// SAFETY: `task` is only dereferenced for an index below `n` drawn from `next`, while the `par`
+// call that published it is blocked waiting for `done` to reach `n` (so the task is alive and
+// `Sync`).
+unsafe impl Sync for Job {}
+unsafe impl Send for Job {}
+
+impl Job {
+    /// Takes task indices until none are left.
+    fn work(&self) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::AcqRel);
+            if i >= self.n {
+                break;
+            }
+            // SAFETY: i < n, so the publishing `par` call is still waiting for this task.
+            unsafe { (*self.task)(i) };
+            self.done.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
 
 struct Shared {
     generation: AtomicUsize,
-    job: Mutex<Option<Job>>,
-    next: AtomicUsize,
-    done: AtomicUsize,
+    job: Mutex<Option<Arc<Job>>>,
     stop: AtomicBool,
 }
-
-// SAFETY: the raw task pointer inside is only dereferenced while the `par` call that
-// published it is blocked waiting for the tasks to finish (so the task is alive and `Sync`).
-unsafe impl Sync for Shared {}
-unsafe impl Send for Shared {}
 
 /// `threads − 1` spinning workers plus the calling thread; tasks are handed out by an atomic
 /// counter.
@@ -399,8 +422,6 @@ impl SpinPool {
         let shared = Arc::new(Shared {
             generation: AtomicUsize::new(0),
             job: Mutex::new(None),
-            next: AtomicUsize::new(0),
-            done: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
         });
         let workers = (1..threads.max(1))
@@ -415,9 +436,9 @@ impl SpinPool {
                             continue;
                         }
                         seen = generation;
-                        let job = *shared.job.lock().unwrap();
-                        if let Some((n, task)) = job {
-                            SpinPool::work(&shared, n, task);
+                        let job = shared.job.lock().unwrap().clone();
+                        if let Some(job) = job {
+                            job.work();
                         }
                     }
                 })
@@ -426,32 +447,21 @@ impl SpinPool {
         SpinPool { shared, workers }
     }
 
-    /// Takes task indices until none are left.
-    fn work(shared: &Shared, n: usize, task: *const (dyn Fn(usize) + Sync)) {
-        loop {
-            let i = shared.next.fetch_add(1, Ordering::AcqRel);
-            if i >= n {
-                break;
-            }
-            // SAFETY: i < n, so the publishing `par` call is still waiting for this task and
-            // `task` is alive.
-            unsafe { (*task)(i) };
-            shared.done.fetch_add(1, Ordering::AcqRel);
-        }
-    }
-
-    /// The `par` driver: publishes the job, works on it, waits for every task to finish.
+    /// The `par` driver: publishes a fresh job, works on it, waits for every task to finish.
     fn par(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
-        // SAFETY: erases the lifetime only; the pointer is not used after this call returns
-        // (workers reach it only for indices below n, all finished before we return).
+        // SAFETY: erases the lifetime only; the pointer is dereferenced only for indices below
+        // n, all finished before this call returns (see `Job`).
         let task: *const (dyn Fn(usize) + Sync) = unsafe { std::mem::transmute(f) };
-        let s = &self.shared;
-        *s.job.lock().unwrap() = Some((n, task));
-        s.done.store(0, Ordering::Release);
-        s.next.store(0, Ordering::Release);
-        s.generation.fetch_add(1, Ordering::AcqRel);
-        SpinPool::work(s, n, task);
-        while s.done.load(Ordering::Acquire) < n {
+        let job = Arc::new(Job {
+            n,
+            task,
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+        });
+        *self.shared.job.lock().unwrap() = Some(Arc::clone(&job));
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        job.work();
+        while job.done.load(Ordering::Acquire) < n {
             std::hint::spin_loop();
         }
     }
@@ -484,9 +494,9 @@ fn scoped_par(threads: usize) -> impl Fn(usize, &(dyn Fn(usize) + Sync)) {
     }
 }
 
-/// `run_parallel` on `a.threads` threads: (pool median, pool min, scoped median, both
-/// bit-identical to `out`).
-fn time_threads(conv: &DlqConv, a: &Args, x: &[f32], out: &[f32]) -> (f64, f64, f64, bool) {
+/// `run_parallel` on `a.threads` threads: (pool median, pool min, scoped median, scoped min,
+/// both bit-identical to `out`).
+fn time_threads(conv: &DlqConv, a: &Args, x: &[f32], out: &[f32]) -> (f64, f64, f64, f64, bool) {
     let mut par_out = vec![0.0f32; out.len()];
     let (pool_med, pool_min, pool_same) = {
         let pool = SpinPool::new(a.threads);
@@ -500,7 +510,7 @@ fn time_threads(conv: &DlqConv, a: &Args, x: &[f32], out: &[f32]) -> (f64, f64, 
     };
     let scoped = scoped_par(a.threads);
     par_out.fill(0.0);
-    let (scoped_med, _) = time_ms(a.warmup, a.reps, || {
+    let (scoped_med, scoped_min) = time_ms(a.warmup, a.reps, || {
         conv.run_parallel(black_box(x), 1, a.h, a.w, &mut par_out, &scoped)
             .expect("valid sizes");
         black_box(&mut par_out);
@@ -510,7 +520,7 @@ fn time_threads(conv: &DlqConv, a: &Args, x: &[f32], out: &[f32]) -> (f64, f64, 
             .iter()
             .zip(out)
             .all(|(p, q)| p.to_bits() == q.to_bits());
-    (pool_med, pool_min, scoped_med, same)
+    (pool_med, pool_min, scoped_med, scoped_min, same)
 }
 
 fn main() -> ExitCode {
@@ -554,10 +564,10 @@ fn main() -> ExitCode {
         black_box(&mut portable);
     });
     let (dense_ms, max_err, scale_ref) = reference(&conv, &a, &x, &out);
-    let (par_ms, par_min_ms, scoped_ms, par_same) = if a.threads > 1 {
+    let (par_ms, par_min_ms, scoped_ms, scoped_min_ms, par_same) = if a.threads > 1 {
         time_threads(&conv, &a, &x, &out)
     } else {
-        (median_ms, min_ms, median_ms, true)
+        (median_ms, min_ms, median_ms, min_ms, true)
     };
 
     let s = a.n.div_ceil(a.subspace);
@@ -578,7 +588,8 @@ fn main() -> ExitCode {
          \"naive_dense_reference_ms\":{dense_ms:.3},\"max_abs_err_vs_reference\":{max_err:.3e},\
          \"reference_max_abs\":{scale_ref:.3e},\"threads\":{threads},\
          \"threads_median_ms\":{par_ms:.4},\"threads_min_ms\":{par_min_ms:.4},\
-         \"threads_scoped_median_ms\":{scoped_ms:.4},\"threads_bit_identical\":{par_same}}}",
+         \"threads_scoped_median_ms\":{scoped_ms:.4},\"threads_scoped_min_ms\":{scoped_min_ms:.4},\
+         \"threads_bit_identical\":{par_same}}}",
         a.m,
         a.n,
         a.h,
