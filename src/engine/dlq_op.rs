@@ -179,7 +179,7 @@ impl Expansion for DlqConvExpansion {
             name: prefix.to_string(),
             conv: Arc::new(conv),
             same_for,
-            relu: self.attributes.relu,
+            attributes: self.attributes.clone(),
         };
         model.wire_node(prefix, op, &[inputs[0]])
     }
@@ -192,8 +192,8 @@ struct DlqConvOp {
     conv: Arc<DlqConv>,
     /// With SAME padding, the input size its pads were computed for.
     same_for: Option<[usize; 2]>,
-    /// The fused activation (`activation = "Relu"`).
-    relu: bool,
+    /// The node's attributes (for its activation).
+    attributes: Attributes,
 }
 
 impl PartialEq for DlqConvOp {
@@ -201,7 +201,7 @@ impl PartialEq for DlqConvOp {
         self.name == other.name
             && self.conv == other.conv
             && self.same_for == other.same_for
-            && self.relu == other.relu
+            && self.attributes == other.attributes
     }
 }
 
@@ -261,9 +261,7 @@ impl EvalOp for DlqConvOp {
         self.conv
             .run(slice, b, h, w, &mut out)
             .map_err(|e| format_err!("DlqConv node `{}`: {e}", self.name))?;
-        if self.relu {
-            out.iter_mut().for_each(|v| *v = v.max(0.0)); // the fused Relu
-        }
+        self.attributes.activate(&mut out);
         let y = Tensor::from_shape(&[b, m, oh, ow], &out)?;
         Ok(tvec!(y.cast_to_dt(dt)?.into_owned().into_tvalue()))
     }

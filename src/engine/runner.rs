@@ -51,19 +51,14 @@ pub fn parse(model: &OnnxModel) -> Result<tract_onnx::model::ParseResult> {
 /// (4 MiB budget), which is exactly what rebuilding a dense kernel from a codebook does; left
 /// alone, a large layer would rebuild its kernel on every run.
 fn fold_compact_kernels(model: &mut TypedModel) -> TractResult<()> {
-    loop {
-        let mut folded = false;
-        for id in model.eval_order()? {
-            if let Some(patch) = fold_patch(model, id)? {
-                patch.apply(model)?;
-                folded = true;
-                break;
-            }
-        }
-        if !folded {
-            return Ok(());
+    // One pass in evaluation order: a fold appends its constant and rewires the successors
+    // (existing node ids stay valid), so each successor sees constant inputs by its turn.
+    for id in model.eval_order()? {
+        if let Some(patch) = fold_patch(model, id)? {
+            patch.apply(model)?;
         }
     }
+    Ok(())
 }
 
 /// The patch replacing node `id` by its value, when it is a foldable compact-kernel node.
