@@ -14,6 +14,8 @@
 //! layers already carry their approximated weights, so errors do not pile up unseen.
 pub mod budget;
 pub mod learn;
+pub mod patch;
+pub mod refit;
 pub mod stats;
 pub mod timing;
 
@@ -28,6 +30,7 @@ use crate::eval::data::{LabelledSet, PreprocessSpec};
 use crate::setting::{require, Setting};
 
 pub use learn::{learn, output_error};
+pub use refit::{RefitOptions, RefitOutcome};
 pub use stats::{collect, collect_many, InputStats};
 
 /// Ridge added to every input covariance, relative to its mean diagonal: H + λ·mean(diag H)·I.
@@ -49,6 +52,9 @@ pub struct CalibrationOptions {
     /// The first this many images.
     pub samples: usize,
     pub damping: f64,
+    /// Refit each layer's continuous codebook on its full input patches (`None`: keep the
+    /// clustered one).
+    pub refit: Option<RefitOptions>,
 }
 
 /// The image files of a calibration folder, in order.
@@ -100,6 +106,13 @@ pub fn load_inputs(opts: &CalibrationOptions) -> Result<Vec<ArrayD<f32>>> {
         "calibration damping must be a non-negative number, got {}",
         opts.damping
     );
+    if let Some(r) = &opts.refit {
+        ensure!(
+            r.damping.is_finite() && r.damping >= 0.0,
+            "refit damping must be a non-negative number, got {}",
+            r.damping
+        );
+    }
     let files = image_files(&opts.data)?;
     let spec = PreprocessSpec::load(&opts.preprocess)?;
     let n = opts.samples.min(files.len());

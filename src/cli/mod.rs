@@ -270,6 +270,13 @@ pub struct CalibrationArgs {
     /// `calibrate::DEFAULT_DAMPING` for how the default was measured).
     #[arg(long, default_value_t = calibrate::DEFAULT_DAMPING, requires = "calibrate")]
     pub calib_damping: f64,
+    /// Keep the clustered codebooks: skip the least-squares refit of atoms, coefficients or
+    /// centroids (Γ fixed) on each layer's full input patches (docs/RESULTS.md).
+    #[arg(long, requires = "calibrate")]
+    pub no_refit: bool,
+    /// Ridge on the patch covariance in the refit, relative to its mean diagonal.
+    #[arg(long, default_value_t = calibrate::refit::DEFAULT_REFIT_DAMPING, requires = "calibrate")]
+    pub refit_damping: f64,
 }
 
 impl CalibrationArgs {
@@ -285,6 +292,10 @@ impl CalibrationArgs {
             preprocess: spec.to_path_buf(),
             samples: self.calib_samples,
             damping: self.calib_damping,
+            refit: (!self.no_refit).then(|| calibrate::RefitOptions {
+                damping: self.refit_damping,
+                ..Default::default()
+            }),
         }))
     }
 }

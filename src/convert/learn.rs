@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use ndarray::ArrayD;
 use rayon::prelude::*;
 
-use crate::calibrate::{self, CalibrationOptions};
+use crate::calibrate::{self, patch, CalibrationOptions, RefitOutcome};
 use crate::codebook::{self, Codebook};
 use crate::lower::reconstructed;
 use crate::onnx::model::OnnxModel;
@@ -39,6 +39,8 @@ pub struct LearntLayer {
 pub struct OutputErrors {
     pub calibrated: f64,
     pub plain: f64,
+    /// The refit's error on the full patches (against the original model's layer output).
+    pub refit: Option<RefitOutcome>,
 }
 
 /// The codebook of every planned layer, in plan order.
@@ -90,14 +92,33 @@ fn learn_calibrated(
         let started = Instant::now();
         let ctx = || format!("calibrating layer `{}`", layer.name);
         let w = layer.kernel_f32(original)?;
-        let stats = calibrate::collect(&simulated, cal.inputs, &layer.input).with_context(ctx)?;
+        let (stats, patches) = match &cal.options.refit {
+            Some(_) => patch::collect(original, &simulated, cal.inputs, layer).with_context(ctx)?,
+            None => (
+                calibrate::collect(&simulated, cal.inputs, &layer.input).with_context(ctx)?,
+                None,
+            ),
+        };
         let damping = cal.options.damping;
-        let cb = calibrate::learn(w.view(), params, &stats, damping).with_context(ctx)?;
+        let mut cb = calibrate::learn(w.view(), params, &stats, damping).with_context(ctx)?;
         let plain = codebook::learn(w.view(), params).with_context(ctx)?;
-        let output_errors = OutputErrors {
+        let mut output_errors = OutputErrors {
             calibrated: calibrate::output_error(w.view(), cb.reconstruct().view(), &stats),
             plain: calibrate::output_error(w.view(), plain.reconstruct().view(), &stats),
+            refit: None,
         };
+        if let (Some(opts), Some(patches)) = (&cal.options.refit, &patches) {
+            let (refitted, outcome) =
+                calibrate::refit::refit(w.view(), &cb, patches, opts).with_context(ctx)?;
+            cb = refitted;
+            output_errors.refit = Some(outcome);
+        } else if cal.options.refit.is_some() {
+            log::warn!(
+                "layer `{}`: patches longer than {} values are not refitted",
+                layer.name,
+                patch::MAX_PATCH_DIM
+            );
+        }
         reconstructed::substitute(&mut simulated, layer, &cb).with_context(ctx)?;
         log::info!(
             "calibrate [{}/{}] {}: {} input positions, {:.1}s",

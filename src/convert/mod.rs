@@ -195,8 +195,17 @@ fn lower_layers(
             l.weight_error,
             l.output_errors
                 .map(|e| format!(
-                    ", output error {:.4} -> {:.4} calibrated",
-                    e.plain, e.calibrated
+                    ", output error {:.4} -> {:.4} calibrated{}",
+                    e.plain,
+                    e.calibrated,
+                    e.refit
+                        .map(|r| format!(
+                            "; patch output error {:.4} -> {:.4} refitted{}",
+                            r.before,
+                            r.after,
+                            if r.applied { "" } else { " (kept)" }
+                        ))
+                        .unwrap_or_default()
                 ))
                 .unwrap_or_default(),
             l.seconds
@@ -249,6 +258,7 @@ fn recount(
                 seconds: l.seconds,
                 output_error: l.output_errors.map(|e| e.calibrated),
                 output_error_uncalibrated: l.output_errors.map(|e| e.plain),
+                refit: l.output_errors.and_then(|e| e.refit),
             }
         })
         .collect()

@@ -32,6 +32,10 @@ pub struct LayerReport {
     pub output_error: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_error_uncalibrated: Option<f64>,
+    /// With calibration's refit: the relative output error on the full input patches
+    /// (against the original model's layer output) before and after it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub refit: Option<crate::calibrate::RefitOutcome>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
