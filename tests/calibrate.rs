@@ -1,4 +1,5 @@
-//! `convert --calibrate`: output-aware codebooks from unlabelled images, reported per layer,
+//! `convert --calibrate`: output-aware codebooks from unlabelled images (refitted on the full
+//! input patches unless `--no-refit`), reported per layer,
 //! reproducible, evaluated on held-out images; bad calibration input is a clean error with no
 //! output file.
 
@@ -58,6 +59,11 @@ fn calibrated_conversion_lowers_every_layers_output_error_and_is_thread_count_in
             l["output_error_uncalibrated"].as_f64().unwrap(),
         );
         assert!(cal > 0.0 && cal < plain, "{}: {cal} vs {plain}", l["name"]);
+        // The refit (default with --calibrate) lowers the error on the full patches.
+        let refit = &l["refit"];
+        let (before, after) = (refit["before"].as_f64(), refit["after"].as_f64());
+        assert!(refit["applied"] == true, "{}: {refit}", l["name"]);
+        assert!(after.unwrap() < before.unwrap(), "{}: {refit}", l["name"]);
     }
     // Same input, flags and seed: the same bytes, on one thread as on several.
     let o = common::bin()
@@ -67,6 +73,12 @@ fn calibrated_conversion_lowers_every_layers_output_error_and_is_thread_count_in
         .unwrap();
     assert!(o.status.success(), "{}", common::stderr(&o));
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    // --no-refit keeps the clustered codebooks: another model, and no refit in the report.
+    let mut plain_args = args(&b);
+    plain_args.push("--no-refit".into());
+    let plain = convert_json(&plain_args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(plain["layers"][0].get("refit").is_none(), "{plain}");
+    assert_ne!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
 
     // Held-out evaluation: the converted model still classifies the images it never saw.
     let v = convert_json(&[

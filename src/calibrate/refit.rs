@@ -10,12 +10,13 @@
 //! `tr(W Cov(p) Wᵀ) − 2 tr(W Cov(p, p̃) W̃ᵀ) + tr(W̃ Cov(p̃) W̃ᵀ)`, and the bias that attains it
 //! is `b + W E[p] − W̃ E[p̃]`. For each linear block of parameters θ (W̃ = A θ) the quadratic is
 //! minimised by conjugate gradients with `Cov(p̃) + λ·mean(diag)·I` as an operator (no D × D
-//! solve, no normal matrix); DL alternates its two blocks. Every step lowers the objective, and
-//! a layer whose error does not fall keeps its codebook.
+//! solve, no normal matrix); DL alternates its two blocks. Subspaces are fitted jointly, so the
+//! error one subspace cannot remove is taken up by the others wherever the inputs correlate.
 //!
-//! Subspaces are fitted jointly, so the error one subspace cannot remove is taken up by the
-//! others wherever the inputs correlate: the effect GPTQ gets by feeding each column's error
-//! forward, without its ordering (Γ is fixed, only continuous values move).
+//! Between refits Γ may move as well ([`RefitOptions::reassign`]): each column in turn takes the
+//! representative that lowers the same objective most, its change fed forward into the
+//! gradient the next columns see (GPTQ's error feedback, on a fixed set of representatives).
+//! Every step lowers the objective, and a layer whose error does not fall keeps its codebook.
 
 use std::ops::Range;
 
@@ -37,8 +38,14 @@ pub struct RefitOptions {
     pub damping: f64,
     /// Conjugate-gradient iterations per block and round.
     pub iterations: usize,
-    /// DL: rounds of (atoms, coefficients).
+    /// Rounds of (continuous refit, then re-assignment when `reassign`); DL refits its atoms,
+    /// then its coefficients, in each.
     pub rounds: usize,
+    /// Let Γ move too: after each continuous refit, every column in turn takes the
+    /// representative that lowers the objective most given all other columns (coordinate
+    /// descent on the full patch covariance, the error of each column fed forward to the next as
+    /// in GPTQ). The representative count, and so the multiplications, do not change.
+    pub reassign: bool,
 }
 
 impl Default for RefitOptions {
@@ -47,6 +54,7 @@ impl Default for RefitOptions {
             damping: DEFAULT_REFIT_DAMPING,
             iterations: 60,
             rounds: 4,
+            reassign: true,
         }
     }
 }
@@ -277,6 +285,69 @@ impl Objective {
     }
 }
 
+impl Objective {
+    /// One sweep of coordinate descent over Γ (see [`RefitOptions::reassign`]), columns in a
+    /// fixed order; returns how many moved.
+    fn reassign(&self, params: &mut Params) -> usize {
+        let [m, _, kh, kw] = params.shape;
+        let mut gradient = params.kernel().dot(&self.h) - &self.b;
+        let mut moved = 0;
+        for s in &mut params.subspaces {
+            let (reps, d) = (s.representatives(), s.dim());
+            let count = reps.len() / d.max(1);
+            let mut delta = vec![0f64; d];
+            for u in 0..kh {
+                for v in 0..kw {
+                    let index: Vec<usize> =
+                        s.channels.clone().map(|c| (c * kh + u) * kw + v).collect();
+                    let block: Vec<f64> = index
+                        .iter()
+                        .flat_map(|&i| index.iter().map(move |&j| (i, j)))
+                        .map(|(i, j)| self.h[[i, j]])
+                        .collect();
+                    for k in 0..m {
+                        let column = subspace::column(k, u, v, kh, kw);
+                        let current = s.assignment[column] as usize;
+                        let g: Vec<f64> = index.iter().map(|&j| gradient[[k, j]]).collect();
+                        let (mut best, mut best_change) = (current, 0f64);
+                        for r in 0..count {
+                            for i in 0..d {
+                                delta[i] = reps[r * d + i] - reps[current * d + i];
+                            }
+                            let change = quadratic_change(&block, &delta, &g);
+                            if change < best_change - 1e-12 * best_change.abs() {
+                                (best, best_change) = (r, change);
+                            }
+                        }
+                        if best == current {
+                            continue;
+                        }
+                        s.assignment[column] = best as u32;
+                        moved += 1;
+                        let mut row = gradient.row_mut(k);
+                        for (i, &ji) in index.iter().enumerate() {
+                            let step = reps[best * d + i] - reps[current * d + i];
+                            row.scaled_add(step, &self.h.row(ji));
+                        }
+                    }
+                }
+            }
+        }
+        moved
+    }
+}
+
+/// ½ δᵀ B δ + δᵀ g, B a d × d row-major block.
+fn quadratic_change(block: &[f64], delta: &[f64], g: &[f64]) -> f64 {
+    let d = delta.len();
+    let mut change = 0f64;
+    for i in 0..d {
+        let bi: f64 = (0..d).map(|j| block[i * d + j] * delta[j]).sum();
+        change += delta[i] * (0.5 * bi + g[i]);
+    }
+    change
+}
+
 /// Mean squared centred output error of `approx` [M, D] against `w` under the covariances.
 fn output_error(w: &Array2<f64>, approx: &Array2<f64>, cov: &[Array2<f64>; 3]) -> f64 {
     let [oo, oc, cc] = cov;
@@ -318,10 +389,21 @@ pub fn refit(
         crate::codebook::Method::Vq => &[Block::Centroids],
         crate::codebook::Method::Dl => &[Block::Atoms, Block::Coefficients],
     };
-    let rounds = if blocks.len() == 1 { 1 } else { opts.rounds };
-    for _ in 0..rounds {
+    let rounds = if blocks.len() == 1 && !opts.reassign {
+        1
+    } else {
+        opts.rounds
+    };
+    for round in 0..rounds {
         for &block in blocks {
             objective.minimise(&mut params, block, opts.iterations);
+        }
+        if opts.reassign && round + 1 < rounds {
+            let moved = objective.reassign(&mut params);
+            log::debug!("refit round {round}: {moved} columns re-assigned");
+            if moved == 0 {
+                break;
+            }
         }
     }
     let approx = params.kernel();
@@ -362,6 +444,7 @@ fn to_codebook(cb: &Codebook, params: &Params) -> Codebook {
     let mut out = cb.clone();
     for (sc, p) in out.subspaces.iter_mut().zip(&params.subspaces) {
         let d = p.dim();
+        sc.assignment = p.assignment.clone();
         let mut atoms = p.atoms.clone();
         let mut coefs = p.codes.as_ref().map(|(_, _, c)| c.clone());
         if let (Some(coefs), Some(codes)) = (coefs.as_mut(), sc.codes.as_ref()) {
@@ -475,14 +558,24 @@ mod tests {
             let mut p = ClusterParams::new(method, 3.0);
             (p.subspace, p.c) = (if method == Method::Vq { 3 } else { 6 }, 2.0);
             let cb = codebook::learn(kernel.view(), &p.check().unwrap()).unwrap();
+            let fixed = RefitOptions {
+                reassign: false,
+                ..RefitOptions::default()
+            };
+            let (kept, fixed_outcome) = refit(kernel.view(), &cb, &stats, &fixed).unwrap();
+            assert_eq!(kept.subspaces[0].assignment, cb.subspaces[0].assignment);
             let (refitted, outcome) =
                 refit(kernel.view(), &cb, &stats, &RefitOptions::default()).unwrap();
             assert!(outcome.applied, "{method:?}");
+            // Moving Γ as well can only help the objective it descends.
+            assert!(
+                outcome.after < fixed_outcome.after,
+                "{outcome:?} {fixed_outcome:?}"
+            );
             assert!(
                 outcome.after < 0.95 * outcome.before,
                 "{method:?} {outcome:?}"
             );
-            assert_eq!(refitted.subspaces[0].assignment, cb.subspaces[0].assignment);
             let measured = measured_error(&x, &xc, &g, &kernel, &refitted);
             // The report and a direct evaluation of the two convolutions agree (f32 rounding).
             assert!(
@@ -522,6 +615,7 @@ mod tests {
         let cb = codebook::learn(kernel.view(), &p.check().unwrap()).unwrap();
         let opts = RefitOptions {
             iterations: 500,
+            reassign: false,
             ..RefitOptions::default()
         };
         let (refitted, _) = refit(kernel.view(), &cb, &stats, &opts).unwrap();

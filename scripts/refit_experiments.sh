@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The refit experiments of docs/RESULTS.md (issue 15): each converts (calibrating on images never
+# used for evaluation), then evaluates. CIFAR models calibrate on cifar10-train and evaluate on all
+# of cifar10-test; SqueezeNet calibrates on the first 256 ImageNet-sample images and evaluates on
+# the other 244 (verify --skip 256).
+# usage: scripts/refit_experiments.sh [NAME...]   (needs ../shared and a built target/debug/onnx-dlq;
+#        with names, runs only those experiments)
+set -u
+cd "$(dirname "$0")/.."
+S=../shared
+B=${B:-target/debug/onnx-dlq}
+out=${TMPDIR:-/tmp}/onnx-dlq-refit
+mkdir -p "$out"
+SQ=$S/models/squeezenet1.1.onnx
+R20=$S/models/resnet20-cifar10.onnx
+R56=$S/models/resnet56-cifar10.onnx
+SQ_PRE="--preprocess $S/models/squeezenet1.1.preprocess.json"
+RN_PRE="--preprocess $S/models/resnet20-cifar10.preprocess.json"
+SQ_EVAL="--data $S/data/imagenet-sample $SQ_PRE --skip 256"
+RN_EVAL="--data $S/data/cifar10-test $RN_PRE"
+SQ_CAL="--calibrate $S/data/imagenet-sample $SQ_PRE --calib-samples 256"
+RN_CAL="--calibrate $S/data/cifar10-train $RN_PRE"
+L=fire2/expand3x3_1,fire3/expand3x3_1,fire4/expand3x3_1,fire5/expand3x3_1,fire6/expand3x3_1,fire7/expand3x3_1,fire8/expand3x3_1,fire9/expand3x3_1
+SELECTED="$*"
+run() { # name model eval-args convert-args...
+  local name=$1 model=$2 eval=$3
+  shift 3
+  if [ -n "$SELECTED" ] && [[ " $SELECTED " != *" $name "* ]]; then return; fi
+  echo "== $name: onnx-dlq $model OUT $*"
+  local t0=$SECONDS
+  $B "$model" "$out/$name.onnx" "$@" 2>&1 | grep -E "^model:|target-speedup: [0-9]"
+  echo "convert: $((SECONDS - t0)) s"
+  $B verify "$model" "$out/$name.onnx" $eval --runs 1 2>/dev/null | grep -E "^(original|converted|samples)"
+}
+for r in "" "--no-refit"; do
+  tag=${r:+-norefit}
+  run r20-dl-t2$tag $R20 "$RN_EVAL" --target-speedup 2 $RN_CAL $r
+  run r20-vq-t2$tag $R20 "$RN_EVAL" --target-speedup 2 --method vq $RN_CAL $r
+  run r20-dl-4$tag $R20 "$RN_EVAL" --all --ratio 4 $RN_CAL $r
+  run r56-dl-t2$tag $R56 "$RN_EVAL" --target-speedup 2 $RN_CAL $r
+  run sq-dl-10$tag $SQ "$SQ_EVAL" --layers $L --ratio 10 $SQ_CAL $r
+  run sq-vq-10$tag $SQ "$SQ_EVAL" --layers $L --ratio 10 --method vq $SQ_CAL $r
+  run sq-dl-t15$tag $SQ "$SQ_EVAL" --target-speedup 1.5 $SQ_CAL $r
+done
+for d in 0.001 0.1 1; do
+  run r20-dl-t2-rd$d $R20 "$RN_EVAL" --target-speedup 2 $RN_CAL --refit-damping $d
+  run sq-dl-10-rd$d $SQ "$SQ_EVAL" --layers $L --ratio 10 $SQ_CAL --refit-damping $d
+done
