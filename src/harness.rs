@@ -88,6 +88,7 @@ pub fn exercise(bytes: &[u8], scratch: &Path) -> Outcome {
         target_compression: None,
         measure_latency: false,
         form,
+        finetune: None,
     };
     let out = scratch.join("output.onnx");
     let converted = convert::convert_model(&original, &opts)

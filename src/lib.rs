@@ -4,7 +4,8 @@
 //! [`onnx`] (the file format) → [`codebook`] (clustering, pure arithmetic) → [`engine`]
 //! (running models in tract) → [`analysis`] (shapes, cost, which layers) → [`lower`] (codebooks
 //! into graph edits, one module per output form) → [`eval`] (data sets, verification) →
-//! [`calibrate`] (output-aware codebooks, the model-wide budget) → [`convert`] (the driver:
+//! [`calibrate`] (output-aware codebooks, the model-wide budget) → [`finetune`] (distillation
+//! fine-tuning on candle) → [`convert`] (the driver:
 //! plan → learn → lower → recount) → [`report`] (inspect, diff) → [`experiments`] (sweep,
 //! stages) → [`cli`]. [`progress`] and [`setting`] (progress reporting, typed invalid-setting errors) are the
 //! services every layer may use; `tests/layering.rs`
@@ -21,6 +22,7 @@ pub mod convert;
 pub mod engine;
 pub mod eval;
 pub mod experiments;
+pub mod finetune;
 pub mod harness;
 pub mod lower;
 pub mod onnx;

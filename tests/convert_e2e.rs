@@ -26,6 +26,7 @@ fn opts(selection: Selection, method: Method, ratio: f64) -> ConvertOptions {
         target_compression: None,
         measure_latency: false,
         form: Default::default(),
+        finetune: None,
     }
 }
 

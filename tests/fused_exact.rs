@@ -232,6 +232,7 @@ fn convert_with_the_fused_form_equals_the_ops_form_and_counts_the_same_multiplic
                 target_compression: None,
                 measure_latency: false,
                 form,
+                finetune: None,
             };
             convert::convert_model(&original, &opts).unwrap()
         };

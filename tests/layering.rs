@@ -19,6 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["lower"],
     &["eval"],
     &["calibrate"],
+    &["finetune"],
     &["convert"],
     &["report"],
     &["experiments"],

@@ -133,6 +133,7 @@ fn lying_lengths_and_dimensions_are_errors_not_allocations() {
                 target_compression: None,
                 measure_latency: false,
                 form: Default::default(),
+                finetune: None,
             };
             let e = convert::convert(&path, &out, &opts).unwrap_err();
             let msg = format!("{e:#}");

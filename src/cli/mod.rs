@@ -14,6 +14,7 @@ use crate::analysis::shapes::InputShape;
 use crate::calibrate::{self, CalibrationOptions};
 use crate::codebook::{ClusterParams, Method, ValidParams};
 use crate::convert::{self, ConvertOptions, OutputForm, Selection};
+use crate::finetune::FinetuneOptions;
 use crate::onnx::model::ExternalData;
 use crate::{
     eval::verify, experiments::stages, experiments::sweep, onnx::model, report::diff,
@@ -177,6 +178,8 @@ pub struct ConvertArgs {
     #[command(flatten)]
     pub calibration: CalibrationArgs,
     #[command(flatten)]
+    pub finetune: FinetuneArgs,
+    #[command(flatten)]
     pub verify_data: VerifyData,
 }
 
@@ -296,6 +299,55 @@ impl CalibrationArgs {
                 damping: self.refit_damping,
                 ..Default::default()
             }),
+        }))
+    }
+}
+
+/// Distillation fine-tuning of the converted layers (`convert`).
+#[derive(Debug, Args)]
+pub struct FinetuneArgs {
+    /// Fine-tune the converted layers' atoms, coefficients, centroids and biases (Γ fixed) so
+    /// that the model matches the original's outputs on these images (no labels needed; read
+    /// like --calibrate's; needs --preprocess). A share is held out to keep the best epoch.
+    #[arg(long, value_name = "DIR")]
+    pub finetune: Option<PathBuf>,
+    #[arg(long, default_value_t = 3, requires = "finetune")]
+    pub epochs: usize,
+    /// Peak learning rate (AdamW, cosine decay to 0).
+    #[arg(long, default_value_t = 1e-4, requires = "finetune")]
+    pub lr: f64,
+    #[arg(long, default_value_t = 32, requires = "finetune")]
+    pub batch: usize,
+    /// Fine-tune on the first this many images (all by default).
+    #[arg(long, requires = "finetune")]
+    pub finetune_samples: Option<usize>,
+    /// Share of the images held out to pick the best epoch (never trained on).
+    #[arg(long, default_value_t = crate::finetune::DEFAULT_HOLDOUT, requires = "finetune")]
+    pub holdout: f64,
+    /// If training diverges, write the model with the best parameters before it instead of
+    /// failing.
+    #[arg(long, requires = "finetune")]
+    pub finetune_keep_on_divergence: bool,
+}
+
+impl FinetuneArgs {
+    fn options(&self, preprocess: Option<&Path>, seed: u64) -> Result<Option<FinetuneOptions>> {
+        let Some(dir) = &self.finetune else {
+            return Ok(None);
+        };
+        let Some(spec) = preprocess else {
+            bail!("--finetune needs --preprocess SPEC.json (how to turn its images into inputs)");
+        };
+        Ok(Some(FinetuneOptions {
+            data: dir.clone(),
+            preprocess: spec.to_path_buf(),
+            samples: self.finetune_samples,
+            epochs: self.epochs,
+            lr: self.lr,
+            batch: self.batch,
+            holdout: self.holdout,
+            seed,
+            keep_on_divergence: self.finetune_keep_on_divergence,
         }))
     }
 }
@@ -457,6 +509,7 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
     params.k = args.k;
     params.l = args.l;
     let params: ValidParams = params.check()?;
+    let params_seed = params.seed;
     let opts = ConvertOptions {
         selection: if args.all {
             Selection::All
@@ -479,9 +532,12 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
         target_compression: args.target_compression,
         measure_latency: !args.no_latency,
         form: output_form(args.form, args.target_compression.is_some())?,
+        finetune: args
+            .finetune
+            .options(args.verify_data.preprocess.as_deref(), params_seed)?,
     };
     args.verify_data
-        .check(args.calibration.calibrate.is_some())?;
+        .check(args.calibration.calibrate.is_some() || args.finetune.finetune.is_some())?;
     let report = convert::convert(&input, &output, &opts)?;
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(path) = &args.report {

@@ -21,6 +21,7 @@ use crate::calibrate::{self, budget::Allocation, CalibrationOptions};
 use crate::codebook::ValidParams;
 use crate::engine::runner::Runner;
 use crate::eval::verify;
+use crate::finetune::{self, FinetuneOptions, FinetuneReport};
 use crate::lower::{self, GraphPatch};
 use crate::onnx::model::{self, ExternalData, OnnxModel};
 
@@ -48,6 +49,8 @@ pub struct ConvertOptions {
     pub measure_latency: bool,
     /// The output form of each converted layer.
     pub form: OutputForm,
+    /// Distillation fine-tuning of the learnt codebooks before lowering (see `finetune`).
+    pub finetune: Option<FinetuneOptions>,
 }
 
 /// How a converted layer is written.
@@ -72,6 +75,7 @@ pub struct Converted {
     pub allocation: Option<Allocation>,
     pub multiplications_before: u64,
     pub multiplications_after: u64,
+    pub finetune: Option<FinetuneReport>,
 }
 
 /// Converts the chosen layers of `original` in memory.
@@ -109,12 +113,19 @@ pub fn convert_model_with_inputs(
         (Some(_), None) => bail!("calibration asked for, but no calibration images were given"),
         (None, _) => None,
     };
+    if let Some(f) = &opts.finetune {
+        finetune::preflight(original, f)?;
+    }
     let plan = plan::plan(original, &inv, opts, calibration.as_ref())?;
     check_not_empty(&inv, &plan)?;
     for s in &plan.skipped {
         log::info!("skip {}: {}", s.name, s.reason);
     }
-    let learnt = learn::learn_codebooks(original, &plan.layers, calibration.as_ref())?;
+    let mut learnt = learn::learn_codebooks(original, &plan.layers, calibration.as_ref())?;
+    let finetuned = match &opts.finetune {
+        Some(f) => Some(finetune_codebooks(original, &plan.layers, &mut learnt, f)?),
+        None => None,
+    };
     let patch = lower_layers(original, &inv, opts, &plan.layers, &learnt)?;
     let mut converted = original.clone();
     lower::apply(&mut converted, patch)?;
@@ -129,7 +140,28 @@ pub fn convert_model_with_inputs(
         allocation: plan.allocation,
         multiplications_before: inv.cost.total.multiplications,
         multiplications_after: new_cost.total.multiplications,
+        finetune: finetuned,
     })
+}
+
+/// Fine-tunes every learnt codebook in place (their weight errors re-measured).
+fn finetune_codebooks(
+    original: &OnnxModel,
+    planned: &[PlannedLayer],
+    learnt: &mut [LearntLayer],
+    opts: &FinetuneOptions,
+) -> Result<FinetuneReport> {
+    let layers: Vec<_> = planned
+        .iter()
+        .zip(learnt.iter())
+        .map(|(p, l)| (p.layer, &l.codebook))
+        .collect();
+    let (codebooks, report) = finetune::finetune(original, &layers, opts)?;
+    for ((l, cb), p) in learnt.iter_mut().zip(codebooks).zip(planned) {
+        l.weight_error = cb.relative_error(p.layer.kernel_f32(original)?.view());
+        l.codebook = cb;
+    }
+    Ok(report)
 }
 
 /// A conversion with nothing to convert is an error that says why for every layer.
@@ -306,6 +338,7 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
         file_bytes_after: saved.model_bytes + saved.external.as_ref().map_or(0, |e| e.1),
         external_data: saved.external.map(|e| e.0.display().to_string()),
         latency,
+        finetune: c.finetune,
     })
 }
 

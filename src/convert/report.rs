@@ -63,6 +63,9 @@ pub struct ConvertReport {
     /// saving in the standard-operator form, and the user should know before shipping it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<LatencyCheck>,
+    /// With `--finetune`: loss and held-out agreement per epoch, and the epoch kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetune: Option<crate::finetune::FinetuneReport>,
 }
 
 /// Single-threaded latency of the original and the converted model in tract, batch 1, on one

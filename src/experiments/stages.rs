@@ -208,6 +208,7 @@ fn stage_row(
             target_compression: None,
             measure_latency: false,
             form: Default::default(),
+            finetune: None,
         },
         calibration_inputs,
     )?;

@@ -100,6 +100,10 @@ impl OnnxModel {
         tensor::to_f32(t, &self.base_dir)
     }
 
+    pub fn tensor_i64(&self, t: &TensorProto) -> Result<Vec<i64>> {
+        tensor::to_i64(t, &self.base_dir)
+    }
+
     /// True when any tensor of the model keeps its bytes in another file.
     pub fn has_external_data(&self) -> bool {
         let mut found = false;

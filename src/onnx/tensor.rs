@@ -292,6 +292,27 @@ pub fn raw_bytes<'a>(t: &'a TensorProto, base_dir: &Path) -> Result<Cow<'a, [u8]
     Ok(Cow::Owned(bytes))
 }
 
+/// Reads an integer tensor (INT64 or INT32, e.g. a Slice's starts or a Reshape's shape).
+pub fn to_i64(t: &TensorProto, base_dir: &Path) -> Result<Vec<i64>> {
+    let bytes = raw_bytes(t, base_dir)?;
+    let dt = DataType::try_from(t.data_type.unwrap_or(0)).unwrap_or(DataType::Undefined);
+    Ok(match dt {
+        DataType::Int64 => bytes
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect(),
+        DataType::Int32 => bytes
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")) as i64)
+            .collect(),
+        _ => bail!(
+            "tensor `{}` is {}, expected INT64 or INT32",
+            tensor_name(t),
+            data_type_name(t.data_type.unwrap_or(0))
+        ),
+    })
+}
+
 /// Reads a floating-point tensor as an `f32` array of its shape.
 pub fn to_f32(t: &TensorProto, base_dir: &Path) -> Result<ArrayD<f32>> {
     let dt = t.data_type.unwrap_or(0);

@@ -1,0 +1,178 @@
+//! Distillation fine-tuning (`convert --finetune`): the trainer runs models as tract does, its
+//! report shows every epoch and keeps the best held-out one, the result is reproducible, and bad
+//! input is refused before any work with nothing written.
+
+mod common;
+
+use ndarray::{ArrayD, IxDyn};
+use onnx_dlq::engine::runner::Runner;
+use onnx_dlq::finetune::graph::{self, Graph, Overrides};
+use serde_json::Value;
+
+/// Graph against tract, on the logits both compute (the input of a final Softmax).
+fn assert_graph_matches_tract(model_path: &std::path::Path, input_shape: &[usize]) {
+    let model = onnx_dlq::onnx::model::load(model_path).unwrap();
+    let g = Graph::new(&model).unwrap();
+    let mut batch = input_shape.to_vec();
+    batch[0] = 2;
+    let x = common::input_like(&batch, 7);
+    let got = g
+        .forward(&graph::to_tensor(&x).unwrap(), &Overrides::new())
+        .unwrap();
+    let got = ArrayD::from_shape_vec(
+        IxDyn(got.dims()),
+        got.flatten_all().unwrap().to_vec1().unwrap(),
+    )
+    .unwrap();
+    // tract one image at a time (SqueezeNet's graph fixes the batch to 1).
+    let runner = Runner::with_outputs(&model, input_shape, &[g.output_name().to_string()]).unwrap();
+    let per_image: Vec<ArrayD<f32>> = (0..2)
+        .map(|i| {
+            let xi = x
+                .index_axis(ndarray::Axis(0), i)
+                .insert_axis(ndarray::Axis(0));
+            runner.run(&xi.to_owned()).unwrap()
+        })
+        .collect();
+    let views: Vec<_> = per_image.iter().map(|a| a.view()).collect();
+    let want = ndarray::concatenate(ndarray::Axis(0), &views).unwrap();
+    let want = want
+        .to_shape((2, want.len() / 2))
+        .unwrap()
+        .into_owned()
+        .into_dyn();
+    let scale = common::max_abs(&want).max(1.0);
+    let err = common::max_abs_diff(&got, &want);
+    assert!(
+        err <= 1e-4 * scale,
+        "{}: max |Δ| {err} (scale {scale})",
+        model_path.display()
+    );
+}
+
+#[test]
+fn trainer_runs_the_models_as_tract_does() {
+    assert_graph_matches_tract(&common::default_model(), &[1, 3, 8, 8]);
+    let Some(shared) = common::shared("trainer_runs_the_models_as_tract_does") else {
+        return;
+    };
+    // Slice with steps, channel Pad, Add, Gemm (ResNet); MaxPool, Concat, Softmax (SqueezeNet).
+    assert_graph_matches_tract(
+        &shared.join("models/resnet20-cifar10.onnx"),
+        &[1, 3, 32, 32],
+    );
+    assert_graph_matches_tract(&shared.join("models/squeezenet1.1.onnx"), &[1, 3, 224, 224]);
+}
+
+fn repo_path(rel: &str) -> String {
+    common::repo().join(rel).display().to_string()
+}
+
+fn finetune_args(out: &str) -> Vec<String> {
+    [
+        "convert",
+        &repo_path("models/digits-cnn.onnx"),
+        out,
+        "--layers",
+        "conv2,conv3,conv4",
+        "--ratio",
+        "4",
+        "--finetune",
+        &repo_path("models/digits-test"),
+        "--preprocess",
+        &repo_path("models/digits-cnn.preprocess.json"),
+        "--finetune-samples",
+        "200",
+        "--epochs",
+        "2",
+        "--lr",
+        "1e-3",
+        "--no-latency",
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[test]
+fn finetuning_reports_each_epoch_keeps_the_best_and_is_reproducible() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        dir.path().join("a.onnx").display().to_string(),
+        dir.path().join("b.onnx").display().to_string(),
+    );
+    let o = common::bin().args(finetune_args(&a)).output().unwrap();
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let f = &j["finetune"];
+    assert_eq!(f["train_images"], 180);
+    assert_eq!(f["heldout_images"], 20);
+    let epochs = f["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 2);
+    let start = f["start"]["heldout_loss"].as_f64().unwrap();
+    let losses: Vec<f64> = epochs
+        .iter()
+        .map(|e| e["heldout_loss"].as_f64().unwrap())
+        .collect();
+    // The kept epoch is the one with the lowest held-out loss, if any beat the start.
+    let best = losses.iter().copied().fold(start, f64::min);
+    match f["best_epoch"].as_u64() {
+        Some(e) => assert_eq!(losses[e as usize - 1], best, "{f}"),
+        None => assert_eq!(best, start, "{f}"),
+    }
+    assert!(losses.iter().all(|l| l.is_finite() && *l >= 0.0), "{f}");
+    // Same input, flags and seed: the same bytes on one thread as on several.
+    let o = common::bin()
+        .args(finetune_args(&b))
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+}
+
+#[test]
+fn bad_finetuning_input_is_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.onnx");
+    let out_s = out.display().to_string();
+    // An operator the trainer does not run: one Relu of the default model made an Elu (tract
+    // runs it, so only the trainer's check can refuse it).
+    let mut proto = onnx_dlq::onnx::model::load(&common::default_model())
+        .unwrap()
+        .proto;
+    let node = proto
+        .graph
+        .as_mut()
+        .unwrap()
+        .node
+        .iter_mut()
+        .find(|n| n.op_type.as_deref() == Some("Relu"))
+        .unwrap();
+    node.op_type = Some("Elu".into());
+    let elu_name = node.name.clone().unwrap_or_default();
+    let elu = dir.path().join("elu.onnx");
+    std::fs::write(&elu, prost::Message::encode_to_vec(&proto)).unwrap();
+    let mut unsupported = finetune_args(&out_s);
+    unsupported[1] = elu.display().to_string();
+    let mut missing = finetune_args(&out_s);
+    missing[8] = dir.path().join("no-such-folder").display().to_string();
+    let mut no_spec = finetune_args(&out_s);
+    no_spec.drain(9..11);
+    for (args, expect) in [
+        (
+            unsupported,
+            format!("Elu `{elu_name}`: fine-tuning does not run this operator"),
+        ),
+        (missing, "no-such-folder".to_string()),
+        (no_spec, "--finetune needs --preprocess".to_string()),
+    ] {
+        let o = common::bin().args(&args).output().unwrap();
+        let err = common::stderr(&o);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(err.contains(&expect), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!out.exists(), "{args:?} left an output file");
+    }
+}
