@@ -1,0 +1,325 @@
+//! The training loop of [`super::finetune`] (built with the `finetune` feature): batches of
+//! augmented images, the teacher's and the student's logits from [`Graph`], KL loss, AdamW with
+//! a cosine schedule, a held-out evaluation after every epoch.
+
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{Device, Tensor, D};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use ndarray::Array4;
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
+use rayon::prelude::*;
+
+use crate::calibrate;
+use crate::eval::data::PreprocessSpec;
+
+use crate::analysis::select::ConvLayer;
+use crate::codebook::Codebook;
+use crate::onnx::model::OnnxModel;
+use crate::progress;
+
+use super::graph::{self, Graph, Overrides};
+use super::params::LayerVars;
+use super::{check, EpochReport, FinetuneOptions, FinetuneReport};
+
+fn batch_tensor(images: &[Array4<f32>]) -> Result<Tensor> {
+    let (_, c, h, w) = images[0].dim();
+    let data: Vec<f32> = images.iter().flat_map(|a| a.iter().copied()).collect();
+    Ok(Tensor::from_vec(
+        data,
+        (images.len(), c, h, w),
+        &Device::Cpu,
+    )?)
+}
+
+/// Mean over the batch of KL(teacher ‖ student) on the softmax of the logits.
+fn distillation_loss(teacher: &Tensor, student: &Tensor) -> Result<Tensor> {
+    let lt = candle_nn::ops::log_softmax(teacher, D::Minus1)?;
+    let ls = candle_nn::ops::log_softmax(student, D::Minus1)?;
+    Ok((lt.exp()? * (lt - ls)?)?.sum(D::Minus1)?.mean_all()?)
+}
+
+struct Trainer<'a> {
+    graph: Graph,
+    layers: Vec<LayerVars>,
+    opts: &'a FinetuneOptions,
+}
+
+impl Trainer<'_> {
+    fn overrides(&self) -> Result<Overrides> {
+        self.layers
+            .iter()
+            .map(|l| Ok((l.node_index, l.kernel_and_bias()?)))
+            .collect()
+    }
+
+    /// Held-out loss and agreement, `teacher` the held-out logits in batches.
+    fn evaluate(&self, heldout: &[Array4<f32>], teacher: &[Tensor]) -> Result<(f64, f64)> {
+        let overrides = self.overrides()?;
+        let (mut loss, mut agree) = (0f64, 0usize);
+        for (chunk, t) in heldout.chunks(self.opts.batch).zip(teacher) {
+            let s = self
+                .graph
+                .forward(&batch_tensor(chunk)?, &overrides)?
+                .detach();
+            loss += distillation_loss(t, &s)?.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+            let (a, b) = (graph::argmax(t)?, graph::argmax(&s)?);
+            agree += a.iter().zip(&b).filter(|(a, b)| a == b).count();
+        }
+        let n = heldout.len().max(1) as f64;
+        Ok((loss / n, agree as f64 / n))
+    }
+
+    /// One epoch; the mean training loss, or why it diverged.
+    fn epoch(
+        &self,
+        epoch: usize,
+        train: &[Array4<f32>],
+        opt: &mut AdamW,
+        schedule: &dyn Fn(usize) -> f64,
+        task: &progress::Task,
+    ) -> Result<std::result::Result<f64, String>> {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(self.opts.seed ^ (epoch as u64) << 32);
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        order.shuffle(&mut rng);
+        let steps = train.len().div_ceil(self.opts.batch);
+        let mut total = 0f64;
+        for (step, idx) in order.chunks(self.opts.batch).enumerate() {
+            let images: Vec<Array4<f32>> =
+                idx.iter().map(|&i| augment(&train[i], &mut rng)).collect();
+            let x = batch_tensor(&images)?;
+            let teacher = self.graph.forward(&x, &Overrides::new())?.detach();
+            let student = self.graph.forward(&x, &self.overrides()?)?;
+            let loss = distillation_loss(&teacher, &student)?;
+            let value = loss.to_scalar::<f32>()? as f64;
+            if !value.is_finite() {
+                return Ok(Err(format!(
+                    "loss {value} at epoch {epoch}, step {}",
+                    step + 1
+                )));
+            }
+            opt.set_learning_rate(schedule((epoch - 1) * steps + step));
+            opt.backward_step(&loss)?;
+            total += value * idx.len() as f64;
+            task.inc(1);
+        }
+        Ok(Ok(total / train.len().max(1) as f64))
+    }
+}
+
+/// The best parameters seen: held-out loss, epoch (`None`: the start), values per layer.
+type Best = (f64, Option<usize>, Vec<Vec<Tensor>>);
+
+impl Trainer<'_> {
+    fn snapshot(&self) -> Result<Vec<Vec<Tensor>>> {
+        self.layers.iter().map(|l| l.snapshot()).collect()
+    }
+
+    /// The held-out figures before training.
+    fn start(&self, heldout: &[Array4<f32>], teacher: &[Tensor]) -> Result<EpochReport> {
+        let started = Instant::now();
+        let (loss, agreement) = self.evaluate(heldout, teacher)?;
+        log::info!(
+            "fine-tune: start, held-out loss {loss:.5}, agreement {:.2}%",
+            100.0 * agreement
+        );
+        Ok(EpochReport {
+            epoch: 0,
+            train_loss: f64::NAN,
+            heldout_loss: loss,
+            heldout_agreement: agreement,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Every epoch, each followed by a held-out evaluation; the best parameters, the epochs'
+    /// reports and why training stopped early, if it diverged.
+    fn fit(
+        &self,
+        train: &[Array4<f32>],
+        heldout: &[Array4<f32>],
+        teacher: &[Tensor],
+        mut best: Best,
+    ) -> Result<(Best, Vec<EpochReport>, Option<String>)> {
+        let opts = self.opts;
+        let vars: Vec<candle_core::Var> = self.layers.iter().flat_map(|l| l.vars()).collect();
+        let adamw = ParamsAdamW {
+            lr: opts.lr,
+            weight_decay: 0.0,
+            ..Default::default()
+        };
+        let mut opt = AdamW::new(vars, adamw)?;
+        let steps = train.len().div_ceil(opts.batch);
+        let total = (steps * opts.epochs).max(1) as f64;
+        let schedule =
+            |t: usize| opts.lr * 0.5 * (1.0 + (std::f64::consts::PI * t as f64 / total).cos());
+        let task = progress::task("fine-tuning", (steps * opts.epochs) as u64);
+        let mut epochs = Vec::new();
+        for epoch in 1..=opts.epochs {
+            let t0 = Instant::now();
+            let train_loss = match self.epoch(epoch, train, &mut opt, &schedule, &task)? {
+                Ok(l) => l,
+                Err(why) => return Ok((best, epochs, Some(why))),
+            };
+            let (heldout_loss, agreement) = self.evaluate(heldout, teacher)?;
+            log::info!(
+                "fine-tune: epoch {epoch}/{}: train loss {train_loss:.5}, held-out loss {heldout_loss:.5}, agreement {:.2}% ({:.0}s)",
+                opts.epochs,
+                100.0 * agreement,
+                t0.elapsed().as_secs_f64()
+            );
+            if heldout_loss < best.0 {
+                best = (heldout_loss, Some(epoch), self.snapshot()?);
+            }
+            epochs.push(EpochReport {
+                epoch,
+                train_loss,
+                heldout_loss,
+                heldout_agreement: agreement,
+                seconds: t0.elapsed().as_secs_f64(),
+            });
+        }
+        Ok((best, epochs, None))
+    }
+}
+
+/// Fine-tunes the codebooks of `layers` (each a converted Conv of `original` and its codebook);
+/// returns the codebooks to lower and the report.
+pub fn run(
+    original: &OnnxModel,
+    layers: &[(&ConvLayer, &Codebook)],
+    opts: &FinetuneOptions,
+) -> Result<(Vec<Codebook>, FinetuneReport)> {
+    check(opts)?;
+    let graph = Graph::new(original).context("fine-tuning runs the model's own operators")?;
+    let images = load_images(opts)?;
+    let heldout_count = ((images.len() as f64 * opts.holdout).round() as usize).max(1);
+    ensure!(
+        images.len() > heldout_count,
+        "fine-tuning needs at least two images in {} (one held out), found {}",
+        opts.data.display(),
+        images.len()
+    );
+    let (train, heldout) = images.split_at(images.len() - heldout_count);
+    let vars = layers
+        .iter()
+        .map(|(l, cb)| LayerVars::new(l.node_index, cb, base_bias(original, l, cb)?))
+        .collect::<Result<Vec<_>>>()?;
+    let trainer = Trainer {
+        graph,
+        layers: vars,
+        opts,
+    };
+    let teacher: Vec<Tensor> = heldout
+        .chunks(opts.batch)
+        .map(|c| {
+            let x = batch_tensor(c)?;
+            Ok(trainer.graph.forward(&x, &Overrides::new())?.detach())
+        })
+        .collect::<Result<_>>()?;
+    let start = trainer.start(heldout, &teacher)?;
+    let initial = (start.heldout_loss, None, trainer.snapshot()?);
+    let (best, epochs, diverged) = trainer.fit(train, heldout, &teacher, initial)?;
+    if let Some(why) = &diverged {
+        if !opts.keep_on_divergence {
+            bail!("fine-tuning diverged ({why}); lower --lr, or pass --finetune-keep-on-divergence to write the model with the best parameters before it");
+        }
+        log::warn!("fine-tuning diverged ({why}); keeping the best parameters before it");
+    }
+    if best.1.is_none() {
+        log::warn!(
+            "fine-tuning did not lower the held-out loss below the start ({:.5}); the codebooks are unchanged",
+            start.heldout_loss
+        );
+    }
+    let codebooks = match best.1 {
+        Some(_) => trainer
+            .layers
+            .iter()
+            .zip(&best.2)
+            .zip(layers)
+            .map(|((v, snap), (_, cb))| {
+                v.restore(snap)?;
+                v.to_codebook(cb)
+            })
+            .collect::<Result<_>>()?,
+        None => layers.iter().map(|(_, cb)| (*cb).clone()).collect(),
+    };
+    let report = FinetuneReport {
+        train_images: train.len(),
+        heldout_images: heldout.len(),
+        start,
+        epochs,
+        best_epoch: best.1,
+        diverged,
+    };
+    Ok((codebooks, report))
+}
+
+/// Loads the images as [1, C, H, W] inputs.
+fn load_images(opts: &FinetuneOptions) -> Result<Vec<Array4<f32>>> {
+    let files = calibrate::image_files(&opts.data)?;
+    let spec = PreprocessSpec::load(&opts.preprocess)?;
+    let n = opts.samples.unwrap_or(files.len()).min(files.len());
+    let images: Vec<Array4<f32>> = files[..n]
+        .par_iter()
+        .map(|p| spec.apply(p))
+        .collect::<Result<_>>()?;
+    for (x, p) in images.iter().zip(&files) {
+        ensure!(
+            x.shape() == images[0].shape(),
+            "image {} gives an input of shape {:?}, the first gives {:?}",
+            p.display(),
+            x.shape(),
+            images[0].shape()
+        );
+    }
+    Ok(images)
+}
+
+/// Random horizontal flip and a shift of up to 1/8 of the size, zero-filled (the standard
+/// CIFAR/ImageNet augmentation, crop-with-padding in place).
+fn augment(x: &Array4<f32>, rng: &mut Xoshiro256PlusPlus) -> Array4<f32> {
+    let (_, c, h, w) = x.dim();
+    let flip = rng.random_bool(0.5);
+    let (my, mx) = ((h / 8) as i64, (w / 8) as i64);
+    let dy = rng.random_range(-my..=my);
+    let dx = rng.random_range(-mx..=mx);
+    Array4::from_shape_fn((1, c, h, w), |(_, ch, y, xx)| {
+        let sy = y as i64 + dy;
+        let sx0 = if flip { (w - 1 - xx) as i64 } else { xx as i64 };
+        let sx = sx0 + dx;
+        if sy < 0 || sy >= h as i64 || sx < 0 || sx >= w as i64 {
+            0.0
+        } else {
+            x[[0, ch, sy as usize, sx as usize]]
+        }
+    })
+}
+
+/// The layer's bias in the original model (zeros when it has none).
+fn base_bias(model: &OnnxModel, layer: &ConvLayer, cb: &Codebook) -> Result<Vec<f32>> {
+    let m = cb.kernel_shape[0];
+    match &layer.bias {
+        None => Ok(vec![0.0; m]),
+        Some(name) => {
+            let t = model.initializer(name).with_context(|| {
+                format!(
+                    "layer `{}`: bias `{name}` is not an initializer",
+                    layer.name
+                )
+            })?;
+            let b: Vec<f32> = model.tensor_f32(t)?.iter().copied().collect();
+            ensure!(
+                b.len() == m,
+                "layer `{}`: bias of {} values, {m} expected",
+                layer.name,
+                b.len()
+            );
+            Ok(b)
+        }
+    }
+}
