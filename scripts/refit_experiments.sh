@@ -42,6 +42,15 @@ for r in "" "--no-refit"; do
   run sq-vq-10$tag $SQ "$SQ_EVAL" --layers $L --ratio 10 --method vq $SQ_CAL $r
   run sq-dl-t15$tag $SQ "$SQ_EVAL" --target-speedup 1.5 $SQ_CAL $r
 done
+# Γ kept as clustered (continuous refit only).
+run r20-dl-t2-keep $R20 "$RN_EVAL" --target-speedup 2 $RN_CAL --refit-keep-assignment
+run r20-dl-4-keep $R20 "$RN_EVAL" --all --ratio 4 $RN_CAL --refit-keep-assignment
+run r56-dl-t2-keep $R56 "$RN_EVAL" --target-speedup 2 $RN_CAL --refit-keep-assignment
+run sq-dl-10-keep $SQ "$SQ_EVAL" --layers $L --ratio 10 $SQ_CAL --refit-keep-assignment
+# Fine-tuning after the refit (the CIFAR training images; ImageNet: the 256 calibration images).
+run r20-dl-4-ft $R20 "$RN_EVAL" --all --ratio 4 $RN_CAL --finetune $S/data/cifar10-train --epochs 3
+run r20-dl-t2-ft $R20 "$RN_EVAL" --target-speedup 2 $RN_CAL --finetune $S/data/cifar10-train --epochs 3
+run sq-dl-10-ft $SQ "$SQ_EVAL" --layers $L --ratio 10 $SQ_CAL --finetune $S/data/imagenet-sample --finetune-samples 256 --epochs 3
 for d in 0.001 0.1 1; do
   run r20-dl-t2-rd$d $R20 "$RN_EVAL" --target-speedup 2 $RN_CAL --refit-damping $d
   run sq-dl-10-rd$d $SQ "$SQ_EVAL" --layers $L --ratio 10 $SQ_CAL --refit-damping $d

@@ -280,6 +280,10 @@ pub struct CalibrationArgs {
     /// Ridge on the patch covariance in the refit, relative to its mean diagonal.
     #[arg(long, default_value_t = calibrate::refit::DEFAULT_REFIT_DAMPING, requires = "calibrate")]
     pub refit_damping: f64,
+    /// Refit only the continuous values: keep the clustered assignment Γ instead of
+    /// re-assigning it between refits.
+    #[arg(long, requires = "calibrate")]
+    pub refit_keep_assignment: bool,
 }
 
 impl CalibrationArgs {
@@ -297,6 +301,7 @@ impl CalibrationArgs {
             damping: self.calib_damping,
             refit: (!self.no_refit).then(|| calibrate::RefitOptions {
                 damping: self.refit_damping,
+                reassign: !self.refit_keep_assignment,
                 ..Default::default()
             }),
         }))
