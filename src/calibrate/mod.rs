@@ -22,7 +22,7 @@ pub mod timing;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
-use ndarray::ArrayD;
+use ndarray::{Array4, ArrayD};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -113,21 +113,32 @@ pub fn load_inputs(opts: &CalibrationOptions) -> Result<Vec<ArrayD<f32>>> {
             r.damping
         );
     }
-    let files = image_files(&opts.data)?;
-    let spec = PreprocessSpec::load(&opts.preprocess)?;
-    let n = opts.samples.min(files.len());
-    let inputs: Vec<ArrayD<f32>> = files[..n]
+    let images = preprocessed_images(&opts.data, &opts.preprocess, Some(opts.samples))?;
+    Ok(images.into_iter().map(|a| a.into_dyn()).collect())
+}
+
+/// The first `limit` (all when `None`) images of a folder read like [`image_files`], each
+/// preprocessed into a [1, C, H, W] input; all must give the same shape.
+pub fn preprocessed_images(
+    dir: &Path,
+    preprocess: &Path,
+    limit: Option<usize>,
+) -> Result<Vec<Array4<f32>>> {
+    let files = image_files(dir)?;
+    let spec = PreprocessSpec::load(preprocess)?;
+    let n = limit.unwrap_or(files.len()).min(files.len());
+    let images: Vec<Array4<f32>> = files[..n]
         .par_iter()
-        .map(|p| spec.apply(p).map(|a| a.into_dyn()))
+        .map(|p| spec.apply(p))
         .collect::<Result<_>>()?;
-    for (x, p) in inputs.iter().zip(&files) {
+    for (x, p) in images.iter().zip(&files) {
         ensure!(
-            x.shape() == inputs[0].shape(),
-            "calibration image {} gives an input of shape {:?}, the first gives {:?}",
+            x.shape() == images[0].shape(),
+            "image {} gives an input of shape {:?}, the first gives {:?}",
             p.display(),
             x.shape(),
-            inputs[0].shape()
+            images[0].shape()
         );
     }
-    Ok(inputs)
+    Ok(images)
 }

@@ -11,10 +11,8 @@ use ndarray::Array4;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
-use rayon::prelude::*;
 
 use crate::calibrate;
-use crate::eval::data::PreprocessSpec;
 
 use crate::analysis::select::ConvLayer;
 use crate::codebook::Codebook;
@@ -195,7 +193,7 @@ pub fn run(
 ) -> Result<(Vec<Codebook>, FinetuneReport)> {
     check(opts)?;
     let graph = Graph::new(original).context("fine-tuning runs the model's own operators")?;
-    let images = load_images(opts)?;
+    let images = calibrate::preprocessed_images(&opts.data, &opts.preprocess, opts.samples)?;
     let heldout_count = ((images.len() as f64 * opts.holdout).round() as usize).max(1);
     ensure!(
         images.len() > heldout_count,
@@ -257,27 +255,6 @@ pub fn run(
         diverged,
     };
     Ok((codebooks, report))
-}
-
-/// Loads the images as [1, C, H, W] inputs.
-fn load_images(opts: &FinetuneOptions) -> Result<Vec<Array4<f32>>> {
-    let files = calibrate::image_files(&opts.data)?;
-    let spec = PreprocessSpec::load(&opts.preprocess)?;
-    let n = opts.samples.unwrap_or(files.len()).min(files.len());
-    let images: Vec<Array4<f32>> = files[..n]
-        .par_iter()
-        .map(|p| spec.apply(p))
-        .collect::<Result<_>>()?;
-    for (x, p) in images.iter().zip(&files) {
-        ensure!(
-            x.shape() == images[0].shape(),
-            "image {} gives an input of shape {:?}, the first gives {:?}",
-            p.display(),
-            x.shape(),
-            images[0].shape()
-        );
-    }
-    Ok(images)
 }
 
 /// Random horizontal flip and a shift of up to 1/8 of the size, zero-filled (the standard
