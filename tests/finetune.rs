@@ -13,6 +13,9 @@ use serde_json::Value;
 fn assert_graph_matches_tract(model_path: &std::path::Path, input_shape: &[usize]) {
     let model = onnx_dlq::onnx::model::load(model_path).unwrap();
     let g = Graph::new(&model).unwrap();
+    // Backward too (candle differentiates max_pool2d only when its window is its stride).
+    g.check_backward(&common::input_like(input_shape, 3))
+        .unwrap();
     let mut batch = input_shape.to_vec();
     batch[0] = 2;
     let x = common::input_like(&batch, 7);

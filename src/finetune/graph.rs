@@ -155,6 +155,22 @@ impl Graph {
         })
     }
 
+    /// Runs one input forward and backward (the gradient with respect to the input), so that an
+    /// operator candle cannot differentiate in this configuration is found before any work.
+    pub fn check_backward(&self, x: &ndarray::ArrayD<f32>) -> Result<()> {
+        let v = candle_core::Var::from_tensor(&to_tensor(x)?)?;
+        let out = self.forward(v.as_tensor(), &Overrides::new())?;
+        let grads = out
+            .sum_all()?
+            .backward()
+            .context("fine-tuning cannot differentiate this model")?;
+        ensure!(
+            grads.get(v.as_tensor()).is_some(),
+            "the model's output does not depend on its input"
+        );
+        Ok(())
+    }
+
     /// The tensor [`Graph::forward`] returns (the logits before a final Softmax).
     pub fn output_name(&self) -> &str {
         &self.output
@@ -481,9 +497,38 @@ fn pool(node: &NodeProto, x: &Tensor) -> Result<Tensor> {
     let k = (kernel[0] as usize, kernel[1] as usize);
     let s = (strides[0] as usize, strides[1] as usize);
     Ok(match node.op_type.as_deref() {
+        // candle differentiates its max_pool2d only when the window equals the stride; the
+        // maximum of the k·k strided views differentiates everywhere.
+        Some("MaxPool") if k != s => strided_max(x, k, s)?,
         Some("MaxPool") => x.max_pool2d_with_stride(k, s)?,
         _ => x.avg_pool2d_with_stride(k, s)?,
     })
+}
+
+/// Max pooling without padding as the maximum of the k·k views x[:, :, u + s·i, v + s·j].
+fn strided_max(x: &Tensor, k: (usize, usize), s: (usize, usize)) -> Result<Tensor> {
+    let (h, w) = (x.dims()[2], x.dims()[3]);
+    ensure!(
+        h >= k.0 && w >= k.1,
+        "pooling window {k:?} larger than the input {h}×{w}"
+    );
+    let (oh, ow) = ((h - k.0) / s.0 + 1, (w - k.1) / s.1 + 1);
+    let rows = |start: usize, n: usize, step: usize| -> Result<Tensor> {
+        let idx: Vec<u32> = (0..n).map(|i| (start + i * step) as u32).collect();
+        Ok(Tensor::from_vec(idx, n, &Device::Cpu)?)
+    };
+    let mut out: Option<Tensor> = None;
+    for u in 0..k.0 {
+        let xu = x.index_select(&rows(u, oh, s.0)?, 2)?;
+        for v in 0..k.1 {
+            let view = xu.index_select(&rows(v, ow, s.1)?, 3)?;
+            out = Some(match out {
+                None => view,
+                Some(m) => m.maximum(&view)?,
+            });
+        }
+    }
+    Ok(out.expect("a non-empty window"))
 }
 
 /// Top-1 of each row of [batch, classes] logits.

@@ -87,9 +87,14 @@ pub fn finetune(
 pub fn preflight(model: &OnnxModel, opts: &FinetuneOptions) -> Result<()> {
     check(opts)?;
     #[cfg(feature = "finetune")]
-    graph::Graph::new(model).context("fine-tuning runs the model's own operators")?;
+    let graph = graph::Graph::new(model).context("fine-tuning runs the model's own operators")?;
     calibrate::image_files(&opts.data).context("--finetune")?;
     PreprocessSpec::load(&opts.preprocess)?;
+    #[cfg(feature = "finetune")]
+    {
+        let first = calibrate::preprocessed_images(&opts.data, &opts.preprocess, Some(1))?;
+        graph.check_backward(&first[0].clone().into_dyn())?;
+    }
     #[cfg(not(feature = "finetune"))]
     anyhow::bail!(
         "this onnx-dlq was built without the `finetune` feature (candle); rebuild with default features to fine-tune {}",
