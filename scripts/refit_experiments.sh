@@ -28,7 +28,7 @@ run() { # name model eval-args convert-args...
   if [ -n "$SELECTED" ] && [[ " $SELECTED " != *" $name "* ]]; then return; fi
   echo "== $name: onnx-dlq $model OUT $*"
   local t0=$SECONDS
-  $B "$model" "$out/$name.onnx" "$@" 2>&1 | grep -E "^model:|target-speedup: [0-9]"
+  $B "$model" "$out/$name.onnx" "$@" 2>&1 | grep -E "^model:|target-speedup: [0-9]|^fine-tune"
   echo "convert: $((SECONDS - t0)) s"
   $B verify "$model" "$out/$name.onnx" $eval --runs 1 2>/dev/null | grep -E "^(original|converted|samples)"
 }
