@@ -92,6 +92,14 @@ impl SubspaceParams {
         self.channels.len()
     }
 
+    /// K: the representatives (DL) or centroids (VQ).
+    fn count(&self) -> usize {
+        match &self.codes {
+            Some((alpha, _, coefs)) => coefs.len() / alpha,
+            None => self.atoms.len() / self.dim().max(1),
+        }
+    }
+
     fn representatives(&self) -> Vec<f64> {
         let Some((alpha, atoms, coefs)) = &self.codes else {
             return self.atoms.clone();
@@ -164,8 +172,7 @@ impl Params {
     fn representative_gradients(&self, s: &SubspaceParams, g: &Array2<f64>) -> Vec<f64> {
         let [m, _, kh, kw] = self.shape;
         let d = s.dim();
-        let count = s.representatives().len() / d.max(1);
-        let mut out = vec![0f64; count * d];
+        let mut out = vec![0f64; s.count() * d];
         for k in 0..m {
             for u in 0..kh {
                 for v in 0..kw {
@@ -293,8 +300,7 @@ impl Objective {
         let mut gradient = params.kernel().dot(&self.h) - &self.b;
         let mut moved = 0;
         for s in &mut params.subspaces {
-            let (reps, d) = (s.representatives(), s.dim());
-            let count = reps.len() / d.max(1);
+            let (reps, d, count) = (s.representatives(), s.dim(), s.count());
             let mut delta = vec![0f64; d];
             for u in 0..kh {
                 for v in 0..kw {

@@ -66,19 +66,21 @@ pub struct FinetuneReport {
 }
 
 /// Fine-tunes the codebooks of `layers` (each a converted Conv of `original` and its codebook);
-/// returns the codebooks to lower and the report.
+/// returns the codebooks to lower and the report. Callers run [`preflight`] first, before
+/// the clustering this follows.
 pub fn finetune(
     original: &OnnxModel,
     layers: &[(&ConvLayer, &Codebook)],
     opts: &FinetuneOptions,
 ) -> Result<(Vec<Codebook>, FinetuneReport)> {
-    preflight(original, opts)?;
     #[cfg(feature = "finetune")]
     return train::run(original, layers, opts);
     #[cfg(not(feature = "finetune"))]
-    unreachable!(
-        "preflight refuses without the feature ({} layers)",
-        layers.len()
+    anyhow::bail!(
+        "this onnx-dlq was built without the `finetune` feature; cannot fine-tune {} layers of {} on {}",
+        layers.len(),
+        original.path.display(),
+        opts.data.display()
     )
 }
 
