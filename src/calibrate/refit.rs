@@ -21,7 +21,7 @@
 use std::ops::Range;
 
 use anyhow::{ensure, Result};
-use ndarray::{Array2, ArrayView4};
+use ndarray::{Array2, ArrayView1, ArrayView4};
 use serde::{Deserialize, Serialize};
 
 use crate::codebook::{subspace, Codebook, SparseCodes};
@@ -441,7 +441,7 @@ fn bias_shift(w: &Array2<f64>, approx: &Array2<f64>, stats: &PatchStats) -> Vec<
     w.rows()
         .into_iter()
         .zip(approx.rows())
-        .map(|(w, a)| (dot(w.as_slice().unwrap(), &mo) - dot(a.as_slice().unwrap(), &mc)) as f32)
+        .map(|(w, a)| (w.dot(&ArrayView1::from(&mo)) - a.dot(&ArrayView1::from(&mc))) as f32)
         .collect()
 }
 
