@@ -14,6 +14,8 @@ pub trait ProgressSink: Send + Sync {
 pub trait ProgressBar: Send + Sync {
     fn inc(&self, n: u64);
     fn finish(&self);
+    /// A short status beside the label (e.g. the current loss); ignored by default.
+    fn note(&self, _text: &str) {}
 }
 
 static SINK: OnceLock<Box<dyn ProgressSink>> = OnceLock::new();
@@ -40,6 +42,13 @@ impl Task {
     pub fn inc(&self, n: u64) {
         if let Some(b) = &self.bar {
             b.inc(n);
+        }
+    }
+
+    /// Shows `text` beside the label (the loss of a training step, say).
+    pub fn note(&self, text: &str) {
+        if let Some(b) = &self.bar {
+            b.note(text);
         }
     }
 }

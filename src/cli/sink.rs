@@ -49,7 +49,10 @@ impl Log for StderrLog {
 
 struct Bars;
 
-struct Bar(indicatif::ProgressBar);
+struct Bar {
+    bar: indicatif::ProgressBar,
+    label: String,
+}
 
 impl ProgressSink for Bars {
     fn start(&self, label: &str, total: u64) -> Box<dyn ProgressBar> {
@@ -60,17 +63,24 @@ impl ProgressSink for Bars {
         .progress_chars("=> ");
         let bar = bars().add(indicatif::ProgressBar::new(total).with_style(style));
         bar.set_message(label.to_string());
-        Box::new(Bar(bar))
+        Box::new(Bar {
+            bar,
+            label: label.to_string(),
+        })
     }
 }
 
 impl ProgressBar for Bar {
     fn inc(&self, n: u64) {
-        self.0.inc(n);
+        self.bar.inc(n);
     }
 
     fn finish(&self) {
-        self.0.finish_and_clear();
+        self.bar.finish_and_clear();
+    }
+
+    fn note(&self, text: &str) {
+        self.bar.set_message(format!("{} {text}", self.label));
     }
 }
 

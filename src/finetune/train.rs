@@ -102,6 +102,7 @@ impl Trainer<'_> {
             opt.set_learning_rate(schedule((epoch - 1) * steps + step));
             opt.backward_step(&loss)?;
             total += value * idx.len() as f64;
+            task.note(&format!("epoch {epoch} loss {value:.4}"));
             task.inc(1);
         }
         Ok(Ok(total / train.len().max(1) as f64))
