@@ -10,12 +10,12 @@
 
 use anyhow::{ensure, Context, Result};
 use ndarray::{Array2, ArrayD, ArrayView3, Ix3};
-use rayon::prelude::*;
 
 use crate::analysis::select::ConvLayer;
 use crate::engine::runner::Runner;
 use crate::onnx::model::OnnxModel;
 
+use super::stats::fold_in_order;
 use super::InputStats;
 
 /// Patch dimensions above this are not collected (the three D × D f64 matrices would pass
@@ -252,37 +252,30 @@ pub fn collect(
     let tensor = [layer.input.clone()];
     let run_original = Runner::with_outputs(original, inputs[0].shape(), &tensor)?;
     let run_converted = Runner::with_outputs(converted, inputs[0].shape(), &tensor)?;
-    let chunk = 2 * rayon::current_num_threads().max(1);
-    let mut total: Option<(InputStats, Option<PatchStats>)> = None;
-    for part in inputs.chunks(chunk) {
-        let per_input: Vec<(InputStats, Option<PatchStats>)> = part
-            .par_iter()
-            .map(|x| {
-                let c = run_converted.run(x)?;
-                let channels = InputStats::of(&c)?;
-                ensure!(c.ndim() == 4, "layer input of shape {:?}", c.shape());
-                let g = PatchGeometry::of(layer, [c.shape()[2], c.shape()[3]])?;
-                if g.dim() > MAX_PATCH_DIM {
-                    return Ok((channels, None));
-                }
-                let o = run_original.run(x)?;
-                Ok((channels, Some(PatchStats::of(&o, &c, &g)?)))
-            })
-            .collect::<Result<_>>()
-            .with_context(|| format!("collecting the patches of layer `{}`", layer.name))?;
-        for (channels, patches) in per_input {
-            match &mut total {
-                None => total = Some((channels, patches)),
-                Some((tc, tp)) => {
-                    tc.merge(&channels);
-                    if let (Some(tp), Some(p)) = (tp.as_mut(), patches.as_ref()) {
-                        tp.merge(p);
-                    }
-                }
-            }
+    let one_input = |x: &ArrayD<f32>| -> Result<(InputStats, Option<PatchStats>)> {
+        let c = run_converted.run(x)?;
+        let channels = InputStats::of(&c)?;
+        ensure!(c.ndim() == 4, "layer input of shape {:?}", c.shape());
+        let g = PatchGeometry::of(layer, [c.shape()[2], c.shape()[3]])?;
+        if g.dim() > MAX_PATCH_DIM {
+            return Ok((channels, None));
         }
-    }
-    Ok(total.expect("at least one input"))
+        let o = run_original.run(x)?;
+        Ok((channels, Some(PatchStats::of(&o, &c, &g)?)))
+    };
+    let merge = |(tc, tp): &mut (InputStats, Option<PatchStats>), (c, p): (_, Option<_>)| {
+        tc.merge(&c);
+        if let (Some(tp), Some(p)) = (tp.as_mut(), p.as_ref()) {
+            tp.merge(p);
+        }
+    };
+    fold_in_order(
+        inputs,
+        2 * rayon::current_num_threads().max(1),
+        one_input,
+        merge,
+    )
+    .with_context(|| format!("collecting the patches of layer `{}`", layer.name))
 }
 
 #[cfg(test)]

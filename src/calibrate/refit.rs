@@ -270,7 +270,8 @@ impl Objective {
         let residual = &self.b - &params.kernel().dot(&self.h);
         let mut r = params.adjoint(block, &residual);
         let mut p = r.clone();
-        let (mut rr, rr0) = (dot(&r, &r), dot(&r, &r));
+        let rr0 = dot(&r, &r);
+        let mut rr = rr0;
         for _ in 0..iterations {
             if rr <= 1e-16 * rr0 || rr == 0.0 {
                 break;

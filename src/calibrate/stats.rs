@@ -115,28 +115,40 @@ pub fn collect_many(
     unique.sort();
     unique.dedup();
     let runner = Runner::with_outputs(model, inputs[0].shape(), &unique)?;
-    // Inputs in parallel by chunks, merged in input order: bounded memory (a chunk's
-    // statistics, not every input's), and sums that do not depend on the thread count.
-    let chunk = 4 * rayon::current_num_threads().max(1);
-    let mut total: Option<Vec<InputStats>> = None;
-    for part in inputs.chunks(chunk) {
-        let per_input: Vec<Vec<InputStats>> = part
-            .par_iter()
-            .map(|x| runner.run_all(x)?.iter().map(InputStats::of).collect())
-            .collect::<Result<_>>()
-            .with_context(|| format!("collecting the statistics of {unique:?}"))?;
-        for stats in per_input {
-            match &mut total {
-                None => total = Some(stats),
-                Some(t) => t.iter_mut().zip(&stats).for_each(|(t, s)| t.merge(s)),
-            }
-        }
-    }
-    let total = total.expect("at least one input");
+    let total = fold_in_order(
+        inputs,
+        4 * rayon::current_num_threads().max(1),
+        |x| runner.run_all(x)?.iter().map(InputStats::of).collect(),
+        |t: &mut Vec<InputStats>, s| t.iter_mut().zip(&s).for_each(|(t, s)| t.merge(s)),
+    )
+    .with_context(|| format!("collecting the statistics of {unique:?}"))?;
     Ok(tensors
         .iter()
         .map(|t| total[unique.binary_search(t).expect("deduplicated from tensors")].clone())
         .collect())
+}
+
+/// `map` over every input, in parallel by chunks of `chunk`, the results folded by `merge` in
+/// input order: bounded memory (a chunk's results, not every input's), and sums that do not
+/// depend on the thread count. `inputs` must not be empty.
+pub(crate) fn fold_in_order<T: Send>(
+    inputs: &[ArrayD<f32>],
+    chunk: usize,
+    map: impl Fn(&ArrayD<f32>) -> Result<T> + Sync,
+    mut merge: impl FnMut(&mut T, T),
+) -> Result<T> {
+    ensure!(!inputs.is_empty(), "no calibration inputs");
+    let mut total: Option<T> = None;
+    for part in inputs.chunks(chunk.max(1)) {
+        let results: Vec<T> = part.par_iter().map(&map).collect::<Result<_>>()?;
+        for r in results {
+            match &mut total {
+                None => total = Some(r),
+                Some(t) => merge(t, r),
+            }
+        }
+    }
+    Ok(total.expect("inputs is not empty"))
 }
 
 #[cfg(test)]
