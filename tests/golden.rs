@@ -83,7 +83,7 @@ fn readme_main_job_dl_is_unchanged() {
             ("Slice", 43),
             ("Sum", 6),
         ],
-        0xe97f_3137_e136_2032,
+        0x01b7_1e06_c4e7_33f6,
     );
 }
 
@@ -104,6 +104,6 @@ fn readme_main_job_vq_is_unchanged() {
             ("Slice", 43),
             ("Sum", 3),
         ],
-        0xe3d0_31cf_e8bd_0b1c,
+        0x1995_9971_8717_5940,
     );
 }

@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 use ndarray::ArrayD;
 use onnx_dlq::engine::runner::Runner;
 use onnx_dlq::eval::approx::Approximation;
-use onnx_dlq::onnx::build::{attr_float, attr_int, attr_ints, node};
+use onnx_dlq::onnx::build::{attr_float, attr_floats, attr_int, attr_ints, attr_str, node};
 use onnx_dlq::onnx::model::{self, ExternalData};
 use onnx_dlq::onnx::tensor::{new_tensor, FloatType};
 use onnx_dlq::proto::{
     tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
-    OperatorSetIdProto, TensorProto,
+    OperatorSetIdProto, TensorProto, ValueInfoProto,
 };
 use prost::Message;
 
@@ -619,5 +619,242 @@ fn unconvertible_forms_are_reported_skipped_and_refused_by_name() {
         let err = common::stderr(&o);
         assert!(err.contains(name) && err.contains(why), "{name}: {err}");
         assert!(!out.exists(), "{name}: an output was written");
+    }
+}
+
+/// A float input of rank 4 whose dimensions are named (symbolic) where `dims` says `None`.
+fn symbolic_input(name: &str, dims: [Option<usize>; 4], params: [&str; 4]) -> ValueInfoProto {
+    let mut v = value_info(name, 1, Some(&[0; 4]));
+    if let Some(type_proto::Value::TensorType(t)) = v.r#type.as_mut().unwrap().value.as_mut() {
+        for ((d, size), param) in t
+            .shape
+            .as_mut()
+            .unwrap()
+            .dim
+            .iter_mut()
+            .zip(dims)
+            .zip(params)
+        {
+            d.value = Some(match size {
+                Some(s) => tensor_shape_proto::dimension::Value::DimValue(s as i64),
+                None => tensor_shape_proto::dimension::Value::DimParam(param.into()),
+            });
+        }
+    }
+    v
+}
+
+/// `onnx-dlq convert` of `input` with VQ at one centroid per kernel column (exact) over every
+/// layer, and with DL; the report must say the counts are unknown rather than fail.
+fn convert_exact_and_dl(test: &str, input: &Path, k_exact: usize) -> (PathBuf, PathBuf) {
+    let dir = input.parent().unwrap();
+    let (vq, dl) = (dir.join("vq.onnx"), dir.join("dl.onnx"));
+    let k = k_exact.to_string();
+    let report = convert(
+        input,
+        &vq,
+        &["--all", "--method", "vq", "--k", &k].map(String::from),
+    );
+    let layers = report["layers"].as_array().unwrap();
+    assert!(!layers.is_empty(), "{test}: nothing converted: {report}");
+    for l in layers {
+        assert!(l["relative_error"].as_f64().unwrap() < 1e-6, "{test}: {l}");
+        assert_eq!(l["multiplications_known"], false, "{test}: {l}");
+    }
+    assert!(report["counts_unknown"].is_string(), "{test}: {report}");
+    let args = [
+        "--all",
+        "--method",
+        "dl",
+        "--k",
+        "16",
+        "--l",
+        "4",
+        "--subspace",
+        "4",
+    ];
+    convert(input, &dl, &args.map(String::from));
+    (vq, dl)
+}
+
+/// A model exported with a dynamic height and width converts without `--input-shape` (the
+/// lowering needs no spatial size: shift windows end relative to the padded tensor's end, and
+/// SAME padding at stride 2 is computed in-graph) and the one converted file runs at two sizes
+/// of either parity, in tract and ONNX Runtime, computing what the original computes there.
+#[test]
+fn dynamic_spatial_size_converts_once_and_runs_at_any_size() {
+    let test = "dynamic_spatial_size_converts_once_and_runs_at_any_size";
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.onnx");
+    let (n, m) = (6, 8);
+    let inits = vec![
+        new_tensor("w1", &[m, n, 3, 3], &weights(m * n * 9, 21), FloatType::F32),
+        new_tensor("b1", &[m], &weights(m, 22), FloatType::F32),
+        new_tensor("w2", &[m, m, 3, 3], &weights(m * m * 9, 23), FloatType::F32),
+        new_tensor("w3", &[m, m, 3, 3], &weights(m * m * 9, 24), FloatType::F32),
+        new_tensor("w4", &[m, m, 3, 3], &weights(m * m * 9, 25), FloatType::F32),
+    ];
+    let k3 = || attr_ints("kernel_shape", &[3, 3]);
+    let nodes = vec![
+        node(
+            "Conv",
+            "c1",
+            &["x", "w1", "b1"],
+            &["y1"],
+            vec![k3(), attr_ints("pads", &[1; 4])],
+        ),
+        node("Relu", "r1", &["y1"], &["a1"], vec![]),
+        node(
+            "Conv",
+            "c2",
+            &["a1", "w2"],
+            &["y2"],
+            vec![
+                k3(),
+                attr_str("auto_pad", "SAME_UPPER"),
+                attr_ints("strides", &[2, 2]),
+            ],
+        ),
+        node(
+            "Conv",
+            "c3",
+            &["y2", "w3"],
+            &["y3"],
+            vec![
+                k3(),
+                attr_str("auto_pad", "SAME_LOWER"),
+                attr_ints("strides", &[2, 1]),
+            ],
+        ),
+        node(
+            "Conv",
+            "c4",
+            &["y3", "w4"],
+            &["y"],
+            vec![
+                k3(),
+                attr_ints("pads", &[2, 1, 2, 1]),
+                attr_ints("dilations", &[2, 1]),
+            ],
+        ),
+    ];
+    let x = symbolic_input("x", [None, Some(n), None, None], ["batch", "", "H", "W"]);
+    let proto = model_proto(8, 13, nodes, inits, vec![x], &[("y", 4)]);
+    write_proto(&input, &proto);
+    let (vq, dl) = convert_exact_and_dl(test, &input, m * 9);
+    let python = common::ort_python(test);
+    for shape in [[2, n, 11, 14], [1, n, 16, 9]] {
+        let x = common::input_like(&shape, 31);
+        let what = |s: &str| format!("{test}: {s} at {shape:?}");
+        let original = tract_run(&input, &x);
+        Approximation::Exact.assert_close(&what("VQ-exact, tract"), &tract_run(&vq, &x), &original);
+        let got_dl = tract_run(&dl, &x);
+        assert_eq!(got_dl.shape(), original.shape(), "{}", what("DL shape"));
+        if let Some(py) = &python {
+            let ort = common::run_ort(py, &vq, &x);
+            Approximation::Engines.assert_close(&what("VQ-exact, ONNX Runtime"), &ort, &original);
+            let ort = common::run_ort(py, &dl, &x);
+            Approximation::Engines.assert_close(&what("DL, ONNX Runtime vs tract"), &ort, &got_dl);
+        }
+    }
+    let out = model::load(&vq).unwrap().proto;
+    assert_eq!(
+        out.graph.unwrap().input[0],
+        proto.graph.unwrap().input[0],
+        "{test}: the input must keep its symbolic dimensions"
+    );
+}
+
+/// An opset-7 model with experimental operators ONNX Runtime runs and tract does not
+/// (ImageScaler before the first Conv, Crop at the end, InstanceNormalization between): no
+/// shape is known for any Conv, yet every layer converts, and the converted model computes in
+/// ONNX Runtime what the original computes there, at two input sizes.
+#[test]
+fn model_tract_cannot_load_converts_and_runs_in_onnx_runtime() {
+    let test = "model_tract_cannot_load_converts_and_runs_in_onnx_runtime";
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.onnx");
+    let m = 8;
+    let inits = vec![
+        new_tensor("w1", &[m, 3, 3, 3], &weights(m * 27, 41), FloatType::F32),
+        new_tensor("b1", &[m], &weights(m, 42), FloatType::F32),
+        new_tensor("in_scale", &[m], &weights(m, 43), FloatType::F32),
+        new_tensor("in_bias", &[m], &weights(m, 44), FloatType::F32),
+        new_tensor("w2", &[m, m, 3, 3], &weights(m * m * 9, 45), FloatType::F32),
+    ];
+    let mut inputs = vec![symbolic_input(
+        "x",
+        [None, Some(3), None, None],
+        ["N", "", "H", "W"],
+    )];
+    for t in &inits {
+        let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+        inputs.push(value_info(t.name.as_deref().unwrap(), 1, Some(&dims)));
+    }
+    let k3 = || attr_ints("kernel_shape", &[3, 3]);
+    let nodes = vec![
+        node(
+            "ImageScaler",
+            "scaler",
+            &["x"],
+            &["s"],
+            vec![
+                attr_float("scale", 0.5),
+                attr_floats("bias", &[0.1, -0.2, 0.3]),
+            ],
+        ),
+        node(
+            "Conv",
+            "convolution1",
+            &["s", "w1", "b1"],
+            &["c1"],
+            vec![k3(), attr_ints("pads", &[1; 4])],
+        ),
+        node(
+            "InstanceNormalization",
+            "norm",
+            &["c1", "in_scale", "in_bias"],
+            &["n1"],
+            vec![],
+        ),
+        node("Relu", "relu", &["n1"], &["r1"], vec![]),
+        node(
+            "Conv",
+            "convolution2",
+            &["r1", "w2"],
+            &["c2"],
+            vec![
+                k3(),
+                attr_ints("pads", &[1; 4]),
+                attr_ints("strides", &[2, 2]),
+            ],
+        ),
+        node(
+            "Crop",
+            "crop",
+            &["c2"],
+            &["y"],
+            vec![attr_ints("border", &[1, 1, 1, 1])],
+        ),
+    ];
+    let proto = model_proto(3, 7, nodes, inits, inputs, &[("y", 4)]);
+    write_proto(&input, &proto);
+    let (vq, dl) = convert_exact_and_dl(test, &input, m * 9);
+    let Some(py) = common::ort_python(test) else {
+        return;
+    };
+    for shape in [[2, 3, 12, 10], [1, 3, 9, 15]] {
+        let x = common::input_like(&shape, 51);
+        let what = |s: &str| format!("{test}: {s} at {shape:?}");
+        let original = common::run_ort(&py, &input, &x);
+        let got = common::run_ort(&py, &vq, &x);
+        Approximation::Exact.assert_close(
+            &what("VQ-exact vs original, ONNX Runtime"),
+            &got,
+            &original,
+        );
+        let got = common::run_ort(&py, &dl, &x);
+        assert_eq!(got.shape(), original.shape(), "{}", what("DL shape"));
+        assert!(got.iter().all(|v| v.is_finite()), "{}", what("DL output"));
     }
 }

@@ -48,6 +48,14 @@ pub struct GraphCost {
 }
 
 impl GraphCost {
+    /// Whether every node whose index satisfies `pred` was counted (its shapes known).
+    pub fn known_where(&self, pred: impl Fn(usize) -> bool) -> bool {
+        self.nodes
+            .iter()
+            .filter(|n| pred(n.node_index))
+            .all(|n| n.known)
+    }
+
     /// Total cost of the nodes whose index satisfies `pred`.
     pub fn sum_where(&self, pred: impl Fn(usize) -> bool) -> OpCost {
         self.nodes

@@ -49,11 +49,42 @@ pub struct ShapeMap {
     pub inputs: Vec<(String, Vec<usize>)>,
     /// Notes such as "batch dimension of `input` taken as 1".
     pub assumptions: Vec<String>,
+    /// Inputs kept with dynamic dimensions beyond the batch (no `--input-shape` for them), each
+    /// with the dimension that is dynamic: tensors after them have no concrete shape, and what
+    /// needs one (counts, latency, random inputs) says so.
+    pub dynamic_inputs: Vec<DynamicInput>,
+}
+
+/// An input whose shape stays symbolic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynamicInput {
+    pub name: String,
+    /// Why it has no concrete shape, e.g. "dynamic dimension `H` on axis 2".
+    pub why: String,
 }
 
 impl ShapeMap {
     pub fn get(&self, name: &str) -> Option<&[usize]> {
         self.shapes.get(name).map(Vec::as_slice)
+    }
+
+    /// The model's one input and its concrete shape, for whatever must run the model on made-up
+    /// data; an error asking for `--input-shape` when it is dynamic, or when there are several.
+    pub fn sole_concrete_input(&self) -> Result<(&str, &[usize])> {
+        if let Some(d) = self.dynamic_inputs.first() {
+            let why = format!(
+                "is needed: input `{}` has a {}; give {}=D1,D2,...",
+                d.name, d.why, d.name
+            );
+            return Err(InvalidSetting::new(Setting::InputShape, why).into());
+        }
+        match self.inputs.as_slice() {
+            [(name, dims)] => Ok((name, dims)),
+            other => Err(anyhow!(
+                "this needs a model with one input, this one has {}",
+                other.len()
+            )),
+        }
     }
 }
 
@@ -75,13 +106,26 @@ pub fn infer(model: &OnnxModel, overrides: &[InputShape]) -> Result<ShapeMap> {
         let given = overrides
             .iter()
             .find(|o| o.name.as_deref().is_none_or(|n| n == name));
-        let dims = input_dims(name, &fact, given, &mut map.assumptions)?;
-        let mut new_fact = fact.clone().with_shape(dims.clone());
+        let mut new_fact = match input_dims(name, &fact, given, &mut map.assumptions)? {
+            InputDims::Concrete(dims) => {
+                map.inputs.push((name.clone(), dims.clone()));
+                fact.clone().with_shape(dims)
+            }
+            InputDims::Symbolic(dims, why) => {
+                map.assumptions.push(format!(
+                    "input `{name}` keeps its {why}: the conversion works at any size; figures that need the size are unknown (--input-shape {name}=D1,D2,... gives them)"
+                ));
+                map.dynamic_inputs.push(DynamicInput {
+                    name: name.clone(),
+                    why,
+                });
+                fact.clone().with_shape(dims)
+            }
+        };
         if new_fact.datum_type.concretize().is_none() {
             new_fact = new_fact.with_datum_type(DatumType::F32);
         }
         tm.set_input_fact(ix, new_fact)?;
-        map.inputs.push((name.clone(), dims));
     }
     // Obstinate: keep what can be inferred even if an exotic node somewhere cannot be.
     crate::engine::runner::guarded(&model.path, || {
@@ -117,21 +161,20 @@ fn check_overrides(overrides: &[InputShape], input_names: &[String]) -> Result<(
     Ok(())
 }
 
-/// The concrete dimensions of input `name`: the user's, or the model's with a symbolic batch
-/// dimension taken as 1 (recorded in `assumptions`).
+/// An input's dimensions for inference: all concrete, or some symbolic (with why).
+enum InputDims {
+    Concrete(Vec<usize>),
+    Symbolic(Vec<TDim>, String),
+}
+
+/// The dimensions of input `name`: the user's, or the model's with a symbolic batch dimension
+/// taken as 1 (recorded in `assumptions`); other dynamic dimensions stay symbolic.
 fn input_dims(
     name: &str,
     fact: &InferenceFact,
     given: Option<&InputShape>,
     assumptions: &mut Vec<String>,
-) -> Result<Vec<usize>> {
-    let needed = |why: String| -> anyhow::Error {
-        InvalidSetting::new(
-            Setting::InputShape,
-            format!("is needed: {why}; give {name}=D1,D2,..."),
-        )
-        .into()
-    };
+) -> Result<InputDims> {
     if let Some(given) = given {
         if let Some(rank) = fact.shape.concretize().map(|s| s.len()) {
             let rank_given = given.dims.len();
@@ -141,28 +184,37 @@ fn input_dims(
                 return Err(InvalidSetting::new(Setting::InputShape, why).into());
             }
         }
-        return Ok(given.dims.clone());
+        return Ok(InputDims::Concrete(given.dims.clone()));
     }
     let Some(dims) = fact.shape.concretize() else {
-        return Err(needed(format!("input `{name}` has no known rank")));
+        let why = format!("is needed: input `{name}` has no known rank; give {name}=D1,D2,...");
+        return Err(InvalidSetting::new(Setting::InputShape, why).into());
     };
     let mut out = Vec::new();
+    let mut dynamic = None;
     for (axis, d) in dims.iter().enumerate() {
         match d.to_usize() {
-            Ok(v) => out.push(v),
+            Ok(v) => out.push(TDim::from(v)),
             Err(_) if axis == 0 => {
                 assumptions.push(format!(
                     "batch dimension `{d}` of input `{name}` taken as 1"
                 ));
-                out.push(1);
+                out.push(TDim::from(1usize));
             }
             Err(_) => {
-                let why = format!("input `{name}` has a dynamic dimension `{d}` on axis {axis}");
-                return Err(needed(why));
+                dynamic.get_or_insert_with(|| format!("dynamic dimension `{d}` on axis {axis}"));
+                out.push(d.clone());
             }
         }
     }
-    Ok(out)
+    Ok(match dynamic {
+        Some(why) => InputDims::Symbolic(out, why),
+        None => InputDims::Concrete(
+            out.iter()
+                .map(|d| d.to_usize().expect("concrete"))
+                .collect(),
+        ),
+    })
 }
 
 fn quoted(names: &[String]) -> String {

@@ -75,6 +75,8 @@ pub struct Converted {
     pub allocation: Option<Allocation>,
     pub multiplications_before: u64,
     pub multiplications_after: u64,
+    /// Why the counts are incomplete (a dynamic input, say), when they are.
+    pub counts_unknown: Option<String>,
     pub finetune: Option<FinetuneReport>,
 }
 
@@ -140,6 +142,7 @@ pub fn convert_model_with_inputs(
         allocation: plan.allocation,
         multiplications_before: inv.cost.total.multiplications,
         multiplications_after: new_cost.total.multiplications,
+        counts_unknown: counts_unknown(&inv, &new_cost),
         finetune: finetuned,
     })
 }
@@ -246,15 +249,32 @@ fn lower_layers(
     Ok(patch)
 }
 
-/// The cost of the nodes the lowering emitted for `layer` (named `{layer}/dlq/...`).
-fn prefix_cost(cost: &GraphCost, model: &OnnxModel, layer: &str) -> OpCost {
+/// The cost of the nodes the lowering emitted for `layer` (named `{layer}/dlq/...`), and
+/// whether all of them were counted.
+fn prefix_cost(cost: &GraphCost, model: &OnnxModel, layer: &str) -> (OpCost, bool) {
     let prefix = format!("{layer}/dlq/");
     let g = model.graph();
-    cost.sum_where(|i| {
+    let emitted = |i: usize| {
         g.node[i]
             .name
             .as_deref()
             .is_some_and(|n| n.starts_with(&prefix))
+    };
+    (cost.sum_where(emitted), cost.known_where(emitted))
+}
+
+/// Why the multiplication counts are incomplete, when they are: shape inference did not reach
+/// some counted node of either graph.
+fn counts_unknown(inv: &Inventory, new_cost: &GraphCost) -> Option<String> {
+    if inv.cost.known_where(|_| true) && new_cost.known_where(|_| true) {
+        return None;
+    }
+    Some(match inv.shapes.dynamic_inputs.first() {
+        Some(d) => format!(
+            "input `{}` has a {} (--input-shape {}=D1,D2,... counts at one size)",
+            d.name, d.why, d.name
+        ),
+        None => "shape inference (tract) did not reach every node".into(),
     })
 }
 
@@ -272,7 +292,8 @@ fn recount(
         .map(|(p, l)| {
             let cb = l.codebook;
             let before = inv.cost.nodes[p.layer.node_index].cost.multiplications;
-            let after = prefix_cost(new_cost, converted, &p.layer.name);
+            let (after, after_known) = prefix_cost(new_cost, converted, &p.layer.name);
+            let before_known = inv.cost.nodes[p.layer.node_index].known;
             LayerReport {
                 name: p.layer.name.clone(),
                 kernel: cb.kernel_shape,
@@ -287,6 +308,7 @@ fn recount(
                 multiplications_after: after.multiplications,
                 additions_after: after.additions,
                 achieved_ratio: before as f64 / after.multiplications.max(1) as f64,
+                multiplications_known: before_known && after_known,
                 seconds: l.seconds,
                 output_error: l.output_errors.map(|e| e.calibrated),
                 output_error_uncalibrated: l.output_errors.map(|e| e.plain),
@@ -334,6 +356,7 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
         multiplications_before: mb,
         multiplications_after: ma,
         speedup: mb as f64 / ma.max(1) as f64,
+        counts_unknown: c.counts_unknown,
         file_bytes_before: file_size(input) + external_size(&original),
         file_bytes_after: saved.model_bytes + saved.external.as_ref().map_or(0, |e| e.1),
         external_data: saved.external.map(|e| e.0.display().to_string()),

@@ -300,10 +300,10 @@ fn latency_budget(
 ) -> Result<budget::MeasuredBudget> {
     let mut shape = inv
         .shapes
-        .inputs
-        .first()
-        .map(|(_, s)| s.clone())
-        .context("the model has no input to time it with")?;
+        .sole_concrete_input()
+        .context("timing the model for the latency budget")?
+        .1
+        .to_vec();
     shape[0] = 1;
     let task = progress::task("timing", candidates.len() as u64 + 1);
     let model_ms = timing::time_model(original, &shape)?;

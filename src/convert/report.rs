@@ -25,6 +25,10 @@ pub struct LayerReport {
     pub additions_after: u64,
     /// multiplications_before / multiplications_after, as counted on the graphs.
     pub achieved_ratio: f64,
+    /// False when shape inference did not reach the layer (a dynamic input, say): the three
+    /// counts above are then not figures, and the table shows `?`.
+    #[serde(default = "known_by_default")]
+    pub multiplications_known: bool,
     pub seconds: f64,
     /// With calibration: the relative output error on the calibration inputs of the
     /// calibrated codebook, and of the plain (weight-error) one for comparison.
@@ -56,6 +60,9 @@ pub struct ConvertReport {
     pub multiplications_before: u64,
     pub multiplications_after: u64,
     pub speedup: f64,
+    /// Why the model's counts are incomplete, when they are (then `speedup` is not a figure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts_unknown: Option<String>,
     pub file_bytes_before: u64,
     pub file_bytes_after: u64,
     pub external_data: Option<String>,
@@ -108,6 +115,18 @@ pub struct LayerSettings {
     pub subspace: usize,
 }
 
+fn known_by_default() -> bool {
+    true
+}
+
+/// `figure` when it was counted, `?` otherwise.
+fn known(counted: bool, figure: String) -> String {
+    match counted {
+        true => figure,
+        false => "?".into(),
+    }
+}
+
 pub fn render(r: &ConvertReport) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
@@ -118,7 +137,7 @@ pub fn render(r: &ConvertReport) -> String {
     for l in &r.layers {
         let _ = writeln!(
             s,
-            "{}\t{}x{}x{}x{}\t{}\t{}\t{}\t{}\t{}\t{:.4}\t{}\t{}\t{:.2}",
+            "{}\t{}x{}x{}x{}\t{}\t{}\t{}\t{}\t{}\t{:.4}\t{}\t{}\t{}",
             l.name,
             l.kernel[0],
             l.kernel[1],
@@ -130,20 +149,26 @@ pub fn render(r: &ConvertReport) -> String {
             l.k,
             l.l,
             l.relative_error,
-            millions(l.multiplications_before),
-            millions(l.multiplications_after),
-            l.achieved_ratio
+            known(l.multiplications_known, millions(l.multiplications_before)),
+            known(l.multiplications_known, millions(l.multiplications_after)),
+            known(l.multiplications_known, format!("{:.2}", l.achieved_ratio))
         );
     }
     for sk in &r.skipped {
         let _ = writeln!(s, "skipped {}: {}", sk.name, sk.reason);
     }
+    let counts = match &r.counts_unknown {
+        None => format!(
+            "{} -> {} multiplications ({:.3}x fewer)",
+            millions(r.multiplications_before),
+            millions(r.multiplications_after),
+            r.speedup
+        ),
+        Some(why) => format!("multiplications not counted: {why}"),
+    };
     let _ = writeln!(
         s,
-        "model: {} -> {} multiplications ({:.3}x fewer); file {} -> {} bytes{}",
-        millions(r.multiplications_before),
-        millions(r.multiplications_after),
-        r.speedup,
+        "model: {counts}; file {} -> {} bytes{}",
         r.file_bytes_before,
         r.file_bytes_after,
         r.external_data

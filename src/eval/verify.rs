@@ -157,12 +157,7 @@ impl EvalSet {
     ) -> Result<EvalSet> {
         require(n > 0, Setting::Samples, || "must be at least 1".into())?;
         let sh = shapes::infer(model, input_shapes)?;
-        ensure!(
-            sh.inputs.len() == 1,
-            "verify needs a model with one input, this one has {}",
-            sh.inputs.len()
-        );
-        let input_shape = sh.inputs[0].1.clone();
+        let input_shape = sh.sole_concrete_input()?.1.to_vec();
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
         let inputs = (0..n)
             .map(|_| ArrayD::from_shape_fn(IxDyn(&input_shape), |_| rng.random_range(-1.0f32..1.0)))

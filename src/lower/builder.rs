@@ -74,6 +74,18 @@ impl Builder<'_> {
         Ok(n)
     }
 
+    /// A float32 constant whatever the layer's element type (in-graph size arithmetic).
+    pub fn f32_init(&mut self, what: &str, values: &[f32]) -> Result<String> {
+        let n = self.name(what)?;
+        self.inits.push(tensor::new_tensor(
+            &n,
+            &[values.len()],
+            values,
+            FloatType::F32,
+        ));
+        Ok(n)
+    }
+
     pub fn i64_init(&mut self, what: &str, values: &[i64]) -> Result<String> {
         if let Some(n) = self.i64_consts.get(values) {
             return Ok(n.clone());

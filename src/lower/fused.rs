@@ -106,8 +106,8 @@ pub(super) fn assignment_input(
     Ok(name)
 }
 
-/// Builds the `DlqConv` node replacing `layer`. `shapes` gives the input's spatial size, which
-/// resolves `auto_pad` into explicit pads; `settings` is recorded in the model's metadata.
+/// Builds the `DlqConv` node replacing `layer`. `shapes` gives the input's spatial size where
+/// `auto_pad` needs it to resolve into explicit pads (`SAME_*` at a stride above 1); `settings` is recorded in the model's metadata.
 pub fn lower(
     model: &OnnxModel,
     layer: &ConvLayer,
@@ -116,14 +116,11 @@ pub fn lower(
     settings: &str,
 ) -> Result<LayerPatch> {
     let ctx = layer_context(layer);
+    let geo = Geometry::of(layer, codebook, shapes)?;
+    let pads = geo.pads_at_known_size(&ctx)?;
     let Geometry {
-        attrs,
-        m,
-        kh,
-        kw,
-        pads,
-        ..
-    } = Geometry::of(layer, codebook, shapes)?;
+        attrs, m, kh, kw, ..
+    } = geo;
     ensure!(attrs.strides.len() == 2, "{ctx}: not a 2-D convolution");
     let elem = layer
         .weight_type

@@ -19,9 +19,10 @@ use anyhow::{ensure, Context, Result};
 use crate::analysis::select::ConvLayer;
 use crate::analysis::shapes::ShapeMap;
 use crate::codebook::{self, Codebook, Method};
-use crate::onnx::build::attr_ints;
-use crate::onnx::conv::ConvAttrs;
+use crate::onnx::build::{attr_int, attr_ints};
+use crate::onnx::conv::{AutoPad, ConvAttrs};
 use crate::onnx::model::OnnxModel;
+use crate::proto::tensor_proto::DataType;
 
 use super::builder::{taken_names, Builder};
 use super::patch::LayerPatch;
@@ -37,9 +38,12 @@ pub(super) struct Geometry<'a> {
     pub(super) m: usize,
     pub(super) kh: usize,
     pub(super) kw: usize,
-    out_hw: Vec<usize>,
-    /// (begin, end) zero padding per spatial axis, `auto_pad` resolved.
-    pub(super) pads: Vec<(usize, usize)>,
+    /// The input's spatial size when shape inference found it; the standard-operator form does
+    /// not need it (it runs at any size the original accepts).
+    input_hw: Option<[usize; 2]>,
+    /// (begin, end) zero padding per spatial axis when it holds at every input size; `None`
+    /// for `SAME_*` at a stride above 1 (see [`Geometry::pads_at_known_size`]).
+    size_free_pads: Option<Vec<(usize, usize)>>,
     subspaces: usize,
     atoms_per: usize,
     reps_per: usize,
@@ -65,17 +69,20 @@ impl<'a> Geometry<'a> {
             ctx(),
             codebook.kernel_shape
         );
-        let in_shape = shapes.get(&layer.input).with_context(|| {
-            format!("{}: the shape of input `{}` is unknown", ctx(), layer.input)
-        })?;
-        ensure!(
-            in_shape.len() == 4,
-            "{}: input `{}` has shape {in_shape:?}, expected 4-D",
-            ctx(),
-            layer.input
-        );
-        let hw = [in_shape[2], in_shape[3]];
-        let out_hw = attrs.output_size(&hw, &[kh, kw]).with_context(ctx)?;
+        let input_hw = match shapes.get(&layer.input) {
+            Some(in_shape) => {
+                ensure!(
+                    in_shape.len() == 4,
+                    "{}: input `{}` has shape {in_shape:?}, expected 4-D",
+                    ctx(),
+                    layer.input
+                );
+                let hw = [in_shape[2], in_shape[3]];
+                attrs.output_size(&hw, &[kh, kw]).with_context(ctx)?;
+                Some(hw)
+            }
+            None => None,
+        };
         let first = &codebook.subspaces[0];
         let (atoms_per, reps_per) = (first.atoms.len(), first.num_representatives());
         ensure!(
@@ -91,12 +98,31 @@ impl<'a> Geometry<'a> {
             m,
             kh,
             kw,
-            out_hw,
-            pads: attrs.resolved_pads(&hw, &[kh, kw]),
+            input_hw,
+            size_free_pads: attrs.size_free_pads(&[kh, kw]),
             subspaces: codebook.subspaces.len(),
             atoms_per,
             reps_per,
         })
+    }
+}
+
+impl Geometry<'_> {
+    /// The (begin, end) padding per spatial axis, resolved at the input size shape inference
+    /// found when it depends on it (`SAME_*` at a stride above 1): an error naming the layer when
+    /// that size is unknown.
+    pub(super) fn pads_at_known_size(&self, ctx: &str) -> Result<Vec<(usize, usize)>> {
+        if let Some(p) = &self.size_free_pads {
+            return Ok(p.clone());
+        }
+        let hw = self.input_hw.with_context(|| {
+            format!(
+                "{ctx}: auto_pad {} at stride {:?} pads by the input's size, which shape inference could not find; give --input-shape, or use the standard-operator form (it pads in-graph from opset 11)",
+                self.attrs.auto_pad.as_str(),
+                self.attrs.strides
+            )
+        })?;
+        Ok(self.attrs.resolved_pads(&hw, &[self.kh, self.kw]))
     }
 }
 
@@ -105,9 +131,10 @@ pub(super) fn layer_context(layer: &ConvLayer) -> String {
     format!("layer `{}` (node {} Conv)", layer.name, layer.node_index)
 }
 
-/// Builds the replacement of `layer` from its codebook. `shapes` gives the input and output
-/// spatial sizes (the lowering is specialised to them, like `auto_pad` resolution is);
-/// `settings` is recorded in the model's metadata.
+/// Builds the replacement of `layer` from its codebook. The subgraph runs at any input size the
+/// Conv accepts: `shapes` is consulted only to check that the kernel fits the input when its
+/// size is known, and for `SAME_*` padding at a stride above 1 before opset 11. `settings` is
+/// recorded in the model's metadata.
 pub fn lower(
     model: &OnnxModel,
     layer: &ConvLayer,
@@ -130,7 +157,7 @@ pub fn lower(
     let mut b = Builder::new(&layer.name, model.default_opset(), elem, &taken);
     let z = wire_atoms(&mut b, codebook, &layer.input)?;
     let r = wire_representatives(&mut b, codebook, &geo, z)?;
-    let padded = wire_padding(&mut b, &geo, r)?;
+    let padded = wire_padding(&mut b, &geo, r, &layer_context(layer))?;
     let acc = wire_lookups(&mut b, codebook, &geo, &padded)?;
     let summed = wire_subspace_sum(&mut b, &geo, acc)?;
     let final_name = match bias {
@@ -194,7 +221,7 @@ fn wire_atoms(b: &mut Builder, codebook: &Codebook, x: &str) -> Result<String> {
     )?;
     let tail_shape = [atoms_per, last.channels.len(), 1, 1];
     let z_tail = b.conv1x1("atoms_tail", &tail, &last.atoms.data, tail_shape, 1)?;
-    let axis = crate::onnx::build::attr_int("axis", 1);
+    let axis = attr_int("axis", 1);
     b.node("Concat", "atoms", vec![z_head, z_tail], vec![axis])
 }
 
@@ -238,14 +265,64 @@ fn wire_representatives(
     b.node("Sum", "representatives", terms, vec![])
 }
 
-/// Step 3: R zero-padded as the Conv pads its input (nothing when it does not pad).
-fn wire_padding(b: &mut Builder, geo: &Geometry, r: String) -> Result<String> {
-    let p = &geo.pads;
+/// Step 3: R zero-padded as the Conv pads its input (nothing when it does not pad). Padding that
+/// follows the input's size (`SAME_*` at a stride above 1) is computed in-graph from opset 11,
+/// where Pad takes its pads as an input; before, it is resolved at the size shape inference found.
+fn wire_padding(b: &mut Builder, geo: &Geometry, r: String, ctx: &str) -> Result<String> {
+    let p = match (&geo.size_free_pads, b.opset >= 11) {
+        (Some(p), _) => p.clone(),
+        (None, true) => return wire_same_padding(b, geo, &r),
+        (None, false) => geo.pads_at_known_size(ctx)?,
+    };
     if p.iter().all(|&(begin, end)| begin == 0 && end == 0) {
         return Ok(r);
     }
     let pads = [p[0].0, p[1].0, p[0].1, p[1].1].map(|x| x as i64);
     b.pad("padded", &r, pads)
+}
+
+/// `SAME_*` padding at a stride above 1, from R's spatial size (the input's) as the ONNX spec
+/// computes it: total = max(⌈H/s⌉·s + extent − s − H, 0), the odd pixel at the end for
+/// SAME_UPPER and at the beginning for SAME_LOWER. The arithmetic runs in float32 (exact for
+/// any size below 2²⁴), since integer Max needs opset 12.
+fn wire_same_padding(b: &mut Builder, geo: &Geometry, r: &str) -> Result<String> {
+    let (st, dil) = (&geo.attrs.strides, &geo.attrs.dilations);
+    let stride = [st[0] as f32, st[1] as f32];
+    let extent = [
+        (dil[0] * (geo.kh - 1) + 1) as f32,
+        (dil[1] * (geo.kw - 1) + 1) as f32,
+    ];
+    let cast = |to: DataType| vec![attr_int("to", to as i64)];
+    let shape = b.node("Shape", "same_shape", vec![r.to_string()], vec![])?;
+    let hw = b.slice("same_hw_int", &shape, &[0], &[2], &[4], &[1])?;
+    let hw = b.node("Cast", "same_hw", vec![hw], cast(DataType::Float))?;
+    let s = b.f32_init("same_strides", &stride)?;
+    let quotient = b.node("Div", "same_quotient", vec![hw.clone(), s.clone()], vec![])?;
+    let out = b.node("Ceil", "same_out", vec![quotient], vec![])?;
+    let covered = b.node("Mul", "same_covered", vec![out, s], vec![])?;
+    let rest = [extent[0] - stride[0], extent[1] - stride[1]];
+    let rest = b.f32_init("same_extent_minus_stride", &rest)?;
+    let needed = b.node("Add", "same_needed", vec![covered, rest], vec![])?;
+    let over = b.node("Sub", "same_over", vec![needed, hw], vec![])?;
+    let zero = b.f32_init("same_zero", &[0.0, 0.0])?;
+    let total = b.node("Max", "same_total", vec![over, zero.clone()], vec![])?;
+    let half = b.f32_init("same_half", &[0.5, 0.5])?;
+    let halved = b.node("Mul", "same_halved", vec![total.clone(), half], vec![])?;
+    let small = b.node("Floor", "same_small", vec![halved], vec![])?;
+    let big = b.node("Sub", "same_big", vec![total, small.clone()], vec![])?;
+    let (begin, end) = match geo.attrs.auto_pad {
+        AutoPad::SameLower => (big, small),
+        _ => (small, big),
+    };
+    let parts = vec![zero.clone(), begin, zero, end];
+    let pads = b.node(
+        "Concat",
+        "same_pads_float",
+        parts,
+        vec![attr_int("axis", 0)],
+    )?;
+    let pads = b.node("Cast", "same_pads", vec![pads], cast(DataType::Int64))?;
+    b.node("Pad", "padded", vec![r.to_string(), pads], vec![])
 }
 
 /// Step 4: for each kernel position, the shifted (and strided) window of the padded responses,
@@ -278,9 +355,10 @@ fn wire_lookups(
     Ok(acc.expect("at least one kernel position"))
 }
 
-/// The window of the padded responses that kernel position `pos` reads: a spatial Slice at the
-/// dilated offset with the Conv's stride as step (before opset 10, where Slice has no steps, a
-/// 1×1 MaxPool with the stride subsamples exactly).
+/// The window of the padded responses that kernel position `pos` reads: a spatial Slice from the
+/// dilated offset to the end less the rest of the kernel's extent (ends counted from the end, so
+/// the window fits any input size), with the Conv's stride as step (before opset 10, where Slice
+/// has no steps, a 1×1 MaxPool with the stride subsamples exactly: ⌊(L − 1)/s⌋ + 1 positions).
 fn wire_shift(
     b: &mut Builder,
     geo: &Geometry,
@@ -289,11 +367,12 @@ fn wire_shift(
     pos: [usize; 2],
 ) -> Result<String> {
     let (st, dil) = (&geo.attrs.strides, &geo.attrs.dilations);
-    let starts = [(pos[0] * dil[0]) as i64, (pos[1] * dil[1]) as i64];
-    let ends = [
-        starts[0] + ((geo.out_hw[0] - 1) * st[0]) as i64 + 1,
-        starts[1] + ((geo.out_hw[1] - 1) * st[1]) as i64 + 1,
-    ];
+    let kernel = [geo.kh, geo.kw];
+    let starts = [0, 1].map(|a| (pos[a] * dil[a]) as i64);
+    let ends = [0, 1].map(|a| match ((kernel[a] - 1 - pos[a]) * dil[a]) as i64 {
+        0 => i64::MAX,
+        rest => -rest,
+    });
     let strided = st.iter().any(|&s| s != 1);
     let steps_in_slice = b.opset >= 10;
     let steps = match strided && steps_in_slice {

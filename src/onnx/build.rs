@@ -37,6 +37,16 @@ pub fn attr_float(name: &str, v: f32) -> AttributeProto {
     }
 }
 
+/// A FLOATS attribute.
+pub fn attr_floats(name: &str, v: &[f32]) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Floats as i32),
+        floats: v.to_vec(),
+        ..Default::default()
+    }
+}
+
 /// A STRING attribute.
 pub fn attr_str(name: &str, v: &str) -> AttributeProto {
     AttributeProto {

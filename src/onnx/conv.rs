@@ -141,6 +141,20 @@ impl ConvAttrs {
             .collect()
     }
 
+    /// The (begin, end) padding per spatial axis when it does not depend on the input's size:
+    /// explicit pads, `VALID`, and `SAME_*` at stride 1 (which pads the kernel extent − 1 in
+    /// all). `None` for `SAME_*` with a stride above 1, whose padding follows the size modulo
+    /// the stride.
+    pub fn size_free_pads(&self, kernel: &[usize]) -> Option<Vec<(usize, usize)>> {
+        let same = matches!(self.auto_pad, AutoPad::SameUpper | AutoPad::SameLower);
+        if same && self.strides.iter().any(|&s| s != 1) {
+            return None;
+        }
+        // At stride 1 the SAME padding is size-independent: any size resolves it.
+        let any_size = vec![1; self.rank()];
+        Some(self.resolved_pads(&any_size, kernel))
+    }
+
     /// Output spatial size, or an error when the kernel does not fit the padded input.
     pub fn output_size(&self, input: &[usize], kernel: &[usize]) -> Result<Vec<usize>> {
         let pads = self.resolved_pads(input, kernel);
@@ -225,6 +239,46 @@ mod tests {
         )
         .unwrap();
         assert_eq!(valid.output_size(&[5, 5], &[3, 3]).unwrap(), vec![3, 3]);
+    }
+
+    #[test]
+    fn size_free_pads_hold_at_every_size_or_are_refused() {
+        let modes = ["NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"];
+        for (mode, stride, dilation) in mode_stride_dilation(&modes) {
+            let a = ConvAttrs::from_node(
+                &node(vec![
+                    attr_str("auto_pad", mode),
+                    attr_ints("strides", &[stride, 1]),
+                    attr_ints("dilations", &[dilation, 2]),
+                ]),
+                2,
+            )
+            .unwrap();
+            let kernel = [3, 2];
+            let same = mode.starts_with("SAME");
+            match a.size_free_pads(&kernel) {
+                Some(p) => {
+                    assert!(!same || stride == 1, "{mode} stride {stride}");
+                    for h in 4..12 {
+                        assert_eq!(p, a.resolved_pads(&[h, h + 1], &kernel), "{mode} {h}");
+                    }
+                }
+                None => assert!(same && stride > 1, "{mode} stride {stride}"),
+            }
+        }
+    }
+
+    /// Every (mode, stride, dilation) with stride and dilation in 1..=3.
+    fn mode_stride_dilation<'a>(modes: &[&'a str]) -> Vec<(&'a str, i64, i64)> {
+        let mut all = Vec::new();
+        for &m in modes {
+            for s in 1..=3 {
+                for d in 1..=3 {
+                    all.push((m, s, d));
+                }
+            }
+        }
+        all
     }
 
     #[test]
