@@ -857,4 +857,25 @@ fn model_tract_cannot_load_converts_and_runs_in_onnx_runtime() {
         assert_eq!(got.shape(), original.shape(), "{}", what("DL shape"));
         assert!(got.iter().all(|v| v.is_finite()), "{}", what("DL output"));
     }
+    // `verify` runs it in ONNX Runtime too, where tract cannot.
+    let o = common::run(&[
+        "verify",
+        common::path_str(&input),
+        common::path_str(&vq),
+        "--engine",
+        "ort",
+        "--input-shape",
+        "x=2,3,12,10",
+        "--runs",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        o.status.success(),
+        "{test}: verify --engine ort: {}",
+        common::stderr(&o)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["top1_agreement"], 1.0, "{test}: {j}");
+    assert!(j["relative_l2"].as_f64().unwrap() < 1e-5, "{test}: {j}");
 }

@@ -236,12 +236,19 @@ fn bad_verify_data_gets_a_clear_error() {
 /// `verify MODEL MODEL` on a shared CIFAR-10 model: its baseline through tract against the
 /// ONNX Runtime figures.
 fn cifar_baseline_matches_onnx_runtime(test: &str, name: &str, want_top1: f64, want_top5: f64) {
+    cifar_baseline_in(test, name, "tract", [want_top1, want_top5]);
+}
+
+/// [`cifar_baseline_matches_onnx_runtime`] in `engine`.
+fn cifar_baseline_in(test: &str, name: &str, engine: &str, [want_top1, want_top5]: [f64; 2]) {
     let Some(shared) = common::shared(test) else {
         return;
     };
     let m = shared.join(format!("models/{name}.onnx"));
     let o = common::run(&[
         "verify",
+        "--engine",
+        engine,
         common::path_str(&m),
         common::path_str(&m),
         "--data",
@@ -276,6 +283,98 @@ fn resnet20_baseline_through_tract_matches_onnx_runtime() {
         RESNET20_TOP1,
         RESNET20_TOP5,
     );
+}
+
+/// `verify --engine ort` reproduces the shared ONNX Runtime baseline and names the engine.
+#[test]
+fn resnet20_baseline_through_the_onnx_runtime_engine() {
+    let test = "resnet20_baseline_through_the_onnx_runtime_engine";
+    if common::ort_python(test).is_none() {
+        return;
+    }
+    cifar_baseline_in(
+        test,
+        "resnet20-cifar10",
+        "ort",
+        [RESNET20_TOP1, RESNET20_TOP5],
+    );
+}
+
+/// Converted digits model verified in both engines on the same random inputs: the same
+/// agreement and output differences (up to the engines' own rounding), ONNX Runtime named.
+#[test]
+fn verify_in_onnx_runtime_agrees_with_tract() {
+    let test = "verify_in_onnx_runtime_agrees_with_tract";
+    if common::ort_python(test).is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("c.onnx");
+    let m = common::default_model();
+    let o = common::run(&[
+        "convert",
+        common::path_str(&m),
+        common::path_str(&out),
+        "--all",
+        "--ratio",
+        "4",
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let verify = |engine: &str| {
+        json(&common::run(&[
+            "verify",
+            common::path_str(&m),
+            common::path_str(&out),
+            "--engine",
+            engine,
+            "--samples",
+            "16",
+            "--runs",
+            "3",
+            "--json",
+        ]))
+    };
+    let (t, r) = (verify("tract"), verify("ort"));
+    assert!(
+        r["engine"].as_str().unwrap().starts_with("ONNX Runtime 1."),
+        "{r}"
+    );
+    assert!(t["engine"].as_str().unwrap().starts_with("tract"), "{t}");
+    let (lt, lr) = (
+        t["relative_l2"].as_f64().unwrap(),
+        r["relative_l2"].as_f64().unwrap(),
+    );
+    assert!(lt > 1e-4, "the conversion changes the outputs: {t}");
+    assert!(
+        (lt - lr).abs() <= 1e-3 * lt.max(1.0),
+        "tract {lt} vs ORT {lr}"
+    );
+    assert!(r["converted"]["latency_ms"]["median"].as_f64().unwrap() > 0.0);
+    assert_eq!(t["samples"], r["samples"]);
+}
+
+/// Without a usable ONNX Runtime, `--engine ort` says what to provide.
+#[test]
+fn verify_in_onnx_runtime_without_the_library_says_what_to_provide() {
+    let m = common::default_model();
+    let o = common::bin()
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .args([
+            "verify",
+            common::path_str(&m),
+            common::path_str(&m),
+            "--engine",
+            "ort",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = common::stderr(&o);
+    assert!(
+        e.contains("ORT_DYLIB_PATH is /nonexistent/libonnxruntime.so, which is not a file"),
+        "{e}"
+    );
+    assert!(!e.contains("panicked"), "{e}");
 }
 
 #[test]

@@ -14,6 +14,7 @@ use crate::analysis::shapes::InputShape;
 use crate::calibrate::{self, CalibrationOptions};
 use crate::codebook::{ClusterParams, Method, ValidParams};
 use crate::convert::{self, ConvertOptions, OutputForm, Selection};
+use crate::engine::Engine;
 use crate::finetune::FinetuneOptions;
 use crate::onnx::model::ExternalData;
 use crate::{
@@ -231,6 +232,10 @@ pub struct VerifyData {
     /// Timed runs per model for the latency figures.
     #[arg(long, default_value_t = 10)]
     pub runs: usize,
+    /// The engine both models run in: tract (built in) or ONNX Runtime (loaded at run time from
+    /// ORT_DYLIB_PATH, or the onnxruntime Python package's bundled library).
+    #[arg(long, value_enum, default_value_t = Engine::Tract)]
+    pub engine: Engine,
 }
 
 impl VerifyData {
@@ -250,6 +255,7 @@ impl VerifyData {
             runs: self.runs,
             input_shapes,
             seed: 0,
+            engine: self.engine,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! `verify`: proof that a converted model still works and is cheaper. Both models run in tract
-//! on CPU on the same inputs (a labelled image set, or seeded random inputs): accuracy, top-1
+//! (or ONNX Runtime, `--engine ort`) on CPU on the same inputs (a labelled image set, or seeded random inputs): accuracy, top-1
 //! agreement, output differences, multiplications and latency.
 
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::analysis::shapes::InputShape;
-use crate::engine::runner::Runner;
+use crate::engine::{self, Engine, Run};
 use crate::eval::data::{top_k, LabelledSet, PreprocessSpec};
 use crate::onnx::model::OnnxModel;
 use crate::progress;
@@ -35,6 +35,8 @@ pub struct VerifyOptions {
     pub runs: usize,
     pub input_shapes: Vec<InputShape>,
     pub seed: u64,
+    /// The engine both models run in.
+    pub engine: Engine,
 }
 
 /// The inputs every model of a comparison is run on, prepared once.
@@ -179,7 +181,7 @@ impl EvalSet {
 
     /// Runs `runner` on every input (in parallel; outputs in input order), its progress
     /// labelled `what`.
-    pub fn run(&self, runner: &Runner, what: &str) -> Result<Vec<ArrayD<f32>>> {
+    pub fn run(&self, runner: &dyn Run, what: &str) -> Result<Vec<ArrayD<f32>>> {
         let task = progress::task(what, self.len() as u64);
         let outputs = self
             .inputs
@@ -252,7 +254,7 @@ pub struct Latency {
 }
 
 /// Single-threaded latency of `runner` on `x` over `runs` timed runs after one untimed warm-up.
-pub fn latency(runner: &Runner, x: &ArrayD<f32>, runs: usize) -> Result<Latency> {
+pub fn latency(runner: &dyn Run, x: &ArrayD<f32>, runs: usize) -> Result<Latency> {
     runner.run(x)?;
     let mut ms: Vec<f64> = (0..runs.max(1))
         .map(|_| {
@@ -290,6 +292,8 @@ pub struct ModelStats {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifyReport {
+    /// The engine and its version, e.g. "ONNX Runtime 1.31.1".
+    pub engine: String,
     pub original: ModelStats,
     pub converted: ModelStats,
     pub top1_agreement: f64,
@@ -314,14 +318,17 @@ pub fn verify(original: &Path, converted: &Path, opts: &VerifyOptions) -> Result
         ),
     }
     .with_context(|| format!("verifying {}", original.display()))?;
-    let ra = Runner::new(&a, &set.input_shape).with_context(|| original.display().to_string())?;
-    let rb = Runner::new(&b, &set.input_shape).with_context(|| converted.display().to_string())?;
-    let ya = set.run(&ra, "verify original")?;
-    let yb = set.run(&rb, "verify converted")?;
+    let prepare = |m: &OnnxModel, path: &Path| {
+        engine::prepare(opts.engine, m, &set.input_shape)
+            .with_context(|| path.display().to_string())
+    };
+    let (ra, rb) = (prepare(&a, original)?, prepare(&b, converted)?);
+    let ya = set.run(ra.as_ref(), "verify original")?;
+    let yb = set.run(rb.as_ref(), "verify converted")?;
     let agree = agreement(&ya, &yb)?;
     let (acc_a, acc_b) = (set.accuracy(&ya), set.accuracy(&yb));
     let x0 = &set.inputs[0];
-    let stats = |m: &OnnxModel, r: &Runner, acc: Option<(f64, f64)>| -> Result<ModelStats> {
+    let stats = |m: &OnnxModel, r: &dyn Run, acc: Option<(f64, f64)>| -> Result<ModelStats> {
         Ok(ModelStats {
             top1: acc.map(|a| a.0),
             top5: acc.map(|a| a.1),
@@ -329,8 +336,12 @@ pub fn verify(original: &Path, converted: &Path, opts: &VerifyOptions) -> Result
             latency_ms: latency(r, x0, opts.runs)?,
         })
     };
-    let (sa, sb) = (stats(&a, &ra, acc_a)?, stats(&b, &rb, acc_b)?);
+    let (sa, sb) = (
+        stats(&a, ra.as_ref(), acc_a)?,
+        stats(&b, rb.as_ref(), acc_b)?,
+    );
     Ok(VerifyReport {
+        engine: opts.engine.describe()?,
         multiplication_ratio: sa.multiplications as f64 / sb.multiplications.max(1) as f64,
         accuracy_drop: sa.top1.zip(sb.top1).map(|(x, y)| x - y),
         original: sa,
@@ -344,7 +355,7 @@ pub fn verify(original: &Path, converted: &Path, opts: &VerifyOptions) -> Result
 
 pub fn render(r: &VerifyReport) -> String {
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.2}%", 100.0 * x));
-    let mut s = String::new();
+    let mut s = format!("engine: {} (1 thread per run)\n", r.engine);
     s.push_str("model      top-1    top-5    multiplications  latency ms (median [min, max])\n");
     for (name, m) in [("original", &r.original), ("converted", &r.converted)] {
         s.push_str(&format!(

@@ -1,0 +1,272 @@
+//! ONNX Runtime as a second engine, loaded at run time from a shared library (nothing is linked
+//! or downloaded at build time): `ORT_DYLIB_PATH`, or the library the `onnxruntime` Python
+//! package bundles (found through `ONNX_DLQ_PYTHON` or `python3`). Users deploy to ONNX
+//! Runtime, so `verify --engine ort` measures accuracy and latency where the model will run.
+//!
+//! One session per worker thread, each single-threaded (`intra_op_num_threads = 1`), so a set of
+//! inputs runs in parallel as with tract and latency is the single-threaded figure. Models with
+//! `DlqConv` nodes (the fused form) get onnx-dlq's custom-op library registered.
+
+use std::ffi::CStr;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use ndarray::{ArrayD, IxDyn};
+use ort::session::{builder::GraphOptimizationLevel, Session};
+use ort::tensor::TensorElementType;
+use ort::value::{Tensor, ValueType};
+use prost::Message;
+
+use crate::onnx::model::OnnxModel;
+
+/// The oldest ONNX Runtime whose C API the `ort` crate's tables match (1.22).
+const MIN_MINOR_VERSION: u32 = ort::MINOR_VERSION;
+
+/// The loaded library's path and version, or why none could be loaded (once per process).
+static RUNTIME: OnceLock<std::result::Result<(PathBuf, String), String>> = OnceLock::new();
+
+/// Finds, checks and initialises ONNX Runtime; an error saying how to provide it otherwise.
+pub fn runtime() -> Result<(&'static Path, &'static str)> {
+    let loaded = RUNTIME.get_or_init(|| load().map_err(|e| format!("{e:#}")));
+    match loaded {
+        Ok((path, version)) => Ok((path.as_path(), version.as_str())),
+        Err(e) => Err(anyhow!("{e}")),
+    }
+}
+
+fn load() -> Result<(PathBuf, String)> {
+    let path = locate()?;
+    let version = library_version(&path)?;
+    let minor: u32 = version
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    ensure!(
+        minor >= MIN_MINOR_VERSION,
+        "ONNX Runtime {version} at {} is older than 1.{MIN_MINOR_VERSION}, the oldest whose C API onnx-dlq's bindings match; point ORT_DYLIB_PATH at a newer libonnxruntime",
+        path.display()
+    );
+    ort::init_from(path.display().to_string())
+        .with_name("onnx-dlq")
+        .commit()
+        .map_err(|e| anyhow!("initialising ONNX Runtime from {}: {e}", path.display()))?;
+    Ok((path, version))
+}
+
+/// `ORT_DYLIB_PATH`, else the Python package's bundled `capi/libonnxruntime.so*`.
+fn locate() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        ensure!(
+            p.is_file(),
+            "ORT_DYLIB_PATH is {}, which is not a file",
+            p.display()
+        );
+        return Ok(p);
+    }
+    let python = std::env::var_os("ONNX_DLQ_PYTHON").unwrap_or_else(|| "python3".into());
+    let script = "import os, onnxruntime; print(os.path.dirname(onnxruntime.__file__))";
+    let found = std::process::Command::new(&python)
+        .args(["-c", script])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("capi"));
+    let not_found = || {
+        anyhow!(
+            "ONNX Runtime was not found: set ORT_DYLIB_PATH to a libonnxruntime shared library (1.{MIN_MINOR_VERSION} or newer), or install the `onnxruntime` Python package (`pip install onnxruntime`; its bundled library is used, found through {} — set ONNX_DLQ_PYTHON to pick another Python)",
+            Path::new(&python).display()
+        )
+    };
+    let capi = found.ok_or_else(not_found)?;
+    let prefix = format!("{}onnxruntime", std::env::consts::DLL_PREFIX);
+    let mut libs: Vec<PathBuf> = std::fs::read_dir(&capi)
+        .map_err(|_| not_found())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                // libonnxruntime.so[.1.31.1], not libonnxruntime_providers_shared.so.
+                .and_then(|n| n.strip_prefix(&prefix))
+                .is_some_and(|rest| {
+                    rest.starts_with('.') && rest.contains(std::env::consts::DLL_SUFFIX)
+                })
+        })
+        .collect();
+    libs.sort();
+    libs.pop().ok_or_else(not_found)
+}
+
+/// The version string the library reports (`OrtGetApiBase()->GetVersionString()`), read before
+/// `ort` touches it: `ort` panics on a library it cannot use.
+fn library_version(path: &Path) -> Result<String> {
+    // SAFETY: loading runs the library's initialisers; it is ONNX Runtime by the checks above
+    // (its name), and the symbol below is part of its stable C ABI.
+    let lib = unsafe { libloading::Library::new(path) }
+        .with_context(|| format!("loading ONNX Runtime from {}", path.display()))?;
+    let get_base: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
+        unsafe { lib.get(b"OrtGetApiBase") }.with_context(|| {
+            format!("{} has no OrtGetApiBase: not ONNX Runtime", path.display())
+        })?;
+    // SAFETY: OrtGetApiBase returns a pointer to a static table whose first entries (GetApi,
+    // GetVersionString) are the same in every ONNX Runtime release.
+    let version = unsafe {
+        let base = get_base();
+        ensure!(
+            !base.is_null(),
+            "{}: OrtGetApiBase returned null",
+            path.display()
+        );
+        CStr::from_ptr(((*base).GetVersionString)())
+            .to_string_lossy()
+            .into_owned()
+    };
+    // Kept loaded: ort opens the same library next, and unloading ORT is not supported.
+    std::mem::forget(lib);
+    Ok(version)
+}
+
+/// A model prepared in ONNX Runtime for one input shape.
+pub struct OrtRunner {
+    sessions: Vec<Mutex<Session>>,
+    input_name: String,
+    input_shape: Vec<usize>,
+    /// A float16 model takes float16 inputs: ours are rounded to it.
+    f16_input: bool,
+}
+
+impl OrtRunner {
+    /// Prepares `model` (file path in errors) for inputs of `input_shape`, one session per
+    /// rayon worker.
+    pub fn new(model: &OnnxModel, input_shape: &[usize]) -> Result<OrtRunner> {
+        let (lib_path, _) = runtime()?;
+        let ctx = || {
+            format!(
+                "ONNX Runtime ({}) on {}",
+                lib_path.display(),
+                model.path.display()
+            )
+        };
+        let bytes = model.proto.encode_to_vec();
+        let custom_ops = has_custom_ops(model).then(custom_ops_library).transpose()?;
+        let workers = rayon::current_num_threads().max(1);
+        let sessions = (0..workers)
+            .map(|_| session(&bytes, custom_ops.as_deref()).map(Mutex::new))
+            .collect::<Result<Vec<_>>>()
+            .with_context(ctx)?;
+        let first = sessions[0].lock().expect("fresh session");
+        ensure!(
+            first.inputs.len() == 1,
+            "{}: the model has {} inputs; onnx-dlq runs models with one",
+            ctx(),
+            first.inputs.len()
+        );
+        let input = &first.inputs[0];
+        let f16_input = matches!(
+            input.input_type,
+            ValueType::Tensor {
+                ty: TensorElementType::Float16,
+                ..
+            }
+        );
+        let input_name = input.name.clone();
+        drop(first);
+        Ok(OrtRunner {
+            sessions,
+            input_name,
+            input_shape: input_shape.to_vec(),
+            f16_input,
+        })
+    }
+
+    /// Runs on `x`; the first output as f32.
+    pub fn run(&self, x: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+        ensure!(
+            x.shape() == self.input_shape.as_slice(),
+            "input shape {:?}, expected {:?}",
+            x.shape(),
+            self.input_shape
+        );
+        let worker = rayon::current_thread_index().unwrap_or(0) % self.sessions.len();
+        let mut session = self.sessions[worker]
+            .lock()
+            .map_err(|_| anyhow!("an ONNX Runtime session panicked earlier"))?;
+        let shape: Vec<i64> = x.shape().iter().map(|&d| d as i64).collect();
+        let data: Vec<f32> = x.iter().copied().collect();
+        let outputs = if self.f16_input {
+            let data: Vec<half::f16> = data.into_iter().map(half::f16::from_f32).collect();
+            let t = Tensor::from_array((shape, data)).map_err(ort_error)?;
+            session.run(ort::inputs![self.input_name.as_str() => t])
+        } else {
+            let t = Tensor::from_array((shape, data)).map_err(ort_error)?;
+            session.run(ort::inputs![self.input_name.as_str() => t])
+        }
+        .map_err(ort_error)?;
+        let (_, value) = outputs.iter().next().context("the model has no outputs")?;
+        let (dims, values): (Vec<usize>, Vec<f32>) = match value.try_extract_tensor::<f32>() {
+            Ok((s, v)) => (dims_of(s), v.to_vec()),
+            Err(_) => {
+                let (s, v) = value.try_extract_tensor::<half::f16>().map_err(ort_error)?;
+                (dims_of(s), v.iter().map(|h| h.to_f32()).collect())
+            }
+        };
+        Ok(ArrayD::from_shape_vec(IxDyn(&dims), values)?)
+    }
+}
+
+fn dims_of(shape: &ort::tensor::Shape) -> Vec<usize> {
+    shape.iter().map(|&d| d.max(0) as usize).collect()
+}
+
+fn ort_error(e: ort::Error) -> anyhow::Error {
+    anyhow!("ONNX Runtime: {e}")
+}
+
+/// A single-threaded session with ONNX Runtime's full graph optimisations, as deployed.
+fn session(bytes: &[u8], custom_ops: Option<&Path>) -> Result<Session> {
+    let mut b = Session::builder()
+        .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3))
+        .and_then(|b| b.with_intra_threads(1))
+        .map_err(ort_error)?;
+    if let Some(lib) = custom_ops {
+        b = b.with_operator_library(lib).map_err(ort_error)?;
+    }
+    b.commit_from_memory(bytes).map_err(ort_error)
+}
+
+fn has_custom_ops(model: &OnnxModel) -> bool {
+    model
+        .graph()
+        .node
+        .iter()
+        .any(|n| n.op_type.as_deref() == Some(crate::lower::fused::OP_TYPE))
+}
+
+/// onnx-dlq's custom-op library (`cargo build -p dlq-ort`): `ONNX_DLQ_ORT_LIBRARY`, or beside
+/// this executable (or its parent, for test binaries under `deps/`).
+fn custom_ops_library() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("ONNX_DLQ_ORT_LIBRARY") {
+        return Ok(PathBuf::from(p));
+    }
+    let name = format!(
+        "{}onnx_dlq_ort{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("the executable's directory")?;
+    // The CLI binary sits in target/<profile>, test binaries and cdylib dev-dependencies in
+    // target/<profile>/deps.
+    let mut candidates = vec![dir.join(&name), dir.join("deps").join(&name)];
+    if dir.ends_with("deps") {
+        candidates.extend(dir.parent().map(|p| p.join(&name)));
+    }
+    if let Some(found) = candidates.into_iter().find(|c| c.is_file()) {
+        return Ok(found);
+    }
+    bail!(
+        "the model has DlqConv nodes (the fused form) and ONNX Runtime needs onnx-dlq's custom-op library for them: build it with `cargo build --release -p dlq-ort` and set ONNX_DLQ_ORT_LIBRARY to the {name} it writes"
+    )
+}
