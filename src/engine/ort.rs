@@ -241,7 +241,7 @@ fn has_custom_ops(model: &OnnxModel) -> bool {
         .graph()
         .node
         .iter()
-        .any(|n| n.op_type.as_deref() == Some(crate::lower::fused::OP_TYPE))
+        .any(|n| n.op_type.as_deref() == Some(super::dlq_op::OP_TYPE))
 }
 
 /// onnx-dlq's custom-op library (`cargo build -p dlq-ort`): `ONNX_DLQ_ORT_LIBRARY`, or beside

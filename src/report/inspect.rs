@@ -43,11 +43,15 @@ pub struct InspectReport {
     pub ir_version: i64,
     pub opset: i64,
     pub inputs: Vec<InputInfo>,
+    /// Inputs kept with dynamic dimensions (see `assumptions`): no concrete shape.
+    pub dynamic_inputs: Vec<String>,
     pub assumptions: Vec<String>,
     pub layers: Vec<LayerRow>,
     pub conv_multiplications: u64,
     pub total_multiplications: u64,
     pub total_additions: u64,
+    /// False when shape inference did not reach every node: the totals cover only those it did.
+    pub counts_complete: bool,
 }
 
 pub fn report(model: &OnnxModel, inv: &Inventory) -> InspectReport {
@@ -96,6 +100,13 @@ pub fn report(model: &OnnxModel, inv: &Inventory) -> InspectReport {
                 shape: s.clone(),
             })
             .collect(),
+        dynamic_inputs: inv
+            .shapes
+            .dynamic_inputs
+            .iter()
+            .map(|d| d.name.clone())
+            .collect(),
+        counts_complete: inv.cost.known_where(|_| true),
         assumptions: inv.shapes.assumptions.clone(),
         conv_multiplications: layers
             .iter()
@@ -125,6 +136,7 @@ pub fn render_table(r: &InspectReport) -> String {
         .inputs
         .iter()
         .map(|i| format!("{} {:?}", i.name, i.shape))
+        .chain(r.dynamic_inputs.iter().map(|n| format!("{n} (dynamic)")))
         .collect();
     let _ = writeln!(
         s,
@@ -203,15 +215,24 @@ pub fn render_table(r: &InspectReport) -> String {
     for row in &rows {
         let _ = writeln!(s, "{}", line(row));
     }
-    let convertible = r.layers.iter().filter(|l| l.convertible).count();
-    let _ = writeln!(
-        s,
-        "{} convolution layers ({} convertible); convolutions {} of {} multiplications in the model ({} additions)",
-        r.layers.len(),
-        convertible,
-        millions(r.conv_multiplications),
-        millions(r.total_multiplications),
-        millions(r.total_additions)
-    );
+    s.push_str(&summary_line(r));
     s
+}
+
+/// The closing line: layer counts and the model's multiplications, or why they are not known.
+fn summary_line(r: &InspectReport) -> String {
+    let convertible = r.layers.iter().filter(|l| l.convertible).count();
+    let counts = match r.counts_complete {
+        true => format!(
+            "convolutions {} of {} multiplications in the model ({} additions)",
+            millions(r.conv_multiplications),
+            millions(r.total_multiplications),
+            millions(r.total_additions)
+        ),
+        false => "multiplications unknown where tract inferred no shape (`?`)".into(),
+    };
+    format!(
+        "{} convolution layers ({convertible} convertible); {counts}\n",
+        r.layers.len()
+    )
 }
