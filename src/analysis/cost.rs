@@ -56,6 +56,11 @@ impl GraphCost {
             .all(|n| n.known)
     }
 
+    /// Whether every node was counted (shape inference reached all that needed a shape).
+    pub fn complete(&self) -> bool {
+        self.known_where(|_| true)
+    }
+
     /// Total cost of the nodes whose index satisfies `pred`.
     pub fn sum_where(&self, pred: impl Fn(usize) -> bool) -> OpCost {
         self.nodes

@@ -266,7 +266,7 @@ fn prefix_cost(cost: &GraphCost, model: &OnnxModel, layer: &str) -> (OpCost, boo
 /// Why the multiplication counts are incomplete, when they are: shape inference did not reach
 /// some counted node of either graph.
 fn counts_unknown(inv: &Inventory, new_cost: &GraphCost) -> Option<String> {
-    if inv.cost.known_where(|_| true) && new_cost.known_where(|_| true) {
+    if inv.cost.complete() && new_cost.complete() {
         return None;
     }
     Some(match inv.shapes.dynamic_inputs.first() {

@@ -195,15 +195,17 @@ impl OrtRunner {
             .map_err(|_| anyhow!("an ONNX Runtime session panicked earlier"))?;
         let shape: Vec<i64> = x.shape().iter().map(|&d| d as i64).collect();
         let data: Vec<f32> = x.iter().copied().collect();
-        let outputs = if self.f16_input {
-            let data: Vec<half::f16> = data.into_iter().map(half::f16::from_f32).collect();
-            let t = Tensor::from_array((shape, data)).map_err(ort_error)?;
-            session.run(ort::inputs![self.input_name.as_str() => t])
-        } else {
-            let t = Tensor::from_array((shape, data)).map_err(ort_error)?;
-            session.run(ort::inputs![self.input_name.as_str() => t])
+        let input = match self.f16_input {
+            true => {
+                let data: Vec<half::f16> = data.into_iter().map(half::f16::from_f32).collect();
+                Tensor::from_array((shape, data)).map(Tensor::into_dyn)
+            }
+            false => Tensor::from_array((shape, data)).map(Tensor::into_dyn),
         }
         .map_err(ort_error)?;
+        let outputs = session
+            .run(ort::inputs![self.input_name.as_str() => input])
+            .map_err(ort_error)?;
         let (_, value) = outputs.iter().next().context("the model has no outputs")?;
         let (dims, values): (Vec<usize>, Vec<f32>) = match value.try_extract_tensor::<f32>() {
             Ok((s, v)) => (dims_of(s), v.to_vec()),

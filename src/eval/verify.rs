@@ -1,6 +1,6 @@
 //! `verify`: proof that a converted model still works and is cheaper. Both models run in tract
-//! (or ONNX Runtime, `--engine ort`) on CPU on the same inputs (a labelled image set, or seeded random inputs): accuracy, top-1
-//! agreement, output differences, multiplications and latency.
+//! (or ONNX Runtime, `--engine ort`) on CPU on the same inputs (a labelled image set, or seeded
+//! random inputs): accuracy, top-1 agreement, output differences, multiplications and latency.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
