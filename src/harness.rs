@@ -89,6 +89,7 @@ pub fn exercise(bytes: &[u8], scratch: &Path) -> Outcome {
         measure_latency: false,
         form,
         finetune: None,
+        engine: None,
     };
     let out = scratch.join("output.onnx");
     let converted = convert::convert_model(&original, &opts)

@@ -27,6 +27,7 @@ fn opts(selection: Selection, method: Method, ratio: f64) -> ConvertOptions {
         measure_latency: false,
         form: Default::default(),
         finetune: None,
+        engine: None,
     }
 }
 

@@ -233,6 +233,7 @@ fn convert_with_the_fused_form_equals_the_ops_form_and_counts_the_same_multiplic
                 measure_latency: false,
                 form,
                 finetune: None,
+                engine: None,
             };
             convert::convert_model(&original, &opts).unwrap()
         };

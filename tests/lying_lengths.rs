@@ -134,6 +134,7 @@ fn lying_lengths_and_dimensions_are_errors_not_allocations() {
                 measure_latency: false,
                 form: Default::default(),
                 finetune: None,
+                engine: None,
             };
             let e = convert::convert(&path, &out, &opts).unwrap_err();
             let msg = format!("{e:#}");

@@ -878,4 +878,86 @@ fn model_tract_cannot_load_converts_and_runs_in_onnx_runtime() {
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["top1_agreement"], 1.0, "{test}: {j}");
     assert!(j["relative_l2"].as_f64().unwrap() < 1e-5, "{test}: {j}");
+    legacy_model_shapes_and_calibration_come_from_onnx_runtime(test, &input, tmp.path());
+}
+
+/// The legacy-operator model at a concrete size: the shapes tract cannot infer come from one
+/// run in ONNX Runtime (counts complete), and a calibrated conversion, which must run the
+/// model, runs it in ONNX Runtime without being told to.
+fn legacy_model_shapes_and_calibration_come_from_onnx_runtime(
+    test: &str,
+    input: &std::path::Path,
+    dir: &std::path::Path,
+) {
+    let o = common::run(&[
+        "inspect",
+        common::path_str(input),
+        "--input-shape",
+        "x=1,3,8,8",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{test}: {}", common::stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["counts_complete"], true, "{test}: {j}");
+    // 8·3·9 per position at 8×8, then 8·8·9 at 4×4 (stride 2).
+    assert_eq!(
+        j["conv_multiplications"],
+        8 * 27 * 64 + 8 * 72 * 16,
+        "{test}: {j}"
+    );
+    assert!(
+        j["assumptions"].to_string().contains("ONNX Runtime"),
+        "{test}: {j}"
+    );
+
+    let spec = dir.join("spec.json");
+    let digits_spec = common::repo().join("models/digits-cnn.preprocess.json");
+    let mut s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(digits_spec).unwrap()).unwrap();
+    s["input"] = "x".into();
+    std::fs::write(&spec, s.to_string()).unwrap();
+    let out = dir.join("calibrated.onnx");
+    let data = common::repo().join("models/digits-test");
+    let o = common::run(&[
+        "convert",
+        common::path_str(input),
+        common::path_str(&out),
+        "--all",
+        "--k",
+        "16",
+        "--l",
+        "4",
+        "--subspace",
+        "4",
+        "--calibrate",
+        common::path_str(&data),
+        "--preprocess",
+        common::path_str(&spec),
+        "--calib-samples",
+        "16",
+        "--input-shape",
+        "x=1,3,8,8",
+        "--json",
+    ]);
+    assert!(
+        o.status.success(),
+        "{test}: calibrated: {}",
+        common::stderr(&o)
+    );
+    assert!(
+        common::stderr(&o).contains("using ONNX Runtime"),
+        "{test}: {}",
+        common::stderr(&o)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(!j["layers"].as_array().unwrap().is_empty(), "{test}: {j}");
+    for l in j["layers"].as_array().unwrap() {
+        let (cal, plain) = (
+            l["output_error"].as_f64().unwrap(),
+            l["output_error_uncalibrated"].as_f64().unwrap(),
+        );
+        assert!(cal.is_finite() && plain.is_finite(), "{test}: {l}");
+    }
+    let engine = j["latency"]["engine"].as_str().unwrap();
+    assert!(engine.starts_with("ONNX Runtime"), "{test}: {j}");
 }

@@ -454,6 +454,61 @@ fn stages_convert_cumulatively_and_report_each_stage() {
     );
 }
 
+/// `stages --engine ort`: the same conversions (no calibration, so the same codebooks) run in
+/// ONNX Runtime, named in the report, classify as they do in tract (up to the engines' own
+/// rounding), and every row has a latency.
+#[test]
+fn stages_run_in_onnx_runtime_as_in_tract() {
+    let test = "stages_run_in_onnx_runtime_as_in_tract";
+    if common::ort_python(test).is_none() {
+        return;
+    }
+    let m = common::default_model();
+    let stages = |engine: &str| {
+        let mut args = vec![
+            "stages",
+            common::path_str(&m),
+            "--stages",
+            "conv2,conv3",
+            "--ratios",
+            "4",
+            "--methods",
+            "dl",
+            "--samples",
+            "100",
+            "--runs",
+            "2",
+            "--engine",
+            engine,
+            "--json",
+        ];
+        let data = digits_data();
+        args.extend(data.iter().map(String::as_str));
+        json(&common::run(&args))
+    };
+    let (t, o) = (stages("tract"), stages("ort"));
+    assert!(t["engine"].as_str().unwrap().starts_with("tract "), "{t}");
+    assert!(
+        o["engine"].as_str().unwrap().starts_with("ONNX Runtime "),
+        "{o}"
+    );
+    let (rt, ro) = (t["rows"].as_array().unwrap(), o["rows"].as_array().unwrap());
+    assert_eq!(rt.len(), 3, "the original and two stages");
+    assert_eq!(ro.len(), rt.len());
+    for (a, b) in rt.iter().zip(ro) {
+        assert_eq!(a["layers"], b["layers"]);
+        assert_eq!(a["multiplications"], b["multiplications"]);
+        let (ta, tb) = (a["top1"].as_f64().unwrap(), b["top1"].as_f64().unwrap());
+        assert!(
+            (ta - tb).abs() <= 0.011,
+            "{test}: top-1 {ta} in tract, {tb} in ORT"
+        );
+        for r in [a, b] {
+            assert!(r["latency_ms"].as_f64().unwrap() > 0.0, "{test}: {r}");
+        }
+    }
+}
+
 /// The fp16 SqueezeNet as published (f16 input, f16 weights, IR 3): its baseline through tract
 /// reproduces the ONNX Runtime figures, and a converted copy keeps f16 weights and input and
 /// still classifies about as well.

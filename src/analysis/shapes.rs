@@ -63,6 +63,18 @@ pub struct DynamicInput {
     pub why: String,
 }
 
+impl DynamicInput {
+    /// "input `x` has a dynamic dimension `H` on axis 2".
+    pub fn describe(&self) -> String {
+        format!("input `{}` has a {}", self.name, self.why)
+    }
+
+    /// The value of `--input-shape` that gives it a size: "x=D1,D2,...".
+    pub fn shape_hint(&self) -> String {
+        format!("{}=D1,D2,...", self.name)
+    }
+}
+
 impl ShapeMap {
     pub fn get(&self, name: &str) -> Option<&[usize]> {
         self.shapes.get(name).map(Vec::as_slice)
@@ -72,10 +84,7 @@ impl ShapeMap {
     /// data; an error asking for `--input-shape` when it is dynamic, or when there are several.
     pub fn sole_concrete_input(&self) -> Result<(&str, &[usize])> {
         if let Some(d) = self.dynamic_inputs.first() {
-            let why = format!(
-                "is needed: input `{}` has a {}; give {}=D1,D2,...",
-                d.name, d.why, d.name
-            );
+            let why = format!("is needed: {}; give {}", d.describe(), d.shape_hint());
             return Err(InvalidSetting::new(Setting::InputShape, why).into());
         }
         match self.inputs.as_slice() {
@@ -112,13 +121,16 @@ pub fn infer(model: &OnnxModel, overrides: &[InputShape]) -> Result<ShapeMap> {
                 fact.clone().with_shape(dims)
             }
             InputDims::Symbolic(dims, why) => {
-                map.assumptions.push(format!(
-                    "input `{name}` keeps its {why}: the conversion works at any size; figures that need the size are unknown (--input-shape {name}=D1,D2,... gives them)"
-                ));
-                map.dynamic_inputs.push(DynamicInput {
+                let d = DynamicInput {
                     name: name.clone(),
                     why,
-                });
+                };
+                map.assumptions.push(format!(
+                    "{}: the conversion works at any size; figures that need the size are unknown (--input-shape {} gives them)",
+                    d.describe(),
+                    d.shape_hint()
+                ));
+                map.dynamic_inputs.push(d);
                 fact.clone().with_shape(dims)
             }
         };
@@ -139,7 +151,49 @@ pub fn infer(model: &OnnxModel, overrides: &[InputShape]) -> Result<ShapeMap> {
             }
         }
     }
+    fill_from_onnx_runtime(model, &mut map);
     Ok(map)
+}
+
+/// The shapes tract could not infer (operators it does not know, say), from one run of the
+/// model in ONNX Runtime on zeros, when every input is concrete and ONNX Runtime is there; a
+/// note says where they came from, or that they stay unknown and why.
+fn fill_from_onnx_runtime(model: &OnnxModel, map: &mut ShapeMap) {
+    let missing: Vec<String> = model
+        .graph()
+        .node
+        .iter()
+        .flat_map(|n| &n.output)
+        .filter(|o| !o.is_empty() && !map.shapes.contains_key(o.as_str()))
+        .cloned()
+        .collect();
+    let ([(_, dims)], []) = (map.inputs.as_slice(), map.dynamic_inputs.as_slice()) else {
+        return;
+    };
+    if missing.is_empty() {
+        return;
+    }
+    let shown = format!(
+        "tract could not infer the shapes of {} tensors (`{}`, …)",
+        missing.len(),
+        missing[0]
+    );
+    let found = crate::engine::ort::runtime().and_then(|(_, version)| {
+        let shapes = crate::engine::ort::tensor_shapes(model, dims, &missing)?;
+        Ok((version, shapes))
+    });
+    match found {
+        Ok((version, shapes)) => {
+            map.assumptions.push(format!(
+                "{shown}: {} of them come from a run in ONNX Runtime {version}",
+                shapes.len()
+            ));
+            map.shapes.extend(shapes);
+        }
+        Err(e) => map
+            .assumptions
+            .push(format!("{shown}; they stay unknown: {e:#}")),
+    }
 }
 
 /// Every `--input-shape` names an input of the model (or the model has one input).

@@ -9,12 +9,11 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use ndarray::ArrayD;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::select::ConvLayer;
-use crate::calibrate::{self, InputStats};
+use crate::calibrate::{self, Calibration, InputStats};
 use crate::codebook::{self, ValidParams};
 use crate::onnx::model::OnnxModel;
 use crate::progress;
@@ -133,13 +132,14 @@ struct LayerSensitivity {
     measured: Option<LayerCost>,
 }
 
-/// Chooses the ratios; `calibration` gives the calibration inputs and damping when calibrating.
+/// Chooses the ratios; `calibration` gives the calibration inputs, damping and engine when
+/// calibrating.
 pub fn allocate(
     original: &OnnxModel,
     layers: &[Candidate],
     total_multiplications: u64,
     target: f64,
-    calibration: Option<(&[ArrayD<f32>], f64)>,
+    calibration: Option<&Calibration>,
     measured: Option<MeasuredBudget>,
 ) -> Result<Allocation> {
     let started = Instant::now();
@@ -213,12 +213,14 @@ pub fn allocate(
 fn measure(
     original: &OnnxModel,
     layers: &[Candidate],
-    calibration: Option<(&[ArrayD<f32>], f64)>,
+    calibration: Option<&Calibration>,
 ) -> Result<Vec<LayerSensitivity>> {
     let stats: Option<Vec<InputStats>> = match calibration {
-        Some((inputs, _)) => {
+        Some(cal) => {
             let tensors: Vec<String> = layers.iter().map(|c| c.layer.input.clone()).collect();
-            Some(calibrate::collect_many(original, inputs, &tensors)?)
+            Some(calibrate::collect_many(
+                cal.engine, original, cal.inputs, &tensors,
+            )?)
         }
         None => None,
     };
@@ -241,8 +243,8 @@ fn measure(
                 return Ok(None);
             }
             let e = match (&stats, calibration) {
-                (Some(s), Some((_, damping))) => {
-                    let cb = calibrate::learn(w.view(), &p, &s[i], damping)?;
+                (Some(s), Some(cal)) => {
+                    let cb = calibrate::learn(w.view(), &p, &s[i], cal.options.damping)?;
                     calibrate::output_error(w.view(), cb.reconstruct().view(), &s[i])
                 }
                 _ => codebook::learn(w.view(), &p)?.relative_error(w.view()),

@@ -26,6 +26,7 @@ use ndarray::{Array4, ArrayD};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::Engine;
 use crate::eval::data::{LabelledSet, PreprocessSpec};
 use crate::setting::{require, Setting};
 
@@ -55,6 +56,15 @@ pub struct CalibrationOptions {
     /// Refit each layer's continuous codebook on its full input patches (`None`: keep the
     /// clustered one).
     pub refit: Option<RefitOptions>,
+}
+
+/// The calibration options with their images, loaded once per conversion (or by the caller,
+/// once for many), and the engine that runs the models on them.
+#[derive(Clone, Copy)]
+pub struct Calibration<'a> {
+    pub options: &'a CalibrationOptions,
+    pub inputs: &'a [ArrayD<f32>],
+    pub engine: Engine,
 }
 
 /// The image files of a calibration folder, in order.

@@ -12,7 +12,7 @@ use anyhow::{ensure, Context, Result};
 use ndarray::{Array2, ArrayD, ArrayView3, Ix3};
 
 use crate::analysis::select::ConvLayer;
-use crate::engine::runner::Runner;
+use crate::engine::{self, Engine};
 use crate::onnx::model::OnnxModel;
 
 use super::stats::fold_in_order;
@@ -239,28 +239,39 @@ impl PatchStats {
     }
 }
 
-/// Runs the original and the partly converted model on every input with `layer`'s input exposed,
-/// and returns the converted model's channel statistics and both models' patch statistics
-/// (`None` when the patches are longer than [`MAX_PATCH_DIM`]).
+/// Runs the original and the partly converted model (`None`: nothing converted yet, the
+/// original) in `engine` on every input with `layer`'s input exposed, and returns the converted
+/// model's channel statistics and both models' patch statistics (`None` when the patches are
+/// longer than [`MAX_PATCH_DIM`]).
 pub fn collect(
+    engine: Engine,
     original: &OnnxModel,
-    converted: &OnnxModel,
+    converted: Option<&OnnxModel>,
     inputs: &[ArrayD<f32>],
     layer: &ConvLayer,
 ) -> Result<(InputStats, Option<PatchStats>)> {
     ensure!(!inputs.is_empty(), "no calibration inputs");
     let tensor = [layer.input.clone()];
-    let run_original = Runner::with_outputs(original, inputs[0].shape(), &tensor)?;
-    let run_converted = Runner::with_outputs(converted, inputs[0].shape(), &tensor)?;
+    let shape = inputs[0].shape();
+    let run_original = engine::prepare_with_outputs(engine, original, shape, &tensor)?;
+    let run_converted = converted
+        .map(|m| engine::prepare_with_outputs(engine, m, shape, &tensor))
+        .transpose()?;
     let one_input = |x: &ArrayD<f32>| -> Result<(InputStats, Option<PatchStats>)> {
-        let c = run_converted.run(x)?;
+        let c = match &run_converted {
+            Some(r) => r.run(x)?,
+            None => run_original.run(x)?,
+        };
         let channels = InputStats::of(&c)?;
         ensure!(c.ndim() == 4, "layer input of shape {:?}", c.shape());
         let g = PatchGeometry::of(layer, [c.shape()[2], c.shape()[3]])?;
         if g.dim() > MAX_PATCH_DIM {
             return Ok((channels, None));
         }
-        let o = run_original.run(x)?;
+        let o = match &run_converted {
+            Some(_) => run_original.run(x)?,
+            None => c.clone(),
+        };
         Ok((channels, Some(PatchStats::of(&o, &c, &g)?)))
     };
     let merge = |(tc, tp): &mut (InputStats, Option<PatchStats>), (c, p): (_, Option<_>)| {

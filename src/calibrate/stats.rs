@@ -1,5 +1,5 @@
 //! A layer's input statistics on the calibration images: per-channel sums and channel ×
-//! channel sums of products over every spatial position, collected through tract in input order.
+//! channel sums of products over every spatial position, collected in input order by either engine.
 
 use std::ops::Range;
 
@@ -7,7 +7,7 @@ use anyhow::{ensure, Context, Result};
 use ndarray::{Array2, ArrayD, Axis, Ix3};
 use rayon::prelude::*;
 
-use crate::engine::runner::Runner;
+use crate::engine::{self, Engine};
 use crate::onnx::model::OnnxModel;
 
 /// Per-channel sums and channel × channel sums of products of a layer's input over every
@@ -98,14 +98,20 @@ impl InputStats {
     }
 }
 
-/// Runs `model` with `tensor` exposed on every input and sums its statistics (in input order,
-/// so the result does not depend on the thread count).
-pub fn collect(model: &OnnxModel, inputs: &[ArrayD<f32>], tensor: &str) -> Result<InputStats> {
-    Ok(collect_many(model, inputs, &[tensor.to_string()])?.swap_remove(0))
+/// Runs `model` in `engine` with `tensor` exposed on every input and sums its statistics (in
+/// input order, so the result does not depend on the thread count).
+pub fn collect(
+    engine: Engine,
+    model: &OnnxModel,
+    inputs: &[ArrayD<f32>],
+    tensor: &str,
+) -> Result<InputStats> {
+    Ok(collect_many(engine, model, inputs, &[tensor.to_string()])?.swap_remove(0))
 }
 
 /// [`collect`] for several tensors in one pass over the inputs.
 pub fn collect_many(
+    engine: Engine,
     model: &OnnxModel,
     inputs: &[ArrayD<f32>],
     tensors: &[String],
@@ -114,7 +120,7 @@ pub fn collect_many(
     let mut unique: Vec<String> = tensors.to_vec();
     unique.sort();
     unique.dedup();
-    let runner = Runner::with_outputs(model, inputs[0].shape(), &unique)?;
+    let runner = engine::prepare_with_outputs(engine, model, inputs[0].shape(), &unique)?;
     let total = fold_in_order(
         inputs,
         4 * rayon::current_num_threads().max(1),

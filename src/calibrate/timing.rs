@@ -1,6 +1,7 @@
 //! Micro-benchmarks for the latency-aware budget (`--target-speedup` with the fused form): on
-//! this machine, in tract (one thread, batch 1), each candidate layer alone — its original Conv,
-//! and its `DlqConv` node at every candidate ratio — and the whole original model. The kernel's
+//! this machine, in the conversion's engine (tract, or ONNX Runtime with `--engine ort`; one
+//! thread, batch 1), each candidate layer alone — its original Conv, and its `DlqConv` node at
+//! every candidate ratio — and the whole original model. The kernel's
 //! time depends only on the sizes the parameter rules give (and the geometry), not on the
 //! codebook's values, so each ratio is timed with a seeded random codebook of those sizes.
 
@@ -13,7 +14,7 @@ use crate::analysis::select::{self, ConvLayer};
 use crate::analysis::shapes::{self, ShapeMap};
 use crate::calibrate::budget::LayerCost;
 use crate::codebook::{Codebook, Method, Points, SparseCodes, SubspaceCodebook, ValidParams};
-use crate::engine::runner::Runner;
+use crate::engine::{self, Engine, Run};
 use crate::lower::{self, fused, GraphPatch};
 use crate::onnx::build;
 use crate::onnx::model::OnnxModel;
@@ -23,7 +24,7 @@ use crate::proto::{GraphProto, ModelProto};
 const RUNS: usize = 9;
 
 /// Median time of `runner` on `x`, in milliseconds.
-fn median_ms(runner: &Runner, x: &ArrayD<f32>) -> Result<f64> {
+fn median_ms(runner: &dyn Run, x: &ArrayD<f32>) -> Result<f64> {
     let mut times = Vec::with_capacity(RUNS);
     for i in 0..RUNS + 2 {
         let started = std::time::Instant::now();
@@ -43,9 +44,9 @@ fn input(shape: &[usize]) -> ArrayD<f32> {
 }
 
 /// The whole model's median time on a batch-1 input of `shape`.
-pub fn time_model(model: &OnnxModel, shape: &[usize]) -> Result<f64> {
-    let runner = Runner::new(model, shape)?;
-    median_ms(&runner, &input(shape))
+pub fn time_model(engine: Engine, model: &OnnxModel, shape: &[usize]) -> Result<f64> {
+    let runner = engine::prepare(engine, model, shape)?;
+    median_ms(runner.as_ref(), &input(shape))
 }
 
 /// `layer` alone: its Conv node, weight and bias, input `X` of the layer's element type.
@@ -139,6 +140,7 @@ fn random_codebook(kernel: [usize; 4], params: &ValidParams) -> Result<Codebook>
 /// Times `layer` (batch 1) as its Conv (`before`, ms) and as a DlqConv at each ratio of
 /// `ratios` that the rules accept for `params` (`after`).
 pub fn time_layer(
+    engine: Engine,
     original: &OnnxModel,
     layer: &ConvLayer,
     shapes: &ShapeMap,
@@ -150,7 +152,8 @@ pub fn time_layer(
     x_shape[0] = 1;
     let dense = single_conv(original, layer, &x_shape).with_context(ctx)?;
     let x = input(&x_shape);
-    let dense_ms = median_ms(&Runner::new(&dense, &x_shape).with_context(ctx)?, &x)?;
+    let prepare = |m: &OnnxModel| engine::prepare(engine, m, &x_shape).with_context(ctx);
+    let dense_ms = median_ms(prepare(&dense)?.as_ref(), &x)?;
     let one = select::conv_layers(&dense);
     let one_shapes = shapes::infer(&dense, &[]).with_context(ctx)?;
     let kernel: [usize; 4] = layer
@@ -175,7 +178,7 @@ pub fn time_layer(
                 layers: vec![patch],
             },
         )?;
-        fused_ms.push((ratio, median_ms(&Runner::new(&model, &x_shape)?, &x)?));
+        fused_ms.push((ratio, median_ms(prepare(&model)?.as_ref(), &x)?));
     }
     Ok(LayerCost {
         before: dense_ms,

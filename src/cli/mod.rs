@@ -232,10 +232,12 @@ pub struct VerifyData {
     /// Timed runs per model for the latency figures.
     #[arg(long, default_value_t = 10)]
     pub runs: usize,
-    /// The engine both models run in: tract (built in) or ONNX Runtime (loaded at run time from
-    /// ORT_DYLIB_PATH, or the onnxruntime Python package's bundled library).
-    #[arg(long, value_enum, default_value_t = Engine::Tract)]
-    pub engine: Engine,
+    /// The engine that runs the models: tract (built in) or ONNX Runtime (loaded at run time
+    /// from ORT_DYLIB_PATH, or the onnxruntime Python package's bundled library). Default:
+    /// tract, or ONNX Runtime when tract cannot run the model. For convert, it also collects the
+    /// calibration statistics and times the latency budget and check.
+    #[arg(long, value_enum)]
+    pub engine: Option<Engine>,
 }
 
 impl VerifyData {
@@ -423,6 +425,13 @@ pub struct StagesArgs {
     /// Leave out the first this many images of --data (e.g. the calibration images).
     #[arg(long, default_value_t = 0)]
     pub skip: usize,
+    /// The engine that runs every model and collects calibration statistics (default: tract,
+    /// or ONNX Runtime when tract cannot run the model).
+    #[arg(long, value_enum)]
+    pub engine: Option<Engine>,
+    /// Timed runs per model for the latency table.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
     #[command(flatten)]
     pub settings: ClusterSettings,
     #[command(flatten)]
@@ -546,6 +555,7 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
         finetune: args
             .finetune
             .options(args.verify_data.preprocess.as_deref(), params_seed)?,
+        engine: args.verify_data.engine,
     };
     args.verify_data
         .check(args.calibration.calibrate.is_some() || args.finetune.finetune.is_some())?;
@@ -605,6 +615,8 @@ fn run_stages(args: StagesArgs) -> Result<()> {
         preprocess: args.preprocess,
         samples: args.samples,
         skip: args.skip,
+        engine: args.engine,
+        runs: args.runs,
     };
     let report = stages::run(&args.model, &opts)?;
     if args.json {

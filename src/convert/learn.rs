@@ -6,24 +6,15 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use ndarray::ArrayD;
 use rayon::prelude::*;
 
-use crate::calibrate::{self, patch, CalibrationOptions, RefitOutcome};
+use crate::calibrate::{self, patch, Calibration, RefitOutcome};
 use crate::codebook::{self, Codebook};
 use crate::lower::reconstructed;
 use crate::onnx::model::OnnxModel;
 use crate::progress;
 
 use super::plan::PlannedLayer;
-
-/// The calibration options with their images, loaded once per conversion (or by the caller,
-/// once for many).
-#[derive(Clone, Copy)]
-pub struct Calibration<'a> {
-    pub options: &'a CalibrationOptions,
-    pub inputs: &'a [ArrayD<f32>],
-}
 
 /// What the clustering gave one layer.
 pub struct LearntLayer {
@@ -93,9 +84,15 @@ fn learn_calibrated(
         let ctx = || format!("calibrating layer `{}`", layer.name);
         let w = layer.kernel_f32(original)?;
         let (stats, patches) = match &cal.options.refit {
-            Some(_) => patch::collect(original, &simulated, cal.inputs, layer).with_context(ctx)?,
+            Some(_) => {
+                // Before the first substitution the simulated model is the original.
+                let converted = (step > 0).then_some(&simulated);
+                patch::collect(cal.engine, original, converted, cal.inputs, layer)
+                    .with_context(ctx)?
+            }
             None => (
-                calibrate::collect(&simulated, cal.inputs, &layer.input).with_context(ctx)?,
+                calibrate::collect(cal.engine, &simulated, cal.inputs, &layer.input)
+                    .with_context(ctx)?,
                 None,
             ),
         };

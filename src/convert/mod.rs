@@ -19,13 +19,14 @@ use crate::analysis::inventory::{self, Inventory};
 use crate::analysis::shapes::{self, InputShape};
 use crate::calibrate::{self, budget::Allocation, CalibrationOptions};
 use crate::codebook::ValidParams;
-use crate::engine::runner::Runner;
+use crate::engine::{self, Engine};
 use crate::eval::verify;
 use crate::finetune::{self, FinetuneOptions, FinetuneReport};
 use crate::lower::{self, GraphPatch};
 use crate::onnx::model::{self, ExternalData, OnnxModel};
 
-use learn::{Calibration, LearntLayer};
+use crate::calibrate::Calibration;
+use learn::LearntLayer;
 pub use plan::Selection;
 use plan::{Plan, PlannedLayer};
 pub use report::{render, ConvertReport, LatencyCheck, LayerReport, LayerSettings, SkippedLayer};
@@ -51,6 +52,10 @@ pub struct ConvertOptions {
     pub form: OutputForm,
     /// Distillation fine-tuning of the learnt codebooks before lowering (see `finetune`).
     pub finetune: Option<FinetuneOptions>,
+    /// The engine for the conversion's own runs (calibration statistics, the latency budget's
+    /// timings, the latency check); `None`: tract, or ONNX Runtime when tract cannot run the
+    /// model (see [`engine::choose`]).
+    pub engine: Option<Engine>,
 }
 
 /// How a converted layer is written.
@@ -78,6 +83,8 @@ pub struct Converted {
     /// Why the counts are incomplete (a dynamic input, say), when they are.
     pub counts_unknown: Option<String>,
     pub finetune: Option<FinetuneReport>,
+    /// The engine that ran the conversion's own measurements.
+    pub engine: Engine,
 }
 
 /// Converts the chosen layers of `original` in memory.
@@ -110,15 +117,20 @@ pub fn convert_model_with_inputs(
     calibration_inputs: Option<&[ArrayD<f32>]>,
 ) -> Result<Converted> {
     let inv = inventory::inventory(original, &opts.input_shapes)?;
+    let engine = run_engine(original, &inv, opts, calibration_inputs)?;
     let calibration = match (&opts.calibration, calibration_inputs) {
-        (Some(options), Some(inputs)) => Some(Calibration { options, inputs }),
+        (Some(options), Some(inputs)) => Some(Calibration {
+            options,
+            inputs,
+            engine,
+        }),
         (Some(_), None) => bail!("calibration asked for, but no calibration images were given"),
         (None, _) => None,
     };
     if let Some(f) = &opts.finetune {
         finetune::preflight(original, f)?;
     }
-    let plan = plan::plan(original, &inv, opts, calibration.as_ref())?;
+    let plan = plan::plan(original, &inv, opts, calibration.as_ref(), engine)?;
     check_not_empty(&inv, &plan)?;
     for s in &plan.skipped {
         log::info!("skip {}: {}", s.name, s.reason);
@@ -144,7 +156,39 @@ pub fn convert_model_with_inputs(
         multiplications_after: new_cost.total.multiplications,
         counts_unknown: counts_unknown(&inv, &new_cost),
         finetune: finetuned,
+        engine,
     })
+}
+
+/// The engine for the conversion's own runs: the one asked for, or chosen by trying tract when
+/// something will run the model (calibration, the latency budget, the latency check). Only
+/// what needs an engine fails without one; the latency check alone falls back to tract and
+/// reports that it could not time the model.
+fn run_engine(
+    original: &OnnxModel,
+    inv: &Inventory,
+    opts: &ConvertOptions,
+    calibration_inputs: Option<&[ArrayD<f32>]>,
+) -> Result<Engine> {
+    let latency_budget = opts.form == OutputForm::Fused
+        && opts.target_speedup.is_some()
+        && opts.target_compression.is_none();
+    let needed = opts.calibration.is_some() || latency_budget;
+    if opts.engine.is_some() || !(needed || opts.measure_latency) {
+        return Ok(opts.engine.unwrap_or_default());
+    }
+    let shape = match calibration_inputs.and_then(|x| x.first()) {
+        Some(x) => x.shape().to_vec(),
+        None => match inv.shapes.sole_concrete_input() {
+            Ok((_, dims)) => dims.to_vec(),
+            Err(_) => return Ok(Engine::Tract),
+        },
+    };
+    match engine::choose(None, original, &shape) {
+        Ok(engine) => Ok(engine),
+        Err(e) if needed => Err(e),
+        Err(_) => Ok(Engine::Tract),
+    }
 }
 
 /// Fine-tunes every learnt codebook in place (their weight errors re-measured).
@@ -271,8 +315,9 @@ fn counts_unknown(inv: &Inventory, new_cost: &GraphCost) -> Option<String> {
     }
     Some(match inv.shapes.dynamic_inputs.first() {
         Some(d) => format!(
-            "input `{}` has a {} (--input-shape {}=D1,D2,... counts at one size)",
-            d.name, d.why, d.name
+            "{} (--input-shape {} counts at one size)",
+            d.describe(),
+            d.shape_hint()
         ),
         None => "shape inference (tract) did not reach every node".into(),
     })
@@ -342,7 +387,7 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
     };
     let saved = model::save(&c.model, output, policy)?;
     let latency = match opts.measure_latency {
-        true => latency_check(&original, &c.model, opts),
+        true => latency_check(&original, &c.model, opts, c.engine),
         false => None,
     };
     let (mb, ma) = (c.multiplications_before, c.multiplications_after);
@@ -369,23 +414,24 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
 /// many-fold difference, few enough to keep a conversion quick.
 const LATENCY_RUNS: usize = 5;
 
-/// Times `original` and `converted` in tract; a warning says how much slower the converted model
-/// runs when it does (the standard operators materialise the look-ups). A model the check
+/// Times `original` and `converted` in `engine`; a warning says how much slower the converted
+/// model runs when it does (the standard operators materialise the look-ups). A model the check
 /// cannot time (several inputs, say) is converted all the same, with a note.
 fn latency_check(
     original: &OnnxModel,
     converted: &OnnxModel,
     opts: &ConvertOptions,
+    engine: Engine,
 ) -> Option<LatencyCheck> {
     let measure = || -> Result<LatencyCheck> {
         let set = verify::EvalSet::random(original, &opts.input_shapes, 1, 0)?;
         let x = &set.inputs[0];
         let time = |m: &OnnxModel| -> Result<f64> {
-            let runner = Runner::new(m, &set.input_shape)?;
-            Ok(verify::latency(&runner, x, LATENCY_RUNS)?.median)
+            let runner = engine::prepare(engine, m, &set.input_shape)?;
+            Ok(verify::latency(runner.as_ref(), x, LATENCY_RUNS)?.median)
         };
         Ok(LatencyCheck {
-            engine: "tract".into(),
+            engine: engine.describe()?,
             runs: LATENCY_RUNS,
             original_ms: time(original)?,
             converted_ms: time(converted)?,
@@ -400,8 +446,9 @@ fn latency_check(
                     OutputForm::Dense => "the engine did not fold the kernel's constant subgraph (timing noise is likelier: the folded model is the original Conv)",
                 };
                 log::warn!(
-                    "the converted model runs {} than the original in tract ({:.3} ms against {:.3} ms): {why}",
+                    "the converted model runs {} than the original in {} ({:.3} ms against {:.3} ms): {why}",
                     check.verdict(),
+                    check.engine,
                     check.converted_ms,
                     check.original_ms
                 );

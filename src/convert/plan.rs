@@ -6,13 +6,13 @@ use anyhow::{Context, Result};
 use crate::analysis::inventory::Inventory;
 use crate::analysis::select::{self, ConvLayer, Ineligible};
 use crate::calibrate::budget::{self, Allocation};
-use crate::calibrate::timing;
+use crate::calibrate::{timing, Calibration};
 use crate::codebook::{Method, SizeError, ValidParams};
+use crate::engine::Engine;
 use crate::onnx::model::OnnxModel;
 use crate::onnx::tensor;
 use crate::progress;
 
-use super::learn::Calibration;
 use super::report::SkippedLayer;
 use super::{ConvertOptions, OutputForm};
 
@@ -84,10 +84,11 @@ pub fn plan<'a>(
     inv: &'a Inventory,
     opts: &ConvertOptions,
     calibration: Option<&Calibration>,
+    engine: Engine,
 ) -> Result<Plan<'a>> {
     match (opts.target_speedup, opts.target_compression) {
         (Some(target), _) | (None, Some(target)) => {
-            allocate(original, inv, opts, target, calibration)
+            allocate(original, inv, opts, target, calibration, engine)
         }
         (None, None) => choose(inv, &opts.selection, &opts.params),
     }
@@ -171,6 +172,7 @@ fn allocate<'a>(
     opts: &ConvertOptions,
     target: f64,
     calibration: Option<&Calibration>,
+    engine: Engine,
 ) -> Result<Plan<'a>> {
     let (candidates, skipped) = match &opts.selection {
         Selection::Named(names) if !names.is_empty() => {
@@ -191,7 +193,7 @@ fn allocate<'a>(
     // measured time instead.
     let measured = match (opts.target_compression, opts.form) {
         (Some(_), _) => Some(size_budget(original, &with_cost)?),
-        (None, OutputForm::Fused) => Some(latency_budget(original, inv, &with_cost)?),
+        (None, OutputForm::Fused) => Some(latency_budget(original, inv, &with_cost, engine)?),
         (None, OutputForm::Ops | OutputForm::Dense) => None,
     };
     let a = budget::allocate(
@@ -199,7 +201,7 @@ fn allocate<'a>(
         &with_cost,
         inv.cost.total.multiplications,
         target,
-        calibration.map(|c| (c.inputs, c.options.damping)),
+        calibration,
         measured,
     )?;
     log_allocation(&a);
@@ -292,11 +294,12 @@ fn size_budget(
 }
 
 /// Times the whole model and every candidate layer (dense, and fused at each candidate ratio)
-/// in tract on this machine, batch 1.
+/// in `engine` on this machine, batch 1.
 fn latency_budget(
     original: &OnnxModel,
     inv: &Inventory,
     candidates: &[budget::Candidate],
+    engine: Engine,
 ) -> Result<budget::MeasuredBudget> {
     let mut shape = inv
         .shapes
@@ -306,11 +309,12 @@ fn latency_budget(
         .to_vec();
     shape[0] = 1;
     let task = progress::task("timing", candidates.len() as u64 + 1);
-    let model_ms = timing::time_model(original, &shape)?;
+    let model_ms = timing::time_model(engine, original, &shape)?;
     task.inc(1);
     let mut layers = Vec::with_capacity(candidates.len());
     for c in candidates {
         let t = timing::time_layer(
+            engine,
             original,
             c.layer,
             &inv.shapes,

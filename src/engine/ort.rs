@@ -132,6 +132,8 @@ fn library_version(path: &Path) -> Result<String> {
 pub struct OrtRunner {
     sessions: Vec<Mutex<Session>>,
     input_name: String,
+    /// What `run_all` returns, in order.
+    output_names: Vec<String>,
     input_shape: Vec<usize>,
     /// A float16 model takes float16 inputs: ours are rounded to it.
     f16_input: bool,
@@ -141,6 +143,27 @@ impl OrtRunner {
     /// Prepares `model` (file path in errors) for inputs of `input_shape`, one session per
     /// rayon worker.
     pub fn new(model: &OnnxModel, input_shape: &[usize]) -> Result<OrtRunner> {
+        OrtRunner::with_outputs(model, input_shape, &[])
+    }
+
+    /// Like [`OrtRunner::new`], but the session's outputs are the named tensors (any tensor of
+    /// the graph, e.g. a Conv's input) instead of the model's, when `outputs` is not empty.
+    pub fn with_outputs(
+        model: &OnnxModel,
+        input_shape: &[usize],
+        outputs: &[String],
+    ) -> Result<OrtRunner> {
+        let workers = rayon::current_num_threads().max(1);
+        OrtRunner::with_sessions(model, input_shape, outputs, workers)
+    }
+
+    /// [`OrtRunner::with_outputs`] with `workers` sessions.
+    fn with_sessions(
+        model: &OnnxModel,
+        input_shape: &[usize],
+        outputs: &[String],
+        workers: usize,
+    ) -> Result<OrtRunner> {
         let (lib_path, _) = runtime()?;
         let ctx = || {
             format!(
@@ -149,9 +172,8 @@ impl OrtRunner {
                 model.path.display()
             )
         };
-        let bytes = model.proto.encode_to_vec();
+        let bytes = exposing(model, outputs)?.encode_to_vec();
         let custom_ops = has_custom_ops(model).then(custom_ops_library).transpose()?;
-        let workers = rayon::current_num_threads().max(1);
         let sessions = (0..workers)
             .map(|_| session(&bytes, custom_ops.as_deref()).map(Mutex::new))
             .collect::<Result<Vec<_>>>()
@@ -172,10 +194,12 @@ impl OrtRunner {
             }
         );
         let input_name = input.name.clone();
+        let output_names = first.outputs.iter().map(|o| o.name.clone()).collect();
         drop(first);
         Ok(OrtRunner {
             sessions,
             input_name,
+            output_names,
             input_shape: input_shape.to_vec(),
             f16_input,
         })
@@ -183,6 +207,34 @@ impl OrtRunner {
 
     /// Runs on `x`; the first output as f32.
     pub fn run(&self, x: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+        let mut outputs = self.run_all(x)?;
+        ensure!(!outputs.is_empty(), "the model has no outputs");
+        Ok(outputs.swap_remove(0))
+    }
+
+    /// Runs on `x`; every output as f32, in order.
+    pub fn run_all(&self, x: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+        self.run_with(x, |name, value| {
+            as_f32(value).with_context(|| format!("output `{name}`"))
+        })
+    }
+
+    /// Runs on `x`; the shape of every output that is a tensor (of any element type), in order.
+    pub fn output_shapes(&self, x: &ArrayD<f32>) -> Result<Vec<Option<Vec<usize>>>> {
+        self.run_with(x, |_, value| {
+            Ok(match value.dtype() {
+                ValueType::Tensor { shape, .. } => Some(dims_of(shape)),
+                _ => None,
+            })
+        })
+    }
+
+    /// Runs on `x` and reads every output with `read` (its name and value), in order.
+    fn run_with<T>(
+        &self,
+        x: &ArrayD<f32>,
+        read: impl Fn(&str, &ort::value::DynValue) -> Result<T>,
+    ) -> Result<Vec<T>> {
         ensure!(
             x.shape() == self.input_shape.as_slice(),
             "input shape {:?}, expected {:?}",
@@ -206,16 +258,74 @@ impl OrtRunner {
         let outputs = session
             .run(ort::inputs![self.input_name.as_str() => input])
             .map_err(ort_error)?;
-        let (_, value) = outputs.iter().next().context("the model has no outputs")?;
-        let (dims, values): (Vec<usize>, Vec<f32>) = match value.try_extract_tensor::<f32>() {
-            Ok((s, v)) => (dims_of(s), v.to_vec()),
-            Err(_) => {
-                let (s, v) = value.try_extract_tensor::<half::f16>().map_err(ort_error)?;
-                (dims_of(s), v.iter().map(|h| h.to_f32()).collect())
-            }
-        };
-        Ok(ArrayD::from_shape_vec(IxDyn(&dims), values)?)
+        self.output_names
+            .iter()
+            .map(|name| {
+                let value = outputs
+                    .get(name.as_str())
+                    .with_context(|| format!("ONNX Runtime returned no `{name}`"))?;
+                read(name, value)
+            })
+            .collect()
     }
+}
+
+/// The shapes of `tensors` (node outputs) when `model` runs in ONNX Runtime on zeros of
+/// `input_shape`: for shapes tract cannot infer. Tensors that are not tensors (sequences, say)
+/// are left out.
+pub fn tensor_shapes(
+    model: &OnnxModel,
+    input_shape: &[usize],
+    tensors: &[String],
+) -> Result<Vec<(String, Vec<usize>)>> {
+    let runner = OrtRunner::with_sessions(model, input_shape, tensors, 1)?;
+    let shapes = runner.output_shapes(&ArrayD::zeros(IxDyn(input_shape)))?;
+    Ok(runner
+        .output_names
+        .into_iter()
+        .zip(shapes)
+        .filter_map(|(name, shape)| Some((name, shape?)))
+        .collect())
+}
+
+/// A float tensor (f32 or f16) as f32.
+fn as_f32(value: &ort::value::DynValue) -> Result<ArrayD<f32>> {
+    let (dims, values): (Vec<usize>, Vec<f32>) = match value.try_extract_tensor::<f32>() {
+        Ok((s, v)) => (dims_of(s), v.to_vec()),
+        Err(_) => {
+            let (s, v) = value.try_extract_tensor::<half::f16>().map_err(ort_error)?;
+            (dims_of(s), v.iter().map(|h| h.to_f32()).collect())
+        }
+    };
+    Ok(ArrayD::from_shape_vec(IxDyn(&dims), values)?)
+}
+
+/// `model`'s proto (external data read in) with `outputs` as its graph outputs (ONNX Runtime
+/// infers their types), or with its own when `outputs` is empty.
+fn exposing(model: &OnnxModel, outputs: &[String]) -> Result<crate::proto::ModelProto> {
+    let mut proto = model.proto_inline()?;
+    if outputs.is_empty() {
+        return Ok(proto);
+    }
+    let graph = proto.graph.as_mut().context("the model has no graph")?;
+    let produced = |name: &str| {
+        graph.input.iter().any(|v| v.name.as_deref() == Some(name))
+            || graph
+                .node
+                .iter()
+                .any(|n| n.output.iter().any(|o| o == name))
+    };
+    if let Some(missing) = outputs.iter().find(|o| !produced(o)) {
+        bail!("tensor `{missing}` is not in the model");
+    }
+    graph.output = outputs
+        .iter()
+        .map(|name| crate::proto::ValueInfoProto {
+            name: Some(name.clone()),
+            ..Default::default()
+        })
+        .collect();
+    Ok(proto)
 }
 
 fn dims_of(shape: &ort::tensor::Shape) -> Vec<usize> {

@@ -188,7 +188,6 @@ impl Runner {
         })
     }
 
-    /// Runs on `input` and returns the first output as `f32`.
     /// How many operators of each kind the optimised plan runs (tract's op names), e.g. to
     /// check that a constant subgraph was folded away.
     pub fn op_counts(&self) -> std::collections::BTreeMap<String, usize> {
@@ -199,6 +198,7 @@ impl Runner {
         counts
     }
 
+    /// Runs on `input` and returns the first output as `f32`.
     pub fn run(&self, input: &ArrayD<f32>) -> Result<ArrayD<f32>> {
         let mut outputs = self.run_all(input)?;
         anyhow::ensure!(!outputs.is_empty(), "the model has no outputs");

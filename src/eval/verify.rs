@@ -35,8 +35,9 @@ pub struct VerifyOptions {
     pub runs: usize,
     pub input_shapes: Vec<InputShape>,
     pub seed: u64,
-    /// The engine both models run in.
-    pub engine: Engine,
+    /// The engine both models run in (`None`: tract, or ONNX Runtime when tract cannot run the
+    /// original).
+    pub engine: Option<Engine>,
 }
 
 /// The inputs every model of a comparison is run on, prepared once.
@@ -318,11 +319,10 @@ pub fn verify(original: &Path, converted: &Path, opts: &VerifyOptions) -> Result
         ),
     }
     .with_context(|| format!("verifying {}", original.display()))?;
-    let prepare = |m: &OnnxModel, path: &Path| {
-        engine::prepare(opts.engine, m, &set.input_shape)
-            .with_context(|| path.display().to_string())
-    };
-    let (ra, rb) = (prepare(&a, original)?, prepare(&b, converted)?);
+    let (engine, ra) = engine::prepare_in_either(opts.engine, &a, &set.input_shape)
+        .with_context(|| original.display().to_string())?;
+    let rb = engine::prepare(engine, &b, &set.input_shape)
+        .with_context(|| converted.display().to_string())?;
     let ya = set.run(ra.as_ref(), "verify original")?;
     let yb = set.run(rb.as_ref(), "verify converted")?;
     let agree = agreement(&ya, &yb)?;
@@ -341,7 +341,7 @@ pub fn verify(original: &Path, converted: &Path, opts: &VerifyOptions) -> Result
         stats(&b, rb.as_ref(), acc_b)?,
     );
     Ok(VerifyReport {
-        engine: opts.engine.describe()?,
+        engine: engine.describe()?,
         multiplication_ratio: sa.multiplications as f64 / sb.multiplications.max(1) as f64,
         accuracy_drop: sa.top1.zip(sb.top1).map(|(x, y)| x - y),
         original: sa,

@@ -1,7 +1,7 @@
 //! Stage-wise evaluation (the paper's Experiment II without fine-tuning): for each method and
 //! ratio, convert the layers of stage 1, then of stages 1–2, … cumulatively, and measure
-//! top-1 / top-5 on a labelled set, agreement with the original and the whole-model
-//! multiplication reduction after each stage.
+//! top-1 / top-5 on a labelled set, agreement with the original, the whole-model
+//! multiplication reduction and the latency (in tract or ONNX Runtime) after each stage.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ use crate::analysis::select;
 use crate::calibrate::CalibrationOptions;
 use crate::codebook::{ClusterParams, Method, ValidParams};
 use crate::convert::{self, ConvertOptions, Selection};
-use crate::engine::runner::Runner;
+use crate::engine::{self, Engine};
 use crate::eval::verify::{self, EvalSet};
 use crate::onnx::model::{self, ExternalData, OnnxModel};
 
@@ -32,6 +32,11 @@ pub struct StagesOptions {
     /// Leave out the first this many images (those used for calibration).
     pub skip: usize,
     pub calibration: Option<CalibrationOptions>,
+    /// The engine that runs every model (`None`: tract, or ONNX Runtime when tract cannot run
+    /// the original); calibration statistics come from it too.
+    pub engine: Option<Engine>,
+    /// Timed runs per model for the latency column.
+    pub runs: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,11 +56,15 @@ pub struct StageRow {
     pub speedup: f64,
     /// ‖W − W̃‖/‖W‖ over all converted layers' weights together.
     pub weight_error: Option<f64>,
+    /// Median latency on the first image, batch 1, one thread.
+    pub latency_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StagesReport {
     pub model: String,
+    /// The engine and its version, e.g. "ONNX Runtime 1.31.1".
+    pub engine: String,
     pub samples: usize,
     pub stages: Vec<(String, Vec<String>)>,
     pub rows: Vec<StageRow>,
@@ -110,6 +119,7 @@ fn run_params(opts: &StagesOptions, method: Method, ratio: f64) -> Result<ValidP
 /// The original model, its evaluation set and its outputs on it: what every row compares to.
 struct Baseline {
     original: OnnxModel,
+    engine: Engine,
     set: EvalSet,
     outputs: Vec<ndarray::ArrayD<f32>>,
     multiplications: u64,
@@ -128,12 +138,14 @@ pub fn run(path: &Path, opts: &StagesOptions) -> Result<StagesReport> {
         opts.samples,
         opts.skip,
     )?;
-    let runner =
-        Runner::new(&original, &set.input_shape).with_context(|| path.display().to_string())?;
-    let outputs = set.run(&runner, "original")?;
+    let (engine, runner) = engine::prepare_in_either(opts.engine, &original, &set.input_shape)
+        .with_context(|| path.display().to_string())?;
+    let outputs = set.run(runner.as_ref(), "original")?;
+    let latency_ms = verify::latency(runner.as_ref(), &set.inputs[0], opts.runs)?.median;
     let multiplications = verify::multiplications(&original, &set.input_shape)?;
     let base = Baseline {
         original,
+        engine,
         set,
         outputs,
         multiplications,
@@ -157,6 +169,7 @@ pub fn run(path: &Path, opts: &StagesOptions) -> Result<StagesReport> {
         multiplications: base.multiplications,
         speedup: 1.0,
         weight_error: None,
+        latency_ms,
     }];
     // Decoded once for every conversion below.
     let calibration_inputs = match &opts.calibration {
@@ -179,6 +192,7 @@ pub fn run(path: &Path, opts: &StagesOptions) -> Result<StagesReport> {
     }
     Ok(StagesReport {
         model: path.display().to_string(),
+        engine: base.engine.describe()?,
         samples: base.set.len(),
         stages,
         rows,
@@ -209,12 +223,13 @@ fn stage_row(
             measure_latency: false,
             form: Default::default(),
             finetune: None,
+            engine: Some(base.engine),
         },
         calibration_inputs,
     )?;
-    let r = Runner::new(&c.model, &base.set.input_shape)?;
+    let r = engine::prepare(base.engine, &c.model, &base.set.input_shape)?;
     let y = base.set.run(
-        &r,
+        r.as_ref(),
         &format!("{} ρ={ratio} stage {}", method.as_str(), i + 1),
     )?;
     let (top1, top5) = base.set.accuracy(&y).expect("a labelled set");
@@ -240,6 +255,7 @@ fn stage_row(
         multiplications: mults,
         speedup,
         weight_error: Some(weighted_error(&base.norms, &c.layers)),
+        latency_ms: verify::latency(r.as_ref(), &base.set.inputs[0], opts.runs)?.median,
     })
 }
 
@@ -289,11 +305,13 @@ pub fn render(r: &StagesReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{} on {} samples; original top-1 {:.2}%, top-5 {:.2}%",
+        "{} on {} samples in {}; original top-1 {:.2}%, top-5 {:.2}%, {:.3} ms",
         r.model,
         r.samples,
+        r.engine,
         100.0 * base.top1,
-        100.0 * base.top5
+        100.0 * base.top5,
+        base.latency_ms
     );
     let header: Vec<String> = r
         .stages
@@ -301,7 +319,7 @@ pub fn render(r: &StagesReport) -> String {
         .enumerate()
         .map(|(i, (p, names))| format!("+{} `{p}` ({})", i + 1, names.len()))
         .collect();
-    let measures: [(&str, Cell); 4] = [
+    let measures: [(&str, Cell); 5] = [
         ("top-1 %", |x| format!("{:.2}", 100.0 * x.top1)),
         ("top-5 %", |x| format!("{:.2}", 100.0 * x.top5)),
         ("top-1 agreement with the original %", |x| {
@@ -309,6 +327,9 @@ pub fn render(r: &StagesReport) -> String {
         }),
         ("whole-model multiplication reduction (x)", |x| {
             format!("{:.3}", x.speedup)
+        }),
+        ("latency, ms (batch 1, one thread)", |x| {
+            format!("{:.3}", x.latency_ms)
         }),
     ];
     for (title, cell) in measures {

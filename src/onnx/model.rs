@@ -104,6 +104,26 @@ impl OnnxModel {
         tensor::to_i64(t, &self.base_dir)
     }
 
+    /// The model's proto with every external tensor's bytes read in: for an engine given the
+    /// model from memory, which has no folder to resolve external files against.
+    pub fn proto_inline(&self) -> Result<ModelProto> {
+        let mut proto = self.proto.clone();
+        if !self.has_external_data() {
+            return Ok(proto);
+        }
+        let graph = proto.graph.as_mut().expect("checked at load");
+        visit_tensors_mut(graph, &mut |t| {
+            if tensor::is_external(t) {
+                let bytes = tensor::raw_bytes(t, &self.base_dir)?.into_owned();
+                t.raw_data = Some(bytes);
+                t.data_location = None;
+                t.external_data.clear();
+            }
+            Ok(())
+        })?;
+        Ok(proto)
+    }
+
     /// True when any tensor of the model keeps its bytes in another file.
     pub fn has_external_data(&self) -> bool {
         let mut found = false;
