@@ -105,22 +105,19 @@ pub fn prepare_in_either(
         Ok(r) => return Ok((Engine::Tract, Box::new(r))),
         Err(e) => e,
     };
+    let shown = model.path.display();
     let version = match ort::runtime() {
         Ok((_, version)) => version,
-        Err(ort_error) => return Err(tract_error.context(format!(
-            "tract cannot run {}, and ONNX Runtime, which may, is not available ({ort_error:#})",
-            model.path.display()
-        ))),
+        Err(ort_error) => {
+            let why = format!(
+                "tract cannot run {shown}, and ONNX Runtime, which may, is not available ({ort_error:#})"
+            );
+            return Err(tract_error.context(why));
+        }
     };
-    log::warn!(
-        "tract cannot run {} ({tract_error:#}); using ONNX Runtime {version} instead",
-        model.path.display()
-    );
+    log::warn!("tract cannot run {shown} ({tract_error:#}); using ONNX Runtime {version} instead");
     let runner = ort::OrtRunner::new(model, input_shape).with_context(|| {
-        format!(
-            "tract cannot run {} either: {tract_error:#}",
-            model.path.display()
-        )
+        format!("ONNX Runtime cannot run {shown} either (tract: {tract_error:#})")
     })?;
     Ok((Engine::Ort, Box::new(runner)))
 }
