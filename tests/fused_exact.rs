@@ -388,6 +388,7 @@ fn compact_models_are_smaller_and_fold_to_the_original_graph() {
         size(&model),
         size(&out)
     );
+    compact_sizes_add_up_in_diff_and_verify(test, &model, &out);
     let original = onnx_dlq::onnx::model::load(&model).unwrap();
     let compact = onnx_dlq::onnx::model::load(&out).unwrap();
     let ops = |m: &OnnxModel| Runner::new(m, &shape).unwrap().op_counts();
@@ -398,6 +399,43 @@ fn compact_models_are_smaller_and_fold_to_the_original_graph() {
             common::ort_optimized_ops(&python, &model)
         );
     }
+}
+
+/// `diff`'s bytes per layer account for the whole change of initializer bytes (every other
+/// initializer is untouched), every converted layer shrinks, and `verify` reports both file
+/// sizes.
+fn compact_sizes_add_up_in_diff_and_verify(
+    test: &str,
+    model: &std::path::Path,
+    out: &std::path::Path,
+) {
+    let json = |args: &[&str]| -> serde_json::Value {
+        let o = common::run(args);
+        assert!(o.status.success(), "{test}: {}", common::stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let (a, b) = (common::path_str(model), common::path_str(out));
+    let d = json(&["diff", a, b, "--json"]);
+    let u = |v: &serde_json::Value| v.as_u64().unwrap();
+    let layers = d["layers"].as_array().unwrap();
+    assert!(!layers.is_empty(), "{test}: {d}");
+    let (mut before, mut after) = (0, 0);
+    for l in layers {
+        let (lb, la) = (u(&l["bytes_before"]), u(&l["bytes_after"]));
+        // Layers the compact form would not shrink (a 1×1 layer with as many sub-vectors per
+        // subspace as K) are left original by `--all`.
+        assert!(la < lb, "{test}: {l}");
+        (before, after) = (before + lb, after + la);
+    }
+    assert_eq!(
+        before - after,
+        u(&d["initializer_bytes_before"]) - u(&d["initializer_bytes_after"]),
+        "{test}: {d}"
+    );
+    let v = json(&["verify", a, b, "--samples", "2", "--runs", "1", "--json"]);
+    let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
+    assert_eq!(u(&v["original"]["file_bytes"]), size(model), "{test}: {v}");
+    assert_eq!(u(&v["converted"]["file_bytes"]), size(out), "{test}: {v}");
 }
 
 /// The fused form takes over the Relu that alone follows a converted Conv (attribute

@@ -7,8 +7,7 @@ pub mod learn;
 pub mod plan;
 pub mod report;
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -402,7 +401,7 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
         multiplications_after: ma,
         speedup: mb as f64 / ma.max(1) as f64,
         counts_unknown: c.counts_unknown,
-        file_bytes_before: file_size(input) + external_size(&original),
+        file_bytes_before: model::stored_bytes(&original),
         file_bytes_after: saved.model_bytes + saved.external.as_ref().map_or(0, |e| e.1),
         external_data: saved.external.map(|e| e.0.display().to_string()),
         latency,
@@ -460,18 +459,4 @@ fn latency_check(
             None
         }
     }
-}
-
-fn file_size(p: &Path) -> u64 {
-    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
-}
-
-fn external_size(m: &OnnxModel) -> u64 {
-    let mut files = BTreeSet::<PathBuf>::new();
-    model::visit_tensors(m.graph(), &mut |t| {
-        if let Ok(r) = crate::onnx::tensor::external_ref(t, &m.base_dir) {
-            files.insert(r.path);
-        }
-    });
-    files.iter().map(|p| file_size(p)).sum()
 }

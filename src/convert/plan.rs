@@ -46,6 +46,8 @@ pub enum SkipReason {
     Sizes(#[from] SizeError),
     #[error("converting it would not save multiplications: it has {factor}x more input than output positions (stride), so ρ = {ratio} saves as if ρ = {:.2}; use ρ above {factor}", ratio / factor)]
     NoSaving { factor: f64, ratio: f64 },
+    #[error("the compact form would store about {after} bytes against the kernel's {before}: raise ρ (or lower K)")]
+    NoShrink { before: u64, after: u64 },
 }
 
 /// Per-layer seed: the user's seed mixed with the layer name, so a layer's codebook does not
@@ -90,7 +92,7 @@ pub fn plan<'a>(
         (Some(target), _) | (None, Some(target)) => {
             allocate(original, inv, opts, target, calibration, engine)
         }
-        (None, None) => choose(inv, &opts.selection, &opts.params),
+        (None, None) => choose(inv, &opts.selection, &opts.params, opts.form),
     }
 }
 
@@ -109,16 +111,26 @@ fn no_saving(inv: &Inventory, params: &ValidParams, l: &ConvLayer) -> Option<Ski
     })
 }
 
-/// Named layers must exist and be eligible (a stride that eats the saving is only warned
+/// Named layers must exist and be eligible (a conversion that saves nothing is only warned
 /// about); `--all` takes every eligible Conv whose sizes the rules accept and whose conversion
-/// saves multiplications, and lists the others with the reason.
-fn choose<'a>(inv: &'a Inventory, sel: &Selection, params: &ValidParams) -> Result<Plan<'a>> {
+/// saves what the form is for (multiplications, or bytes for the compact form), and lists the
+/// others with the reason.
+fn choose<'a>(
+    inv: &'a Inventory,
+    sel: &Selection,
+    params: &ValidParams,
+    form: OutputForm,
+) -> Result<Plan<'a>> {
+    let saves_nothing = |l: &ConvLayer| match form {
+        OutputForm::Dense => no_shrink(params, l),
+        OutputForm::Ops | OutputForm::Fused => no_saving(inv, params, l),
+    };
     let (chosen, skipped) = match sel {
         Selection::Named(names) => {
             let chosen = select::resolve_all(&inv.layers, names)?;
             for l in &chosen {
                 sizes_ok(params, l).with_context(|| format!("layer `{}`", l.name))?;
-                if let Some(why) = no_saving(inv, params, l) {
+                if let Some(why) = saves_nothing(l) {
                     log::warn!("layer `{}`: {why}", l.name);
                 }
             }
@@ -126,7 +138,7 @@ fn choose<'a>(inv: &'a Inventory, sel: &Selection, params: &ValidParams) -> Resu
         }
         Selection::All => split_eligible(&inv.layers, |l| {
             sizes_ok(params, l)?;
-            no_saving(inv, params, l).map_or(Ok(()), Err)
+            saves_nothing(l).map_or(Ok(()), Err)
         }),
     };
     let layers = chosen
@@ -253,43 +265,60 @@ fn size_budget(
     }
     let layers = candidates
         .iter()
-        .map(|c| {
-            let kernel = c.layer.kernel.clone().unwrap_or_default();
-            let [m, n, kh, kw] = kernel[..] else {
-                return budget::LayerCost {
-                    before: 0.0,
-                    after: vec![],
-                };
-            };
-            let e = c.layer.weight_type.map_or(4, |t| t.size()) as f64;
-            let after = budget::CANDIDATE_RATIOS
+        .map(|c| budget::LayerCost {
+            before: kernel_bytes(c.layer),
+            after: budget::CANDIDATE_RATIOS
                 .iter()
                 .filter_map(|&r| {
                     let p = c.params.with_ratio(r).ok()?;
-                    let z = p.sizes(m, n, kh * kw).ok()?;
-                    let (s, l, k, a, w) = (z.subspaces, z.l, z.k, p.alpha, p.subspace);
-                    let atoms = (s * l * w) as f64 * e;
-                    let (codes, reps) = match p.method {
-                        Method::Dl => ((s * k * a) as f64 * (index_bytes(l) + e), k),
-                        Method::Vq => (0.0, l),
-                    };
-                    let gamma = (s * m * kh * kw) as f64 * index_bytes(reps);
-                    Some((
-                        r,
-                        atoms + codes + gamma + 16.0 * s as f64 + LAYER_OVERHEAD_BYTES,
-                    ))
+                    Some((r, compact_bytes(c.layer, &p)?))
                 })
-                .collect();
-            budget::LayerCost {
-                before: (m * n * kh * kw) as f64 * e,
-                after,
-            }
+                .collect(),
         })
         .collect();
     Ok(budget::MeasuredBudget {
         unit: budget::Unit::Bytes,
         total,
         layers,
+    })
+}
+
+/// The bytes of `layer`'s kernel (0 when its shape is unknown).
+fn kernel_bytes(layer: &ConvLayer) -> f64 {
+    let e = layer.weight_type.map_or(4, |t| t.size());
+    layer
+        .kernel
+        .as_ref()
+        .map_or(0, |k| k.iter().product::<usize>() * e) as f64
+}
+
+/// What the compact form stores for `layer` under `p`: atoms, sparse codes and Γ at their
+/// index widths, plus a fixed allowance per layer; `None` when the sizes are not valid.
+fn compact_bytes(layer: &ConvLayer, p: &ValidParams) -> Option<f64> {
+    let [m, n, kh, kw] = layer.kernel.as_deref()? else {
+        return None;
+    };
+    let (m, n, kh, kw) = (*m, *n, *kh, *kw);
+    let e = layer.weight_type.map_or(4, |t| t.size()) as f64;
+    let z = p.sizes(m, n, kh * kw).ok()?;
+    let (s, l, k, a, w) = (z.subspaces, z.l, z.k, p.alpha, p.subspace);
+    let atoms = (s * l * w) as f64 * e;
+    let (codes, reps) = match p.method {
+        Method::Dl => ((s * k * a) as f64 * (index_bytes(l) + e), k),
+        Method::Vq => (0.0, l),
+    };
+    let gamma = (s * m * kh * kw) as f64 * index_bytes(reps);
+    Some(atoms + codes + gamma + 16.0 * s as f64 + LAYER_OVERHEAD_BYTES)
+}
+
+/// `Some(reason)` when the compact form of `l` at `params` would store at least as many bytes
+/// as its kernel.
+fn no_shrink(params: &ValidParams, l: &ConvLayer) -> Option<SkipReason> {
+    let before = kernel_bytes(l);
+    let after = compact_bytes(l, params)?;
+    (after >= before).then_some(SkipReason::NoShrink {
+        before: before as u64,
+        after: after as u64,
     })
 }
 

@@ -288,6 +288,8 @@ pub struct ModelStats {
     pub top1: Option<f64>,
     pub top5: Option<f64>,
     pub multiplications: u64,
+    /// The model file and its external data files.
+    pub file_bytes: u64,
     pub latency_ms: Latency,
 }
 
@@ -333,6 +335,7 @@ pub fn verify(original: &Path, converted: &Path, opts: &VerifyOptions) -> Result
             top1: acc.map(|a| a.0),
             top5: acc.map(|a| a.1),
             multiplications: multiplications(m, &set.input_shape)?,
+            file_bytes: model::stored_bytes(m),
             latency_ms: latency(r, x0, opts.runs)?,
         })
     };
@@ -356,25 +359,27 @@ pub fn verify(original: &Path, converted: &Path, opts: &VerifyOptions) -> Result
 pub fn render(r: &VerifyReport) -> String {
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.2}%", 100.0 * x));
     let mut s = format!("engine: {} (1 thread per run)\n", r.engine);
-    s.push_str("model      top-1    top-5    multiplications  latency ms (median [min, max])\n");
+    s.push_str("model      top-1    top-5    multiplications  file bytes   latency ms (median [min, max])\n");
     for (name, m) in [("original", &r.original), ("converted", &r.converted)] {
         s.push_str(&format!(
-            "{name:<10} {:<8} {:<8} {:<16} {:.2} [{:.2}, {:.2}]\n",
+            "{name:<10} {:<8} {:<8} {:<16} {:<12} {:.2} [{:.2}, {:.2}]\n",
             pct(m.top1),
             pct(m.top5),
             crate::analysis::cost::millions(m.multiplications),
+            m.file_bytes,
             m.latency_ms.median,
             m.latency_ms.min,
             m.latency_ms.max
         ));
     }
     s.push_str(&format!(
-        "samples {}; top-1 agreement {:.2}%; max |Δ| {:.4e}; relative L2 {:.4e}; multiplications {:.3}x fewer{}\n",
+        "samples {}; top-1 agreement {:.2}%; max |Δ| {:.4e}; relative L2 {:.4e}; multiplications {:.3}x fewer; file {:.2}x smaller{}\n",
         r.samples,
         100.0 * r.top1_agreement,
         r.max_abs_diff,
         r.relative_l2,
         r.multiplication_ratio,
+        r.original.file_bytes as f64 / r.converted.file_bytes.max(1) as f64,
         r.accuracy_drop
             .map(|d| format!("; top-1 drop {:.2} points", 100.0 * d))
             .unwrap_or_default()

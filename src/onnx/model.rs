@@ -407,6 +407,19 @@ pub fn check_writable(path: &Path) -> Result<()> {
     temp_file_beside(path).map(drop)
 }
 
+/// What `model` occupies on disk: its file (at `model.path`) and the external data files its
+/// tensors read from (each counted once). Files that cannot be read count 0.
+pub fn stored_bytes(model: &OnnxModel) -> u64 {
+    let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let mut files = std::collections::BTreeSet::<PathBuf>::new();
+    visit_tensors(model.graph(), &mut |t| {
+        if let Ok(r) = tensor::external_ref(t, &model.base_dir) {
+            files.insert(r.path);
+        }
+    });
+    size(&model.path) + files.iter().map(|p| size(p)).sum::<u64>()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

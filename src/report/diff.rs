@@ -1,5 +1,5 @@
 //! `diff`: what a conversion changed between two models: nodes per op type, initializers and
-//! their bytes, and multiplications per converted layer and in total.
+//! their bytes, multiplications and stored bytes per converted layer, and totals.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,6 +27,11 @@ pub struct LayerChange {
     /// The layer's `{name}/dlq/` nodes in B; `None` when B still has the Conv unchanged.
     pub multiplications_after: Option<u64>,
     pub ratio: Option<f64>,
+    /// The layer's weight and bias initializers in A.
+    pub bytes_before: u64,
+    /// B's `{name}/dlq/` initializers and what B still keeps of the layer's weight and bias
+    /// (a bias the lowering reuses, say); `None` as for `multiplications_after`.
+    pub bytes_after: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -52,9 +57,15 @@ fn op_counts(m: &model::OnnxModel) -> BTreeMap<String, usize> {
 }
 
 fn init_bytes(m: &model::OnnxModel) -> u64 {
+    init_bytes_where(m, |_| true)
+}
+
+/// The bytes of `m`'s initializers whose names `keep` accepts.
+fn init_bytes_where(m: &model::OnnxModel, keep: impl Fn(&str) -> bool) -> u64 {
     m.graph()
         .initializer
         .iter()
+        .filter(|t| keep(tensor::tensor_name(t)))
         .map(|t| tensor::raw_bytes_len_hint(t) as u64)
         .sum()
 }
@@ -104,11 +115,15 @@ pub fn diff(a: &Path, b: &Path, input_shapes: &[InputShape]) -> Result<ModelDiff
                     })
                     .multiplications
             });
+            let own = |n: &str| n == l.weight || Some(n) == l.bias.as_deref();
             LayerChange {
                 name: l.name.clone(),
                 multiplications_before: before,
                 multiplications_after: after,
                 ratio: after.map(|x| before as f64 / x.max(1) as f64),
+                bytes_before: init_bytes_where(&ma, own),
+                bytes_after: any
+                    .then(|| init_bytes_where(&mb, |n| own(n) || n.starts_with(&prefix))),
             }
         })
         .collect();
@@ -153,18 +168,21 @@ pub fn render(d: &ModelDiff) -> String {
             (Some(a), Some(r)) => {
                 let _ = writeln!(
                     s,
-                    "layer {}: {} -> {} multiplications ({r:.2}x)",
+                    "layer {}: {} -> {} multiplications ({r:.2}x), {} -> {} bytes",
                     l.name,
                     millions(l.multiplications_before),
-                    millions(a)
+                    millions(a),
+                    l.bytes_before,
+                    l.bytes_after.unwrap_or_default()
                 );
             }
             _ => {
                 let _ = writeln!(
                     s,
-                    "layer {}: removed ({} multiplications)",
+                    "layer {}: removed ({} multiplications, {} bytes)",
                     l.name,
-                    millions(l.multiplications_before)
+                    millions(l.multiplications_before),
+                    l.bytes_before
                 );
             }
         }
