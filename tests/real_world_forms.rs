@@ -858,27 +858,34 @@ fn model_tract_cannot_load_converts_and_runs_in_onnx_runtime() {
         assert!(got.iter().all(|v| v.is_finite()), "{}", what("DL output"));
     }
     // `verify` runs it in ONNX Runtime too, where tract cannot.
-    let o = common::run(&[
-        "verify",
-        common::path_str(&input),
-        common::path_str(&vq),
-        "--engine",
-        "ort",
-        "--input-shape",
-        "x=2,3,12,10",
-        "--runs",
-        "2",
-        "--json",
-    ]);
-    assert!(
-        o.status.success(),
-        "{test}: verify --engine ort: {}",
-        common::stderr(&o)
+    let (j, _) = run_json(
+        test,
+        &[
+            "verify",
+            common::path_str(&input),
+            common::path_str(&vq),
+            "--engine",
+            "ort",
+            "--input-shape",
+            "x=2,3,12,10",
+            "--runs",
+            "2",
+            "--json",
+        ],
     );
-    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["top1_agreement"], 1.0, "{test}: {j}");
     assert!(j["relative_l2"].as_f64().unwrap() < 1e-5, "{test}: {j}");
     legacy_model_shapes_and_calibration_come_from_onnx_runtime(test, &input, tmp.path());
+}
+
+/// Runs onnx-dlq with `args`, which must succeed and print JSON; the JSON and stderr.
+fn run_json(test: &str, args: &[&str]) -> (serde_json::Value, String) {
+    let o = common::run(args);
+    let stderr = common::stderr(&o);
+    assert!(o.status.success(), "{test}: {args:?}: {stderr}");
+    let j = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{test}: {args:?}: {e}: {}", common::stdout(&o)));
+    (j, stderr)
 }
 
 /// The legacy-operator model at a concrete size: the shapes tract cannot infer come from one
@@ -889,15 +896,16 @@ fn legacy_model_shapes_and_calibration_come_from_onnx_runtime(
     input: &std::path::Path,
     dir: &std::path::Path,
 ) {
-    let o = common::run(&[
-        "inspect",
-        common::path_str(input),
-        "--input-shape",
-        "x=1,3,8,8",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{test}: {}", common::stderr(&o));
-    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (j, _) = run_json(
+        test,
+        &[
+            "inspect",
+            common::path_str(input),
+            "--input-shape",
+            "x=1,3,8,8",
+            "--json",
+        ],
+    );
     assert_eq!(j["counts_complete"], true, "{test}: {j}");
     // 8·3·9 per position at 8×8, then 8·8·9 at 4×4 (stride 2).
     assert_eq!(
@@ -918,38 +926,31 @@ fn legacy_model_shapes_and_calibration_come_from_onnx_runtime(
     std::fs::write(&spec, s.to_string()).unwrap();
     let out = dir.join("calibrated.onnx");
     let data = common::repo().join("models/digits-test");
-    let o = common::run(&[
-        "convert",
-        common::path_str(input),
-        common::path_str(&out),
-        "--all",
-        "--k",
-        "16",
-        "--l",
-        "4",
-        "--subspace",
-        "4",
-        "--calibrate",
-        common::path_str(&data),
-        "--preprocess",
-        common::path_str(&spec),
-        "--calib-samples",
-        "16",
-        "--input-shape",
-        "x=1,3,8,8",
-        "--json",
-    ]);
-    assert!(
-        o.status.success(),
-        "{test}: calibrated: {}",
-        common::stderr(&o)
+    let (j, stderr) = run_json(
+        test,
+        &[
+            "convert",
+            common::path_str(input),
+            common::path_str(&out),
+            "--all",
+            "--k",
+            "16",
+            "--l",
+            "4",
+            "--subspace",
+            "4",
+            "--calibrate",
+            common::path_str(&data),
+            "--preprocess",
+            common::path_str(&spec),
+            "--calib-samples",
+            "16",
+            "--input-shape",
+            "x=1,3,8,8",
+            "--json",
+        ],
     );
-    assert!(
-        common::stderr(&o).contains("using ONNX Runtime"),
-        "{test}: {}",
-        common::stderr(&o)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(stderr.contains("using ONNX Runtime"), "{test}: {stderr}");
     assert!(!j["layers"].as_array().unwrap().is_empty(), "{test}: {j}");
     for l in j["layers"].as_array().unwrap() {
         let (cal, plain) = (
