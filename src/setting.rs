@@ -8,6 +8,7 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Setting {
     Ratio,
+    Method,
     Subspace,
     C,
     Alpha,
@@ -31,6 +32,7 @@ impl Setting {
     pub fn describe(self) -> &'static str {
         match self {
             Setting::Ratio => "the acceleration ratio ρ",
+            Setting::Method => "the method",
             Setting::Subspace => "the subspace dimension N′",
             Setting::C => "c = K/K_vq",
             Setting::Alpha => "the sparsity α",

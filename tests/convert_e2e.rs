@@ -482,3 +482,79 @@ fn target_compression_shrinks_the_file_as_predicted() {
         common::stderr(&o)
     );
 }
+
+/// `--shared-codebook` with `--target-compression`, calibrated in ONNX Runtime: every layer
+/// gets a palette of K = 2^b centroids (K and Γ's bits from the budget), the file meets the
+/// target as predicted, and calibration reads the first layer's input — the graph input, which
+/// ONNX Runtime hands back as a view of a freed buffer unless onnx-dlq reads it itself.
+/// Without the compact form the flag is refused.
+#[test]
+fn shared_palettes_meet_a_size_budget_calibrated_in_onnx_runtime() {
+    let test = "shared_palettes_meet_a_size_budget_calibrated_in_onnx_runtime";
+    if common::ort_python(test).is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let input = common::default_model();
+    let repo = common::repo();
+    let out = tmp.path().join("palette.onnx");
+    let o = common::run(&[
+        common::path_str(&input),
+        common::path_str(&out),
+        "--target-compression",
+        "6",
+        "--shared-codebook",
+        "--subspace",
+        "1",
+        "--calibrate",
+        common::path_str(&repo.join("models/digits-test")),
+        "--calib-samples",
+        "20",
+        "--preprocess",
+        common::path_str(&repo.join("models/digits-cnn.preprocess.json")),
+        "--engine",
+        "ort",
+        "--no-latency",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{test}: {}", common::stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    let layers = report["layers"].as_array().unwrap();
+    assert!(!layers.is_empty());
+    for l in layers {
+        let k = l["k"].as_u64().unwrap();
+        assert!(k.is_power_of_two() && (2..=256).contains(&k), "{test}: {l}");
+        assert!(l["output_error"].as_f64().is_some(), "{test}: {l}");
+    }
+    let predicted = report["allocation"]["measured"]["predicted"]
+        .as_f64()
+        .unwrap();
+    let written = std::fs::metadata(&out).unwrap().len() as f64;
+    let before = std::fs::metadata(&input).unwrap().len() as f64;
+    assert!(
+        written <= predicted * 1.05 && written * 5.5 <= before,
+        "{test}: {written} bytes written, {predicted} predicted, {before} before"
+    );
+    let model = onnx_dlq::onnx::model::load(&out).unwrap();
+    let packed = model
+        .graph()
+        .initializer
+        .iter()
+        .filter(|t| t.name.as_deref().unwrap().ends_with("assignment_packed"))
+        .count();
+    assert!(packed > 0, "{test}: no layer packs Γ below 8 bits");
+    let o = common::run(&[
+        common::path_str(&input),
+        common::path_str(&tmp.path().join("x.onnx")),
+        "--all",
+        "--shared-codebook",
+        "--form",
+        "ops",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        common::stderr(&o).contains("--form dense"),
+        "{}",
+        common::stderr(&o)
+    );
+}

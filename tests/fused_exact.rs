@@ -2,7 +2,8 @@
 //! dilations, batch 1 and 3, DL and VQ, N′ dividing N or not), the model with one `DlqConv`
 //! node, run in tract through onnx-dlq's op register and in ONNX Runtime through
 //! libonnx_dlq_ort, and the compact form (whose kernel subgraph both engines fold at load),
-//! equal a dense Conv with the reconstructed kernel. Also: a
+//! equal a dense Conv with the reconstructed kernel; so do shared codebooks (palettes) with
+//! indices packed below 8 bits, at opsets 7–18. Also: a
 //! `DlqConv` whose assignment holds an index ≥ K is refused, naming the node.
 
 mod common;
@@ -149,6 +150,110 @@ fn random_fused_layers_equal_the_dense_reference() {
                 common::ort_optimized_ops(python, &dense_path),
                 "ONNX Runtime folds the compact kernel: {what}"
             );
+        }
+    }
+}
+
+/// The compact form of a shared codebook (one palette per layer, Γ packed below 8 bits) for the
+/// single Conv of `spec`: (original, compact, dense reference with W̃).
+fn compact_palette(
+    spec: &ConvSpec,
+    subspace: usize,
+    k: usize,
+    rng: &mut Xoshiro256PlusPlus,
+    dir: &std::path::Path,
+) -> (OnnxModel, OnnxModel, OnnxModel) {
+    let s = spec;
+    let weight = uniform(rng, s.m * s.n * s.kh * s.kw);
+    let bias = uniform(rng, s.m);
+    let original = in_memory(conv_model(s, &weight, &bias), dir);
+    let kernel = ndarray::Array4::from_shape_vec((s.m, s.n, s.kh, s.kw), weight).unwrap();
+    let mut p = ClusterParams::new(Method::Vq, 2.0);
+    p.subspace = subspace;
+    p.shared = true;
+    p.k = Some(k);
+    p.seed = rng.random();
+    let mut cb = codebook::learn(kernel.view(), &p.check().unwrap()).unwrap();
+    assert!(
+        cb.shared
+            && cb
+                .subspaces
+                .iter()
+                .all(|c| c.atoms == cb.subspaces[0].atoms)
+    );
+    let every_vector = k == s.n / subspace * s.m * s.kh * s.kw;
+    if !every_vector && rng.random_range(0..2) == 0 {
+        cb.bias_shift = Some(uniform(rng, s.m));
+    }
+    let layers = select::conv_layers(&original);
+    let mut dense = original.clone();
+    lower::reconstructed::substitute(&mut dense, &layers[0], &cb).unwrap();
+    let patch = lower::dense::lower(&original, &layers[0], &cb, "{}").unwrap();
+    let mut compact = original.clone();
+    lower::apply(
+        &mut compact,
+        GraphPatch {
+            layers: vec![patch],
+        },
+    )
+    .unwrap();
+    (original, compact, dense)
+}
+
+/// Shared codebooks in the compact form, over opsets 7–18 (Slice and ReduceSum change form at
+/// 10 and 13; groups of 1–3 bytes) and K from 2 (1-bit indices) to every sub-vector its own centroid: tract and ONNX
+/// Runtime compute the dense Conv with W̃, and with K = S·p²M the original itself.
+#[test]
+fn shared_palettes_with_packed_indices_equal_the_dense_reference() {
+    let python = ort_python("shared_palettes_with_packed_indices_equal_the_dense_reference");
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(16);
+    for i in 0..16 {
+        let mut spec = random_spec(&mut rng);
+        spec.opset = [7, 9, 11, 13, 18][i % 5];
+        let divisors: Vec<usize> = (1..=spec.n.min(4))
+            .filter(|d| spec.n.is_multiple_of(*d))
+            .collect();
+        let subspace = divisors[rng.random_range(0..divisors.len())];
+        let vectors = spec.n / subspace * spec.m * spec.kh * spec.kw;
+        let every = i % 4 == 3;
+        let k = if every {
+            vectors
+        } else {
+            [2, 3, 5, 16, 100][rng.random_range(0..5)].min(vectors)
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let (original, compact, dense) = compact_palette(&spec, subspace, k, &mut rng, tmp.path());
+        let what = format!("{spec:?} N′={subspace} K={k}");
+        let packed = compact
+            .graph()
+            .initializer
+            .iter()
+            .any(|t| t.name.as_deref().unwrap().ends_with("assignment_packed"));
+        assert_eq!(packed, k <= 64, "{what}");
+        let shape = [spec.batch, spec.n, spec.h, spec.w];
+        let x = ArrayD::from_shape_vec(IxDyn(&shape), uniform(&mut rng, shape.iter().product()))
+            .unwrap();
+        let want = Runner::new(&dense, &shape).unwrap().run(&x).unwrap();
+        let runner = Runner::new(&compact, &shape).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        assert_eq!(
+            runner.op_counts(),
+            Runner::new(&dense, &shape).unwrap().op_counts(),
+            "tract folds the palette subgraph: {what}"
+        );
+        let got = runner.run(&x).unwrap();
+        Approximation::Exact.assert_close(&what, &got, &want);
+        if every {
+            let orig = Runner::new(&original, &shape).unwrap().run(&x).unwrap();
+            Approximation::Exact.assert_close(&format!("K = S·p²M {what}"), &got, &orig);
+        }
+        if let Some(python) = &python {
+            if spec.auto_pad.is_some() && spec.dilations != [1, 1] {
+                continue; // ORT refuses SAME padding with dilation, in the original too
+            }
+            let path = tmp.path().join("compact.onnx");
+            onnx_dlq::onnx::model::save(&compact, &path, Default::default()).unwrap();
+            let ort = run_ort_with(python, &path, &x, None);
+            Approximation::Exact.assert_close(&format!("ORT {what}"), &ort, &want);
         }
     }
 }

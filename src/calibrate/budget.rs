@@ -19,8 +19,25 @@ use crate::onnx::model::OnnxModel;
 use crate::progress;
 use crate::setting::{require, Setting};
 
-/// The ratios a layer may get.
+/// The ratios a layer with per-subspace codebooks may get.
 pub const CANDIDATE_RATIOS: [f64; 7] = [2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0];
+
+/// The ratios a layer may get under `params`, increasing: [`CANDIDATE_RATIOS`], or for a
+/// shared codebook (a palette) those that give K = 2^b for b = 8, 6, 5, …, 1 (ρ = S·p²M / K,
+/// so Γ packs into b bits; 7 bits are stored as 8), K below the layer's sub-vector count.
+pub fn ladder(params: &ValidParams, kernel: [usize; 4]) -> Vec<f64> {
+    if !params.shared {
+        return CANDIDATE_RATIOS.to_vec();
+    }
+    let [m, n, kh, kw] = kernel;
+    let columns = (n / params.subspace.max(1) * m * kh * kw) as f64;
+    [8, 6, 5, 4, 3, 2, 1]
+        .into_iter()
+        .map(|b| f64::from(1u32 << b))
+        .filter(|&k| k < columns)
+        .map(|k| columns / k)
+        .collect()
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AllocatedLayer {
@@ -100,14 +117,17 @@ pub enum Sensitivity {
 /// Why no allocation can be made.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BudgetError {
-    #[error("a {target}x {goal}: the {layers} candidate layers cannot save that much even at ρ = {max_ratio}")]
+    #[error(
+        "a {target}x {goal}: the {layers} candidate layers cannot save that much even at {highest}"
+    )]
     Unreachable {
         /// The setting the target came from.
         setting: Setting,
         goal: &'static str,
         target: f64,
         layers: usize,
-        max_ratio: f64,
+        /// Their highest setting, in words ("ρ = 16", "K = 2").
+        highest: String,
     },
 }
 
@@ -120,6 +140,8 @@ pub struct Candidate<'a> {
     pub position_factor: f64,
     /// Its clustering parameters (its own seed); the budget varies the ratio.
     pub params: ValidParams,
+    /// The ratios it may get, increasing ([`ladder`]).
+    pub ratios: Vec<f64>,
 }
 
 /// One layer's error at each valid candidate ratio.
@@ -160,12 +182,15 @@ pub fn allocate(
         }
         None => total_multiplications as f64,
     };
-    let chosen = greedy(&sens, total, target).ok_or(BudgetError::Unreachable {
+    let chosen = greedy(&sens, total, target).ok_or_else(|| BudgetError::Unreachable {
         setting,
         goal,
         target,
         layers: layers.len(),
-        max_ratio: CANDIDATE_RATIOS[CANDIDATE_RATIOS.len() - 1],
+        highest: match layers.first() {
+            Some(c) if c.params.shared => "K = 2 (1-bit palettes)".into(),
+            _ => format!("ρ = {}", CANDIDATE_RATIOS[CANDIDATE_RATIOS.len() - 1]),
+        },
     })?;
     let after = total
         - sens
@@ -229,8 +254,10 @@ fn measure(
         .iter()
         .map(|c| c.layer.kernel_f32(original))
         .collect::<Result<_>>()?;
-    let jobs: Vec<(usize, f64)> = (0..layers.len())
-        .flat_map(|i| CANDIDATE_RATIOS.iter().map(move |&r| (i, r)))
+    let jobs: Vec<(usize, f64)> = layers
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| c.ratios.iter().map(move |&r| (i, r)))
         .collect();
     let task = progress::task("sensitivity", jobs.len() as u64);
     let errors: Vec<Option<f64>> = jobs

@@ -13,7 +13,7 @@ use super::InputStats;
 
 /// Lower-triangular L with L Lᵀ = h + damping·mean(diag h)·I (row-major d × d). A matrix that is
 /// zero (a subspace whose inputs never fire) gives the identity: every error then counts alike.
-fn damped_cholesky(h: &Array2<f64>, damping: f64) -> Vec<f64> {
+pub(super) fn damped_cholesky(h: &Array2<f64>, damping: f64) -> Vec<f64> {
     let d = h.nrows();
     let mean_diag = (0..d).map(|i| h[[i, i]]).sum::<f64>() / d as f64;
     let mut l = vec![0f64; d * d];
@@ -87,6 +87,55 @@ pub fn learn(
         "calibration statistics have {} channels, the kernel {n}",
         stats.channels
     );
+    let mut cb = if params.shared {
+        let mut cb =
+            codebook::learn_weighted(kernel, params, Some(&channel_weights(stats, n, damping)))?;
+        super::compensate::reassign(kernel, &mut cb, stats, damping);
+        cb
+    } else {
+        whitened_codebook(kernel, params, stats, damping)?
+    };
+    let approx = cb.reconstruct();
+    let mean = stats.mean();
+    let shift = (0..m)
+        .map(|k| {
+            let mut s = 0f64;
+            for c in 0..n {
+                for u in 0..kh {
+                    for v in 0..kw {
+                        s += (kernel[[k, c, u, v]] - approx[[k, c, u, v]]) as f64 * mean[c];
+                    }
+                }
+            }
+            s as f32
+        })
+        .collect();
+    cb.bias_shift = Some(shift);
+    Ok(cb)
+}
+
+/// A shared codebook's per-channel weights: the damped diagonal of H = E[x xᵀ] (a palette is
+/// shared by subspaces whose covariances differ, so it weighs coordinates, it cannot whiten).
+fn channel_weights(stats: &InputStats, n: usize, damping: f64) -> Vec<f64> {
+    let h = stats.covariance(0..n);
+    let mean_diag = (0..n).map(|i| h[[i, i]]).sum::<f64>() / n as f64;
+    if !mean_diag.is_finite() || mean_diag <= 0.0 {
+        return vec![1.0; n];
+    }
+    (0..n)
+        .map(|i| h[[i, i]].max(0.0) + (damping + 1e-10) * mean_diag)
+        .collect()
+}
+
+/// Per-subspace codebooks of the kernel whitened by each subspace's damped covariance, mapped
+/// back to weight space.
+fn whitened_codebook(
+    kernel: ArrayView4<f32>,
+    params: &ValidParams,
+    stats: &InputStats,
+    damping: f64,
+) -> Result<Codebook> {
+    let (m, n, kh, kw) = kernel.dim();
     let plan = SubspacePlan::new(n, params.subspace);
     let factors: Vec<(Range<usize>, Vec<f64>)> = plan
         .ranges()
@@ -131,22 +180,6 @@ pub fn learn(
             }
         }
     }
-    let approx = cb.reconstruct();
-    let mean = stats.mean();
-    let shift = (0..m)
-        .map(|k| {
-            let mut s = 0f64;
-            for c in 0..n {
-                for u in 0..kh {
-                    for v in 0..kw {
-                        s += (kernel[[k, c, u, v]] - approx[[k, c, u, v]]) as f64 * mean[c];
-                    }
-                }
-            }
-            s as f32
-        })
-        .collect();
-    cb.bias_shift = Some(shift);
     Ok(cb)
 }
 

@@ -13,6 +13,7 @@
 //! Layers are fitted in network order, each on the inputs produced by the model whose earlier
 //! layers already carry their approximated weights, so errors do not pile up unseen.
 pub mod budget;
+pub mod compensate;
 pub mod learn;
 pub mod patch;
 pub mod refit;

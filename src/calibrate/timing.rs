@@ -132,6 +132,7 @@ fn random_codebook(kernel: [usize; 4], params: &ValidParams) -> Result<Codebook>
         method: params.method,
         kernel_shape: kernel,
         sizes,
+        shared: false,
         subspaces,
         bias_shift: None,
     })

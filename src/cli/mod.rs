@@ -121,9 +121,10 @@ pub struct ConvertArgs {
     /// Convert every eligible Conv layer (the others are listed with the reason).
     #[arg(long)]
     pub all: bool,
-    /// dl: the paper's dictionary learning; vq: plain k-means (the baseline).
-    #[arg(long, value_enum, default_value = "dl")]
-    pub method: MethodArg,
+    /// dl: the paper's dictionary learning; vq: plain k-means (the baseline). Default dl, or
+    /// vq with --shared-codebook.
+    #[arg(long, value_enum)]
+    pub method: Option<MethodArg>,
     /// Target acceleration ρ of each converted layer.
     #[arg(long, default_value_t = 10.0)]
     pub ratio: f64,
@@ -176,6 +177,13 @@ pub struct ConvertArgs {
     /// (Default `ops`; `dense` with --target-compression.)
     #[arg(long, value_enum)]
     pub form: Option<FormArg>,
+    /// One codebook per layer shared by all its subspaces (a palette; with --subspace 1, scalar
+    /// palettization as in Core ML or DKM): the compact form stores K·N′ values per layer
+    /// instead of S·K·N′, and Γ in ⌈log2 K⌉ bits. K from --k (or the ratio rule over all the
+    /// layer's sub-vectors), or per layer from --target-compression (K = 2…256). k-means (vq)
+    /// only; --form dense only.
+    #[arg(long)]
+    pub shared_codebook: bool,
     #[command(flatten)]
     pub calibration: CalibrationArgs,
     #[command(flatten)]
@@ -520,7 +528,17 @@ fn output_form(form: Option<FormArg>, size_budget: bool) -> Result<OutputForm> {
 fn run_convert(args: ConvertArgs) -> Result<()> {
     let input = args.input.expect("required by clap");
     let output = args.output.expect("required by clap");
-    let mut params = args.settings.params(args.method.into(), args.ratio);
+    let form = output_form(args.form, args.target_compression.is_some())?;
+    if args.shared_codebook && form != OutputForm::Dense {
+        bail!("--shared-codebook shrinks the compact form (--form dense); the ops and fused forms compute every subspace's own representatives");
+    }
+    let method = match (args.method, args.shared_codebook) {
+        (Some(m), _) => m.into(),
+        (None, true) => Method::Vq,
+        (None, false) => Method::Dl,
+    };
+    let mut params = args.settings.params(method, args.ratio);
+    params.shared = args.shared_codebook;
     if (args.target_speedup.is_some() || args.target_compression.is_some())
         && args.settings.c.is_none()
     {
@@ -551,7 +569,7 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
         target_speedup: args.target_speedup,
         target_compression: args.target_compression,
         measure_latency: !args.no_latency,
-        form: output_form(args.form, args.target_compression.is_some())?,
+        form,
         finetune: args
             .finetune
             .options(args.verify_data.preprocess.as_deref(), params_seed)?,

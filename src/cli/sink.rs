@@ -110,6 +110,7 @@ pub fn install(verbose: u8, quiet: bool) {
 pub fn flag(setting: Setting) -> &'static str {
     match setting {
         Setting::Ratio => "--ratio",
+        Setting::Method => "--method",
         Setting::Subspace => "--subspace",
         Setting::C => "--c",
         Setting::Alpha => "--alpha",

@@ -3,6 +3,7 @@
 
 pub mod dl;
 pub mod kmeans;
+pub mod palette;
 pub mod params;
 pub mod subspace;
 
@@ -67,6 +68,8 @@ pub struct Codebook {
     /// [M, N, kh, kw].
     pub kernel_shape: [usize; 4],
     pub sizes: Sizes,
+    /// Every subspace holds the same atoms (a palette, [`palette`]): stored once.
+    pub shared: bool,
     pub subspaces: Vec<SubspaceCodebook>,
     /// Added to the layer's bias (one value per output channel) by the rewrite: calibration's
     /// correction of the output mean. `None` from plain weight-error learning.
@@ -141,6 +144,16 @@ pub fn check_values(kernel: ArrayView4<f32>) -> Result<()> {
 }
 
 pub fn learn(kernel: ArrayView4<f32>, params: &ValidParams) -> Result<Codebook> {
+    learn_weighted(kernel, params, None)
+}
+
+/// [`learn`], the error of input channel c weighted by `channel_weights[c]` — used by shared
+/// codebooks only (calibration whitens per-subspace codebooks instead).
+pub fn learn_weighted(
+    kernel: ArrayView4<f32>,
+    params: &ValidParams,
+    channel_weights: Option<&[f64]>,
+) -> Result<Codebook> {
     let (m, n, kh, kw) = kernel.dim();
     ensure!(
         m > 0 && n > 0 && kh > 0 && kw > 0,
@@ -149,6 +162,24 @@ pub fn learn(kernel: ArrayView4<f32>, params: &ValidParams) -> Result<Codebook> 
     );
     check_values(kernel)?;
     let sizes = params.sizes(m, n, kh * kw)?;
+    if params.shared {
+        let subspaces = palette::learn(
+            kernel,
+            params.subspace,
+            sizes.k_vq,
+            params.kmeans_iters,
+            channel_weights,
+            &mut subspace_rng(params.seed, 0),
+        );
+        return Ok(Codebook {
+            method: params.method,
+            kernel_shape: [m, n, kh, kw],
+            sizes,
+            shared: true,
+            subspaces,
+            bias_shift: None,
+        });
+    }
     let plan = SubspacePlan::new(n, params.subspace);
     let ranges: Vec<Range<usize>> = plan.ranges().collect();
     let subspaces = ranges
@@ -202,6 +233,7 @@ pub fn learn(kernel: ArrayView4<f32>, params: &ValidParams) -> Result<Codebook> 
         method: params.method,
         kernel_shape: [m, n, kh, kw],
         sizes,
+        shared: false,
         subspaces,
         bias_shift: None,
     })

@@ -46,6 +46,11 @@ pub struct ClusterParams {
     /// Lloyd iterations at most, for every k-means run.
     pub kmeans_iters: usize,
     pub seed: u64,
+    /// One codebook for the whole layer, shared by all its subspaces (a palette; scalar
+    /// palettization with N′ = 1): K counts the layer's representatives, and the ratio rule
+    /// divides all S·p²M sub-vectors. VQ only.
+    #[serde(default)]
+    pub shared: bool,
 }
 
 impl ClusterParams {
@@ -62,6 +67,7 @@ impl ClusterParams {
             iters: 20,
             kmeans_iters: 100,
             seed: 0,
+            shared: false,
         }
     }
 
@@ -77,6 +83,13 @@ impl ClusterParams {
         require(self.kmeans_iters > 0, Setting::KmeansIters, || {
             "must be at least 1".into()
         })?;
+        require(
+            !self.shared || self.method == Method::Vq,
+            Setting::Method,
+            || {
+                "must be vq with a shared codebook (a palette of k-means centroids); dl learns a dictionary per subspace".into()
+            },
+        )?;
         if self.method == Method::Dl {
             require(self.alpha > 0, Setting::Alpha, || {
                 "must be at least 1".into()
@@ -146,6 +159,14 @@ impl ValidParams {
         }))
     }
 
+    /// The same parameters with another K (a size budget's per-layer palette size).
+    pub fn with_k(&self, k: usize) -> ValidParams {
+        ValidParams(ClusterParams {
+            k: Some(k),
+            ..self.0.clone()
+        })
+    }
+
     /// The same parameters with another seed (a layer's own stream).
     pub fn with_seed(&self, seed: u64) -> ValidParams {
         ValidParams(ClusterParams {
@@ -158,7 +179,6 @@ impl ValidParams {
     /// = kh·kw kernel positions.
     pub fn sizes(&self, m: usize, n: usize, positions: usize) -> Result<Sizes, SizeError> {
         let p = &self.0;
-        let columns = m * positions;
         if p.subspace > n {
             return Err(SizeError::SubspaceTooLarge {
                 subspace: p.subspace,
@@ -166,6 +186,18 @@ impl ValidParams {
             });
         }
         let s = n.div_ceil(p.subspace);
+        if p.shared && !n.is_multiple_of(p.subspace) {
+            return Err(SizeError::SharedUneven {
+                subspace: p.subspace,
+                n,
+            });
+        }
+        // A shared codebook's representatives stand for every sub-vector of the layer.
+        let columns = if p.shared {
+            s * m * positions
+        } else {
+            m * positions
+        };
         let k_vq = match (p.method, p.k) {
             (Method::Vq, Some(k)) => k,
             _ => (columns as f64 / p.ratio).round() as usize,
@@ -228,6 +260,8 @@ impl ValidParams {
 pub enum SizeError {
     #[error("N′ = {subspace} is larger than the layer's {n} input channels; use N′ ≤ {n}")]
     SubspaceTooLarge { subspace: usize, n: usize },
+    #[error("a shared codebook needs N′ = {subspace} to divide the layer's {n} input channels (every sub-vector the same length)")]
+    SharedUneven { subspace: usize, n: usize },
     #[error("ρ = {ratio} is too large for a layer with p²M = {columns} kernel sub-vectors per subspace (K_vq = p²M/ρ < 1); use ρ ≤ {columns}")]
     RatioTooLarge { ratio: f64, columns: usize },
     #[error("K_vq = {k_vq} exceeds p²M = {columns}, the number of sub-vectors per subspace")]
@@ -257,7 +291,9 @@ impl SizeError {
     /// The settings that would lift the failure.
     pub fn remedies(&self) -> &'static [Setting] {
         match self {
-            SizeError::SubspaceTooLarge { .. } => &[Setting::Subspace],
+            SizeError::SubspaceTooLarge { .. } | SizeError::SharedUneven { .. } => {
+                &[Setting::Subspace]
+            }
             SizeError::RatioTooLarge { .. } => &[Setting::Ratio],
             SizeError::KvqTooLarge { .. } | SizeError::NoRepresentative => &[Setting::K],
             SizeError::KTooLarge { .. } => &[Setting::C, Setting::Ratio],

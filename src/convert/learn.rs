@@ -83,7 +83,12 @@ fn learn_calibrated(
         let started = Instant::now();
         let ctx = || format!("calibrating layer `{}`", layer.name);
         let w = layer.kernel_f32(original)?;
-        let (stats, patches) = match &cal.options.refit {
+        // The refit fits each subspace's own atoms, which would unshare a palette.
+        let refit = cal.options.refit.as_ref().filter(|_| !params.shared);
+        if params.shared && cal.options.refit.is_some() {
+            log::info!("layer `{}`: a shared codebook is not refitted", layer.name);
+        }
+        let (stats, patches) = match refit {
             Some(_) => {
                 // Before the first substitution the simulated model is the original.
                 let converted = (step > 0).then_some(&simulated);
@@ -104,12 +109,12 @@ fn learn_calibrated(
             plain: calibrate::output_error(w.view(), plain.reconstruct().view(), &stats),
             refit: None,
         };
-        if let (Some(opts), Some(patches)) = (&cal.options.refit, &patches) {
+        if let (Some(opts), Some(patches)) = (refit, &patches) {
             let (refitted, outcome) =
                 calibrate::refit::refit(w.view(), &cb, patches, opts).with_context(ctx)?;
             cb = refitted;
             output_errors.refit = Some(outcome);
-        } else if cal.options.refit.is_some() {
+        } else if refit.is_some() {
             log::warn!(
                 "layer `{}`: patches longer than {} values are not refitted",
                 layer.name,

@@ -9,6 +9,7 @@ use crate::calibrate::budget::{self, Allocation};
 use crate::calibrate::{timing, Calibration};
 use crate::codebook::{Method, SizeError, ValidParams};
 use crate::engine::Engine;
+use crate::lower::packing;
 use crate::onnx::model::OnnxModel;
 use crate::onnx::tensor;
 use crate::progress;
@@ -194,11 +195,18 @@ fn allocate<'a>(
     };
     let with_cost: Vec<budget::Candidate> = candidates
         .iter()
-        .map(|l| budget::Candidate {
-            layer: l,
-            multiplications: inv.cost.nodes[l.node_index].cost.multiplications,
-            position_factor: position_factor(inv, l),
-            params: layer_params(&opts.params, l),
+        .map(|l| {
+            let kernel = l
+                .kernel
+                .as_deref()
+                .map_or([1; 4], |k| [k[0], k[1], k[2], k[3]]);
+            budget::Candidate {
+                layer: l,
+                multiplications: inv.cost.nodes[l.node_index].cost.multiplications,
+                position_factor: position_factor(inv, l),
+                params: layer_params(&opts.params, l),
+                ratios: budget::ladder(&opts.params, kernel),
+            }
         })
         .collect();
     // The fused form runs a native kernel whose speed is not the multiplication count's: spend
@@ -235,18 +243,12 @@ fn allocate<'a>(
     })
 }
 
-/// Bytes of an index tensor whose values stay below `bound` (`new_index_tensor`'s choice).
-fn index_bytes(bound: usize) -> f64 {
-    match bound {
-        0..=256 => 1.0,
-        257..=65536 => 2.0,
-        _ => 4.0,
-    }
-}
-
 /// Bytes a converted layer adds besides its tensors' data: about a dozen nodes, a dozen
 /// tensor names and small shape constants (measured: SqueezeNet, 26 layers, ≈ 2.7 KB each).
 const LAYER_OVERHEAD_BYTES: f64 = 2800.0;
+
+/// What unpacking Γ below 8 bits adds: about ten nodes and their small constants.
+const PACKING_OVERHEAD_BYTES: f64 = 1200.0;
 
 /// The model's stored bytes (the protobuf plus external tensor data), and per candidate layer
 /// its weight's bytes and the compact form's at each candidate ratio the rules accept
@@ -267,7 +269,8 @@ fn size_budget(
         .iter()
         .map(|c| budget::LayerCost {
             before: kernel_bytes(c.layer),
-            after: budget::CANDIDATE_RATIOS
+            after: c
+                .ratios
                 .iter()
                 .filter_map(|&r| {
                     let p = c.params.with_ratio(r).ok()?;
@@ -293,7 +296,8 @@ fn kernel_bytes(layer: &ConvLayer) -> f64 {
 }
 
 /// What the compact form stores for `layer` under `p`: atoms, sparse codes and Γ at their
-/// index widths, plus a fixed allowance per layer; `None` when the sizes are not valid.
+/// index widths (Γ packed below 8 bits; one table for a shared codebook), plus a fixed
+/// allowance per layer; `None` when the sizes are not valid.
 fn compact_bytes(layer: &ConvLayer, p: &ValidParams) -> Option<f64> {
     let [m, n, kh, kw] = layer.kernel.as_deref()? else {
         return None;
@@ -302,13 +306,28 @@ fn compact_bytes(layer: &ConvLayer, p: &ValidParams) -> Option<f64> {
     let e = layer.weight_type.map_or(4, |t| t.size()) as f64;
     let z = p.sizes(m, n, kh * kw).ok()?;
     let (s, l, k, a, w) = (z.subspaces, z.l, z.k, p.alpha, p.subspace);
-    let atoms = (s * l * w) as f64 * e;
+    let tables = if p.shared { 1 } else { s };
+    let atoms = (tables * l * w) as f64 * e;
     let (codes, reps) = match p.method {
-        Method::Dl => ((s * k * a) as f64 * (index_bytes(l) + e), k),
+        Method::Dl => {
+            let width = packing::plain_index_width(l) as f64;
+            ((tables * k * a) as f64 * (width + e), k)
+        }
         Method::Vq => (0.0, l),
     };
-    let gamma = (s * m * kh * kw) as f64 * index_bytes(reps);
-    Some(atoms + codes + gamma + 16.0 * s as f64 + LAYER_OVERHEAD_BYTES)
+    let gamma = index(s * m * kh * kw, reps);
+    let offsets = if p.shared { 0.0 } else { 16.0 * s as f64 };
+    let unpacking = if packing::packs(reps) {
+        PACKING_OVERHEAD_BYTES
+    } else {
+        0.0
+    };
+    Some(atoms + codes + gamma + offsets + unpacking + LAYER_OVERHEAD_BYTES)
+}
+
+/// Bytes of `count` indices below `bound` as the compact form stores them.
+fn index(count: usize, bound: usize) -> f64 {
+    packing::index_bytes(count, bound) as f64
 }
 
 /// `Some(reason)` when the compact form of `l` at `params` would store at least as many bytes

@@ -214,26 +214,30 @@ impl OrtRunner {
 
     /// Runs on `x`; every output as f32, in order.
     pub fn run_all(&self, x: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
-        self.run_with(x, |name, value| {
-            as_f32(value).with_context(|| format!("output `{name}`"))
+        self.run_with(x, |name, value| match value {
+            Some(value) => as_f32(value).with_context(|| format!("output `{name}`")),
+            None => Ok(x.clone()),
         })
     }
 
     /// Runs on `x`; the shape of every output that is a tensor (of any element type), in order.
     pub fn output_shapes(&self, x: &ArrayD<f32>) -> Result<Vec<Option<Vec<usize>>>> {
         self.run_with(x, |_, value| {
-            Ok(match value.dtype() {
-                ValueType::Tensor { shape, .. } => Some(dims_of(shape)),
-                _ => None,
+            Ok(match value.map(|v| v.dtype()) {
+                Some(ValueType::Tensor { shape, .. }) => Some(dims_of(shape)),
+                Some(_) => None,
+                None => Some(x.shape().to_vec()),
             })
         })
     }
 
-    /// Runs on `x` and reads every output with `read` (its name and value), in order.
+    /// Runs on `x` and reads every output with `read` (its name and value), in order. An output
+    /// that is the graph's input is read as `None` (it is `x`): ONNX Runtime hands such an
+    /// output back as a view of the input buffer, which is gone once the run returns.
     fn run_with<T>(
         &self,
         x: &ArrayD<f32>,
-        read: impl Fn(&str, &ort::value::DynValue) -> Result<T>,
+        read: impl Fn(&str, Option<&ort::value::DynValue>) -> Result<T>,
     ) -> Result<Vec<T>> {
         ensure!(
             x.shape() == self.input_shape.as_slice(),
@@ -261,10 +265,13 @@ impl OrtRunner {
         self.output_names
             .iter()
             .map(|name| {
+                if *name == self.input_name {
+                    return read(name, None);
+                }
                 let value = outputs
                     .get(name.as_str())
                     .with_context(|| format!("ONNX Runtime returned no `{name}`"))?;
-                read(name, value)
+                read(name, Some(value))
             })
             .collect()
     }

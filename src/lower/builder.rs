@@ -136,6 +136,18 @@ impl Builder<'_> {
         }
     }
 
+    /// ReduceSum over one axis, kept (axes an attribute before opset 13, an input from 13).
+    pub fn reduce_sum_kept(&mut self, what: &str, x: &str, axis: i64) -> Result<String> {
+        let keep = attr_int("keepdims", 1);
+        if self.opset >= 13 {
+            let axes = self.i64_init(&format!("{what}_axes"), &[axis])?;
+            self.node("ReduceSum", what, vec![x.to_string(), axes], vec![keep])
+        } else {
+            let axes = attr_ints("axes", &[axis]);
+            self.node("ReduceSum", what, vec![x.to_string()], vec![axes, keep])
+        }
+    }
+
     /// Zero padding of the two spatial axes: `pads` = [top, left, bottom, right].
     pub fn pad(&mut self, what: &str, x: &str, pads: [i64; 4]) -> Result<String> {
         let full = [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]];

@@ -5,6 +5,8 @@
 //! engines fold it when they load the model (tract's optimisation, ONNX Runtime's constant
 //! folding) and run the original Conv: the file shrinks, the latency stays. Plain ONNX at the
 //! model's opset (7 or later: broadcasting Add), valid for any input size the original accepts.
+//! Γ below 8 bits is stored packed (`packing`); a shared codebook (a palette) is stored once
+//! and Γ indexes it directly (S = 1 in the table, no per-subspace offsets).
 //!
 //! ```text
 //! DL:  reps[S·K, N′] = Reshape(MatMul(coef[S,K,1,α], Gather(atoms[S·L,N′], idx + s·L)))
@@ -24,14 +26,24 @@ use crate::proto::tensor_proto::DataType;
 use super::builder::{taken_names, Builder};
 use super::fused::{assignment_input, codebook_inputs, codebook_sizes, output_type};
 use super::ops::{layer_bias, layer_context};
+use super::packing;
 use super::patch::LayerPatch;
 
 /// The lowest opset the form supports (Cast's `to` as an integer, broadcasting Add).
 pub const MIN_OPSET: i64 = 7;
 
-/// `Cast(x, INT64) + offsets`, the offset of subspace s being `s · step` (shape `[S, 1, …]`
-/// with `rank − 1` ones), so each subspace's indices address its own rows of a flat table.
-fn global_indices(
+fn cast_i64(b: &mut Builder, what: &str, x: &str) -> Result<String> {
+    b.node(
+        "Cast",
+        &format!("{what}_i64"),
+        vec![x.to_string()],
+        vec![attr_int("to", DataType::Int64 as i64)],
+    )
+}
+
+/// `x + offsets` (INT64), the offset of subspace s being `s · step` (shape `[S, 1, …]` with
+/// `rank − 1` ones), so each subspace's indices address its own rows of a flat table.
+fn add_offsets(
     b: &mut Builder,
     what: &str,
     x: &str,
@@ -39,19 +51,45 @@ fn global_indices(
     step: usize,
     rank: usize,
 ) -> Result<String> {
-    let cast = b.node(
-        "Cast",
-        &format!("{what}_i64"),
-        vec![x.to_string()],
-        vec![attr_int("to", DataType::Int64 as i64)],
-    )?;
     let name = b.name(&format!("{what}_offsets"))?;
     let offsets: Vec<i64> = (0..s).map(|i| (i * step) as i64).collect();
     let mut shape = vec![s];
     shape.resize(rank, 1);
     b.inits
         .push(tensor::new_i64_tensor(&name, &shape, &offsets));
-    b.node("Add", &format!("{what}_global"), vec![cast, name], vec![])
+    b.node(
+        "Add",
+        &format!("{what}_global"),
+        vec![x.to_string(), name],
+        vec![],
+    )
+}
+
+/// Γ as INT64 rows of the flat table, `[S, M, kh, kw]`: stored packed below 8 bits (else as
+/// UINT8/UINT16), offset by s·K per subspace unless the codebook is shared.
+fn assignment_rows(
+    b: &mut Builder,
+    codebook: &Codebook,
+    shape: [usize; 4],
+    k: usize,
+) -> Result<String> {
+    let rows = if packing::packs(k) {
+        let values: Vec<u32> = codebook
+            .subspaces
+            .iter()
+            .flat_map(|s| s.assignment.iter().copied())
+            .collect();
+        let flat = packing::unpacked(b, "assignment", &values, packing::bits_for(k))?;
+        let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        reshape(b, "assignment_shaped", &flat, &dims)?
+    } else {
+        let gamma = assignment_input(b, codebook, shape, k)?;
+        cast_i64(b, "assignment", &gamma)?
+    };
+    if codebook.shared {
+        return Ok(rows);
+    }
+    add_offsets(b, "assignment", &rows, shape[0], k, 4)
 }
 
 fn reshape(b: &mut Builder, what: &str, x: &str, shape: &[i64]) -> Result<String> {
@@ -69,7 +107,8 @@ fn representatives(
     if inputs[1].is_empty() {
         return Ok(flat_atoms); // VQ: representative i is atom i (K = L)
     }
-    let idx = global_indices(b, "atom_indices", &inputs[1], s, l, 3)?;
+    let idx = cast_i64(b, "atom_indices", &inputs[1])?;
+    let idx = add_offsets(b, "atom_indices", &idx, s, l, 3)?;
     let terms = b.node(
         "Gather",
         "terms",
@@ -112,11 +151,19 @@ pub fn lower(
     let [s, _, k, _, width] = sizes;
     let taken = taken_names(model);
     let mut b = Builder::new(&layer.name, model.default_opset(), elem, &taken);
-    let inputs = codebook_inputs(&mut b, codebook, sizes, &ctx)?;
-    let table = representatives(&mut b, &inputs, sizes)?;
+    let table = if codebook.shared {
+        // One palette: the first subspace's copy is the table of all.
+        let mut first = codebook.clone();
+        first.subspaces.truncate(1);
+        let one = [1, sizes[1], k, sizes[3], width];
+        let inputs = codebook_inputs(&mut b, &first, one, &ctx)?;
+        representatives(&mut b, &inputs, one)?
+    } else {
+        let inputs = codebook_inputs(&mut b, codebook, sizes, &ctx)?;
+        representatives(&mut b, &inputs, sizes)?
+    };
     // K: the representatives Γ indexes (VQ: the L centroids).
-    let gamma_name = assignment_input(&mut b, codebook, [s, m, kh, kw], k)?;
-    let gamma_global = global_indices(&mut b, "assignment", &gamma_name, s, k, 4)?;
+    let gamma_global = assignment_rows(&mut b, codebook, [s, m, kh, kw], k)?;
     let columns = b.node(
         "Gather",
         "columns",

@@ -9,13 +9,15 @@
 //! - [`fused`]: one custom-domain `DlqConv` node per layer, computed by the native kernel;
 //! - [`kernel`]: the layer as the native `dlq-kernels` kernel the fused operator runs.
 //!
-//! [`builder`] is the shared wiring toolkit.
+//! [`builder`] is the shared wiring toolkit; [`packing`] stores the compact form's indices below
+//! 8 bits.
 
 pub mod builder;
 pub mod dense;
 pub mod fused;
 pub mod kernel;
 pub mod ops;
+pub mod packing;
 pub mod patch;
 pub mod reconstructed;
 

@@ -1,0 +1,181 @@
+//! Index tensors below 7 bits for the compact form: indices that stay below 2^b (b ≤ 6) are
+//! stored b bits each — every group of g indices as one little-endian integer of B ≤ 3 bytes
+//! (g·b ≤ 8B: b = 1, 2, 3, 4, 6 fill their bytes exactly, b = 5 puts 3 in 2 bytes), a `[G, B]`
+//! UINT8 tensor — and unpacked by a constant subgraph of standard integer operators (opset 7
+//! on) that engines fold at load:
+//!
+//! ```text
+//! v[G,1] = ReduceSum(Cast(packed, INT64) · [1, 2⁸, 2¹⁶][..B], axis 1)    (B > 1)
+//! x[G,g] = v / [1, 2^b, …, 2^(g−1)b];  x − (x / 2^b)·2^b;  Reshape [g·G]; Slice [0, count)
+//! ```
+//!
+//! Every intermediate stays below 2^24: tract 0.23 wraps int64 arithmetic at 32 bits here.
+
+use anyhow::Result;
+
+use crate::onnx::build::attr_int;
+use crate::proto::tensor_proto::DataType;
+
+use super::builder::Builder;
+
+/// (bytes B, indices g) of a group of `bits`-bit indices: the B ≤ 3 that wastes the fewest
+/// bits (ties to the smaller), g = ⌊8B / bits⌋.
+fn layout(bits: u32) -> (usize, usize) {
+    let bits = bits as usize;
+    (1..=3)
+        .map(|b| (b, 8 * b / bits))
+        .min_by_key(|&(b, g)| ((8 * b - g * bits) * 24 / (8 * b), b))
+        .expect("three candidates")
+}
+
+/// The bits an index below `bound` needs (at least 1).
+pub fn bits_for(bound: usize) -> u32 {
+    (usize::BITS - bound.saturating_sub(1).leading_zeros()).max(1)
+}
+
+/// Whether indices below `bound` are stored packed (7 bits would waste one in 8 in any group
+/// of at most 3 bytes: they stay UINT8).
+pub fn packs(bound: usize) -> bool {
+    bits_for(bound) < 7
+}
+
+/// Bytes of `count` indices below `bound` as the compact form stores them (packed below 8
+/// bits; else UINT8, UINT16 or UINT32).
+pub fn index_bytes(count: usize, bound: usize) -> usize {
+    if !packs(bound) {
+        return count * plain_index_width(bound);
+    }
+    let (bytes, group) = layout(bits_for(bound));
+    count.div_ceil(group) * bytes
+}
+
+/// Bytes per index below `bound` unpacked (UINT8, UINT16 or UINT32: `new_index_tensor`).
+pub fn plain_index_width(bound: usize) -> usize {
+    match bits_for(bound) {
+        0..=8 => 1,
+        9..=16 => 2,
+        _ => 4,
+    }
+}
+
+/// `values` (each below 2^bits, bits ≤ 6) packed: a group's index i at bit b·i of its B-byte
+/// little-endian integer ([`layout`]); the last group is padded with zeros.
+pub fn pack(values: &[u32], bits: u32) -> Vec<u8> {
+    debug_assert!((1..7).contains(&bits));
+    let (bytes, group) = layout(bits);
+    let mut out = Vec::with_capacity(values.len().div_ceil(group) * bytes);
+    for chunk in values.chunks(group) {
+        let v = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |v, (i, &x)| v | (x << (bits as usize * i)));
+        out.extend_from_slice(&v.to_le_bytes()[..bytes]);
+    }
+    out
+}
+
+/// Adds `values` packed at `bits` as a `[G, B]` UINT8 initializer and the subgraph that
+/// unpacks it; returns the `[count]` INT64 tensor of the indices.
+pub fn unpacked(b: &mut Builder, what: &str, values: &[u32], bits: u32) -> Result<String> {
+    let (width, group) = layout(bits);
+    let groups = values.len().div_ceil(group);
+    let packed = b.name(&format!("{what}_packed"))?;
+    let bytes: Vec<u32> = pack(values, bits).into_iter().map(u32::from).collect();
+    b.inits.push(crate::onnx::tensor::new_index_tensor(
+        &packed,
+        &[groups, width],
+        &bytes,
+        256,
+    ));
+    let mut v = b.node(
+        "Cast",
+        &format!("{what}_bytes"),
+        vec![packed],
+        vec![attr_int("to", DataType::Int64 as i64)],
+    )?;
+    if width > 1 {
+        let place: Vec<i64> = (0..width).map(|i| 1i64 << (8 * i)).collect();
+        let place = b.i64_init(&format!("{what}_byte_places"), &place)?;
+        let scaled = b.node("Mul", &format!("{what}_placed"), vec![v, place], vec![])?;
+        v = b.reduce_sum_kept(&format!("{what}_groups"), &scaled, 1)?;
+    }
+    let shifts: Vec<i64> = (0..group).map(|i| 1i64 << (bits as usize * i)).collect();
+    let shifts = b.i64_init(&format!("{what}_shifts"), &shifts)?;
+    let shifted = b.node("Div", &format!("{what}_shifted"), vec![v, shifts], vec![])?;
+    let base = b.i64_init(&format!("{what}_base"), &[1i64 << bits])?;
+    let high = b.node(
+        "Div",
+        &format!("{what}_high"),
+        vec![shifted.clone(), base.clone()],
+        vec![],
+    )?;
+    let high = b.node(
+        "Mul",
+        &format!("{what}_high_scaled"),
+        vec![high, base],
+        vec![],
+    )?;
+    let low = b.node("Sub", &format!("{what}_low"), vec![shifted, high], vec![])?;
+    let flat_shape = b.i64_init(&format!("{what}_flat_shape"), &[(groups * group) as i64])?;
+    let flat = b.node(
+        "Reshape",
+        &format!("{what}_flat"),
+        vec![low, flat_shape],
+        vec![],
+    )?;
+    if groups * group == values.len() {
+        return Ok(flat);
+    }
+    b.slice(
+        &format!("{what}_unpacked"),
+        &flat,
+        &[0],
+        &[0],
+        &[values.len() as i64],
+        &[1],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bits_cover_the_bound() {
+        assert_eq!(
+            [1, 2, 3, 4, 5, 16, 17, 128, 129, 256, 257].map(bits_for),
+            [1, 1, 2, 2, 3, 4, 5, 7, 8, 8, 9]
+        );
+        assert_eq!(
+            (1..=6).map(layout).collect::<Vec<_>>(),
+            [(1, 8), (1, 4), (3, 8), (1, 2), (2, 3), (3, 4)]
+        );
+        assert_eq!(index_bytes(17, 16), 9);
+        assert_eq!(index_bytes(17, 32), 12);
+        assert_eq!(index_bytes(17, 128), 17);
+        assert_eq!(index_bytes(17, 300), 34);
+    }
+
+    /// The packing is the layout the subgraph reads: group value / 2^(b·i) mod 2^b.
+    #[test]
+    fn packed_groups_unpack_by_division() {
+        for bits in 1..7u32 {
+            let (width, group) = layout(bits);
+            let values: Vec<u32> = (0..21).map(|i| (i * 7 + 3) % (1 << bits)).collect();
+            let bytes = pack(&values, bits);
+            assert_eq!(bytes.len(), index_bytes(21, 1 << bits));
+            for (g, chunk) in bytes.chunks(width).enumerate() {
+                let mut v = 0i64;
+                for (j, &x) in chunk.iter().enumerate() {
+                    v += (x as i64) << (8 * j);
+                }
+                assert!(v < 1 << 24);
+                for i in 0..group {
+                    let x = (v / (1i64 << (bits as usize * i))) % (1i64 << bits);
+                    let want = values.get(g * group + i).copied().unwrap_or(0);
+                    assert_eq!(x, want as i64, "bits {bits} group {g} index {i}");
+                }
+            }
+        }
+    }
+}
