@@ -23,6 +23,37 @@ fn uniform(rng: &mut Xoshiro256PlusPlus, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
+/// A model with the single Conv of `spec`, random weights and bias, and its kernel.
+fn random_layer(
+    spec: &ConvSpec,
+    rng: &mut Xoshiro256PlusPlus,
+    dir: &std::path::Path,
+) -> (OnnxModel, ndarray::Array4<f32>) {
+    let s = spec;
+    let weight = uniform(rng, s.m * s.n * s.kh * s.kw);
+    let bias = uniform(rng, s.m);
+    let original = in_memory(conv_model(s, &weight, &bias), dir);
+    let kernel = ndarray::Array4::from_shape_vec((s.m, s.n, s.kh, s.kw), weight).unwrap();
+    (original, kernel)
+}
+
+/// The dense reference (the Conv with W̃) and the compact form of `original`'s single Conv.
+fn dense_and_compact(original: &OnnxModel, cb: &codebook::Codebook) -> (OnnxModel, OnnxModel) {
+    let layers = select::conv_layers(original);
+    let mut dense = original.clone();
+    lower::reconstructed::substitute(&mut dense, &layers[0], cb).unwrap();
+    let patch = lower::dense::lower(original, &layers[0], cb, "{}").unwrap();
+    let mut compact = original.clone();
+    lower::apply(
+        &mut compact,
+        GraphPatch {
+            layers: vec![patch],
+        },
+    )
+    .unwrap();
+    (dense, compact)
+}
+
 /// (fused model, dense reference, compact model) for the single Conv of `spec`.
 fn convert(
     spec: &ConvSpec,
@@ -32,10 +63,7 @@ fn convert(
     dir: &std::path::Path,
 ) -> (OnnxModel, OnnxModel, OnnxModel) {
     let s = spec;
-    let weight = uniform(rng, s.m * s.n * s.kh * s.kw);
-    let bias = uniform(rng, s.m);
-    let original = in_memory(conv_model(s, &weight, &bias), dir);
-    let kernel = ndarray::Array4::from_shape_vec((s.m, s.n, s.kh, s.kw), weight).unwrap();
+    let (original, kernel) = random_layer(s, rng, dir);
     let columns = s.m * s.kh * s.kw;
     let mut p = ClusterParams::new(method, 2.0);
     p.subspace = subspace;
@@ -52,21 +80,11 @@ fn convert(
         cb.bias_shift = Some(uniform(rng, s.m));
     }
     let layers = select::conv_layers(&original);
-    let mut dense = original.clone();
-    lower::reconstructed::substitute(&mut dense, &layers[0], &cb).unwrap();
     let sh = shapes::infer(&original, &[]).unwrap();
     let lp = fused::lower(&original, &layers[0], &cb, &sh, "{}").unwrap();
     let mut converted = original.clone();
     lower::apply(&mut converted, GraphPatch { layers: vec![lp] }).unwrap();
-    let compact_patch = lower::dense::lower(&original, &layers[0], &cb, "{}").unwrap();
-    let mut compact = original.clone();
-    lower::apply(
-        &mut compact,
-        GraphPatch {
-            layers: vec![compact_patch],
-        },
-    )
-    .unwrap();
+    let (dense, compact) = dense_and_compact(&original, &cb);
     (converted, dense, compact)
 }
 
@@ -164,10 +182,7 @@ fn compact_palette(
     dir: &std::path::Path,
 ) -> (OnnxModel, OnnxModel, OnnxModel) {
     let s = spec;
-    let weight = uniform(rng, s.m * s.n * s.kh * s.kw);
-    let bias = uniform(rng, s.m);
-    let original = in_memory(conv_model(s, &weight, &bias), dir);
-    let kernel = ndarray::Array4::from_shape_vec((s.m, s.n, s.kh, s.kw), weight).unwrap();
+    let (original, kernel) = random_layer(s, rng, dir);
     let mut p = ClusterParams::new(Method::Vq, 2.0);
     p.subspace = subspace;
     p.shared = true;
@@ -185,18 +200,7 @@ fn compact_palette(
     if !every_vector && rng.random_range(0..2) == 0 {
         cb.bias_shift = Some(uniform(rng, s.m));
     }
-    let layers = select::conv_layers(&original);
-    let mut dense = original.clone();
-    lower::reconstructed::substitute(&mut dense, &layers[0], &cb).unwrap();
-    let patch = lower::dense::lower(&original, &layers[0], &cb, "{}").unwrap();
-    let mut compact = original.clone();
-    lower::apply(
-        &mut compact,
-        GraphPatch {
-            layers: vec![patch],
-        },
-    )
-    .unwrap();
+    let (dense, compact) = dense_and_compact(&original, &cb);
     (original, compact, dense)
 }
 

@@ -97,6 +97,14 @@ impl Codebook {
         w
     }
 
+    /// Γ of every subspace, one after the other (`[S, M, kh, kw]` row-major).
+    pub fn flat_assignment(&self) -> Vec<u32> {
+        self.subspaces
+            .iter()
+            .flat_map(|s| s.assignment.iter().copied())
+            .collect()
+    }
+
     /// ‖W − W̃‖_F / ‖W‖_F.
     pub fn relative_error(&self, kernel: ArrayView4<f32>) -> f64 {
         let w = self.reconstruct();

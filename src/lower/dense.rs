@@ -74,11 +74,7 @@ fn assignment_rows(
     k: usize,
 ) -> Result<String> {
     let rows = if packing::packs(k) {
-        let values: Vec<u32> = codebook
-            .subspaces
-            .iter()
-            .flat_map(|s| s.assignment.iter().copied())
-            .collect();
+        let values = codebook.flat_assignment();
         let flat = packing::unpacked(b, "assignment", &values, packing::bits_for(k))?;
         let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
         reshape(b, "assignment_shaped", &flat, &dims)?

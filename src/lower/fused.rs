@@ -95,11 +95,7 @@ pub(super) fn assignment_input(
     shape: [usize; 4],
     k: usize,
 ) -> Result<String> {
-    let assignment: Vec<u32> = codebook
-        .subspaces
-        .iter()
-        .flat_map(|s| s.assignment.iter().copied())
-        .collect();
+    let assignment = codebook.flat_assignment();
     let name = b.name("assignment")?;
     b.inits
         .push(tensor::new_index_tensor(&name, &shape, &assignment, k));
