@@ -79,7 +79,9 @@ pub fn exercise(bytes: &[u8], scratch: &Path) -> Outcome {
     params.c = 2.0;
     params.iters = 2;
     let opts = ConvertOptions {
-        selection: Selection::All,
+        selection: Selection::All {
+            fully_connected: true,
+        },
         params: params.check().expect("the harness's parameters are valid"),
         input_shapes: vec![],
         external: ExternalData::Auto,

@@ -144,7 +144,13 @@ fn default_model_converts_and_runs_in_both_engines() {
         convert::convert(
             &common::default_model(),
             &tmp.path().join("again.onnx"),
-            &opts(Selection::All, Method::Dl, 4.0),
+            &opts(
+                Selection::All {
+                    fully_connected: true,
+                },
+                Method::Dl,
+                4.0,
+            ),
         )
         .unwrap()
     };
@@ -193,7 +199,18 @@ fn squeezenet_and_resnet56_convert_all_at_ratio_10() {
     ] {
         let src = shared.join("models").join(file);
         let out = tmp.path().join(file);
-        let report = convert::convert(&src, &out, &opts(Selection::All, Method::Dl, 10.0)).unwrap();
+        let report = convert::convert(
+            &src,
+            &out,
+            &opts(
+                Selection::All {
+                    fully_connected: true,
+                },
+                Method::Dl,
+                10.0,
+            ),
+        )
+        .unwrap();
         assert_ratios_follow_the_formula(&src, &report);
         assert!(
             report.file_bytes_after < report.file_bytes_before,
@@ -413,7 +430,13 @@ fn all_skips_strided_layers_that_would_cost_more() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let src = shared.join("models/resnet20-cifar10.onnx");
-    let mut o = opts(Selection::All, Method::Vq, 3.0);
+    let mut o = opts(
+        Selection::All {
+            fully_connected: true,
+        },
+        Method::Vq,
+        3.0,
+    );
     let report = convert::convert(&src, &tmp.path().join("a.onnx"), &o).unwrap();
     for name in ["layer2.0.conv1", "layer3.0.conv1"] {
         let s = report.skipped.iter().find(|s| s.name == name).unwrap();

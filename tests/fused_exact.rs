@@ -42,7 +42,8 @@ fn dense_and_compact(original: &OnnxModel, cb: &codebook::Codebook) -> (OnnxMode
     let layers = select::conv_layers(original);
     let mut dense = original.clone();
     lower::reconstructed::substitute(&mut dense, &layers[0], cb).unwrap();
-    let patch = lower::dense::lower(original, &layers[0], cb, "{}").unwrap();
+    let sh = shapes::infer(original, &[]).unwrap();
+    let patch = lower::dense::lower(original, &layers[0], cb, &sh, "{}").unwrap();
     let mut compact = original.clone();
     lower::apply(
         &mut compact,
@@ -332,7 +333,9 @@ fn convert_with_the_fused_form_equals_the_ops_form_and_counts_the_same_multiplic
         p.iters = 3;
         let run = |form: OutputForm| {
             let opts = ConvertOptions {
-                selection: Selection::All,
+                selection: Selection::All {
+                    fully_connected: true,
+                },
                 params: p.clone().check().unwrap(),
                 input_shapes: vec![],
                 external: ExternalData::Auto,

@@ -3,6 +3,7 @@
 //! be converted ([`select`]), and all three together ([`inventory`]).
 
 pub mod cost;
+pub mod fc;
 pub mod inventory;
 pub mod select;
 pub mod shapes;

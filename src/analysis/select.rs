@@ -2,9 +2,10 @@
 //! and resolving user-given layer names (node name, output name or weight name) to layers.
 
 use anyhow::{bail, Context, Result};
-use ndarray::{Array4, Ix4};
+use ndarray::{Array4, ArrayD, Ix4};
 use serde::Serialize;
 
+use super::fc::{self, FcLayout};
 use crate::onnx::conv::ConvAttrs;
 use crate::onnx::model::OnnxModel;
 use crate::onnx::tensor::{self, FloatType};
@@ -30,10 +31,14 @@ pub struct ConvLayer {
     pub weight_type: Option<FloatType>,
     /// `Err(why)` when the layer cannot be converted.
     pub eligibility: Result<(), Ineligible>,
+    /// For a fully connected layer (Gemm, MatMul): how its weight maps onto the 1×1 Conv view
+    /// (`kernel` [M, N, 1, 1], `attrs` pointwise) every later stage works on.
+    pub fc: Option<FcLayout>,
 }
 
 impl ConvLayer {
-    /// The layer's kernel [M, N, kh, kw] as f32, read from `model`'s weight initializer.
+    /// The layer's kernel [M, N, kh, kw] as f32, read from `model`'s weight initializer (a fully
+    /// connected layer's weight as [M, N, 1, 1]).
     pub fn kernel_f32(&self, model: &OnnxModel) -> Result<Array4<f32>> {
         let ctx = || format!("layer `{}`: weight `{}`", self.name, self.weight);
         let t = model
@@ -41,10 +46,35 @@ impl ConvLayer {
             .with_context(|| format!("{} is not an initializer", ctx()))?;
         let kernel = model
             .tensor_f32(t)
-            .and_then(|a| Ok(a.into_dimensionality::<Ix4>()?))
+            .and_then(|a| match &self.fc {
+                Some(fc) => fc.weight_as_kernel(a),
+                None => Ok(a.into_dimensionality::<Ix4>()?),
+            })
             .with_context(ctx)?;
         crate::codebook::check_values(kernel.view()).with_context(ctx)?;
         Ok(kernel)
+    }
+
+    /// Whether calibration's per-output bias shift has a place in the layer (every Conv; see
+    /// [`FcLayout::takes_bias_shift`] for fully connected ones).
+    pub fn takes_bias_shift(&self, model: &OnnxModel) -> bool {
+        self.fc.as_ref().is_none_or(|fc| fc.takes_bias_shift(model))
+    }
+
+    /// The layer's input activation as its Conv view sees it: a Conv's unchanged, a fully
+    /// connected layer's as [B′, N, 1, 1] ([`FcLayout::input_view`]).
+    pub fn input_view(&self, x: ArrayD<f32>) -> Result<ArrayD<f32>> {
+        match &self.fc {
+            Some(fc) => fc
+                .input_view(x)
+                .with_context(|| format!("layer `{}`: input `{}`", self.name, self.input)),
+            None => Ok(x),
+        }
+    }
+
+    /// "Conv", "Gemm" or "MatMul": what errors and reports call the node.
+    pub fn kind(&self) -> &str {
+        &self.op_type
     }
 
     pub fn convertible(&self) -> bool {
@@ -83,18 +113,20 @@ fn is_default_domain(node: &NodeProto) -> bool {
     matches!(node.domain.as_deref(), None | Some("") | Some("ai.onnx"))
 }
 
-/// Every Conv and ConvTranspose of the main graph, in graph order, with eligibility decided.
+/// Every Conv and ConvTranspose of the main graph and every fully connected layer (Gemm,
+/// MatMul: see [`fc`](super::fc)), in graph order, with eligibility decided.
 pub fn conv_layers(model: &OnnxModel) -> Vec<ConvLayer> {
     let graph = model.graph();
     graph
         .node
         .iter()
         .enumerate()
-        .filter(|(_, n)| {
-            is_default_domain(n)
-                && matches!(n.op_type.as_deref(), Some("Conv") | Some("ConvTranspose"))
+        .filter(|(_, n)| is_default_domain(n))
+        .filter_map(|(i, node)| match node.op_type.as_deref() {
+            Some("Conv") | Some("ConvTranspose") => Some(describe(model, i, node)),
+            Some("Gemm") | Some("MatMul") => fc::describe(model, i, node),
+            _ => None,
         })
-        .map(|(i, node)| describe(model, i, node))
         .collect()
 }
 
@@ -122,6 +154,7 @@ fn describe(model: &OnnxModel, node_index: usize, node: &NodeProto) -> ConvLayer
         attrs: None,
         weight_type: init.and_then(|t| FloatType::from_onnx(t.data_type.unwrap_or(0))),
         eligibility: Ok(()),
+        fc: None,
     };
     let attrs = ConvAttrs::from_node(node, rank);
     layer.eligibility = eligibility(model, &layer, attrs.as_ref().map_err(|e| e.to_string()));
@@ -213,6 +246,8 @@ pub enum Ineligible {
     EmptyWeight { weight: String, kernel: Vec<usize> },
     #[error("bias `{0}` is computed at run time, not a constant initializer")]
     RuntimeBias(String),
+    #[error("weight `{weight}` has shape {dims:?}, not a matrix")]
+    NotMatrix { weight: String, dims: Vec<i64> },
 }
 
 /// Finds the layer a user-given name refers to: node name first, then output, then weight name.
@@ -234,10 +269,10 @@ pub fn resolve<'a>(layers: &'a [ConvLayer], query: &str) -> Result<(&'a ConvLaye
         .collect();
     let close = close_matches(query, &candidates, 5);
     if close.is_empty() {
-        bail!("no Conv layer is called `{query}` (by node, output or weight name); `onnx-dlq inspect` lists them");
+        bail!("no Conv or fully connected layer is called `{query}` (by node, output or weight name); `onnx-dlq inspect` lists them");
     }
     bail!(
-        "no Conv layer is called `{query}` (by node, output or weight name); did you mean {}?",
+        "no Conv or fully connected layer is called `{query}` (by node, output or weight name); did you mean {}?",
         close
             .iter()
             .map(|c| format!("`{c}`"))

@@ -242,9 +242,9 @@ fn measure(
 ) -> Result<Vec<LayerSensitivity>> {
     let stats: Option<Vec<InputStats>> = match calibration {
         Some(cal) => {
-            let tensors: Vec<String> = layers.iter().map(|c| c.layer.input.clone()).collect();
+            let of: Vec<&ConvLayer> = layers.iter().map(|c| c.layer).collect();
             Some(calibrate::collect_many(
-                cal.engine, original, cal.inputs, &tensors,
+                cal.engine, original, cal.inputs, &of,
             )?)
         }
         None => None,

@@ -259,8 +259,8 @@ pub fn collect(
         .transpose()?;
     let one_input = |x: &ArrayD<f32>| -> Result<(InputStats, Option<PatchStats>)> {
         let c = match &run_converted {
-            Some(r) => r.run(x)?,
-            None => run_original.run(x)?,
+            Some(r) => layer.input_view(r.run(x)?)?,
+            None => layer.input_view(run_original.run(x)?)?,
         };
         let channels = InputStats::of(&c)?;
         ensure!(c.ndim() == 4, "layer input of shape {:?}", c.shape());
@@ -269,7 +269,7 @@ pub fn collect(
             return Ok((channels, None));
         }
         let o = match &run_converted {
-            Some(_) => run_original.run(x)?,
+            Some(_) => layer.input_view(run_original.run(x)?)?,
             None => c.clone(),
         };
         Ok((channels, Some(PatchStats::of(&o, &c, &g)?)))

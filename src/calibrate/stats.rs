@@ -5,6 +5,8 @@ use std::ops::Range;
 
 use anyhow::{ensure, Context, Result};
 use ndarray::{Array2, ArrayD, Axis, Ix3};
+
+use crate::analysis::select::ConvLayer;
 use rayon::prelude::*;
 
 use crate::engine::{self, Engine};
@@ -98,39 +100,52 @@ impl InputStats {
     }
 }
 
-/// Runs `model` in `engine` with `tensor` exposed on every input and sums its statistics (in
-/// input order, so the result does not depend on the thread count).
+/// Runs `model` in `engine` with `layer`'s input exposed on every input and sums its
+/// statistics as the layer's Conv view sees it (in input order, so the result does not depend
+/// on the thread count).
 pub fn collect(
     engine: Engine,
     model: &OnnxModel,
     inputs: &[ArrayD<f32>],
-    tensor: &str,
+    layer: &ConvLayer,
 ) -> Result<InputStats> {
-    Ok(collect_many(engine, model, inputs, &[tensor.to_string()])?.swap_remove(0))
+    Ok(collect_many(engine, model, inputs, &[layer])?.swap_remove(0))
 }
 
-/// [`collect`] for several tensors in one pass over the inputs.
+/// [`collect`] for several layers in one pass over the inputs (layers reading one tensor share
+/// its statistics).
 pub fn collect_many(
     engine: Engine,
     model: &OnnxModel,
     inputs: &[ArrayD<f32>],
-    tensors: &[String],
+    layers: &[&ConvLayer],
 ) -> Result<Vec<InputStats>> {
     ensure!(!inputs.is_empty(), "no calibration inputs");
-    let mut unique: Vec<String> = tensors.to_vec();
-    unique.sort();
-    unique.dedup();
-    let runner = engine::prepare_with_outputs(engine, model, inputs[0].shape(), &unique)?;
+    let mut unique: Vec<&ConvLayer> = Vec::new();
+    for l in layers {
+        if !unique.iter().any(|u| u.input == l.input) {
+            unique.push(l);
+        }
+    }
+    unique.sort_by(|a, b| a.input.cmp(&b.input));
+    let tensors: Vec<String> = unique.iter().map(|l| l.input.clone()).collect();
+    let runner = engine::prepare_with_outputs(engine, model, inputs[0].shape(), &tensors)?;
     let total = fold_in_order(
         inputs,
         4 * rayon::current_num_threads().max(1),
-        |x| runner.run_all(x)?.iter().map(InputStats::of).collect(),
+        |x| {
+            let outputs = runner.run_all(x)?;
+            let views = outputs.into_iter().zip(&unique);
+            views
+                .map(|(a, l)| InputStats::of(&l.input_view(a)?))
+                .collect()
+        },
         |t: &mut Vec<InputStats>, s| t.iter_mut().zip(&s).for_each(|(t, s)| t.merge(s)),
     )
-    .with_context(|| format!("collecting the statistics of {unique:?}"))?;
-    Ok(tensors
+    .with_context(|| format!("collecting the statistics of {tensors:?}"))?;
+    Ok(layers
         .iter()
-        .map(|t| total[unique.binary_search(t).expect("deduplicated from tensors")].clone())
+        .map(|l| total[tensors.binary_search(&l.input).expect("deduplicated")].clone())
         .collect())
 }
 

@@ -150,7 +150,12 @@ pub fn time_layer(
 ) -> Result<LayerCost> {
     let ctx = || format!("timing layer `{}`", layer.name);
     let mut x_shape = shapes.get(&layer.input).with_context(ctx)?.to_vec();
-    x_shape[0] = 1;
+    // Batch 1: the first axis, the last of a Gemm input read transposed.
+    let batch_axis = match &layer.fc {
+        Some(fc) if fc.trans_a => x_shape.len() - 1,
+        _ => 0,
+    };
+    x_shape[batch_axis] = 1;
     let dense = single_conv(original, layer, &x_shape).with_context(ctx)?;
     let x = input(&x_shape);
     let prepare = |m: &OnnxModel| engine::prepare(engine, m, &x_shape).with_context(ctx);

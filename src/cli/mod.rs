@@ -118,9 +118,14 @@ pub struct ConvertArgs {
         required_unless_present_any = ["all", "target_speedup", "target_compression"]
     )]
     pub layers: Vec<String>,
-    /// Convert every eligible Conv layer (the others are listed with the reason).
+    /// Convert every eligible layer: Conv, and fully connected (Gemm, MatMul with a constant
+    /// weight) unless --exclude-fc (the others are listed with the reason).
     #[arg(long)]
     pub all: bool,
+    /// With --all, --target-speedup or --target-compression: leave fully connected layers
+    /// (Gemm, MatMul) original.
+    #[arg(long, conflicts_with = "layers")]
+    pub exclude_fc: bool,
     /// dl: the paper's dictionary learning; vq: plain k-means (the baseline). Default dl, or
     /// vq with --shared-codebook.
     #[arg(long, value_enum)]
@@ -549,8 +554,10 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
     let params: ValidParams = params.check()?;
     let params_seed = params.seed;
     let opts = ConvertOptions {
-        selection: if args.all {
-            Selection::All
+        selection: if args.all || args.layers.is_empty() {
+            Selection::All {
+                fully_connected: !args.exclude_fc,
+            }
         } else {
             Selection::Named(args.layers)
         },

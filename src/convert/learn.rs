@@ -96,8 +96,7 @@ fn learn_calibrated(
                     .with_context(ctx)?
             }
             None => (
-                calibrate::collect(cal.engine, &simulated, cal.inputs, &layer.input)
-                    .with_context(ctx)?,
+                calibrate::collect(cal.engine, &simulated, cal.inputs, layer).with_context(ctx)?,
                 None,
             ),
         };
@@ -120,6 +119,10 @@ fn learn_calibrated(
                 layer.name,
                 patch::MAX_PATCH_DIM
             );
+        }
+        if !layer.takes_bias_shift(original) {
+            // A MatMul has no bias, a Gemm's run-time C takes no constant: no bias correction.
+            cb.bias_shift = None;
         }
         reconstructed::substitute(&mut simulated, layer, &cb).with_context(ctx)?;
         log::info!(

@@ -259,7 +259,9 @@ fn lower_layers(
             OutputForm::Fused => {
                 lower::fused::lower(original, p.layer, cb, &inv.shapes, &settings)?
             }
-            OutputForm::Dense => lower::dense::lower(original, p.layer, cb, &settings)?,
+            OutputForm::Dense => {
+                lower::dense::lower(original, p.layer, cb, &inv.shapes, &settings)?
+            }
         });
         log::info!(
             "[{}/{}] {}: {:?} K={} L={} S={} relative error {:.4}{} ({:.2}s)",

@@ -21,7 +21,22 @@ use super::{ConvertOptions, OutputForm};
 #[derive(Debug, Clone)]
 pub enum Selection {
     Named(Vec<String>),
-    All,
+    /// Every eligible layer; fully connected ones (Gemm, MatMul) only with `fully_connected`.
+    All {
+        fully_connected: bool,
+    },
+}
+
+impl Selection {
+    /// Why `l` is left out of this selection's "all" (a fully connected layer excluded).
+    fn excludes(&self, l: &ConvLayer) -> Option<SkipReason> {
+        match self {
+            Selection::All {
+                fully_connected: false,
+            } if l.fc.is_some() => Some(SkipReason::FullyConnectedExcluded),
+            _ => None,
+        }
+    }
 }
 
 /// A layer to convert with the parameters it is learnt with.
@@ -49,6 +64,8 @@ pub enum SkipReason {
     NoSaving { factor: f64, ratio: f64 },
     #[error("the compact form would store about {after} bytes against the kernel's {before}: raise ρ (or lower K)")]
     NoShrink { before: u64, after: u64 },
+    #[error("fully connected layer, excluded by --exclude-fc")]
+    FullyConnectedExcluded,
 }
 
 /// Per-layer seed: the user's seed mixed with the layer name, so a layer's codebook does not
@@ -137,7 +154,8 @@ fn choose<'a>(
             }
             (chosen, vec![])
         }
-        Selection::All => split_eligible(&inv.layers, |l| {
+        Selection::All { .. } => split_eligible(&inv.layers, |l| {
+            sel.excludes(l).map_or(Ok(()), Err)?;
             sizes_ok(params, l)?;
             saves_nothing(l).map_or(Ok(()), Err)
         }),
@@ -191,7 +209,7 @@ fn allocate<'a>(
         Selection::Named(names) if !names.is_empty() => {
             (select::resolve_all(&inv.layers, names)?, vec![])
         }
-        _ => split_eligible(&inv.layers, |_| Ok(())),
+        sel => split_eligible(&inv.layers, |l| sel.excludes(l).map_or(Ok(()), Err)),
     };
     let with_cost: Vec<budget::Candidate> = candidates
         .iter()

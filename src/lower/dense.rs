@@ -16,7 +16,9 @@
 
 use anyhow::{ensure, Result};
 
+use crate::analysis::fc::{self, FcLayout};
 use crate::analysis::select::ConvLayer;
+use crate::analysis::shapes::ShapeMap;
 use crate::codebook::Codebook;
 use crate::onnx::build::{attr_int, attr_ints};
 use crate::onnx::model::OnnxModel;
@@ -131,6 +133,7 @@ pub fn lower(
     model: &OnnxModel,
     layer: &ConvLayer,
     codebook: &Codebook,
+    shapes: &ShapeMap,
     settings: &str,
 ) -> Result<LayerPatch> {
     let ctx = layer_context(layer);
@@ -182,6 +185,14 @@ pub fn lower(
         let channels: Vec<i64> = (0..n as i64).collect();
         weight = b.gather("weight", &weight, &channels)?;
     }
+    if let Some(fc) = &layer.fc {
+        let mut patch = finish_fc(model, layer, fc, codebook, b, &weight)?;
+        patch.metadata.1 = settings.to_string();
+        patch
+            .value_info
+            .extend(super::fc::output_info(layer, fc, shapes, m));
+        return Ok(patch);
+    }
     let mut conv = model.graph().node[layer.node_index].clone();
     conv.input[1] = weight;
     // Named like every node of the layer's patch, so per-layer reports find it.
@@ -209,6 +220,56 @@ pub fn lower(
         // Completes a graph output's missing shape, which onnx.checker's shape inference does
         // not recover through the kernel subgraph.
         value_info: vec![output_type(&layer.output, elem.onnx() as i32, m)],
+        absorbed: vec![],
+    })
+}
+
+/// A fully connected layer's compact form (metadata and output type left to the caller): W̃ [M, N, 1, 1] reshaped (and transposed) into the
+/// weight's own layout, read by the unchanged Gemm / MatMul; calibration's shift goes into a
+/// new C (`FcLayout::c_with_shift`).
+fn finish_fc(
+    model: &OnnxModel,
+    layer: &ConvLayer,
+    fc: &FcLayout,
+    codebook: &Codebook,
+    mut b: Builder,
+    kernel: &str,
+) -> Result<LayerPatch> {
+    let [m, n, ..] = codebook.kernel_shape;
+    let mut weight = reshape(&mut b, "weight_matrix", kernel, &[m as i64, n as i64])?;
+    if fc.weight_in_by_out {
+        weight = b.node(
+            "Transpose",
+            "weight_in_by_out",
+            vec![weight],
+            vec![attr_ints("perm", &[1, 0])],
+        )?;
+    }
+    let mut node = model.graph().node[layer.node_index].clone();
+    node.input[1] = weight;
+    node.name = Some(b.name("fc")?);
+    let mut released = vec![layer.weight.clone()];
+    let shift = codebook.bias_shift.as_deref();
+    if let Some((dims, values)) = shift
+        .map(|s| fc.c_with_shift(model, s))
+        .transpose()?
+        .flatten()
+    {
+        let c = b.float_init("calibration_bias", &dims, &values)?;
+        released.extend(fc.c.iter().cloned());
+        fc::attach_c(&mut node, c);
+    }
+    let mut nodes = b.nodes;
+    nodes.push(node);
+    Ok(LayerPatch {
+        node_index: layer.node_index,
+        layer: layer.name.clone(),
+        nodes,
+        initializers: b.inits,
+        released,
+        metadata: (format!("onnx-dlq/{}", layer.name), String::new()),
+        domains: vec![],
+        value_info: vec![],
         absorbed: vec![],
     })
 }

@@ -111,6 +111,11 @@ pub fn lower(
     shapes: &ShapeMap,
     settings: &str,
 ) -> Result<LayerPatch> {
+    if let Some(fc) = &layer.fc {
+        return super::fc::wrap(model, layer, fc, shapes, |view| {
+            lower(model, view, codebook, shapes, settings)
+        });
+    }
     let ctx = layer_context(layer);
     let geo = Geometry::of(layer, codebook, shapes)?;
     let pads = geo.pads_at_known_size(&ctx)?;
@@ -211,18 +216,33 @@ fn sole_relu(model: &OnnxModel, layer: &ConvLayer) -> Option<usize> {
 /// The type of the node's output, `[?, M, ?, ?]` of the layer's element type: batch and spatial
 /// sizes stay open, so the model keeps working for any size the original accepted.
 pub(super) fn output_type(name: &str, elem: i32, m: usize) -> ValueInfoProto {
+    channels_type(name, elem, m, 4, 1)
+}
+
+/// The type of a tensor `name` of `rank` axes whose axis `axis` has `m` entries, the others of
+/// unknown size.
+pub(super) fn channels_type(
+    name: &str,
+    elem: i32,
+    m: usize,
+    rank: usize,
+    axis: usize,
+) -> ValueInfoProto {
     use crate::proto::tensor_shape_proto::{dimension::Value, Dimension};
-    let mut info = value_info(name, elem, Some(&[0, m as i64, 0, 0]));
+    let mut dims = vec![0i64; rank];
+    dims[axis] = m as i64;
+    let mut info = value_info(name, elem, Some(&dims));
     if let Some(type_proto::Value::TensorType(t)) =
         info.r#type.as_mut().and_then(|t| t.value.as_mut())
     {
+        let channel_axis = axis;
         for (axis, dim) in t
             .shape
             .iter_mut()
             .flat_map(|s| s.dim.iter_mut())
             .enumerate()
         {
-            if axis != 1 {
+            if axis != channel_axis {
                 *dim = Dimension {
                     value: None::<Value>,
                     denotation: None,

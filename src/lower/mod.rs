@@ -7,13 +7,15 @@
 //! - [`dense`]: the compact form, the original Conv with its kernel rebuilt from the codebook
 //!   by a constant subgraph engines fold at load (smaller file, the original's speed);
 //! - [`fused`]: one custom-domain `DlqConv` node per layer, computed by the native kernel;
-//! - [`kernel`]: the layer as the native `dlq-kernels` kernel the fused operator runs.
+//! - [`kernel`]: the layer as the native `dlq-kernels` kernel the fused operator runs;
+//! - [`fc`]: fully connected layers (Gemm, MatMul) through their 1×1 Conv view.
 //!
 //! [`builder`] is the shared wiring toolkit; [`packing`] stores the compact form's indices below
 //! 8 bits.
 
 pub mod builder;
 pub mod dense;
+pub mod fc;
 pub mod fused;
 pub mod kernel;
 pub mod ops;

@@ -128,7 +128,10 @@ impl Geometry<'_> {
 
 /// How errors name a layer.
 pub(super) fn layer_context(layer: &ConvLayer) -> String {
-    format!("layer `{}` (node {} Conv)", layer.name, layer.node_index)
+    format!(
+        "layer `{}` (node {} {})",
+        layer.name, layer.node_index, layer.op_type
+    )
 }
 
 /// Builds the replacement of `layer` from its codebook. The subgraph runs at any input size the
@@ -142,6 +145,11 @@ pub fn lower(
     shapes: &ShapeMap,
     settings: &str,
 ) -> Result<LayerPatch> {
+    if let Some(fc) = &layer.fc {
+        return super::fc::wrap(model, layer, fc, shapes, |view| {
+            lower(model, view, codebook, shapes, settings)
+        });
+    }
     let opset = model.default_opset();
     ensure!(
         opset >= MIN_OPSET,

@@ -13,7 +13,7 @@ use crate::proto::{
     NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, ValueInfoProto,
 };
 
-/// The replacement of one Conv node.
+/// The replacement of one Conv (or fully connected) node.
 #[derive(Debug, Clone)]
 pub struct LayerPatch {
     pub node_index: usize,
@@ -74,8 +74,8 @@ pub fn apply(model: &mut OnnxModel, patch: GraphPatch) -> Result<()> {
         match by_index.remove(&i) {
             Some(lp) => {
                 ensure!(
-                    node.op_type.as_deref() == Some("Conv"),
-                    "node {i} is {:?}, not the Conv being replaced",
+                    matches!(node.op_type.as_deref(), Some("Conv" | "Gemm" | "MatMul")),
+                    "node {i} is {:?}, not the layer being replaced",
                     node.op_type
                 );
                 graph.node.extend(lp.nodes);

@@ -4,6 +4,7 @@
 
 use anyhow::{Context, Result};
 
+use crate::analysis::fc::{self, FcLayout};
 use crate::analysis::select::ConvLayer;
 use crate::codebook::Codebook;
 use crate::onnx::model::OnnxModel;
@@ -12,6 +13,9 @@ use crate::onnx::tensor::{self, FloatType};
 /// Puts a layer's approximated weights (and shifted bias) into `model` as a dense Conv, so the
 /// next layer's calibration inputs are what the converted model will produce.
 pub fn substitute(model: &mut OnnxModel, layer: &ConvLayer, cb: &Codebook) -> Result<()> {
+    if let Some(fc) = &layer.fc {
+        return substitute_fc(model, layer, fc, cb);
+    }
     let approx = cb.reconstruct();
     let [m, ..] = cb.kernel_shape;
     let elem = layer.weight_type.unwrap_or(FloatType::F32);
@@ -54,6 +58,43 @@ pub fn substitute(model: &mut OnnxModel, layer: &ConvLayer, cb: &Codebook) -> Re
             node.input.truncate(2);
             node.input.push(name);
         }
+    }
+    Ok(())
+}
+
+/// [`substitute`] for a fully connected layer: W̃ in the weight's own layout, and the bias shift
+/// (when the layer takes one) in a new C.
+fn substitute_fc(
+    model: &mut OnnxModel,
+    layer: &ConvLayer,
+    fc: &FcLayout,
+    cb: &Codebook,
+) -> Result<()> {
+    let ctx = || format!("layer `{}`", layer.name);
+    let approx = cb.reconstruct();
+    let [m, n, ..] = cb.kernel_shape;
+    let (dims, values) = fc.kernel_as_weight(approx.as_slice().expect("standard layout"), [m, n]);
+    let elem = layer.weight_type.unwrap_or(FloatType::F32);
+    let c = match &cb.bias_shift {
+        Some(shift) => fc.c_with_shift(model, shift).with_context(ctx)?,
+        None => None,
+    };
+    let graph = model.graph_mut();
+    let w = graph
+        .initializer
+        .iter_mut()
+        .find(|t| t.name.as_deref() == Some(layer.weight.as_str()))
+        .with_context(ctx)?;
+    tensor::set_f32(w, &dims, &values, elem);
+    if let Some((c_dims, c_values)) = c {
+        let name = format!("{}/dlq/calibration_bias", layer.name);
+        graph
+            .initializer
+            .retain(|t| t.name.as_deref() != Some(&name));
+        graph
+            .initializer
+            .push(tensor::new_tensor(&name, &c_dims, &c_values, elem));
+        fc::attach_c(&mut graph.node[layer.node_index], name);
     }
     Ok(())
 }

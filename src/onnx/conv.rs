@@ -113,6 +113,19 @@ impl ConvAttrs {
         })
     }
 
+    /// A 1×1 2-D Conv's attributes (no padding, unit strides and dilations, one group): the
+    /// convolution a fully connected layer is, on a 1×1 input.
+    pub fn pointwise() -> ConvAttrs {
+        ConvAttrs {
+            kernel_shape: Some(vec![1, 1]),
+            strides: vec![1, 1],
+            dilations: vec![1, 1],
+            pads: vec![0; 4],
+            auto_pad: AutoPad::NotSet,
+            group: 1,
+        }
+    }
+
     pub fn rank(&self) -> usize {
         self.strides.len()
     }

@@ -29,6 +29,9 @@ pub struct LayerRow {
     pub share: Option<f64>,
     pub convertible: bool,
     pub reason: Option<String>,
+    /// A fully connected layer (Gemm, MatMul): `kernel` is its [M outputs, N inputs], the
+    /// convolution geometry fields are empty.
+    pub fully_connected: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -63,6 +66,11 @@ pub fn report(model: &OnnxModel, inv: &Inventory) -> InspectReport {
             let node_cost = &inv.cost.nodes[l.node_index];
             let mults = node_cost.known.then_some(node_cost.cost.multiplications);
             let out_shape = inv.shapes.get(&l.output);
+            let conv = l.attrs.as_ref().filter(|_| l.fc.is_none());
+            let kernel = match &l.fc {
+                Some(_) => l.kernel.as_ref().map(|k| k[..2].to_vec()),
+                None => l.kernel.clone(),
+            };
             LayerRow {
                 name: l.name.clone(),
                 name_source: if l.node_name.is_empty() {
@@ -73,17 +81,20 @@ pub fn report(model: &OnnxModel, inv: &Inventory) -> InspectReport {
                 op_type: l.op_type.clone(),
                 output: l.output.clone(),
                 weight: l.weight.clone(),
-                kernel: l.kernel.clone(),
-                stride: l.attrs.as_ref().map(|a| a.strides.clone()),
-                pads: l.attrs.as_ref().map(|a| a.pads.clone()),
-                auto_pad: l.attrs.as_ref().map(|a| a.auto_pad.as_str()),
-                dilation: l.attrs.as_ref().map(|a| a.dilations.clone()),
-                group: l.attrs.as_ref().map(|a| a.group),
-                output_hw: out_shape.filter(|s| s.len() > 2).map(|s| s[2..].to_vec()),
+                kernel,
+                stride: conv.map(|a| a.strides.clone()),
+                pads: conv.map(|a| a.pads.clone()),
+                auto_pad: conv.map(|a| a.auto_pad.as_str()),
+                dilation: conv.map(|a| a.dilations.clone()),
+                group: conv.map(|a| a.group),
+                output_hw: out_shape
+                    .filter(|s| s.len() > 2 && l.fc.is_none())
+                    .map(|s| s[2..].to_vec()),
                 multiplications: mults,
                 share: mults.filter(|_| total > 0).map(|m| m as f64 / total as f64),
                 convertible: l.convertible(),
                 reason: l.reason().map(|r| r.to_string()),
+                fully_connected: l.fc.is_some(),
             }
         })
         .collect();
@@ -152,7 +163,7 @@ pub fn render_table(r: &InspectReport) -> String {
     let header = [
         "#",
         "layer",
-        "kernel MxNxkhxkw",
+        "kernel MxNxkhxkw / MxN",
         "stride",
         "pads",
         "dil",
@@ -167,23 +178,33 @@ pub fn render_table(r: &InspectReport) -> String {
         .iter()
         .enumerate()
         .map(|(i, l)| {
-            let name = if l.name_source == "output name" {
+            let mut name = if l.name_source == "output name" {
                 format!("{} (output)", l.name)
             } else {
                 l.name.clone()
             };
+            if l.fully_connected {
+                name = format!("{name} [{}]", l.op_type);
+            }
+            let geometry = |v: &Option<Vec<usize>>| match l.fully_connected {
+                true => "-".to_string(),
+                false => list(v, ","),
+            };
             let pads = match l.auto_pad {
                 Some(p) if p != AutoPad::NotSet.as_str() => p.to_string(),
-                _ => list(&l.pads, ","),
+                _ => geometry(&l.pads),
             };
             [
                 (i + 1).to_string(),
                 name,
                 list(&l.kernel, "x"),
-                list(&l.stride, ","),
+                geometry(&l.stride),
                 pads,
-                list(&l.dilation, ","),
-                l.group.map_or("?".into(), |g| g.to_string()),
+                geometry(&l.dilation),
+                match l.fully_connected {
+                    true => "-".into(),
+                    false => l.group.map_or("?".into(), |g| g.to_string()),
+                },
                 list(&l.output_hw, "x"),
                 l.multiplications.map_or("?".into(), millions),
                 l.share.map_or("?".into(), |s| format!("{:.1}%", 100.0 * s)),
@@ -222,17 +243,32 @@ pub fn render_table(r: &InspectReport) -> String {
 /// The closing line: layer counts and the model's multiplications, or why they are not known.
 fn summary_line(r: &InspectReport) -> String {
     let convertible = r.layers.iter().filter(|l| l.convertible).count();
+    let fc = r.layers.iter().filter(|l| l.fully_connected).count();
+    let fc_mults: u64 = r
+        .layers
+        .iter()
+        .filter(|l| l.fully_connected)
+        .filter_map(|l| l.multiplications)
+        .sum();
+    let fc_counts = match fc {
+        0 => String::new(),
+        _ => format!(", fully connected {}", millions(fc_mults)),
+    };
     let counts = match r.counts_complete {
         true => format!(
-            "convolutions {} of {} multiplications in the model ({} additions)",
+            "convolutions {}{fc_counts} of {} multiplications in the model ({} additions)",
             millions(r.conv_multiplications),
             millions(r.total_multiplications),
             millions(r.total_additions)
         ),
         false => "multiplications unknown where tract inferred no shape (`?`)".into(),
     };
-    format!(
-        "{} convolution layers ({convertible} convertible); {counts}\n",
-        r.layers.len()
-    )
+    let layers = match fc {
+        0 => format!("{} convolution layers", r.layers.len()),
+        _ => format!(
+            "{} convolution and {fc} fully connected layers",
+            r.layers.len() - fc
+        ),
+    };
+    format!("{layers} ({convertible} convertible); {counts}\n")
 }
