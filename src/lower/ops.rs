@@ -145,11 +145,30 @@ pub fn lower(
     shapes: &ShapeMap,
     settings: &str,
 ) -> Result<LayerPatch> {
-    if let Some(fc) = &layer.fc {
-        return super::fc::wrap(model, layer, fc, shapes, |view| {
-            lower(model, view, codebook, shapes, settings)
-        });
+    match &layer.fc {
+        Some(fc) => super::fc::wrap(model, layer, fc, shapes, |view| {
+            lower_conv(model, view, codebook, shapes, settings, Spatial::Pointwise)
+        }),
+        None => lower_conv(model, layer, codebook, shapes, settings, Spatial::Any),
     }
+}
+
+/// What the subgraph may assume of its input's spatial size.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Spatial {
+    Any,
+    /// Always 1×1 (a fully connected layer's view): the S partial sums are one ReduceSum.
+    Pointwise,
+}
+
+fn lower_conv(
+    model: &OnnxModel,
+    layer: &ConvLayer,
+    codebook: &Codebook,
+    shapes: &ShapeMap,
+    settings: &str,
+    spatial: Spatial,
+) -> Result<LayerPatch> {
     let opset = model.default_opset();
     ensure!(
         opset >= MIN_OPSET,
@@ -167,7 +186,7 @@ pub fn lower(
     let r = wire_representatives(&mut b, codebook, &geo, z)?;
     let padded = wire_padding(&mut b, &geo, r, &layer_context(layer))?;
     let acc = wire_lookups(&mut b, codebook, &geo, &padded)?;
-    let summed = wire_subspace_sum(&mut b, &geo, acc)?;
+    let summed = wire_subspace_sum(&mut b, &geo, acc, spatial)?;
     let final_name = match bias {
         Some(values) => {
             let bias4 = b.float_init("bias", &[1, geo.m, 1, 1], &values)?;
@@ -405,12 +424,26 @@ fn wire_shift(
     b.node("MaxPool", &format!("{tag}_stride"), vec![shifted], attrs)
 }
 
-/// Step 5: the S subspace partial sums (channel slices of M) summed.
-fn wire_subspace_sum(b: &mut Builder, geo: &Geometry, acc: String) -> Result<String> {
+/// Step 5: the S subspace partial sums (channel slices of M) summed: S Slices into one Sum, or
+/// on a 1×1 input one ReduceSum over [B, S, M] (a fully connected layer has hundreds of
+/// subspaces).
+fn wire_subspace_sum(
+    b: &mut Builder,
+    geo: &Geometry,
+    acc: String,
+    spatial: Spatial,
+) -> Result<String> {
     if geo.subspaces == 1 {
         return Ok(acc);
     }
     let m = geo.m as i64;
+    if spatial == Spatial::Pointwise {
+        let by_subspace = b.i64_init("subspaces_shape", &[0, geo.subspaces as i64, m])?;
+        let parts = b.node("Reshape", "subspaces", vec![acc, by_subspace], vec![])?;
+        let sum = b.reduce_sum_kept("subspace_sum_kept", &parts, 1)?;
+        let planes = b.i64_init("subspace_sum_shape", &[0, m, 1, 1])?;
+        return b.node("Reshape", "subspace_sum", vec![sum, planes], vec![]);
+    }
     let parts: Vec<String> = (0..geo.subspaces as i64)
         .map(|s| {
             b.slice(
