@@ -179,3 +179,50 @@ fn bad_finetuning_input_is_refused_before_any_work() {
         assert!(!out.exists(), "{args:?} left an output file");
     }
 }
+
+/// A converted fully connected layer is part of the student (its W̃ in place, so the start's
+/// held-out loss sees its error) but is not trained: its stored codebook is the one the
+/// conversion without fine-tuning writes.
+#[test]
+fn converted_fully_connected_layers_are_held_fixed_in_the_student() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).display().to_string();
+    let run = |out: &str, layers: &str, finetune: bool| -> Value {
+        let mut args = finetune_args(out);
+        let at = args.iter().position(|a| a == "--layers").unwrap();
+        args[at + 1] = layers.into();
+        args.extend(["--method".into(), "vq".into()]);
+        if !finetune {
+            // Drop --finetune DIR --preprocess SPEC --finetune-samples 200 --epochs 2 --lr 1e-3.
+            let at = args.iter().position(|a| a == "--finetune").unwrap();
+            args.drain(at..at + 10);
+        }
+        let o = common::bin().args(&args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", common::stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let with_fc = run(&path("a.onnx"), "conv4,fc", true);
+    let conv_only = run(&path("b.onnx"), "conv4", true);
+    let start = |j: &Value| j["finetune"]["start"]["heldout_loss"].as_f64().unwrap();
+    assert_ne!(
+        start(&with_fc),
+        start(&conv_only),
+        "the student runs fc's W̃"
+    );
+    run(&path("c.onnx"), "conv4,fc", false);
+    let fc_tensors = |p: &str| {
+        let m = onnx_dlq::onnx::model::load(std::path::Path::new(p)).unwrap();
+        let mut t: Vec<_> = m
+            .graph()
+            .initializer
+            .iter()
+            .filter(|t| t.name.as_deref().unwrap_or_default().starts_with("fc/dlq/"))
+            .cloned()
+            .collect();
+        t.sort_by(|a, b| a.name.cmp(&b.name));
+        t
+    };
+    let (tuned, plain) = (fc_tensors(&path("a.onnx")), fc_tensors(&path("c.onnx")));
+    assert!(!tuned.is_empty());
+    assert_eq!(tuned, plain, "fc's codebook is not fine-tuned");
+}

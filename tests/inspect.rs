@@ -16,7 +16,7 @@ fn inspect_json(path: &std::path::Path) -> Value {
 fn default_model_inventory() {
     let j = inspect_json(&common::default_model());
     let layers = j["layers"].as_array().unwrap();
-    assert_eq!(layers.len(), 4);
+    assert_eq!(layers.len(), 5, "four Conv and the fully connected `fc`");
     let conv2 = &layers[1];
     assert_eq!(conv2["name"], "conv2");
     assert_eq!(conv2["kernel"], serde_json::json!([32, 32, 3, 3]));
@@ -25,16 +25,88 @@ fn default_model_inventory() {
     assert_eq!(conv2["multiplications"], 32 * 64 * 32 * 9);
     assert_eq!(conv2["convertible"], true);
     assert!(conv2["reason"].is_null());
+    assert_eq!(conv2["fully_connected"], false);
+    // The classifier: Gemm 64 -> 10, [M, N], no convolution geometry.
+    let fc = &layers[4];
+    assert_eq!(fc["name"], "fc");
+    assert_eq!(fc["op_type"], "Gemm");
+    assert_eq!(fc["fully_connected"], true);
+    assert_eq!(fc["kernel"], serde_json::json!([10, 64]));
+    assert!(fc["stride"].is_null() && fc["output_hw"].is_null());
+    assert_eq!(fc["multiplications"], 640);
+    assert_eq!(fc["convertible"], true);
     let total = j["total_multiplications"].as_u64().unwrap();
-    let conv_sum: u64 = layers
+    let conv_sum: u64 = layers[..4]
         .iter()
         .map(|l| l["multiplications"].as_u64().unwrap())
         .sum();
-    // Gemm 64x10 and the average pool's divisions come on top of the convolutions.
+    assert_eq!(j["conv_multiplications"].as_u64().unwrap(), conv_sum);
+    // The Gemm and the average pool's divisions come on top of the convolutions.
     assert_eq!(total, conv_sum + 640 + 64);
     let share: f64 = layers.iter().map(|l| l["share"].as_f64().unwrap()).sum();
-    assert!((share - conv_sum as f64 / total as f64).abs() < 1e-9);
+    assert!((share - (conv_sum + 640) as f64 / total as f64).abs() < 1e-9);
     assert!(j["assumptions"][0].as_str().unwrap().contains("taken as 1"));
+    let table = common::run(&["inspect", common::path_str(&common::default_model())]);
+    let table = common::stdout(&table);
+    assert!(
+        table.contains("4 convolution and 1 fully connected layers (5 convertible)"),
+        "{table}"
+    );
+    assert!(table.contains("fc [Gemm]  10x64"), "{table}");
+}
+
+/// `--all` converts the fully connected layer too; `--exclude-fc` leaves it original, saying so.
+#[test]
+fn all_includes_fully_connected_layers_unless_excluded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("m.onnx");
+    let convert = |extra: &[&str]| -> Value {
+        let model = common::default_model();
+        let mut args = vec![common::path_str(&model), common::path_str(&out)];
+        args.extend([
+            "--all",
+            "--method",
+            "vq",
+            "--ratio",
+            "4",
+            "--no-latency",
+            "--json",
+        ]);
+        args.extend(extra);
+        let o = common::run(&args);
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        serde_json::from_slice(&o.stdout).expect("convert --json prints JSON")
+    };
+    let names = |j: &Value, key: &str| -> Vec<String> {
+        j[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let all = convert(&[]);
+    assert!(names(&all, "layers").contains(&"fc".to_string()), "{all}");
+    let converted = model::load(&out).unwrap();
+    assert!(
+        !converted
+            .graph()
+            .node
+            .iter()
+            .any(|n| n.op_type.as_deref() == Some("Gemm")),
+        "the Gemm is replaced by its look-up subgraph"
+    );
+    let without = convert(&["--exclude-fc"]);
+    assert!(!names(&without, "layers").contains(&"fc".to_string()));
+    let skipped = without["skipped"].as_array().unwrap();
+    let fc = skipped
+        .iter()
+        .find(|s| s["name"] == "fc")
+        .expect("fc listed as skipped");
+    assert!(
+        fc["reason"].as_str().unwrap().contains("--exclude-fc"),
+        "{fc}"
+    );
 }
 
 #[test]

@@ -16,6 +16,7 @@ use crate::calibrate;
 
 use crate::analysis::select::ConvLayer;
 use crate::codebook::Codebook;
+use crate::lower::reconstructed;
 use crate::onnx::model::OnnxModel;
 use crate::progress;
 
@@ -41,7 +42,11 @@ fn distillation_loss(teacher: &Tensor, student: &Tensor) -> Result<Tensor> {
 }
 
 struct Trainer<'a> {
+    /// The original model: the teacher.
     graph: Graph,
+    /// The student's fixed part: the original with its converted fully connected layers'
+    /// reconstructed weights (not trained); the Conv layers come in as overrides.
+    student: Graph,
     layers: Vec<LayerVars>,
     opts: &'a FinetuneOptions,
 }
@@ -60,7 +65,7 @@ impl Trainer<'_> {
         let (mut loss, mut agree) = (0f64, 0usize);
         for (chunk, t) in heldout.chunks(self.opts.batch).zip(teacher) {
             let s = self
-                .graph
+                .student
                 .forward(&batch_tensor(chunk)?, &overrides)?
                 .detach();
             loss += distillation_loss(t, &s)?.to_scalar::<f32>()? as f64 * chunk.len() as f64;
@@ -90,7 +95,7 @@ impl Trainer<'_> {
                 idx.iter().map(|&i| augment(&train[i], &mut rng)).collect();
             let x = batch_tensor(&images)?;
             let teacher = self.graph.forward(&x, &Overrides::new())?.detach();
-            let student = self.graph.forward(&x, &self.overrides()?)?;
+            let student = self.student.forward(&x, &self.overrides()?)?;
             let loss = distillation_loss(&teacher, &student)?;
             let value = loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
@@ -203,12 +208,14 @@ pub fn run(
         images.len()
     );
     let (train, heldout) = images.split_at(images.len() - heldout_count);
-    let vars = layers
+    let (student, trained) = student_graph(original, layers)?;
+    let vars = trained
         .iter()
         .map(|(l, cb)| LayerVars::new(l.node_index, cb, base_bias(original, l, cb)?))
         .collect::<Result<Vec<_>>>()?;
     let trainer = Trainer {
         graph,
+        student,
         layers: vars,
         opts,
     };
@@ -235,16 +242,26 @@ pub fn run(
         );
     }
     let codebooks = match best.1 {
-        Some(_) => trainer
-            .layers
-            .iter()
-            .zip(&best.2)
-            .zip(layers)
-            .map(|((v, snap), (_, cb))| {
-                v.restore(snap)?;
-                v.to_codebook(cb)
-            })
-            .collect::<Result<_>>()?,
+        Some(_) => {
+            let mut tuned = trainer
+                .layers
+                .iter()
+                .zip(&best.2)
+                .zip(&trained)
+                .map(|((v, snap), (_, cb))| {
+                    v.restore(snap)?;
+                    v.to_codebook(cb)
+                })
+                .collect::<Result<Vec<_>>>()?
+                .into_iter();
+            layers
+                .iter()
+                .map(|(l, cb)| match l.fc {
+                    Some(_) => (*cb).clone(),
+                    None => tuned.next().expect("one per trained layer"),
+                })
+                .collect()
+        }
         None => layers.iter().map(|(_, cb)| (*cb).clone()).collect(),
     };
     let report = FinetuneReport {
@@ -256,6 +273,31 @@ pub fn run(
         diverged,
     };
     Ok((codebooks, report))
+}
+
+/// The student's graph (the original with the converted fully connected layers' W̃ in place:
+/// the trainer's Gemm and MatMul take no overrides, so those codebooks stay as clustered) and
+/// the Conv layers whose codebooks are trained.
+fn student_graph<'a>(
+    original: &OnnxModel,
+    layers: &[(&'a ConvLayer, &'a Codebook)],
+) -> Result<(Graph, Vec<(&'a ConvLayer, &'a Codebook)>)> {
+    let mut fixed = original.clone();
+    let mut trained = Vec::new();
+    for &(l, cb) in layers {
+        match l.fc {
+            Some(_) => {
+                log::info!(
+                    "layer `{}`: fully connected layers are not fine-tuned",
+                    l.name
+                );
+                reconstructed::substitute(&mut fixed, l, cb)?;
+            }
+            None => trained.push((l, cb)),
+        }
+    }
+    let graph = Graph::new(&fixed).context("fine-tuning runs the model's own operators")?;
+    Ok((graph, trained))
 }
 
 /// Random horizontal flip and a shift of up to 1/8 of the size, zero-filled (the standard
