@@ -187,46 +187,34 @@ pub fn attach_c(node: &mut NodeProto, c: String) {
 /// nodes.
 pub fn describe(model: &OnnxModel, node_index: usize, node: &NodeProto) -> Option<ConvLayer> {
     let fc = FcLayout::of(node)?;
-    let node_name = node.name.clone().unwrap_or_default();
-    let output = node.output.first().cloned().unwrap_or_default();
-    let name = match node_name.is_empty() {
-        true => output.clone(),
-        false => node_name.clone(),
-    };
-    let weight = node.input.get(1).cloned().unwrap_or_default();
+    let named = ConvLayer::named(node_index, node);
+    let weight = named.weight.clone();
     let init = model.initializer(&weight);
     let dims = init.and_then(|t| tensor::dims(t).ok());
     let kernel = dims.as_deref().and_then(|d| fc.kernel_dims(d));
     let weight_type = init.and_then(|t| FloatType::from_onnx(t.data_type.unwrap_or(0)));
-    let eligibility = match (init, &dims, &kernel) {
-        (None, ..) => Err(Ineligible::RuntimeWeight(weight.clone())),
-        (Some(t), _, None) => Err(Ineligible::NotMatrix {
-            weight: weight.clone(),
+    let eligibility = match (init, &kernel) {
+        (None, _) => Err(Ineligible::RuntimeWeight(weight)),
+        (Some(t), None) => Err(Ineligible::NotMatrix {
+            weight,
             dims: t.dims.clone(),
         }),
-        (Some(t), _, Some(_)) if weight_type.is_none() => Err(Ineligible::NotFloat {
-            weight: weight.clone(),
+        (Some(t), Some(_)) if weight_type.is_none() => Err(Ineligible::NotFloat {
+            weight,
             data_type: tensor::data_type_name(t.data_type.unwrap_or(0)),
         }),
-        (Some(_), _, Some(k)) if k.contains(&0) => Err(Ineligible::EmptyWeight {
-            weight: weight.clone(),
+        (Some(_), Some(k)) if k.contains(&0) => Err(Ineligible::EmptyWeight {
+            weight,
             kernel: k.clone(),
         }),
         _ => Ok(()),
     };
     Some(ConvLayer {
-        node_index,
-        name,
-        node_name,
-        op_type: node.op_type.clone().unwrap_or_default(),
-        input: node.input.first().cloned().unwrap_or_default(),
-        output,
-        weight,
-        bias: None,
         kernel,
         attrs: Some(ConvAttrs::pointwise()),
         weight_type,
         eligibility,
         fc: Some(fc),
+        ..named
     })
 }

@@ -130,31 +130,44 @@ pub fn conv_layers(model: &OnnxModel) -> Vec<ConvLayer> {
         .collect()
 }
 
+impl ConvLayer {
+    /// The names of node `node_index` (weight: its input 1), everything else empty and
+    /// eligibility undecided: what both kinds of layer start from.
+    pub(super) fn named(node_index: usize, node: &NodeProto) -> ConvLayer {
+        let node_name = node.name.clone().unwrap_or_default();
+        let output = node.output.first().cloned().unwrap_or_default();
+        let name = match node_name.is_empty() {
+            true => output.clone(),
+            false => node_name.clone(),
+        };
+        ConvLayer {
+            node_index,
+            name,
+            node_name,
+            op_type: node.op_type.clone().unwrap_or_default(),
+            input: node.input.first().cloned().unwrap_or_default(),
+            output,
+            weight: node.input.get(1).cloned().unwrap_or_default(),
+            bias: None,
+            kernel: None,
+            attrs: None,
+            weight_type: None,
+            eligibility: Ok(()),
+            fc: None,
+        }
+    }
+}
+
 fn describe(model: &OnnxModel, node_index: usize, node: &NodeProto) -> ConvLayer {
-    let node_name = node.name.clone().unwrap_or_default();
-    let output = node.output.first().cloned().unwrap_or_default();
-    let name = match node_name.is_empty() {
-        true => output.clone(),
-        false => node_name.clone(),
-    };
-    let weight = node.input.get(1).cloned().unwrap_or_default();
-    let init = model.initializer(&weight);
+    let named = ConvLayer::named(node_index, node);
+    let init = model.initializer(&named.weight);
     let kernel = init.and_then(|t| tensor::dims(t).ok());
     let rank = kernel.as_ref().map_or(2, |k| k.len().saturating_sub(2));
     let mut layer = ConvLayer {
-        node_index,
-        name,
-        node_name,
-        op_type: node.op_type.clone().unwrap_or_default(),
-        input: node.input.first().cloned().unwrap_or_default(),
-        output,
-        weight,
         bias: node.input.get(2).filter(|b| !b.is_empty()).cloned(),
         kernel,
-        attrs: None,
         weight_type: init.and_then(|t| FloatType::from_onnx(t.data_type.unwrap_or(0))),
-        eligibility: Ok(()),
-        fc: None,
+        ..named
     };
     let attrs = ConvAttrs::from_node(node, rank);
     layer.eligibility = eligibility(model, &layer, attrs.as_ref().map_err(|e| e.to_string()));

@@ -210,17 +210,10 @@ pub fn lower(
     let mut nodes = b.nodes;
     nodes.push(conv);
     Ok(LayerPatch {
-        node_index: layer.node_index,
-        layer: layer.name.clone(),
-        nodes,
-        initializers: b.inits,
-        released,
-        metadata: (format!("onnx-dlq/{}", layer.name), settings.to_string()),
-        domains: vec![],
         // Completes a graph output's missing shape, which onnx.checker's shape inference does
         // not recover through the kernel subgraph.
         value_info: vec![output_type(&layer.output, elem.onnx() as i32, m)],
-        absorbed: vec![],
+        ..LayerPatch::standard(layer, nodes, b.inits, released, settings)
     })
 }
 
@@ -261,15 +254,5 @@ fn finish_fc(
     }
     let mut nodes = b.nodes;
     nodes.push(node);
-    Ok(LayerPatch {
-        node_index: layer.node_index,
-        layer: layer.name.clone(),
-        nodes,
-        initializers: b.inits,
-        released,
-        metadata: (format!("onnx-dlq/{}", layer.name), String::new()),
-        domains: vec![],
-        value_info: vec![],
-        absorbed: vec![],
-    })
+    Ok(LayerPatch::standard(layer, nodes, b.inits, released, ""))
 }

@@ -203,17 +203,9 @@ fn lower_conv(
     last.output[0] = layer.output.clone();
     let mut released = vec![layer.weight.clone()];
     released.extend(layer.bias.iter().cloned());
-    Ok(LayerPatch {
-        node_index: layer.node_index,
-        layer: layer.name.clone(),
-        nodes: b.nodes,
-        initializers: b.inits,
-        released,
-        metadata: (format!("onnx-dlq/{}", layer.name), settings.to_string()),
-        domains: vec![],
-        value_info: vec![],
-        absorbed: vec![],
-    })
+    Ok(LayerPatch::standard(
+        layer, b.nodes, b.inits, released, settings,
+    ))
 }
 
 /// Step 1: the atom (or centroid) responses Z, `[B, S·L, H, W]`, as one grouped 1×1 Conv; when

@@ -36,6 +36,30 @@ pub struct LayerPatch {
     pub absorbed: Vec<usize>,
 }
 
+impl LayerPatch {
+    /// The replacement of `layer` by `nodes` and `initializers` in the default domain, freeing
+    /// `released`, recording `settings`; no custom types or absorbed nodes.
+    pub fn standard(
+        layer: &crate::analysis::select::ConvLayer,
+        nodes: Vec<NodeProto>,
+        initializers: Vec<TensorProto>,
+        released: Vec<String>,
+        settings: &str,
+    ) -> LayerPatch {
+        LayerPatch {
+            node_index: layer.node_index,
+            layer: layer.name.clone(),
+            nodes,
+            initializers,
+            released,
+            metadata: (format!("onnx-dlq/{}", layer.name), settings.to_string()),
+            domains: vec![],
+            value_info: vec![],
+            absorbed: vec![],
+        }
+    }
+}
+
 /// All edits of a conversion, applied together by [`apply`].
 #[derive(Debug, Clone, Default)]
 pub struct GraphPatch {

@@ -20,18 +20,8 @@ pub fn substitute(model: &mut OnnxModel, layer: &ConvLayer, cb: &Codebook) -> Re
     let [m, ..] = cb.kernel_shape;
     let elem = layer.weight_type.unwrap_or(FloatType::F32);
     let ctx = || format!("layer `{}`", layer.name);
-    let graph = model.graph_mut();
-    let w = graph
-        .initializer
-        .iter_mut()
-        .find(|t| t.name.as_deref() == Some(layer.weight.as_str()))
-        .with_context(ctx)?;
-    tensor::set_f32(
-        w,
-        &cb.kernel_shape,
-        approx.as_slice().expect("standard layout"),
-        elem,
-    );
+    let values = approx.as_slice().expect("standard layout");
+    set_weight(model, layer, &cb.kernel_shape, values)?;
     let Some(shift) = &cb.bias_shift else {
         return Ok(());
     };
@@ -79,13 +69,8 @@ fn substitute_fc(
         Some(shift) => fc.c_with_shift(model, shift).with_context(ctx)?,
         None => None,
     };
+    set_weight(model, layer, &dims, &values)?;
     let graph = model.graph_mut();
-    let w = graph
-        .initializer
-        .iter_mut()
-        .find(|t| t.name.as_deref() == Some(layer.weight.as_str()))
-        .with_context(ctx)?;
-    tensor::set_f32(w, &dims, &values, elem);
     if let Some((c_dims, c_values)) = c {
         let name = format!("{}/dlq/calibration_bias", layer.name);
         graph
@@ -96,5 +81,23 @@ fn substitute_fc(
             .push(tensor::new_tensor(&name, &c_dims, &c_values, elem));
         fc::attach_c(&mut graph.node[layer.node_index], name);
     }
+    Ok(())
+}
+
+/// Writes `values` of `dims` into `layer`'s weight initializer, in its own element type.
+fn set_weight(
+    model: &mut OnnxModel,
+    layer: &ConvLayer,
+    dims: &[usize],
+    values: &[f32],
+) -> Result<()> {
+    let elem = layer.weight_type.unwrap_or(FloatType::F32);
+    let w = model
+        .graph_mut()
+        .initializer
+        .iter_mut()
+        .find(|t| t.name.as_deref() == Some(layer.weight.as_str()))
+        .with_context(|| format!("layer `{}`: no weight `{}`", layer.name, layer.weight))?;
+    tensor::set_f32(w, dims, values, elem);
     Ok(())
 }
