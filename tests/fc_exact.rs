@@ -287,3 +287,47 @@ fn fully_connected_forms_equal_the_reconstructed_reference_in_tract_and_ort() {
         );
     }
 }
+
+/// A bias shift on a layer with no place for it (a MatMul) is refused by every form and by the
+/// reference alike, naming the layer: no form may add it while another drops it.
+#[test]
+fn a_bias_shift_without_a_place_is_refused_by_every_form() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
+    let spec = FcSpec {
+        op: FcOp::MatMul,
+        batch: 2,
+        n: 8,
+        m: 6,
+        trans_a: false,
+        trans_b: false,
+        alpha: 1.0,
+        beta: 1.0,
+        c: CKind::None,
+        lead: None,
+        opset: 13,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let original = in_memory(fc_model(&spec, &mut rng), tmp.path());
+    let layers = select::conv_layers(&original);
+    let layer = layers.iter().find(|l| l.name == "fc").unwrap();
+    assert!(!layer.takes_bias_shift(&original));
+    let (mut cb, _) = codebook_for(&original, layer, Method::Vq, 3, &mut rng);
+    cb.bias_shift = Some(vec![0.5; spec.m]);
+    let sh = shapes::infer(&original, &[]).unwrap();
+    let errors = [
+        lower::ops::lower(&original, layer, &cb, &sh, "{}").err(),
+        lower::fused::lower(&original, layer, &cb, &sh, "{}").err(),
+        lower::dense::lower(&original, layer, &cb, &sh, "{}").err(),
+        lower::reconstructed::substitute(&mut original.clone(), layer, &cb).err(),
+    ];
+    for (form, e) in ["ops", "fused", "dense", "reference"].iter().zip(errors) {
+        let e = format!(
+            "{:#}",
+            e.unwrap_or_else(|| panic!("{form} accepted the shift"))
+        );
+        assert!(
+            e.contains("`fc`") && e.contains("bias shift"),
+            "{form}: {e}"
+        );
+    }
+}

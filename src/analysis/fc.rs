@@ -128,21 +128,26 @@ impl FcLayout {
         }
     }
 
+    /// An error unless the layer has a place for calibration's bias shift
+    /// ([`FcLayout::takes_bias_shift`]): every form must add it, or none may have it.
+    pub fn check_bias_shift(&self, model: &OnnxModel) -> Result<()> {
+        anyhow::ensure!(
+            self.takes_bias_shift(model),
+            "the codebook carries a bias shift, which a {:?} whose bias is absent, computed at run time or scaled by β = 0 has no place for",
+            self.op
+        );
+        Ok(())
+    }
+
     /// Gemm's C with α·s/β added along the output axis (a new C of α·s when it has none, with
-    /// β then read as 1): the constant that makes the node add calibration's shift s. `None`
-    /// when the layer has no place for it ([`FcLayout::takes_bias_shift`]).
-    pub fn c_with_shift(
-        &self,
-        model: &OnnxModel,
-        shift: &[f32],
-    ) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
-        if !self.takes_bias_shift(model) {
-            return Ok(None);
-        }
+    /// β then read as 1): the constant that makes the node add calibration's shift s; an error
+    /// when the layer has no place for it ([`FcLayout::check_bias_shift`]).
+    pub fn c_with_shift(&self, model: &OnnxModel, shift: &[f32]) -> Result<(Vec<usize>, Vec<f32>)> {
+        self.check_bias_shift(model)?;
         let m = shift.len();
         let Some(name) = &self.c else {
             let values = shift.iter().map(|s| self.alpha * s).collect();
-            return Ok(Some((vec![m], values)));
+            return Ok((vec![m], values));
         };
         let c = model
             .initializer(name)
@@ -169,7 +174,7 @@ impl FcLayout {
             .enumerate()
             .map(|(i, v)| v + scale * shift[i % m])
             .collect();
-        Ok(Some((dims, values)))
+        Ok((dims, values))
     }
 }
 

@@ -72,11 +72,6 @@ impl ConvLayer {
         }
     }
 
-    /// "Conv", "Gemm" or "MatMul": what errors and reports call the node.
-    pub fn kind(&self) -> &str {
-        &self.op_type
-    }
-
     pub fn convertible(&self) -> bool {
         self.eligibility.is_ok()
     }

@@ -53,7 +53,7 @@ pub struct ConvertOptions {
     pub finetune: Option<FinetuneOptions>,
     /// The engine for the conversion's own runs (calibration statistics, the latency budget's
     /// timings, the latency check); `None`: tract, or ONNX Runtime when tract cannot run the
-    /// model (see [`engine::choose`]).
+    /// model (see [`engine::prepare_in_either`]).
     pub engine: Option<Engine>,
 }
 
@@ -183,8 +183,8 @@ fn run_engine(
             Err(_) => return Ok(Engine::Tract),
         },
     };
-    match engine::choose(None, original, &shape) {
-        Ok(engine) => Ok(engine),
+    match engine::prepare_in_either(None, original, &shape) {
+        Ok((engine, _)) => Ok(engine),
         Err(e) if needed => Err(e),
         Err(_) => Ok(Engine::Tract),
     }

@@ -333,7 +333,7 @@ fn compact_bytes(layer: &ConvLayer, p: &ValidParams) -> Option<f64> {
         }
         Method::Vq => (0.0, l),
     };
-    let gamma = index(s * m * kh * kw, reps);
+    let gamma = packing::index_bytes(s * m * kh * kw, reps) as f64;
     let offsets = if p.shared { 0.0 } else { 16.0 * s as f64 };
     let unpacking = if packing::packs(reps) {
         PACKING_OVERHEAD_BYTES
@@ -341,11 +341,6 @@ fn compact_bytes(layer: &ConvLayer, p: &ValidParams) -> Option<f64> {
         0.0
     };
     Some(atoms + codes + gamma + offsets + unpacking + LAYER_OVERHEAD_BYTES)
-}
-
-/// Bytes of `count` indices below `bound` as the compact form stores them.
-fn index(count: usize, bound: usize) -> f64 {
-    packing::index_bytes(count, bound) as f64
 }
 
 /// `Some(reason)` when the compact form of `l` at `params` would store at least as many bytes

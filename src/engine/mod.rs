@@ -77,19 +77,6 @@ pub fn prepare_with_outputs(
     })
 }
 
-/// The engine that runs `model` for onnx-dlq's own measurements (calibration statistics,
-/// timings): see [`prepare_in_either`].
-pub fn choose(
-    requested: Option<Engine>,
-    model: &OnnxModel,
-    input_shape: &[usize],
-) -> Result<Engine> {
-    match requested {
-        Some(engine) => Ok(engine),
-        None => prepare_in_either(None, model, input_shape).map(|(engine, _)| engine),
-    }
-}
-
 /// `model` prepared in the engine asked for; otherwise in tract, or in ONNX Runtime when tract
 /// cannot run the model and ONNX Runtime is there (logged); otherwise tract's error, saying
 /// what would help.

@@ -14,7 +14,7 @@
 //! W̃   = Gather(Transpose(Reshape(Gather(reps, Γ + s·K)), [M, S·N′, kh, kw]), channels < N)
 //! ```
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 
 use crate::analysis::fc::{self, FcLayout};
 use crate::analysis::select::ConvLayer;
@@ -186,8 +186,7 @@ pub fn lower(
         weight = b.gather("weight", &weight, &channels)?;
     }
     if let Some(fc) = &layer.fc {
-        let mut patch = finish_fc(model, layer, fc, codebook, b, &weight)?;
-        patch.metadata.1 = settings.to_string();
+        let mut patch = finish_fc(model, layer, fc, codebook, b, &weight, settings)?;
         patch
             .value_info
             .extend(super::fc::output_info(layer, fc, shapes, m));
@@ -217,9 +216,9 @@ pub fn lower(
     })
 }
 
-/// A fully connected layer's compact form (metadata and output type left to the caller): W̃ [M, N, 1, 1] reshaped (and transposed) into the
-/// weight's own layout, read by the unchanged Gemm / MatMul; calibration's shift goes into a
-/// new C (`FcLayout::c_with_shift`).
+/// A fully connected layer's compact form (its output type left to the caller): W̃ [M, N, 1, 1]
+/// reshaped (and transposed) into the weight's own layout, read by the unchanged Gemm / MatMul;
+/// calibration's shift goes into a new C (`FcLayout::c_with_shift`).
 fn finish_fc(
     model: &OnnxModel,
     layer: &ConvLayer,
@@ -227,6 +226,7 @@ fn finish_fc(
     codebook: &Codebook,
     mut b: Builder,
     kernel: &str,
+    settings: &str,
 ) -> Result<LayerPatch> {
     let [m, n, ..] = codebook.kernel_shape;
     let mut weight = reshape(&mut b, "weight_matrix", kernel, &[m as i64, n as i64])?;
@@ -242,17 +242,17 @@ fn finish_fc(
     node.input[1] = weight;
     node.name = Some(b.name("fc")?);
     let mut released = vec![layer.weight.clone()];
-    let shift = codebook.bias_shift.as_deref();
-    if let Some((dims, values)) = shift
-        .map(|s| fc.c_with_shift(model, s))
-        .transpose()?
-        .flatten()
-    {
+    if let Some(shift) = &codebook.bias_shift {
+        let (dims, values) = fc
+            .c_with_shift(model, shift)
+            .with_context(|| format!("layer `{}`", layer.name))?;
         let c = b.float_init("calibration_bias", &dims, &values)?;
         released.extend(fc.c.iter().cloned());
         fc::attach_c(&mut node, c);
     }
     let mut nodes = b.nodes;
     nodes.push(node);
-    Ok(LayerPatch::standard(layer, nodes, b.inits, released, ""))
+    Ok(LayerPatch::standard(
+        layer, nodes, b.inits, released, settings,
+    ))
 }

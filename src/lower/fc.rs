@@ -10,11 +10,12 @@
 //!
 //! The compact form keeps the node itself (only its weight is rebuilt): see `dense`.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 
 use crate::analysis::fc::{FcLayout, FcOp};
 use crate::analysis::select::ConvLayer;
 use crate::analysis::shapes::ShapeMap;
+use crate::codebook::Codebook;
 use crate::onnx::build::attr_ints;
 use crate::onnx::model::OnnxModel;
 use crate::proto::ValueInfoProto;
@@ -36,15 +37,21 @@ fn conv_view(layer: &ConvLayer, input: String, output: String) -> ConvLayer {
 }
 
 /// Replaces fully connected `layer` by `form`'s lowering of its Conv view, wrapped as above.
-/// `shapes` gives a MatMul input's rank for the output's type (which onnx.checker cannot infer
-/// through the computed Reshape), Gemm's being 2.
+/// The view adds `codebook`'s bias shift before α, as the reference's C does, so a layer with
+/// no place for one is refused here as there. `shapes` gives a MatMul input's rank for the
+/// output's type (which onnx.checker cannot infer through the computed Reshape), Gemm's being 2.
 pub fn wrap(
     model: &OnnxModel,
     layer: &ConvLayer,
     fc: &FcLayout,
+    codebook: &Codebook,
     shapes: &ShapeMap,
     form: impl FnOnce(&ConvLayer) -> Result<LayerPatch>,
 ) -> Result<LayerPatch> {
+    if codebook.bias_shift.is_some() {
+        fc.check_bias_shift(model)
+            .with_context(|| format!("layer `{}`", layer.name))?;
+    }
     let kernel = layer.kernel.as_deref().unwrap_or(&[]);
     ensure!(
         kernel.len() == 4,

@@ -112,7 +112,7 @@ pub fn lower(
     settings: &str,
 ) -> Result<LayerPatch> {
     if let Some(fc) = &layer.fc {
-        return super::fc::wrap(model, layer, fc, shapes, |view| {
+        return super::fc::wrap(model, layer, fc, codebook, shapes, |view| {
             lower(model, view, codebook, shapes, settings)
         });
     }
@@ -235,14 +235,13 @@ pub(super) fn channels_type(
     if let Some(type_proto::Value::TensorType(t)) =
         info.r#type.as_mut().and_then(|t| t.value.as_mut())
     {
-        let channel_axis = axis;
-        for (axis, dim) in t
+        for (i, dim) in t
             .shape
             .iter_mut()
             .flat_map(|s| s.dim.iter_mut())
             .enumerate()
         {
-            if axis != channel_axis {
+            if i != axis {
                 *dim = Dimension {
                     value: None::<Value>,
                     denotation: None,

@@ -146,7 +146,7 @@ pub fn lower(
     settings: &str,
 ) -> Result<LayerPatch> {
     match &layer.fc {
-        Some(fc) => super::fc::wrap(model, layer, fc, shapes, |view| {
+        Some(fc) => super::fc::wrap(model, layer, fc, codebook, shapes, |view| {
             lower_conv(model, view, codebook, shapes, settings, Spatial::Pointwise)
         }),
         None => lower_conv(model, layer, codebook, shapes, settings, Spatial::Any),

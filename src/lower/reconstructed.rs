@@ -65,10 +65,12 @@ fn substitute_fc(
     let [m, n, ..] = cb.kernel_shape;
     let (dims, values) = fc.kernel_as_weight(approx.as_slice().expect("standard layout"), [m, n]);
     let elem = layer.weight_type.unwrap_or(FloatType::F32);
-    let c = match &cb.bias_shift {
-        Some(shift) => fc.c_with_shift(model, shift).with_context(ctx)?,
-        None => None,
-    };
+    let c = cb
+        .bias_shift
+        .as_ref()
+        .map(|shift| fc.c_with_shift(model, shift))
+        .transpose()
+        .with_context(ctx)?;
     set_weight(model, layer, &dims, &values)?;
     let graph = model.graph_mut();
     if let Some((c_dims, c_values)) = c {
