@@ -226,3 +226,69 @@ fn converted_fully_connected_layers_are_held_fixed_in_the_student() {
     assert!(!tuned.is_empty());
     assert_eq!(tuned, plain, "fc's codebook is not fine-tuned");
 }
+
+/// `--train-original-layers` also trains the layers left original (conv1 and fc here): their
+/// weights change in the output, the converted layers' graph does not, and the start (before
+/// any step) is the same as without the flag.
+#[test]
+fn train_original_layers_changes_their_weights_not_the_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).display().to_string();
+    let run = |out: &str, originals: bool| -> Value {
+        let mut args = finetune_args(out);
+        if originals {
+            args.push("--train-original-layers".into());
+        }
+        let o = common::bin().args(&args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", common::stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let (with, without) = (run(&path("a.onnx"), true), run(&path("b.onnx"), false));
+    let f = &with["finetune"];
+    assert_eq!(
+        f["trained_original_tensors"], 4,
+        "conv1 and fc: weight and bias"
+    );
+    assert_eq!(without["finetune"]["trained_original_tensors"], 0);
+    assert_eq!(
+        f["start"]["heldout_loss"],
+        without["finetune"]["start"]["heldout_loss"]
+    );
+    assert!(
+        f["best_epoch"].as_u64().is_some(),
+        "two epochs beat the start: {f}"
+    );
+    let load = |p: &str| onnx_dlq::onnx::model::load(std::path::Path::new(p)).unwrap();
+    let (a, b) = (load(&path("a.onnx")), load(&path("b.onnx")));
+    let original = load(&repo_path("models/digits-cnn.onnx"));
+    let ops = |m: &onnx_dlq::onnx::model::OnnxModel| -> Vec<_> {
+        let g = m.graph();
+        g.node.iter().map(|n| n.op_type.clone()).collect()
+    };
+    assert_eq!(ops(&a), ops(&b), "the graph is the same");
+    let tensor = |m: &onnx_dlq::onnx::model::OnnxModel, layer: &str, input: usize| {
+        let g = m.graph();
+        let node = g
+            .node
+            .iter()
+            .find(|n| n.name.as_deref() == Some(layer))
+            .unwrap();
+        let name = &node.input[input];
+        let t = g
+            .initializer
+            .iter()
+            .find(|t| t.name.as_ref() == Some(name))
+            .unwrap();
+        onnx_dlq::onnx::tensor::to_f32(t, std::path::Path::new(".")).unwrap()
+    };
+    for (layer, input) in [("conv1", 1), ("conv1", 2), ("fc", 1), ("fc", 2)] {
+        let trained = tensor(&a, layer, input);
+        assert_eq!(trained.len(), tensor(&original, layer, input).len());
+        assert_ne!(
+            trained,
+            tensor(&original, layer, input),
+            "{layer} input {input}"
+        );
+        assert_eq!(tensor(&b, layer, input), tensor(&original, layer, input));
+    }
+}

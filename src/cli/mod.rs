@@ -354,6 +354,10 @@ pub struct FinetuneArgs {
     /// failing.
     #[arg(long, requires = "finetune")]
     pub finetune_keep_on_divergence: bool,
+    /// Also train the weights and biases of the Conv, Gemm and MatMul layers left original (the
+    /// paper re-trains the whole network between stages); the graph does not change.
+    #[arg(long, requires = "finetune")]
+    pub train_original_layers: bool,
 }
 
 impl FinetuneArgs {
@@ -374,6 +378,7 @@ impl FinetuneArgs {
             holdout: self.holdout,
             seed,
             keep_on_divergence: self.finetune_keep_on_divergence,
+            train_original_layers: self.train_original_layers,
         }))
     }
 }

@@ -135,12 +135,18 @@ pub fn convert_model_with_inputs(
         log::info!("skip {}: {}", s.name, s.reason);
     }
     let mut learnt = learn::learn_codebooks(original, &plan.layers, calibration.as_ref())?;
-    let finetuned = match &opts.finetune {
-        Some(f) => Some(finetune_codebooks(original, &plan.layers, &mut learnt, f)?),
-        None => None,
+    // With --train-original-layers fine-tuning also changes the layers left original: the
+    // output is built on the model that holds their trained weights.
+    let (finetuned, base) = match &opts.finetune {
+        Some(f) => {
+            let (report, tuned) = finetune_codebooks(original, &plan.layers, &mut learnt, f)?;
+            (Some(report), tuned)
+        }
+        None => (None, None),
     };
-    let patch = lower_layers(original, &inv, opts, &plan.layers, &learnt)?;
-    let mut converted = original.clone();
+    let base = base.as_ref().unwrap_or(original);
+    let patch = lower_layers(base, &inv, opts, &plan.layers, &learnt)?;
+    let mut converted = base.clone();
     lower::apply(&mut converted, patch)?;
     let new_shapes =
         shapes::infer(&converted, &opts.input_shapes).context("the converted model")?;
@@ -190,24 +196,29 @@ fn run_engine(
     }
 }
 
-/// Fine-tunes every learnt codebook in place (their weight errors re-measured).
+/// Fine-tunes every learnt codebook in place (their weight errors re-measured); with
+/// `--train-original-layers`, also the model with the layers left original trained.
 fn finetune_codebooks(
     original: &OnnxModel,
     planned: &[PlannedLayer],
     learnt: &mut [LearntLayer],
     opts: &FinetuneOptions,
-) -> Result<FinetuneReport> {
+) -> Result<(FinetuneReport, Option<OnnxModel>)> {
     let layers: Vec<_> = planned
         .iter()
         .zip(learnt.iter())
         .map(|(p, l)| (p.layer, &l.codebook))
         .collect();
-    let (codebooks, report) = finetune::finetune(original, &layers, opts)?;
-    for ((l, cb), p) in learnt.iter_mut().zip(codebooks).zip(planned) {
+    let (tuned, report) = finetune::finetune(original, &layers, opts)?;
+    let model = match tuned.original_weights.is_empty() {
+        true => None,
+        false => Some(tuned.apply_original_weights(original)?),
+    };
+    for ((l, cb), p) in learnt.iter_mut().zip(tuned.codebooks).zip(planned) {
         l.weight_error = cb.relative_error(p.layer.kernel_f32(original)?.view());
         l.codebook = cb;
     }
-    Ok(report)
+    Ok((report, model))
 }
 
 /// A conversion with nothing to convert is an error that says why for every layer.

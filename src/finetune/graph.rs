@@ -155,6 +155,44 @@ impl Graph {
         })
     }
 
+    /// Makes the float initializers `names` trainable: each becomes a candle variable the
+    /// graph reads (gradients reach it), returned with its name. A name that is not a float
+    /// constant is an error.
+    pub fn train_constants(&mut self, names: &[String]) -> Result<Vec<(String, candle_core::Var)>> {
+        names
+            .iter()
+            .map(|n| {
+                let t = self
+                    .constants
+                    .get(n)
+                    .with_context(|| format!("`{n}` is not a float initializer"))?;
+                let v = candle_core::Var::from_tensor(t)?;
+                self.constants.insert(n.clone(), v.as_tensor().clone());
+                Ok((n.clone(), v))
+            })
+            .collect()
+    }
+
+    /// The float initializers of the Conv, Gemm and MatMul nodes not in `skip` (node indices):
+    /// weights and biases of the layers left original, in node order, each once.
+    pub fn layer_constants(&self, skip: &[usize]) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let op = node.op_type.as_deref().unwrap_or("");
+            if skip.contains(&i) || !matches!(op, "Conv" | "Gemm" | "MatMul") {
+                continue;
+            }
+            // The weight, and the bias (Conv) or C (Gemm); a MatMul has no bias input.
+            let count = if op == "MatMul" { 1 } else { 2 };
+            for n in node.input.iter().skip(1).take(count) {
+                if self.constants.contains_key(n) && !names.contains(n) {
+                    names.push(n.clone());
+                }
+            }
+        }
+        names
+    }
+
     /// Runs one input forward and backward (the gradient with respect to the input), so that an
     /// operator candle cannot differentiate in this configuration is found before any work.
     pub fn check_backward(&self, x: &ndarray::ArrayD<f32>) -> Result<()> {

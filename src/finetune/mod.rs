@@ -40,6 +40,10 @@ pub struct FinetuneOptions {
     pub seed: u64,
     /// When training diverges: keep the un-fine-tuned codebooks instead of failing.
     pub keep_on_divergence: bool,
+    /// Also train the weights and biases of the Conv, Gemm and MatMul layers left original
+    /// (the paper's re-training of the whole network between stages).
+    #[serde(default)]
+    pub train_original_layers: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,16 +67,57 @@ pub struct FinetuneReport {
     pub best_epoch: Option<usize>,
     /// Why training stopped early, when it diverged.
     pub diverged: Option<String>,
+    /// Initializers of the layers left original that were trained (`--train-original-layers`).
+    #[serde(default)]
+    pub trained_original_tensors: usize,
 }
 
-/// Fine-tunes the codebooks of `layers` (each a converted Conv of `original` and its codebook);
-/// returns the codebooks to lower and the report. Callers run [`preflight`] first, before
-/// the clustering this follows.
+/// What fine-tuning changed.
+#[derive(Debug, Clone)]
+pub struct Tuned {
+    /// One per converted layer, in the order given.
+    pub codebooks: Vec<Codebook>,
+    /// The trained values of the layers left original, by initializer name (empty without
+    /// `--train-original-layers`, or when no epoch beat the start).
+    pub original_weights: Vec<(String, Vec<f32>)>,
+}
+
+impl Tuned {
+    /// `model` with [`Tuned::original_weights`] in place (each initializer keeps its shape and
+    /// element type).
+    pub fn apply_original_weights(&self, model: &OnnxModel) -> Result<OnnxModel> {
+        let mut out = model.clone();
+        for (name, values) in &self.original_weights {
+            let t = out
+                .graph_mut()
+                .initializer
+                .iter_mut()
+                .find(|t| t.name.as_deref() == Some(name.as_str()))
+                .with_context(|| {
+                    format!("initializer `{name}` is not in {}", model.path.display())
+                })?;
+            let dims = crate::onnx::tensor::dims(t)?;
+            let elem = crate::onnx::tensor::FloatType::from_onnx(t.data_type.unwrap_or(0))
+                .with_context(|| format!("initializer `{name}` is not a float tensor"))?;
+            ensure!(
+                dims.iter().product::<usize>() == values.len(),
+                "initializer `{name}`: {} trained values for shape {dims:?}",
+                values.len()
+            );
+            crate::onnx::tensor::set_f32(t, &dims, values, elem);
+        }
+        Ok(out)
+    }
+}
+
+/// Fine-tunes the codebooks of `layers` (each a converted Conv of `original` and its codebook),
+/// and with [`FinetuneOptions::train_original_layers`] the layers left original; returns what
+/// changed and the report. Callers run [`preflight`] first, before the clustering this follows.
 pub fn finetune(
     original: &OnnxModel,
     layers: &[(&ConvLayer, &Codebook)],
     opts: &FinetuneOptions,
-) -> Result<(Vec<Codebook>, FinetuneReport)> {
+) -> Result<(Tuned, FinetuneReport)> {
     #[cfg(feature = "finetune")]
     return train::run(original, layers, opts);
     #[cfg(not(feature = "finetune"))]

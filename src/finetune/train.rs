@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor, Var, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use ndarray::Array4;
 use rand::rngs::Xoshiro256PlusPlus;
@@ -22,7 +22,7 @@ use crate::progress;
 
 use super::graph::{self, Graph, Overrides};
 use super::params::LayerVars;
-use super::{check, EpochReport, FinetuneOptions, FinetuneReport};
+use super::{check, EpochReport, FinetuneOptions, FinetuneReport, Tuned};
 
 fn batch_tensor(images: &[Array4<f32>]) -> Result<Tensor> {
     let (_, c, h, w) = images[0].dim();
@@ -48,6 +48,8 @@ struct Trainer<'a> {
     /// reconstructed weights (not trained); the Conv layers come in as overrides.
     student: Graph,
     layers: Vec<LayerVars>,
+    /// The weights and biases of the layers left original, when they are trained too.
+    originals: Vec<(String, Var)>,
     opts: &'a FinetuneOptions,
 }
 
@@ -118,8 +120,37 @@ impl Trainer<'_> {
 type Best = (f64, Option<usize>, Vec<Vec<Tensor>>);
 
 impl Trainer<'_> {
+    /// Every trainable variable: the converted layers', then the original layers'.
+    fn vars(&self) -> Vec<Var> {
+        let converted = self.layers.iter().flat_map(|l| l.vars());
+        converted
+            .chain(self.originals.iter().map(|(_, v)| v.clone()))
+            .collect()
+    }
+
+    /// The current values: one entry per converted layer, then one with the original layers'.
     fn snapshot(&self) -> Result<Vec<Vec<Tensor>>> {
-        self.layers.iter().map(|l| l.snapshot()).collect()
+        let mut out: Vec<Vec<Tensor>> = self
+            .layers
+            .iter()
+            .map(|l| l.snapshot())
+            .collect::<Result<_>>()?;
+        let originals = self.originals.iter().map(|(_, v)| v.as_tensor().copy());
+        out.push(originals.collect::<candle_core::Result<_>>()?);
+        Ok(out)
+    }
+
+    fn restore(&self, snapshot: &[Vec<Tensor>]) -> Result<()> {
+        for (l, snap) in self.layers.iter().zip(snapshot) {
+            l.restore(snap)?;
+        }
+        let originals = snapshot
+            .last()
+            .context("a snapshot ends with the original layers")?;
+        for ((_, v), t) in self.originals.iter().zip(originals) {
+            v.set(t)?;
+        }
+        Ok(())
     }
 
     /// The held-out figures before training.
@@ -149,7 +180,7 @@ impl Trainer<'_> {
         mut best: Best,
     ) -> Result<(Best, Vec<EpochReport>, Option<String>)> {
         let opts = self.opts;
-        let vars: Vec<candle_core::Var> = self.layers.iter().flat_map(|l| l.vars()).collect();
+        let vars = self.vars();
         let adamw = ParamsAdamW {
             lr: opts.lr,
             weight_decay: 0.0,
@@ -190,13 +221,13 @@ impl Trainer<'_> {
     }
 }
 
-/// Fine-tunes the codebooks of `layers` (each a converted Conv of `original` and its codebook);
-/// returns the codebooks to lower and the report.
+/// Fine-tunes the codebooks of `layers` (each a converted Conv of `original` and its codebook),
+/// and the layers left original when asked; returns what changed and the report.
 pub fn run(
     original: &OnnxModel,
     layers: &[(&ConvLayer, &Codebook)],
     opts: &FinetuneOptions,
-) -> Result<(Vec<Codebook>, FinetuneReport)> {
+) -> Result<(Tuned, FinetuneReport)> {
     check(opts)?;
     let graph = Graph::new(original).context("fine-tuning runs the model's own operators")?;
     let images = calibrate::preprocessed_images(&opts.data, &opts.preprocess, opts.samples)?;
@@ -208,7 +239,19 @@ pub fn run(
         images.len()
     );
     let (train, heldout) = images.split_at(images.len() - heldout_count);
-    let (student, trained) = student_graph(original, layers)?;
+    let (mut student, trained) = student_graph(original, layers)?;
+    let originals = match opts.train_original_layers {
+        true => {
+            let converted: Vec<usize> = layers.iter().map(|(l, _)| l.node_index).collect();
+            let names = student.layer_constants(&converted);
+            log::info!(
+                "fine-tune: also training {} tensors of the layers left original",
+                names.len()
+            );
+            student.train_constants(&names)?
+        }
+        false => vec![],
+    };
     let vars = trained
         .iter()
         .map(|(l, cb)| LayerVars::new(l.node_index, cb, base_bias(original, l, cb)?))
@@ -217,6 +260,7 @@ pub fn run(
         graph,
         student,
         layers: vars,
+        originals,
         opts,
     };
     let teacher: Vec<Tensor> = heldout
@@ -241,28 +285,15 @@ pub fn run(
             start.heldout_loss
         );
     }
-    let codebooks = match best.1 {
+    let tuned = match best.1 {
         Some(_) => {
-            let mut tuned = trainer
-                .layers
-                .iter()
-                .zip(&best.2)
-                .zip(&trained)
-                .map(|((v, snap), (_, cb))| {
-                    v.restore(snap)?;
-                    v.to_codebook(cb)
-                })
-                .collect::<Result<Vec<_>>>()?
-                .into_iter();
-            layers
-                .iter()
-                .map(|(l, cb)| match l.fc {
-                    Some(_) => (*cb).clone(),
-                    None => tuned.next().expect("one per trained layer"),
-                })
-                .collect()
+            trainer.restore(&best.2)?;
+            trainer.tuned(layers, &trained)?
         }
-        None => layers.iter().map(|(_, cb)| (*cb).clone()).collect(),
+        None => Tuned {
+            codebooks: layers.iter().map(|(_, cb)| (*cb).clone()).collect(),
+            original_weights: vec![],
+        },
     };
     let report = FinetuneReport {
         train_images: train.len(),
@@ -271,8 +302,43 @@ pub fn run(
         epochs,
         best_epoch: best.1,
         diverged,
+        trained_original_tensors: trainer.originals.len(),
     };
-    Ok((codebooks, report))
+    Ok((tuned, report))
+}
+
+impl Trainer<'_> {
+    /// The current values as codebooks (one per layer of `layers`; the fully connected ones as
+    /// they came) and original weights.
+    fn tuned(
+        &self,
+        layers: &[(&ConvLayer, &Codebook)],
+        trained: &[(&ConvLayer, &Codebook)],
+    ) -> Result<Tuned> {
+        let mut codebooks = self
+            .layers
+            .iter()
+            .zip(trained)
+            .map(|(v, (_, cb))| v.to_codebook(cb))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter();
+        let codebooks = layers
+            .iter()
+            .map(|(l, cb)| match l.fc {
+                Some(_) => (*cb).clone(),
+                None => codebooks.next().expect("one per trained layer"),
+            })
+            .collect();
+        let original_weights = self
+            .originals
+            .iter()
+            .map(|(n, v)| Ok((n.clone(), v.flatten_all()?.to_vec1::<f32>()?)))
+            .collect::<Result<_>>()?;
+        Ok(Tuned {
+            codebooks,
+            original_weights,
+        })
+    }
 }
 
 /// The student's graph (the original with the converted fully connected layers' W̃ in place:
