@@ -27,9 +27,8 @@ run() { # name model eval-args convert-args...
   shift 3
   if [ -n "$SELECTED" ] && [[ " $SELECTED " != *" $name "* ]]; then return; fi
   echo "== $name: onnx-dlq $model OUT $*"
-  local t0=$SECONDS
-  $B "$model" "$out/$name.onnx" "$@" 2>&1 | grep -E "^model:|target-speedup: [0-9]|^fine-tune"
-  echo "convert: $((SECONDS - t0)) s"
+  /usr/bin/time -f "convert: %e s, peak memory %M KB" $B "$model" "$out/$name.onnx" "$@" 2>&1 |
+    grep -E "^model:|target-speedup: [0-9]|^fine-tune|^convert:"
   $B verify "$model" "$out/$name.onnx" $eval --runs 1 2>/dev/null | grep -E "^(original|converted|samples)"
 }
 for r in "" "--no-refit"; do
@@ -51,6 +50,14 @@ run sq-dl-10-keep $SQ "$SQ_EVAL" --layers $L --ratio 10 $SQ_CAL --refit-keep-ass
 run r20-dl-4-ft $R20 "$RN_EVAL" --all --ratio 4 $RN_CAL --finetune $S/data/cifar10-train --epochs 3
 run r20-dl-t2-ft $R20 "$RN_EVAL" --target-speedup 2 $RN_CAL --finetune $S/data/cifar10-train --epochs 3
 run sq-dl-10-ft $SQ "$SQ_EVAL" --layers $L --ratio 10 $SQ_CAL --finetune $S/data/imagenet-sample --finetune-samples 256 --epochs 3
+# Fine-tuning the layers left original too (--train-original-layers), and VQ fine-tuned.
+SQ_FT="--finetune $S/data/imagenet-sample --finetune-samples 256 --epochs 3"
+run sq-dl-10-ft-orig $SQ "$SQ_EVAL" --layers $L --ratio 10 $SQ_CAL $SQ_FT --train-original-layers
+run sq-dl-10-ft-lr2e-5 $SQ "$SQ_EVAL" --layers $L --ratio 10 $SQ_CAL $SQ_FT --lr 2e-5 --epochs 4
+run sq-vq-10-ft $SQ "$SQ_EVAL" --layers $L --ratio 10 --method vq $SQ_CAL $SQ_FT
+run r20-dl-4-ft-orig $R20 "$RN_EVAL" --all --ratio 4 $RN_CAL --finetune $S/data/cifar10-train --epochs 3 --train-original-layers
+run r20-vq-4 $R20 "$RN_EVAL" --all --ratio 4 --method vq $RN_CAL
+run r20-vq-4-ft $R20 "$RN_EVAL" --all --ratio 4 --method vq $RN_CAL --finetune $S/data/cifar10-train --epochs 3
 for d in 0.001 0.1 1; do
   run r20-dl-t2-rd$d $R20 "$RN_EVAL" --target-speedup 2 $RN_CAL --refit-damping $d
   run sq-dl-10-rd$d $SQ "$SQ_EVAL" --layers $L --ratio 10 $SQ_CAL --refit-damping $d

@@ -292,3 +292,152 @@ fn train_original_layers_changes_their_weights_not_the_graph() {
         assert_eq!(tensor(&b, layer, input), tensor(&original, layer, input));
     }
 }
+
+/// `onnx-dlq finetune ORIGINAL CONVERTED OUT` reads the codebooks back from each form's
+/// initializers and trains them as `convert --finetune` does: the standard-operator and fused
+/// outputs are byte-identical to `convert --finetune`'s; the compact form's values are equal
+/// (its trained bias goes into the Conv's existing bias rather than a new initializer).
+#[test]
+fn finetune_subcommand_equals_convert_finetune_in_every_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).display().to_string();
+    let training = ["--finetune-samples", "200", "--epochs", "2", "--lr", "1e-3"];
+    for form in ["ops", "fused", "dense"] {
+        let (plain, direct, later) = (
+            path(&format!("{form}.onnx")),
+            path(&format!("{form}-convert-ft.onnx")),
+            path(&format!("{form}-finetune.onnx")),
+        );
+        let mut convert = finetune_args(&direct);
+        convert.extend(["--form".to_string(), form.to_string()]);
+        let o = common::bin().args(&convert).output().unwrap();
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        let at = convert.iter().position(|a| a == "--finetune").unwrap();
+        convert.drain(at..at + 10);
+        convert[2] = plain.clone();
+        let o = common::bin().args(&convert).output().unwrap();
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        let o = common::bin()
+            .args([
+                "finetune",
+                &repo_path("models/digits-cnn.onnx"),
+                &plain,
+                &later,
+            ])
+            .args(["--data", &repo_path("models/digits-test")])
+            .args([
+                "--preprocess",
+                &repo_path("models/digits-cnn.preprocess.json"),
+            ])
+            .args(training)
+            .arg("--json")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{form}: {}", common::stderr(&o));
+        let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(j["finetune"]["best_epoch"].as_u64().is_some(), "{j}");
+        let (a, b) = (
+            std::fs::read(&direct).unwrap(),
+            std::fs::read(&later).unwrap(),
+        );
+        if form != "dense" {
+            assert!(a == b, "{form}: not the bytes convert --finetune writes");
+            continue;
+        }
+        let floats = |p: &str| -> Vec<f32> {
+            let m = onnx_dlq::onnx::model::load(std::path::Path::new(p)).unwrap();
+            let mut inits: Vec<_> = m.graph().initializer.clone();
+            inits.retain(|t| t.data_type == Some(1));
+            inits.sort_by_key(|t| {
+                let v = m.tensor_f32(t).unwrap();
+                (v.len(), v.iter().map(|x| x.to_bits() as u64).sum::<u64>())
+            });
+            inits
+                .iter()
+                .flat_map(|t| m.tensor_f32(t).unwrap().into_iter().collect::<Vec<_>>())
+                .collect()
+        };
+        assert_eq!(floats(&direct), floats(&later), "dense: the same values");
+    }
+}
+
+#[test]
+fn finetune_subcommand_refuses_what_it_cannot_train_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).display().to_string();
+    let original = repo_path("models/digits-cnn.onnx");
+    let convert = |out: &str, layers: &str| {
+        let o = common::bin()
+            .args([
+                "convert", &original, out, "--layers", layers, "--ratio", "4",
+            ])
+            .args(["--method", "vq", "--no-latency"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", common::stderr(&o));
+    };
+    convert(&path("conv.onnx"), "conv2");
+    convert(&path("fc.onnx"), "conv2,fc");
+    // Another model: the default one with conv2 renamed.
+    let mut proto = onnx_dlq::onnx::model::load(&common::default_model())
+        .unwrap()
+        .proto;
+    let graph = proto.graph.as_mut().unwrap();
+    let conv2 = graph
+        .node
+        .iter_mut()
+        .find(|n| n.name.as_deref() == Some("conv2"));
+    conv2.unwrap().name = Some("renamed".into());
+    std::fs::write(path("other.onnx"), prost::Message::encode_to_vec(&proto)).unwrap();
+    let out = path("out.onnx");
+    let cases = [
+        (
+            original.clone(),
+            original.clone(),
+            "no layer converted by onnx-dlq",
+        ),
+        (
+            path("other.onnx"),
+            path("conv.onnx"),
+            "has no such layer: give the model it was converted from",
+        ),
+        (
+            original.clone(),
+            path("fc.onnx"),
+            "converted fully connected layer",
+        ),
+    ];
+    for (teacher, converted, expect) in cases {
+        let o = common::bin()
+            .args(["finetune", &teacher, &converted, &out])
+            .args(["--data", &repo_path("models/digits-test")])
+            .args([
+                "--preprocess",
+                &repo_path("models/digits-cnn.preprocess.json"),
+            ])
+            .output()
+            .unwrap();
+        let err = common::stderr(&o);
+        assert!(
+            !o.status.success() && err.contains(expect),
+            "{converted}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!std::path::Path::new(&out).exists());
+    }
+    let o = common::bin()
+        .args([
+            "finetune",
+            &original,
+            &path("conv.onnx"),
+            &path("conv.onnx"),
+        ])
+        .args(["--data", &repo_path("models/digits-test")])
+        .args([
+            "--preprocess",
+            &repo_path("models/digits-cnn.preprocess.json"),
+        ])
+        .output()
+        .unwrap();
+    assert!(common::stderr(&o).contains("it is an input model"));
+}

@@ -59,6 +59,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Accuracy after converting stage after stage, per method and ratio (the paper's Experiment II).
     Stages(StagesArgs),
+    /// Fine-tune an already converted model by distillation from the original (its graph kept).
+    Finetune(FinetuneCmdArgs),
 }
 
 /// The clustering method, as the command line names it.
@@ -337,6 +339,14 @@ pub struct FinetuneArgs {
     /// like --calibrate's; needs --preprocess). A share is held out to keep the best epoch.
     #[arg(long, value_name = "DIR")]
     pub finetune: Option<PathBuf>,
+    #[command(flatten)]
+    pub training: TrainingArgs,
+}
+
+/// The training settings `convert --finetune` and `finetune` share (each command names its
+/// images' folder with the argument id `finetune`, which these require).
+#[derive(Debug, Args)]
+pub struct TrainingArgs {
     #[arg(long, default_value_t = 3, requires = "finetune")]
     pub epochs: usize,
     /// Peak learning rate (AdamW, cosine decay to 0).
@@ -360,17 +370,11 @@ pub struct FinetuneArgs {
     pub train_original_layers: bool,
 }
 
-impl FinetuneArgs {
-    fn options(&self, preprocess: Option<&Path>, seed: u64) -> Result<Option<FinetuneOptions>> {
-        let Some(dir) = &self.finetune else {
-            return Ok(None);
-        };
-        let Some(spec) = preprocess else {
-            bail!("--finetune needs --preprocess SPEC.json (how to turn its images into inputs)");
-        };
-        Ok(Some(FinetuneOptions {
-            data: dir.clone(),
-            preprocess: spec.to_path_buf(),
+impl TrainingArgs {
+    fn options(&self, data: &Path, preprocess: &Path, seed: u64) -> FinetuneOptions {
+        FinetuneOptions {
+            data: data.to_path_buf(),
+            preprocess: preprocess.to_path_buf(),
             samples: self.finetune_samples,
             epochs: self.epochs,
             lr: self.lr,
@@ -379,8 +383,45 @@ impl FinetuneArgs {
             seed,
             keep_on_divergence: self.finetune_keep_on_divergence,
             train_original_layers: self.train_original_layers,
-        }))
+        }
     }
+}
+
+impl FinetuneArgs {
+    fn options(&self, preprocess: Option<&Path>, seed: u64) -> Result<Option<FinetuneOptions>> {
+        let Some(dir) = &self.finetune else {
+            return Ok(None);
+        };
+        let Some(spec) = preprocess else {
+            bail!("--finetune needs --preprocess SPEC.json (how to turn its images into inputs)");
+        };
+        Ok(Some(self.training.options(dir, spec, seed)))
+    }
+}
+
+/// `onnx-dlq finetune`: distillation fine-tuning of an already converted model.
+#[derive(Debug, Args)]
+pub struct FinetuneCmdArgs {
+    /// The original model (the teacher).
+    pub original: PathBuf,
+    /// The model `onnx-dlq convert` made from it (any form; its graph is kept).
+    pub converted: PathBuf,
+    /// Where to write the fine-tuned model (never the input).
+    pub output: PathBuf,
+    /// The training images (no labels needed; read like --calibrate's).
+    #[arg(long = "data", id = "finetune", value_name = "DIR")]
+    pub data: PathBuf,
+    /// How to turn the images into model inputs.
+    #[arg(long, value_name = "SPEC.json")]
+    pub preprocess: PathBuf,
+    #[command(flatten)]
+    pub training: TrainingArgs,
+    /// Random seed (same seed, same output bytes).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The clustering settings `convert` and `stages` share (defaults: the paper's).
@@ -505,6 +546,7 @@ pub fn run() -> Result<()> {
         Some(Command::Sweep(args)) => run_sweep(args),
         Some(Command::Verify(args)) => run_verify(args),
         Some(Command::Stages(args)) => run_stages(args),
+        Some(Command::Finetune(args)) => run_finetune(args),
         None => run_convert(cli.convert),
     }
 }
@@ -628,6 +670,45 @@ fn run_verify(args: VerifyArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", verify::render(&v));
+    }
+    Ok(())
+}
+
+fn run_finetune(args: FinetuneCmdArgs) -> Result<()> {
+    for input in [&args.original, &args.converted] {
+        if model::same_file(input, &args.output) {
+            bail!(
+                "refusing to write {}: it is an input model; choose another output path",
+                args.output.display()
+            );
+        }
+    }
+    let original = model::load(&args.original)?;
+    let converted = model::load(&args.converted)?;
+    model::check_writable(&args.output)?;
+    let opts = args
+        .training
+        .options(&args.data, &args.preprocess, args.seed);
+    let (tuned, report) = crate::finetune::finetune_converted(&original, &converted, &opts)?;
+    let policy = match converted.has_external_data() {
+        true => ExternalData::Always {
+            threshold: crate::onnx::model::EXTERNAL_THRESHOLD,
+        },
+        false => ExternalData::Auto,
+    };
+    model::save(&tuned, &args.output, policy)?;
+    match args.json {
+        true => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "output": args.output.display().to_string(),
+                "finetune": report,
+            }))?
+        ),
+        false => {
+            print!("{}", crate::finetune::render(&report));
+            println!("wrote {}", args.output.display());
+        }
     }
     Ok(())
 }

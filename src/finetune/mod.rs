@@ -9,6 +9,7 @@
 pub mod graph;
 #[cfg(feature = "finetune")]
 pub mod params;
+pub mod stored;
 #[cfg(feature = "finetune")]
 mod train;
 
@@ -70,6 +71,9 @@ pub struct FinetuneReport {
     /// Initializers of the layers left original that were trained (`--train-original-layers`).
     #[serde(default)]
     pub trained_original_tensors: usize,
+    /// The process's peak resident memory after training (Linux's VmHWM), when known.
+    #[serde(default)]
+    pub peak_memory_bytes: Option<u64>,
 }
 
 /// What fine-tuning changed.
@@ -88,26 +92,24 @@ impl Tuned {
     pub fn apply_original_weights(&self, model: &OnnxModel) -> Result<OnnxModel> {
         let mut out = model.clone();
         for (name, values) in &self.original_weights {
-            let t = out
-                .graph_mut()
-                .initializer
-                .iter_mut()
-                .find(|t| t.name.as_deref() == Some(name.as_str()))
-                .with_context(|| {
-                    format!("initializer `{name}` is not in {}", model.path.display())
-                })?;
-            let dims = crate::onnx::tensor::dims(t)?;
-            let elem = crate::onnx::tensor::FloatType::from_onnx(t.data_type.unwrap_or(0))
-                .with_context(|| format!("initializer `{name}` is not a float tensor"))?;
-            ensure!(
-                dims.iter().product::<usize>() == values.len(),
-                "initializer `{name}`: {} trained values for shape {dims:?}",
-                values.len()
-            );
-            crate::onnx::tensor::set_f32(t, &dims, values, elem);
+            stored::set_initializer(&mut out, name, values)?;
         }
         Ok(out)
     }
+}
+
+/// What to fine-tune.
+pub struct Job<'a> {
+    /// The teacher: the original model.
+    pub teacher: &'a OnnxModel,
+    /// Where the student's layers left original come from: the teacher, or (fine-tuning a
+    /// converted file) the teacher with that file's values of them.
+    pub student: &'a OnnxModel,
+    /// The converted layers (layers of `teacher`) and their codebooks.
+    pub layers: Vec<(&'a ConvLayer, &'a Codebook)>,
+    /// Node indices of converted layers whose bias stays as it is (their stored form has no
+    /// place for one).
+    pub fixed_bias: Vec<usize>,
 }
 
 /// Fine-tunes the codebooks of `layers` (each a converted Conv of `original` and its codebook),
@@ -118,13 +120,24 @@ pub fn finetune(
     layers: &[(&ConvLayer, &Codebook)],
     opts: &FinetuneOptions,
 ) -> Result<(Tuned, FinetuneReport)> {
+    let job = Job {
+        teacher: original,
+        student: original,
+        layers: layers.to_vec(),
+        fixed_bias: vec![],
+    };
+    finetune_job(&job, opts)
+}
+
+/// Runs `job` (see [`finetune`]).
+pub fn finetune_job(job: &Job, opts: &FinetuneOptions) -> Result<(Tuned, FinetuneReport)> {
     #[cfg(feature = "finetune")]
-    return train::run(original, layers, opts);
+    return train::run(job, opts);
     #[cfg(not(feature = "finetune"))]
     anyhow::bail!(
         "this onnx-dlq was built without the `finetune` feature; cannot fine-tune {} layers of {} on {}",
-        layers.len(),
-        original.path.display(),
+        job.layers.len(),
+        job.teacher.path.display(),
         opts.data.display()
     )
 }
@@ -135,7 +148,7 @@ pub fn preflight(model: &OnnxModel, opts: &FinetuneOptions) -> Result<()> {
     check(opts)?;
     #[cfg(feature = "finetune")]
     let graph = graph::Graph::new(model).context("fine-tuning runs the model's own operators")?;
-    calibrate::image_files(&opts.data).context("--finetune")?;
+    calibrate::image_files(&opts.data).context("the fine-tuning images")?;
     PreprocessSpec::load(&opts.preprocess)?;
     #[cfg(feature = "finetune")]
     {
@@ -165,4 +178,115 @@ pub(crate) fn check(opts: &FinetuneOptions) -> Result<()> {
         opts.holdout
     );
     Ok(())
+}
+
+/// Fine-tunes an already converted model (`onnx-dlq finetune`): reads the codebooks `converted`
+/// holds ([`stored`]), trains them against `original` as the teacher, and returns `converted`
+/// with the trained values in the same initializers (the graph unchanged) and the report.
+pub fn finetune_converted(
+    original: &OnnxModel,
+    converted: &OnnxModel,
+    opts: &FinetuneOptions,
+) -> Result<(OnnxModel, FinetuneReport)> {
+    let layers = stored::read(original, converted)?;
+    preflight(original, opts)?;
+    let student = student_base(original, converted)?;
+    let job = Job {
+        teacher: original,
+        student: &student,
+        layers: layers.iter().map(|s| (&s.layer, &s.codebook)).collect(),
+        fixed_bias: layers
+            .iter()
+            .filter(|s| !s.has_bias())
+            .map(|s| s.layer.node_index)
+            .collect(),
+    };
+    let (tuned, report) = finetune_job(&job, opts)?;
+    let mut out = tuned.apply_original_weights(converted)?;
+    for (s, cb) in layers.iter().zip(&tuned.codebooks) {
+        s.write(&mut out, cb)?;
+        let error = cb.relative_error(s.layer.kernel_f32(original)?.view());
+        record_error(&mut out, &s.layer.name, error)?;
+    }
+    Ok((out, report))
+}
+
+/// `original` with `converted`'s values of the initializers both hold with the same shape: the
+/// layers left original as the converted file has them (trained by an earlier
+/// `--train-original-layers`, say).
+fn student_base(original: &OnnxModel, converted: &OnnxModel) -> Result<OnnxModel> {
+    let mut out = original.clone();
+    for t in &converted.graph().initializer {
+        let Some(name) = t.name.as_deref() else {
+            continue;
+        };
+        let Some(mine) = original.initializer(name) else {
+            continue;
+        };
+        let dims = crate::onnx::tensor::dims(t)?;
+        if dims != crate::onnx::tensor::dims(mine)?
+            || crate::onnx::tensor::FloatType::from_onnx(t.data_type.unwrap_or(0)).is_none()
+        {
+            continue;
+        }
+        let values: Vec<f32> = converted.tensor_f32(t)?.iter().copied().collect();
+        stored::set_initializer(&mut out, name, &values)?;
+    }
+    Ok(out)
+}
+
+/// Updates the weight error recorded in layer `layer`'s metadata entry.
+fn record_error(model: &mut OnnxModel, layer: &str, error: f64) -> Result<()> {
+    let key = format!("onnx-dlq/{layer}");
+    let entry = model
+        .proto
+        .metadata_props
+        .iter_mut()
+        .find(|p| p.key.as_deref() == Some(key.as_str()))
+        .with_context(|| format!("no metadata entry `{key}`"))?;
+    let mut settings: crate::convert::report::LayerSettings =
+        serde_json::from_str(entry.value.as_deref().unwrap_or_default())?;
+    settings.relative_error = error;
+    entry.value = Some(serde_json::to_string(&settings)?);
+    Ok(())
+}
+
+/// The report as text: the start and every epoch on the held-out images, and what was kept.
+pub fn render(r: &FinetuneReport) -> String {
+    let mut out = format!(
+        "fine-tune: {} images trained on, {} held out\n",
+        r.train_images, r.heldout_images
+    );
+    for e in std::iter::once(&r.start).chain(&r.epochs) {
+        let train = match e.train_loss.is_finite() {
+            true => format!("{:.5}", e.train_loss),
+            false => "-".to_string(),
+        };
+        out += &format!(
+            "epoch {}: train loss {train}, held-out loss {:.5}, agreement {:.2}% ({:.0}s)\n",
+            e.epoch,
+            e.heldout_loss,
+            e.heldout_agreement * 100.0,
+            e.seconds
+        );
+    }
+    out += &match r.best_epoch {
+        Some(e) => format!("kept epoch {e} (lowest held-out loss)\n"),
+        None => "no epoch beat the start: the parameters are unchanged\n".to_string(),
+    };
+    if let Some(why) = &r.diverged {
+        out += &format!("stopped early: {why}\n");
+    }
+    if let Some(bytes) = r.peak_memory_bytes {
+        out += &format!("peak memory {:.0} MB\n", bytes as f64 / 1e6);
+    }
+    out
+}
+
+/// The process's peak resident memory (VmHWM of /proc/self/status; `None` where there is none).
+pub fn peak_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }

@@ -30,6 +30,8 @@ pub struct LayerVars {
     /// The layer's bias before calibration (zeros when it had none): the codebook's
     /// `bias_shift` is the trained bias minus this.
     base_bias: Vec<f32>,
+    /// Whether the bias is trained (not when the stored form has no place for one).
+    train_bias: bool,
 }
 
 fn var(data: &[f32], shape: &[usize]) -> Result<Var> {
@@ -41,7 +43,12 @@ fn var(data: &[f32], shape: &[usize]) -> Result<Var> {
 }
 
 impl LayerVars {
-    pub fn new(node_index: usize, cb: &Codebook, base_bias: Vec<f32>) -> Result<LayerVars> {
+    pub fn new(
+        node_index: usize,
+        cb: &Codebook,
+        base_bias: Vec<f32>,
+        train_bias: bool,
+    ) -> Result<LayerVars> {
         let [m, _, kh, kw] = cb.kernel_shape;
         ensure!(
             base_bias.len() == m,
@@ -91,6 +98,7 @@ impl LayerVars {
             subspaces,
             bias: var(&bias, &[m])?,
             base_bias,
+            train_bias,
         })
     }
 
@@ -103,7 +111,9 @@ impl LayerVars {
                 v.push(coefs.clone());
             }
         }
-        v.push(self.bias.clone());
+        if self.train_bias {
+            v.push(self.bias.clone());
+        }
         v
     }
 
@@ -171,6 +181,9 @@ impl LayerVars {
                 };
             }
         }
+        if !self.train_bias {
+            return Ok(out);
+        }
         let bias: Vec<f32> = self.bias.to_vec1()?;
         out.bias_shift = Some(
             bias.iter()
@@ -200,7 +213,7 @@ mod tests {
             let mut cb = codebook::learn(kernel.view(), &p.check().unwrap()).unwrap();
             cb.bias_shift = Some((0..12).map(|k| k as f32 * 0.1).collect());
             let base: Vec<f32> = (0..12).map(|k| 1.0 - k as f32).collect();
-            let vars = LayerVars::new(3, &cb, base.clone()).unwrap();
+            let vars = LayerVars::new(3, &cb, base.clone(), true).unwrap();
             let (w, b) = vars.kernel_and_bias().unwrap();
             let want = cb.reconstruct();
             let got: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();

@@ -22,7 +22,7 @@ use crate::progress;
 
 use super::graph::{self, Graph, Overrides};
 use super::params::LayerVars;
-use super::{check, EpochReport, FinetuneOptions, FinetuneReport, Tuned};
+use super::{check, stored, EpochReport, FinetuneOptions, FinetuneReport, Job, Tuned};
 
 fn batch_tensor(images: &[Array4<f32>]) -> Result<Tensor> {
     let (_, c, h, w) = images[0].dim();
@@ -223,12 +223,9 @@ impl Trainer<'_> {
 
 /// Fine-tunes the codebooks of `layers` (each a converted Conv of `original` and its codebook),
 /// and the layers left original when asked; returns what changed and the report.
-pub fn run(
-    original: &OnnxModel,
-    layers: &[(&ConvLayer, &Codebook)],
-    opts: &FinetuneOptions,
-) -> Result<(Tuned, FinetuneReport)> {
+pub fn run(job: &Job, opts: &FinetuneOptions) -> Result<(Tuned, FinetuneReport)> {
     check(opts)?;
+    let (original, layers) = (job.teacher, job.layers.as_slice());
     let graph = Graph::new(original).context("fine-tuning runs the model's own operators")?;
     let images = calibrate::preprocessed_images(&opts.data, &opts.preprocess, opts.samples)?;
     let heldout_count = ((images.len() as f64 * opts.holdout).round() as usize).max(1);
@@ -239,7 +236,7 @@ pub fn run(
         images.len()
     );
     let (train, heldout) = images.split_at(images.len() - heldout_count);
-    let (mut student, trained) = student_graph(original, layers)?;
+    let (mut student, trained) = student_graph(job.student, layers)?;
     let originals = match opts.train_original_layers {
         true => {
             let converted: Vec<usize> = layers.iter().map(|(l, _)| l.node_index).collect();
@@ -254,7 +251,11 @@ pub fn run(
     };
     let vars = trained
         .iter()
-        .map(|(l, cb)| LayerVars::new(l.node_index, cb, base_bias(original, l, cb)?))
+        .map(|(l, cb)| {
+            let train_bias = !job.fixed_bias.contains(&l.node_index);
+            let base = stored::original_bias(original, l, cb.kernel_shape[0])?;
+            LayerVars::new(l.node_index, cb, base, train_bias)
+        })
         .collect::<Result<Vec<_>>>()?;
     let trainer = Trainer {
         graph,
@@ -303,6 +304,7 @@ pub fn run(
         best_epoch: best.1,
         diverged,
         trained_original_tensors: trainer.originals.len(),
+        peak_memory_bytes: super::peak_memory_bytes(),
     };
     Ok((tuned, report))
 }
@@ -384,28 +386,4 @@ fn augment(x: &Array4<f32>, rng: &mut Xoshiro256PlusPlus) -> Array4<f32> {
             x[[0, ch, sy as usize, sx as usize]]
         }
     })
-}
-
-/// The layer's bias in the original model (zeros when it has none).
-fn base_bias(model: &OnnxModel, layer: &ConvLayer, cb: &Codebook) -> Result<Vec<f32>> {
-    let m = cb.kernel_shape[0];
-    match &layer.bias {
-        None => Ok(vec![0.0; m]),
-        Some(name) => {
-            let t = model.initializer(name).with_context(|| {
-                format!(
-                    "layer `{}`: bias `{name}` is not an initializer",
-                    layer.name
-                )
-            })?;
-            let b: Vec<f32> = model.tensor_f32(t)?.iter().copied().collect();
-            ensure!(
-                b.len() == m,
-                "layer `{}`: bias of {} values, {m} expected",
-                layer.name,
-                b.len()
-            );
-            Ok(b)
-        }
-    }
 }

@@ -292,7 +292,8 @@ pub fn raw_bytes<'a>(t: &'a TensorProto, base_dir: &Path) -> Result<Cow<'a, [u8]
     Ok(Cow::Owned(bytes))
 }
 
-/// Reads an integer tensor (INT64 or INT32, e.g. a Slice's starts or a Reshape's shape).
+/// Reads an integer tensor (INT64 or INT32, e.g. a Slice's starts or a Reshape's shape; or an
+/// unsigned index tensor).
 pub fn to_i64(t: &TensorProto, base_dir: &Path) -> Result<Vec<i64>> {
     let bytes = raw_bytes(t, base_dir)?;
     let dt = DataType::try_from(t.data_type.unwrap_or(0)).unwrap_or(DataType::Undefined);
@@ -305,8 +306,18 @@ pub fn to_i64(t: &TensorProto, base_dir: &Path) -> Result<Vec<i64>> {
             .chunks_exact(4)
             .map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")) as i64)
             .collect(),
+        // The unsigned index types [`new_index_tensor`] writes.
+        DataType::Uint32 => bytes
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as i64)
+            .collect(),
+        DataType::Uint16 => bytes
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes(b.try_into().expect("2 bytes")) as i64)
+            .collect(),
+        DataType::Uint8 => bytes.iter().map(|&b| b as i64).collect(),
         _ => bail!(
-            "tensor `{}` is {}, expected INT64 or INT32",
+            "tensor `{}` is {}, expected an integer type (INT64, INT32, UINT32, UINT16, UINT8)",
             tensor_name(t),
             data_type_name(t.data_type.unwrap_or(0))
         ),
