@@ -53,12 +53,26 @@ run sq-dl-10-ft $SQ "$SQ_EVAL" --layers $L --ratio 10 $SQ_CAL --finetune $S/data
 # Fine-tuning the layers left original too (--train-original-layers), and VQ fine-tuned.
 SQ_FT="--finetune $S/data/imagenet-sample --finetune-samples 256 --epochs 3"
 run sq-dl-10-ft-orig $SQ "$SQ_EVAL" --layers $L --ratio 10 $SQ_CAL $SQ_FT --train-original-layers
-run sq-dl-10-ft-lr2e-5 $SQ "$SQ_EVAL" --layers $L --ratio 10 $SQ_CAL $SQ_FT --lr 2e-5 --epochs 4
 run sq-vq-10-ft $SQ "$SQ_EVAL" --layers $L --ratio 10 --method vq $SQ_CAL $SQ_FT
-run r20-dl-4-ft-orig $R20 "$RN_EVAL" --all --ratio 4 $RN_CAL --finetune $S/data/cifar10-train --epochs 3 --train-original-layers
 run r20-vq-4 $R20 "$RN_EVAL" --all --ratio 4 --method vq $RN_CAL
-run r20-vq-4-ft $R20 "$RN_EVAL" --all --ratio 4 --method vq $RN_CAL --finetune $S/data/cifar10-train --epochs 3
 for d in 0.001 0.1 1; do
   run r20-dl-t2-rd$d $R20 "$RN_EVAL" --target-speedup 2 $RN_CAL --refit-damping $d
   run sq-dl-10-rd$d $SQ "$SQ_EVAL" --layers $L --ratio 10 $SQ_CAL --refit-damping $d
 done
+# `onnx-dlq finetune` on an already converted file (an experiment above made it, so no
+# re-calibration): other learning rates, the layers left original, VQ.
+finetune() { # name model eval-args from-experiment finetune-args...
+  local name=$1 model=$2 eval=$3 from=$4
+  shift 4
+  if [ -n "$SELECTED" ] && [[ " $SELECTED " != *" $name "* ]]; then return; fi
+  echo "== $name: onnx-dlq finetune $model $from.onnx OUT $*"
+  /usr/bin/time -f "finetune: %e s, peak memory %M KB" $B finetune "$model" "$out/$from.onnx" "$out/$name.onnx" "$@" 2>&1 |
+    grep -E "^fine-tune|^kept|^no epoch|^finetune:"
+  $B verify "$model" "$out/$name.onnx" $eval --runs 1 2>/dev/null | grep -E "^(original|converted|samples)"
+}
+SQ_DATA="--data $S/data/imagenet-sample $SQ_PRE --finetune-samples 256"
+RN_DATA="--data $S/data/cifar10-train $RN_PRE"
+finetune sq-dl-10-ft-lr2e-5 $SQ "$SQ_EVAL" sq-dl-10 $SQ_DATA --lr 2e-5 --epochs 4
+finetune sq-dl-10-ft-lr2e-5-h20 $SQ "$SQ_EVAL" sq-dl-10 $SQ_DATA --lr 2e-5 --epochs 4 --holdout 0.2
+finetune r20-dl-4-ft-orig $R20 "$RN_EVAL" r20-dl-4 $RN_DATA --train-original-layers
+finetune r20-vq-4-ft $R20 "$RN_EVAL" r20-vq-4 $RN_DATA
