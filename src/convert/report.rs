@@ -96,24 +96,7 @@ impl LatencyCheck {
     }
 }
 
-/// The settings a converted layer records in the model's metadata (`onnx-dlq/<layer>`).
-/// Fields in alphabetical order: the JSON is part of the output's bytes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LayerSettings {
-    pub alpha: usize,
-    pub c: f64,
-    pub calibrated: bool,
-    pub iters: usize,
-    pub k: usize,
-    pub k_vq: usize,
-    pub l: usize,
-    pub method: Method,
-    pub ratio: f64,
-    pub relative_error: f64,
-    /// The user's seed (each layer's own is derived from it and the layer's name).
-    pub seed: u64,
-    pub subspace: usize,
-}
+pub use crate::lower::LayerSettings;
 
 fn known_by_default() -> bool {
     true

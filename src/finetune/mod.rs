@@ -244,7 +244,7 @@ fn record_error(model: &mut OnnxModel, layer: &str, error: f64) -> Result<()> {
         .iter_mut()
         .find(|p| p.key.as_deref() == Some(key.as_str()))
         .with_context(|| format!("no metadata entry `{key}`"))?;
-    let mut settings: crate::convert::report::LayerSettings =
+    let mut settings: crate::lower::LayerSettings =
         serde_json::from_str(entry.value.as_deref().unwrap_or_default())?;
     settings.relative_error = error;
     entry.value = Some(serde_json::to_string(&settings)?);

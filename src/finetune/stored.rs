@@ -12,7 +12,7 @@ use crate::analysis::select::{self, ConvLayer};
 use crate::codebook::dl::SparseCodes;
 use crate::codebook::subspace::{self, Points};
 use crate::codebook::{Codebook, Method, Sizes, SubspaceCodebook};
-use crate::convert::report::LayerSettings;
+use crate::lower::LayerSettings;
 use crate::onnx::model::OnnxModel;
 use crate::onnx::tensor;
 use crate::proto::NodeProto;

@@ -25,3 +25,22 @@ pub mod reconstructed;
 
 pub use ops::{lower, MIN_OPSET};
 pub use patch::{apply, GraphPatch, LayerPatch};
+
+/// The settings a converted layer records in the model's metadata (`onnx-dlq/<layer>`).
+/// Fields in alphabetical order: the JSON is part of the output's bytes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LayerSettings {
+    pub alpha: usize,
+    pub c: f64,
+    pub calibrated: bool,
+    pub iters: usize,
+    pub k: usize,
+    pub k_vq: usize,
+    pub l: usize,
+    pub method: crate::codebook::Method,
+    pub ratio: f64,
+    pub relative_error: f64,
+    /// The user's seed (each layer's own is derived from it and the layer's name).
+    pub seed: u64,
+    pub subspace: usize,
+}
