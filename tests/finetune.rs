@@ -441,3 +441,62 @@ fn finetune_subcommand_refuses_what_it_cannot_train_before_any_work() {
         .unwrap();
     assert!(common::stderr(&o).contains("it is an input model"));
 }
+
+/// `stages --finetune`: every stage's model is fine-tuned and evaluated again; fine-tuning on
+/// the images the rows are evaluated on is refused.
+#[test]
+fn stages_finetune_evaluates_each_stage_after_fine_tuning() {
+    let args = |skip: &str| -> Vec<String> {
+        [
+            "stages",
+            &repo_path("models/digits-cnn.onnx"),
+            "--stages",
+            "conv2,conv3",
+            "--ratios",
+            "4",
+            "--methods",
+            "dl",
+            "--data",
+            &repo_path("models/digits-test"),
+            "--preprocess",
+            &repo_path("models/digits-cnn.preprocess.json"),
+            "--skip",
+            skip,
+            "--finetune",
+            &repo_path("models/digits-test"),
+            "--finetune-samples",
+            "100",
+            "--epochs",
+            "2",
+            "--lr",
+            "1e-3",
+            "--runs",
+            "1",
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let o = common::bin().args(args("100")).output().unwrap();
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = j["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(
+        rows[0].get("finetuned").is_none(),
+        "the original is not fine-tuned"
+    );
+    for row in &rows[1..] {
+        let f = &row["finetuned"];
+        let top1 = f["top1"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&top1), "{row}");
+        // No epoch kept: the model is the one before, and so are its figures.
+        if f["best_epoch"].is_null() {
+            assert_eq!(f["top1"], row["top1"], "{row}");
+        }
+    }
+    let o = common::bin().args(args("50")).output().unwrap();
+    assert!(!o.status.success());
+    assert!(common::stderr(&o).contains("fine-tuning would train on images it is evaluated on"));
+}

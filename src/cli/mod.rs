@@ -495,6 +495,8 @@ pub struct StagesArgs {
     pub settings: ClusterSettings,
     #[command(flatten)]
     pub calibration: CalibrationArgs,
+    #[command(flatten)]
+    pub finetune: FinetuneArgs,
     /// Print JSON instead of Markdown tables.
     #[arg(long)]
     pub json: bool,
@@ -716,6 +718,9 @@ fn run_finetune(args: FinetuneCmdArgs) -> Result<()> {
 fn run_stages(args: StagesArgs) -> Result<()> {
     // Method and ratio are set per run by `stages`.
     let params = args.settings.params(Method::Dl, 2.0);
+    let finetune = args
+        .finetune
+        .options(Some(&args.preprocess), args.settings.seed)?;
     let opts = stages::StagesOptions {
         stages: args.stages,
         ratios: args.ratios,
@@ -728,6 +733,7 @@ fn run_stages(args: StagesArgs) -> Result<()> {
         skip: args.skip,
         engine: args.engine,
         runs: args.runs,
+        finetune,
     };
     let report = stages::run(&args.model, &opts)?;
     if args.json {

@@ -1,7 +1,8 @@
-//! Stage-wise evaluation (the paper's Experiment II without fine-tuning): for each method and
-//! ratio, convert the layers of stage 1, then of stages 1–2, … cumulatively, and measure
-//! top-1 / top-5 on a labelled set, agreement with the original, the whole-model
-//! multiplication reduction and the latency (in tract or ONNX Runtime) after each stage.
+//! Stage-wise evaluation (the paper's Experiment II): for each method and ratio, convert the
+//! layers of stage 1, then of stages 1–2, … cumulatively, and measure top-1 / top-5 on a
+//! labelled set, agreement with the original, the whole-model multiplication reduction and the
+//! latency (in tract or ONNX Runtime) after each stage; with `--finetune`, each stage's model is
+//! also fine-tuned by distillation and measured again.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use crate::codebook::{ClusterParams, Method, ValidParams};
 use crate::convert::{self, ConvertOptions, Selection};
 use crate::engine::{self, Engine};
 use crate::eval::verify::{self, EvalSet};
+use crate::finetune::{self, FinetuneOptions};
 use crate::onnx::model::{self, ExternalData, OnnxModel};
 
 #[derive(Debug, Clone)]
@@ -37,6 +39,8 @@ pub struct StagesOptions {
     pub engine: Option<Engine>,
     /// Timed runs per model for the latency column.
     pub runs: usize,
+    /// Fine-tune every converted model too (`stages --finetune`) and evaluate it as well.
+    pub finetune: Option<FinetuneOptions>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -58,6 +62,20 @@ pub struct StageRow {
     pub weight_error: Option<f64>,
     /// Median latency on the first image, batch 1, one thread.
     pub latency_ms: f64,
+    /// The same model after distillation fine-tuning (`--finetune`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finetuned: Option<FinetunedRow>,
+}
+
+/// A stage's model after fine-tuning: the same graph, trained codebooks.
+#[derive(Debug, Clone, Serialize)]
+pub struct FinetunedRow {
+    pub top1: f64,
+    pub top5: f64,
+    pub top1_agreement: f64,
+    /// The epoch kept (`None`: no epoch beat the start, the model is the one before).
+    pub best_epoch: Option<usize>,
+    pub seconds: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -103,6 +121,25 @@ fn check(opts: &StagesOptions) -> Result<()> {
             run_params(opts, method, ratio)?;
         }
     }
+    if let Some(f) = &opts.finetune {
+        check_disjoint(f, opts)?;
+    }
+    Ok(())
+}
+
+/// Fine-tuning must not see the images the rows are evaluated on: from the same folder, it may
+/// take only the first `--skip` images.
+fn check_disjoint(f: &FinetuneOptions, opts: &StagesOptions) -> Result<()> {
+    let same = match (f.data.canonicalize(), opts.data.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    let taken = f.samples.unwrap_or(usize::MAX);
+    ensure!(
+        !same || taken <= opts.skip,
+        "--finetune {} is the evaluation folder: fine-tuning would train on images it is evaluated on; give --finetune-samples N and --skip N (at least as many) so that it takes only the first N, or another folder",
+        f.data.display()
+    );
     Ok(())
 }
 
@@ -129,6 +166,9 @@ struct Baseline {
 pub fn run(path: &Path, opts: &StagesOptions) -> Result<StagesReport> {
     check(opts)?;
     let original = model::load(path)?;
+    if let Some(f) = &opts.finetune {
+        finetune::preflight(&original, f)?;
+    }
     let stages = stage_layers(&original, &opts.stages)?;
     let norms = weight_norms(&original, &stages)?;
     let set = EvalSet::images(
@@ -170,6 +210,7 @@ pub fn run(path: &Path, opts: &StagesOptions) -> Result<StagesReport> {
         speedup: 1.0,
         weight_error: None,
         latency_ms,
+        finetuned: None,
     }];
     // Decoded once for every conversion below.
     let calibration_inputs = match &opts.calibration {
@@ -227,22 +268,19 @@ fn stage_row(
         },
         calibration_inputs,
     )?;
-    let r = engine::prepare(base.engine, &c.model, &base.set.input_shape)?;
-    let y = base.set.run(
-        r.as_ref(),
-        &format!("{} ρ={ratio} stage {}", method.as_str(), i + 1),
-    )?;
-    let (top1, top5) = base.set.accuracy(&y).expect("a labelled set");
-    let agree = verify::agreement(&base.outputs, &y)?;
+    let label = format!("{} ρ={ratio} stage {}", method.as_str(), i + 1);
+    let (r, top1, top5, agreement) = evaluate(base, &c.model, &label)?;
     let mults = verify::multiplications(&c.model, &base.set.input_shape)?;
     let speedup = base.multiplications as f64 / mults.max(1) as f64;
     log::info!(
-        "{} ρ={ratio} after stage {} ({stage}): top-1 {:.2}%, top-5 {:.2}%, {speedup:.3}x fewer multiplications",
-        method.as_str(),
-        i + 1,
+        "{label} ({stage}): top-1 {:.2}%, top-5 {:.2}%, {speedup:.3}x fewer multiplications",
         100.0 * top1,
         100.0 * top5,
     );
+    let finetuned = match &opts.finetune {
+        Some(f) => Some(finetuned_row(base, &c.model, f, &label)?),
+        None => None,
+    };
     Ok(StageRow {
         method: Some(method),
         ratio: Some(ratio),
@@ -251,11 +289,51 @@ fn stage_row(
         layers: layers.to_vec(),
         top1,
         top5,
-        top1_agreement: agree.top1_agreement,
+        top1_agreement: agreement,
         multiplications: mults,
         speedup,
         weight_error: Some(weighted_error(&base.norms, &c.layers)),
         latency_ms: verify::latency(r.as_ref(), &base.set.inputs[0], opts.runs)?.median,
+        finetuned,
+    })
+}
+
+/// Runs `model` on the evaluation set: its runner, top-1, top-5 and top-1 agreement.
+fn evaluate(
+    base: &Baseline,
+    model: &OnnxModel,
+    label: &str,
+) -> Result<(Box<dyn engine::Run>, f64, f64, f64)> {
+    let r = engine::prepare(base.engine, model, &base.set.input_shape)?;
+    let y = base.set.run(r.as_ref(), label)?;
+    let (top1, top5) = base.set.accuracy(&y).expect("a labelled set");
+    let agree = verify::agreement(&base.outputs, &y)?;
+    Ok((r, top1, top5, agree.top1_agreement))
+}
+
+/// Fine-tunes a stage's converted model (its codebooks read back as `onnx-dlq finetune` does)
+/// and evaluates the result.
+fn finetuned_row(
+    base: &Baseline,
+    converted: &OnnxModel,
+    f: &FinetuneOptions,
+    label: &str,
+) -> Result<FinetunedRow> {
+    let started = std::time::Instant::now();
+    let (tuned, report) = finetune::finetune_converted(&base.original, converted, f)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let (_, top1, top5, agreement) = evaluate(base, &tuned, &format!("{label} fine-tuned"))?;
+    log::info!(
+        "{label} fine-tuned: top-1 {:.2}%, top-5 {:.2}% ({seconds:.0}s)",
+        100.0 * top1,
+        100.0 * top5
+    );
+    Ok(FinetunedRow {
+        top1,
+        top5,
+        top1_agreement: agreement,
+        best_epoch: report.best_epoch,
+        seconds,
     })
 }
 
@@ -319,7 +397,7 @@ pub fn render(r: &StagesReport) -> String {
         .enumerate()
         .map(|(i, (p, names))| format!("+{} `{p}` ({})", i + 1, names.len()))
         .collect();
-    let measures: [(&str, Cell); 5] = [
+    let mut measures: Vec<(&str, Cell)> = vec![
         ("top-1 %", |x| format!("{:.2}", 100.0 * x.top1)),
         ("top-5 %", |x| format!("{:.2}", 100.0 * x.top5)),
         ("top-1 agreement with the original %", |x| {
@@ -332,6 +410,27 @@ pub fn render(r: &StagesReport) -> String {
             format!("{:.3}", x.latency_ms)
         }),
     ];
+    if r.rows.iter().any(|x| x.finetuned.is_some()) {
+        measures.insert(
+            1,
+            ("top-1 % after fine-tuning (the epoch kept)", |x| {
+                x.finetuned.as_ref().map_or("-".into(), |f| {
+                    let kept = f
+                        .best_epoch
+                        .map_or("start".into(), |e| format!("epoch {e}"));
+                    format!("{:.2} ({kept})", 100.0 * f.top1)
+                })
+            }),
+        );
+        measures.insert(
+            4,
+            ("top-1 agreement after fine-tuning %", |x| {
+                x.finetuned
+                    .as_ref()
+                    .map_or("-".into(), |f| format!("{:.2}", 100.0 * f.top1_agreement))
+            }),
+        );
+    }
     for (title, cell) in measures {
         let _ = writeln!(s, "\n{title}\n");
         let _ = writeln!(s, "| method | ρ | {} |", header.join(" | "));
