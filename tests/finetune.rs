@@ -500,3 +500,49 @@ fn stages_finetune_evaluates_each_stage_after_fine_tuning() {
     assert!(!o.status.success());
     assert!(common::stderr(&o).contains("fine-tuning would train on images it is evaluated on"));
 }
+
+/// `--finetune-labels` adds the labels' cross-entropy to the training loss (so the reported
+/// training loss grows); the held-out loss before training does not change; a folder without
+/// labels.csv is refused before any work.
+#[test]
+fn finetune_labels_add_cross_entropy_and_need_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| -> std::process::Output {
+        let mut args = finetune_args(&dir.path().join("out.onnx").display().to_string());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        common::bin().args(&args).output().unwrap()
+    };
+    let json = |o: &std::process::Output| -> Value {
+        assert!(o.status.success(), "{}", common::stderr(o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let (plain, labelled) = (json(&run(&[])), json(&run(&["--finetune-labels"])));
+    let first = |j: &Value| j["finetune"]["epochs"][0]["train_loss"].as_f64().unwrap();
+    assert!(first(&labelled) > first(&plain), "{labelled} vs {plain}");
+    assert_eq!(
+        labelled["finetune"]["start"]["heldout_loss"],
+        plain["finetune"]["start"]["heldout_loss"]
+    );
+    // A folder of images without labels.csv.
+    let unlabelled = dir.path().join("unlabelled");
+    std::fs::create_dir(&unlabelled).unwrap();
+    for e in std::fs::read_dir(common::repo().join("models/digits-test/images"))
+        .unwrap()
+        .take(4)
+    {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, unlabelled.join(p.file_name().unwrap())).unwrap();
+    }
+    let mut args = finetune_args(&dir.path().join("out2.onnx").display().to_string());
+    let at = args.iter().position(|a| a == "--finetune").unwrap();
+    args[at + 1] = unlabelled.display().to_string();
+    args.push("--finetune-labels".into());
+    let o = common::bin().args(&args).output().unwrap();
+    assert!(!o.status.success());
+    assert!(
+        common::stderr(&o).contains("has no labels.csv"),
+        "{}",
+        common::stderr(&o)
+    );
+    assert!(!dir.path().join("out2.onnx").exists());
+}

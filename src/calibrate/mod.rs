@@ -125,7 +125,28 @@ pub fn load_inputs(opts: &CalibrationOptions) -> Result<Vec<ArrayD<f32>>> {
         );
     }
     let images = preprocessed_images(&opts.data, &opts.preprocess, Some(opts.samples))?;
+    warn_if_few_classes(&opts.data, images.len(), "calibration");
     Ok(images.into_iter().map(|a| a.into_dyn()).collect())
+}
+
+/// Warns when the first `count` images of a labelled folder hold only a few of its classes (a
+/// folder ordered by class, as CIFAR-10's and ImageFolder layouts are): statistics and training
+/// on them would see one or two classes only.
+pub fn warn_if_few_classes(dir: &Path, count: usize, what: &str) {
+    let Ok(set) = LabelledSet::load(dir) else {
+        return;
+    };
+    let all: std::collections::BTreeSet<usize> = set.items.iter().map(|i| i.1).collect();
+    let first: std::collections::BTreeSet<usize> =
+        set.items.iter().take(count).map(|i| i.1).collect();
+    if first.len() * 2 < all.len().min(count) {
+        log::warn!(
+            "{what}: the first {count} images of {} hold {} of its {} classes (the folder is ordered by class?); the images taken are the first ones: give a folder whose first images mix the classes",
+            dir.display(),
+            first.len(),
+            all.len()
+        );
+    }
 }
 
 /// The first `limit` (all when `None`) images of a folder read like [`image_files`], each

@@ -368,6 +368,10 @@ pub struct TrainingArgs {
     /// paper re-trains the whole network between stages); the graph does not change.
     #[arg(long, requires = "finetune")]
     pub train_original_layers: bool,
+    /// Add the cross-entropy with the images' labels (the folder's labels.csv) to the
+    /// distillation loss. The epoch kept is still the one closest to the teacher.
+    #[arg(long, requires = "finetune")]
+    pub finetune_labels: bool,
 }
 
 impl TrainingArgs {
@@ -383,6 +387,7 @@ impl TrainingArgs {
             seed,
             keep_on_divergence: self.finetune_keep_on_divergence,
             train_original_layers: self.train_original_layers,
+            labels: self.finetune_labels,
         }
     }
 }

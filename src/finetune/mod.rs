@@ -45,6 +45,9 @@ pub struct FinetuneOptions {
     /// (the paper's re-training of the whole network between stages).
     #[serde(default)]
     pub train_original_layers: bool,
+    /// Add the cross-entropy with the folder's labels (`labels.csv`) to the training loss.
+    #[serde(default)]
+    pub labels: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,6 +153,9 @@ pub fn preflight(model: &OnnxModel, opts: &FinetuneOptions) -> Result<()> {
     let graph = graph::Graph::new(model).context("fine-tuning runs the model's own operators")?;
     calibrate::image_files(&opts.data).context("the fine-tuning images")?;
     PreprocessSpec::load(&opts.preprocess)?;
+    if opts.labels {
+        image_labels(&opts.data, 1)?;
+    }
     #[cfg(feature = "finetune")]
     {
         let first = calibrate::preprocessed_images(&opts.data, &opts.preprocess, Some(1))?;
@@ -289,4 +295,43 @@ pub fn peak_memory_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// The labels of the first `count` images of `dir` (its `labels.csv`, in the order
+/// `calibrate::image_files` reads the images).
+pub fn image_labels(dir: &std::path::Path, count: usize) -> Result<Vec<u32>> {
+    ensure!(
+        dir.join("labels.csv").is_file(),
+        "--finetune-labels: {} has no labels.csv (`file,label` lines, with classes.txt)",
+        dir.display()
+    );
+    let set = crate::eval::data::LabelledSet::load(dir)?;
+    Ok(set.items.iter().take(count).map(|i| i.1 as u32).collect())
+}
+
+/// `count` indices spread evenly over `0..n` (ascending): the held-out images, so that a folder
+/// ordered by class holds out every class, not only the last.
+pub fn spread_indices(n: usize, count: usize) -> Vec<usize> {
+    (0..count.min(n))
+        .map(|j| ((2 * j + 1) * n) / (2 * count.min(n).max(1)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spread_indices;
+
+    /// The held-out images of a folder ordered by class (CIFAR-10's 10 × 500) cover every class.
+    #[test]
+    fn held_out_indices_are_distinct_ascending_and_spread() {
+        for (n, count) in [(5000, 500), (256, 26), (10, 1), (3, 3), (7, 2)] {
+            let idx = spread_indices(n, count);
+            assert_eq!(idx.len(), count);
+            assert!(idx.windows(2).all(|w| w[0] < w[1]), "{n} {count}: {idx:?}");
+            assert!(idx.iter().all(|&i| i < n));
+        }
+        let classes: std::collections::BTreeSet<usize> =
+            spread_indices(5000, 500).iter().map(|i| i / 500).collect();
+        assert_eq!(classes.len(), 10);
+    }
 }

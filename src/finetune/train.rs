@@ -50,6 +50,8 @@ struct Trainer<'a> {
     layers: Vec<LayerVars>,
     /// The weights and biases of the layers left original, when they are trained too.
     originals: Vec<(String, Var)>,
+    /// The training images' labels, when their cross-entropy is part of the loss.
+    labels: Option<Vec<u32>>,
     opts: &'a FinetuneOptions,
 }
 
@@ -98,7 +100,13 @@ impl Trainer<'_> {
             let x = batch_tensor(&images)?;
             let teacher = self.graph.forward(&x, &Overrides::new())?.detach();
             let student = self.student.forward(&x, &self.overrides()?)?;
-            let loss = distillation_loss(&teacher, &student)?;
+            let mut loss = distillation_loss(&teacher, &student)?;
+            if let Some(labels) = &self.labels {
+                let target: Vec<u32> = idx.iter().map(|&i| labels[i]).collect();
+                let target = Tensor::from_vec(target, idx.len(), &Device::Cpu)?;
+                let logits = student.flatten_from(1)?;
+                loss = (loss + candle_nn::loss::cross_entropy(&logits, &target)?)?;
+            }
             let value = loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
                 return Ok(Err(format!(
@@ -235,7 +243,13 @@ pub fn run(job: &Job, opts: &FinetuneOptions) -> Result<(Tuned, FinetuneReport)>
         opts.data.display(),
         images.len()
     );
-    let (train, heldout) = images.split_at(images.len() - heldout_count);
+    calibrate::warn_if_few_classes(&opts.data, images.len(), "fine-tuning");
+    let labels = match opts.labels {
+        true => Some(super::image_labels(&opts.data, images.len())?),
+        false => None,
+    };
+    let (train, heldout, train_labels) = split(images, heldout_count, labels);
+    let (train, heldout) = (train.as_slice(), heldout.as_slice());
     let (mut student, trained) = student_graph(job.student, layers)?;
     let originals = match opts.train_original_layers {
         true => {
@@ -262,6 +276,7 @@ pub fn run(job: &Job, opts: &FinetuneOptions) -> Result<(Tuned, FinetuneReport)>
         student,
         layers: vars,
         originals,
+        labels: train_labels,
         opts,
     };
     let teacher: Vec<Tensor> = heldout
@@ -386,4 +401,30 @@ fn augment(x: &Array4<f32>, rng: &mut Xoshiro256PlusPlus) -> Array4<f32> {
             x[[0, ch, sy as usize, sx as usize]]
         }
     })
+}
+
+/// Training images, held-out images, the training images' labels.
+type Split = (Vec<Array4<f32>>, Vec<Array4<f32>>, Option<Vec<u32>>);
+
+/// The images split into training and held-out ones (spread evenly, [`super::spread_indices`]),
+/// with the training images' labels when given.
+fn split(
+    images: Vec<Array4<f32>>,
+    heldout_count: usize,
+    labels: Option<Vec<u32>>,
+) -> Split {
+    let held = super::spread_indices(images.len(), heldout_count);
+    let (mut train, mut heldout, mut train_labels) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, x) in images.into_iter().enumerate() {
+        match held.binary_search(&i) {
+            Ok(_) => heldout.push(x),
+            Err(_) => {
+                train.push(x);
+                if let Some(l) = &labels {
+                    train_labels.push(l[i]);
+                }
+            }
+        }
+    }
+    (train, heldout, labels.map(|_| train_labels))
 }
