@@ -407,16 +407,19 @@ fn finetune_subcommand_refuses_what_it_cannot_train_before_any_work() {
             "converted fully connected layer",
         ),
     ];
-    for (teacher, converted, expect) in cases {
-        let o = common::bin()
-            .args(["finetune", &teacher, &converted, &out])
+    let finetune = |teacher: &str, converted: &str, out: &str| {
+        common::bin()
+            .args(["finetune", teacher, converted, out])
             .args(["--data", &repo_path("models/digits-test")])
             .args([
                 "--preprocess",
                 &repo_path("models/digits-cnn.preprocess.json"),
             ])
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    for (teacher, converted, expect) in cases {
+        let o = finetune(&teacher, &converted, &out);
         let err = common::stderr(&o);
         assert!(
             !o.status.success() && err.contains(expect),
@@ -425,20 +428,7 @@ fn finetune_subcommand_refuses_what_it_cannot_train_before_any_work() {
         assert!(!err.contains("panicked"), "{err}");
         assert!(!std::path::Path::new(&out).exists());
     }
-    let o = common::bin()
-        .args([
-            "finetune",
-            &original,
-            &path("conv.onnx"),
-            &path("conv.onnx"),
-        ])
-        .args(["--data", &repo_path("models/digits-test")])
-        .args([
-            "--preprocess",
-            &repo_path("models/digits-cnn.preprocess.json"),
-        ])
-        .output()
-        .unwrap();
+    let o = finetune(&original, &path("conv.onnx"), &path("conv.onnx"));
     assert!(common::stderr(&o).contains("it is an input model"));
 }
 

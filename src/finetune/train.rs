@@ -408,11 +408,7 @@ type Split = (Vec<Array4<f32>>, Vec<Array4<f32>>, Option<Vec<u32>>);
 
 /// The images split into training and held-out ones (spread evenly, [`super::spread_indices`]),
 /// with the training images' labels when given.
-fn split(
-    images: Vec<Array4<f32>>,
-    heldout_count: usize,
-    labels: Option<Vec<u32>>,
-) -> Split {
+fn split(images: Vec<Array4<f32>>, heldout_count: usize, labels: Option<Vec<u32>>) -> Split {
     let held = super::spread_indices(images.len(), heldout_count);
     let (mut train, mut heldout, mut train_labels) = (Vec::new(), Vec::new(), Vec::new());
     for (i, x) in images.into_iter().enumerate() {
