@@ -296,20 +296,35 @@ fn train_original_layers_changes_their_weights_not_the_graph() {
 /// `onnx-dlq finetune ORIGINAL CONVERTED OUT` reads the codebooks back from each form's
 /// initializers and trains them as `convert --finetune` does: the standard-operator and fused
 /// outputs are byte-identical to `convert --finetune`'s; the compact form's values are equal
-/// (its trained bias goes into the Conv's existing bias rather than a new initializer).
+/// (its trained bias goes into the Conv's existing bias rather than a new initializer). A
+/// converted fully connected layer is read back too, and held fixed.
 #[test]
 fn finetune_subcommand_equals_convert_finetune_in_every_form() {
     let dir = tempfile::tempdir().unwrap();
     let path = |n: &str| dir.path().join(n).display().to_string();
     let training = ["--finetune-samples", "200", "--epochs", "2", "--lr", "1e-3"];
-    for form in ["ops", "fused", "dense"] {
+    let fc = ["--layers", "conv4,fc", "--method", "vq"];
+    for (form, layers) in [
+        ("ops", &[][..]),
+        ("fused", &[]),
+        ("dense", &[]),
+        ("ops", &fc[..]),
+        ("fused", &fc),
+    ] {
+        let form_tag = format!("{form}{}", layers.len());
         let (plain, direct, later) = (
-            path(&format!("{form}.onnx")),
-            path(&format!("{form}-convert-ft.onnx")),
-            path(&format!("{form}-finetune.onnx")),
+            path(&format!("{form_tag}.onnx")),
+            path(&format!("{form_tag}-convert-ft.onnx")),
+            path(&format!("{form_tag}-finetune.onnx")),
         );
         let mut convert = finetune_args(&direct);
         convert.extend(["--form".to_string(), form.to_string()]);
+        // A converted fully connected layer (VQ: DL's rules leave fc no atoms) is held fixed.
+        if let [_, chosen, _, method] = layers {
+            let at = convert.iter().position(|a| a == "--layers").unwrap();
+            convert[at + 1] = chosen.to_string();
+            convert.extend(["--method".to_string(), method.to_string()]);
+        }
         let o = common::bin().args(&convert).output().unwrap();
         assert!(o.status.success(), "{}", common::stderr(&o));
         let at = convert.iter().position(|a| a == "--finetune").unwrap();
@@ -366,18 +381,18 @@ fn finetune_subcommand_refuses_what_it_cannot_train_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let path = |n: &str| dir.path().join(n).display().to_string();
     let original = repo_path("models/digits-cnn.onnx");
-    let convert = |out: &str, layers: &str| {
+    let convert = |out: &str, layers: &str, form: &str| {
         let o = common::bin()
             .args([
                 "convert", &original, out, "--layers", layers, "--ratio", "4",
             ])
-            .args(["--method", "vq", "--no-latency"])
+            .args(["--method", "vq", "--no-latency", "--form", form])
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", common::stderr(&o));
     };
-    convert(&path("conv.onnx"), "conv2");
-    convert(&path("fc.onnx"), "conv2,fc");
+    convert(&path("conv.onnx"), "conv2", "ops");
+    convert(&path("fc.onnx"), "conv2,fc", "dense");
     // Another model: the default one with conv2 renamed.
     let mut proto = onnx_dlq::onnx::model::load(&common::default_model())
         .unwrap()
@@ -404,7 +419,7 @@ fn finetune_subcommand_refuses_what_it_cannot_train_before_any_work() {
         (
             original.clone(),
             path("fc.onnx"),
-            "converted fully connected layer",
+            "a fully connected layer in the compact form",
         ),
     ];
     let finetune = |teacher: &str, converted: &str, out: &str| {

@@ -210,6 +210,10 @@ pub fn finetune_converted(
     let (tuned, report) = finetune_job(&job, opts)?;
     let mut out = tuned.apply_original_weights(converted)?;
     for (s, cb) in layers.iter().zip(&tuned.codebooks) {
+        if s.layer.fc.is_some() {
+            // Held fixed in the student (its W̃ in place), as `convert --finetune` does.
+            continue;
+        }
         s.write(&mut out, cb)?;
         let error = cb.relative_error(s.layer.kernel_f32(original)?.view());
         record_error(&mut out, &s.layer.name, error)?;

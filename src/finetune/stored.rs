@@ -1,8 +1,9 @@
 //! A converted model's codebooks read back from its initializers, and trained values written
 //! into the same initializers: what `onnx-dlq finetune ORIGINAL CONVERTED OUT` works on. Each
 //! converted layer is found by its `onnx-dlq/<layer>` metadata entry and the nodes its form
-//! wrote (`lower::ops`, `lower::fused`, `lower::dense`). Γ, Λ's support and the graph are read,
-//! never changed: only float initializers get new values.
+//! wrote (`lower::ops`, `lower::fused`, `lower::dense`; a fully connected layer as the 1×1 Conv
+//! view `lower::fc` lowers, its bias slot holding calibration's shift). Γ, Λ's support and the
+//! graph are read, never changed: only float initializers get new values.
 
 use std::ops::Range;
 
@@ -107,10 +108,6 @@ fn read_layer(
     layer: ConvLayer,
     settings: &LayerSettings,
 ) -> Result<StoredLayer> {
-    ensure!(
-        layer.fc.is_none(),
-        "a converted fully connected layer: `finetune` trains converted convolutions only; use `convert --finetune`, which holds it fixed"
-    );
     let shape: [usize; 4] = layer
         .kernel_f32(original)?
         .shape()
@@ -126,6 +123,11 @@ fn read_layer(
         model: converted,
         prefix: format!("{}/dlq/", layer.name),
     };
+    // The compact form keeps a fully connected node and rebuilds its weight (`dense::finish_fc`).
+    ensure!(
+        layer.fc.is_none() || nodes.find("fc").is_none(),
+        "a fully connected layer in the compact form, which `finetune` does not read back yet; use `convert --finetune`"
+    );
     let geometry = (shape, channels.as_slice(), settings.method);
     let decoded = match nodes.find("conv") {
         Some(conv) => read_table(&nodes, conv, geometry)?,
