@@ -303,27 +303,32 @@ fn finetune_subcommand_equals_convert_finetune_in_every_form() {
     let dir = tempfile::tempdir().unwrap();
     let path = |n: &str| dir.path().join(n).display().to_string();
     let training = ["--finetune-samples", "200", "--epochs", "2", "--lr", "1e-3"];
+    // A converted fully connected layer (VQ: DL's rules leave fc no atoms) is held fixed.
     let fc = ["--layers", "conv4,fc", "--method", "vq"];
-    for (form, layers) in [
+    // N′ = 5 divides neither 32 nor 64: the atoms' Conv is a head and a tail.
+    let uneven = ["--subspace", "5", "--c", "2"];
+    let variants = [
         ("ops", &[][..]),
         ("fused", &[]),
         ("dense", &[]),
         ("ops", &fc[..]),
         ("fused", &fc),
-    ] {
-        let form_tag = format!("{form}{}", layers.len());
+        ("ops", &uneven[..]),
+        ("fused", &uneven),
+    ];
+    for (i, (form, extra)) in variants.into_iter().enumerate() {
         let (plain, direct, later) = (
-            path(&format!("{form_tag}.onnx")),
-            path(&format!("{form_tag}-convert-ft.onnx")),
-            path(&format!("{form_tag}-finetune.onnx")),
+            path(&format!("{i}-{form}.onnx")),
+            path(&format!("{i}-{form}-convert-ft.onnx")),
+            path(&format!("{i}-{form}-finetune.onnx")),
         );
         let mut convert = finetune_args(&direct);
         convert.extend(["--form".to_string(), form.to_string()]);
-        // A converted fully connected layer (VQ: DL's rules leave fc no atoms) is held fixed.
-        if let [_, chosen, _, method] = layers {
-            let at = convert.iter().position(|a| a == "--layers").unwrap();
-            convert[at + 1] = chosen.to_string();
-            convert.extend(["--method".to_string(), method.to_string()]);
+        for pair in extra.chunks(2) {
+            match convert.iter().position(|a| a == pair[0]) {
+                Some(at) => convert[at + 1] = pair[1].to_string(),
+                None => convert.extend([pair[0].to_string(), pair[1].to_string()]),
+            }
         }
         let o = common::bin().args(&convert).output().unwrap();
         assert!(o.status.success(), "{}", common::stderr(&o));
