@@ -76,6 +76,7 @@ finetune sq-dl-10-ft-lr2e-5 $SQ "$SQ_EVAL" sq-dl-10 $SQ_DATA --lr 2e-5 --epochs 
 finetune sq-dl-10-ft-lr2e-5-h20 $SQ "$SQ_EVAL" sq-dl-10 $SQ_DATA --lr 2e-5 --epochs 4 --holdout 0.2
 finetune sq-vq-10-ft-lr2e-5 $SQ "$SQ_EVAL" sq-vq-10 $SQ_DATA --lr 2e-5 --epochs 4
 finetune r20-dl-4-ft-orig $R20 "$RN_EVAL" r20-dl-4 $RN_DATA --train-original-layers
+finetune r20-dl-4-ft-orig-e2 $R20 "$RN_EVAL" r20-dl-4 $RN_DATA --train-original-layers --epochs 2
 # VQ converts the FC layer too (DL skips it: L = 0), which `finetune` does not read back:
 # fine-tuned by convert (DL the same way, for the comparison).
 run r20-vq-4-ft $R20 "$RN_EVAL" --all --ratio 4 --method vq $RN_CAL --finetune $S/data/cifar10-train
