@@ -239,3 +239,55 @@ fn target_speedup_allocates_ratios_that_meet_the_budget() {
         assert!(!std::path::Path::new(&out).exists());
     }
 }
+
+/// A labelled folder ordered by class (as CIFAR-10's is): calibrating on its first images,
+/// which hold one class, gives a warning naming the folder; a mixed order gives none.
+#[test]
+fn calibrating_on_the_first_images_of_a_class_ordered_folder_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(common::repo().join("models/digits-test/labels.csv"));
+    let mut rows: Vec<(String, usize)> = text
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.rsplit_once(','))
+        .map(|(f, l)| (f.to_string(), l.trim().parse().unwrap()))
+        .collect();
+    let folder = |name: &str, rows: &[(String, usize)]| {
+        let d = dir.path().join(name);
+        std::fs::create_dir(&d).unwrap();
+        let src = common::repo().join("models/digits-test");
+        std::fs::copy(src.join("classes.txt"), d.join("classes.txt")).unwrap();
+        std::fs::create_dir(d.join("images")).unwrap();
+        let mut csv = String::from("file,label\n");
+        for (f, l) in rows {
+            std::fs::copy(src.join(f), d.join(f)).unwrap();
+            csv += &format!("{f},{l}\n");
+        }
+        std::fs::write(d.join("labels.csv"), csv).unwrap();
+        d
+    };
+    let mixed = folder("mixed", &rows[..40]);
+    rows.sort_by_key(|r| r.1);
+    let sorted = folder("sorted", &rows[..]);
+    let warns = |data: &std::path::Path| {
+        let out = dir.path().join("out.onnx");
+        let o = common::bin()
+            .args(["convert", &repo_path("models/digits-cnn.onnx")])
+            .arg(&out)
+            .args(["--layers", "conv2", "--ratio", "4", "--no-latency"])
+            .arg("--calibrate")
+            .arg(data)
+            .args([
+                "--preprocess",
+                &repo_path("models/digits-cnn.preprocess.json"),
+            ])
+            .args(["--calib-samples", "16"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        common::stderr(&o).contains("hold 1 of its 10 classes (the folder is ordered by class?)")
+    };
+    assert!(warns(&sorted));
+    assert!(!warns(&mixed));
+}
