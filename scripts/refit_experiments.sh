@@ -74,6 +74,7 @@ SQ_DATA="--data $S/data/imagenet-sample $SQ_PRE --finetune-samples 256"
 RN_DATA="--data $S/data/cifar10-train $RN_PRE"
 finetune sq-dl-10-ft-lr2e-5 $SQ "$SQ_EVAL" sq-dl-10 $SQ_DATA --lr 2e-5 --epochs 4
 finetune sq-dl-10-ft-lr2e-5-h20 $SQ "$SQ_EVAL" sq-dl-10 $SQ_DATA --lr 2e-5 --epochs 4 --holdout 0.2
+finetune sq-dl-10-ft-labels $SQ "$SQ_EVAL" sq-dl-10 $SQ_DATA --lr 2e-5 --epochs 4 --finetune-labels
 finetune sq-vq-10-ft-lr2e-5 $SQ "$SQ_EVAL" sq-vq-10 $SQ_DATA --lr 2e-5 --epochs 4
 finetune r20-dl-4-ft-orig $R20 "$RN_EVAL" r20-dl-4 $RN_DATA --train-original-layers
 finetune r20-dl-4-ft-orig-e2 $R20 "$RN_EVAL" r20-dl-4 $RN_DATA --train-original-layers --epochs 2
