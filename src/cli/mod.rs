@@ -696,6 +696,7 @@ fn run_finetune(args: FinetuneCmdArgs) -> Result<()> {
     let opts = args
         .training
         .options(&args.data, &args.preprocess, args.seed);
+    crate::finetune::preflight(&original, &opts)?;
     let (tuned, report) = crate::finetune::finetune_converted(&original, &converted, &opts)?;
     let policy = match converted.has_external_data() {
         true => ExternalData::Always {

@@ -189,13 +189,13 @@ pub(crate) fn check(opts: &FinetuneOptions) -> Result<()> {
 /// Fine-tunes an already converted model (`onnx-dlq finetune`): reads the codebooks `converted`
 /// holds ([`stored`]), trains them against `original` as the teacher, and returns `converted`
 /// with the trained values in the same initializers (the graph unchanged) and the report.
+/// Callers run [`preflight`] first (once, however many models they fine-tune).
 pub fn finetune_converted(
     original: &OnnxModel,
     converted: &OnnxModel,
     opts: &FinetuneOptions,
 ) -> Result<(OnnxModel, FinetuneReport)> {
     let layers = stored::read(original, converted)?;
-    preflight(original, opts)?;
     let student = student_base(original, converted)?;
     let job = Job {
         teacher: original,

@@ -108,11 +108,12 @@ fn read_layer(
     layer: ConvLayer,
     settings: &LayerSettings,
 ) -> Result<StoredLayer> {
+    // The kernel's shape as the analysis read it (no need to decode the weight).
     let shape: [usize; 4] = layer
-        .kernel_f32(original)?
-        .shape()
-        .try_into()
-        .context("a 2-D convolution's kernel")?;
+        .kernel
+        .as_deref()
+        .and_then(|k| k.try_into().ok())
+        .context("not a 2-D convolution with a constant kernel")?;
     let n = shape[1];
     ensure!(settings.subspace >= 1, "metadata: subspace N′ = 0");
     let channels: Vec<Range<usize>> = (0..n)
