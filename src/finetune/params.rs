@@ -26,6 +26,8 @@ pub struct LayerVars {
     pub node_index: usize,
     shape: [usize; 4],
     subspaces: Vec<SubspaceVars>,
+    /// Every subspace's `atoms` is one variable (a shared codebook).
+    shared: bool,
     bias: Var,
     /// The layer's bias before calibration (zeros when it had none): the codebook's
     /// `bias_shift` is the trained bias minus this.
@@ -57,12 +59,21 @@ impl LayerVars {
         );
         let shift = cb.bias_shift.clone().unwrap_or_else(|| vec![0.0; m]);
         let bias: Vec<f32> = base_bias.iter().zip(&shift).map(|(b, s)| b + s).collect();
+        // A palette is one variable every subspace reads (its gradient sums theirs), so it
+        // stays one palette, the table the compact form stores once.
+        let palette = match (cb.shared, cb.subspaces.first()) {
+            (true, Some(s)) => Some(var(&s.atoms.data, &[s.atoms.len(), s.channels.len()])?),
+            _ => None,
+        };
         let subspaces = cb
             .subspaces
             .iter()
             .map(|s| {
                 let d = s.channels.len();
-                let atoms = var(&s.atoms.data, &[s.atoms.len(), d])?;
+                let atoms = match &palette {
+                    Some(p) => p.clone(),
+                    None => var(&s.atoms.data, &[s.atoms.len(), d])?,
+                };
                 let codes = match &s.codes {
                     Some(c) => {
                         let k = c.len();
@@ -96,6 +107,7 @@ impl LayerVars {
             node_index,
             shape: cb.kernel_shape,
             subspaces,
+            shared: palette.is_some(),
             bias: var(&bias, &[m])?,
             base_bias,
             train_bias,
@@ -105,8 +117,11 @@ impl LayerVars {
     /// Every trainable variable.
     pub fn vars(&self) -> Vec<Var> {
         let mut v: Vec<Var> = Vec::new();
-        for s in &self.subspaces {
-            v.push(s.atoms.clone());
+        for (i, s) in self.subspaces.iter().enumerate() {
+            // A palette is listed once (the optimiser must step it once).
+            if i == 0 || !self.shared {
+                v.push(s.atoms.clone());
+            }
             if let Some((coefs, _, _)) = &s.codes {
                 v.push(coefs.clone());
             }
@@ -230,5 +245,51 @@ mod tests {
             assert_eq!(back.reconstruct(), cb.reconstruct());
             assert_eq!(back.subspaces[0].assignment, cb.subspaces[0].assignment);
         }
+    }
+
+    /// A shared codebook (palette) is one variable: a training step moves every subspace's
+    /// copy the same way, and the codebook written back is still one palette — the table the
+    /// compact form stores once, so what was trained is what is written.
+    #[test]
+    fn a_palette_is_trained_as_one_variable() {
+        let kernel = Array4::from_shape_fn((8, 6, 3, 3), |(a, b, c, d)| {
+            ((a * 13 + b * 7 + c * 5 + d) % 19) as f32 / 19.0 - 0.5
+        });
+        let mut p = ClusterParams::new(Method::Vq, 4.0);
+        (p.subspace, p.shared) = (2, true);
+        let cb = codebook::learn(kernel.view(), &p.check().unwrap()).unwrap();
+        assert!(cb.shared && cb.subspaces.len() == 3);
+        let vars = LayerVars::new(0, &cb, vec![0.0; 8], true).unwrap();
+        assert_eq!(vars.vars().len(), 2, "the palette once, then the bias");
+        // One gradient step on a loss that weighs the subspaces differently.
+        let (w, _) = vars.kernel_and_bias().unwrap();
+        let scale = Tensor::from_vec(
+            (0..6).map(|c| 1.0 + c as f32).collect::<Vec<f32>>(),
+            (1, 6, 1, 1),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let loss = w
+            .broadcast_mul(&scale)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        let palette = &vars.vars()[0];
+        let g = grads.get(palette.as_tensor()).unwrap();
+        palette
+            .set(&(palette.as_tensor() - (g * 0.01).unwrap()).unwrap())
+            .unwrap();
+        let back = vars.to_codebook(&cb).unwrap();
+        assert_ne!(back.subspaces[0].atoms.data, cb.subspaces[0].atoms.data);
+        for s in &back.subspaces {
+            assert_eq!(s.atoms.data, back.subspaces[0].atoms.data);
+        }
+        let (w, _) = vars.kernel_and_bias().unwrap();
+        let got: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+        let want = back.reconstruct();
+        assert!(got.iter().zip(want.iter()).all(|(g, e)| g == e));
     }
 }
