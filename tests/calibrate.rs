@@ -241,7 +241,9 @@ fn target_speedup_allocates_ratios_that_meet_the_budget() {
 }
 
 /// A labelled folder ordered by class (as CIFAR-10's is): calibrating on its first images,
-/// which hold one class, gives a warning naming the folder; a mixed order gives none.
+/// which hold one class, gives a warning naming the folder; a mixed order gives none, and
+/// neither does `--calib-select spread`. The output records the images calibration took, and
+/// `verify` refuses to evaluate on any of them.
 #[test]
 fn calibrating_on_the_first_images_of_a_class_ordered_folder_warns() {
     let dir = tempfile::tempdir().unwrap();
@@ -270,8 +272,8 @@ fn calibrating_on_the_first_images_of_a_class_ordered_folder_warns() {
     let mixed = folder("mixed", &rows[..40]);
     rows.sort_by_key(|r| r.1);
     let sorted = folder("sorted", &rows[..]);
-    let warns = |data: &std::path::Path| {
-        let out = dir.path().join("out.onnx");
+    let out = dir.path().join("out.onnx");
+    let warns = |data: &std::path::Path, select: &str| {
         let o = common::bin()
             .args(["convert", &repo_path("models/digits-cnn.onnx")])
             .arg(&out)
@@ -282,12 +284,41 @@ fn calibrating_on_the_first_images_of_a_class_ordered_folder_warns() {
                 "--preprocess",
                 &repo_path("models/digits-cnn.preprocess.json"),
             ])
-            .args(["--calib-samples", "16"])
+            .args(["--calib-samples", "16", "--calib-select", select])
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", common::stderr(&o));
         common::stderr(&o).contains("hold 1 of its 10 classes (the folder is ordered by class?)")
     };
-    assert!(warns(&sorted));
-    assert!(!warns(&mixed));
+    let verify = |data: &std::path::Path, skip: &str, samples: &str| {
+        common::bin()
+            .args(["verify", &repo_path("models/digits-cnn.onnx")])
+            .arg(&out)
+            .arg("--data")
+            .arg(data)
+            .args([
+                "--preprocess",
+                &repo_path("models/digits-cnn.preprocess.json"),
+            ])
+            .args(["--skip", skip, "--samples", samples, "--runs", "1"])
+            .output()
+            .unwrap()
+    };
+    let refused = |o: &std::process::Output| {
+        !o.status.success() && common::stderr(o).contains("calibration used 16 images of")
+    };
+    assert!(warns(&sorted, "first"));
+    // The first 16 images were seen: evaluating from image 10 is refused, from 16 it runs.
+    assert!(refused(&verify(&sorted, "10", "8")));
+    let o = verify(&sorted, "16", "8");
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    // Another folder holding the same files is another folder.
+    assert!(verify(&mixed, "0", "8").status.success());
+    assert!(!warns(&mixed, "first"));
+    // Spread over the folder: every class, and images all over it are refused.
+    assert!(!warns(&sorted, "spread"));
+    let n = rows.len();
+    assert!(refused(&verify(&sorted, "16", &(n - 16).to_string())));
+    let half = (n / 2).to_string();
+    assert!(refused(&verify(&sorted, &half, &half)));
 }

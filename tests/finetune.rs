@@ -508,7 +508,7 @@ fn stages_finetune_evaluates_each_stage_after_fine_tuning() {
     }
     let o = common::bin().args(args("50")).output().unwrap();
     assert!(!o.status.success());
-    assert!(common::stderr(&o).contains("fine-tuning would train on images it is evaluated on"));
+    assert!(common::stderr(&o).contains("fine-tuning used 100 images of"));
 }
 
 /// `--finetune-labels` adds the labels' cross-entropy to the training loss (so the reported

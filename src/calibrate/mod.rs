@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
 use crate::eval::data::{LabelledSet, PreprocessSpec};
+use crate::eval::seen::{ImageSelection, SeenImages};
 use crate::setting::{require, Setting};
 
 pub use learn::{learn, output_error};
@@ -51,8 +52,10 @@ pub struct CalibrationOptions {
     /// folder's (or its `images/` subfolder's) .png / .jpg / .jpeg files by name.
     pub data: PathBuf,
     pub preprocess: PathBuf,
-    /// The first this many images.
+    /// This many images, taken by `select`.
     pub samples: usize,
+    #[serde(default)]
+    pub select: ImageSelection,
     pub damping: f64,
     /// Refit each layer's continuous codebook on its full input patches (`None`: keep the
     /// clustered one).
@@ -124,15 +127,33 @@ pub fn load_inputs(opts: &CalibrationOptions) -> Result<Vec<ArrayD<f32>>> {
             r.damping
         );
     }
-    let images = preprocessed_images(&opts.data, &opts.preprocess, Some(opts.samples))?;
-    warn_if_few_classes(&opts.data, images.len(), "calibration");
+    let images = preprocessed_images(
+        &opts.data,
+        &opts.preprocess,
+        Some(opts.samples),
+        opts.select,
+    )?;
+    if opts.select == ImageSelection::First {
+        warn_if_few_classes(
+            &opts.data,
+            images.len(),
+            "calibration",
+            "--calib-select spread",
+        );
+    }
     Ok(images.into_iter().map(|a| a.into_dyn()).collect())
+}
+
+/// The images calibration takes, as the converted model records them.
+pub fn seen_images(opts: &CalibrationOptions) -> Result<SeenImages> {
+    let of = image_files(&opts.data)?.len();
+    Ok(SeenImages::new(&opts.data, opts.select, opts.samples, of))
 }
 
 /// Warns when the first `count` images of a labelled folder hold only a few of its classes (a
 /// folder ordered by class, as CIFAR-10's and ImageFolder layouts are): statistics and training
 /// on them would see one or two classes only.
-pub fn warn_if_few_classes(dir: &Path, count: usize, what: &str) {
+pub fn warn_if_few_classes(dir: &Path, count: usize, what: &str, remedy: &str) {
     let Ok(set) = LabelledSet::load(dir) else {
         return;
     };
@@ -141,7 +162,7 @@ pub fn warn_if_few_classes(dir: &Path, count: usize, what: &str) {
         set.items.iter().take(count).map(|i| i.1).collect();
     if first.len() * 2 < all.len().min(count) {
         log::warn!(
-            "{what}: the first {count} images of {} hold {} of its {} classes (the folder is ordered by class?); the images taken are the first ones: give a folder whose first images mix the classes",
+            "{what}: the first {count} images of {} hold {} of its {} classes (the folder is ordered by class?); the images taken are the first ones: pass {remedy}, or give a folder whose first images mix the classes",
             dir.display(),
             first.len(),
             all.len()
@@ -149,17 +170,23 @@ pub fn warn_if_few_classes(dir: &Path, count: usize, what: &str) {
     }
 }
 
-/// The first `limit` (all when `None`) images of a folder read like [`image_files`], each
-/// preprocessed into a [1, C, H, W] input; all must give the same shape.
+/// `limit` (all when `None`) images of a folder read like [`image_files`], taken by `select`,
+/// each preprocessed into a [1, C, H, W] input; all must give the same shape.
 pub fn preprocessed_images(
     dir: &Path,
     preprocess: &Path,
     limit: Option<usize>,
+    select: ImageSelection,
 ) -> Result<Vec<Array4<f32>>> {
-    let files = image_files(dir)?;
+    let all = image_files(dir)?;
     let spec = PreprocessSpec::load(preprocess)?;
-    let n = limit.unwrap_or(files.len()).min(files.len());
-    let images: Vec<Array4<f32>> = files[..n]
+    let n = limit.unwrap_or(all.len()).min(all.len());
+    let files: Vec<&PathBuf> = select
+        .indices(all.len(), n)
+        .into_iter()
+        .map(|i| &all[i])
+        .collect();
+    let images: Vec<Array4<f32>> = files
         .par_iter()
         .map(|p| spec.apply(p))
         .collect::<Result<_>>()?;

@@ -15,6 +15,7 @@ use crate::calibrate::{self, CalibrationOptions};
 use crate::codebook::{ClusterParams, Method, ValidParams};
 use crate::convert::{self, ConvertOptions, OutputForm, Selection};
 use crate::engine::Engine;
+use crate::eval::seen::ImageSelection;
 use crate::finetune::FinetuneOptions;
 use crate::onnx::model::ExternalData;
 use crate::{
@@ -289,9 +290,14 @@ pub struct CalibrationArgs {
     /// needed: labels.csv's files when present, else the folder's images); needs --preprocess.
     #[arg(long, value_name = "DIR")]
     pub calibrate: Option<PathBuf>,
-    /// Calibrate on the first this many images.
+    /// Calibrate on this many images.
     #[arg(long, default_value_t = 256, requires = "calibrate")]
     pub calib_samples: usize,
+    /// Which images: the first ones (the rest stay for `verify --skip N`), or spread evenly
+    /// over the folder (every class of a folder ordered by class, as CIFAR-10's is). The
+    /// output records them; `verify` and `stages` refuse to evaluate on them.
+    #[arg(long, value_enum, default_value_t = ImageSelection::First, requires = "calibrate")]
+    pub calib_select: ImageSelection,
     /// Ridge added to each input covariance, relative to its mean diagonal (see
     /// `calibrate::DEFAULT_DAMPING` for how the default was measured).
     #[arg(long, default_value_t = calibrate::DEFAULT_DAMPING, requires = "calibrate")]
@@ -321,6 +327,7 @@ impl CalibrationArgs {
             data: dir.clone(),
             preprocess: spec.to_path_buf(),
             samples: self.calib_samples,
+            select: self.calib_select,
             damping: self.calib_damping,
             refit: (!self.no_refit).then(|| calibrate::RefitOptions {
                 damping: self.refit_damping,

@@ -19,7 +19,7 @@ use crate::analysis::shapes::{self, InputShape};
 use crate::calibrate::{self, budget::Allocation, CalibrationOptions};
 use crate::codebook::ValidParams;
 use crate::engine::{self, Engine};
-use crate::eval::verify;
+use crate::eval::{seen, verify};
 use crate::finetune::{self, FinetuneOptions, FinetuneReport};
 use crate::lower::{self, GraphPatch};
 use crate::onnx::model::{self, ExternalData, OnnxModel};
@@ -148,6 +148,12 @@ pub fn convert_model_with_inputs(
     let patch = lower_layers(base, &inv, opts, &plan.layers, &learnt)?;
     let mut converted = base.clone();
     lower::apply(&mut converted, patch)?;
+    if let Some(cal) = &opts.calibration {
+        seen::record(&mut converted, "calibration", &calibrate::seen_images(cal)?)?;
+    }
+    if let Some(f) = &opts.finetune {
+        seen::record(&mut converted, "finetune", &finetune::seen_images(f)?)?;
+    }
     let new_shapes =
         shapes::infer(&converted, &opts.input_shapes).context("the converted model")?;
     let new_cost = cost::graph_cost(&converted, &new_shapes);

@@ -3,4 +3,5 @@
 
 pub mod approx;
 pub mod data;
+pub mod seen;
 pub mod verify;

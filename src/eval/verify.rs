@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::analysis::shapes::InputShape;
 use crate::engine::{self, Engine, Run};
 use crate::eval::data::{top_k, LabelledSet, PreprocessSpec};
+use crate::eval::seen;
 use crate::onnx::model::OnnxModel;
 use crate::progress;
 use crate::setting::{require, Setting};
@@ -311,6 +312,13 @@ pub struct VerifyReport {
 pub fn verify(original: &Path, converted: &Path, opts: &VerifyOptions) -> Result<VerifyReport> {
     let a = model::load(original)?;
     let b = model::load(converted)?;
+    if let Some((dir, _)) = &opts.data {
+        for (m, path) in [(&a, original), (&b, converted)] {
+            let what = path.display().to_string();
+            let samples = opts.samples.unwrap_or(usize::MAX);
+            seen::check_disjoint(&seen::recorded(m)?, &what, dir, opts.skip, samples)?;
+        }
+    }
     let set = match &opts.data {
         Some((dir, spec)) => EvalSet::images(&a, dir, spec, opts.samples, opts.skip),
         None => EvalSet::random(

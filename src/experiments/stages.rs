@@ -12,10 +12,11 @@ use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 
 use crate::analysis::select;
-use crate::calibrate::CalibrationOptions;
+use crate::calibrate::{self, CalibrationOptions};
 use crate::codebook::{ClusterParams, Method, ValidParams};
 use crate::convert::{self, ConvertOptions, Selection};
 use crate::engine::{self, Engine};
+use crate::eval::seen;
 use crate::eval::verify::{self, EvalSet};
 use crate::finetune::{self, FinetuneOptions};
 use crate::onnx::model::{self, ExternalData, OnnxModel};
@@ -121,26 +122,15 @@ fn check(opts: &StagesOptions) -> Result<()> {
             run_params(opts, method, ratio)?;
         }
     }
-    if let Some(f) = &opts.finetune {
-        check_disjoint(f, opts)?;
+    let mut seen = Vec::new();
+    if let Some(cal) = &opts.calibration {
+        seen.push(("calibration".to_string(), calibrate::seen_images(cal)?));
     }
-    Ok(())
-}
-
-/// Fine-tuning must not see the images the rows are evaluated on: from the same folder, it may
-/// take only the first `--skip` images.
-fn check_disjoint(f: &FinetuneOptions, opts: &StagesOptions) -> Result<()> {
-    let same = match (f.data.canonicalize(), opts.data.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    let taken = f.samples.unwrap_or(usize::MAX);
-    ensure!(
-        !same || taken <= opts.skip,
-        "--finetune {} is the evaluation folder: fine-tuning would train on images it is evaluated on; give --finetune-samples N and --skip N (at least as many) so that it takes only the first N, or another folder",
-        f.data.display()
-    );
-    Ok(())
+    if let Some(f) = &opts.finetune {
+        seen.push(("fine-tuning".to_string(), finetune::seen_images(f)?));
+    }
+    let samples = opts.samples.unwrap_or(usize::MAX);
+    seen::check_disjoint(&seen, "stages", &opts.data, opts.skip, samples)
 }
 
 /// The parameters of one method × ratio run.

@@ -22,6 +22,7 @@ use crate::analysis::select::ConvLayer;
 use crate::calibrate;
 use crate::codebook::Codebook;
 use crate::eval::data::PreprocessSpec;
+use crate::eval::seen::{self, ImageSelection, SeenImages};
 use crate::onnx::model::OnnxModel;
 
 /// Held-out share of the fine-tuning images (model selection; never trained on).
@@ -158,7 +159,12 @@ pub fn preflight(model: &OnnxModel, opts: &FinetuneOptions) -> Result<()> {
     }
     #[cfg(feature = "finetune")]
     {
-        let first = calibrate::preprocessed_images(&opts.data, &opts.preprocess, Some(1))?;
+        let first = calibrate::preprocessed_images(
+            &opts.data,
+            &opts.preprocess,
+            Some(1),
+            ImageSelection::First,
+        )?;
         graph.check_backward(&first[0].clone().into_dyn())?;
     }
     #[cfg(not(feature = "finetune"))]
@@ -190,6 +196,19 @@ pub(crate) fn check(opts: &FinetuneOptions) -> Result<()> {
 /// holds ([`stored`]), trains them against `original` as the teacher, and returns `converted`
 /// with the trained values in the same initializers (the graph unchanged) and the report.
 /// Callers run [`preflight`] first (once, however many models they fine-tune).
+/// The images fine-tuning takes (the first `samples`, all by default), as the output records
+/// them.
+pub fn seen_images(opts: &FinetuneOptions) -> Result<SeenImages> {
+    let of = calibrate::image_files(&opts.data)?.len();
+    let count = opts.samples.unwrap_or(of);
+    Ok(SeenImages::new(
+        &opts.data,
+        ImageSelection::First,
+        count,
+        of,
+    ))
+}
+
 pub fn finetune_converted(
     original: &OnnxModel,
     converted: &OnnxModel,
@@ -218,6 +237,7 @@ pub fn finetune_converted(
         let error = cb.relative_error(s.layer.kernel_f32(original)?.view());
         record_error(&mut out, &s.layer.name, error)?;
     }
+    seen::record(&mut out, "finetune", &seen_images(opts)?)?;
     Ok((out, report))
 }
 
@@ -311,31 +331,4 @@ pub fn image_labels(dir: &std::path::Path, count: usize) -> Result<Vec<u32>> {
     );
     let set = crate::eval::data::LabelledSet::load(dir)?;
     Ok(set.items.iter().take(count).map(|i| i.1 as u32).collect())
-}
-
-/// `count` indices spread evenly over `0..n` (ascending): the held-out images, so that a folder
-/// ordered by class holds out every class, not only the last.
-pub fn spread_indices(n: usize, count: usize) -> Vec<usize> {
-    (0..count.min(n))
-        .map(|j| ((2 * j + 1) * n) / (2 * count.min(n).max(1)))
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::spread_indices;
-
-    /// The held-out images of a folder ordered by class (CIFAR-10's 10 × 500) cover every class.
-    #[test]
-    fn held_out_indices_are_distinct_ascending_and_spread() {
-        for (n, count) in [(5000, 500), (256, 26), (10, 1), (3, 3), (7, 2)] {
-            let idx = spread_indices(n, count);
-            assert_eq!(idx.len(), count);
-            assert!(idx.windows(2).all(|w| w[0] < w[1]), "{n} {count}: {idx:?}");
-            assert!(idx.iter().all(|&i| i < n));
-        }
-        let classes: std::collections::BTreeSet<usize> =
-            spread_indices(5000, 500).iter().map(|i| i / 500).collect();
-        assert_eq!(classes.len(), 10);
-    }
 }

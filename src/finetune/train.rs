@@ -13,6 +13,7 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 
 use crate::calibrate;
+use crate::eval::seen::{spread_indices, ImageSelection};
 
 use crate::analysis::select::ConvLayer;
 use crate::codebook::Codebook;
@@ -235,7 +236,12 @@ pub fn run(job: &Job, opts: &FinetuneOptions) -> Result<(Tuned, FinetuneReport)>
     check(opts)?;
     let (original, layers) = (job.teacher, job.layers.as_slice());
     let graph = Graph::new(original).context("fine-tuning runs the model's own operators")?;
-    let images = calibrate::preprocessed_images(&opts.data, &opts.preprocess, opts.samples)?;
+    let images = calibrate::preprocessed_images(
+        &opts.data,
+        &opts.preprocess,
+        opts.samples,
+        ImageSelection::First,
+    )?;
     let heldout_count = ((images.len() as f64 * opts.holdout).round() as usize).max(1);
     ensure!(
         images.len() > heldout_count,
@@ -243,7 +249,12 @@ pub fn run(job: &Job, opts: &FinetuneOptions) -> Result<(Tuned, FinetuneReport)>
         opts.data.display(),
         images.len()
     );
-    calibrate::warn_if_few_classes(&opts.data, images.len(), "fine-tuning");
+    calibrate::warn_if_few_classes(
+        &opts.data,
+        images.len(),
+        "fine-tuning",
+        "no --finetune-samples (all the images)",
+    );
     let labels = match opts.labels {
         true => Some(super::image_labels(&opts.data, images.len())?),
         false => None,
@@ -406,10 +417,10 @@ fn augment(x: &Array4<f32>, rng: &mut Xoshiro256PlusPlus) -> Array4<f32> {
 /// Training images, held-out images, the training images' labels.
 type Split = (Vec<Array4<f32>>, Vec<Array4<f32>>, Option<Vec<u32>>);
 
-/// The images split into training and held-out ones (spread evenly, [`super::spread_indices`]),
+/// The images split into training and held-out ones (spread evenly, [`spread_indices`]),
 /// with the training images' labels when given.
 fn split(images: Vec<Array4<f32>>, heldout_count: usize, labels: Option<Vec<u32>>) -> Split {
-    let held = super::spread_indices(images.len(), heldout_count);
+    let held = spread_indices(images.len(), heldout_count);
     let (mut train, mut heldout, mut train_labels) = (Vec::new(), Vec::new(), Vec::new());
     for (i, x) in images.into_iter().enumerate() {
         match held.binary_search(&i) {
