@@ -82,3 +82,17 @@ finetune r20-dl-4-ft-orig-e2 $R20 "$RN_EVAL" r20-dl-4 $RN_DATA --train-original-
 # fine-tuned by convert (DL the same way, for the comparison).
 run r20-vq-4-ft $R20 "$RN_EVAL" --all --ratio 4 --method vq $RN_CAL --finetune $S/data/cifar10-train
 run r20-dl-4-ft2 $R20 "$RN_EVAL" --all --ratio 4 $RN_CAL --finetune $S/data/cifar10-train
+# Calibration spread over cifar10-train (--calib-select spread: every class; the CIFAR rows
+# above calibrated on its first 256 images, all airplanes).
+RN_CALS="$RN_CAL --calib-select spread"
+RN_FT="--finetune $S/data/cifar10-train"
+run r20-dl-t2-spread $R20 "$RN_EVAL" --target-speedup 2 $RN_CALS
+run r20-dl-4-spread $R20 "$RN_EVAL" --all --ratio 4 $RN_CALS
+run r20-dl-4-spread-ft $R20 "$RN_EVAL" --all --ratio 4 $RN_CALS $RN_FT
+run r56-dl-t2-spread $R56 "$RN_EVAL" --target-speedup 2 $RN_CALS
+# Palettes (issue 16: --form dense --shared-codebook) under a size budget, then fine-tuned.
+PAL="--all --form dense --shared-codebook --subspace 1"
+run r20-pal-c8 $R20 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS
+run r20-pal-c8-ft $R20 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS $RN_FT --epochs 2
+run r56-pal-c8 $R56 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS
+run r56-pal-c8-ft $R56 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS $RN_FT --epochs 2
