@@ -261,12 +261,26 @@ fn allocate<'a>(
     })
 }
 
-/// Bytes a converted layer adds besides its tensors' data: about a dozen nodes, a dozen
-/// tensor names and small shape constants (measured: SqueezeNet, 26 layers, ≈ 2.7 KB each).
-const LAYER_OVERHEAD_BYTES: f64 = 2800.0;
+/// Bytes a converted layer adds besides its tensors' data, apart from its name: the nodes that
+/// rebuild the kernel and their small shape constants. Measured on ResNet-20 `--all --form
+/// dense` (layer names of 14 characters; names' share taken out at [`NAME_REFERENCES`]):
+/// palette with Γ unpacked 1,090 bytes per layer, with Γ packed 1,750; VQ with per-subspace
+/// codebooks 1,330; DL 2,570.
+const LAYER_OVERHEAD_BYTES: f64 = 820.0;
 
-/// What unpacking Γ below 8 bits adds: about ten nodes and their small constants.
-const PACKING_OVERHEAD_BYTES: f64 = 1200.0;
+/// How often the subgraph's tensor and node names repeat the layer's name (`{layer}/dlq/…`).
+const NAME_REFERENCES: f64 = 20.0;
+
+/// What unpacking Γ below 8 bits adds: about six nodes and their small constants (the slice of
+/// a last, partly filled group included).
+const PACKING_OVERHEAD_BYTES: f64 = 900.0;
+
+/// What per-subspace codebooks add (the offsets of each subspace's rows), besides the offsets'
+/// data.
+const OFFSETS_OVERHEAD_BYTES: f64 = 250.0;
+
+/// What DL's sparse codes add: the look-up of each code's atoms and the weighted sum.
+const CODES_OVERHEAD_BYTES: f64 = 1250.0;
 
 /// The model's stored bytes (the protobuf plus external tensor data), and per candidate layer
 /// its weight's bytes and the compact form's at each candidate ratio the rules accept
@@ -329,18 +343,24 @@ fn compact_bytes(layer: &ConvLayer, p: &ValidParams) -> Option<f64> {
     let (codes, reps) = match p.method {
         Method::Dl => {
             let width = packing::plain_index_width(l) as f64;
-            ((tables * k * a) as f64 * (width + e), k)
+            let data = (tables * k * a) as f64 * (width + e);
+            (data + CODES_OVERHEAD_BYTES, k)
         }
         Method::Vq => (0.0, l),
     };
     let gamma = packing::index_bytes(s * m * kh * kw, reps) as f64;
-    let offsets = if p.shared { 0.0 } else { 16.0 * s as f64 };
+    let offsets = if p.shared {
+        0.0
+    } else {
+        16.0 * s as f64 + OFFSETS_OVERHEAD_BYTES
+    };
     let unpacking = if packing::packs(reps) {
         PACKING_OVERHEAD_BYTES
     } else {
         0.0
     };
-    Some(atoms + codes + gamma + offsets + unpacking + LAYER_OVERHEAD_BYTES)
+    let names = NAME_REFERENCES * layer.name.len() as f64;
+    Some(atoms + codes + gamma + offsets + unpacking + names + LAYER_OVERHEAD_BYTES)
 }
 
 /// `Some(reason)` when the compact form of `l` at `params` would store at least as many bytes

@@ -77,9 +77,8 @@ fn assignment_rows(
 ) -> Result<String> {
     let rows = if packing::packs(k) {
         let values = codebook.flat_assignment();
-        let flat = packing::unpacked(b, "assignment", &values, packing::bits_for(k))?;
         let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-        reshape(b, "assignment_shaped", &flat, &dims)?
+        packing::unpacked(b, "assignment", &values, packing::bits_for(k), &dims)?
     } else {
         let gamma = assignment_input(b, codebook, shape, k)?;
         cast_i64(b, "assignment", &gamma)?

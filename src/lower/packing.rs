@@ -75,8 +75,14 @@ pub fn pack(values: &[u32], bits: u32) -> Vec<u8> {
 }
 
 /// Adds `values` packed at `bits` as a `[G, B]` UINT8 initializer and the subgraph that
-/// unpacks it; returns the `[count]` INT64 tensor of the indices.
-pub fn unpacked(b: &mut Builder, what: &str, values: &[u32], bits: u32) -> Result<String> {
+/// unpacks it; returns the INT64 tensor of the indices in `shape` (count elements).
+pub fn unpacked(
+    b: &mut Builder,
+    what: &str,
+    values: &[u32],
+    bits: u32,
+    shape: &[i64],
+) -> Result<String> {
     let (width, group) = layout(bits);
     let groups = values.len().div_ceil(group);
     let packed = b.name(&format!("{what}_packed"))?;
@@ -103,10 +109,42 @@ pub fn unpacked(b: &mut Builder, what: &str, values: &[u32], bits: u32) -> Resul
     let shifts = b.i64_init(&format!("{what}_shifts"), &shifts)?;
     let shifted = b.node("Div", &format!("{what}_shifted"), vec![v, shifts], vec![])?;
     let base = b.i64_init(&format!("{what}_base"), &[1i64 << bits])?;
+    let low = low_bits(b, what, shifted, base)?;
+    let shaped = |b: &mut Builder, x: String| {
+        let s = b.i64_init(&format!("{what}_shape"), shape)?;
+        b.node("Reshape", &format!("{what}_shaped"), vec![x, s], vec![])
+    };
+    if groups * group == values.len() {
+        return shaped(b, low);
+    }
+    let flat_shape = b.i64_init(&format!("{what}_flat_shape"), &[(groups * group) as i64])?;
+    let flat = b.node(
+        "Reshape",
+        &format!("{what}_flat"),
+        vec![low, flat_shape],
+        vec![],
+    )?;
+    let values = b.slice(
+        &format!("{what}_unpacked"),
+        &flat,
+        &[0],
+        &[0],
+        &[values.len() as i64],
+        &[1],
+    )?;
+    shaped(b, values)
+}
+
+/// `x mod base` for non-negative INT64 `x`: one `Mod` from opset 10 on, before it
+/// `x − (x / base)·base`.
+fn low_bits(b: &mut Builder, what: &str, x: String, base: String) -> Result<String> {
+    if b.opset >= 10 {
+        return b.node("Mod", &format!("{what}_low"), vec![x, base], vec![]);
+    }
     let high = b.node(
         "Div",
         &format!("{what}_high"),
-        vec![shifted.clone(), base.clone()],
+        vec![x.clone(), base.clone()],
         vec![],
     )?;
     let high = b.node(
@@ -115,25 +153,7 @@ pub fn unpacked(b: &mut Builder, what: &str, values: &[u32], bits: u32) -> Resul
         vec![high, base],
         vec![],
     )?;
-    let low = b.node("Sub", &format!("{what}_low"), vec![shifted, high], vec![])?;
-    let flat_shape = b.i64_init(&format!("{what}_flat_shape"), &[(groups * group) as i64])?;
-    let flat = b.node(
-        "Reshape",
-        &format!("{what}_flat"),
-        vec![low, flat_shape],
-        vec![],
-    )?;
-    if groups * group == values.len() {
-        return Ok(flat);
-    }
-    b.slice(
-        &format!("{what}_unpacked"),
-        &flat,
-        &[0],
-        &[0],
-        &[values.len() as i64],
-        &[1],
-    )
+    b.node("Sub", &format!("{what}_low"), vec![x, high], vec![])
 }
 
 #[cfg(test)]
