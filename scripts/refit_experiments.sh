@@ -28,7 +28,7 @@ run() { # name model eval-args convert-args...
   if [ -n "$SELECTED" ] && [[ " $SELECTED " != *" $name "* ]]; then return; fi
   echo "== $name: onnx-dlq $model OUT $*"
   /usr/bin/time -f "convert: %e s, peak memory %M KB" $B "$model" "$out/$name.onnx" "$@" 2>&1 |
-    grep -E "^model:|target-speedup: [0-9]|^fine-tune|^convert:"
+    grep -E "^model:|target-(speedup|compression): [0-9]|^size budget|^fine-tune|^convert:"
   $B verify "$model" "$out/$name.onnx" $eval --runs 1 2>/dev/null | grep -E "^(original|converted|samples)"
 }
 for r in "" "--no-refit"; do

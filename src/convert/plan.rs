@@ -419,16 +419,20 @@ fn latency_budget(
 }
 
 fn log_allocation(a: &Allocation) {
+    let flag = match a.measured.as_ref().map(|m| m.unit) {
+        Some(budget::Unit::Bytes) => "target-compression",
+        _ => "target-speedup",
+    };
     for l in &a.layers {
         log::info!(
-            "target-speedup: {} at ρ = {} (error {:.4})",
+            "{flag}: {} at ρ = {} (error {:.4})",
             l.name,
             l.ratio,
             l.error
         );
     }
     log::info!(
-        "target-speedup: {} layers converted, {} left original, estimated {:.3}x ({:.1}s)",
+        "{flag}: {} layers converted, {} left original, estimated {:.3}x ({:.1}s)",
         a.layers.len(),
         a.unchanged.len(),
         a.estimated_speedup,
