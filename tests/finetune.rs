@@ -297,7 +297,9 @@ fn train_original_layers_changes_their_weights_not_the_graph() {
 /// initializers and trains them as `convert --finetune` does: the standard-operator and fused
 /// outputs are byte-identical to `convert --finetune`'s; the compact form's values are equal
 /// (its trained bias goes into the Conv's existing bias rather than a new initializer). A
-/// converted fully connected layer is read back too, and held fixed.
+/// converted fully connected layer is read back too, and held fixed; so are shared codebooks
+/// (palettes) with Γ bit-packed or not, and a calibrated model (whose record of the images it
+/// saw is not a layer).
 #[test]
 fn finetune_subcommand_equals_convert_finetune_in_every_form() {
     let dir = tempfile::tempdir().unwrap();
@@ -307,6 +309,21 @@ fn finetune_subcommand_equals_convert_finetune_in_every_form() {
     let fc = ["--layers", "conv4,fc", "--method", "vq"];
     // N′ = 5 divides neither 32 nor 64: the atoms' Conv is a head and a tail.
     let uneven = ["--subspace", "5", "--c", "2"];
+    let palette = |k| {
+        [
+            "--method",
+            "vq",
+            "--shared-codebook",
+            "",
+            "--subspace",
+            "4",
+            "--k",
+            k,
+        ]
+    };
+    let (packed, bytes) = (palette("16"), palette("100"));
+    let digits = repo_path("models/digits-test");
+    let calibrated = ["--calibrate", digits.as_str(), "--calib-samples", "32"];
     let variants = [
         ("ops", &[][..]),
         ("fused", &[]),
@@ -315,6 +332,9 @@ fn finetune_subcommand_equals_convert_finetune_in_every_form() {
         ("fused", &fc),
         ("ops", &uneven[..]),
         ("fused", &uneven),
+        ("dense", &packed[..]),
+        ("dense", &bytes[..]),
+        ("ops", &calibrated[..]),
     ];
     for (i, (form, extra)) in variants.into_iter().enumerate() {
         let (plain, direct, later) = (
@@ -327,6 +347,7 @@ fn finetune_subcommand_equals_convert_finetune_in_every_form() {
         for pair in extra.chunks(2) {
             match convert.iter().position(|a| a == pair[0]) {
                 Some(at) => convert[at + 1] = pair[1].to_string(),
+                None if pair[1].is_empty() => convert.push(pair[0].to_string()),
                 None => convert.extend([pair[0].to_string(), pair[1].to_string()]),
             }
         }
@@ -334,6 +355,15 @@ fn finetune_subcommand_equals_convert_finetune_in_every_form() {
         assert!(o.status.success(), "{}", common::stderr(&o));
         let at = convert.iter().position(|a| a == "--finetune").unwrap();
         convert.drain(at..at + 10);
+        if extra.contains(&"--calibrate") {
+            convert.extend(
+                [
+                    "--preprocess",
+                    &repo_path("models/digits-cnn.preprocess.json"),
+                ]
+                .map(String::from),
+            );
+        }
         convert[2] = plain.clone();
         let o = common::bin().args(&convert).output().unwrap();
         assert!(o.status.success(), "{}", common::stderr(&o));

@@ -68,7 +68,8 @@ impl SeenImages {
     }
 }
 
-const KEY_PREFIX: &str = "onnx-dlq/seen/";
+/// The metadata keys of the records: `onnx-dlq/seen/<step>`.
+pub const KEY_PREFIX: &str = "onnx-dlq/seen/";
 
 /// Records in `model`'s metadata that `step` ("calibration", "finetune") used `seen`.
 pub fn record(model: &mut OnnxModel, step: &str, seen: &SeenImages) -> Result<()> {

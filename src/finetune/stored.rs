@@ -13,7 +13,8 @@ use crate::analysis::select::{self, ConvLayer};
 use crate::codebook::dl::SparseCodes;
 use crate::codebook::subspace::{self, Points};
 use crate::codebook::{Codebook, Method, Sizes, SubspaceCodebook};
-use crate::lower::LayerSettings;
+use crate::eval::seen;
+use crate::lower::{packing, LayerSettings};
 use crate::onnx::model::OnnxModel;
 use crate::onnx::tensor;
 use crate::proto::NodeProto;
@@ -28,6 +29,8 @@ enum Store {
         width: usize,
         coefficients: Option<String>,
     },
+    /// The compact form's shared codebook: one `[K, N′]` palette (VQ).
+    Palette { atoms: String },
     /// The standard-operator form: the atoms' 1×1 Conv weights (one, or the head's and the
     /// tail's when N′ does not divide N) and one coefficient tensor `[1, S·K, 1, 1]` per Λ slot.
     Ops {
@@ -82,7 +85,8 @@ fn recorded_layers(model: &OnnxModel) -> Result<Vec<(String, LayerSettings)>> {
         let Some(layer) = key.strip_prefix("onnx-dlq/") else {
             continue;
         };
-        if layer == "version" {
+        // Not layers: the version, and the images conversion learnt from (`eval::seen`).
+        if layer == "version" || key.starts_with(seen::KEY_PREFIX) {
             continue;
         }
         let settings: LayerSettings = serde_json::from_str(value)
@@ -148,7 +152,8 @@ fn read_layer(
         }
         None => None,
     };
-    let codebook = assemble(
+    let shared = matches!(decoded.store, Store::Palette { .. });
+    let mut codebook = assemble(
         decoded.atoms,
         decoded.codes,
         decoded.assignment,
@@ -157,6 +162,7 @@ fn read_layer(
         settings,
         bias_shift,
     )?;
+    codebook.shared = shared;
     Ok(StoredLayer {
         layer,
         codebook,
@@ -175,6 +181,10 @@ struct LayerNodes<'a> {
 }
 
 impl LayerNodes<'_> {
+    fn named(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.prefix)
+    }
+
     fn find(&self, suffix: &str) -> Option<&NodeProto> {
         let name = format!("{}{suffix}", self.prefix);
         self.model
@@ -248,10 +258,6 @@ fn read_table(
             nodes.input(conv, 5).ok().map(str::to_string),
         ),
         false => {
-            ensure!(
-                nodes.model.initializer(&named("assignment_packed")).is_none(),
-                "Γ is stored bit-packed (the compact form's small palettes), which `finetune` does not read yet; use `convert --finetune`"
-            );
             let dl = method == Method::Dl;
             (
                 named("atoms"),
@@ -263,13 +269,16 @@ fn read_table(
         }
     };
     let (dims, data) = nodes.floats(&atoms_name)?;
+    if dims.len() == 2 && !fused && method == Method::Vq {
+        return read_palette(nodes, (dims, data), atoms_name, (shape, channels), bias);
+    }
     ensure!(
         dims.len() == 3,
         "atoms `{atoms_name}` of shape {dims:?}, expected [S, L, width]"
     );
     ensure!(
         dims[0] == s_count,
-        "atoms `{atoms_name}` hold {} subspaces, the layer has {s_count} (a palette shared by every subspace is not fine-tuned from a file yet; use `convert --finetune`)",
+        "atoms `{atoms_name}` hold {} subspaces, the layer has {s_count}",
         dims[0]
     );
     let (l, width) = (dims[1], dims[2]);
@@ -295,16 +304,7 @@ fn read_table(
         (Method::Dl, ..) => bail!("a DL layer without atom indices and coefficients"),
     };
     let k = codes.as_ref().map_or(l, |c| c[0].len());
-    let (adims, gamma) = nodes.ints(&assignment_name)?;
-    ensure!(
-        adims == [s_count, m, kh, kw],
-        "assignment `{assignment_name}` of shape {adims:?}, expected {:?}",
-        [s_count, m, kh, kw]
-    );
-    let assignment = gamma
-        .chunks_exact(m * kh * kw)
-        .map(|g| to_indices(g, 0, k, &assignment_name))
-        .collect::<Result<_>>()?;
+    let assignment = read_assignment(nodes, &assignment_name, [s_count, m, kh, kw], k)?;
     Ok(Decoded {
         store: Store::Table {
             atoms: atoms_name,
@@ -316,6 +316,75 @@ fn read_table(
         assignment,
         bias,
     })
+}
+
+/// The compact form's palette (`[K, N′]`, every subspace's codebook) and Γ indexing it.
+fn read_palette(
+    nodes: &LayerNodes,
+    (dims, data): (Vec<usize>, Vec<f32>),
+    atoms_name: String,
+    (shape, channels): ([usize; 4], &[Range<usize>]),
+    bias: Option<String>,
+) -> Result<Decoded> {
+    let [m, _, kh, kw] = shape;
+    let (k, width) = (dims[0], dims[1]);
+    ensure!(
+        channels.iter().all(|c| c.len() == width),
+        "palette `{atoms_name}` of {width}-value rows, for subspaces of {:?} channels",
+        channels.iter().map(|c| c.len()).collect::<Vec<_>>()
+    );
+    let assignment = read_assignment(
+        nodes,
+        &nodes.named("assignment"),
+        [channels.len(), m, kh, kw],
+        k,
+    )?;
+    Ok(Decoded {
+        store: Store::Palette { atoms: atoms_name },
+        atoms: vec![Points { data, dim: width }; channels.len()],
+        codes: None,
+        assignment,
+        bias,
+    })
+}
+
+/// Γ per subspace from the `[S, M, kh, kw]` initializer `name`, or from the bit-packed
+/// `{name}_packed` the compact form stores below 7 bits (`lower::packing`); each index below `k`.
+fn read_assignment(
+    nodes: &LayerNodes,
+    name: &str,
+    shape: [usize; 4],
+    k: usize,
+) -> Result<Vec<Vec<u32>>> {
+    let [s_count, m, kh, kw] = shape;
+    let count = s_count * m * kh * kw;
+    let packed = format!("{name}_packed");
+    let gamma: Vec<i64> = match nodes.model.initializer(&packed) {
+        Some(_) => {
+            let (_, bytes) = nodes.ints(&packed)?;
+            let bytes: Vec<u8> = bytes.iter().map(|&b| b as u8).collect();
+            let bits = packing::bits_for(k);
+            let values = packing::unpack(&bytes, bits, count).with_context(|| {
+                format!(
+                    "`{packed}`: {} bytes do not hold {count} indices of {bits} bits",
+                    bytes.len()
+                )
+            })?;
+            values.into_iter().map(i64::from).collect()
+        }
+        None => {
+            let (adims, gamma) = nodes.ints(name)?;
+            ensure!(
+                adims == shape,
+                "assignment `{name}` of shape {adims:?}, expected {shape:?}"
+            );
+            gamma
+        }
+    };
+    gamma
+        .chunks_exact(m * kh * kw)
+        .map(|g| to_indices(g, 0, k, name))
+        .collect()
 }
 
 /// Λ from `[S, K, α]` atom indices and coefficients.
@@ -591,6 +660,10 @@ impl StoredLayer {
                         .collect();
                     set_initializer(model, name, &coefs)?;
                 }
+            }
+            Store::Palette { atoms } => {
+                // One variable in training: every subspace's copy is the palette.
+                set_initializer(model, atoms, &subspaces[0].atoms.data)?;
             }
             Store::Ops {
                 atoms,

@@ -5,8 +5,8 @@
 //! engines fold it when they load the model (tract's optimisation, ONNX Runtime's constant
 //! folding) and run the original Conv: the file shrinks, the latency stays. Plain ONNX at the
 //! model's opset (7 or later: broadcasting Add), valid for any input size the original accepts.
-//! Γ below 8 bits is stored packed (`packing`); a shared codebook (a palette) is stored once
-//! and Γ indexes it directly (S = 1 in the table, no per-subspace offsets).
+//! Γ below 8 bits is stored packed (`packing`); a shared codebook (a palette) is stored once,
+//! as the `[K, N′]` table itself, and Γ indexes it directly (no per-subspace offsets).
 //!
 //! ```text
 //! DL:  reps[S·K, N′] = Reshape(MatMul(coef[S,K,1,α], Gather(atoms[S·L,N′], idx + s·L)))
@@ -150,12 +150,14 @@ pub fn lower(
     let taken = taken_names(model);
     let mut b = Builder::new(&layer.name, model.default_opset(), elem, &taken);
     let table = if codebook.shared {
-        // One palette: the first subspace's copy is the table of all.
-        let mut first = codebook.clone();
-        first.subspaces.truncate(1);
-        let one = [1, sizes[1], k, sizes[3], width];
-        let inputs = codebook_inputs(&mut b, &first, one, &ctx)?;
-        representatives(&mut b, &inputs, one)?
+        // One palette, `[K, N′]`: the first subspace's copy is the table of all (N′ divides N).
+        let palette = &codebook.subspaces[0].atoms;
+        ensure!(
+            palette.dim == width,
+            "{ctx}: a palette of {}-value rows for subspaces of {width}",
+            palette.dim
+        );
+        b.float_init("atoms", &[palette.len(), width], &palette.data)?
     } else {
         let inputs = codebook_inputs(&mut b, codebook, sizes, &ctx)?;
         representatives(&mut b, &inputs, sizes)?

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! v[G,1] = ReduceSum(Cast(packed, INT64) · [1, 2⁸, 2¹⁶][..B], axis 1)    (B > 1)
-//! x[G,g] = v / [1, 2^b, …, 2^(g−1)b];  x − (x / 2^b)·2^b;  Reshape [g·G]; Slice [0, count)
+//! x[G,g] = v / [1, 2^b, …, 2^(g−1)b];  x mod 2^b;  Reshape [g·G]; Slice [0, count)
 //! ```
 //!
 //! Every intermediate stays below 2^24: tract 0.23 wraps int64 arithmetic at 32 bits here.
@@ -72,6 +72,27 @@ pub fn pack(values: &[u32], bits: u32) -> Vec<u8> {
         out.extend_from_slice(&v.to_le_bytes()[..bytes]);
     }
     out
+}
+
+/// The first `count` indices of `bytes` packed at `bits` by [`pack`]; `None` when `bytes` is
+/// not `count` indices' worth of groups.
+pub fn unpack(bytes: &[u8], bits: u32, count: usize) -> Option<Vec<u32>> {
+    if !(1..7).contains(&bits) {
+        return None;
+    }
+    let (width, group) = layout(bits);
+    if bytes.len() != count.div_ceil(group) * width {
+        return None;
+    }
+    let mask = (1u32 << bits) - 1;
+    let values = bytes.chunks_exact(width).flat_map(|chunk| {
+        let v = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |v, (i, &b)| v | (u32::from(b) << (8 * i)));
+        (0..group).map(move |i| (v >> (bits as usize * i)) & mask)
+    });
+    Some(values.take(count).collect())
 }
 
 /// Adds `values` packed at `bits` as a `[G, B]` UINT8 initializer and the subgraph that
@@ -184,6 +205,8 @@ mod tests {
             let values: Vec<u32> = (0..21).map(|i| (i * 7 + 3) % (1 << bits)).collect();
             let bytes = pack(&values, bits);
             assert_eq!(bytes.len(), index_bytes(21, 1 << bits));
+            assert_eq!(unpack(&bytes, bits, 21).as_deref(), Some(&values[..]));
+            assert_eq!(unpack(&bytes[1..], bits, 21), None);
             for (g, chunk) in bytes.chunks(width).enumerate() {
                 let mut v = 0i64;
                 for (j, &x) in chunk.iter().enumerate() {
