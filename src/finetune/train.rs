@@ -232,28 +232,27 @@ impl Trainer<'_> {
 
 /// Fine-tunes the codebooks of `layers` (each a converted Conv of `original` and its codebook),
 /// and the layers left original when asked; returns what changed and the report.
+/// The images to train on and hold out: the first `samples` (all by default), with a warning
+/// when they hold few of a labelled folder's classes.
+fn load_images(opts: &FinetuneOptions) -> Result<Vec<Array4<f32>>> {
+    let (dir, first) = (&opts.data, ImageSelection::First);
+    let images = calibrate::preprocessed_images(dir, &opts.preprocess, opts.samples, first)?;
+    let remedy = "no --finetune-samples (all the images)";
+    calibrate::warn_if_few_classes(dir, images.len(), "fine-tuning", remedy);
+    Ok(images)
+}
+
 pub fn run(job: &Job, opts: &FinetuneOptions) -> Result<(Tuned, FinetuneReport)> {
     check(opts)?;
     let (original, layers) = (job.teacher, job.layers.as_slice());
     let graph = Graph::new(original).context("fine-tuning runs the model's own operators")?;
-    let images = calibrate::preprocessed_images(
-        &opts.data,
-        &opts.preprocess,
-        opts.samples,
-        ImageSelection::First,
-    )?;
+    let images = load_images(opts)?;
     let heldout_count = ((images.len() as f64 * opts.holdout).round() as usize).max(1);
     ensure!(
         images.len() > heldout_count,
         "fine-tuning needs at least two images in {} (one held out), found {}",
         opts.data.display(),
         images.len()
-    );
-    calibrate::warn_if_few_classes(
-        &opts.data,
-        images.len(),
-        "fine-tuning",
-        "no --finetune-samples (all the images)",
     );
     let labels = match opts.labels {
         true => Some(super::image_labels(&opts.data, images.len())?),
