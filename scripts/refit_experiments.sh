@@ -96,3 +96,7 @@ run r20-pal-c8 $R20 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS
 run r20-pal-c8-ft $R20 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS $RN_FT --epochs 2
 run r56-pal-c8 $R56 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS
 run r56-pal-c8-ft $R56 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS $RN_FT --epochs 2
+# SqueezeNet at ρ = 10 with DL's c = 2 (the --target-speedup default: more atoms, fewer
+# representatives at the same multiplications), refitted, then fine-tuned as sq-dl-10-ft-lr2e-5.
+run sq-dl-10-c2 $SQ "$SQ_EVAL" --layers $L --ratio 10 --c 2 $SQ_CAL
+finetune sq-dl-10-c2-ft $SQ "$SQ_EVAL" sq-dl-10-c2 $SQ_DATA --lr 2e-5 --epochs 4
