@@ -482,8 +482,10 @@ fn finetune_subcommand_refuses_what_it_cannot_train_before_any_work() {
     assert!(common::stderr(&o).contains("it is an input model"));
 }
 
-/// `stages --finetune`: every stage's model is fine-tuned and evaluated again; fine-tuning on
-/// the images the rows are evaluated on is refused.
+/// `stages --finetune`: every stage's model is fine-tuned and evaluated again, the next stage
+/// converted in the fine-tuned model (the paper's scheme: its figures before fine-tuning differ
+/// from the plain run's, which converts in the original); fine-tuning on the images the rows
+/// are evaluated on is refused.
 #[test]
 fn stages_finetune_evaluates_each_stage_after_fine_tuning() {
     let args = |skip: &str| -> Vec<String> {
@@ -502,6 +504,10 @@ fn stages_finetune_evaluates_each_stage_after_fine_tuning() {
             &repo_path("models/digits-cnn.preprocess.json"),
             "--skip",
             skip,
+            "--calibrate",
+            &repo_path("models/digits-test"),
+            "--calib-samples",
+            "50",
             "--finetune",
             &repo_path("models/digits-test"),
             "--finetune-samples",
@@ -536,6 +542,18 @@ fn stages_finetune_evaluates_each_stage_after_fine_tuning() {
             assert_eq!(f["top1"], row["top1"], "{row}");
         }
     }
+    // Without --finetune: the first stage's row is the same, the second is not (the first
+    // stage's fine-tuning kept an epoch, so the second was calibrated in another model).
+    let mut plain = args("100");
+    let at = plain.iter().position(|a| a == "--finetune").unwrap();
+    plain.drain(at..at + 8);
+    let o = common::bin().args(&plain).output().unwrap();
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let p: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let prow = p["rows"].as_array().unwrap();
+    assert_eq!(prow[1]["weight_error"], rows[1]["weight_error"]);
+    assert!(rows[1]["finetuned"]["best_epoch"].is_u64(), "{}", rows[1]);
+    assert_ne!(prow[2]["weight_error"], rows[2]["weight_error"]);
     let o = common::bin().args(args("50")).output().unwrap();
     assert!(!o.status.success());
     assert!(common::stderr(&o).contains("fine-tuning used 100 images of"));

@@ -211,11 +211,10 @@ pub fn run(path: &Path, opts: &StagesOptions) -> Result<StagesReport> {
     for &method in &opts.methods {
         for &ratio in &opts.ratios {
             let params = run_params(opts, method, ratio)?;
-            let mut layers: Vec<String> = Vec::new();
+            let mut chain = Chain::default();
             for (i, (stage, names)) in stages.iter().enumerate() {
-                layers.extend(names.iter().cloned());
                 let what = format!("{} ρ={ratio} stage `{stage}`", method.as_str());
-                let row = stage_row(&base, opts, &params, &layers, cal, i, stage)
+                let row = stage_row(&base, opts, &params, &mut chain, cal, (i, stage, names))
                     .with_context(|| what.clone())?;
                 rows.push(row);
             }
@@ -230,21 +229,37 @@ pub fn run(path: &Path, opts: &StagesOptions) -> Result<StagesReport> {
     })
 }
 
-/// Converts `layers` (stages 1..=i) and evaluates the result against the baseline.
+/// What one method × ratio's rows pass on, stage to stage: the layers converted so far and,
+/// with fine-tuning, the fine-tuned model the next stage is converted in (the paper's scheme).
+#[derive(Default)]
+struct Chain {
+    layers: Vec<String>,
+    reports: Vec<convert::LayerReport>,
+    finetuned: Option<OnnxModel>,
+}
+
+/// Converts stage i and evaluates the model, whose converted layers are stages 1..=i, against
+/// the baseline. Without fine-tuning stages 1..=i are converted in the original; with it,
+/// stage i is converted in the fine-tuned model of stage i − 1 and the result fine-tuned again
+/// (every converted layer, the original as the teacher).
 fn stage_row(
     base: &Baseline,
     opts: &StagesOptions,
     params: &ValidParams,
-    layers: &[String],
+    chain: &mut Chain,
     calibration_inputs: Option<&[ndarray::ArrayD<f32>]>,
-    i: usize,
-    stage: &str,
+    (i, stage, names): (usize, &str, &[String]),
 ) -> Result<StageRow> {
     let (method, ratio) = (params.method, params.ratio);
+    chain.layers.extend(names.iter().cloned());
+    let (from, selection) = match &chain.finetuned {
+        Some(model) => (model, names.to_vec()),
+        None => (&base.original, chain.layers.clone()),
+    };
     let c = convert::convert_model_with_inputs(
-        &base.original,
+        from,
         &ConvertOptions {
-            selection: Selection::Named(layers.to_vec()),
+            selection: Selection::Named(selection),
             params: params.clone(),
             input_shapes: vec![],
             external: ExternalData::Auto,
@@ -267,8 +282,16 @@ fn stage_row(
         100.0 * top1,
         100.0 * top5,
     );
+    if chain.finetuned.is_none() {
+        chain.reports.clear();
+    }
+    chain.reports.extend(c.layers);
     let finetuned = match &opts.finetune {
-        Some(f) => Some(finetuned_row(base, &c.model, f, &label)?),
+        Some(f) => {
+            let (row, tuned) = finetuned_row(base, &c.model, f, &label)?;
+            chain.finetuned = Some(tuned);
+            Some(row)
+        }
         None => None,
     };
     Ok(StageRow {
@@ -276,13 +299,13 @@ fn stage_row(
         ratio: Some(ratio),
         stages: i + 1,
         last_stage: Some(stage.to_string()),
-        layers: layers.to_vec(),
+        layers: chain.layers.clone(),
         top1,
         top5,
         top1_agreement: agreement,
         multiplications: mults,
         speedup,
-        weight_error: Some(weighted_error(&base.norms, &c.layers)),
+        weight_error: Some(weighted_error(&base.norms, &chain.reports)),
         latency_ms: verify::latency(r.as_ref(), &base.set.inputs[0], opts.runs)?.median,
         finetuned,
     })
@@ -302,13 +325,13 @@ fn evaluate(
 }
 
 /// Fine-tunes a stage's converted model (its codebooks read back as `onnx-dlq finetune` does)
-/// and evaluates the result.
+/// and evaluates the result; returns the fine-tuned model too.
 fn finetuned_row(
     base: &Baseline,
     converted: &OnnxModel,
     f: &FinetuneOptions,
     label: &str,
-) -> Result<FinetunedRow> {
+) -> Result<(FinetunedRow, OnnxModel)> {
     let started = std::time::Instant::now();
     let (tuned, report) = finetune::finetune_converted(&base.original, converted, f)?;
     let seconds = started.elapsed().as_secs_f64();
@@ -318,13 +341,14 @@ fn finetuned_row(
         100.0 * top1,
         100.0 * top5
     );
-    Ok(FinetunedRow {
+    let row = FinetunedRow {
         top1,
         top5,
         top1_agreement: agreement,
         best_epoch: report.best_epoch,
         seconds,
-    })
+    };
+    Ok((row, tuned))
 }
 
 /// ‖W‖² of every staged layer's weight, read once for the whole run.
