@@ -278,6 +278,11 @@ impl VerifyData {
     }
 }
 
+/// N′ of a shared codebook unless given: at 4 bits per weight, SqueezeNet keeps 55.00% top-1
+/// with N′ = 2 (K = 256) against 45.33% with scalar palettes (N′ = 1, K = 16), and ResNet-56
+/// 81.90% with both (BENCHMARKS.md, "Shared codebooks").
+const SHARED_SUBSPACE: usize = 2;
+
 /// DL's c under `--target-speedup` unless given: the paper's c = 3 rules out ρ = 2 and 3 on
 /// layers with few sub-vectors (K = c·K_vq > p²M), and c = 2 gave higher accuracy at the same
 /// budget (SqueezeNet 1.5×: 54.5% against 48.0% top-1; ResNet-20 2×: 78.3% against 69.6%).
@@ -439,9 +444,10 @@ pub struct FinetuneCmdArgs {
 /// The clustering settings `convert` and `stages` share (defaults: the paper's).
 #[derive(Debug, Args)]
 pub struct ClusterSettings {
-    /// N′, input channels per subspace.
-    #[arg(long, default_value_t = 8)]
-    pub subspace: usize,
+    /// N′, input channels per subspace. Default 8 (the paper's), or 2 with --shared-codebook,
+    /// where it measured the best accuracy per byte (BENCHMARKS.md, "Shared codebooks").
+    #[arg(long)]
+    pub subspace: Option<usize>,
     /// c = K / K_vq (DL). Default 3 (the paper's), or 2 with --target-speedup, where it makes
     /// ρ = 2 and 3 valid on small layers and measured better (docs/RESULTS.md).
     #[arg(long)]
@@ -461,7 +467,7 @@ pub struct ClusterSettings {
 impl ClusterSettings {
     fn params(&self, method: Method, ratio: f64) -> ClusterParams {
         let mut params = ClusterParams::new(method, ratio);
-        params.subspace = self.subspace;
+        params.subspace = self.subspace.unwrap_or(params.subspace);
         params.c = self.c.unwrap_or(params.c);
         params.alpha = self.alpha;
         params.iters = self.iters;
@@ -605,6 +611,9 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
     };
     let mut params = args.settings.params(method, args.ratio);
     params.shared = args.shared_codebook;
+    if args.shared_codebook && args.settings.subspace.is_none() {
+        params.subspace = SHARED_SUBSPACE;
+    }
     if (args.target_speedup.is_some() || args.target_compression.is_some())
         && args.settings.c.is_none()
     {
