@@ -480,6 +480,23 @@ fn finetune_subcommand_refuses_what_it_cannot_train_before_any_work() {
     }
     let o = finetune(&original, &path("conv.onnx"), &path("conv.onnx"));
     assert!(common::stderr(&o).contains("it is an input model"));
+    // Soft assignments re-assign Γ, which `finetune` does not write back.
+    let o = common::bin()
+        .args(["finetune", &original, &path("conv.onnx"), &out])
+        .args(["--data", &repo_path("models/digits-test")])
+        .args([
+            "--preprocess",
+            &repo_path("models/digits-cnn.preprocess.json"),
+        ])
+        .arg("--soft-assignments")
+        .output()
+        .unwrap();
+    assert!(
+        common::stderr(&o).contains("re-assigns Γ"),
+        "{}",
+        common::stderr(&o)
+    );
+    assert!(!std::path::Path::new(&out).exists());
 }
 
 /// `stages --finetune`: every stage's model is fine-tuned and evaluated again, the next stage

@@ -384,6 +384,16 @@ pub struct TrainingArgs {
     /// distillation loss. The epoch kept is still the one closest to the teacher.
     #[arg(long, requires = "finetune")]
     pub finetune_labels: bool,
+    /// k-means (VQ) layers: train the sub-vectors as free weights whose kernel values are
+    /// softmax(−‖w − c‖²/τ)-weighted means of the centroids (DKM), re-assigned to the nearest
+    /// centroid when evaluated and written; τ is the mean squared distance from a centroid to
+    /// its nearest neighbour times --soft-temperature. DL layers keep Γ fixed.
+    #[arg(long, requires = "finetune")]
+    pub soft_assignments: bool,
+    /// The factor on τ (0.3: 1.0 blurs the kernel so far from the clustered one that training
+    /// starts at 5× the loss; 0.1 and below train as Γ fixed does, on the digits model).
+    #[arg(long, default_value_t = 0.3, requires = "soft_assignments")]
+    pub soft_temperature: f64,
 }
 
 impl TrainingArgs {
@@ -400,6 +410,7 @@ impl TrainingArgs {
             keep_on_divergence: self.finetune_keep_on_divergence,
             train_original_layers: self.train_original_layers,
             labels: self.finetune_labels,
+            soft_assignments: self.soft_assignments.then_some(self.soft_temperature),
         }
     }
 }

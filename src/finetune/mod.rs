@@ -49,6 +49,10 @@ pub struct FinetuneOptions {
     /// Add the cross-entropy with the folder's labels (`labels.csv`) to the training loss.
     #[serde(default)]
     pub labels: bool,
+    /// DKM's soft assignments for k-means layers, at this temperature factor (`None`: Γ
+    /// fixed); hardened to the nearest centroid when evaluated and written.
+    #[serde(default)]
+    pub soft_assignments: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -189,6 +193,12 @@ pub(crate) fn check(opts: &FinetuneOptions) -> Result<()> {
         "the held-out share must be in (0, 1), got {}",
         opts.holdout
     );
+    if let Some(t) = opts.soft_assignments {
+        ensure!(
+            t.is_finite() && t > 0.0,
+            "--soft-temperature must be a positive number, got {t}"
+        );
+    }
     Ok(())
 }
 
@@ -214,6 +224,10 @@ pub fn finetune_converted(
     converted: &OnnxModel,
     opts: &FinetuneOptions,
 ) -> Result<(OnnxModel, FinetuneReport)> {
+    ensure!(
+        opts.soft_assignments.is_none(),
+        "--soft-assignments re-assigns Γ, which `finetune` (and `stages`) do not write back into a converted file yet; use `convert --finetune … --soft-assignments`"
+    );
     let layers = stored::read(original, converted)?;
     let student = student_base(original, converted)?;
     let job = Job {

@@ -19,6 +19,77 @@ struct SubspaceVars {
     codes: Option<(Var, Tensor, Tensor)>,
     /// Γ, one per column (k, u, v).
     assignment: Tensor,
+    /// DKM's soft assignment (VQ only).
+    soft: Option<Soft>,
+}
+
+/// DKM's soft assignment of one k-means subspace: its sub-vectors trained as free weights, each
+/// column's kernel values the attention-weighted mean of the centroids,
+/// softmax(−‖w − c‖²/τ)·C; hardened, each column takes its nearest centroid.
+struct Soft {
+    /// [P, d], one row per column (k, u, v); they start as their representatives, so the
+    /// hardened start is the clustered layer.
+    weights: Var,
+    tau: f64,
+}
+
+/// Squared distances [P, K] between the rows of `w` [P, d] and of `c` [K, d].
+fn sq_distances(w: &Tensor, c: &Tensor) -> Result<Tensor> {
+    let ww = w.sqr()?.sum_keepdim(1)?;
+    let cc = c.sqr()?.sum_keepdim(1)?.t()?;
+    let wc = w.matmul(&c.t()?)?;
+    Ok(ww.broadcast_add(&cc)?.broadcast_sub(&(wc * 2.0)?)?)
+}
+
+impl Soft {
+    /// Starts at the representatives `reps` [K, d] picked by `gamma`, with τ = `temperature` ×
+    /// the mean (over the columns) squared distance from their centroid to its nearest other.
+    fn new(reps: &[f32], d: usize, gamma: &[u32], temperature: f64) -> Result<Soft> {
+        let k = reps.len() / d.max(1);
+        let row = |i: usize| &reps[i * d..(i + 1) * d];
+        let nearest_other: Vec<f64> = (0..k)
+            .map(|i| {
+                (0..k)
+                    .filter(|&j| j != i)
+                    .map(|j| {
+                        row(i)
+                            .iter()
+                            .zip(row(j))
+                            .map(|(a, b)| ((a - b) as f64).powi(2))
+                            .sum::<f64>()
+                    })
+                    .fold(f64::INFINITY, f64::min)
+            })
+            .collect();
+        let gaps: Vec<f64> = gamma
+            .iter()
+            .map(|&g| nearest_other[g as usize])
+            .filter(|g| g.is_finite())
+            .collect();
+        let mean = gaps.iter().sum::<f64>() / gaps.len().max(1) as f64;
+        let start: Vec<f32> = gamma
+            .iter()
+            .flat_map(|&g| row(g as usize).iter().copied())
+            .collect();
+        Ok(Soft {
+            weights: var(&start, &[gamma.len(), d])?,
+            tau: (temperature * mean).max(1e-12),
+        })
+    }
+
+    /// The columns' kernel values [P, d] from the centroids `c` [K, d].
+    fn columns(&self, c: &Tensor) -> Result<Tensor> {
+        let d = sq_distances(self.weights.as_tensor(), c)?;
+        // `softmax` (not the fused `softmax_last_dim`, which has no backward pass).
+        let a = candle_nn::ops::softmax(&(d * (-1.0 / self.tau))?, candle_core::D::Minus1)?;
+        Ok(a.matmul(c)?)
+    }
+
+    /// Each column's nearest centroid of `c` (the hardened Γ).
+    fn nearest(&self, c: &Tensor) -> Result<Tensor> {
+        let d = sq_distances(&self.weights.as_tensor().detach(), &c.detach())?;
+        Ok(d.argmin(1)?)
+    }
 }
 
 /// The trainable form of one converted layer.
@@ -100,6 +171,7 @@ impl LayerVars {
                     atoms,
                     codes,
                     assignment: Tensor::from_vec(s.assignment.clone(), m * kh * kw, &Device::Cpu)?,
+                    soft: None,
                 })
             })
             .collect::<Result<_>>()?;
@@ -114,6 +186,22 @@ impl LayerVars {
         })
     }
 
+    /// Trains the k-means subspaces' assignments softly (DKM, at `temperature` × the typical
+    /// distance between neighbouring centroids); DL subspaces keep Γ fixed.
+    pub fn with_soft_assignments(mut self, cb: &Codebook, temperature: f64) -> Result<LayerVars> {
+        for (v, s) in self.subspaces.iter_mut().zip(&cb.subspaces) {
+            if s.codes.is_none() {
+                v.soft = Some(Soft::new(
+                    &s.atoms.data,
+                    s.atoms.dim,
+                    &s.assignment,
+                    temperature,
+                )?);
+            }
+        }
+        Ok(self)
+    }
+
     /// Every trainable variable.
     pub fn vars(&self) -> Vec<Var> {
         let mut v: Vec<Var> = Vec::new();
@@ -124,6 +212,9 @@ impl LayerVars {
             }
             if let Some((coefs, _, _)) = &s.codes {
                 v.push(coefs.clone());
+            }
+            if let Some(soft) = &s.soft {
+                v.push(soft.weights.clone());
             }
         }
         if self.train_bias {
@@ -146,8 +237,9 @@ impl LayerVars {
         Ok(picked.broadcast_mul(&z)?.sum(1)?)
     }
 
-    /// The kernel [M, N, kh, kw] and the bias [M].
-    pub fn kernel_and_bias(&self) -> Result<(Tensor, Tensor)> {
+    /// The kernel [M, N, kh, kw] and the bias [M]; `hard`: soft assignments hardened (what is
+    /// evaluated and written), else soft (what is trained).
+    pub fn kernel_and_bias(&self, hard: bool) -> Result<(Tensor, Tensor)> {
         let [m, _, kh, kw] = self.shape;
         let parts: Vec<Tensor> = self
             .subspaces
@@ -155,10 +247,12 @@ impl LayerVars {
             .map(|s| {
                 let reps = Self::representatives(s)?;
                 let d = s.channels.len();
-                Ok(reps
-                    .index_select(&s.assignment, 0)?
-                    .reshape((m, kh, kw, d))?
-                    .permute((0, 3, 1, 2))?)
+                let columns = match (&s.soft, hard) {
+                    (None, _) => reps.index_select(&s.assignment, 0)?,
+                    (Some(soft), false) => soft.columns(&reps)?,
+                    (Some(soft), true) => reps.index_select(&soft.nearest(&reps)?, 0)?,
+                };
+                Ok(columns.reshape((m, kh, kw, d))?.permute((0, 3, 1, 2))?)
             })
             .collect::<Result<_>>()?;
         let refs: Vec<&Tensor> = parts.iter().collect();
@@ -187,6 +281,9 @@ impl LayerVars {
         let mut out = cb.clone();
         for (sc, s) in out.subspaces.iter_mut().zip(&self.subspaces) {
             sc.atoms.data = s.atoms.flatten_all()?.to_vec1()?;
+            if let Some(soft) = &s.soft {
+                sc.assignment = soft.nearest(s.atoms.as_tensor())?.to_vec1()?;
+            }
             if let (Some(codes), Some((coefs, _, mask))) = (sc.codes.as_mut(), &s.codes) {
                 let z = (coefs.as_tensor() * mask)?.flatten_all()?.to_vec1()?;
                 *codes = SparseCodes {
@@ -229,7 +326,7 @@ mod tests {
             cb.bias_shift = Some((0..12).map(|k| k as f32 * 0.1).collect());
             let base: Vec<f32> = (0..12).map(|k| 1.0 - k as f32).collect();
             let vars = LayerVars::new(3, &cb, base.clone(), true).unwrap();
-            let (w, b) = vars.kernel_and_bias().unwrap();
+            let (w, b) = vars.kernel_and_bias(false).unwrap();
             let want = cb.reconstruct();
             let got: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
             for (g, e) in got.iter().zip(want.iter()) {
@@ -262,7 +359,7 @@ mod tests {
         let vars = LayerVars::new(0, &cb, vec![0.0; 8], true).unwrap();
         assert_eq!(vars.vars().len(), 2, "the palette once, then the bias");
         // One gradient step on a loss that weighs the subspaces differently.
-        let (w, _) = vars.kernel_and_bias().unwrap();
+        let (w, _) = vars.kernel_and_bias(false).unwrap();
         let scale = Tensor::from_vec(
             (0..6).map(|c| 1.0 + c as f32).collect::<Vec<f32>>(),
             (1, 6, 1, 1),
@@ -287,9 +384,59 @@ mod tests {
         for s in &back.subspaces {
             assert_eq!(s.atoms.data, back.subspaces[0].atoms.data);
         }
-        let (w, _) = vars.kernel_and_bias().unwrap();
+        let (w, _) = vars.kernel_and_bias(false).unwrap();
         let got: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
         let want = back.reconstruct();
         assert!(got.iter().zip(want.iter()).all(|(g, e)| g == e));
+    }
+
+    /// DKM's soft assignments: the hardened start is the clustered layer exactly; the soft
+    /// kernel blends centroids and passes gradients to the free weights and the centroids; a
+    /// column whose weights move next to another centroid is re-assigned to it, in the
+    /// hardened kernel and in the codebook written back (which rebuilds that kernel).
+    #[test]
+    fn soft_assignments_start_at_the_clustered_layer_and_reassign_by_nearest_centroid() {
+        let kernel = Array4::from_shape_fn((8, 4, 3, 3), |(a, b, c, d)| {
+            ((a * 13 + b * 7 + c * 5 + d * 3) % 17) as f32 / 17.0 - 0.5
+        });
+        let mut p = ClusterParams::new(Method::Vq, 4.0);
+        p.subspace = 2;
+        let cb = codebook::learn(kernel.view(), &p.check().unwrap()).unwrap();
+        let vars = LayerVars::new(0, &cb, vec![0.0; 8], true)
+            .unwrap()
+            .with_soft_assignments(&cb, 1.0)
+            .unwrap();
+        assert_eq!(
+            vars.vars().len(),
+            2 * 2 + 1,
+            "centroids and weights per subspace, bias"
+        );
+        let flat = |t: Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+        let hard = flat(vars.kernel_and_bias(true).unwrap().0);
+        assert_eq!(hard, cb.reconstruct().iter().copied().collect::<Vec<f32>>());
+        let (soft, _) = vars.kernel_and_bias(false).unwrap();
+        assert_ne!(flat(soft.clone()), hard);
+        let grads = soft.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        for v in vars.vars().iter().take(4) {
+            let g = flat(grads.get(v.as_tensor()).unwrap().clone());
+            assert!(g.iter().any(|x| *x != 0.0));
+        }
+        // Column 0 of subspace 0 moves onto another centroid.
+        let s0 = &cb.subspaces[0];
+        let (g0, d) = (s0.assignment[0] as usize, s0.atoms.dim);
+        let other = (g0 + 1) % s0.atoms.len();
+        let w = &vars.subspaces[0].soft.as_ref().unwrap().weights;
+        let mut values = flat(w.as_tensor().clone());
+        values[..d].copy_from_slice(&s0.atoms.data[other * d..(other + 1) * d]);
+        w.set(&Tensor::from_vec(values, w.as_tensor().dims(), &Device::Cpu).unwrap())
+            .unwrap();
+        let back = vars.to_codebook(&cb).unwrap();
+        assert_eq!(back.subspaces[0].assignment[0] as usize, other);
+        assert_eq!(back.subspaces[0].assignment[1..], s0.assignment[1..]);
+        let hard = flat(vars.kernel_and_bias(true).unwrap().0);
+        assert_eq!(
+            hard,
+            back.reconstruct().iter().copied().collect::<Vec<f32>>()
+        );
     }
 }

@@ -57,16 +57,17 @@ struct Trainer<'a> {
 }
 
 impl Trainer<'_> {
-    fn overrides(&self) -> Result<Overrides> {
+    /// The converted layers' kernels and biases; `hard`: soft assignments hardened.
+    fn overrides(&self, hard: bool) -> Result<Overrides> {
         self.layers
             .iter()
-            .map(|l| Ok((l.node_index, l.kernel_and_bias()?)))
+            .map(|l| Ok((l.node_index, l.kernel_and_bias(hard)?)))
             .collect()
     }
 
     /// Held-out loss and agreement, `teacher` the held-out logits in batches.
     fn evaluate(&self, heldout: &[Array4<f32>], teacher: &[Tensor]) -> Result<(f64, f64)> {
-        let overrides = self.overrides()?;
+        let overrides = self.overrides(true)?;
         let (mut loss, mut agree) = (0f64, 0usize);
         for (chunk, t) in heldout.chunks(self.opts.batch).zip(teacher) {
             let s = self
@@ -100,7 +101,7 @@ impl Trainer<'_> {
                 idx.iter().map(|&i| augment(&train[i], &mut rng)).collect();
             let x = batch_tensor(&images)?;
             let teacher = self.graph.forward(&x, &Overrides::new())?.detach();
-            let student = self.student.forward(&x, &self.overrides()?)?;
+            let student = self.student.forward(&x, &self.overrides(false)?)?;
             let mut loss = distillation_loss(&teacher, &student)?;
             if let Some(labels) = &self.labels {
                 let target: Vec<u32> = idx.iter().map(|&i| labels[i]).collect();
@@ -230,8 +231,6 @@ impl Trainer<'_> {
     }
 }
 
-/// Fine-tunes the codebooks of `layers` (each a converted Conv of `original` and its codebook),
-/// and the layers left original when asked; returns what changed and the report.
 /// The images to train on and hold out: the first `samples` (all by default), with a warning
 /// when they hold few of a labelled folder's classes.
 fn load_images(opts: &FinetuneOptions) -> Result<Vec<Array4<f32>>> {
@@ -242,6 +241,8 @@ fn load_images(opts: &FinetuneOptions) -> Result<Vec<Array4<f32>>> {
     Ok(images)
 }
 
+/// Fine-tunes the codebooks of `layers` (each a converted Conv of `original` and its codebook),
+/// and the layers left original when asked; returns what changed and the report.
 pub fn run(job: &Job, opts: &FinetuneOptions) -> Result<(Tuned, FinetuneReport)> {
     check(opts)?;
     let (original, layers) = (job.teacher, job.layers.as_slice());
@@ -278,7 +279,11 @@ pub fn run(job: &Job, opts: &FinetuneOptions) -> Result<(Tuned, FinetuneReport)>
         .map(|(l, cb)| {
             let train_bias = !job.fixed_bias.contains(&l.node_index);
             let base = stored::original_bias(original, l, cb.kernel_shape[0])?;
-            LayerVars::new(l.node_index, cb, base, train_bias)
+            let vars = LayerVars::new(l.node_index, cb, base, train_bias)?;
+            match opts.soft_assignments {
+                Some(t) => vars.with_soft_assignments(cb, t),
+                None => Ok(vars),
+            }
         })
         .collect::<Result<Vec<_>>>()?;
     let trainer = Trainer {
