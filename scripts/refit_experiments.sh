@@ -100,5 +100,7 @@ run r56-pal-c8-ft $R56 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS $RN_FT --
 # representatives at the same multiplications), refitted, then fine-tuned as sq-dl-10-ft-lr2e-5.
 run sq-dl-10-c2 $SQ "$SQ_EVAL" --layers $L --ratio 10 --c 2 $SQ_CAL
 finetune sq-dl-10-c2-ft $SQ "$SQ_EVAL" sq-dl-10-c2 $SQ_DATA --lr 2e-5 --epochs 4
-# Soft assignments (DKM, --soft-assignments) for the palettes, against Γ fixed (r20-pal-c8-ft).
-run r20-pal-c8-ft-soft $R20 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS $RN_FT --epochs 2 --soft-assignments
+# Soft assignments (DKM, --soft-assignments, τ annealed with the learning rate) for the
+# palettes, against Γ fixed (the same conversion as r20-pal-c8-ft, fine-tuned both ways).
+run r20-pal-c8-ft-b $R20 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS $RN_FT --epochs 2
+run r20-pal-c8-ft-soft-anneal $R20 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS $RN_FT --epochs 2 --soft-assignments

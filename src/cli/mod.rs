@@ -387,7 +387,8 @@ pub struct TrainingArgs {
     /// k-means (VQ) layers: train the sub-vectors as free weights whose kernel values are
     /// softmax(−‖w − c‖²/τ)-weighted means of the centroids (DKM), re-assigned to the nearest
     /// centroid when evaluated and written; τ is the mean squared distance from a centroid to
-    /// its nearest neighbour times --soft-temperature. DL layers keep Γ fixed.
+    /// its nearest neighbour times --soft-temperature, annealed with the learning rate's cosine
+    /// towards 0 (training ends on the hardened kernel). DL layers keep Γ fixed. `convert` only.
     #[arg(long, requires = "finetune")]
     pub soft_assignments: bool,
     /// The factor on τ (0.3: 1.0 blurs the kernel so far from the clustered one that training

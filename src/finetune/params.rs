@@ -5,6 +5,7 @@
 //! the used coefficients, the centroids and the bias.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor, Var};
@@ -30,8 +31,12 @@ struct Soft {
     /// [P, d], one row per column (k, u, v); they start as their representatives, so the
     /// hardened start is the clustered layer.
     weights: Var,
+    /// τ at the start of training; annealed by [`LayerVars::anneal`].
     tau: f64,
 }
+
+/// The smallest share of τ annealing reaches (the softmax stays finite).
+const MIN_TAU_SHARE: f64 = 1e-3;
 
 /// Squared distances [P, K] between the rows of `w` [P, d] and of `c` [K, d].
 fn sq_distances(w: &Tensor, c: &Tensor) -> Result<Tensor> {
@@ -77,11 +82,12 @@ impl Soft {
         })
     }
 
-    /// The columns' kernel values [P, d] from the centroids `c` [K, d].
-    fn columns(&self, c: &Tensor) -> Result<Tensor> {
+    /// The columns' kernel values [P, d] from the centroids `c` [K, d], at τ·`share`.
+    fn columns(&self, c: &Tensor, share: f64) -> Result<Tensor> {
         let d = sq_distances(self.weights.as_tensor(), c)?;
+        let tau = self.tau * share.max(MIN_TAU_SHARE);
         // `softmax` (not the fused `softmax_last_dim`, which has no backward pass).
-        let a = candle_nn::ops::softmax(&(d * (-1.0 / self.tau))?, candle_core::D::Minus1)?;
+        let a = candle_nn::ops::softmax(&(d * (-1.0 / tau))?, candle_core::D::Minus1)?;
         Ok(a.matmul(c)?)
     }
 
@@ -105,6 +111,9 @@ pub struct LayerVars {
     base_bias: Vec<f32>,
     /// Whether the bias is trained (not when the stored form has no place for one).
     train_bias: bool,
+    /// The share of each soft subspace's τ in use (f64 bits): 1 at the start, annealed towards
+    /// 0 so that the soft kernel ends where the hardened one is.
+    tau_share: AtomicU64,
 }
 
 fn var(data: &[f32], shape: &[usize]) -> Result<Var> {
@@ -183,7 +192,17 @@ impl LayerVars {
             bias: var(&bias, &[m])?,
             base_bias,
             train_bias,
+            tau_share: AtomicU64::new(1f64.to_bits()),
         })
+    }
+
+    fn tau_share(&self) -> f64 {
+        f64::from_bits(self.tau_share.load(Ordering::Relaxed))
+    }
+
+    /// Sets the share of τ the soft assignments use from now on (1 at the start).
+    pub fn anneal(&self, share: f64) {
+        self.tau_share.store(share.to_bits(), Ordering::Relaxed);
     }
 
     /// Trains the k-means subspaces' assignments softly (DKM, at `temperature` × the typical
@@ -249,7 +268,7 @@ impl LayerVars {
                 let d = s.channels.len();
                 let columns = match (&s.soft, hard) {
                     (None, _) => reps.index_select(&s.assignment, 0)?,
-                    (Some(soft), false) => soft.columns(&reps)?,
+                    (Some(soft), false) => soft.columns(&reps, self.tau_share())?,
                     (Some(soft), true) => reps.index_select(&soft.nearest(&reps)?, 0)?,
                 };
                 Ok(columns.reshape((m, kh, kw, d))?.permute((0, 3, 1, 2))?)
@@ -391,7 +410,8 @@ mod tests {
     }
 
     /// DKM's soft assignments: the hardened start is the clustered layer exactly; the soft
-    /// kernel blends centroids and passes gradients to the free weights and the centroids; a
+    /// kernel becomes the hardened one as τ is annealed; at full τ it blends centroids and passes
+    /// gradients to the free weights and the centroids; a
     /// column whose weights move next to another centroid is re-assigned to it, in the
     /// hardened kernel and in the codebook written back (which rebuilds that kernel).
     #[test]
@@ -416,6 +436,14 @@ mod tests {
         assert_eq!(hard, cb.reconstruct().iter().copied().collect::<Vec<f32>>());
         let (soft, _) = vars.kernel_and_bias(false).unwrap();
         assert_ne!(flat(soft.clone()), hard);
+        // Annealed to (almost) 0, the soft kernel is the hardened one.
+        vars.anneal(0.0);
+        let annealed = flat(vars.kernel_and_bias(false).unwrap().0);
+        assert!(annealed
+            .iter()
+            .zip(&hard)
+            .all(|(a, h)| (a - h).abs() < 1e-5));
+        vars.anneal(1.0);
         let grads = soft.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         for v in vars.vars().iter().take(4) {
             let g = flat(grads.get(v.as_tensor()).unwrap().clone());

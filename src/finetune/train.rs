@@ -116,7 +116,13 @@ impl Trainer<'_> {
                     step + 1
                 )));
             }
-            opt.set_learning_rate(schedule((epoch - 1) * steps + step));
+            let lr = schedule((epoch - 1) * steps + step);
+            opt.set_learning_rate(lr);
+            // Soft assignments' τ follows the learning rate's cosine down to (almost) 0, so
+            // that training ends on the kernel that is written: the hardened one.
+            for l in &self.layers {
+                l.anneal(lr / self.opts.lr);
+            }
             opt.backward_step(&loss)?;
             total += value * idx.len() as f64;
             task.note(&format!("epoch {epoch} loss {value:.4}"));
