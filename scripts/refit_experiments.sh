@@ -104,3 +104,6 @@ finetune sq-dl-10-c2-ft $SQ "$SQ_EVAL" sq-dl-10-c2 $SQ_DATA --lr 2e-5 --epochs 4
 # palettes, against Γ fixed (the same conversion as r20-pal-c8-ft, fine-tuned both ways).
 run r20-pal-c8-ft-b $R20 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS $RN_FT --epochs 2
 run r20-pal-c8-ft-soft-anneal $R20 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS $RN_FT --epochs 2 --soft-assignments
+# SqueezeNet palettes (N′ = 2, the default) under --target-compression 8, calibrated on the first
+# 256 ImageNet-sample images, evaluated on the other 244.
+run sq-pal-c8 $SQ "$SQ_EVAL" --all --form dense --shared-codebook --target-compression 8 $SQ_CAL
