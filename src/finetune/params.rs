@@ -2,7 +2,10 @@
 //! them the way the lowering computes it: representatives = Λ-weighted atoms (or the
 //! centroids), the kernel = the representatives looked up by Γ. Γ, Λ's support and K stay
 //! fixed, so the graph and its multiplication count do not change; gradients reach the atoms,
-//! the used coefficients, the centroids and the bias.
+//! the used coefficients, the centroids and the bias. A palette is one variable. With soft
+//! assignments (DKM, k-means layers) Γ is re-chosen: the kernel trained is the softmax-weighted
+//! centroids of free sub-vectors, the one evaluated and written their nearest centroids (Γ's
+//! values change, its shape and the graph do not).
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
