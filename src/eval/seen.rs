@@ -54,9 +54,7 @@ impl SeenImages {
     /// `count` images of the `of` in `folder`, taken by `select`.
     pub fn new(folder: &Path, select: ImageSelection, count: usize, of: usize) -> SeenImages {
         SeenImages {
-            folder: folder
-                .canonicalize()
-                .unwrap_or_else(|_| folder.to_path_buf()),
+            folder: canonical(folder),
             select,
             count: count.min(of),
             of,
@@ -66,6 +64,11 @@ impl SeenImages {
     fn indices(&self) -> Vec<usize> {
         self.select.indices(self.of, self.count)
     }
+}
+
+/// `path` canonical, or as given when it cannot be resolved (then it matches only itself).
+fn canonical(path: &Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// The metadata keys of the records: `onnx-dlq/seen/<step>`.
@@ -107,21 +110,16 @@ pub fn check_disjoint(
     skip: usize,
     samples: usize,
 ) -> Result<()> {
-    let folder = folder
-        .canonicalize()
-        .unwrap_or_else(|_| folder.to_path_buf());
+    let folder = canonical(folder);
     for (step, seen) in seen {
         if seen.folder != folder {
             continue;
         }
         let evaluated = skip..skip.saturating_add(samples);
-        let overlap = seen
-            .indices()
-            .iter()
-            .filter(|i| evaluated.contains(i))
-            .count();
+        let taken = seen.indices();
+        let overlap = taken.iter().filter(|i| evaluated.contains(i)).count();
         if overlap > 0 {
-            let first_free = seen.indices().last().map_or(0, |&i| i + 1);
+            let first_free = taken.last().map_or(0, |&i| i + 1);
             bail!(
                 "{what}: {step} used {} images of {} ({}); {overlap} of the images to evaluate (from image {skip} on) are among them, so its accuracy there would not be measured on unseen images: evaluate on others (`--skip {first_free}` leaves out all of them, or another folder)",
                 seen.count,
