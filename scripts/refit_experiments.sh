@@ -108,3 +108,6 @@ run r20-pal-c8-ft-soft-anneal $R20 "$RN_EVAL" $PAL --target-compression 8 $RN_CA
 # 256 ImageNet-sample images, evaluated on the other 244.
 run sq-pal-c8 $SQ "$SQ_EVAL" --all --form dense --shared-codebook --target-compression 8 $SQ_CAL
 finetune sq-pal-c8-ft $SQ "$SQ_EVAL" sq-pal-c8 $SQ_DATA --epochs 3
+for n in 4 1; do
+  run sq-pal-c8-n$n $SQ "$SQ_EVAL" --all --form dense --shared-codebook --subspace $n --target-compression 8 $SQ_CAL
+done
