@@ -110,7 +110,10 @@ pub fn plan<'a>(
         (Some(target), _) | (None, Some(target)) => {
             allocate(original, inv, opts, target, calibration, engine)
         }
-        (None, None) => choose(inv, &opts.selection, &opts.params, opts.form),
+        (None, None) => {
+            let opset = original.default_opset();
+            choose(inv, &opts.selection, &opts.params, (opts.form, opset))
+        }
     }
 }
 
@@ -137,10 +140,10 @@ fn choose<'a>(
     inv: &'a Inventory,
     sel: &Selection,
     params: &ValidParams,
-    form: OutputForm,
+    (form, opset): (OutputForm, i64),
 ) -> Result<Plan<'a>> {
     let saves_nothing = |l: &ConvLayer| match form {
-        OutputForm::Dense => no_shrink(params, l),
+        OutputForm::Dense => no_shrink(params, l, opset),
         OutputForm::Ops | OutputForm::Fused => no_saving(inv, params, l),
     };
     let (chosen, skipped) = match sel {
@@ -265,15 +268,23 @@ fn allocate<'a>(
 /// rebuild the kernel and their small shape constants. Measured on ResNet-20 `--all --form
 /// dense` (layer names of 14 characters; names' share taken out at [`NAME_REFERENCES`]):
 /// palette with Γ unpacked 890 bytes per layer, with Γ packed 1,540; VQ with per-subspace
-/// codebooks 1,330; DL 2,570. Set 100 bytes above the palettes' (the budget should not undershoot).
-const LAYER_OVERHEAD_BYTES: f64 = 710.0;
+/// codebooks 1,330; DL 2,570 — and each converted layer's metadata entry (its settings, ≈ 180
+/// bytes).
+const LAYER_OVERHEAD_BYTES: f64 = 790.0;
 
 /// How often the subgraph's tensor and node names repeat the layer's name (`{layer}/dlq/…`).
 const NAME_REFERENCES: f64 = 20.0;
 
-/// What unpacking Γ below 8 bits adds: about six nodes and their small constants (the slice of
-/// a last, partly filled group included).
+/// What unpacking Γ below 8 bits adds: about five nodes and their small constants (measured as
+/// above, one-byte groups, opset 10 or later).
 const PACKING_OVERHEAD_BYTES: f64 = 700.0;
+
+/// Further unpacking bytes (measured on SqueezeNet, opset 9 or below, scalar palettes): before
+/// opset 10 there is no `Mod` (two more nodes); groups of 2–3 bytes are first summed
+/// (`Mul`, `ReduceSum`); a last, partly filled group is sliced off.
+const PACKING_BEFORE_MOD_BYTES: f64 = 350.0;
+const PACKING_MULTI_BYTE_BYTES: f64 = 400.0;
+const PACKING_SLICE_BYTES: f64 = 550.0;
 
 /// What per-subspace codebooks add (their table flattened, the offsets of each subspace's
 /// rows), besides the offsets' data.
@@ -297,6 +308,7 @@ fn size_budget(
             total += (tensor::element_count(t)? * width) as f64;
         }
     }
+    let opset = original.default_opset();
     let layers = candidates
         .iter()
         .map(|c| budget::LayerCost {
@@ -306,7 +318,7 @@ fn size_budget(
                 .iter()
                 .filter_map(|&r| {
                     let p = c.params.with_ratio(r).ok()?;
-                    Some((r, compact_bytes(c.layer, &p)?))
+                    Some((r, compact_bytes(c.layer, &p, opset)?))
                 })
                 .collect(),
         })
@@ -330,7 +342,7 @@ fn kernel_bytes(layer: &ConvLayer) -> f64 {
 /// What the compact form stores for `layer` under `p`: atoms, sparse codes and Γ at their
 /// index widths (Γ packed below 8 bits; one table for a shared codebook), plus a fixed
 /// allowance per layer; `None` when the sizes are not valid.
-fn compact_bytes(layer: &ConvLayer, p: &ValidParams) -> Option<f64> {
+fn compact_bytes(layer: &ConvLayer, p: &ValidParams, opset: i64) -> Option<f64> {
     let [m, n, kh, kw] = layer.kernel.as_deref()? else {
         return None;
     };
@@ -348,26 +360,36 @@ fn compact_bytes(layer: &ConvLayer, p: &ValidParams) -> Option<f64> {
         }
         Method::Vq => (0.0, l),
     };
-    let gamma = packing::index_bytes(s * m * kh * kw, reps) as f64;
+    let count = s * m * kh * kw;
+    let gamma = packing::index_bytes(count, reps) as f64;
     let offsets = if p.shared {
         0.0
     } else {
         16.0 * s as f64 + OFFSETS_OVERHEAD_BYTES
     };
-    let unpacking = if packing::packs(reps) {
-        PACKING_OVERHEAD_BYTES
-    } else {
-        0.0
+    let unpacking = match packing::packs(reps) {
+        true => unpacking_bytes(count, reps, opset),
+        false => 0.0,
     };
     let names = NAME_REFERENCES * layer.name.len() as f64;
     Some(atoms + codes + gamma + offsets + unpacking + names + LAYER_OVERHEAD_BYTES)
 }
 
+/// The unpacking subgraph's bytes for `count` indices below `bound`, packed.
+fn unpacking_bytes(count: usize, bound: usize, opset: i64) -> f64 {
+    let (bytes, group) = packing::group(bound);
+    let extra = |yes: bool, b: f64| if yes { b } else { 0.0 };
+    PACKING_OVERHEAD_BYTES
+        + extra(opset < 10, PACKING_BEFORE_MOD_BYTES)
+        + extra(bytes > 1, PACKING_MULTI_BYTE_BYTES)
+        + extra(!count.is_multiple_of(group), PACKING_SLICE_BYTES)
+}
+
 /// `Some(reason)` when the compact form of `l` at `params` would store at least as many bytes
 /// as its kernel.
-fn no_shrink(params: &ValidParams, l: &ConvLayer) -> Option<SkipReason> {
+fn no_shrink(params: &ValidParams, l: &ConvLayer, opset: i64) -> Option<SkipReason> {
     let before = kernel_bytes(l);
-    let after = compact_bytes(l, params)?;
+    let after = compact_bytes(l, params, opset)?;
     (after >= before).then_some(SkipReason::NoShrink {
         before: before as u64,
         after: after as u64,

@@ -28,6 +28,11 @@ fn layout(bits: u32) -> (usize, usize) {
         .expect("three candidates")
 }
 
+/// (bytes B, indices g) of one packed group of indices below `bound` (a bound [`packs`]).
+pub fn group(bound: usize) -> (usize, usize) {
+    layout(bits_for(bound))
+}
+
 /// The bits an index below `bound` needs (at least 1).
 pub fn bits_for(bound: usize) -> u32 {
     (usize::BITS - bound.saturating_sub(1).leading_zeros()).max(1)
