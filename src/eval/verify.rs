@@ -313,9 +313,9 @@ pub fn verify(original: &Path, converted: &Path, opts: &VerifyOptions) -> Result
     let a = model::load(original)?;
     let b = model::load(converted)?;
     if let Some((dir, _)) = &opts.data {
+        let samples = opts.samples.unwrap_or(usize::MAX);
         for (m, path) in [(&a, original), (&b, converted)] {
             let what = path.display().to_string();
-            let samples = opts.samples.unwrap_or(usize::MAX);
             seen::check_disjoint(&seen::recorded(m)?, &what, dir, opts.skip, samples)?;
         }
     }

@@ -202,10 +202,6 @@ pub(crate) fn check(opts: &FinetuneOptions) -> Result<()> {
     Ok(())
 }
 
-/// Fine-tunes an already converted model (`onnx-dlq finetune`): reads the codebooks `converted`
-/// holds ([`stored`]), trains them against `original` as the teacher, and returns `converted`
-/// with the trained values in the same initializers (the graph unchanged) and the report.
-/// Callers run [`preflight`] first (once, however many models they fine-tune).
 /// The images fine-tuning takes (the first `samples`, all by default), as the output records
 /// them.
 pub fn seen_images(opts: &FinetuneOptions) -> Result<SeenImages> {
@@ -219,6 +215,10 @@ pub fn seen_images(opts: &FinetuneOptions) -> Result<SeenImages> {
     ))
 }
 
+/// Fine-tunes an already converted model (`onnx-dlq finetune`): reads the codebooks `converted`
+/// holds ([`stored`]), trains them against `original` as the teacher, and returns `converted`
+/// with the trained values in the same initializers (the graph unchanged) and the report.
+/// Callers run [`preflight`] first (once, however many models they fine-tune).
 pub fn finetune_converted(
     original: &OnnxModel,
     converted: &OnnxModel,

@@ -186,7 +186,7 @@ impl LayerNodes<'_> {
     }
 
     fn find(&self, suffix: &str) -> Option<&NodeProto> {
-        let name = format!("{}{suffix}", self.prefix);
+        let name = self.named(suffix);
         self.model
             .graph()
             .node
@@ -248,7 +248,7 @@ fn read_table(
     let [m, _, kh, kw] = shape;
     let s_count = channels.len();
     let fused = conv.op_type.as_deref() == Some("DlqConv");
-    let named = |suffix: &str| format!("{}{suffix}", nodes.prefix);
+    let named = |suffix: &str| nodes.named(suffix);
     let (atoms_name, indices_name, coefficients_name, assignment_name, bias) = match fused {
         true => (
             nodes.input(conv, 1)?.to_string(),
