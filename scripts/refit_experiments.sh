@@ -111,3 +111,8 @@ finetune sq-pal-c8-ft $SQ "$SQ_EVAL" sq-pal-c8 $SQ_DATA --epochs 3
 for n in 4 1; do
   run sq-pal-c8-n$n $SQ "$SQ_EVAL" --all --form dense --shared-codebook --subspace $n --target-compression 8 $SQ_CAL
 done
+# Palettes refitted as one table to the patches' full covariance (Γ re-assigned between refits),
+# the same commands as r20-pal-c8, r56-pal-c8 and sq-pal-c8 (which ran before palettes were refitted).
+run r20-pal-c8-rf $R20 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS
+run r56-pal-c8-rf $R56 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS
+run sq-pal-c8-rf $SQ "$SQ_EVAL" --all --form dense --shared-codebook --target-compression 8 $SQ_CAL

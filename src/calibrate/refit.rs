@@ -120,6 +120,9 @@ impl SubspaceParams {
 #[derive(Debug, Clone)]
 struct Params {
     shape: [usize; 4],
+    /// One palette for every subspace ([`Codebook::shared`]): its centroids are one block of
+    /// K·N′ values, held by every subspace alike, and a gradient sums over the subspaces.
+    shared: bool,
     subspaces: Vec<SubspaceParams>,
 }
 
@@ -144,6 +147,7 @@ impl Params {
             .collect();
         Params {
             shape: cb.kernel_shape,
+            shared: cb.shared,
             subspaces,
         }
     }
@@ -187,6 +191,9 @@ impl Params {
     }
 
     fn get(&self, block: Block) -> Vec<f64> {
+        if let (true, Some(first)) = (self.shared, self.subspaces.first()) {
+            return first.atoms.clone();
+        }
         let mut out = Vec::new();
         for s in &self.subspaces {
             match (block, &s.codes) {
@@ -199,6 +206,12 @@ impl Params {
     }
 
     fn set(&mut self, block: Block, theta: &[f64]) {
+        if self.shared {
+            self.subspaces
+                .iter_mut()
+                .for_each(|s| s.atoms.copy_from_slice(theta));
+            return;
+        }
         let mut at = 0;
         for s in &mut self.subspaces {
             let target = match (block, &mut s.codes) {
@@ -221,6 +234,14 @@ impl Params {
 
     /// Aᵀ g: the gradient of ⟨g, W̃⟩ with respect to `block`.
     fn adjoint(&self, block: Block, g: &Array2<f64>) -> Vec<f64> {
+        if self.shared {
+            let mut sum = vec![0f64; self.subspaces.first().map_or(0, |s| s.atoms.len())];
+            for s in &self.subspaces {
+                let reps = self.representative_gradients(s, g);
+                sum.iter_mut().zip(reps).for_each(|(a, r)| *a += r);
+            }
+            return sum;
+        }
         let mut out = Vec::new();
         for s in &self.subspaces {
             let reps = self.representative_gradients(s, g);
@@ -600,6 +621,45 @@ mod tests {
                     assert!(was != 0.0 || *z == 0.0, "an unused slot was filled");
                 }
             }
+        }
+    }
+
+    /// A palette is refitted as one table: every subspace keeps the same centroids, the output
+    /// error falls, and what the refit reports is what the two convolutions measure.
+    #[test]
+    fn a_shared_palette_stays_shared_and_lowers_the_measured_error() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+        let (x, xc) = inputs(&mut rng);
+        let g = PatchGeometry {
+            channels: 6,
+            kernel: [3, 3],
+            strides: [1, 2],
+            dilations: [2, 1],
+            pads: [(2, 1), (1, 0)],
+        };
+        let stats = PatchStats::of(&x, &xc, &g).unwrap();
+        let kernel = Array4::from_shape_fn((8, 6, 3, 3), |_| rng.random_range(-1.0f32..1.0));
+        for width in [1, 2] {
+            let mut p = ClusterParams::new(Method::Vq, 6.0);
+            (p.subspace, p.shared) = (width, true);
+            let cb = codebook::learn(kernel.view(), &p.check().unwrap()).unwrap();
+            let (refitted, outcome) =
+                refit(kernel.view(), &cb, &stats, &RefitOptions::default()).unwrap();
+            assert!(refitted.shared);
+            assert!(
+                outcome.applied && outcome.after < 0.95 * outcome.before,
+                "{outcome:?}"
+            );
+            let palette = &refitted.subspaces[0].atoms.data;
+            assert_ne!(palette, &cb.subspaces[0].atoms.data, "the palette moved");
+            for s in &refitted.subspaces {
+                assert_eq!(&s.atoms.data, palette, "N′ = {width}: one palette");
+            }
+            let measured = measured_error(&x, &xc, &g, &kernel, &refitted);
+            assert!(
+                (measured - outcome.after).abs() < 1e-4,
+                "{measured} {outcome:?}"
+            );
         }
     }
 

@@ -83,11 +83,7 @@ fn learn_calibrated(
         let started = Instant::now();
         let ctx = || format!("calibrating layer `{}`", layer.name);
         let w = layer.kernel_f32(original)?;
-        // The refit fits each subspace's own atoms, which would unshare a palette.
-        let refit = cal.options.refit.as_ref().filter(|_| !params.shared);
-        if params.shared && cal.options.refit.is_some() {
-            log::info!("layer `{}`: a shared codebook is not refitted", layer.name);
-        }
+        let refit = cal.options.refit.as_ref();
         let (stats, patches) = match refit {
             Some(_) => {
                 // Before the first substitution the simulated model is the original.
