@@ -116,3 +116,8 @@ done
 run r20-pal-c8-rf $R20 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS
 run r56-pal-c8-rf $R56 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS
 run sq-pal-c8-rf $SQ "$SQ_EVAL" --all --form dense --shared-codebook --target-compression 8 $SQ_CAL
+# The same three, each layer's error weighed by how much of it reaches the model's output (the
+# default with --calibrate since palettes are refitted; the -rf rows ran before it).
+run r20-pal-c8-e2e $R20 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS
+run r56-pal-c8-e2e $R56 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS
+run sq-pal-c8-e2e $SQ "$SQ_EVAL" --all --form dense --shared-codebook --target-compression 8 $SQ_CAL

@@ -204,6 +204,9 @@ fn target_speedup_allocates_ratios_that_meet_the_budget() {
             onnx_dlq::calibrate::budget::CANDIDATE_RATIOS.contains(&r),
             "{l}"
         );
+        // Each layer's error is weighed by how much of it reaches the model's output.
+        let gain = l["gain"].as_f64().unwrap_or(-1.0);
+        assert!(gain.is_finite() && gain > 0.0, "{l}");
     }
     // The rewrite's own count meets the target, and the allocation's estimate is that count.
     let speedup = j["speedup"].as_f64().unwrap();
@@ -225,6 +228,26 @@ fn target_speedup_allocates_ratios_that_meet_the_budget() {
         .map(|l| l["name"].as_str().unwrap())
         .collect();
     assert_eq!(converted, names);
+
+    // --layer-sensitivity weighs the layers' own errors alike: no gains, maybe other ratios.
+    let alike = convert_json(&[
+        "convert",
+        &model,
+        &out,
+        "--target-speedup",
+        "2.5",
+        "--calibrate",
+        &data,
+        "--preprocess",
+        &spec,
+        "--calib-samples",
+        &samples,
+        "--layer-sensitivity",
+        "--json",
+    ]);
+    for l in alike["allocation"]["layers"].as_array().unwrap() {
+        assert!(l.get("gain").is_none(), "{l}");
+    }
 
     // Impossible or meaningless targets are errors, and nothing is written.
     std::fs::remove_file(&out).unwrap();

@@ -549,6 +549,13 @@ fn shared_palettes_meet_a_size_budget_calibrated_in_onnx_runtime() {
         assert!(k.is_power_of_two() && (2..=256).contains(&k), "{test}: {l}");
         assert!(l["output_error"].as_f64().is_some(), "{test}: {l}");
     }
+    for l in report["allocation"]["layers"].as_array().unwrap() {
+        let gain = l["gain"].as_f64().unwrap_or(-1.0);
+        assert!(
+            gain.is_finite() && gain > 0.0,
+            "{test}: end-to-end gain {l}"
+        );
+    }
     let predicted = report["allocation"]["measured"]["predicted"]
         .as_f64()
         .unwrap();

@@ -16,6 +16,7 @@ pub mod budget;
 pub mod compensate;
 pub mod learn;
 pub mod patch;
+pub mod reach;
 pub mod refit;
 pub mod stats;
 pub mod timing;
@@ -60,6 +61,14 @@ pub struct CalibrationOptions {
     /// Refit each layer's continuous codebook on its full input patches (`None`: keep the
     /// clustered one).
     pub refit: Option<RefitOptions>,
+    /// A budget weighs each layer's output error by how much of it reaches the model's output
+    /// ([`reach`]); `false`: every layer's own relative output error counts alike.
+    #[serde(default = "end_to_end_default")]
+    pub end_to_end: bool,
+}
+
+fn end_to_end_default() -> bool {
+    true
 }
 
 /// The calibration options with their images, loaded once per conversion (or by the caller,

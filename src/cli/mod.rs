@@ -318,6 +318,11 @@ pub struct CalibrationArgs {
     /// re-assigning it between refits.
     #[arg(long, requires = "calibrate")]
     pub refit_keep_assignment: bool,
+    /// With --target-speedup or --target-compression: weigh every layer's own relative output
+    /// error alike, instead of by how much of it reaches the model's output (measured by
+    /// running the model with each layer alone approximated on 32 calibration images).
+    #[arg(long, requires = "calibrate")]
+    pub layer_sensitivity: bool,
 }
 
 impl CalibrationArgs {
@@ -339,6 +344,7 @@ impl CalibrationArgs {
                 reassign: !self.refit_keep_assignment,
                 ..Default::default()
             }),
+            end_to_end: !self.layer_sensitivity,
         }))
     }
 }

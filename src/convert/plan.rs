@@ -446,8 +446,11 @@ fn log_allocation(a: &Allocation) {
         _ => "target-speedup",
     };
     for l in &a.layers {
+        let gain = l
+            .gain
+            .map_or(String::new(), |g| format!(", end-to-end gain {g:.3}"));
         log::info!(
-            "{flag}: {} at ρ = {} (error {:.4})",
+            "{flag}: {} at ρ = {} (error {:.4}{gain})",
             l.name,
             l.ratio,
             l.error
