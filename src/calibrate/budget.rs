@@ -388,28 +388,34 @@ impl LayerSensitivity {
     }
 }
 
-/// Per layer: the index of its chosen point, or `None` (original). Greedy on cost = error².
-/// `None` when the candidates cannot save enough even at their highest ratios.
+impl LayerSensitivity {
+    /// (saving, cost) at point `c`: the cost is the squared error, weighed by the layer's
+    /// end-to-end gain when measured.
+    fn state(&self, c: Option<usize>) -> (f64, f64) {
+        let weight = self.gain.unwrap_or(1.0);
+        (
+            self.saving(c),
+            c.map_or(0.0, |j| (weight * self.points[j].1).powi(2)),
+        )
+    }
+}
+
+/// Per layer: the index of its chosen point, or `None` (original). Greedy on cost = error²,
+/// then [`exchange`]. `None` when the candidates cannot save enough even at their highest
+/// ratios.
 fn greedy(sens: &[LayerSensitivity], total: f64, target: f64) -> Option<Vec<Option<usize>>> {
     let need = total * (1.0 - 1.0 / target);
     let mut chosen: Vec<Option<usize>> = vec![None; sens.len()];
     let mut saved = 0.0;
-    let state = |s: &LayerSensitivity, c: Option<usize>| {
-        let weight = s.gain.unwrap_or(1.0);
-        (
-            s.saving(c),
-            c.map_or(0.0, |j| (weight * s.points[j].1).powi(2)),
-        )
-    };
     while saved < need {
         // The best step: most multiplications saved per added squared error; ties to the
         // earlier layer and the smaller ρ, so the choice is deterministic.
         let mut best: Option<(f64, usize, usize)> = None;
         for (i, s) in sens.iter().enumerate() {
-            let (save0, cost0) = state(s, chosen[i]);
+            let (save0, cost0) = s.state(chosen[i]);
             let from = chosen[i].map_or(0, |j| j + 1);
             for j in from..s.points.len() {
-                let (save1, cost1) = state(s, Some(j));
+                let (save1, cost1) = s.state(Some(j));
                 let gain = save1 - save0;
                 if gain <= 0.0 {
                     continue;
@@ -422,10 +428,68 @@ fn greedy(sens: &[LayerSensitivity], total: f64, target: f64) -> Option<Vec<Opti
             }
         }
         let (_, i, j) = best?;
-        saved += state(&sens[i], Some(j)).0 - state(&sens[i], chosen[i]).0;
+        saved += sens[i].state(Some(j)).0 - sens[i].state(chosen[i]).0;
         chosen[i] = Some(j);
     }
+    exchange(sens, &mut chosen, need);
     Some(chosen)
+}
+
+/// Improves a greedy allocation that meets `need`: the greedy's last step can overshoot the
+/// budget by a whole layer's step (SqueezeNet's classifier, 20% of its bytes), so every change
+/// of one layer's point, or of two layers' together, that keeps the saving at `need` or more
+/// and lowers the total cost is tried; the best is taken until none is left (first found on
+/// ties, so the result is deterministic).
+fn exchange(sens: &[LayerSensitivity], chosen: &mut [Option<usize>], need: f64) {
+    // Every layer's alternatives: (layer, point, Δsaving, Δcost) against its current point.
+    let moves = |chosen: &[Option<usize>]| -> Vec<(usize, Option<usize>, f64, f64)> {
+        let mut out = Vec::new();
+        for (i, s) in sens.iter().enumerate() {
+            let (save0, cost0) = s.state(chosen[i]);
+            for c in std::iter::once(None).chain((0..s.points.len()).map(Some)) {
+                if c != chosen[i] {
+                    let (save1, cost1) = s.state(c);
+                    out.push((i, c, save1 - save0, cost1 - cost0));
+                }
+            }
+        }
+        out
+    };
+    // Relative to the total cost, so rounding never loops.
+    let eps = |total: f64| 1e-12 * total.max(f64::MIN_POSITIVE);
+    loop {
+        let saved: f64 = sens
+            .iter()
+            .zip(chosen.iter())
+            .map(|(s, c)| s.saving(*c))
+            .sum();
+        let cost: f64 = sens
+            .iter()
+            .zip(chosen.iter())
+            .map(|(s, c)| s.state(*c).1)
+            .sum();
+        let all = moves(chosen);
+        let mut best: Option<(f64, usize, Option<usize>)> = None;
+        let mut consider = |delta: f64, a: usize, b: Option<usize>| {
+            if delta < -eps(cost) && best.is_none_or(|x| delta < x.0) {
+                best = Some((delta, a, b));
+            }
+        };
+        for (a, &(i, _, save_a, cost_a)) in all.iter().enumerate() {
+            if saved + save_a >= need {
+                consider(cost_a, a, None);
+            }
+            for (b, &(k, _, save_b, cost_b)) in all.iter().enumerate().skip(a + 1) {
+                if k != i && saved + save_a + save_b >= need {
+                    consider(cost_a + cost_b, a, Some(b));
+                }
+            }
+        }
+        let Some((_, a, b)) = best else { return };
+        for m in std::iter::once(a).chain(b) {
+            chosen[all[m].0] = all[m].1;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -456,6 +520,68 @@ mod tests {
         // A larger target needs both.
         let c = greedy(&sens, 200.0, 3.0).unwrap();
         assert!(c[0].is_some() && c[1].is_some());
+    }
+
+    /// The greedy's ratio rule takes the big layer's step (most saved per error), far past the
+    /// budget; the exchange trades it for the small layer's next step, which meets the budget
+    /// at a sixth of the cost.
+    #[test]
+    fn an_overshooting_last_step_is_exchanged_for_a_cheaper_one() {
+        let sens = vec![s(100, &[(2.0, 0.01), (4.0, 0.02)]), s(1000, &[(2.0, 0.05)])];
+        let (total, need) = (1100.0, 60.0);
+        let c = greedy(&sens, total, total / (total - need)).unwrap();
+        assert_eq!(c, vec![Some(1), None]);
+        let mut rng = 7u64;
+        let mut next = || {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (rng >> 11) as f64 / (1u64 << 53) as f64
+        };
+        // Random instances: no single or paired change keeps the budget at a lower cost.
+        for _ in 0..50 {
+            let sens: Vec<LayerSensitivity> = (0..5)
+                .map(|_| {
+                    let mut e = 0.0;
+                    let pts: Vec<(f64, f64)> = [2.0, 4.0, 8.0]
+                        .iter()
+                        .map(|&r| {
+                            e += next() * 0.2;
+                            (r, e)
+                        })
+                        .collect();
+                    let mut l = s((next() * 1000.0) as u64 + 1, &pts);
+                    l.gain = Some(0.5 + next());
+                    l
+                })
+                .collect();
+            let total: f64 = sens.iter().map(|l| l.before as f64).sum();
+            let Some(c) = greedy(&sens, total, 1.6) else {
+                continue;
+            };
+            let need = total * (1.0 - 1.0 / 1.6);
+            let saved = |c: &[Option<usize>]| -> f64 {
+                sens.iter().zip(c).map(|(l, c)| l.saving(*c)).sum()
+            };
+            let cost = |c: &[Option<usize>]| -> f64 {
+                sens.iter().zip(c).map(|(l, c)| l.state(*c).1).sum()
+            };
+            assert!(saved(&c) >= need);
+            let options = [None, Some(0), Some(1), Some(2)];
+            for a in 0..5 {
+                for b in a..5 {
+                    for &x in &options {
+                        for &y in &options {
+                            let mut d = c.clone();
+                            (d[a], d[b]) = (x, if a == b { x } else { y });
+                            if saved(&d) >= need {
+                                assert!(cost(&d) >= cost(&c) - 1e-9, "{c:?} -> {d:?}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// A stride-2 layer (4× the positions at its input) saves nothing below ρ = 4.
