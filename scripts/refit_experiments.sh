@@ -121,3 +121,9 @@ run sq-pal-c8-rf $SQ "$SQ_EVAL" --all --form dense --shared-codebook --target-co
 run r20-pal-c8-e2e $R20 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS
 run r56-pal-c8-e2e $R56 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS
 run sq-pal-c8-e2e $SQ "$SQ_EVAL" --all --form dense --shared-codebook --target-compression 8 $SQ_CAL
+# The speed budget with the end-to-end weighting (as r20-dl-t2-spread, which ran before it).
+run r20-dl-t2-e2e $R20 "$RN_EVAL" --target-speedup 2 $RN_CALS
+# With 7-bit indices stored as two planes (K = 128 on the palette ladder) and --target-compression
+# implying palettes: the same ResNet-56 and SqueezeNet commands.
+run r56-pal-c8-k128 $R56 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS
+run sq-pal-c8-k128 $SQ "$SQ_EVAL" --all --target-compression 8 $SQ_CAL

@@ -471,6 +471,12 @@ fn target_compression_shrinks_the_file_as_predicted() {
     ]);
     assert!(o.status.success(), "{}", common::stderr(&o));
     let report: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    // Without --method, a size budget uses palettes (N′ = 2).
+    let params = &report["params"];
+    assert!(
+        params["shared"] == true && params["subspace"] == 2,
+        "{params}"
+    );
     let m = &report["allocation"]["measured"];
     assert_eq!(m["unit"], "bytes", "{m}");
     let (original, predicted) = (

@@ -321,7 +321,8 @@ fn finetune_subcommand_equals_convert_finetune_in_every_form() {
             k,
         ]
     };
-    let (packed, bytes) = (palette("16"), palette("100"));
+    // Γ in 4 bits, in 7 bits (two planes), in one byte.
+    let (packed, split, bytes) = (palette("16"), palette("100"), palette("140"));
     let digits = repo_path("models/digits-test");
     let calibrated = ["--calibrate", digits.as_str(), "--calib-samples", "32"];
     let variants = [
@@ -333,6 +334,7 @@ fn finetune_subcommand_equals_convert_finetune_in_every_form() {
         ("ops", &uneven[..]),
         ("fused", &uneven),
         ("dense", &packed[..]),
+        ("dense", &split[..]),
         ("dense", &bytes[..]),
         ("ops", &calibrated[..]),
     ];

@@ -23,15 +23,15 @@ use crate::setting::{require, Setting};
 pub const CANDIDATE_RATIOS: [f64; 7] = [2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0];
 
 /// The ratios a layer may get under `params`, increasing: [`CANDIDATE_RATIOS`], or for a
-/// shared codebook (a palette) those that give K = 2^b for b = 8, 6, 5, …, 1 (ρ = S·p²M / K,
-/// so Γ packs into b bits; 7 bits are stored as 8), K below the layer's sub-vector count.
+/// shared codebook (a palette) those that give K = 2^b for b = 8, 7, …, 1 (ρ = S·p²M / K,
+/// so Γ packs into b bits), K below the layer's sub-vector count.
 pub fn ladder(params: &ValidParams, kernel: [usize; 4]) -> Vec<f64> {
     if !params.shared {
         return CANDIDATE_RATIOS.to_vec();
     }
     let [m, n, kh, kw] = kernel;
     let columns = (n / params.subspace.max(1) * m * kh * kw) as f64;
-    [8, 6, 5, 4, 3, 2, 1]
+    [8, 7, 6, 5, 4, 3, 2, 1]
         .into_iter()
         .map(|b| f64::from(1u32 << b))
         .filter(|&k| k < columns)

@@ -143,7 +143,9 @@ pub struct ConvertArgs {
     pub target_speedup: Option<f64>,
     /// Instead of one --ratio: stored tensor bytes X× fewer with the compact form (implies
     /// --form dense), a ρ per layer chosen from measured sensitivities (among --layers, or every
-    /// eligible layer) by bytes saved per unit of error. Best with --calibrate.
+    /// eligible layer) by bytes saved per unit of error. Without --method it implies
+    /// --shared-codebook (palettes: the best accuracy per byte measured); with --method, per-
+    /// subspace codebooks. Best with --calibrate.
     #[arg(
         long,
         value_name = "X",
@@ -622,14 +624,18 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
     if args.shared_codebook && form != OutputForm::Dense {
         bail!("--shared-codebook shrinks the compact form (--form dense); the ops and fused forms compute every subspace's own representatives");
     }
-    let method = match (args.method, args.shared_codebook) {
+    // A size budget without a method asks for the smallest files: palettes, the best accuracy
+    // per byte measured (BENCHMARKS.md, "Shared codebooks"; docs/RESULTS.md, session 22).
+    let shared =
+        args.shared_codebook || (args.target_compression.is_some() && args.method.is_none());
+    let method = match (args.method, shared) {
         (Some(m), _) => m.into(),
         (None, true) => Method::Vq,
         (None, false) => Method::Dl,
     };
     let mut params = args.settings.params(method, args.ratio);
-    params.shared = args.shared_codebook;
-    if args.shared_codebook && args.settings.subspace.is_none() {
+    params.shared = shared;
+    if shared && args.settings.subspace.is_none() {
         params.subspace = SHARED_SUBSPACE;
     }
     if (args.target_speedup.is_some() || args.target_compression.is_some())

@@ -286,6 +286,10 @@ const PACKING_BEFORE_MOD_BYTES: f64 = 350.0;
 const PACKING_MULTI_BYTE_BYTES: f64 = 400.0;
 const PACKING_SLICE_BYTES: f64 = 550.0;
 
+/// Joining the two planes of 7-bit indices: a `Mul` by 64 and an `Add` (estimated from the
+/// nodes' size: two nodes and a one-value constant, their names in the layer's prefix).
+const PACKING_JOIN_BYTES: f64 = 150.0;
+
 /// What per-subspace codebooks add (their table flattened, the offsets of each subspace's
 /// rows), besides the offsets' data.
 const OFFSETS_OVERHEAD_BYTES: f64 = 440.0;
@@ -375,8 +379,14 @@ fn compact_bytes(layer: &ConvLayer, p: &ValidParams, opset: i64) -> Option<f64> 
     Some(atoms + codes + gamma + offsets + unpacking + names + LAYER_OVERHEAD_BYTES)
 }
 
-/// The unpacking subgraph's bytes for `count` indices below `bound`, packed.
+/// The unpacking subgraph's bytes for `count` indices below `bound`, packed: 7-bit indices
+/// are two planes (6 bits and 1 bit), each unpacked alone, then joined (`Mul`, `Add`).
 fn unpacking_bytes(count: usize, bound: usize, opset: i64) -> f64 {
+    if packing::bits_for(bound) == packing::SPLIT_BITS {
+        return unpacking_bytes(count, 64, opset)
+            + unpacking_bytes(count, 2, opset)
+            + PACKING_JOIN_BYTES;
+    }
     let (bytes, group) = packing::group(bound);
     let extra = |yes: bool, b: f64| if yes { b } else { 0.0 };
     PACKING_OVERHEAD_BYTES

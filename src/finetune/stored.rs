@@ -348,8 +348,9 @@ fn read_palette(
     })
 }
 
-/// Γ per subspace from the `[S, M, kh, kw]` initializer `name`, or from the bit-packed
-/// `{name}_packed` the compact form stores below 7 bits (`lower::packing`); each index below `k`.
+/// Γ per subspace from the `[S, M, kh, kw]` initializer `name`, or from the bit-packed tensors
+/// the compact form stores below 8 bits (`lower::packing`: `{name}_packed`, or its two planes
+/// at 7 bits); each index below `k`.
 fn read_assignment(
     nodes: &LayerNodes,
     name: &str,
@@ -358,16 +359,25 @@ fn read_assignment(
 ) -> Result<Vec<Vec<u32>>> {
     let [s_count, m, kh, kw] = shape;
     let count = s_count * m * kh * kw;
-    let packed = format!("{name}_packed");
-    let gamma: Vec<i64> = match nodes.model.initializer(&packed) {
+    let bits = packing::bits_for(k);
+    let packed = packing::packed_names(name, bits);
+    let gamma: Vec<i64> = match nodes.model.initializer(&packed[0]) {
         Some(_) => {
-            let (_, bytes) = nodes.ints(&packed)?;
-            let bytes: Vec<u8> = bytes.iter().map(|&b| b as u8).collect();
-            let bits = packing::bits_for(k);
-            let values = packing::unpack(&bytes, bits, count).with_context(|| {
+            let mut planes = Vec::with_capacity(packed.len());
+            for p in &packed {
+                let (_, bytes) = nodes.ints(p)?;
+                planes.push(bytes.iter().map(|&b| b as u8).collect::<Vec<u8>>());
+            }
+            let values = match planes.as_slice() {
+                [low, high] => packing::unpack_split(low, high, count),
+                [one] => packing::unpack(one, bits, count),
+                _ => None,
+            };
+            let values = values.with_context(|| {
                 format!(
-                    "`{packed}`: {} bytes do not hold {count} indices of {bits} bits",
-                    bytes.len()
+                    "`{}`: {} bytes do not hold {count} indices of {bits} bits",
+                    packed.join("`, `"),
+                    planes.iter().map(Vec::len).sum::<usize>()
                 )
             })?;
             values.into_iter().map(i64::from).collect()

@@ -1,4 +1,4 @@
-//! Index tensors below 7 bits for the compact form: indices that stay below 2^b (b ≤ 6) are
+//! Index tensors below 8 bits for the compact form: indices that stay below 2^b (b ≤ 6) are
 //! stored b bits each — every group of g indices as one little-endian integer of B ≤ 3 bytes
 //! (g·b ≤ 8B: b = 1, 2, 3, 4, 6 fill their bytes exactly, b = 5 puts 3 in 2 bytes), a `[G, B]`
 //! UINT8 tensor — and unpacked by a constant subgraph of standard integer operators (opset 7
@@ -8,6 +8,10 @@
 //! v[G,1] = ReduceSum(Cast(packed, INT64) · [1, 2⁸, 2¹⁶][..B], axis 1)    (B > 1)
 //! x[G,g] = v / [1, 2^b, …, 2^(g−1)b];  x mod 2^b;  Reshape [g·G]; Slice [0, count)
 //! ```
+//!
+//! Seven bits fit no group of at most 3 bytes without waste, so they are split into two planes
+//! ([`SPLIT_BITS`]): the low 6 bits and the high bit, each packed as above, x = low + 64·high
+//! (7 bits per index exactly; K = 128 palettes then cost 7/8 of K = 256's Γ instead of as much).
 //!
 //! Every intermediate stays below 2^24: tract 0.23 wraps int64 arithmetic at 32 bits here.
 
@@ -38,10 +42,15 @@ pub fn bits_for(bound: usize) -> u32 {
     (usize::BITS - bound.saturating_sub(1).leading_zeros()).max(1)
 }
 
-/// Whether indices below `bound` are stored packed (7 bits would waste one in 8 in any group
-/// of at most 3 bytes: they stay UINT8).
+/// Indices of this many bits are stored as two planes, the low 6 bits and the high bit.
+pub const SPLIT_BITS: u32 = 7;
+
+/// The bits of the low plane of a split index ([`SPLIT_BITS`]).
+const LOW_PLANE_BITS: u32 = 6;
+
+/// Whether indices below `bound` are stored packed (below 8 bits).
 pub fn packs(bound: usize) -> bool {
-    bits_for(bound) < 7
+    bits_for(bound) <= SPLIT_BITS
 }
 
 /// Bytes of `count` indices below `bound` as the compact form stores them (packed below 8
@@ -50,8 +59,42 @@ pub fn index_bytes(count: usize, bound: usize) -> usize {
     if !packs(bound) {
         return count * plain_index_width(bound);
     }
+    if bits_for(bound) == SPLIT_BITS {
+        return index_bytes(count, 1 << LOW_PLANE_BITS) + index_bytes(count, 2);
+    }
     let (bytes, group) = layout(bits_for(bound));
     count.div_ceil(group) * bytes
+}
+
+/// A split index's two planes: (low 6 bits, high bit) of each value.
+fn planes(values: &[u32]) -> (Vec<u32>, Vec<u32>) {
+    let low = values
+        .iter()
+        .map(|&v| v & ((1 << LOW_PLANE_BITS) - 1))
+        .collect();
+    let high = values.iter().map(|&v| v >> LOW_PLANE_BITS).collect();
+    (low, high)
+}
+
+/// The packed tensors' names for indices of `bits` bits stored as `what` (one, or the two
+/// planes of a split index), as [`unpacked`] names them.
+pub fn packed_names(what: &str, bits: u32) -> Vec<String> {
+    if bits == SPLIT_BITS {
+        return vec![format!("{what}_low_packed"), format!("{what}_high_packed")];
+    }
+    vec![format!("{what}_packed")]
+}
+
+/// [`unpack`] of the two planes of split indices (low 6 bits, high bit).
+pub fn unpack_split(low: &[u8], high: &[u8], count: usize) -> Option<Vec<u32>> {
+    let low = unpack(low, LOW_PLANE_BITS, count)?;
+    let high = unpack(high, 1, count)?;
+    Some(
+        low.iter()
+            .zip(high)
+            .map(|(l, h)| l | (h << LOW_PLANE_BITS))
+            .collect(),
+    )
 }
 
 /// Bytes per index below `bound` unpacked (UINT8, UINT16 or UINT32: `new_index_tensor`).
@@ -109,6 +152,19 @@ pub fn unpacked(
     bits: u32,
     shape: &[i64],
 ) -> Result<String> {
+    if bits == SPLIT_BITS {
+        let (low, high) = planes(values);
+        let low = unpacked(b, &format!("{what}_low"), &low, LOW_PLANE_BITS, shape)?;
+        let high = unpacked(b, &format!("{what}_high"), &high, 1, shape)?;
+        let place = b.i64_init(&format!("{what}_high_place"), &[1 << LOW_PLANE_BITS])?;
+        let high = b.node(
+            "Mul",
+            &format!("{what}_high_placed"),
+            vec![high, place],
+            vec![],
+        )?;
+        return b.node("Add", &format!("{what}_joined"), vec![low, high], vec![]);
+    }
     let (width, group) = layout(bits);
     let groups = values.len().div_ceil(group);
     let packed = b.name(&format!("{what}_packed"))?;
@@ -198,7 +254,9 @@ mod tests {
         );
         assert_eq!(index_bytes(17, 16), 9);
         assert_eq!(index_bytes(17, 32), 12);
-        assert_eq!(index_bytes(17, 128), 17);
+        // 7 bits: 6-bit plane (5 groups of 3 bytes) and 1-bit plane (3 bytes).
+        assert_eq!(index_bytes(17, 128), 18);
+        assert_eq!(index_bytes(800, 128), 700);
         assert_eq!(index_bytes(17, 300), 34);
     }
 
@@ -225,5 +283,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn seven_bit_indices_split_into_planes_and_join_again() {
+        let values: Vec<u32> = (0..37).map(|i| (i * 53 + 11) % 128).collect();
+        let (low, high) = planes(&values);
+        assert!(low.iter().all(|&v| v < 64) && high.iter().all(|&v| v < 2));
+        let (low, high) = (pack(&low, 6), pack(&high, 1));
+        assert_eq!(low.len() + high.len(), index_bytes(37, 128));
+        assert_eq!(unpack_split(&low, &high, 37).as_deref(), Some(&values[..]));
+        assert_eq!(unpack_split(&low, &high[1..], 37), None);
+        assert_eq!(
+            packed_names("assignment", 7),
+            ["assignment_low_packed", "assignment_high_packed"]
+        );
     }
 }
