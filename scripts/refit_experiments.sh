@@ -127,3 +127,4 @@ run r20-dl-t2-e2e $R20 "$RN_EVAL" --target-speedup 2 $RN_CALS
 # implying palettes: the same ResNet-56 and SqueezeNet commands.
 run r56-pal-c8-k128 $R56 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS
 run sq-pal-c8-k128 $SQ "$SQ_EVAL" --all --target-compression 8 $SQ_CAL
+finetune sq-pal-c8-k128-ft $SQ "$SQ_EVAL" sq-pal-c8-k128 $SQ_DATA --epochs 3
