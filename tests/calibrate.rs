@@ -178,20 +178,25 @@ fn target_speedup_allocates_ratios_that_meet_the_budget() {
         repo_path("models/digits-cnn.preprocess.json"),
     );
     let samples = CALIBRATION_IMAGES.to_string();
-    let j = convert_json(&[
-        "convert",
-        &model,
-        &out,
-        "--target-speedup",
-        "2.5",
-        "--calibrate",
-        &data,
-        "--preprocess",
-        &spec,
-        "--calib-samples",
-        &samples,
-        "--json",
-    ]);
+    let budget = |extra: &[&str]| {
+        let mut args = vec![
+            "convert",
+            &model,
+            &out,
+            "--target-speedup",
+            "2.5",
+            "--calibrate",
+            &data,
+            "--preprocess",
+            &spec,
+            "--calib-samples",
+            &samples,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        convert_json(&args)
+    };
+    let j = budget(&[]);
     let a = &j["allocation"];
     assert_eq!(a["sensitivity"], "output");
     // DL's c is 2 under --target-speedup unless given.
@@ -230,21 +235,7 @@ fn target_speedup_allocates_ratios_that_meet_the_budget() {
     assert_eq!(converted, names);
 
     // --layer-sensitivity weighs the layers' own errors alike: no gains, maybe other ratios.
-    let alike = convert_json(&[
-        "convert",
-        &model,
-        &out,
-        "--target-speedup",
-        "2.5",
-        "--calibrate",
-        &data,
-        "--preprocess",
-        &spec,
-        "--calib-samples",
-        &samples,
-        "--layer-sensitivity",
-        "--json",
-    ]);
+    let alike = budget(&["--layer-sensitivity"]);
     for l in alike["allocation"]["layers"].as_array().unwrap() {
         assert!(l.get("gain").is_none(), "{l}");
     }
