@@ -128,3 +128,6 @@ run r20-dl-t2-e2e $R20 "$RN_EVAL" --target-speedup 2 $RN_CALS
 run r56-pal-c8-k128 $R56 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS
 run sq-pal-c8-k128 $SQ "$SQ_EVAL" --all --target-compression 8 $SQ_CAL
 finetune sq-pal-c8-k128-ft $SQ "$SQ_EVAL" sq-pal-c8-k128 $SQ_DATA --epochs 3
+# Palette width under the final build: SqueezeNet with scalar palettes, ResNet-56 with N' = 2.
+run sq-pal-c8-n1-e2e $SQ "$SQ_EVAL" --all --target-compression 8 --subspace 1 $SQ_CAL
+run r56-pal-c8-n2-e2e $R56 "$RN_EVAL" --all --target-compression 8 $RN_CALS
