@@ -341,7 +341,10 @@ fn weigh_end_to_end(
                 return Ok(None);
             };
             let p = c.params.with_ratio(ratio)?;
-            let codebook = calibrate::learn(kernels[i].view(), &p, &stats[i], cal.options.damping)?;
+            let mut codebook =
+                calibrate::learn(kernels[i].view(), &p, &stats[i], cal.options.damping)?;
+            // As the conversion does: a layer with no place for the shift is probed without it.
+            calibrate::place_bias_shift(&mut codebook, c.layer, original);
             Ok(Some(reach::Probe {
                 layer: c.layer,
                 codebook,

@@ -28,9 +28,12 @@ use ndarray::{Array4, ArrayD};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::analysis::select::ConvLayer;
+use crate::codebook::Codebook;
 use crate::engine::Engine;
 use crate::eval::data::{LabelledSet, PreprocessSpec};
 use crate::eval::seen::{ImageSelection, SeenImages};
+use crate::onnx::model::OnnxModel;
 use crate::setting::{require, Setting};
 
 pub use learn::{learn, output_error};
@@ -78,6 +81,15 @@ pub struct Calibration<'a> {
     pub options: &'a CalibrationOptions,
     pub inputs: &'a [ArrayD<f32>],
     pub engine: Engine,
+}
+
+/// Drops calibration's bias shift from `cb` where `layer` has no place for it: a MatMul has no
+/// bias, a Gemm's run-time C takes no constant. Every form refuses a shift it cannot add
+/// (`FcLayout::check_bias_shift`), so such a layer keeps its original output mean instead.
+pub fn place_bias_shift(cb: &mut Codebook, layer: &ConvLayer, model: &OnnxModel) {
+    if !layer.takes_bias_shift(model) {
+        cb.bias_shift = None;
+    }
 }
 
 /// The image files of a calibration folder, in order.

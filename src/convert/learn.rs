@@ -116,10 +116,7 @@ fn learn_calibrated(
                 patch::MAX_PATCH_DIM
             );
         }
-        if !layer.takes_bias_shift(original) {
-            // A MatMul has no bias, a Gemm's run-time C takes no constant: no bias correction.
-            cb.bias_shift = None;
-        }
+        calibrate::place_bias_shift(&mut cb, layer, original);
         reconstructed::substitute(&mut simulated, layer, &cb).with_context(ctx)?;
         log::info!(
             "calibrate [{}/{}] {}: {} input positions, {:.1}s",
