@@ -25,6 +25,7 @@ pub enum Setting {
     Samples,
     Skip,
     InputShape,
+    ChannelScale,
 }
 
 impl Setting {
@@ -49,6 +50,7 @@ impl Setting {
             Setting::Samples => "the number of samples",
             Setting::Skip => "the number of images skipped",
             Setting::InputShape => "the input shape",
+            Setting::ChannelScale => "the per-channel scale",
         }
     }
 }

@@ -323,6 +323,9 @@ fn finetune_subcommand_equals_convert_finetune_in_every_form() {
     };
     // Γ in 4 bits, in 7 bits (two planes), in one byte.
     let (packed, split, bytes) = (palette("16"), palette("100"), palette("140"));
+    // Per-channel scales (which the digits model's conv4 keeps): trained and written back.
+    let mut scaled = palette("16").to_vec();
+    scaled.extend(["--channel-scale", ""]);
     let digits = repo_path("models/digits-test");
     let calibrated = ["--calibrate", digits.as_str(), "--calib-samples", "32"];
     let variants = [
@@ -336,6 +339,7 @@ fn finetune_subcommand_equals_convert_finetune_in_every_form() {
         ("dense", &packed[..]),
         ("dense", &split[..]),
         ("dense", &bytes[..]),
+        ("dense", &scaled[..]),
         ("ops", &calibrated[..]),
     ];
     for (i, (form, extra)) in variants.into_iter().enumerate() {
@@ -369,6 +373,14 @@ fn finetune_subcommand_equals_convert_finetune_in_every_form() {
         convert[2] = plain.clone();
         let o = common::bin().args(&convert).output().unwrap();
         assert!(o.status.success(), "{}", common::stderr(&o));
+        if extra.contains(&"--channel-scale") {
+            let m = onnx_dlq::onnx::model::load(std::path::Path::new(&plain)).unwrap();
+            let names = m.graph().initializer.iter().filter_map(|t| t.name.clone());
+            assert!(
+                names.filter(|n| n.ends_with("channel_scale")).count() > 0,
+                "no layer kept its channel scales"
+            );
+        }
         let o = common::bin()
             .args([
                 "finetune",

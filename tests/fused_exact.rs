@@ -3,7 +3,7 @@
 //! node, run in tract through onnx-dlq's op register and in ONNX Runtime through
 //! libonnx_dlq_ort, and the compact form (whose kernel subgraph both engines fold at load),
 //! equal a dense Conv with the reconstructed kernel; so do shared codebooks (palettes) with
-//! indices packed below 8 bits, at opsets 7–18. Also: a
+//! indices packed below 8 bits, with and without per-channel scales, at opsets 7–18. Also: a
 //! `DlqConv` whose assignment holds an index ≥ K is refused, naming the node.
 
 mod common;
@@ -201,6 +201,11 @@ fn compact_palette(
     if !every_vector && rng.random_range(0..2) == 0 {
         cb.bias_shift = Some(uniform(rng, s.m));
     }
+    if !every_vector && rng.random_range(0..2) == 0 {
+        // Per-channel scales (`--channel-scale`), set here so that every case has them at
+        // random, whether or not the learning kept them.
+        cb.channel_scale = Some((0..s.m).map(|_| rng.random_range(0.25f32..2.0)).collect());
+    }
     let (dense, compact) = dense_and_compact(&original, &cb);
     (original, compact, dense)
 }
@@ -212,7 +217,7 @@ fn compact_palette(
 fn shared_palettes_with_packed_indices_equal_the_dense_reference() {
     let python = ort_python("shared_palettes_with_packed_indices_equal_the_dense_reference");
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(16);
-    let mut split = false;
+    let (mut split, mut scaled) = (false, false);
     for i in 0..16 {
         let mut spec = random_spec(&mut rng);
         spec.opset = [7, 9, 11, 13, 18][i % 5];
@@ -237,6 +242,11 @@ fn shared_palettes_with_packed_indices_equal_the_dense_reference() {
         });
         // Below 8 bits Γ is packed (7 bits as two planes: K = 100).
         assert_eq!(packed, k <= 128, "{what}");
+        scaled |= compact
+            .graph()
+            .initializer
+            .iter()
+            .any(|t| t.name.as_deref().unwrap().ends_with("channel_scale"));
         let shape = [spec.batch, spec.n, spec.h, spec.w];
         let x = ArrayD::from_shape_vec(IxDyn(&shape), uniform(&mut rng, shape.iter().product()))
             .unwrap();
@@ -264,6 +274,7 @@ fn shared_palettes_with_packed_indices_equal_the_dense_reference() {
         }
     }
     assert!(split, "no case stored 7-bit indices (two planes)");
+    assert!(scaled, "no case had per-channel scales");
 }
 
 #[test]

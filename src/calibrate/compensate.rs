@@ -52,6 +52,7 @@ pub fn reassign(kernel: ArrayView4<f32>, cb: &mut Codebook, stats: &InputStats, 
     };
     let width = first.channels.len();
     let palette = first.atoms.data.clone();
+    let scales = cb.channel_scale.clone();
     let u = inverse_upper_factor(&stats.covariance(0..n), damping);
     let columns: Vec<(usize, usize, usize)> = (0..m)
         .flat_map(|k| (0..kh).flat_map(move |a| (0..kw).map(move |b| (k, a, b))))
@@ -59,18 +60,21 @@ pub fn reassign(kernel: ArrayView4<f32>, cb: &mut Codebook, stats: &InputStats, 
     let choices: Vec<Vec<u32>> = columns
         .par_iter()
         .map(|&(k, a, b)| {
+            // A scaled palette's entries are relative to the channel's scale: the error is
+            // measured, and fed forward, in the kernel's own units.
+            let scale = scales.as_ref().map_or(1.0, |s| s[k] as f64);
             let mut w: Vec<f64> = (0..n).map(|c| kernel[[k, c, a, b]] as f64).collect();
             let mut chosen = Vec::with_capacity(cb.subspaces.len());
             let mut x = vec![0f32; width];
             for start in (0..n).step_by(width) {
                 for (d, v) in x.iter_mut().enumerate() {
-                    *v = w[start + d] as f32;
+                    *v = (w[start + d] / scale) as f32;
                 }
                 let (q, _) = nearest(&x, &palette, width);
                 chosen.push(q as u32);
                 for d in 0..width {
                     let c = start + d;
-                    let e = (w[c] - palette[q * width + d] as f64) / u[c * n + c];
+                    let e = (w[c] - scale * palette[q * width + d] as f64) / u[c * n + c];
                     for j in c + 1..n {
                         w[j] -= e * u[c * n + j];
                     }

@@ -124,6 +124,9 @@ struct Params {
     /// K·N′ values, held by every subspace alike, and a gradient sums over the subspaces.
     shared: bool,
     subspaces: Vec<SubspaceParams>,
+    /// A palette's per-output-channel scale ([`Codebook::channel_scale`]): row k of W̃ is
+    /// `scale[k]` times its entries. Refitted in closed form (each row's is a 1-D least squares).
+    scale: Option<Vec<f64>>,
 }
 
 impl Params {
@@ -149,11 +152,28 @@ impl Params {
             shape: cb.kernel_shape,
             shared: cb.shared,
             subspaces,
+            scale: cb
+                .channel_scale
+                .as_ref()
+                .map(|s| s.iter().map(|&v| v as f64).collect()),
         }
+    }
+
+    fn row_scale(&self, k: usize) -> f64 {
+        self.scale.as_ref().map_or(1.0, |s| s[k])
     }
 
     /// W̃ as [M, D] rows.
     fn kernel(&self) -> Array2<f64> {
+        let mut w = self.unscaled_kernel();
+        for (k, mut row) in w.rows_mut().into_iter().enumerate() {
+            row *= self.row_scale(k);
+        }
+        w
+    }
+
+    /// W̃ before the channel scales: the entries Γ picks.
+    fn unscaled_kernel(&self) -> Array2<f64> {
         let [m, n, kh, kw] = self.shape;
         let mut w = Array2::<f64>::zeros((m, n * kh * kw));
         for s in &self.subspaces {
@@ -178,11 +198,12 @@ impl Params {
         let d = s.dim();
         let mut out = vec![0f64; s.count() * d];
         for k in 0..m {
+            let scale = self.row_scale(k);
             for u in 0..kh {
                 for v in 0..kw {
                     let r = s.assignment[subspace::column(k, u, v, kh, kw)] as usize;
                     for (i, c) in s.channels.clone().enumerate() {
-                        out[r * d + i] += g[[k, (c * kh + u) * kw + v]];
+                        out[r * d + i] += scale * g[[k, (c * kh + u) * kw + v]];
                     }
                 }
             }
@@ -315,12 +336,35 @@ impl Objective {
 }
 
 impl Objective {
+    /// Each channel's scale at its optimum for the current entries: row k's objective
+    /// ½ s² uₖ H uₖᵀ − s Bₖ·uₖ (uₖ the unscaled row) is least at s = Bₖ·uₖ / uₖ H uₖᵀ. A
+    /// non-positive or non-finite optimum (a row the entries cannot fit) keeps its scale.
+    fn fit_scales(&self, params: &mut Params) {
+        if params.scale.is_none() {
+            return;
+        }
+        let u = params.unscaled_kernel();
+        let uh = u.dot(&self.h);
+        let Some(scale) = params.scale.as_mut() else {
+            return;
+        };
+        for (k, s) in scale.iter_mut().enumerate() {
+            let num = self.b.row(k).dot(&u.row(k));
+            let den = uh.row(k).dot(&u.row(k));
+            let best = num / den;
+            if den > 0.0 && best.is_finite() && best > 0.0 {
+                *s = best;
+            }
+        }
+    }
+
     /// One sweep of coordinate descent over Γ (see [`RefitOptions::reassign`]), columns in a
     /// fixed order; returns how many moved.
     fn reassign(&self, params: &mut Params) -> usize {
         let [m, _, kh, kw] = params.shape;
         let mut gradient = params.kernel().dot(&self.h) - &self.b;
         let mut moved = 0;
+        let scales: Vec<f64> = (0..m).map(|k| params.row_scale(k)).collect();
         for s in &mut params.subspaces {
             let (reps, d, count) = (s.representatives(), s.dim(), s.count());
             let mut delta = vec![0f64; d];
@@ -340,7 +384,7 @@ impl Objective {
                         let (mut best, mut best_change) = (current, 0f64);
                         for r in 0..count {
                             for i in 0..d {
-                                delta[i] = reps[r * d + i] - reps[current * d + i];
+                                delta[i] = scales[k] * (reps[r * d + i] - reps[current * d + i]);
                             }
                             let change = quadratic_change(&block, &delta, &g);
                             if change < best_change - 1e-12 * best_change.abs() {
@@ -354,7 +398,7 @@ impl Objective {
                         moved += 1;
                         let mut row = gradient.row_mut(k);
                         for (i, &ji) in index.iter().enumerate() {
-                            let step = reps[best * d + i] - reps[current * d + i];
+                            let step = scales[k] * (reps[best * d + i] - reps[current * d + i]);
                             row.scaled_add(step, &self.h.row(ji));
                         }
                     }
@@ -426,6 +470,7 @@ pub fn refit(
         for &block in blocks {
             objective.minimise(&mut params, block, opts.iterations);
         }
+        objective.fit_scales(&mut params);
         if opts.reassign && round + 1 < rounds {
             let moved = objective.reassign(&mut params);
             log::debug!("refit round {round}: {moved} columns re-assigned");
@@ -470,6 +515,10 @@ fn bias_shift(w: &Array2<f64>, approx: &Array2<f64>, stats: &PatchStats) -> Vec<
 /// The f32 codebook of `params`; DL atoms rescaled to unit norm (their coefficients scaled back).
 fn to_codebook(cb: &Codebook, params: &Params) -> Codebook {
     let mut out = cb.clone();
+    out.channel_scale = params
+        .scale
+        .as_ref()
+        .map(|s| s.iter().map(|&v| v as f32).collect());
     for (sc, p) in out.subspaces.iter_mut().zip(&params.subspaces) {
         let d = p.dim();
         sc.assignment = p.assignment.clone();
@@ -624,8 +673,9 @@ mod tests {
         }
     }
 
-    /// A palette is refitted as one table: every subspace keeps the same centroids, the output
-    /// error falls, and what the refit reports is what the two convolutions measure.
+    /// A palette is refitted as one table (with its per-channel scales, when it has them):
+    /// every subspace keeps the same centroids, the output error falls, and what the refit
+    /// reports is what the two convolutions measure.
     #[test]
     fn a_shared_palette_stays_shared_and_lowers_the_measured_error() {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
@@ -639,13 +689,21 @@ mod tests {
         };
         let stats = PatchStats::of(&x, &xc, &g).unwrap();
         let kernel = Array4::from_shape_fn((8, 6, 3, 3), |_| rng.random_range(-1.0f32..1.0));
-        for width in [1, 2] {
+        for (width, scaled) in [(1, false), (2, false), (1, true), (2, true)] {
             let mut p = ClusterParams::new(Method::Vq, 6.0);
             (p.subspace, p.shared) = (width, true);
-            let cb = codebook::learn(kernel.view(), &p.check().unwrap()).unwrap();
+            let mut cb = codebook::learn(kernel.view(), &p.check().unwrap()).unwrap();
+            if scaled {
+                cb.channel_scale = Some((0..8).map(|k| 0.5 + 0.25 * k as f32).collect());
+            }
             let (refitted, outcome) =
                 refit(kernel.view(), &cb, &stats, &RefitOptions::default()).unwrap();
             assert!(refitted.shared);
+            // The scales are refitted with the palette, not dropped.
+            assert_eq!(refitted.channel_scale.is_some(), scaled);
+            if scaled {
+                assert_ne!(refitted.channel_scale, cb.channel_scale, "the scales moved");
+            }
             assert!(
                 outcome.applied && outcome.after < 0.95 * outcome.before,
                 "{outcome:?}"

@@ -134,6 +134,7 @@ fn random_codebook(kernel: [usize; 4], params: &ValidParams) -> Result<Codebook>
         sizes,
         shared: false,
         subspaces,
+        channel_scale: None,
         bias_shift: None,
     })
 }

@@ -194,6 +194,11 @@ pub struct ConvertArgs {
     /// only; --form dense only.
     #[arg(long)]
     pub shared_codebook: bool,
+    /// Scale a palette per output channel (one float each): every channel is clustered relative
+    /// to its largest weight, so one palette serves channels of different ranges (Core ML's
+    /// per-channel scale). Kept per layer only where it lowers the error. Shared codebooks only.
+    #[arg(long)]
+    pub channel_scale: bool,
     #[command(flatten)]
     pub calibration: CalibrationArgs,
     #[command(flatten)]
@@ -635,6 +640,7 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
     };
     let mut params = args.settings.params(method, args.ratio);
     params.shared = shared;
+    params.channel_scale = args.channel_scale;
     if shared && args.settings.subspace.is_none() {
         params.subspace = SHARED_SUBSPACE;
     }

@@ -127,6 +127,7 @@ pub fn flag(setting: Setting) -> &'static str {
         Setting::Samples => "--samples",
         Setting::Skip => "--skip",
         Setting::InputShape => "--input-shape",
+        Setting::ChannelScale => "--channel-scale",
     }
 }
 

@@ -71,6 +71,10 @@ pub struct Codebook {
     /// Every subspace holds the same atoms (a palette, [`palette`]): stored once.
     pub shared: bool,
     pub subspaces: Vec<SubspaceCodebook>,
+    /// A palette's scale per output channel ([`palette`]'s `channel_scale`): row k of W̃ is
+    /// `channel_scale[k]` times the palette entries Γ picks, so one table serves channels of
+    /// different ranges. `None`: the entries are the weights.
+    pub channel_scale: Option<Vec<f32>>,
     /// Added to the layer's bias (one value per output channel) by the rewrite: calibration's
     /// correction of the output mean. `None` from plain weight-error learning.
     pub bias_shift: Option<Vec<f32>>,
@@ -87,8 +91,9 @@ impl Codebook {
                 for u in 0..kh {
                     for v in 0..kw {
                         let r = sc.assignment[subspace::column(k, u, v, kh, kw)] as usize;
+                        let scale = self.channel_scale.as_ref().map_or(1.0, |s| s[k]);
                         for (c, &x) in sc.channels.clone().zip(reps.row(r)) {
-                            w[[k, c, u, v]] = x;
+                            w[[k, c, u, v]] = scale * x;
                         }
                     }
                 }
@@ -171,11 +176,14 @@ pub fn learn_weighted(
     check_values(kernel)?;
     let sizes = params.sizes(m, n, kh * kw)?;
     if params.shared {
-        let subspaces = palette::learn(
+        let (subspaces, channel_scale) = palette::learn(
             kernel,
-            params.subspace,
-            sizes.k_vq,
-            params.kmeans_iters,
+            palette::PaletteParams {
+                width: params.subspace,
+                k: sizes.k_vq,
+                max_iters: params.kmeans_iters,
+                channel_scale: params.channel_scale,
+            },
             channel_weights,
             &mut subspace_rng(params.seed, 0),
         );
@@ -185,6 +193,7 @@ pub fn learn_weighted(
             sizes,
             shared: true,
             subspaces,
+            channel_scale,
             bias_shift: None,
         });
     }
@@ -243,6 +252,7 @@ pub fn learn_weighted(
         sizes,
         shared: false,
         subspaces,
+        channel_scale: None,
         bias_shift: None,
     })
 }

@@ -18,33 +18,102 @@ use super::SubspaceCodebook;
 /// on the thread count).
 const CHUNK: usize = 4096;
 
-/// The palette of `kernel`: `k` centroids of `width`-channel sub-vectors (width divides N),
-/// replicated into every subspace's codebook with that subspace's assignment.
-/// `channel_weights` (one per input channel, positive) weights the squared error.
+/// What a palette is learnt with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PaletteParams {
+    /// N′: channels per sub-vector (divides N).
+    pub width: usize,
+    /// K: the palette's entries.
+    pub k: usize,
+    pub max_iters: usize,
+    /// Also try one scale per output channel (see [`learn`]).
+    pub channel_scale: bool,
+}
+
+/// The palette of `kernel`: `k` centroids of `width`-channel sub-vectors, replicated into every
+/// subspace's codebook with that subspace's assignment. `channel_weights` (one per input
+/// channel, positive) weights the squared error.
+///
+/// With `channel_scale`, a second palette is learnt on every output channel divided by its
+/// largest magnitude (the squared error weighted back by the scale², so the objective is still
+/// the kernel's): it wins when its weighted error is lower, and then the scales are returned.
+/// On SqueezeNet at K = 16 it lowers most layers' weight error by 10–40%; at K = 4 the extremes
+/// it preserves cost more than the even spread gains, and the plain palette stays.
 pub fn learn(
     kernel: ArrayView4<f32>,
-    width: usize,
-    k: usize,
-    max_iters: usize,
+    params: PaletteParams,
     channel_weights: Option<&[f64]>,
     rng: &mut Xoshiro256PlusPlus,
-) -> Vec<SubspaceCodebook> {
+) -> (Vec<SubspaceCodebook>, Option<Vec<f32>>) {
+    let plain = learn_scaled(kernel, params, channel_weights, None, &mut rng.clone());
+    if !params.channel_scale {
+        return (plain.0, None);
+    }
+    let scale = channel_scales(kernel);
+    let scaled = learn_scaled(kernel, params, channel_weights, Some(&scale), rng);
+    if scaled.1 < plain.1 {
+        (scaled.0, Some(scale))
+    } else {
+        (plain.0, None)
+    }
+}
+
+/// Each output channel's largest magnitude (1 for an all-zero channel).
+fn channel_scales(kernel: ArrayView4<f32>) -> Vec<f32> {
+    kernel
+        .outer_iter()
+        .map(|row| {
+            let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+            if max > 0.0 {
+                max
+            } else {
+                1.0
+            }
+        })
+        .collect()
+}
+
+/// The palette of `kernel` with its rows divided by `scale` (if any), and the weighted squared
+/// error of the kernel it reconstructs.
+fn learn_scaled(
+    kernel: ArrayView4<f32>,
+    params: PaletteParams,
+    channel_weights: Option<&[f64]>,
+    scale: Option<&[f32]>,
+    rng: &mut Xoshiro256PlusPlus,
+) -> (Vec<SubspaceCodebook>, f64) {
     let (m, n, kh, kw) = kernel.dim();
+    let width = params.width;
     let ranges: Vec<Range<usize>> = SubspacePlan::new(n, width).ranges().collect();
     let columns = m * kh * kw;
+    // Column j of a subspace belongs to output channel j / (kh·kw) (`subspace::column`).
+    let row_scale = |j: usize| scale.map_or(1.0, |s| s[j / (kh * kw)]);
     let mut data = Vec::with_capacity(n * columns);
-    let mut weights = channel_weights.map(|_| Vec::with_capacity(n * columns));
+    let mut weights =
+        (channel_weights.is_some() || scale.is_some()).then(|| Vec::with_capacity(n * columns));
     for r in &ranges {
-        data.extend(subspace::points(kernel, r.clone()).data);
-        if let (Some(w), Some(cw)) = (weights.as_mut(), channel_weights) {
-            for _ in 0..columns {
-                w.extend(r.clone().map(|c| cw[c] as f32));
+        let points = subspace::points(kernel, r.clone()).data;
+        data.extend(
+            points
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v / row_scale(i / width)),
+        );
+        if let Some(w) = weights.as_mut() {
+            for j in 0..columns {
+                let s = row_scale(j) as f64;
+                w.extend(
+                    r.clone()
+                        .map(|c| (channel_weights.map_or(1.0, |cw| cw[c]) * s * s) as f32),
+                );
             }
         }
     }
     let points = Points { data, dim: width };
-    let (centroids, assignment) = cluster(&points, weights.as_deref(), k, max_iters, rng);
-    ranges
+    let (centroids, assignment) =
+        cluster(&points, weights.as_deref(), params.k, params.max_iters, rng);
+    let error = weighted_error(&points, weights.as_deref(), &centroids, &assignment);
+    let codebooks = ranges
         .into_iter()
         .enumerate()
         .map(|(s, channels)| SubspaceCodebook {
@@ -56,7 +125,25 @@ pub fn learn(
             codes: None,
             assignment: assignment[s * columns..(s + 1) * columns].to_vec(),
         })
-        .collect()
+        .collect();
+    (codebooks, error)
+}
+
+/// Σ weighted squared distance of every point to its centroid.
+fn weighted_error(
+    points: &Points,
+    weights: Option<&[f32]>,
+    centroids: &[f32],
+    assignment: &[u32],
+) -> f64 {
+    let dim = points.dim;
+    (0..points.len())
+        .map(|i| {
+            let a = assignment[i] as usize;
+            let w = weights.map(|w| &w[i * dim..(i + 1) * dim]);
+            distance(points.row(i), w, &centroids[a * dim..(a + 1) * dim]) as f64
+        })
+        .sum()
 }
 
 /// Weighted k-means: centroids (`k` rows) and the assignment of every point.
@@ -241,7 +328,14 @@ mod tests {
         let w = kernel((8, 6, 3, 3), 1);
         for width in [1, 2, 3] {
             let mut rng = Xoshiro256PlusPlus::seed_from_u64(0);
-            let cbs = learn(w.view(), width, 16, 50, None, &mut rng);
+            let params = PaletteParams {
+                width,
+                k: 16,
+                max_iters: 50,
+                channel_scale: false,
+            };
+            let (cbs, scale) = learn(w.view(), params, None, &mut rng);
+            assert!(scale.is_none());
             assert_eq!(cbs.len(), 6 / width);
             for cb in &cbs {
                 assert_eq!(cb.atoms, cbs[0].atoms);
@@ -249,6 +343,50 @@ mod tests {
                 assert!(cb.assignment.iter().all(|&a| a < 16));
             }
         }
+    }
+
+    /// Output channels of ranges 1 to 1000 (each random): scaled per channel, one palette of
+    /// 8 entries serves them all; unscaled it spends its entries on the widest channel. The
+    /// scaled palette is kept, and its kernel is closer; on even channels the plain one stays.
+    #[test]
+    fn channel_scales_are_kept_where_they_lower_the_error() {
+        let base = kernel((6, 4, 3, 3), 7);
+        let uneven = Array4::from_shape_fn((6, 4, 3, 3), |(k, c, u, v)| {
+            base[[k, c, u, v]] * 10f32.powi(k as i32 / 2)
+        });
+        let error = |w: &Array4<f32>, cbs: &[SubspaceCodebook], scale: Option<&[f32]>| {
+            let mut e = 0f64;
+            for (c, cb) in cbs.iter().enumerate() {
+                for j in 0..6 * 9 {
+                    let s = scale.map_or(1.0, |s| s[j / 9]);
+                    let q = s * cb.atoms.data[cb.assignment[j] as usize];
+                    e += ((w[[j / 9, c, j / 3 % 3, j % 3]] - q) as f64).powi(2);
+                }
+            }
+            e
+        };
+        let params = |channel_scale| PaletteParams {
+            width: 1,
+            k: 8,
+            max_iters: 100,
+            channel_scale,
+        };
+        let rng = Xoshiro256PlusPlus::seed_from_u64(1);
+        let (plain, none) = learn(uneven.view(), params(false), None, &mut rng.clone());
+        let (scaled, scale) = learn(uneven.view(), params(true), None, &mut rng.clone());
+        assert!(none.is_none());
+        let scale = scale.expect("the scaled palette is kept");
+        assert!(error(&uneven, &scaled, Some(&scale)) < 0.5 * error(&uneven, &plain, None));
+        let even = Array4::from_shape_fn((6, 4, 3, 3), |(k, c, u, v)| {
+            if (k + c + u + v) % 2 == 0 {
+                1.0
+            } else {
+                -1.0
+            }
+        });
+        // Two values everywhere: the plain palette is exact, the scales would add nothing.
+        let (_, scale) = learn(even.view(), params(true), None, &mut rng.clone());
+        assert!(scale.is_none());
     }
 
     #[test]
@@ -299,7 +437,13 @@ mod tests {
                 .build()
                 .unwrap();
             let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
-            pool.install(|| learn(w.view(), 1, 16, 100, Some(&[1.0, 2.0, 3.0, 4.0]), &mut rng))
+            let params = PaletteParams {
+                width: 1,
+                k: 16,
+                max_iters: 100,
+                channel_scale: false,
+            };
+            pool.install(|| learn(w.view(), params, Some(&[1.0, 2.0, 3.0, 4.0]), &mut rng).0)
         };
         let one = run(1);
         assert_eq!(one, run(2));

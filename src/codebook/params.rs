@@ -51,6 +51,11 @@ pub struct ClusterParams {
     /// divides all S·p²M sub-vectors. VQ only.
     #[serde(default)]
     pub shared: bool,
+    /// A shared codebook's entries are scaled per output channel (one f32 each): every
+    /// channel is clustered relative to its largest weight, so channels of small range keep
+    /// their precision (Core ML's per-channel scale). Needs `shared`.
+    #[serde(default)]
+    pub channel_scale: bool,
 }
 
 impl ClusterParams {
@@ -68,6 +73,7 @@ impl ClusterParams {
             kmeans_iters: 100,
             seed: 0,
             shared: false,
+            channel_scale: false,
         }
     }
 
@@ -88,6 +94,14 @@ impl ClusterParams {
             Setting::Method,
             || {
                 "must be vq with a shared codebook (a palette of k-means centroids); dl learns a dictionary per subspace".into()
+            },
+        )?;
+        require(
+            !self.channel_scale || self.shared,
+            Setting::ChannelScale,
+            || {
+                "needs a shared codebook (--shared-codebook): per-channel scales multiply a palette"
+                    .into()
             },
         )?;
         if self.method == Method::Dl {
@@ -348,6 +362,11 @@ mod tests {
         let p = ClusterParams::new(Method::Dl, 1.0);
         let e = p.check().unwrap_err();
         assert_eq!(e.setting, Setting::Ratio);
+        let mut p = ClusterParams::new(Method::Vq, 4.0);
+        p.channel_scale = true;
+        let e = p.check().unwrap_err();
+        assert_eq!(e.setting, Setting::ChannelScale);
+        assert!(e.to_string().contains("shared codebook"), "{e}");
         assert!(e.to_string().contains("above 1"));
         let p = ClusterParams::new(Method::Vq, 5000.0).check().unwrap();
         assert!(p

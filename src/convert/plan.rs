@@ -294,6 +294,10 @@ const PACKING_JOIN_BYTES: f64 = 150.0;
 /// rows), besides the offsets' data.
 const OFFSETS_OVERHEAD_BYTES: f64 = 440.0;
 
+/// What per-channel scales add besides their M values: a `Mul` and the scale's name and shape
+/// (estimated from the nodes' size, as `PACKING_JOIN_BYTES`).
+const CHANNEL_SCALE_OVERHEAD_BYTES: f64 = 120.0;
+
 /// What DL's sparse codes add: the look-up of each code's atoms and the weighted sum.
 const CODES_OVERHEAD_BYTES: f64 = 1250.0;
 
@@ -376,7 +380,12 @@ fn compact_bytes(layer: &ConvLayer, p: &ValidParams, opset: i64) -> Option<f64> 
         false => 0.0,
     };
     let names = NAME_REFERENCES * layer.name.len() as f64;
-    Some(atoms + codes + gamma + offsets + unpacking + names + LAYER_OVERHEAD_BYTES)
+    // An upper bound: the scales are dropped where they do not lower the error.
+    let scales = match p.channel_scale {
+        true => m as f64 * e + CHANNEL_SCALE_OVERHEAD_BYTES,
+        false => 0.0,
+    };
+    Some(atoms + codes + gamma + offsets + unpacking + scales + names + LAYER_OVERHEAD_BYTES)
 }
 
 /// The unpacking subgraph's bytes for `count` indices below `bound`, packed: 7-bit indices

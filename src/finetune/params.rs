@@ -108,6 +108,8 @@ pub struct LayerVars {
     subspaces: Vec<SubspaceVars>,
     /// Every subspace's `atoms` is one variable (a shared codebook).
     shared: bool,
+    /// A palette's per-output-channel scale [M] ([`Codebook::channel_scale`]), trained too.
+    scale: Option<Var>,
     bias: Var,
     /// The layer's bias before calibration (zeros when it had none): the codebook's
     /// `bias_shift` is the trained bias minus this.
@@ -192,6 +194,10 @@ impl LayerVars {
             shape: cb.kernel_shape,
             subspaces,
             shared: palette.is_some(),
+            scale: match &cb.channel_scale {
+                Some(s) => Some(var(s, &[m])?),
+                None => None,
+            },
             bias: var(&bias, &[m])?,
             base_bias,
             train_bias,
@@ -239,6 +245,9 @@ impl LayerVars {
                 v.push(soft.weights.clone());
             }
         }
+        if let Some(scale) = &self.scale {
+            v.push(scale.clone());
+        }
         if self.train_bias {
             v.push(self.bias.clone());
         }
@@ -278,7 +287,10 @@ impl LayerVars {
             })
             .collect::<Result<_>>()?;
         let refs: Vec<&Tensor> = parts.iter().collect();
-        let kernel = Tensor::cat(&refs, 1)?.contiguous()?;
+        let mut kernel = Tensor::cat(&refs, 1)?.contiguous()?;
+        if let Some(scale) = &self.scale {
+            kernel = kernel.broadcast_mul(&scale.as_tensor().reshape((m, 1, 1, 1))?)?;
+        }
         Ok((kernel, self.bias.as_tensor().clone()))
     }
 
@@ -301,6 +313,9 @@ impl LayerVars {
     /// `cb` with the trained values (same Γ, Λ support, sizes).
     pub fn to_codebook(&self, cb: &Codebook) -> Result<Codebook> {
         let mut out = cb.clone();
+        if let Some(scale) = &self.scale {
+            out.channel_scale = Some(scale.to_vec1()?);
+        }
         for (sc, s) in out.subspaces.iter_mut().zip(&self.subspaces) {
             sc.atoms.data = s.atoms.flatten_all()?.to_vec1()?;
             if let Some(soft) = &s.soft {

@@ -29,8 +29,12 @@ enum Store {
         width: usize,
         coefficients: Option<String>,
     },
-    /// The compact form's shared codebook: one `[K, N′]` palette (VQ).
-    Palette { atoms: String },
+    /// The compact form's shared codebook: one `[K, N′]` palette (VQ), and its per-channel
+    /// scales `[M, 1, 1, 1]` when it has them.
+    Palette {
+        atoms: String,
+        scale: Option<String>,
+    },
     /// The standard-operator form: the atoms' 1×1 Conv weights (one, or the head's and the
     /// tail's when N′ does not divide N) and one coefficient tensor `[1, S·K, 1, 1]` per Λ slot.
     Ops {
@@ -103,6 +107,8 @@ struct Decoded {
     codes: Option<Vec<SparseCodes>>,
     /// Γ per subspace, in column order (`subspace::column`).
     assignment: Vec<Vec<u32>>,
+    /// A palette's per-channel scales.
+    channel_scale: Option<Vec<f32>>,
     bias: Option<String>,
 }
 
@@ -163,6 +169,7 @@ fn read_layer(
         bias_shift,
     )?;
     codebook.shared = shared;
+    codebook.channel_scale = decoded.channel_scale;
     Ok(StoredLayer {
         layer,
         codebook,
@@ -314,6 +321,7 @@ fn read_table(
         atoms,
         codes,
         assignment,
+        channel_scale: None,
         bias,
     })
 }
@@ -339,8 +347,24 @@ fn read_palette(
         [channels.len(), m, kh, kw],
         k,
     )?;
+    let scale_name = nodes.named("channel_scale");
+    let scale = match nodes.model.initializer(&scale_name) {
+        Some(_) => {
+            let (dims, values) = nodes.floats(&scale_name)?;
+            ensure!(
+                dims == [m, 1, 1, 1],
+                "channel scales `{scale_name}` of shape {dims:?}, expected [{m}, 1, 1, 1]"
+            );
+            Some((scale_name, values))
+        }
+        None => None,
+    };
     Ok(Decoded {
-        store: Store::Palette { atoms: atoms_name },
+        store: Store::Palette {
+            atoms: atoms_name,
+            scale: scale.as_ref().map(|(n, _)| n.clone()),
+        },
+        channel_scale: scale.map(|(_, v)| v),
         atoms: vec![Points { data, dim: width }; channels.len()],
         codes: None,
         assignment,
@@ -519,6 +543,7 @@ fn read_ops(nodes: &LayerNodes, (shape, channels, method): Geometry) -> Result<D
         atoms,
         codes,
         assignment,
+        channel_scale: None,
         bias,
     })
 }
@@ -613,6 +638,7 @@ fn assemble(
         },
         shared: false,
         subspaces,
+        channel_scale: None,
         bias_shift,
     })
 }
@@ -671,9 +697,12 @@ impl StoredLayer {
                     set_initializer(model, name, &coefs)?;
                 }
             }
-            Store::Palette { atoms } => {
+            Store::Palette { atoms, scale } => {
                 // One variable in training: every subspace's copy is the palette.
                 set_initializer(model, atoms, &subspaces[0].atoms.data)?;
+                if let (Some(name), Some(values)) = (scale, &trained.channel_scale) {
+                    set_initializer(model, name, values)?;
+                }
             }
             Store::Ops {
                 atoms,

@@ -12,6 +12,7 @@
 //! DL:  reps[S·K, N′] = Reshape(MatMul(coef[S,K,1,α], Gather(atoms[S·L,N′], idx + s·L)))
 //! VQ:  reps[S·K, N′] = Reshape(atoms[S,L,N′])
 //! W̃   = Gather(Transpose(Reshape(Gather(reps, Γ + s·K)), [M, S·N′, kh, kw]), channels < N)
+//! W̃   = W̃ · channel_scale[M, 1, 1, 1]    (a palette with per-channel scales)
 //! ```
 
 use anyhow::{ensure, Context, Result};
@@ -185,6 +186,15 @@ pub fn lower(
     if s * width != n {
         let channels: Vec<i64> = (0..n as i64).collect();
         weight = b.gather("weight", &weight, &channels)?;
+    }
+    if let Some(scale) = &codebook.channel_scale {
+        ensure!(
+            scale.len() == m,
+            "{ctx}: {} channel scales for {m} output channels",
+            scale.len()
+        );
+        let scale = b.float_init("channel_scale", &[m, 1, 1, 1], scale)?;
+        weight = b.node("Mul", "weight_scaled", vec![weight, scale], vec![])?;
     }
     if let Some(fc) = &layer.fc {
         let mut patch = finish_fc(model, layer, fc, codebook, b, &weight, settings)?;

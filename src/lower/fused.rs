@@ -117,6 +117,10 @@ pub fn lower(
         });
     }
     let ctx = layer_context(layer);
+    ensure!(
+        codebook.channel_scale.is_none(),
+        "{ctx}: per-channel scales are stored by the compact form (--form dense) only"
+    );
     let geo = Geometry::of(layer, codebook, shapes)?;
     let pads = geo.pads_at_known_size(&ctx)?;
     let Geometry {

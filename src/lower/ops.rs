@@ -175,6 +175,11 @@ fn lower_conv(
         "{}: the model's opset {opset} is older than {MIN_OPSET}, which onnx-dlq needs",
         layer_context(layer)
     );
+    ensure!(
+        codebook.channel_scale.is_none(),
+        "{}: per-channel scales are stored by the compact form (--form dense) only",
+        layer_context(layer)
+    );
     let geo = Geometry::of(layer, codebook, shapes)?;
     let bias = layer_bias(model, layer, codebook, geo.m)?;
     let taken = taken_names(model);
