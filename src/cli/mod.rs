@@ -305,9 +305,11 @@ pub struct CalibrationArgs {
     /// Calibrate on this many images.
     #[arg(long, default_value_t = 256, requires = "calibrate")]
     pub calib_samples: usize,
-    /// Which images: the first ones (the rest stay for `verify --skip N`), or spread evenly
-    /// over the folder (every class of a folder ordered by class, as CIFAR-10's is). The
-    /// output records them; `verify` and `stages` refuse to evaluate on them.
+    /// Which images: the first ones (the rest stay for `verify --skip N`), spread evenly over
+    /// the folder (every class of a folder ordered by class, as CIFAR-10's is), or the last
+    /// ones (the first stay for `verify --samples N`: with a `first` conversion, a two-fold
+    /// evaluation over the whole folder). The output records them; `verify` and `stages`
+    /// refuse to evaluate on them.
     #[arg(long, value_enum, default_value_t = ImageSelection::First, requires = "calibrate")]
     pub calib_select: ImageSelection,
     /// Ridge added to each input covariance, relative to its mean diagonal (see

@@ -19,6 +19,10 @@ pub enum ImageSelection {
     First,
     /// N spread evenly over the folder: every class of a folder ordered by class.
     Spread,
+    /// The last N: leaves the first ones for evaluation (`verify --samples`), so that two
+    /// conversions, one calibrated on the first images and one on the last, evaluate together
+    /// on the whole folder (two-fold cross-validation).
+    Last,
 }
 
 impl ImageSelection {
@@ -27,6 +31,7 @@ impl ImageSelection {
         match self {
             ImageSelection::First => (0..count.min(n)).collect(),
             ImageSelection::Spread => spread_indices(n, count),
+            ImageSelection::Last => (n - count.min(n)..n).collect(),
         }
     }
 }
@@ -119,14 +124,24 @@ pub fn check_disjoint(
         let taken = seen.indices();
         let overlap = taken.iter().filter(|i| evaluated.contains(i)).count();
         if overlap > 0 {
-            let first_free = taken.last().map_or(0, |&i| i + 1);
+            let remedy = match seen.select {
+                ImageSelection::Last => format!(
+                    "`--samples {}` keeps to the images before them",
+                    taken.first().map_or(0, |&i| i.saturating_sub(skip))
+                ),
+                _ => format!(
+                    "`--skip {}` leaves out all of them",
+                    taken.last().map_or(0, |&i| i + 1)
+                ),
+            };
             bail!(
-                "{what}: {step} used {} images of {} ({}); {overlap} of the images to evaluate (from image {skip} on) are among them, so its accuracy there would not be measured on unseen images: evaluate on others (`--skip {first_free}` leaves out all of them, or another folder)",
+                "{what}: {step} used {} images of {} ({}); {overlap} of the images to evaluate (from image {skip} on) are among them, so its accuracy there would not be measured on unseen images: evaluate on others ({remedy}, or another folder)",
                 seen.count,
                 folder.display(),
                 match seen.select {
                     ImageSelection::First => "the first ones",
                     ImageSelection::Spread => "spread over the folder",
+                    ImageSelection::Last => "the last ones",
                 },
             );
         }
@@ -151,5 +166,22 @@ mod tests {
             spread_indices(5000, 256).iter().map(|i| i / 500).collect();
         assert_eq!(classes.len(), 10);
         assert_eq!(ImageSelection::First.indices(10, 3), vec![0, 1, 2]);
+        assert_eq!(ImageSelection::Last.indices(10, 3), vec![7, 8, 9]);
+        assert_eq!(ImageSelection::Last.indices(2, 3), vec![0, 1]);
+    }
+
+    /// Calibrated on the last images: evaluating on the first ones passes, reaching into the
+    /// calibration images is refused with the `--samples` that avoids them.
+    #[test]
+    fn the_last_images_leave_the_first_for_evaluation() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = vec![(
+            "calibration".to_string(),
+            SeenImages::new(dir.path(), ImageSelection::Last, 256, 500),
+        )];
+        check_disjoint(&seen, "m", dir.path(), 0, 244).unwrap();
+        let e = check_disjoint(&seen, "m", dir.path(), 10, 300).unwrap_err();
+        assert!(e.to_string().contains("`--samples 234`"), "{e}");
+        assert!(e.to_string().contains("the last ones"), "{e}");
     }
 }
