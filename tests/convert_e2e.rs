@@ -510,6 +510,23 @@ fn target_compression_shrinks_the_file_as_predicted() {
         "{}",
         common::stderr(&o)
     );
+    // Per-channel scales multiply a palette: without one they are refused, naming the flag.
+    let o = common::run(&[
+        common::path_str(&input),
+        common::path_str(&tmp.path().join("y.onnx")),
+        "--form",
+        "dense",
+        "--method",
+        "vq",
+        "--channel-scale",
+    ]);
+    assert!(!o.status.success());
+    let e = common::stderr(&o);
+    assert!(
+        e.contains("--channel-scale") && e.contains("shared codebook"),
+        "{e}"
+    );
+    assert!(!tmp.path().join("y.onnx").exists());
 }
 
 /// `--shared-codebook` with `--target-compression`, calibrated in ONNX Runtime: every layer

@@ -376,6 +376,7 @@ fn recount(
                 output_error: l.output_errors.map(|e| e.calibrated),
                 output_error_uncalibrated: l.output_errors.map(|e| e.plain),
                 refit: l.output_errors.and_then(|e| e.refit),
+                channel_scale: cb.channel_scale.is_some(),
             }
         })
         .collect()

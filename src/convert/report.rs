@@ -40,6 +40,10 @@ pub struct LayerReport {
     /// (against the original model's layer output) before and after it.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub refit: Option<crate::calibrate::RefitOutcome>,
+    /// The palette kept per-channel scales (`--channel-scale`; only where they lowered the
+    /// error).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub channel_scale: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -126,7 +130,10 @@ pub fn render(r: &ConvertReport) -> String {
             l.kernel[1],
             l.kernel[2],
             l.kernel[3],
-            l.method.as_str(),
+            match l.channel_scale {
+                true => format!("{}+scale", l.method.as_str()),
+                false => l.method.as_str().to_string(),
+            },
             l.subspaces,
             l.k_vq,
             l.k,
