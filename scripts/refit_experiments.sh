@@ -131,3 +131,14 @@ finetune sq-pal-c8-k128-ft $SQ "$SQ_EVAL" sq-pal-c8-k128 $SQ_DATA --epochs 3
 # Palette width under the final build: SqueezeNet with scalar palettes, ResNet-56 with N' = 2.
 run sq-pal-c8-n1-e2e $SQ "$SQ_EVAL" --all --target-compression 8 --subspace 1 $SQ_CAL
 run r56-pal-c8-n2-e2e $R56 "$RN_EVAL" --all --target-compression 8 $RN_CALS
+# Palettes scaled per output channel (--channel-scale: each channel clustered relative to its
+# largest weight, kept per layer where it lowers the error), both palette widths.
+run sq-pal-c8-cs $SQ "$SQ_EVAL" --all --target-compression 8 --channel-scale $SQ_CAL
+run sq-pal-c8-n1-cs $SQ "$SQ_EVAL" --all --target-compression 8 --subspace 1 --channel-scale $SQ_CAL
+run r56-pal-c8-cs $R56 "$RN_EVAL" --all --target-compression 8 --channel-scale $RN_CALS
+# The other fold: calibrated on the last 256 ImageNet-sample images, evaluated on the first 244
+# (with the rows above, every image of the 488 evaluated by a model that did not see it).
+SQ_EVAL_FIRST="--data $S/data/imagenet-sample $SQ_PRE --samples 244"
+SQ_CAL_LAST="--calibrate $S/data/imagenet-sample $SQ_PRE --calib-samples 256 --calib-select last"
+run sq-pal-c8-last $SQ "$SQ_EVAL_FIRST" --all --target-compression 8 $SQ_CAL_LAST
+run sq-pal-c8-cs-last $SQ "$SQ_EVAL_FIRST" --all --target-compression 8 --channel-scale $SQ_CAL_LAST

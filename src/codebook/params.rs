@@ -362,12 +362,12 @@ mod tests {
         let p = ClusterParams::new(Method::Dl, 1.0);
         let e = p.check().unwrap_err();
         assert_eq!(e.setting, Setting::Ratio);
+        assert!(e.to_string().contains("above 1"));
         let mut p = ClusterParams::new(Method::Vq, 4.0);
         p.channel_scale = true;
         let e = p.check().unwrap_err();
         assert_eq!(e.setting, Setting::ChannelScale);
         assert!(e.to_string().contains("shared codebook"), "{e}");
-        assert!(e.to_string().contains("above 1"));
         let p = ClusterParams::new(Method::Vq, 5000.0).check().unwrap();
         assert!(p
             .sizes(256, 64, 9)
