@@ -514,6 +514,7 @@ fn target_compression_shrinks_the_file_as_predicted() {
     let o = common::run(&[
         common::path_str(&input),
         common::path_str(&tmp.path().join("y.onnx")),
+        "--all",
         "--form",
         "dense",
         "--method",
