@@ -26,6 +26,7 @@ pub enum Setting {
     Skip,
     InputShape,
     ChannelScale,
+    F16Palette,
 }
 
 impl Setting {
@@ -51,6 +52,7 @@ impl Setting {
             Setting::Skip => "the number of images skipped",
             Setting::InputShape => "the input shape",
             Setting::ChannelScale => "the per-channel scale",
+            Setting::F16Palette => "the float16 palette",
         }
     }
 }

@@ -496,6 +496,21 @@ fn target_compression_shrinks_the_file_as_predicted() {
         .node
         .iter()
         .all(|n| n.op_type.as_deref() != Some("DlqConv")));
+    // A size budget stores its palettes as float16.
+    let palettes: Vec<_> = converted
+        .graph()
+        .initializer
+        .iter()
+        .filter(|t| t.name.as_deref().unwrap().ends_with("/atoms"))
+        .collect();
+    assert!(
+        !palettes.is_empty() && palettes.iter().all(|t| t.data_type == Some(10)),
+        "{:?}",
+        palettes
+            .iter()
+            .map(|t| (&t.name, t.data_type))
+            .collect::<Vec<_>>()
+    );
     let o = common::run(&[
         common::path_str(&input),
         common::path_str(&tmp.path().join("x.onnx")),

@@ -323,9 +323,10 @@ fn finetune_subcommand_equals_convert_finetune_in_every_form() {
     };
     // Γ in 4 bits, in 7 bits (two planes), in one byte.
     let (packed, split, bytes) = (palette("16"), palette("100"), palette("140"));
-    // Per-channel scales (which the digits model's conv4 keeps): trained and written back.
+    // Per-channel scales (which the digits model's conv4 keeps), in float16: trained, rounded
+    // and written back.
     let mut scaled = palette("16").to_vec();
-    scaled.extend(["--channel-scale", ""]);
+    scaled.extend(["--channel-scale", "", "--f16-palette", ""]);
     let digits = repo_path("models/digits-test");
     let calibrated = ["--calibrate", digits.as_str(), "--calib-samples", "32"];
     let variants = [
@@ -380,6 +381,10 @@ fn finetune_subcommand_equals_convert_finetune_in_every_form() {
                 names.filter(|n| n.ends_with("channel_scale")).count() > 0,
                 "no layer kept its channel scales"
             );
+            let half = m.graph().initializer.iter().filter(|t| {
+                t.name.as_deref().is_some_and(|n| n.ends_with("atoms")) && t.data_type == Some(10)
+            });
+            assert!(half.count() > 0, "no float16 palette");
         }
         let o = common::bin()
             .args([

@@ -3,7 +3,8 @@
 //! node, run in tract through onnx-dlq's op register and in ONNX Runtime through
 //! libonnx_dlq_ort, and the compact form (whose kernel subgraph both engines fold at load),
 //! equal a dense Conv with the reconstructed kernel; so do shared codebooks (palettes) with
-//! indices packed below 8 bits, with and without per-channel scales, at opsets 7–18. Also: a
+//! indices packed below 8 bits, with and without per-channel scales, in float32 and float16, at
+//! opsets 7–18. Also: a
 //! `DlqConv` whose assignment holds an index ≥ K is refused, naming the node.
 
 mod common;
@@ -206,6 +207,11 @@ fn compact_palette(
         // random, whether or not the learning kept them.
         cb.channel_scale = Some((0..s.m).map(|_| rng.random_range(0.25f32..2.0)).collect());
     }
+    if !every_vector && rng.random_range(0..2) == 0 {
+        // A float16 palette (`--f16-palette`), stored as float16 and cast back.
+        cb.f16_palette = true;
+        cb.round_palette();
+    }
     let (dense, compact) = dense_and_compact(&original, &cb);
     (original, compact, dense)
 }
@@ -217,7 +223,7 @@ fn compact_palette(
 fn shared_palettes_with_packed_indices_equal_the_dense_reference() {
     let python = ort_python("shared_palettes_with_packed_indices_equal_the_dense_reference");
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(16);
-    let (mut split, mut scaled) = (false, false);
+    let (mut split, mut scaled, mut half) = (false, false, false);
     for i in 0..16 {
         let mut spec = random_spec(&mut rng);
         spec.opset = [7, 9, 11, 13, 18][i % 5];
@@ -247,6 +253,10 @@ fn shared_palettes_with_packed_indices_equal_the_dense_reference() {
             .initializer
             .iter()
             .any(|t| t.name.as_deref().unwrap().ends_with("channel_scale"));
+        half |= compact.graph().initializer.iter().any(|t| {
+            t.name.as_deref().unwrap().ends_with("atoms") && t.data_type == Some(10)
+            // FLOAT16
+        });
         let shape = [spec.batch, spec.n, spec.h, spec.w];
         let x = ArrayD::from_shape_vec(IxDyn(&shape), uniform(&mut rng, shape.iter().product()))
             .unwrap();
@@ -275,6 +285,7 @@ fn shared_palettes_with_packed_indices_equal_the_dense_reference() {
     }
     assert!(split, "no case stored 7-bit indices (two planes)");
     assert!(scaled, "no case had per-channel scales");
+    assert!(half, "no case stored a float16 palette");
 }
 
 #[test]

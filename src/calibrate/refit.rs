@@ -546,6 +546,7 @@ fn to_codebook(cb: &Codebook, params: &Params) -> Codebook {
             };
         }
     }
+    out.round_palette();
     out
 }
 

@@ -135,6 +135,7 @@ fn random_codebook(kernel: [usize; 4], params: &ValidParams) -> Result<Codebook>
         shared: false,
         subspaces,
         channel_scale: None,
+        f16_palette: false,
         bias_shift: None,
     })
 }

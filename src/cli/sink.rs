@@ -128,6 +128,7 @@ pub fn flag(setting: Setting) -> &'static str {
         Setting::Skip => "--skip",
         Setting::InputShape => "--input-shape",
         Setting::ChannelScale => "--channel-scale",
+        Setting::F16Palette => "--f16-palette",
     }
 }
 

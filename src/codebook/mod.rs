@@ -75,6 +75,9 @@ pub struct Codebook {
     /// `channel_scale[k]` times the palette entries Γ picks, so one table serves channels of
     /// different ranges. `None`: the entries are the weights.
     pub channel_scale: Option<Vec<f32>>,
+    /// A palette whose entries (and channel scales) are float16 values
+    /// ([`Codebook::round_palette`]), which the compact form stores as float16.
+    pub f16_palette: bool,
     /// Added to the layer's bias (one value per output channel) by the rewrite: calibration's
     /// correction of the output mean. `None` from plain weight-error learning.
     pub bias_shift: Option<Vec<f32>>,
@@ -102,6 +105,25 @@ impl Codebook {
         w
     }
 
+    /// With `f16_palette`, the palette's entries and channel scales rounded to float16, which
+    /// the compact form then stores in half the bytes (`lower::dense`): the rounding (a
+    /// relative 2⁻¹¹) is far below a lossy palette's clustering error, and rounding here,
+    /// where the codebook is made (learnt, refitted, trained), keeps W̃ what every form and
+    /// report computes. Values float16 cannot hold stay as they are (and are stored as f32).
+    pub fn round_palette(&mut self) {
+        if !self.shared || !self.f16_palette {
+            return;
+        }
+        for sc in &mut self.subspaces {
+            if let Some(rounded) = to_f16_values(&sc.atoms.data) {
+                sc.atoms.data = rounded;
+            }
+        }
+        if let Some(rounded) = self.channel_scale.as_deref().and_then(to_f16_values) {
+            self.channel_scale = Some(rounded);
+        }
+    }
+
     /// Γ of every subspace, one after the other (`[S, M, kh, kw]` row-major).
     pub fn flat_assignment(&self) -> Vec<u32> {
         self.subspaces
@@ -123,6 +145,21 @@ impl Codebook {
         }
         (num / den).sqrt()
     }
+}
+
+/// `values` rounded to float16 (as f32), or `None` when one of them does not fit (beyond
+/// ±65504).
+fn to_f16_values(values: &[f32]) -> Option<Vec<f32>> {
+    let rounded: Vec<f32> = values
+        .iter()
+        .map(|&v| half::f16::from_f32(v).to_f32())
+        .collect();
+    rounded.iter().all(|v| v.is_finite()).then_some(rounded)
+}
+
+/// Whether every value is exactly a float16 (so storing it as one loses nothing).
+pub fn f16_exact(values: &[f32]) -> bool {
+    values.iter().all(|&v| half::f16::from_f32(v).to_f32() == v)
 }
 
 /// A per-subspace RNG stream: the same for any thread count or scheduling.
@@ -187,15 +224,18 @@ pub fn learn_weighted(
             channel_weights,
             &mut subspace_rng(params.seed, 0),
         );
-        return Ok(Codebook {
+        let mut cb = Codebook {
             method: params.method,
             kernel_shape: [m, n, kh, kw],
             sizes,
             shared: true,
             subspaces,
             channel_scale,
+            f16_palette: params.f16_palette,
             bias_shift: None,
-        });
+        };
+        cb.round_palette();
+        return Ok(cb);
     }
     let plan = SubspacePlan::new(n, params.subspace);
     let ranges: Vec<Range<usize>> = plan.ranges().collect();
@@ -253,6 +293,7 @@ pub fn learn_weighted(
         shared: false,
         subspaces,
         channel_scale: None,
+        f16_palette: false,
         bias_shift: None,
     })
 }
@@ -265,6 +306,27 @@ mod tests {
     fn random_kernel(shape: (usize, usize, usize, usize), seed: u64) -> Array4<f32> {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
         Array4::from_shape_fn(shape, |_| rng.random_range(-1.0..1.0))
+    }
+
+    /// `f16_palette`: the palette and scales are float16 values; beyond float16's range they
+    /// stay float32 (and the compact form then stores float32).
+    #[test]
+    fn an_f16_palette_is_rounded_where_float16_holds_it() {
+        let kernel = random_kernel((6, 4, 3, 3), 2);
+        let mut p = ClusterParams::new(Method::Vq, 4.0);
+        (p.subspace, p.shared, p.f16_palette, p.channel_scale) = (2, true, true, true);
+        let p = p.check().unwrap();
+        let cb = learn(kernel.view(), &p).unwrap();
+        let palette = &cb.subspaces[0].atoms.data;
+        assert!(f16_exact(palette) && !f16_exact(&[0.1]));
+        assert!(cb.subspaces.iter().all(|s| &s.atoms.data == palette));
+        assert!(cb.channel_scale.as_deref().is_none_or(f16_exact));
+        let huge = kernel.mapv(|v| v * 1e6);
+        let mut plain = ClusterParams::clone(&p);
+        plain.channel_scale = false;
+        let cb = learn(huge.view(), &plain.check().unwrap()).unwrap();
+        assert!(!f16_exact(&cb.subspaces[0].atoms.data));
+        assert!(cb.subspaces[0].atoms.data.iter().all(|v| v.is_finite()));
     }
 
     #[test]

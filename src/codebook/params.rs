@@ -56,6 +56,10 @@ pub struct ClusterParams {
     /// their precision (Core ML's per-channel scale). Needs `shared`.
     #[serde(default)]
     pub channel_scale: bool,
+    /// A shared codebook's entries (and scales) are float16 values, stored in half the bytes
+    /// (rounded where the codebook is learnt). Needs `shared`.
+    #[serde(default)]
+    pub f16_palette: bool,
 }
 
 impl ClusterParams {
@@ -74,6 +78,7 @@ impl ClusterParams {
             seed: 0,
             shared: false,
             channel_scale: false,
+            f16_palette: false,
         }
     }
 
@@ -103,6 +108,11 @@ impl ClusterParams {
                 "needs a shared codebook (--shared-codebook): per-channel scales multiply a palette"
                     .into()
             },
+        )?;
+        require(
+            !self.f16_palette || self.shared,
+            Setting::F16Palette,
+            || "needs a shared codebook (--shared-codebook): it stores a palette in float16".into(),
         )?;
         if self.method == Method::Dl {
             require(self.alpha > 0, Setting::Alpha, || {

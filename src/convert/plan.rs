@@ -298,6 +298,10 @@ const OFFSETS_OVERHEAD_BYTES: f64 = 440.0;
 /// (estimated from the nodes' size, as `PACKING_JOIN_BYTES`).
 const CHANNEL_SCALE_OVERHEAD_BYTES: f64 = 120.0;
 
+/// What casting a float16 table to the layer's type adds: a `Cast` node (estimated from the
+/// nodes' size, as `PACKING_JOIN_BYTES`).
+const CAST_OVERHEAD_BYTES: f64 = 60.0;
+
 /// What DL's sparse codes add: the look-up of each code's atoms and the weighted sum.
 const CODES_OVERHEAD_BYTES: f64 = 1250.0;
 
@@ -359,7 +363,13 @@ fn compact_bytes(layer: &ConvLayer, p: &ValidParams, opset: i64) -> Option<f64> 
     let z = p.sizes(m, n, kh * kw).ok()?;
     let (s, l, k, a, w) = (z.subspaces, z.l, z.k, p.alpha, p.subspace);
     let tables = if p.shared { 1 } else { s };
-    let atoms = (tables * l * w) as f64 * e;
+    // A float16 palette (and its scales) in a wider model, cast back at load.
+    let narrow = p.f16_palette && e > 2.0;
+    let (palette_e, cast) = match narrow {
+        true => (2.0, CAST_OVERHEAD_BYTES),
+        false => (e, 0.0),
+    };
+    let atoms = (tables * l * w) as f64 * palette_e + cast;
     let (codes, reps) = match p.method {
         Method::Dl => {
             let width = packing::plain_index_width(l) as f64;
@@ -382,7 +392,7 @@ fn compact_bytes(layer: &ConvLayer, p: &ValidParams, opset: i64) -> Option<f64> 
     let names = NAME_REFERENCES * layer.name.len() as f64;
     // An upper bound: the scales are dropped where they do not lower the error.
     let scales = match p.channel_scale {
-        true => m as f64 * e + CHANNEL_SCALE_OVERHEAD_BYTES,
+        true => m as f64 * palette_e + cast + CHANNEL_SCALE_OVERHEAD_BYTES,
         false => 0.0,
     };
     Some(atoms + codes + gamma + offsets + unpacking + scales + names + LAYER_OVERHEAD_BYTES)

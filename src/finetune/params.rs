@@ -330,6 +330,8 @@ impl LayerVars {
                 };
             }
         }
+        // A float16 palette stays one (`Codebook::round_palette`).
+        out.round_palette();
         if !self.train_bias {
             return Ok(out);
         }

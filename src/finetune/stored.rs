@@ -17,6 +17,7 @@ use crate::eval::seen;
 use crate::lower::{packing, LayerSettings};
 use crate::onnx::model::OnnxModel;
 use crate::onnx::tensor;
+use crate::proto::tensor_proto::DataType;
 use crate::proto::NodeProto;
 
 /// Where a layer's continuous values live in the converted model.
@@ -170,6 +171,12 @@ fn read_layer(
     )?;
     codebook.shared = shared;
     codebook.channel_scale = decoded.channel_scale;
+    // A float16 palette stays one when trained (the initializer keeps its type).
+    if let Store::Palette { atoms, .. } = &decoded.store {
+        codebook.f16_palette = converted
+            .initializer(atoms)
+            .is_some_and(|t| t.data_type == Some(DataType::Float16 as i32));
+    }
     Ok(StoredLayer {
         layer,
         codebook,
@@ -639,6 +646,7 @@ fn assemble(
         shared: false,
         subspaces,
         channel_scale: None,
+        f16_palette: false,
         bias_shift,
     })
 }

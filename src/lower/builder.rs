@@ -74,6 +74,31 @@ impl Builder<'_> {
         Ok(n)
     }
 
+    /// A float constant stored as float16 when every value is one exactly and the layer's
+    /// type is wider (f32, f64), then cast to the layer's type (engines fold the Cast at load);
+    /// else as [`Builder::float_init`]. Returns the name of the layer-typed value.
+    pub fn narrow_float_init(
+        &mut self,
+        what: &str,
+        shape: &[usize],
+        values: &[f32],
+    ) -> Result<String> {
+        let wider = matches!(self.elem, FloatType::F32 | FloatType::F64);
+        if !wider || !crate::codebook::f16_exact(values) {
+            return self.float_init(what, shape, values);
+        }
+        let n = self.name(what)?;
+        self.inits
+            .push(tensor::new_tensor(&n, shape, values, FloatType::F16));
+        let to = self.elem.onnx() as i64;
+        self.node(
+            "Cast",
+            &format!("{what}_float"),
+            vec![n],
+            vec![crate::onnx::build::attr_int("to", to)],
+        )
+    }
+
     /// A float32 constant whatever the layer's element type (in-graph size arithmetic).
     pub fn f32_init(&mut self, what: &str, values: &[f32]) -> Result<String> {
         let n = self.name(what)?;

@@ -6,7 +6,8 @@
 //! folding) and run the original Conv: the file shrinks, the latency stays. Plain ONNX at the
 //! model's opset (7 or later: broadcasting Add), valid for any input size the original accepts.
 //! Γ below 8 bits is stored packed (`packing`); a shared codebook (a palette) is stored once,
-//! as the `[K, N′]` table itself, and Γ indexes it directly (no per-subspace offsets).
+//! as the `[K, N′]` table itself, and Γ indexes it directly (no per-subspace offsets); a
+//! float16 palette (`--f16-palette`) is stored so and cast to the layer's type.
 //!
 //! ```text
 //! DL:  reps[S·K, N′] = Reshape(MatMul(coef[S,K,1,α], Gather(atoms[S·L,N′], idx + s·L)))
@@ -128,6 +129,21 @@ fn representatives(
     )
 }
 
+/// A palette's table or scales: float16 when the codebook's palette is
+/// (`Codebook::f16_palette`), so stored in half the bytes and cast to the layer's type.
+fn palette_init(
+    b: &mut Builder,
+    codebook: &Codebook,
+    what: &str,
+    shape: &[usize],
+    values: &[f32],
+) -> Result<String> {
+    match codebook.f16_palette {
+        true => b.narrow_float_init(what, shape, values),
+        false => b.float_init(what, shape, values),
+    }
+}
+
 /// Builds the compact replacement of `layer`: the original Conv reading W̃ from the subgraph.
 pub fn lower(
     model: &OnnxModel,
@@ -158,7 +174,13 @@ pub fn lower(
             "{ctx}: a palette of {}-value rows for subspaces of {width}",
             palette.dim
         );
-        b.float_init("atoms", &[palette.len(), width], &palette.data)?
+        palette_init(
+            &mut b,
+            codebook,
+            "atoms",
+            &[palette.len(), width],
+            &palette.data,
+        )?
     } else {
         let inputs = codebook_inputs(&mut b, codebook, sizes, &ctx)?;
         representatives(&mut b, &inputs, sizes)?
@@ -193,7 +215,7 @@ pub fn lower(
             "{ctx}: {} channel scales for {m} output channels",
             scale.len()
         );
-        let scale = b.float_init("channel_scale", &[m, 1, 1, 1], scale)?;
+        let scale = palette_init(&mut b, codebook, "channel_scale", &[m, 1, 1, 1], scale)?;
         weight = b.node("Mul", "weight_scaled", vec![weight, scale], vec![])?;
     }
     if let Some(fc) = &layer.fc {
