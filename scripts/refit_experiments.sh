@@ -142,3 +142,8 @@ SQ_EVAL_FIRST="--data $S/data/imagenet-sample $SQ_PRE --samples 244"
 SQ_CAL_LAST="--calibrate $S/data/imagenet-sample $SQ_PRE --calib-samples 256 --calib-select last"
 run sq-pal-c8-last $SQ "$SQ_EVAL_FIRST" --all --target-compression 8 $SQ_CAL_LAST
 run sq-pal-c8-cs-last $SQ "$SQ_EVAL_FIRST" --all --target-compression 8 --channel-scale $SQ_CAL_LAST
+# Palettes stored in float16 (the size budget's default since session 23: the bytes go to
+# larger palettes instead), both SqueezeNet folds, and ResNet-56.
+run sq-pal-c8-h $SQ "$SQ_EVAL" --all --target-compression 8 $SQ_CAL
+run sq-pal-c8-h-last $SQ "$SQ_EVAL_FIRST" --all --target-compression 8 $SQ_CAL_LAST
+run r56-pal-c8-h $R56 "$RN_EVAL" --all --target-compression 8 $RN_CALS

@@ -490,7 +490,8 @@ fn a_fused_target_speedup_is_a_latency_budget() {
 }
 
 /// `--form dense` on a whole model: the file shrinks, and after loading, both engines run the
-/// original graph (the kernel subgraphs fold into constant weights).
+/// original graph (the kernel subgraphs fold into constant weights) — with per-subspace
+/// codebooks, and with palettes in float16 scaled per channel (their Casts and Mul fold too).
 #[test]
 fn compact_models_are_smaller_and_fold_to_the_original_graph() {
     let test = "compact_models_are_smaller_and_fold_to_the_original_graph";
@@ -499,42 +500,48 @@ fn compact_models_are_smaller_and_fold_to_the_original_graph() {
         None => (common::default_model(), [1, 3, 8, 8]),
     };
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("compact.onnx");
-    let o = common::run(&[
-        common::path_str(&model),
-        common::path_str(&out),
-        "--all",
-        "--method",
-        "vq",
-        "--subspace",
-        "2",
-        "--k",
-        "256",
-        "--form",
-        "dense",
-        "--no-latency",
-    ]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    // With N′ = 2 and K = 256, rebuilding conv10's 512k-weight kernel outgrows its codebook
-    // more than tract's own constant folding allows: onnx-dlq's runner folds it (and every
-    // other compact kernel) itself, so the plan is the original's.
-    let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
-    assert!(
-        size(&out) * 2 < size(&model),
-        "{} -> {} bytes",
-        size(&model),
-        size(&out)
-    );
-    compact_sizes_add_up_in_diff_and_verify(test, &model, &out);
-    let original = onnx_dlq::onnx::model::load(&model).unwrap();
-    let compact = onnx_dlq::onnx::model::load(&out).unwrap();
-    let ops = |m: &OnnxModel| Runner::new(m, &shape).unwrap().op_counts();
-    assert_eq!(ops(&compact), ops(&original));
-    if let Some(python) = ort_python(test) {
-        assert_eq!(
-            common::ort_optimized_ops(&python, &out),
-            common::ort_optimized_ops(&python, &model)
+    let palettes = ["--shared-codebook", "--channel-scale", "--f16-palette"];
+    for (i, extra) in [&[][..], &palettes[..]].into_iter().enumerate() {
+        let out = tmp.path().join(format!("compact{i}.onnx"));
+        let mut args = vec![
+            common::path_str(&model),
+            common::path_str(&out),
+            "--all",
+            "--method",
+            "vq",
+            "--subspace",
+            "2",
+            "--k",
+            "256",
+            "--form",
+            "dense",
+            "--no-latency",
+        ];
+        args.extend(extra);
+        let o = common::run(&args);
+        assert!(o.status.success(), "{extra:?}: {}", common::stderr(&o));
+        // With N′ = 2 and K = 256, rebuilding conv10's 512k-weight kernel outgrows its codebook
+        // more than tract's own constant folding allows: onnx-dlq's runner folds it (and every
+        // other compact kernel) itself, so the plan is the original's.
+        let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
+        assert!(
+            size(&out) * 2 < size(&model),
+            "{extra:?}: {} -> {} bytes",
+            size(&model),
+            size(&out)
         );
+        compact_sizes_add_up_in_diff_and_verify(test, &model, &out);
+        let original = onnx_dlq::onnx::model::load(&model).unwrap();
+        let compact = onnx_dlq::onnx::model::load(&out).unwrap();
+        let ops = |m: &OnnxModel| Runner::new(m, &shape).unwrap().op_counts();
+        assert_eq!(ops(&compact), ops(&original), "{extra:?}");
+        if let Some(python) = ort_python(test) {
+            assert_eq!(
+                common::ort_optimized_ops(&python, &out),
+                common::ort_optimized_ops(&python, &model),
+                "{extra:?}"
+            );
+        }
     }
 }
 
