@@ -455,7 +455,8 @@ fn all_skips_strided_layers_that_would_cost_more() {
 }
 
 /// `--target-compression X`: the compact form with a ρ per layer chosen by bytes saved; the
-/// budget's prediction holds for the written file, and no other form is accepted.
+/// budget's prediction holds for the written file (float16 palettes), and no other form is
+/// accepted.
 #[test]
 fn target_compression_shrinks_the_file_as_predicted() {
     let tmp = tempfile::tempdir().unwrap();
@@ -466,6 +467,7 @@ fn target_compression_shrinks_the_file_as_predicted() {
         common::path_str(&out),
         "--target-compression",
         "2",
+        "--f16-palette",
         "--no-latency",
         "--json",
     ]);
@@ -496,7 +498,7 @@ fn target_compression_shrinks_the_file_as_predicted() {
         .node
         .iter()
         .all(|n| n.op_type.as_deref() != Some("DlqConv")));
-    // A size budget stores its palettes as float16.
+    // --f16-palette: the palettes are stored as float16 (and the prediction counts them so).
     let palettes: Vec<_> = converted
         .graph()
         .initializer

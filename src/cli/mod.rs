@@ -200,8 +200,7 @@ pub struct ConvertArgs {
     #[arg(long)]
     pub channel_scale: bool,
     /// Store palettes (and their scales) as float16, in half the bytes, cast back at load; the
-    /// entries are rounded where they are learnt. The default with --target-compression's
-    /// palettes. Shared codebooks only.
+    /// entries are rounded where they are learnt. Shared codebooks only.
     #[arg(long)]
     pub f16_palette: bool,
     #[command(flatten)]
@@ -648,8 +647,7 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
     let mut params = args.settings.params(method, args.ratio);
     params.shared = shared;
     params.channel_scale = args.channel_scale;
-    // A size budget spends every byte: a palette's f32 precision buys nothing there.
-    params.f16_palette = args.f16_palette || (shared && args.target_compression.is_some());
+    params.f16_palette = args.f16_palette;
     if shared && args.settings.subspace.is_none() {
         params.subspace = SHARED_SUBSPACE;
     }
