@@ -144,6 +144,21 @@ fn palette_init(
     }
 }
 
+/// W̃ `[M, N, kh, kw]` times the palette's per-channel scales, when it has them.
+fn scaled(b: &mut Builder, codebook: &Codebook, weight: String, ctx: &str) -> Result<String> {
+    let Some(scale) = &codebook.channel_scale else {
+        return Ok(weight);
+    };
+    let m = codebook.kernel_shape[0];
+    ensure!(
+        scale.len() == m,
+        "{ctx}: {} channel scales for {m} output channels",
+        scale.len()
+    );
+    let scale = palette_init(b, codebook, "channel_scale", &[m, 1, 1, 1], scale)?;
+    b.node("Mul", "weight_scaled", vec![weight, scale], vec![])
+}
+
 /// Builds the compact replacement of `layer`: the original Conv reading W̃ from the subgraph.
 pub fn lower(
     model: &OnnxModel,
@@ -209,15 +224,7 @@ pub fn lower(
         let channels: Vec<i64> = (0..n as i64).collect();
         weight = b.gather("weight", &weight, &channels)?;
     }
-    if let Some(scale) = &codebook.channel_scale {
-        ensure!(
-            scale.len() == m,
-            "{ctx}: {} channel scales for {m} output channels",
-            scale.len()
-        );
-        let scale = palette_init(&mut b, codebook, "channel_scale", &[m, 1, 1, 1], scale)?;
-        weight = b.node("Mul", "weight_scaled", vec![weight, scale], vec![])?;
-    }
+    weight = scaled(&mut b, codebook, weight, &ctx)?;
     if let Some(fc) = &layer.fc {
         let mut patch = finish_fc(model, layer, fc, codebook, b, &weight, settings)?;
         patch
