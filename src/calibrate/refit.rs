@@ -340,14 +340,11 @@ impl Objective {
     /// ½ s² uₖ H uₖᵀ − s Bₖ·uₖ (uₖ the unscaled row) is least at s = Bₖ·uₖ / uₖ H uₖᵀ. A
     /// non-positive or non-finite optimum (a row the entries cannot fit) keeps its scale.
     fn fit_scales(&self, params: &mut Params) {
-        if params.scale.is_none() {
-            return;
-        }
-        let u = params.unscaled_kernel();
-        let uh = u.dot(&self.h);
-        let Some(scale) = params.scale.as_mut() else {
+        let Some(mut scale) = params.scale.take() else {
             return;
         };
+        let u = params.unscaled_kernel();
+        let uh = u.dot(&self.h);
         for (k, s) in scale.iter_mut().enumerate() {
             let num = self.b.row(k).dot(&u.row(k));
             let den = uh.row(k).dot(&u.row(k));
@@ -356,6 +353,7 @@ impl Objective {
                 *s = best;
             }
         }
+        params.scale = Some(scale);
     }
 
     /// One sweep of coordinate descent over Γ (see [`RefitOptions::reassign`]), columns in a

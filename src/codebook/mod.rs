@@ -91,10 +91,10 @@ impl Codebook {
         for sc in &self.subspaces {
             let reps = sc.representatives();
             for k in 0..m {
+                let scale = self.channel_scale.as_ref().map_or(1.0, |s| s[k]);
                 for u in 0..kh {
                     for v in 0..kw {
                         let r = sc.assignment[subspace::column(k, u, v, kh, kw)] as usize;
-                        let scale = self.channel_scale.as_ref().map_or(1.0, |s| s[k]);
                         for (c, &x) in sc.channels.clone().zip(reps.row(r)) {
                             w[[k, c, u, v]] = scale * x;
                         }

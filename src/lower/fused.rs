@@ -46,6 +46,16 @@ pub(super) fn codebook_sizes(codebook: &Codebook, ctx: &str) -> Result<[usize; 5
     Ok(sizes)
 }
 
+/// The forms that compute with the representatives (ops, fused) have no place for a palette's
+/// per-channel scales; only the compact form stores them.
+pub(super) fn refuse_channel_scale(codebook: &Codebook, ctx: &str) -> Result<()> {
+    ensure!(
+        codebook.channel_scale.is_none(),
+        "{ctx}: per-channel scales are stored by the compact form (--form dense) only"
+    );
+    Ok(())
+}
+
 /// The initializers of the codebook (atoms, and for DL the atom indices and coefficients), as
 /// the node's inputs 1–3 (empty names for VQ's absent codes).
 pub(super) fn codebook_inputs(
@@ -117,10 +127,7 @@ pub fn lower(
         });
     }
     let ctx = layer_context(layer);
-    ensure!(
-        codebook.channel_scale.is_none(),
-        "{ctx}: per-channel scales are stored by the compact form (--form dense) only"
-    );
+    refuse_channel_scale(codebook, &ctx)?;
     let geo = Geometry::of(layer, codebook, shapes)?;
     let pads = geo.pads_at_known_size(&ctx)?;
     let Geometry {

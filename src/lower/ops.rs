@@ -175,11 +175,7 @@ fn lower_conv(
         "{}: the model's opset {opset} is older than {MIN_OPSET}, which onnx-dlq needs",
         layer_context(layer)
     );
-    ensure!(
-        codebook.channel_scale.is_none(),
-        "{}: per-channel scales are stored by the compact form (--form dense) only",
-        layer_context(layer)
-    );
+    super::fused::refuse_channel_scale(codebook, &layer_context(layer))?;
     let geo = Geometry::of(layer, codebook, shapes)?;
     let bias = layer_bias(model, layer, codebook, geo.m)?;
     let taken = taken_names(model);
