@@ -72,8 +72,8 @@ impl<'a> Clock<'a> {
 /// How one subspace's look-up adds are computed (chosen per call from the ISA and geometry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// Stride 1, AVX-512, row layout: α fused multiply-adds per tap straight from Z, no R
-    /// ([`simd::accumulate_rows`]).
+    /// Stride 1, AVX-512 or AVX2, row layout: α fused multiply-adds per tap straight from Z,
+    /// no R ([`simd::accumulate_rows`]).
     Rows,
     /// Stride 1: the kh·kw runs of R (Z for VQ) added per channel ([`simd::accumulate_channels`]).
     Adds,
@@ -88,12 +88,15 @@ enum Mode {
 /// before phase 2 reads them): 4 MiB, so a chunk stays within L2 (2 MiB) to L3 even with R.
 const CHUNK_FLOATS: usize = 1 << 20;
 
-/// Z rows one band of the row layout may span, in bytes: kept within L1 (48 KiB) next to the
-/// accumulators and the term tables.
+/// Z rows one band of the row layout may span, in bytes: kept within L1 (48 KiB on the
+/// AVX-512 machine) next to the accumulators and the term tables. On a 32 KiB L1 (AMD Zen 3,
+/// AVX2) 24 KiB measured 9% slower at fire8 ρ = 10 (fewer rows per band) than 36 KiB.
 const ROW_BAND_BYTES: usize = 36 << 10;
 
-/// Phase-2 tasks: M split into at most this many blocks of output channels...
-const CHANNEL_BLOCKS: usize = 16;
+/// Phase-2 tasks: M split into at most this many blocks of output channels (each block reads
+/// every subspace's Z once, so fewer, larger blocks reuse Z more: fire8 on AVX2 took 0.365 ms
+/// in 16 blocks, 0.323 in 4, 0.315 in 2; 4 keeps two threads busy)...
+const CHANNEL_BLOCKS: usize = 4;
 
 /// ... of at least this many channels (each task call has a fixed cost: checks, offsets, the
 /// subspaces' Z pulled into L1).
@@ -254,8 +257,8 @@ fn chunk_regions(
 }
 
 /// Rows per band: the band's Z rows (band + (kh − 1)·dh rows of every atom) within
-/// ROW_BAND_BYTES, at least one row, at most ROW_VECTORS vectors.
-fn band_rows(conv: &DlqConv, pitch: usize, oh: usize) -> usize {
+/// ROW_BAND_BYTES, at least one row, at most the vectors a band keeps in registers.
+fn band_rows(conv: &DlqConv, isa: Isa, pitch: usize, [oh, ow]: [usize; 2]) -> usize {
     let g = &conv.geometry;
     let kh = g.kernel[0];
     let max_atoms = conv
@@ -267,7 +270,8 @@ fn band_rows(conv: &DlqConv, pitch: usize, oh: usize) -> usize {
     let halo = (kh - 1) * g.dilations[0];
     let row_bytes = max_atoms.saturating_mul(pitch).saturating_mul(4).max(1);
     let fit = (ROW_BAND_BYTES / row_bytes).saturating_sub(halo);
-    fit.min(simd::ROW_VECTORS / (pitch / BLOCK).max(1))
+    let per_row = simd::row_vectors(isa, pitch, ow).max(1);
+    fit.min(simd::row_band_vectors(isa) / per_row)
         .min(oh)
         .max(1)
 }
@@ -279,9 +283,8 @@ impl Scratch {
     fn new(
         conv: &DlqConv,
         isa: Isa,
-        h: usize,
-        w: usize,
-        oh: usize,
+        [h, w]: [usize; 2],
+        [oh, ow]: [usize; 2],
     ) -> Result<Scratch, KernelError> {
         let too_large = KernelError::TooLarge { what: "scratch" };
         let g = &conv.geometry;
@@ -289,12 +292,12 @@ impl Scratch {
         let padded = g.padded_size(h, w).ok_or(too_large.clone())?;
         let unit_stride = g.strides == [1, 1];
         let row_pitch = round_up(padded[1]).ok_or(too_large.clone())?;
-        let rows = isa == Isa::Avx512
+        let rows = matches!(isa, Isa::Avx512 | Isa::Avx2Fma)
             && unit_stride
             && (kw - 1)
                 .checked_mul(g.dilations[1])
                 .is_some_and(|s| s < BLOCK)
-            && row_pitch / BLOCK <= simd::ROW_VECTORS;
+            && simd::row_vectors(isa, row_pitch, ow) <= simd::row_band_vectors(isa);
         let pitch = if rows { row_pitch } else { padded[1] };
         let plane = checked_product(&[padded[0], pitch], "scratch")?;
         let stride = round_up(plane).ok_or(too_large.clone())?;
@@ -308,7 +311,7 @@ impl Scratch {
             0
         };
         let acc_len = checked_product(&[g.out_channels, acc_stride], "scratch")?;
-        let band_rows = band_rows(conv, pitch, oh);
+        let band_rows = band_rows(conv, isa, pitch, [oh, ow]);
         let pooled = POOL.with(|pool| pool.borrow_mut().take());
         let (x, z, r, acc) = match pooled {
             Some(s) => (s.x, s.z, s.r, s.acc),
@@ -489,7 +492,7 @@ impl DlqConv {
         let output_len = checked_product(&[batch, out_image_len], "output")?;
         check_len(None, "input", input_len, x.len())?;
         check_len(None, "output", output_len, out.len())?;
-        let mut scratch = Scratch::new(self, isa, h, w, oh)?;
+        let mut scratch = Scratch::new(self, isa, [h, w], [oh, ow])?;
         let m = g.out_channels;
         let block = m.div_ceil(CHANNEL_BLOCKS).max(MIN_BLOCK);
         // Both image lengths are ≥ 1 (every dimension was checked ≥ 1), so chunking is safe.
@@ -686,6 +689,7 @@ impl DlqConv {
                     row_step: g.dilations[0] * layout.pitch,
                     shift: g.dilations[1],
                     band_rows: layout.band_rows,
+                    cols: ow,
                 };
                 let terms = &self.row_terms[s];
                 // The first subspace starts the accumulators at the bias, the last one writes

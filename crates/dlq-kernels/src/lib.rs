@@ -25,8 +25,8 @@
 //!
 //! The hot loops (Z product, R combination, look-up adds) have portable versions and explicit
 //! AVX2 + FMA versions (look-up adds: AVX-512F) chosen at run time (`is_x86_feature_detected!`);
-//! the two agree to float rounding. On AVX-512, stride-1 layers skip R: the α terms of each tap
-//! are fused-multiply-added straight from Z in a row layout (rows padded to 16 floats).
+//! the two agree to float rounding. On AVX-512 and AVX2, stride-1 layers skip R: the α terms of
+//! each tap are fused-multiply-added straight from Z in a row layout (rows padded to 16 floats).
 //!
 //! [`DlqConv::run_parallel`] splits the work into tasks for the caller's thread pool
 //! (`par(n, f)` calls `f(i)` for every `i < n`, possibly concurrently); its output is bit-identical

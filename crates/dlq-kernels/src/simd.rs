@@ -162,6 +162,28 @@ pub(crate) fn accumulate_channels(
 /// the 32 zmm registers).
 pub(crate) const ROW_VECTORS: usize = 13;
 
+/// Most ymm accumulators one band of the AVX2 [`accumulate_rows`] keeps per channel (8 floats
+/// each): with the coefficient broadcast that leaves 3 of the 16 ymm registers spare (every
+/// term's load is the memory operand of its FMA).
+pub(crate) const ROW_VECTORS_AVX2: usize = 14;
+
+/// The row layout's vector count per output row: `cols` floats in 8-float ymm vectors (AVX2)
+/// or in the pitch's 16-float zmm vectors (AVX-512).
+pub(crate) fn row_vectors(isa: Isa, pitch: usize, cols: usize) -> usize {
+    match isa {
+        Isa::Avx2Fma => cols.div_ceil(8),
+        _ => pitch / BLOCK,
+    }
+}
+
+/// Most vectors one band of [`accumulate_rows`] holds in registers on `isa`.
+pub(crate) fn row_band_vectors(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx2Fma => ROW_VECTORS_AVX2,
+        _ => ROW_VECTORS,
+    }
+}
+
 /// One subspace's look-up terms in the order [`accumulate_rows`] sums them: per output channel
 /// k, per kernel column v (a shift group), per kernel row u, the α `(atom, coefficient)` pairs of
 /// representative `Γ[k][u][v]` (VQ: the atom `Γ[k][u][v]` with coefficient 1). Built once per
@@ -230,15 +252,19 @@ pub(crate) struct RowShape {
     /// Floats between kernel columns (the column dilation); `(kw − 1)·shift` must be below
     /// [`BLOCK`].
     pub shift: usize,
-    /// Most output rows per band (so a band of Z stays in L1); `band_rows·pitch/16` at most
-    /// [`ROW_VECTORS`].
+    /// Most output rows per band (so a band of Z stays in L1); `band_rows` times
+    /// [`row_vectors`] at most [`row_band_vectors`].
     pub band_rows: usize,
+    /// Output columns that must come out right (`≤ pitch − (kw − 1)·shift`; the crop's `ow`).
+    /// AVX-512 computes every column of the pitch; AVX2 only the 8-float vectors covering
+    /// these (the accumulator's columns from `max(cols, 8)` on are left as they were).
+    pub cols: usize,
 }
 
-/// Stride-1 look-up adds in the row layout, AVX-512 only (other ISAs run a portable loop, the
-/// tests' reference): for the output channels `channels` (accumulator slice `i` belongs to
-/// channel `channels.start + i`), every output row `y < oh` and column
-/// `c < pitch − (kw − 1)·shift`:
+/// Stride-1 look-up adds in the row layout, AVX-512 or AVX2 (the portable loop is the tests'
+/// reference): for the output channels `channels` (accumulator slice `i` belongs to channel
+/// `channels.start + i`), every output row `y < oh` and column `c < pitch − (kw − 1)·shift`
+/// (AVX2: `c < cols`, see below):
 ///
 /// ```text
 /// acc[i·acc_stride + y·pitch + c] += Σ_v Σ_u Σ_t coef · z[atom·stride + u·row_step + y·pitch + c + v·shift]
@@ -248,9 +274,19 @@ pub(crate) struct RowShape {
 /// accumulator, in term order; column v ≥ 1 in registers, then shifted by `v·shift` lanes and
 /// added, in column order). Every Z load is a whole aligned vector of one row; the column shift
 /// is applied once per column to the partial sums (`vpermt2ps`), not to every load. Columns
-/// `≥ pitch − (kw − 1)·shift` of the accumulator receive junk (callers crop them). Panics unless
-/// the shape is consistent, `acc` holds every channel's `oh` rows and `z` every plane a term
-/// names up to row `(kh − 1)·dh + oh`.
+/// `≥ pitch − (kw − 1)·shift` of the accumulator receive junk (callers crop them).
+///
+/// AVX2 has neither the registers nor a two-source permute for that: it keeps up to
+/// [`ROW_VECTORS_AVX2`] ymm accumulators (the 8-float vectors covering `cols` columns of each
+/// band row) and fuses every term straight into them, the column shift applied to the load
+/// address (the loads are unaligned; the FMA takes them as memory operands; the last vector of
+/// a row ends at column `cols`, so rows of up to 16 padded columns never split a cache line). So
+/// it sums in term order, not per column (the same sums to rounding), and may read up to
+/// `(kw − 1)·shift` floats past the last plane a term names, which `z` must hold. Columns from
+/// `max(cols, 8)` on keep what the accumulator held.
+///
+/// Panics unless the shape is consistent, `acc` holds every channel's `oh` rows and `z` every
+/// plane a term names up to row `(kh − 1)·dh + oh` (plus AVX2's overhang).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn accumulate_rows(
     isa: Isa,
@@ -262,61 +298,52 @@ pub(crate) fn accumulate_rows(
     shape: RowShape,
     ends: RowEnds,
 ) {
-    let RowShape {
-        pitch,
-        stride,
-        oh,
-        kernel: [kh, kw],
-        row_step,
-        shift,
-        band_rows,
-    } = shape;
-    assert!(pitch.is_multiple_of(BLOCK) && pitch >= BLOCK && kh >= 1 && kw >= 1);
-    assert!((kw - 1) * shift < BLOCK && band_rows >= 1);
-    assert!(band_rows * (pitch / BLOCK) <= ROW_VECTORS);
-    assert_eq!(terms.per_channel, kh * kw * terms.alpha);
-    let per = terms.per_channel;
-    assert!(channels.start <= channels.end && channels.end * per <= terms.atoms.len());
-    let count = channels.len();
-    let rows_len = oh * pitch;
-    assert!(
-        count == 0 || (rows_len <= acc_stride && (count - 1) * acc_stride + rows_len <= acc.len())
+    check_rows(
+        isa,
+        acc.len(),
+        acc_stride,
+        z.len(),
+        terms,
+        &channels,
+        shape,
+        &ends,
     );
-    // The last float any term reads: atom·stride + (kh − 1)·row_step + oh·pitch − 1.
-    let span = (kh - 1)
-        .checked_mul(row_step)
-        .and_then(|r| r.checked_add(rows_len));
-    assert!(
-        span.is_some_and(|s| s <= stride),
-        "accumulate_rows: rows past the plane"
-    );
-    let planes = terms
-        .max_atom
-        .checked_add(1)
-        .and_then(|n| n.checked_mul(stride));
-    assert!(
-        planes.is_some_and(|end| end <= z.len()),
-        "accumulate_rows: plane out of bounds"
-    );
-    if let Some(Some(init)) = ends.init {
-        assert_eq!(
-            init.len(),
-            count,
-            "accumulate_rows: one initial value per channel"
-        );
-    }
-    if let Some((dst, ow)) = &ends.crop {
-        assert!(*ow <= pitch - (kw - 1) * shift && dst.len() == count * oh * ow);
-    }
+    let (per, count) = (terms.per_channel, channels.len());
     let atoms = &terms.atoms[channels.start * per..channels.end * per];
     let coefs = &terms.coefs[channels.start * per..channels.end * per];
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 {
-        // SAFETY: AVX-512F checked by `detect`; shape, accumulator, output and source bounds
-        // checked just above (every atom ≤ max_atom).
-        return unsafe {
-            x86::accumulate_rows_avx512(acc, acc_stride, z, atoms, coefs, terms.alpha, shape, ends)
-        };
+    match isa {
+        // SAFETY: the CPU features checked by `detect`; shape, accumulator, output and source
+        // bounds (AVX2's overhang included) checked just above (every atom ≤ max_atom).
+        Isa::Avx512 => {
+            return unsafe {
+                x86::accumulate_rows_avx512(
+                    acc,
+                    acc_stride,
+                    z,
+                    atoms,
+                    coefs,
+                    terms.alpha,
+                    shape,
+                    ends,
+                )
+            }
+        }
+        Isa::Avx2Fma => {
+            return unsafe {
+                x86::accumulate_rows_avx2(
+                    acc,
+                    acc_stride,
+                    z,
+                    atoms,
+                    coefs,
+                    terms.alpha,
+                    shape,
+                    ends,
+                )
+            }
+        }
+        Isa::Portable => {}
     }
     let _ = isa;
     accumulate_rows_portable(
@@ -328,6 +355,77 @@ pub(crate) fn accumulate_rows(
         shape,
         ends,
     );
+}
+
+/// The checks of [`accumulate_rows`] (see there): every bound its SIMD versions rely on.
+#[allow(clippy::too_many_arguments)]
+fn check_rows(
+    isa: Isa,
+    acc_len: usize,
+    acc_stride: usize,
+    z_len: usize,
+    terms: &RowTerms,
+    channels: &std::ops::Range<usize>,
+    shape: RowShape,
+    ends: &RowEnds,
+) {
+    let RowShape {
+        pitch,
+        stride,
+        oh,
+        kernel: [kh, kw],
+        row_step,
+        shift,
+        band_rows,
+        cols,
+    } = shape;
+    assert!(pitch.is_multiple_of(BLOCK) && pitch >= BLOCK && kh >= 1 && kw >= 1);
+    assert!((kw - 1) * shift < BLOCK && band_rows >= 1);
+    assert!(cols <= pitch - (kw - 1) * shift);
+    assert!(
+        isa == Isa::Portable || band_rows * row_vectors(isa, pitch, cols) <= row_band_vectors(isa)
+    );
+    assert_eq!(terms.per_channel, kh * kw * terms.alpha);
+    let per = terms.per_channel;
+    assert!(channels.start <= channels.end && channels.end * per <= terms.atoms.len());
+    let count = channels.len();
+    let rows_len = oh * pitch;
+    assert!(
+        count == 0 || (rows_len <= acc_stride && (count - 1) * acc_stride + rows_len <= acc_len)
+    );
+    // The last float any term reads: atom·stride + (kh − 1)·row_step + oh·pitch − 1.
+    let span = (kh - 1)
+        .checked_mul(row_step)
+        .and_then(|r| r.checked_add(rows_len));
+    assert!(
+        span.is_some_and(|s| s <= stride),
+        "accumulate_rows: rows past the plane"
+    );
+    // AVX2 reads up to (kw − 1)·shift floats past a plane's last row (its column shift).
+    let overhang = if isa == Isa::Avx2Fma {
+        (kw - 1) * shift
+    } else {
+        0
+    };
+    let planes = terms
+        .max_atom
+        .checked_add(1)
+        .and_then(|n| n.checked_mul(stride))
+        .and_then(|end| end.checked_add(overhang));
+    assert!(
+        planes.is_some_and(|end| end <= z_len),
+        "accumulate_rows: plane out of bounds"
+    );
+    if let Some(Some(init)) = ends.init {
+        assert_eq!(
+            init.len(),
+            count,
+            "accumulate_rows: one initial value per channel"
+        );
+    }
+    if let Some((dst, ow)) = &ends.crop {
+        assert!(*ow == cols && dst.len() == count * oh * ow);
+    }
 }
 
 /// The portable loops of [`accumulate_rows`] (its checks done): per channel, the terms of each
@@ -927,6 +1025,154 @@ mod x86 {
         }
     }
 
+    /// See [`super::accumulate_rows`] (AVX2): bands of at most `band_rows` rows (split evenly),
+    /// each channel's band in `rows × ⌈cols/8⌉ ≤` [`super::ROW_VECTORS_AVX2`] ymm accumulators.
+    ///
+    /// # Safety
+    /// AVX2 + FMA available; the shape and bounds [`super::accumulate_rows`] checks (the
+    /// overhang included), `atoms` and `coefs` holding the terms of the channels as it slices
+    /// them.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn accumulate_rows_avx2(
+        acc: &mut [f32],
+        acc_stride: usize,
+        z: &[f32],
+        atoms: &[u32],
+        coefs: &[f32],
+        alpha: usize,
+        shape: super::RowShape,
+        ends: super::RowEnds,
+    ) {
+        let per = shape.kernel[0] * shape.kernel[1] * alpha;
+        let init = ends.init.map(|values| values.map(<[f32]>::as_ptr));
+        let (dst, ow) = match ends.crop {
+            Some((dst, ow)) => (Some(dst.as_mut_ptr()), ow),
+            None => (None, 0),
+        };
+        let channels = atoms.len() / per;
+        let per_row = shape.cols.div_ceil(8);
+        // Each term's offset within the planes (its tap's row and column shift), in term order
+        // (kernel column, kernel row, then α): one flat loop over a channel's terms.
+        let [kh, kw] = shape.kernel;
+        let taps: Vec<usize> = (0..kw)
+            .flat_map(|v| (0..kh).map(move |u| u * shape.row_step + v * shape.shift))
+            .flat_map(|offset| std::iter::repeat_n(offset, alpha))
+            .collect();
+        let bands = shape.oh.div_ceil(shape.band_rows);
+        let mut y0 = 0;
+        for band in 0..bands {
+            // Even split: every band has 1 to ⌈oh / bands⌉ ≤ band_rows rows.
+            let y1 = shape.oh * (band + 1) / bands;
+            for k in 0..channels {
+                // As in `accumulate_rows_avx512`: channel k's band rows lie inside `acc`; a term
+                // reads from atom·stride + u·row_step + y0·pitch + v·shift up to
+                // (atom + 1)·stride + (kw − 1)·shift ≤ z.len() (vectors end within the pitch).
+                let a = acc.as_mut_ptr().add(k * acc_stride + y0 * shape.pitch);
+                let src = z.as_ptr().add(y0 * shape.pitch);
+                let (ap, cp) = (atoms.as_ptr().add(k * per), coefs.as_ptr().add(k * per));
+                let start = init.map(|values| values.map_or(0.0, |p| *p.add(k)));
+                let out = dst.map(|p| (p.add((k * shape.oh + y0) * ow), ow));
+                let args = (a, src, ap, cp, taps.as_ptr(), per, shape, start, out);
+                macro_rules! pass {
+                    ($($r:literal $v:literal),*) => {
+                        match (y1 - y0, per_row) {
+                            $(($r, $v) => rows_block_avx2::<$r, $v>(args),)*
+                            // rows·per_row ≤ ROW_VECTORS_AVX2 = 12, checked.
+                            _ => {}
+                        }
+                    };
+                }
+                pass!(1 1, 2 1, 3 1, 4 1, 5 1, 6 1, 7 1, 8 1, 9 1, 10 1, 11 1, 12 1, 13 1, 14 1,
+                      1 2, 2 2, 3 2, 4 2, 5 2, 6 2, 7 2, 1 3, 2 3, 3 3, 4 3, 1 4, 2 4, 3 4,
+                      1 5, 2 5, 1 6, 2 6, 1 7, 2 7, 1 8, 1 9, 1 10, 1 11, 1 12, 1 13, 1 14);
+            }
+            y0 = y1;
+        }
+    }
+
+    /// The arguments of [`rows_block_avx2`]: the band's accumulator, Z at the band's first row,
+    /// the channel's atoms and coefficients, α, the shape, the initial value and the crop.
+    type RowsArgs = (
+        *mut f32,
+        *const f32,
+        *const u32,
+        *const f32,
+        *const usize,
+        usize,
+        super::RowShape,
+        Option<f32>,
+        Option<(*mut f32, usize)>,
+    );
+
+    /// Lane masks for `_mm256_maskstore_ps`: `LANES[8 − n..16 − n]` enables the first n lanes.
+    static LANES: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+
+    /// One channel's band of `R` rows × `V` ymm vectors: every term fused-multiply-added into
+    /// the accumulators, its column shift applied to the load address.
+    ///
+    /// # Safety
+    /// AVX2 + FMA available; `acc` valid for `R` rows of `pitch` floats, `8·V ≤ pitch`; crop's
+    /// pointer valid for `R` rows of `ow ≤ 8·V` floats (and `ow > 8·(V − 1)`); `ap`/`cp` valid
+    /// for `kh·kw·alpha` entries; `z.add(atom·stride + u·row_step + v·shift + r·pitch)` valid
+    /// for `8·V` floats for every term and row.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows_block_avx2<const R: usize, const V: usize>(
+        (acc, z, ap, cp, taps, terms, shape, start, crop): RowsArgs,
+    ) {
+        let p = shape.pitch;
+        // Vector q covers columns 8q.. except the last, which ends at column `cols` (it may
+        // overlap the one before: those columns are summed twice, identically). So a row of
+        // up to 16 padded columns is read from its own 64-byte line: no load splits a line.
+        let last = shape.cols.saturating_sub(8);
+        let col = |q: usize| if q + 1 == V { last } else { 8 * q };
+        let mut out = [[_mm256_setzero_ps(); V]; R];
+        for (r, row) in out.iter_mut().enumerate() {
+            for (q, x) in row.iter_mut().enumerate() {
+                *x = match start {
+                    Some(value) => _mm256_set1_ps(value),
+                    None => _mm256_loadu_ps(acc.add(r * p + col(q))),
+                };
+            }
+        }
+        for e in 0..terms {
+            let src = z.add(*taps.add(e) + *ap.add(e) as usize * shape.stride);
+            let c = _mm256_set1_ps(*cp.add(e));
+            for (r, row) in out.iter_mut().enumerate() {
+                let s = src.add(r * p);
+                for (q, x) in row.iter_mut().enumerate() {
+                    *x = _mm256_fmadd_ps(c, _mm256_loadu_ps(s.add(col(q))), *x);
+                }
+            }
+        }
+        match crop {
+            None => {
+                for (r, row) in out.iter().enumerate() {
+                    for (q, x) in row.iter().enumerate() {
+                        _mm256_storeu_ps(acc.add(r * p + col(q)), *x);
+                    }
+                }
+            }
+            // ow = cols ≥ 8: every lane of every vector is an output column.
+            Some((dst, ow)) if ow >= 8 => {
+                for (r, row) in out.iter().enumerate() {
+                    for (q, x) in row.iter().enumerate() {
+                        _mm256_storeu_ps(dst.add(r * ow + col(q)), *x);
+                    }
+                }
+            }
+            // ow < 8: one vector per row, its first ow lanes stored (masked-off lanes are not
+            // accessed).
+            Some((dst, ow)) => {
+                let mask = _mm256_loadu_si256(LANES.as_ptr().add(8 - ow).cast());
+                for (r, row) in out.iter().enumerate() {
+                    _mm256_maskstore_ps(dst.add(r * ow), mask, row[0]);
+                }
+            }
+        }
+    }
+
     /// See [`super::accumulate_scaled`]: as [`accumulate`], one fused multiply-add per term.
     ///
     /// # Safety
@@ -1318,9 +1564,23 @@ mod tests {
     /// last term's last row ends at the buffer's end).
     #[test]
     fn avx512_accumulate_rows_matches_portable() {
-        if Isa::detect() != Isa::Avx512 {
-            return;
+        if Isa::detect() == Isa::Avx512 {
+            rows_match_portable(Isa::Avx512);
         }
+    }
+
+    /// The same for the AVX2 row path, which also runs on AVX-512 machines (only the columns it
+    /// computes, `cols`, are compared: each case's `ow`, the most the kernel ever asks, and on
+    /// odd cases fewer, down to one).
+    #[test]
+    fn avx2_accumulate_rows_matches_portable() {
+        if Isa::detect() != Isa::Portable {
+            rows_match_portable(Isa::Avx2Fma);
+        }
+    }
+
+    /// Every case of the row tests on `isa`.
+    fn rows_match_portable(isa: Isa) {
         let mut seed = 0x5851_f42d_4c95_7f2d;
         let mut cases = 0;
         for per_row in 1..=3 {
@@ -1332,14 +1592,24 @@ mod tests {
                 [5, 4, 1, 5],
                 [2, 2, 1, 15],
             ] {
-                let ow = pitch - (kw - 1) * dw;
+                let width = pitch - (kw - 1) * dw;
                 for oh in [1, 4, 13, 14, 27] {
-                    let most = ROW_VECTORS / per_row;
-                    for band_rows in [1, 2, most.min(oh).max(1), most] {
+                    for band_rows in [1, 2, 3, 6, 12] {
+                        // Odd cases ask for fewer columns (AVX2 computes fewer vectors).
+                        let ow = if cases % 2 == 1 {
+                            1 + cases % width
+                        } else {
+                            width
+                        };
+                        let most = row_band_vectors(isa) / row_vectors(isa, pitch, ow);
+                        if band_rows > most.max(1) {
+                            continue;
+                        }
                         for alpha in [None, Some(1), Some(2), Some(3)] {
                             let hp = oh + (kh - 1) * dh;
                             let stride = (hp * pitch).div_ceil(BLOCK) * BLOCK;
                             check_rows(
+                                isa,
                                 [kh, kw, dh, dw],
                                 [pitch, oh, ow, stride],
                                 band_rows,
@@ -1353,11 +1623,13 @@ mod tests {
                 }
             }
         }
+        assert!(cases > 400, "{cases} cases");
     }
 
     /// One case of [`avx512_accumulate_rows_matches_portable`]: 5 channels, the middle three
     /// computed; init and crop chosen by `case`.
     fn check_rows(
+        isa: Isa,
         [kh, kw, dh, dw]: [usize; 4],
         [pitch, oh, ow, stride]: [usize; 4],
         band_rows: usize,
@@ -1391,7 +1663,13 @@ mod tests {
             assignment,
         };
         let terms = RowTerms::new(&sub, [kh, kw]);
-        let z = values(atoms * stride, seed);
+        // AVX2's overhang past the last plane: only as much as it may read.
+        let overhang = if isa == Isa::Avx2Fma {
+            (kw - 1) * dw
+        } else {
+            0
+        };
+        let z = values(atoms * stride + overhang, seed);
         let shape = RowShape {
             pitch,
             stride,
@@ -1400,6 +1678,7 @@ mod tests {
             row_step: dh * pitch,
             shift: dw,
             band_rows,
+            cols: ow,
         };
         let acc_stride = oh * pitch + if case.is_multiple_of(2) { 0 } else { BLOCK };
         let init_acc = values(3 * acc_stride, seed);
@@ -1411,7 +1690,7 @@ mod tests {
         };
         let crop = case.is_multiple_of(3);
         let mut results = Vec::new();
-        for isa in [Isa::Avx512, Isa::Portable] {
+        for isa in [isa, Isa::Portable] {
             let mut acc = init_acc.clone();
             let mut dst = vec![f32::NAN; 3 * oh * ow];
             let ends = RowEnds {
