@@ -489,6 +489,59 @@ fn a_fused_target_speedup_is_a_latency_budget() {
     assert!(report["latency"]["converted_ms"].as_f64().unwrap() > 0.0);
 }
 
+/// With `--engine ort` the latency budget times each candidate layer fused inside the whole
+/// model (ONNX Runtime's blocked layout reorders tensors around a DlqConv, never around a Conv
+/// among Convs), in pairs against the original, and keeps only gains beyond the noise: every
+/// layer it converts made the whole model faster there, and the report says how it timed. On
+/// ResNet-20, where ORT's dense Convs take a few hundredths of a millisecond, even a 1.01x budget
+/// may find too few such layers: then the refusal is the budget's, naming the target.
+#[test]
+fn an_ort_latency_budget_times_layers_in_the_whole_model() {
+    let test = "an_ort_latency_budget_times_layers_in_the_whole_model";
+    let Some(model) = common::shared_model(test, "resnet20-cifar10.onnx") else {
+        return;
+    };
+    if ort_python(test).is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("r20.onnx");
+    let o = common::run(&[
+        common::path_str(&model),
+        common::path_str(&out),
+        "--target-speedup",
+        "1.01",
+        "--form",
+        "fused",
+        "--engine",
+        "ort",
+        "--json",
+    ]);
+    if !o.status.success() {
+        let err = common::stderr(&o);
+        assert!(
+            err.contains("--target-speedup: a 1.01x speed-up") && !out.exists(),
+            "{err}"
+        );
+        return;
+    }
+    let report: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    let measured = &report["allocation"]["measured"];
+    let source = measured["source"].as_str().unwrap();
+    assert!(
+        source.starts_with("ONNX Runtime") && source.contains("in the whole model"),
+        "{source}"
+    );
+    for l in report["allocation"]["layers"].as_array().unwrap() {
+        let (before, after) = (
+            l["measured"][0].as_f64().unwrap(),
+            l["measured"][1].as_f64().unwrap(),
+        );
+        assert_eq!(before, measured["original"].as_f64().unwrap(), "{l}");
+        assert!(after < before, "{l}");
+    }
+}
+
 /// `--form dense` on a whole model: the file shrinks, and after loading, both engines run the
 /// original graph (the kernel subgraphs fold into constant weights) — with per-subspace
 /// codebooks, and with palettes in float16 scaled per channel (their Casts and Mul fold too).

@@ -86,6 +86,8 @@ pub struct MeasuredBudget {
     pub total: f64,
     /// Per candidate layer (same order as the candidates).
     pub layers: Vec<LayerCost>,
+    /// What measured it (a latency budget's engine and how), for reports.
+    pub source: Option<String>,
 }
 
 /// A measured budget's prediction: the original's cost and the converted model's (original
@@ -95,6 +97,9 @@ pub struct MeasuredEstimate {
     pub unit: Unit,
     pub original: f64,
     pub predicted: f64,
+    /// A latency budget's engine and timing method.
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -240,6 +245,7 @@ pub fn allocate(
             unit: m.unit,
             original: m.total,
             predicted: after,
+            source: m.source.clone(),
         }),
         sensitivity: match calibration {
             Some(_) => Sensitivity::Output,

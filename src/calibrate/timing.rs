@@ -4,6 +4,12 @@
 //! every candidate ratio — and the whole original model. The kernel's
 //! time depends only on the sizes the parameter rules give (and the geometry), not on the
 //! codebook's values, so each ratio is timed with a seeded random codebook of those sizes.
+//!
+//! In ONNX Runtime a layer alone misleads: on x86 its layout transformer runs the model's Convs in
+//! a blocked layout (NCHWc) and reorders tensors only where the layout changes, so a Conv among
+//! Convs runs without reorders, while a `DlqConv` (a custom operator, outside that layout) gets
+//! two, and a single-Conv model pays them for the Conv instead. [`InModel`] times what the
+//! budget needs there: the whole model with the one layer fused.
 
 use anyhow::{Context, Result};
 use ndarray::ArrayD;
@@ -192,4 +198,161 @@ pub fn time_layer(
         before: dense_ms,
         after: fused_ms,
     })
+}
+
+/// Paired runs per whole-model measurement of [`InModel`]: a layer's gain is a difference of
+/// two whole-model times, a few percent of each.
+const MODEL_RUNS: usize = 31;
+
+/// What `candidate` adds to `original`'s time, in milliseconds (negative: saves), or `None`
+/// when that is within the noise. The two run alternately after warm-up runs, so a drift of the
+/// machine moves both; the estimate is the median of the pairs' differences, kept only if it
+/// is more than twice its standard error from zero (a robust one: 1.4826 × the median absolute
+/// deviation, × 1.2533 for a median, over √pairs).
+fn paired_difference_ms(
+    original: &dyn Run,
+    candidate: &dyn Run,
+    x: &ArrayD<f32>,
+) -> Result<Option<f64>> {
+    let mut d = Vec::with_capacity(MODEL_RUNS);
+    for i in 0..MODEL_RUNS + 3 {
+        let time = |runner: &dyn Run| -> Result<f64> {
+            let started = std::time::Instant::now();
+            runner.run(x)?;
+            Ok(started.elapsed().as_secs_f64() * 1e3)
+        };
+        let (a, b) = (time(original)?, time(candidate)?);
+        if i >= 3 {
+            d.push(b - a);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let estimate = median(&mut d);
+    let mut deviations: Vec<f64> = d.iter().map(|x| (x - estimate).abs()).collect();
+    let se = 1.2533 * 1.4826 * median(&mut deviations) / (MODEL_RUNS as f64).sqrt();
+    Ok((estimate.abs() > 2.0 * se).then_some(estimate))
+}
+
+/// The whole model, timed with one candidate layer at a time fused into it (see the module
+/// header): each layer's cost is the original's time plus what the fused layer adds to it.
+pub struct InModel<'a> {
+    engine: Engine,
+    model: &'a OnnxModel,
+    shapes: &'a ShapeMap,
+    input: Vec<usize>,
+    original: Box<dyn Run>,
+    /// The original model's time (the budget's total).
+    pub original_ms: f64,
+}
+
+impl<'a> InModel<'a> {
+    /// Prepares the original `model` for a batch-1 input of shape `input`; `original_ms` is its
+    /// time, measured before.
+    pub fn new(
+        engine: Engine,
+        model: &'a OnnxModel,
+        shapes: &'a ShapeMap,
+        input: &[usize],
+        original_ms: f64,
+    ) -> Result<InModel<'a>> {
+        Ok(InModel {
+            engine,
+            model,
+            shapes,
+            input: input.to_vec(),
+            original: engine::prepare(engine, model, input)?,
+            original_ms,
+        })
+    }
+
+    /// `layer`'s cost in the model: before, the original model's time; after, at each ratio
+    /// where the layer timed `alone` gained (in the model it gains less or nothing: the reorders
+    /// come on top), that time plus what fusing the layer at that ratio adds, measured in pairs
+    /// (ratios whose difference is within the noise are left out).
+    pub fn time_layer(
+        &self,
+        layer: &ConvLayer,
+        params: &ValidParams,
+        alone: &LayerCost,
+    ) -> Result<LayerCost> {
+        let ctx = || format!("timing layer `{}` in the model", layer.name);
+        let kernel: [usize; 4] = layer
+            .kernel
+            .as_deref()
+            .and_then(|k| k.try_into().ok())
+            .with_context(ctx)?;
+        let x = input(&self.input);
+        let mut after = Vec::new();
+        for &(ratio, ms) in &alone.after {
+            if ms >= alone.before {
+                continue;
+            }
+            let cb = random_codebook(kernel, &params.with_ratio(ratio)?)?;
+            let patch =
+                fused::lower(self.model, layer, &cb, self.shapes, "{}").with_context(ctx)?;
+            let mut model = self.model.clone();
+            lower::apply(
+                &mut model,
+                GraphPatch {
+                    layers: vec![patch],
+                },
+            )?;
+            let runner = engine::prepare(self.engine, &model, &self.input).with_context(ctx)?;
+            // A gain within the noise is no gain: the ratio is left out (never chosen).
+            if let Some(added) = paired_difference_ms(self.original.as_ref(), runner.as_ref(), &x)?
+            {
+                after.push((ratio, self.original_ms + added));
+            }
+        }
+        Ok(LayerCost {
+            before: self.original_ms,
+            after,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in engine that takes a fixed time per run (a busy wait: sleeping overshoots).
+    struct Fixed(std::time::Duration);
+
+    impl Run for Fixed {
+        fn run(&self, _: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+            let started = std::time::Instant::now();
+            while started.elapsed() < self.0 {
+                std::hint::spin_loop();
+            }
+            Ok(ArrayD::zeros(vec![1]))
+        }
+        fn run_all(&self, x: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+            Ok(vec![self.run(x)?])
+        }
+    }
+
+    /// A difference far above the runs' jitter is measured (to within the jitter); equal times
+    /// are within the noise, so no gain or loss is reported.
+    #[test]
+    fn paired_differences_are_measured_and_noise_is_no_gain() {
+        let ms = |m: f64| Fixed(std::time::Duration::from_secs_f64(m / 1e3));
+        let x = ArrayD::zeros(vec![1]);
+        let slower = paired_difference_ms(&ms(0.5), &ms(1.5), &x).unwrap();
+        assert!(slower.is_some_and(|d| (d - 1.0).abs() < 0.2), "{slower:?}");
+        let faster = paired_difference_ms(&ms(1.5), &ms(0.5), &x).unwrap();
+        assert!(faster.is_some_and(|d| (d + 1.0).abs() < 0.2), "{faster:?}");
+        let mut noise = 0;
+        for _ in 0..5 {
+            noise += usize::from(
+                paired_difference_ms(&ms(0.3), &ms(0.3), &x)
+                    .unwrap()
+                    .is_none(),
+            );
+        }
+        // Two identical busy waits differ only by jitter: mostly within the noise.
+        assert!(noise >= 3, "{noise} of 5 equal pairs within the noise");
+    }
 }

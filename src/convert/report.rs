@@ -170,13 +170,18 @@ pub fn render(r: &ConvertReport) -> String {
         let _ = match p.unit {
             Unit::Milliseconds => writeln!(
                 s,
-                "latency budget (tract, 1 thread, batch 1, per-layer timings): original {:.3} ms, predicted {:.3} ms ({:.2}x)",
-                p.original, p.predicted, p.original / p.predicted
+                "latency budget ({}): original {:.3} ms, predicted {:.3} ms ({:.2}x)",
+                p.source.as_deref().unwrap_or("per-layer timings"),
+                p.original,
+                p.predicted,
+                p.original / p.predicted
             ),
             Unit::Bytes => writeln!(
                 s,
                 "size budget (stored bytes): original {:.0}, predicted {:.0} ({:.2}x smaller)",
-                p.original, p.predicted, p.original / p.predicted
+                p.original,
+                p.predicted,
+                p.original / p.predicted
             ),
         };
     }
