@@ -878,6 +878,17 @@ mod x86 {
         }
     }
 
+    /// A row call's ends as raw pointers: the initial values, if the call starts the
+    /// accumulators (`Some(None)`: zeros), and the output with its width, if it crops.
+    #[allow(clippy::type_complexity)]
+    fn end_pointers(ends: super::RowEnds) -> (Option<Option<*const f32>>, Option<*mut f32>, usize) {
+        let init = ends.init.map(|values| values.map(<[f32]>::as_ptr));
+        match ends.crop {
+            Some((dst, ow)) => (init, Some(dst.as_mut_ptr()), ow),
+            None => (init, None, 0),
+        }
+    }
+
     /// See [`super::accumulate_rows`]: bands of at most `band_rows` rows (split evenly), each
     /// channel's band in up to [`super::ROW_VECTORS`] zmm accumulators.
     ///
@@ -897,11 +908,7 @@ mod x86 {
         ends: super::RowEnds,
     ) {
         let per = shape.kernel[0] * shape.kernel[1] * alpha;
-        let init = ends.init.map(|values| values.map(<[f32]>::as_ptr));
-        let (dst, ow) = match ends.crop {
-            Some((dst, ow)) => (Some(dst.as_mut_ptr()), ow),
-            None => (None, 0),
-        };
+        let (init, dst, ow) = end_pointers(ends);
         let channels = atoms.len() / per;
         let per_row = shape.pitch / BLOCK;
         let bands = shape.oh.div_ceil(shape.band_rows);
@@ -1045,11 +1052,7 @@ mod x86 {
         ends: super::RowEnds,
     ) {
         let per = shape.kernel[0] * shape.kernel[1] * alpha;
-        let init = ends.init.map(|values| values.map(<[f32]>::as_ptr));
-        let (dst, ow) = match ends.crop {
-            Some((dst, ow)) => (Some(dst.as_mut_ptr()), ow),
-            None => (None, 0),
-        };
+        let (init, dst, ow) = end_pointers(ends);
         let channels = atoms.len() / per;
         let per_row = shape.cols.div_ceil(8);
         // Each term's offset within the planes (its tap's row and column shift), in term order
