@@ -447,13 +447,7 @@ fn latency_budget(
     // reorders but a DlqConv with two: timed alone, the layer's gain is overstated.
     let in_model = match engine {
         Engine::Tract => None,
-        Engine::Ort => Some(timing::InModel::new(
-            engine,
-            original,
-            &inv.shapes,
-            &shape,
-            model_ms,
-        )?),
+        Engine::Ort => Some(timing::InModel::new(engine, original, &inv.shapes, &shape)?),
     };
     task.inc(1);
     let mut layers = Vec::with_capacity(candidates.len());
@@ -494,7 +488,7 @@ fn latency_budget(
     };
     Ok(budget::MeasuredBudget {
         unit: budget::Unit::Milliseconds,
-        total: model_ms,
+        total: in_model.as_ref().map_or(model_ms, |m| m.original_ms),
         layers,
         source: Some(format!("{}, 1 thread, batch 1, {how}", engine.describe()?)),
     })
