@@ -29,18 +29,46 @@ use crate::proto::{GraphProto, ModelProto};
 /// Timed runs per measurement after two warm-up runs; the median is kept.
 const RUNS: usize = 9;
 
-/// Median time of `runner` on `x`, in milliseconds.
-fn median_ms(runner: &dyn Run, x: &ArrayD<f32>) -> Result<f64> {
-    let mut times = Vec::with_capacity(RUNS);
-    for i in 0..RUNS + 2 {
-        let started = std::time::Instant::now();
+/// One run of `runner` on `x`, in milliseconds.
+fn run_ms(runner: &dyn Run, x: &ArrayD<f32>) -> Result<f64> {
+    let started = std::time::Instant::now();
+    runner.run(x)?;
+    Ok(started.elapsed().as_secs_f64() * 1e3)
+}
+
+/// Median time of `runs` runs of `runner` on `x` after `warmup` untimed ones, in milliseconds.
+fn median_ms(runner: &dyn Run, x: &ArrayD<f32>, runs: usize, warmup: usize) -> Result<f64> {
+    for _ in 0..warmup {
         runner.run(x)?;
-        if i >= 2 {
-            times.push(started.elapsed().as_secs_f64() * 1e3);
-        }
     }
+    let mut times = (0..runs)
+        .map(|_| run_ms(runner, x))
+        .collect::<Result<Vec<_>>>()?;
     times.sort_by(f64::total_cmp);
-    Ok(times[RUNS / 2])
+    Ok(times[runs / 2])
+}
+
+/// `layer` of `model` (its shapes in `shapes`) lowered to a DlqConv with `codebook`.
+fn with_layer_fused(
+    model: &OnnxModel,
+    layer: &ConvLayer,
+    codebook: &Codebook,
+    shapes: &ShapeMap,
+) -> Result<OnnxModel> {
+    let patch = fused::lower(model, layer, codebook, shapes, "{}")?;
+    let mut fused = model.clone();
+    lower::apply(
+        &mut fused,
+        GraphPatch {
+            layers: vec![patch],
+        },
+    )?;
+    Ok(fused)
+}
+
+/// `layer`'s kernel shape [M, N, kh, kw].
+fn kernel_of(layer: &ConvLayer) -> Option<[usize; 4]> {
+    layer.kernel.as_deref().and_then(|k| k.try_into().ok())
 }
 
 /// A seeded uniform input of `shape`.
@@ -52,7 +80,7 @@ fn input(shape: &[usize]) -> ArrayD<f32> {
 /// The whole model's median time on a batch-1 input of `shape`.
 pub fn time_model(engine: Engine, model: &OnnxModel, shape: &[usize]) -> Result<f64> {
     let runner = engine::prepare(engine, model, shape)?;
-    median_ms(runner.as_ref(), &input(shape))
+    median_ms(runner.as_ref(), &input(shape), RUNS, 2)
 }
 
 /// `layer` alone: its Conv node, weight and bias, input `X` of the layer's element type.
@@ -167,14 +195,10 @@ pub fn time_layer(
     let dense = single_conv(original, layer, &x_shape).with_context(ctx)?;
     let x = input(&x_shape);
     let prepare = |m: &OnnxModel| engine::prepare(engine, m, &x_shape).with_context(ctx);
-    let dense_ms = median_ms(prepare(&dense)?.as_ref(), &x)?;
+    let dense_ms = median_ms(prepare(&dense)?.as_ref(), &x, RUNS, 2)?;
     let one = select::conv_layers(&dense);
     let one_shapes = shapes::infer(&dense, &[]).with_context(ctx)?;
-    let kernel: [usize; 4] = layer
-        .kernel
-        .as_deref()
-        .and_then(|k| k.try_into().ok())
-        .with_context(ctx)?;
+    let kernel = kernel_of(layer).with_context(ctx)?;
     let mut fused_ms = Vec::new();
     for &ratio in ratios {
         let Ok(cb) = params
@@ -184,15 +208,8 @@ pub fn time_layer(
         else {
             continue;
         };
-        let patch = fused::lower(&dense, &one[0], &cb, &one_shapes, "{}").with_context(ctx)?;
-        let mut model = dense.clone();
-        lower::apply(
-            &mut model,
-            GraphPatch {
-                layers: vec![patch],
-            },
-        )?;
-        fused_ms.push((ratio, median_ms(prepare(&model)?.as_ref(), &x)?));
+        let model = with_layer_fused(&dense, &one[0], &cb, &one_shapes).with_context(ctx)?;
+        fused_ms.push((ratio, median_ms(prepare(&model)?.as_ref(), &x, RUNS, 2)?));
     }
     Ok(LayerCost {
         before: dense_ms,
@@ -203,6 +220,9 @@ pub fn time_layer(
 /// Paired runs per whole-model measurement of [`InModel`]: a layer's gain is a difference of
 /// two whole-model times, a few percent of each.
 const MODEL_RUNS: usize = 31;
+
+/// Untimed runs before them: a session's first runs are slow.
+const MODEL_WARMUP: usize = 3;
 
 /// What `candidate` adds to `original`'s time, in milliseconds (negative: saves), or `None`
 /// when that is within the noise. The two run alternately after warm-up runs, so a drift of the
@@ -215,14 +235,9 @@ fn paired_difference_ms(
     x: &ArrayD<f32>,
 ) -> Result<Option<f64>> {
     let mut d = Vec::with_capacity(MODEL_RUNS);
-    for i in 0..MODEL_RUNS + 3 {
-        let time = |runner: &dyn Run| -> Result<f64> {
-            let started = std::time::Instant::now();
-            runner.run(x)?;
-            Ok(started.elapsed().as_secs_f64() * 1e3)
-        };
-        let (a, b) = (time(original)?, time(candidate)?);
-        if i >= 3 {
+    for i in 0..MODEL_RUNS + MODEL_WARMUP {
+        let (a, b) = (run_ms(original, x)?, run_ms(candidate, x)?);
+        if i >= MODEL_WARMUP {
             d.push(b - a);
         }
     }
@@ -258,23 +273,19 @@ impl<'a> InModel<'a> {
         input: &[usize],
     ) -> Result<InModel<'a>> {
         let original = engine::prepare(engine, model, input)?;
-        let x = self::input(input);
-        let mut times = Vec::with_capacity(MODEL_RUNS);
-        for i in 0..MODEL_RUNS + 3 {
-            let started = std::time::Instant::now();
-            original.run(&x)?;
-            if i >= 3 {
-                times.push(started.elapsed().as_secs_f64() * 1e3);
-            }
-        }
-        times.sort_by(f64::total_cmp);
+        let original_ms = median_ms(
+            original.as_ref(),
+            &self::input(input),
+            MODEL_RUNS,
+            MODEL_WARMUP,
+        )?;
         Ok(InModel {
             engine,
             model,
             shapes,
             input: input.to_vec(),
             original,
-            original_ms: times[MODEL_RUNS / 2],
+            original_ms,
         })
     }
 
@@ -289,11 +300,7 @@ impl<'a> InModel<'a> {
         alone: &LayerCost,
     ) -> Result<LayerCost> {
         let ctx = || format!("timing layer `{}` in the model", layer.name);
-        let kernel: [usize; 4] = layer
-            .kernel
-            .as_deref()
-            .and_then(|k| k.try_into().ok())
-            .with_context(ctx)?;
+        let kernel = kernel_of(layer).with_context(ctx)?;
         let x = input(&self.input);
         let mut after = Vec::new();
         for &(ratio, ms) in &alone.after {
@@ -301,15 +308,7 @@ impl<'a> InModel<'a> {
                 continue;
             }
             let cb = random_codebook(kernel, &params.with_ratio(ratio)?)?;
-            let patch =
-                fused::lower(self.model, layer, &cb, self.shapes, "{}").with_context(ctx)?;
-            let mut model = self.model.clone();
-            lower::apply(
-                &mut model,
-                GraphPatch {
-                    layers: vec![patch],
-                },
-            )?;
+            let model = with_layer_fused(self.model, layer, &cb, self.shapes).with_context(ctx)?;
             let runner = engine::prepare(self.engine, &model, &self.input).with_context(ctx)?;
             // A gain within the noise is no gain: the ratio is left out (never chosen).
             if let Some(added) = paired_difference_ms(self.original.as_ref(), runner.as_ref(), &x)?

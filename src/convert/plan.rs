@@ -442,12 +442,16 @@ fn latency_budget(
         .to_vec();
     shape[0] = 1;
     let task = progress::task("timing", candidates.len() as u64 + 1);
-    let model_ms = timing::time_model(engine, original, &shape)?;
     // ONNX Runtime's x86 layout transformer runs a Conv among blocked-layout neighbours without
-    // reorders but a DlqConv with two: timed alone, the layer's gain is overstated.
+    // reorders but a DlqConv with two: timed alone, the layer's gain is overstated. The whole
+    // model is timed once, by InModel there.
     let in_model = match engine {
         Engine::Tract => None,
         Engine::Ort => Some(timing::InModel::new(engine, original, &inv.shapes, &shape)?),
+    };
+    let model_ms = match &in_model {
+        Some(m) => m.original_ms,
+        None => timing::time_model(engine, original, &shape)?,
     };
     task.inc(1);
     let mut layers = Vec::with_capacity(candidates.len());
@@ -482,13 +486,13 @@ fn latency_budget(
         layers.push(t);
         task.inc(1);
     }
-    let how = match engine {
-        Engine::Tract => "per-layer timings",
-        Engine::Ort => "each layer timed in the whole model",
+    let how = match in_model {
+        None => "per-layer timings",
+        Some(_) => "each layer timed in the whole model",
     };
     Ok(budget::MeasuredBudget {
         unit: budget::Unit::Milliseconds,
-        total: in_model.as_ref().map_or(model_ms, |m| m.original_ms),
+        total: model_ms,
         layers,
         source: Some(format!("{}, 1 thread, batch 1, {how}", engine.describe()?)),
     })
