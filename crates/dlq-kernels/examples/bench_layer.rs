@@ -13,7 +13,9 @@
 //!
 //! `--ceiling` instead prints this machine's ceilings: FMA throughput (AVX2+FMA intrinsics and
 //! AVX-512 inline assembly, each when the CPU has it), copy bandwidth (64 MiB, i.e. DRAM, and
-//! 256 KiB, L2) and an L2-resident `a[i] += b[i]` rate compiled like the kernel's look-up adds.
+//! 256 KiB, L2), an L2-resident `a[i] += b[i]` rate compiled like the kernel's look-up adds, and
+//! (AVX2) the row path's pattern of FMAs with a load each, as one stream and in the kernel's
+//! blocks of 18 terms per channel (`fma_load_pattern`).
 //!
 //! ```text
 //! cargo run --release -p dlq-kernels --example bench_layer -- [--m 256 --n 64 --h 13 --w 13
@@ -240,6 +242,51 @@ unsafe fn fma_avx512(iters: usize) -> f64 {
     (iters.max(1) * ACC * 16 * 2) as f64 / secs / 1e9
 }
 
+/// The row path's access pattern, idealised: 14 ymm accumulators (7 rows × 2 vectors, the
+/// second at column 5 as at fire8's 13 columns), each term one broadcast coefficient and 14
+/// fused multiply-adds whose second operand is a 32-byte load from one of 8 L1-resident planes
+/// (a 64-byte row pitch, a column shift of 0–2: no load splits a line). With `block` = 0 the
+/// terms form one endless stream; otherwise every `block` terms the accumulators are stored and
+/// another channel's loaded (from a ring of 64, L1-resident), as the kernel does per channel
+/// and band. Returns GFLOP/s (FMA = 2 flops): the most this pattern of loads and FMAs reaches.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_load_pattern(terms: usize, block: usize) -> f64 {
+    use std::arch::x86_64::*;
+    const PLANE: usize = 240; // 15 rows of 16 floats
+    let planes: Vec<f32> = (0..8 * PLANE + 64).map(|i| (i % 7) as f32 * 1e-3).collect();
+    let lead = (64 - planes.as_ptr() as usize % 64) % 64 / 4;
+    let z = planes.as_ptr().add(lead);
+    let mut ring = vec![0.0f32; 64 * 14 * 8];
+    let coefs: Vec<f32> = (0..64).map(|i| 0.5 + i as f32 * 1e-3).collect();
+    // Per term (as the kernel's term tables): a plane, a row shift 0–2, a column shift 0–2.
+    let offsets: Vec<usize> = (0..64)
+        .map(|e| (e * 5 % 8) * PLANE + (e / 3 % 3) * 16 + e % 3)
+        .collect();
+    let mut out = [_mm256_setzero_ps(); 14];
+    let t = Instant::now();
+    for e in 0..terms {
+        if block > 0 && e % block == 0 {
+            let slot = ring.as_mut_ptr().add(e / block % 64 * 14 * 8);
+            for (i, x) in out.iter_mut().enumerate() {
+                _mm256_storeu_ps(slot.add(8 * i), *x);
+                *x = _mm256_loadu_ps(slot.add((8 * i + 14 * 8) % (64 * 14 * 8)));
+            }
+        }
+        let src = z.add(*offsets.get_unchecked(e % 64));
+        let c = _mm256_set1_ps(*coefs.get_unchecked(e % 64));
+        for r in 0..7 {
+            for q in 0..2 {
+                let x = &mut out[2 * r + q];
+                *x = _mm256_fmadd_ps(c, _mm256_loadu_ps(src.add(16 * r + 5 * q)), *x);
+            }
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    black_box((&out, &ring));
+    (terms * 14 * 8 * 2) as f64 / secs / 1e9
+}
+
 /// Best of `tries` calls of `f` (each returning a rate): the machine is shared, so the best is the
 /// closest to the ceiling.
 fn best_of(tries: usize, mut f: impl FnMut() -> f64) -> f64 {
@@ -285,6 +332,11 @@ fn ceiling() {
             // SAFETY: the CPU has AVX2 and FMA (checked just above).
             let g = best_of(5, || unsafe { fma_avx2(iters) });
             fields.push(format!("\"fma_avx2_gflops\":{g:.1}"));
+            // SAFETY (both): the CPU has AVX2 and FMA (checked above).
+            let stream = best_of(5, || unsafe { fma_load_pattern(iters / 10, 0) });
+            fields.push(format!("\"fma_load_stream_avx2_gflops\":{stream:.1}"));
+            let blocks = best_of(5, || unsafe { fma_load_pattern(iters / 10, 18) });
+            fields.push(format!("\"fma_load_blocks18_avx2_gflops\":{blocks:.1}"));
         }
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F (checked just above).
