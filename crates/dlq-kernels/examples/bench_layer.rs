@@ -19,7 +19,7 @@
 //!
 //! ```text
 //! cargo run --release -p dlq-kernels --example bench_layer -- [--m 256 --n 64 --h 13 --w 13
-//!     --k 3 --pad 1 --subspace 8 --l 28 --k-reps 345 --alpha 2 --reps 200 --warmup 20
+//!     --k 3 --pad 1 --stride 1 --subspace 8 --l 28 --k-reps 345 --alpha 2 --reps 200 --warmup 20
 //!     --dense-reps 3 --seed 1 --threads 2] [--ceiling]
 //! ```
 //!
@@ -45,6 +45,7 @@ struct Args {
     w: usize,
     k: usize,
     pad: usize,
+    stride: usize,
     subspace: usize,
     l: usize,
     k_reps: usize,
@@ -66,6 +67,7 @@ impl Args {
             w: 13,
             k: 3,
             pad: 1,
+            stride: 1,
             subspace: 8,
             l: 28,
             k_reps: 345,
@@ -95,6 +97,7 @@ impl Args {
                 "--w" => a.w = u,
                 "--k" => a.k = u,
                 "--pad" => a.pad = u,
+                "--stride" => a.stride = u,
                 "--subspace" => a.subspace = u,
                 "--l" => a.l = u,
                 "--k-reps" => a.k_reps = u,
@@ -107,8 +110,8 @@ impl Args {
                 _ => return Err(format!("unknown flag {flag}")),
             }
         }
-        if a.subspace == 0 || a.reps == 0 {
-            return Err("--subspace and --reps must be at least 1".into());
+        if a.subspace == 0 || a.reps == 0 || a.stride == 0 {
+            return Err("--subspace, --stride and --reps must be at least 1".into());
         }
         Ok(a)
     }
@@ -148,7 +151,7 @@ fn random_layer(a: &Args, rng: &mut Rng) -> Result<DlqConv, String> {
         in_channels: a.n,
         out_channels: a.m,
         kernel: [a.k, a.k],
-        strides: [1, 1],
+        strides: [a.stride; 2],
         dilations: [1, 1],
         pads: [a.pad; 4],
     };

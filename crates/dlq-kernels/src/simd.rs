@@ -259,10 +259,85 @@ pub(crate) struct RowShape {
     /// AVX-512 computes every column of the pitch; AVX2 only the 8-float vectors covering
     /// these (the accumulator's columns from `max(cols, 8)` on are left as they were).
     pub cols: usize,
+    /// Strides other than 1 (AVX2 and portable only): Z is laid out in phase planes, and
+    /// `row_step` and `shift` are unused.
+    pub phases: Option<Phases>,
 }
 
-/// Stride-1 look-up adds in the row layout, AVX-512 or AVX2 (the portable loop is the tests'
-/// reference): for the output channels `channels` (accumulator slice `i` belongs to channel
+/// The phase layout of a strided Conv's padded planes: padded row `py` and column `px` live in
+/// phase plane `(py mod sh, px mod sw)` at row `py / sh`, column `px / sw` (rows of `pitch`
+/// floats). A stride-(sh, sw) tap then reads each phase plane at unit stride: output `(y, x)`
+/// of tap `(u, v)` is phase plane `(u·dh mod sh, v·dw mod sw)` at `(y + u·dh / sh,
+/// x + v·dw / sw)`, so the row path runs strided layers too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Phases {
+    /// The Conv's strides `[sh, sw]`.
+    pub strides: [usize; 2],
+    /// The Conv's dilations `[dh, dw]`.
+    pub dilations: [usize; 2],
+    /// Floats between row phases (`sw` phase planes).
+    pub row_phase: usize,
+    /// Floats between column phases (one phase plane).
+    pub col_phase: usize,
+}
+
+impl Phases {
+    /// Where padded row `py`, column `px` lives in a plane of rows of `pitch` floats.
+    pub fn at(&self, pitch: usize, py: usize, px: usize) -> usize {
+        let [sh, sw] = self.strides;
+        (py % sh) * self.row_phase + (px % sw) * self.col_phase + (py / sh) * pitch + px / sw
+    }
+}
+
+impl RowShape {
+    /// Where kernel row `u` starts reading a plane (without the column's part).
+    fn row_offset(&self, u: usize) -> usize {
+        match self.phases {
+            None => u * self.row_step,
+            Some(p) => p.at(self.pitch, u * p.dilations[0], 0),
+        }
+    }
+
+    /// The address part of kernel column `v`: its column phase plane.
+    fn col_base(&self, v: usize) -> usize {
+        match self.phases {
+            None => 0,
+            Some(p) => p.at(self.pitch, 0, v * p.dilations[1]) - self.col_shift(v),
+        }
+    }
+
+    /// Kernel column `v`'s shift in floats within a row.
+    fn col_shift(&self, v: usize) -> usize {
+        match self.phases {
+            None => v * self.shift,
+            Some(p) => v * p.dilations[1] / p.strides[1],
+        }
+    }
+
+    /// Where tap `(u, v)` starts reading a plane.
+    fn tap_offset(&self, u: usize, v: usize) -> usize {
+        self.row_offset(u) + self.col_base(v) + self.col_shift(v)
+    }
+
+    /// The largest column shift (the last kernel column's).
+    fn max_shift(&self) -> usize {
+        self.col_shift(self.kernel[1] - 1)
+    }
+
+    /// How far past a plane's start its reads without the column shift may go: the farthest
+    /// row and column-phase offset of any tap plus `oh` rows.
+    fn span(&self) -> Option<usize> {
+        let [kh, kw] = self.kernel;
+        let rows = (0..kh).map(|u| self.row_offset(u)).max()?;
+        let cols = (0..kw).map(|v| self.col_base(v)).max()?;
+        rows.checked_add(cols)?
+            .checked_add(self.oh.checked_mul(self.pitch)?)
+    }
+}
+
+/// Look-up adds in the row layout, AVX-512 or AVX2 (the portable loop is the tests'
+/// reference), at stride 1 or (AVX2, portable) over the phase planes of [`Phases`], where every
+/// `u·row_step` and `v·shift` below reads as the tap's phase-plane offset: for the output channels `channels` (accumulator slice `i` belongs to channel
 /// `channels.start + i`), every output row `y < oh` and column `c < pitch − (kw − 1)·shift`
 /// (AVX2: `c < cols`, see below):
 ///
@@ -374,14 +449,20 @@ fn check_rows(
         stride,
         oh,
         kernel: [kh, kw],
-        row_step,
-        shift,
         band_rows,
         cols,
+        phases,
+        ..
     } = shape;
     assert!(pitch.is_multiple_of(BLOCK) && pitch >= BLOCK && kh >= 1 && kw >= 1);
-    assert!((kw - 1) * shift < BLOCK && band_rows >= 1);
-    assert!(cols <= pitch - (kw - 1) * shift);
+    assert!(
+        phases.is_none() || isa != Isa::Avx512,
+        "AVX-512 rows run stride 1 only"
+    );
+    assert!(phases.is_none_or(|p| p.strides[0] >= 1 && p.strides[1] >= 1));
+    let max_shift = shape.max_shift();
+    assert!(max_shift < BLOCK && band_rows >= 1);
+    assert!(cols <= pitch - max_shift);
     assert!(
         isa == Isa::Portable || band_rows * row_vectors(isa, pitch, cols) <= row_band_vectors(isa)
     );
@@ -393,20 +474,13 @@ fn check_rows(
     assert!(
         count == 0 || (rows_len <= acc_stride && (count - 1) * acc_stride + rows_len <= acc_len)
     );
-    // The last float any term reads: atom·stride + (kh − 1)·row_step + oh·pitch − 1.
-    let span = (kh - 1)
-        .checked_mul(row_step)
-        .and_then(|r| r.checked_add(rows_len));
+    // The last float any term reads without its column shift: atom·stride + span − 1.
     assert!(
-        span.is_some_and(|s| s <= stride),
+        shape.span().is_some_and(|s| s <= stride),
         "accumulate_rows: rows past the plane"
     );
-    // AVX2 reads up to (kw − 1)·shift floats past a plane's last row (its column shift).
-    let overhang = if isa == Isa::Avx2Fma {
-        (kw - 1) * shift
-    } else {
-        0
-    };
+    // AVX2 reads up to the largest column shift past a plane's last row.
+    let overhang = if isa == Isa::Avx2Fma { max_shift } else { 0 };
     let planes = terms
         .max_atom
         .checked_add(1)
@@ -444,13 +518,11 @@ fn accumulate_rows_portable(
         stride,
         oh,
         kernel: [kh, kw],
-        row_step,
-        shift,
         ..
     } = shape;
     let per = kh * kw * alpha;
     let rows_len = oh * pitch;
-    let width = pitch - (kw - 1) * shift;
+    let width = pitch - shape.max_shift();
     let mut part = vec![0.0f32; rows_len];
     let RowEnds { init, mut crop } = ends;
     for i in 0..count {
@@ -463,7 +535,8 @@ fn accumulate_rows_portable(
             for u in 0..kh {
                 for t in 0..alpha {
                     let j = i * per + (v * kh + u) * alpha + t;
-                    let src = &z[atoms[j] as usize * stride + u * row_step..][..rows_len];
+                    let start = atoms[j] as usize * stride + shape.row_offset(u);
+                    let src = &z[start + shape.col_base(v)..][..rows_len];
                     for (p, &s) in part.iter_mut().zip(src) {
                         *p += coefs[j] * s;
                     }
@@ -471,7 +544,7 @@ fn accumulate_rows_portable(
             }
             for y in 0..oh {
                 for c in 0..width {
-                    a[y * pitch + c] += part[y * pitch + c + v * shift];
+                    a[y * pitch + c] += part[y * pitch + c + shape.col_shift(v)];
                 }
             }
         }
@@ -1059,7 +1132,7 @@ mod x86 {
         // (kernel column, kernel row, then α): one flat loop over a channel's terms.
         let [kh, kw] = shape.kernel;
         let taps: Vec<usize> = (0..kw)
-            .flat_map(|v| (0..kh).map(move |u| u * shape.row_step + v * shape.shift))
+            .flat_map(|v| (0..kh).map(move |u| shape.tap_offset(u, v)))
             .flat_map(|offset| std::iter::repeat_n(offset, alpha))
             .collect();
         let bands = shape.oh.div_ceil(shape.band_rows);
@@ -1615,7 +1688,7 @@ mod tests {
                                 isa,
                                 [kh, kw, dh, dw],
                                 [pitch, oh, ow, stride],
-                                band_rows,
+                                (band_rows, None),
                                 alpha,
                                 cases,
                                 &mut seed,
@@ -1629,13 +1702,64 @@ mod tests {
         assert!(cases > 400, "{cases} cases");
     }
 
+    /// The AVX2 row path on strided layers' phase planes equals the portable loop: strides
+    /// 2×2, 2×1, 1×3 and 3×3, kernels 1×1 to 5×4 with dilations, 1–2 vectors per row, Z exactly
+    /// as long as its planes (plus AVX2's overhang).
+    #[test]
+    fn avx2_strided_rows_match_portable() {
+        if Isa::detect() == Isa::Portable {
+            return;
+        }
+        let mut seed = 0x2545_f491_4f6c_dd1d;
+        let mut cases = 0;
+        for strides in [[2usize, 2], [2, 1], [1, 3], [3, 3]] {
+            for [kh, kw, dh, dw] in [[1, 1, 1, 1], [3, 3, 1, 1], [3, 3, 2, 3], [5, 4, 1, 2]] {
+                for pitch in [BLOCK, 2 * BLOCK] {
+                    for oh in [1, 5, 9] {
+                        let [sh, sw] = strides;
+                        let shift = (kw - 1) * dw / sw;
+                        // Padded planes whose column phases are `pitch` wide.
+                        let hp = (oh - 1) * sh + (kh - 1) * dh + 1;
+                        let col_phase = hp.div_ceil(sh) * pitch;
+                        let phases = Phases {
+                            strides,
+                            dilations: [dh, dw],
+                            row_phase: sw * col_phase,
+                            col_phase,
+                        };
+                        let stride = (sh * sw * col_phase).div_ceil(BLOCK) * BLOCK;
+                        let ow = if cases % 2 == 1 {
+                            1 + cases % 7
+                        } else {
+                            pitch - shift
+                        };
+                        let band_rows = 1 + cases % (ROW_VECTORS_AVX2 / ow.div_ceil(8));
+                        for alpha in [None, Some(2)] {
+                            check_rows(
+                                Isa::Avx2Fma,
+                                [kh, kw, dh, dw],
+                                [pitch, oh, ow, stride],
+                                (band_rows, Some(phases)),
+                                alpha,
+                                cases,
+                                &mut seed,
+                            );
+                            cases += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 192);
+    }
+
     /// One case of [`avx512_accumulate_rows_matches_portable`]: 5 channels, the middle three
     /// computed; init and crop chosen by `case`.
     fn check_rows(
         isa: Isa,
         [kh, kw, dh, dw]: [usize; 4],
         [pitch, oh, ow, stride]: [usize; 4],
-        band_rows: usize,
+        (band_rows, phases): (usize, Option<Phases>),
         alpha: Option<usize>,
         case: usize,
         seed: &mut u64,
@@ -1666,13 +1790,6 @@ mod tests {
             assignment,
         };
         let terms = RowTerms::new(&sub, [kh, kw]);
-        // AVX2's overhang past the last plane: only as much as it may read.
-        let overhang = if isa == Isa::Avx2Fma {
-            (kw - 1) * dw
-        } else {
-            0
-        };
-        let z = values(atoms * stride + overhang, seed);
         let shape = RowShape {
             pitch,
             stride,
@@ -1682,7 +1799,15 @@ mod tests {
             shift: dw,
             band_rows,
             cols: ow,
+            phases,
         };
+        // AVX2's overhang past the last plane: only as much as it may read.
+        let overhang = if isa == Isa::Avx2Fma {
+            shape.max_shift()
+        } else {
+            0
+        };
+        let z = values(atoms * stride + overhang, seed);
         let acc_stride = oh * pitch + if case.is_multiple_of(2) { 0 } else { BLOCK };
         let init_acc = values(3 * acc_stride, seed);
         let bias = values(3, seed);
