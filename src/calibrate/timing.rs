@@ -251,6 +251,26 @@ fn paired_difference_ms(
     Ok((estimate.abs() > 2.0 * se).then_some(estimate))
 }
 
+/// Medians of `a` and `b` on `x` timed alternately, as [`InModel`] times the candidates
+/// ([`MODEL_RUNS`] pairs after [`MODEL_WARMUP`]): for the check of a latency budget's result,
+/// whose gain is a few percent, so a drift of the machine must move both alike. Returns the
+/// medians and the run count.
+pub fn paired_medians_ms(a: &dyn Run, b: &dyn Run, x: &ArrayD<f32>) -> Result<(f64, f64, usize)> {
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    for i in 0..MODEL_RUNS + MODEL_WARMUP {
+        let (da, db) = (run_ms(a, x)?, run_ms(b, x)?);
+        if i >= MODEL_WARMUP {
+            ta.push(da);
+            tb.push(db);
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok((median(ta), median(tb), MODEL_RUNS))
+}
+
 /// The whole model, timed with one candidate layer at a time fused into it (see the module
 /// header): each layer's cost is the original's time plus what the fused layer adds to it.
 pub struct InModel<'a> {
@@ -363,5 +383,16 @@ mod tests {
         }
         // Two identical busy waits differ only by jitter: mostly within the noise.
         assert!(noise >= 3, "{noise} of 5 equal pairs within the noise");
+    }
+
+    /// The final check of a latency budget times both models alternately, each median in its
+    /// own slot (a swap would hide a model slower than its original).
+    #[test]
+    fn paired_medians_keep_each_model_apart() {
+        let ms = |m: f64| Fixed(std::time::Duration::from_secs_f64(m / 1e3));
+        let x = ArrayD::zeros(vec![1]);
+        let (a, b, runs) = paired_medians_ms(&ms(0.4), &ms(1.2), &x).unwrap();
+        assert_eq!(runs, MODEL_RUNS);
+        assert!((a - 0.4).abs() < 0.15 && (b - 1.2).abs() < 0.15, "{a} {b}");
     }
 }

@@ -16,7 +16,8 @@ use ndarray::ArrayD;
 use crate::analysis::cost::{self, GraphCost, OpCost};
 use crate::analysis::inventory::{self, Inventory};
 use crate::analysis::shapes::{self, InputShape};
-use crate::calibrate::{self, budget::Allocation, CalibrationOptions};
+use crate::calibrate::budget::{Allocation, Unit};
+use crate::calibrate::{self, timing, CalibrationOptions};
 use crate::codebook::ValidParams;
 use crate::engine::{self, Engine};
 use crate::eval::{seen, verify};
@@ -406,7 +407,7 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
     };
     let saved = model::save(&c.model, output, policy)?;
     let latency = match opts.measure_latency {
-        true => latency_check(&original, &c.model, opts, c.engine),
+        true => latency_check(&original, &c.model, opts, c.engine, latency_target(&c)),
         false => None,
     };
     let (mb, ma) = (c.multiplications_before, c.multiplications_after);
@@ -433,32 +434,64 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
 /// many-fold difference, few enough to keep a conversion quick.
 const LATENCY_RUNS: usize = 5;
 
+/// A latency budget's target and predicted speed-up, when the conversion had one.
+fn latency_target(c: &Converted) -> Option<(f64, f64)> {
+    let a = c.allocation.as_ref()?;
+    let m = a
+        .measured
+        .as_ref()
+        .filter(|m| m.unit == Unit::Milliseconds)?;
+    Some((a.target_speedup, m.original / m.predicted))
+}
+
+/// A latency budget's result may fall short of its target by this factor before the check
+/// warns (the run-to-run noise of a paired median over a few percent of gain).
+const TARGET_SLACK: f64 = 0.97;
+
 /// Times `original` and `converted` in `engine`; a warning says how much slower the converted
-/// model runs when it does (the standard operators materialise the look-ups). A model the check
-/// cannot time (several inputs, say) is converted all the same, with a note.
+/// model runs when it does (the standard operators materialise the look-ups). After a latency
+/// budget (`target`: its target and predicted speed-ups) the two are timed in alternating
+/// pairs, as the budget timed its layers, and a warning says when the result falls short of
+/// the target: per-layer gains need not add up (ONNX Runtime's layout reorders, noise). A model
+/// the check cannot time (several inputs, say) is converted all the same, with a note.
 fn latency_check(
     original: &OnnxModel,
     converted: &OnnxModel,
     opts: &ConvertOptions,
     engine: Engine,
+    target: Option<(f64, f64)>,
 ) -> Option<LatencyCheck> {
     let measure = || -> Result<LatencyCheck> {
         let set = verify::EvalSet::random(original, &opts.input_shapes, 1, 0)?;
         let x = &set.inputs[0];
-        let time = |m: &OnnxModel| -> Result<f64> {
-            let runner = engine::prepare(engine, m, &set.input_shape)?;
-            Ok(verify::latency(runner.as_ref(), x, LATENCY_RUNS)?.median)
+        let prepare = |m: &OnnxModel| engine::prepare(engine, m, &set.input_shape);
+        let (a, b) = (prepare(original)?, prepare(converted)?);
+        let (original_ms, converted_ms, runs) = match target {
+            Some(_) => timing::paired_medians_ms(a.as_ref(), b.as_ref(), x)?,
+            None => (
+                verify::latency(a.as_ref(), x, LATENCY_RUNS)?.median,
+                verify::latency(b.as_ref(), x, LATENCY_RUNS)?.median,
+                LATENCY_RUNS,
+            ),
         };
         Ok(LatencyCheck {
             engine: engine.describe()?,
-            runs: LATENCY_RUNS,
-            original_ms: time(original)?,
-            converted_ms: time(converted)?,
+            runs,
+            original_ms,
+            converted_ms,
         })
     };
     match measure() {
         Ok(check) => {
-            if check.converted_ms > check.original_ms {
+            let measured = check.original_ms / check.converted_ms.max(1e-9);
+            if let Some((wanted, predicted)) = target.filter(|t| measured < TARGET_SLACK * t.0) {
+                log::warn!(
+                    "the latency budget predicted {predicted:.2}x but the converted model measures {measured:.2}x in {} ({:.3} ms against {:.3} ms), short of the {wanted}x target: the layers' timed gains did not add up in the whole model (in ONNX Runtime its layout reorders around each DlqConv, BENCHMARKS.md); convert again with a lower target or with --engine tract",
+                    check.engine,
+                    check.converted_ms,
+                    check.original_ms
+                );
+            } else if check.converted_ms > check.original_ms {
                 let why = match opts.form {
                     OutputForm::Ops => "the standard-operator form counts fewer multiplications but materialises the look-ups, so it is not faster on CPU engines (BENCHMARKS.md); --form fused runs the native kernel (in tract, and in ONNX Runtime through libonnx_dlq_ort)",
                     OutputForm::Fused => "the native kernel does not pay off on these layers at these ratios (BENCHMARKS.md); raise the ratio or convert fewer layers",
