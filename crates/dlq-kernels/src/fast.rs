@@ -393,6 +393,26 @@ fn split_lengths(mut buf: &mut [f32], lengths: impl Iterator<Item = usize>) -> V
     pieces
 }
 
+/// Per block of `block` output channels (of `m`), its accumulator slices (`acc_stride` floats
+/// per channel) and output planes (`plane` floats per channel), one lock each.
+#[allow(clippy::type_complexity)]
+fn channel_blocks<'a>(
+    acc: &'a mut [f32],
+    acc_stride: usize,
+    dst: &'a mut [f32],
+    plane: usize,
+    [m, block]: [usize; 2],
+) -> Vec<Mutex<(&'a mut [f32], &'a mut [f32])>> {
+    let sizes = move |per: usize| (0..m).step_by(block).map(move |k| (m - k).min(block) * per);
+    let acc_blocks = split_lengths(acc, sizes(acc_stride));
+    let dst_blocks = split_lengths(dst, sizes(plane));
+    acc_blocks
+        .into_iter()
+        .zip(dst_blocks)
+        .map(Mutex::new)
+        .collect()
+}
+
 /// Locks a task's slot; a poisoned lock (a panicking task, which validated input never causes)
 /// still hands out its data.
 fn lock<T>(slot: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -529,23 +549,9 @@ impl DlqConv {
         for (image, dst) in images.zip(out.chunks_exact_mut(out_image_len)) {
             let chunks = scratch.chunks.clone();
             let last = chunks.len() - 1;
-            // Phase-2 slots: per block of output channels, its accumulator slices and output
-            // planes (kept across chunks: the accumulator carries the sum over subspaces).
-            let acc_blocks = split_lengths(
-                &mut scratch.acc,
-                (0..m)
-                    .step_by(block)
-                    .map(|k| (m - k).min(block) * scratch.acc_stride),
-            );
-            let dst_blocks = split_lengths(
-                dst,
-                (0..m).step_by(block).map(|k| (m - k).min(block) * oh * ow),
-            );
-            let slots2: Vec<Mutex<(&mut [f32], &mut [f32])>> = acc_blocks
-                .into_iter()
-                .zip(dst_blocks)
-                .map(Mutex::new)
-                .collect();
+            // Phase-2 slots (kept across chunks: the accumulator carries the sum over subspaces).
+            let acc_stride = scratch.acc_stride;
+            let slots2 = channel_blocks(&mut scratch.acc, acc_stride, dst, oh * ow, [m, block]);
             for (c, chunk) in chunks.into_iter().enumerate() {
                 // Phase 1: Z (and R) of the chunk's subspaces.
                 let layout = Layout {
