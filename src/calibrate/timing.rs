@@ -44,8 +44,7 @@ fn median_ms(runner: &dyn Run, x: &ArrayD<f32>, runs: usize, warmup: usize) -> R
     let mut times = (0..runs)
         .map(|_| run_ms(runner, x))
         .collect::<Result<Vec<_>>>()?;
-    times.sort_by(f64::total_cmp);
-    Ok(times[runs / 2])
+    Ok(median(&mut times))
 }
 
 /// `layer` of `model` (its shapes in `shapes`) lowered to a DlqConv with `codebook`.
@@ -234,41 +233,40 @@ fn paired_difference_ms(
     candidate: &dyn Run,
     x: &ArrayD<f32>,
 ) -> Result<Option<f64>> {
-    let mut d = Vec::with_capacity(MODEL_RUNS);
-    for i in 0..MODEL_RUNS + MODEL_WARMUP {
-        let (a, b) = (run_ms(original, x)?, run_ms(candidate, x)?);
-        if i >= MODEL_WARMUP {
-            d.push(b - a);
-        }
-    }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let pairs = paired_runs_ms(original, candidate, x)?;
+    let mut d: Vec<f64> = pairs.iter().map(|(a, b)| b - a).collect();
     let estimate = median(&mut d);
     let mut deviations: Vec<f64> = d.iter().map(|x| (x - estimate).abs()).collect();
     let se = 1.2533 * 1.4826 * median(&mut deviations) / (MODEL_RUNS as f64).sqrt();
     Ok((estimate.abs() > 2.0 * se).then_some(estimate))
 }
 
-/// Medians of `a` and `b` on `x` timed alternately, as [`InModel`] times the candidates
-/// ([`MODEL_RUNS`] pairs after [`MODEL_WARMUP`]): for the check of a latency budget's result,
-/// whose gain is a few percent, so a drift of the machine must move both alike. Returns the
-/// medians and the run count.
-pub fn paired_medians_ms(a: &dyn Run, b: &dyn Run, x: &ArrayD<f32>) -> Result<(f64, f64, usize)> {
-    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+/// [`MODEL_RUNS`] times of `a` and `b` on `x`, run alternately after [`MODEL_WARMUP`] untimed
+/// pairs, so that a drift of the machine moves both alike.
+fn paired_runs_ms(a: &dyn Run, b: &dyn Run, x: &ArrayD<f32>) -> Result<Vec<(f64, f64)>> {
+    let mut pairs = Vec::with_capacity(MODEL_RUNS);
     for i in 0..MODEL_RUNS + MODEL_WARMUP {
-        let (da, db) = (run_ms(a, x)?, run_ms(b, x)?);
+        let pair = (run_ms(a, x)?, run_ms(b, x)?);
         if i >= MODEL_WARMUP {
-            ta.push(da);
-            tb.push(db);
+            pairs.push(pair);
         }
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    Ok((median(ta), median(tb), MODEL_RUNS))
+    Ok(pairs)
+}
+
+/// The median of `v` (the upper one for an even length), sorting it.
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Medians of `a` and `b` on `x` timed in alternating pairs, as [`InModel`] times the
+/// candidates: for the check of a latency budget's result, whose gain is a few percent.
+/// Returns the medians and the run count.
+pub fn paired_medians_ms(a: &dyn Run, b: &dyn Run, x: &ArrayD<f32>) -> Result<(f64, f64, usize)> {
+    let pairs = paired_runs_ms(a, b, x)?;
+    let (mut ta, mut tb): (Vec<f64>, Vec<f64>) = pairs.into_iter().unzip();
+    Ok((median(&mut ta), median(&mut tb), MODEL_RUNS))
 }
 
 /// The whole model, timed with one candidate layer at a time fused into it (see the module

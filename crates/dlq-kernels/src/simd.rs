@@ -302,7 +302,7 @@ impl RowShape {
     fn col_base(&self, v: usize) -> usize {
         match self.phases {
             None => 0,
-            Some(p) => p.at(self.pitch, 0, v * p.dilations[1]) - self.col_shift(v),
+            Some(p) => v * p.dilations[1] % p.strides[1] * p.col_phase,
         }
     }
 
@@ -337,9 +337,9 @@ impl RowShape {
 
 /// Look-up adds in the row layout, AVX-512 or AVX2 (the portable loop is the tests'
 /// reference), at stride 1 or (AVX2, portable) over the phase planes of [`Phases`], where every
-/// `u·row_step` and `v·shift` below reads as the tap's phase-plane offset: for the output channels `channels` (accumulator slice `i` belongs to channel
-/// `channels.start + i`), every output row `y < oh` and column `c < pitch − (kw − 1)·shift`
-/// (AVX2: `c < cols`, see below):
+/// `u·row_step` and `v·shift` below reads as the tap's phase-plane offset: for the output
+/// channels `channels` (accumulator slice `i` belongs to channel `channels.start + i`), every
+/// output row `y < oh` and column `c < pitch − (kw − 1)·shift` (AVX2: `c < cols`, see below):
 ///
 /// ```text
 /// acc[i·acc_stride + y·pitch + c] += Σ_v Σ_u Σ_t coef · z[atom·stride + u·row_step + y·pitch + c + v·shift]
@@ -542,9 +542,10 @@ fn accumulate_rows_portable(
                     }
                 }
             }
+            let shift = shape.col_shift(v);
             for y in 0..oh {
                 for c in 0..width {
-                    a[y * pitch + c] += part[y * pitch + c + shape.col_shift(v)];
+                    a[y * pitch + c] += part[y * pitch + c + shift];
                 }
             }
         }
