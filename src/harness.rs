@@ -92,6 +92,7 @@ pub fn exercise(bytes: &[u8], scratch: &Path) -> Outcome {
         form,
         finetune: None,
         engine: None,
+        int8: None,
     };
     let out = scratch.join("output.onnx");
     let converted = convert::convert_model(&original, &opts)

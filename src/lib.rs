@@ -27,6 +27,7 @@ pub mod harness;
 pub mod lower;
 pub mod onnx;
 pub mod progress;
+pub mod quantize;
 pub mod report;
 pub mod setting;
 

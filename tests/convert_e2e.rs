@@ -28,6 +28,7 @@ fn opts(selection: Selection, method: Method, ratio: f64) -> ConvertOptions {
         form: Default::default(),
         finetune: None,
         engine: None,
+        int8: None,
     }
 }
 

@@ -371,6 +371,7 @@ fn convert_with_the_fused_form_equals_the_ops_form_and_counts_the_same_multiplic
                 form,
                 finetune: None,
                 engine: None,
+                int8: None,
             };
             convert::convert_model(&original, &opts).unwrap()
         };

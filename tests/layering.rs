@@ -19,6 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["lower"],
     &["eval"],
     &["calibrate"],
+    &["quantize"],
     &["finetune"],
     &["convert"],
     &["report"],

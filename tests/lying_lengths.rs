@@ -135,6 +135,7 @@ fn lying_lengths_and_dimensions_are_errors_not_allocations() {
                 form: Default::default(),
                 finetune: None,
                 engine: None,
+                int8: None,
             };
             let e = convert::convert(&path, &out, &opts).unwrap_err();
             let msg = format!("{e:#}");

@@ -18,6 +18,7 @@ use crate::engine::Engine;
 use crate::eval::seen::ImageSelection;
 use crate::finetune::FinetuneOptions;
 use crate::onnx::model::ExternalData;
+use crate::quantize::{ActivationType, Int8Options};
 use crate::{
     eval::verify, experiments::stages, experiments::sweep, onnx::model, report::diff,
     report::inspect,
@@ -203,6 +204,15 @@ pub struct ConvertArgs {
     /// entries are rounded where they are learnt. Shared codebooks only.
     #[arg(long)]
     pub f16_palette: bool,
+    /// Write the whole model as an int8 QDQ model that ONNX Runtime runs on its integer kernels:
+    /// int8 weights per output channel (converted layers keep their codebook in the file and
+    /// are quantized where the engine folds the kernel), int32 biases, activations quantized
+    /// with ranges measured on the --calibrate images. Compact form (--form dense) only.
+    #[arg(long)]
+    pub int8: bool,
+    /// The activations' type in the int8 output: uint8 (ONNX Runtime's fastest on x86) or int8.
+    #[arg(long, value_enum, default_value_t = ActivationType::Uint8, requires = "int8")]
+    pub activation_type: ActivationType,
     #[command(flatten)]
     pub calibration: CalibrationArgs,
     #[command(flatten)]
@@ -632,6 +642,12 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
     let input = args.input.expect("required by clap");
     let output = args.output.expect("required by clap");
     let form = output_form(args.form, args.target_compression.is_some())?;
+    if args.int8 && form != OutputForm::Dense {
+        bail!("--int8 writes the compact form's kernels as int8 (--form dense); the ops and fused forms compute in float");
+    }
+    if args.int8 && args.calibration.calibrate.is_none() {
+        bail!("--int8 measures the activations' ranges on calibration images: add --calibrate DIR --preprocess SPEC.json");
+    }
     if args.shared_codebook && form != OutputForm::Dense {
         bail!("--shared-codebook shrinks the compact form (--form dense); the ops and fused forms compute every subspace's own representatives");
     }
@@ -688,6 +704,9 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
             .finetune
             .options(args.verify_data.preprocess.as_deref(), params_seed)?,
         engine: args.verify_data.engine,
+        int8: args.int8.then_some(Int8Options {
+            activation: args.activation_type,
+        }),
     };
     args.verify_data
         .check(args.calibration.calibrate.is_some() || args.finetune.finetune.is_some())?;

@@ -7,6 +7,7 @@ pub mod learn;
 pub mod plan;
 pub mod report;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -24,6 +25,7 @@ use crate::eval::{seen, verify};
 use crate::finetune::{self, FinetuneOptions, FinetuneReport};
 use crate::lower::{self, GraphPatch};
 use crate::onnx::model::{self, ExternalData, OnnxModel};
+use crate::quantize::{self, Int8Options, Int8Report};
 
 use crate::calibrate::Calibration;
 use learn::LearntLayer;
@@ -56,6 +58,9 @@ pub struct ConvertOptions {
     /// timings, the latency check); `None`: tract, or ONNX Runtime when tract cannot run the
     /// model (see [`engine::prepare_in_either`]).
     pub engine: Option<Engine>,
+    /// Write the whole model as an int8 QDQ model (the compact form only; needs calibration
+    /// images for the activation ranges).
+    pub int8: Option<Int8Options>,
 }
 
 /// How a converted layer is written.
@@ -85,6 +90,8 @@ pub struct Converted {
     pub finetune: Option<FinetuneReport>,
     /// The engine that ran the conversion's own measurements.
     pub engine: Engine,
+    /// What the int8 rewrite did, when it was asked for.
+    pub int8: Option<Int8Report>,
 }
 
 /// Converts the chosen layers of `original` in memory.
@@ -158,6 +165,18 @@ pub fn convert_model_with_inputs(
     let new_shapes =
         shapes::infer(&converted, &opts.input_shapes).context("the converted model")?;
     let new_cost = cost::graph_cost(&converted, &new_shapes);
+    let int8 = match (&opts.int8, calibration_inputs) {
+        (Some(q), Some(inputs)) => {
+            let rebuilt = rebuilt_weights(&converted, &plan.layers, &learnt);
+            let report =
+                quantize::quantize(&mut converted, q, &new_shapes, inputs, engine, &rebuilt)?;
+            Some(report)
+        }
+        (Some(_), None) => {
+            bail!("the int8 output needs calibration images for its activation ranges")
+        }
+        (None, _) => None,
+    };
     let layers = recount(&inv, &converted, &new_cost, &plan.layers, learnt);
     Ok(Converted {
         model: converted,
@@ -169,7 +188,45 @@ pub fn convert_model_with_inputs(
         counts_unknown: counts_unknown(&inv, &new_cost),
         finetune: finetuned,
         engine,
+        int8,
     })
+}
+
+/// The kernel each compact-form layer rebuilds from its codebook, by the name of the tensor its
+/// node reads, in that tensor's layout (a fully connected layer's [M, N], or [N, M] when its
+/// weight is stored input by output): what the int8 rewrite quantizes.
+fn rebuilt_weights(
+    converted: &OnnxModel,
+    planned: &[PlannedLayer],
+    learnt: &[LearntLayer],
+) -> HashMap<String, ArrayD<f32>> {
+    let mut rebuilt = HashMap::new();
+    for (p, l) in planned.iter().zip(learnt) {
+        let prefix = format!("{}/dlq/", p.layer.name);
+        let node = converted.graph().node.iter().find(|n| {
+            n.name.as_deref().is_some_and(|m| m.starts_with(&prefix))
+                && matches!(n.op_type.as_deref(), Some("Conv" | "Gemm" | "MatMul"))
+        });
+        let Some(weight) = node.and_then(|n| n.input.get(1)) else {
+            continue;
+        };
+        let w = l.codebook.reconstruct().into_dyn();
+        let w = match &p.layer.fc {
+            None => w,
+            Some(fc) => {
+                let [m, n, ..] = l.codebook.kernel_shape;
+                let w = w
+                    .into_shape_with_order((m, n))
+                    .expect("an [M, N, 1, 1] kernel");
+                match fc.weight_in_by_out {
+                    true => w.t().to_owned().into_dyn(),
+                    false => w.into_dyn(),
+                }
+            }
+        };
+        rebuilt.insert(weight.clone(), w);
+    }
+    rebuilt
 }
 
 /// The engine for the conversion's own runs: the one asked for, or chosen by trying tract when
@@ -407,7 +464,15 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
     };
     let saved = model::save(&c.model, output, policy)?;
     let latency = match opts.measure_latency {
-        true => latency_check(&original, &c.model, opts, c.engine, latency_target(&c)),
+        // An int8 model is timed where it runs on integer kernels: ONNX Runtime.
+        true => {
+            let engine = if c.int8.is_some() {
+                Engine::Ort
+            } else {
+                c.engine
+            };
+            latency_check(&original, &c.model, opts, engine, latency_target(&c))
+        }
         false => None,
     };
     let (mb, ma) = (c.multiplications_before, c.multiplications_after);
@@ -427,6 +492,7 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
         external_data: saved.external.map(|e| e.0.display().to_string()),
         latency,
         finetune: c.finetune,
+        int8: c.int8,
     })
 }
 

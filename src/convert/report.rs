@@ -77,6 +77,9 @@ pub struct ConvertReport {
     /// With `--finetune`: loss and held-out agreement per epoch, and the epoch kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finetune: Option<crate::finetune::FinetuneReport>,
+    /// With `--int8`: which layers run in int8, which stayed float and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8: Option<crate::quantize::Int8Report>,
 }
 
 /// Single-threaded latency of the original and the converted model in tract, batch 1, on one
@@ -185,6 +188,9 @@ pub fn render(r: &ConvertReport) -> String {
             ),
         };
     }
+    if let Some(q) = &r.int8 {
+        render_int8(&mut s, q);
+    }
     if let Some(l) = &r.latency {
         let _ = writeln!(
             s,
@@ -198,4 +204,25 @@ pub fn render(r: &ConvertReport) -> String {
     }
     let _ = writeln!(s, "wrote {}", r.output);
     s
+}
+
+/// The int8 rewrite's summary: layers in int8, the ones left float and why.
+fn render_int8(s: &mut String, q: &crate::quantize::Int8Report) {
+    use std::fmt::Write as _;
+    let upgraded = q
+        .upgraded_from_opset
+        .map(|o| format!("; upgraded from opset {o} to 13"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "int8: {} layers with int8 weights, {} activations quantized ({:?}, {} ranges on {} images){upgraded}",
+        q.int8_layers.len(),
+        q.quantized_tensors,
+        q.activation,
+        q.calibration_method,
+        q.calibration_images
+    );
+    for f in &q.float_layers {
+        let _ = writeln!(s, "int8: {} stays float: {}", f.name, f.reason);
+    }
 }

@@ -270,6 +270,7 @@ fn stage_row(
             form: Default::default(),
             finetune: None,
             engine: Some(base.engine),
+            int8: None,
         },
         calibration_inputs,
     )?;

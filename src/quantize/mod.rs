@@ -1,0 +1,113 @@
+//! The int8 output: a converted (or original) float model written as a QDQ model that stock
+//! ONNX Runtime turns into its integer kernels when it loads it. Every Conv, Gemm and MatMul
+//! whose input is computed at run time gets int8 weights per output channel — stored as int8,
+//! or, for a layer the compact form stores as a codebook, its rebuilt kernel quantized by a
+//! QuantizeLinear that the engine folds at load, so the file keeps the codebook — and an int32
+//! bias; activations get QuantizeLinear → DequantizeLinear pairs where ONNX Runtime's own
+//! quantizer puts them ([`plan`]), with ranges measured on the calibration images
+//! ([`ranges`]).
+//!
+//! ```text
+//! x ─ Q ─ DQ ─┐
+//!  rebuilt W̃ ─ Q ─ DQ ─ Conv ─ (ReLU folded) ─ Q ─ DQ ─ …     (ORT: QLinearConv)
+//!  int32 bias ─ DQ ─┘
+//! ```
+
+pub mod params;
+pub mod plan;
+pub mod ranges;
+pub mod rewrite;
+pub mod upgrade;
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+use ndarray::ArrayD;
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::shapes::ShapeMap;
+use crate::engine::Engine;
+use crate::onnx::model::OnnxModel;
+pub use params::ActivationType;
+
+/// How the int8 output is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Int8Options {
+    pub activation: ActivationType,
+}
+
+/// What the int8 rewrite did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Int8Report {
+    pub activation: ActivationType,
+    /// The range each activation's scale covers.
+    pub calibration_method: String,
+    pub calibration_images: usize,
+    /// The model's opset before it was upgraded to 13, when it was.
+    pub upgraded_from_opset: Option<i64>,
+    /// Conv / Gemm / MatMul layers (by output name) with int8 weights.
+    pub int8_layers: Vec<String>,
+    /// Layers left in float, with why.
+    pub float_layers: Vec<FloatLayer>,
+    /// Tensors with a QuantizeLinear → DequantizeLinear pair.
+    pub quantized_tensors: usize,
+    /// ReLUs absorbed by their producer's quantized output.
+    pub folded_relus: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FloatLayer {
+    pub name: String,
+    pub reason: String,
+}
+
+/// Rewrites `model` into its QDQ form, with activation ranges measured by running it (before
+/// the rewrite) in `engine` on `inputs`. `computed` holds the values of weights that the graph
+/// computes from constants (the compact form's rebuilt kernels), by tensor name.
+pub fn quantize(
+    model: &mut OnnxModel,
+    opts: &Int8Options,
+    shapes: &ShapeMap,
+    inputs: &[ArrayD<f32>],
+    engine: Engine,
+    computed: &HashMap<String, ArrayD<f32>>,
+) -> Result<Int8Report> {
+    upgrade::check_quantizable(model)?;
+    let upgraded_from_opset = upgrade::to_qdq_opset(model, shapes)?;
+    let float = model.clone();
+    let folded = plan::fold_relus(model);
+    let planned = plan::plan(model.graph());
+    let calibrated = planned.calibrated();
+    log::info!(
+        "int8: measuring {} activation ranges on {} images",
+        calibrated.len(),
+        inputs.len()
+    );
+    let ranges = ranges::min_max(engine, &float, inputs, &calibrated)
+        .context("the int8 output's activation ranges")?;
+    let affine: HashMap<String, params::Affine> = ranges
+        .iter()
+        .map(|(t, &(lo, hi))| (t.clone(), params::activation(lo, hi, opts.activation)))
+        .collect();
+    let done = rewrite::rewrite(model, &planned, &affine, opts.activation, computed)?;
+    if done.clamped_biases > 0 {
+        log::warn!(
+            "int8: {} bias values exceed int32 in their accumulator scale and were clamped",
+            done.clamped_biases
+        );
+    }
+    Ok(Int8Report {
+        activation: opts.activation,
+        calibration_method: "min-max".into(),
+        calibration_images: inputs.len(),
+        upgraded_from_opset,
+        int8_layers: done.int8_layers,
+        float_layers: done
+            .float_layers
+            .into_iter()
+            .map(|(name, reason)| FloatLayer { name, reason })
+            .collect(),
+        quantized_tensors: planned.tensors.len(),
+        folded_relus: folded.len(),
+    })
+}

@@ -1,0 +1,413 @@
+//! The QDQ rewrite: a QuantizeLinear → DequantizeLinear pair after every planned tensor, each
+//! int8 node's weight stored as int8 per output channel (or, for a weight the compact form
+//! rebuilds from its codebook, quantized by a QuantizeLinear that engines fold at load) and its
+//! bias as int32 in the accumulator's scale. Nothing else in the graph changes.
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use ndarray::ArrayD;
+
+use super::params::{self, ActivationType, Affine};
+use super::plan::QuantPlan;
+use crate::onnx::build::{attr_int, node};
+use crate::onnx::model::OnnxModel;
+use crate::proto::tensor_proto::DataType;
+use crate::proto::{NodeProto, TensorProto};
+
+/// What the rewrite did to each node it was asked to run in int8.
+#[derive(Debug, Clone, Default)]
+pub struct Rewritten {
+    /// Conv / Gemm / MatMul nodes (by output name) with int8 weights.
+    pub int8_layers: Vec<String>,
+    /// Those left in float, with why.
+    pub float_layers: Vec<(String, String)>,
+    /// Biases whose int32 value was clamped (a tiny accumulator scale).
+    pub clamped_biases: usize,
+}
+
+fn op(n: &NodeProto) -> &str {
+    n.op_type.as_deref().unwrap_or_default()
+}
+
+fn scalar(name: &str, data_type: DataType, bytes: Vec<u8>) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        data_type: Some(data_type as i32),
+        raw_data: Some(bytes),
+        ..Default::default()
+    }
+}
+
+fn tensor(name: &str, dims: &[usize], data_type: DataType, bytes: Vec<u8>) -> TensorProto {
+    TensorProto {
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        ..scalar(name, data_type, bytes)
+    }
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The graph under construction: nodes to put before / after existing nodes, new initializers,
+/// and names already in use.
+struct Edit {
+    before: HashMap<usize, Vec<NodeProto>>,
+    after: HashMap<usize, Vec<NodeProto>>,
+    front: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+    taken: HashSet<String>,
+}
+
+impl Edit {
+    fn name(&mut self, base: &str, what: &str) -> Result<String> {
+        let n = format!("{base}/int8/{what}");
+        ensure!(
+            self.taken.insert(n.clone()),
+            "the model already has a tensor or node called `{n}`"
+        );
+        Ok(n)
+    }
+}
+
+/// An activation's scale and zero-point initializers, made once per calibrated tensor.
+fn affine_inits(
+    e: &mut Edit,
+    src: &str,
+    a: Affine,
+    ty: ActivationType,
+    made: &mut HashMap<String, (String, String)>,
+) -> Result<(String, String)> {
+    if let Some(names) = made.get(src) {
+        return Ok(names.clone());
+    }
+    let scale = e.name(src, "scale")?;
+    let zp = e.name(src, "zero_point")?;
+    e.inits
+        .push(scalar(&scale, DataType::Float, f32_bytes(&[a.scale])));
+    let (dt, byte) = match ty {
+        ActivationType::Uint8 => (DataType::Uint8, a.zero_point as u8),
+        ActivationType::Int8 => (DataType::Int8, a.zero_point as i8 as u8),
+    };
+    e.inits.push(scalar(&zp, dt, vec![byte]));
+    made.insert(src.to_string(), (scale.clone(), zp.clone()));
+    Ok((scale, zp))
+}
+
+/// Inserts the pair after each planned tensor. A node's output is renamed `…/int8/float` and
+/// the DequantizeLinear writes the original name, so consumers and graph outputs are untouched;
+/// a graph input keeps its name and its consumers read the pair's output.
+fn insert_pairs(
+    model: &mut OnnxModel,
+    e: &mut Edit,
+    plan: &QuantPlan,
+    affine: &HashMap<String, Affine>,
+    ty: ActivationType,
+) -> Result<HashMap<String, Affine>> {
+    let mut made = HashMap::new();
+    let mut of_tensor = HashMap::new();
+    let producer: HashMap<String, usize> = model
+        .graph()
+        .node
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| n.output.iter().map(move |o| (o.clone(), i)))
+        .collect();
+    for (t, src) in &plan.tensors {
+        let a = *affine
+            .get(src)
+            .ok_or_else(|| anyhow!("tensor `{src}`: no calibrated range"))?;
+        of_tensor.insert(t.clone(), a);
+        let (scale, zp) = affine_inits(e, src, a, ty, &mut made)?;
+        let q = e.name(t, "quantized")?;
+        let pair = |input: &str, output: &str| {
+            [
+                node(
+                    "QuantizeLinear",
+                    &format!("{q}/node"),
+                    &[input, &scale, &zp],
+                    &[&q],
+                    vec![],
+                ),
+                node(
+                    "DequantizeLinear",
+                    &format!("{output}/int8/dequantize"),
+                    &[&q, &scale, &zp],
+                    &[output],
+                    vec![],
+                ),
+            ]
+        };
+        match producer.get(t) {
+            Some(&p) => {
+                let float = e.name(t, "float")?;
+                let n = &mut model.graph_mut().node[p];
+                for o in n.output.iter_mut().filter(|o| *o == t) {
+                    *o = float.clone();
+                }
+                e.after.entry(p).or_default().extend(pair(&float, t));
+            }
+            None => {
+                let dq = e.name(t, "dequantized")?;
+                of_tensor.insert(dq.clone(), a);
+                for n in model.graph_mut().node.iter_mut() {
+                    for i in n.input.iter_mut().filter(|i| *i == t) {
+                        *i = dq.clone();
+                    }
+                }
+                e.front.extend(pair(t, &dq));
+            }
+        }
+    }
+    Ok(of_tensor)
+}
+
+/// The axis of a node's weight that holds its output channels, and the weight's layout as
+/// `[outer, channels, inner]`; `None`: one scale for the whole weight (MatMul).
+fn weight_layout(n: &NodeProto, dims: &[usize]) -> Option<(usize, [usize; 3])> {
+    let trans_b = n
+        .attribute
+        .iter()
+        .any(|a| a.name.as_deref() == Some("transB") && a.i == Some(1));
+    let axis = match op(n) {
+        "Conv" => 0,
+        "Gemm" if trans_b => 0,
+        "Gemm" => 1,
+        _ => return None,
+    };
+    let outer: usize = dims[..axis].iter().product();
+    let inner: usize = dims[axis + 1..].iter().product();
+    Some((axis, [outer, dims[axis], inner]))
+}
+
+/// A weight's int8 form: scales per output channel (or one), and the name of the dequantized
+/// value the node reads.
+struct QuantWeight {
+    dequantized: String,
+    scales: Vec<f32>,
+}
+
+/// Quantizes the weight of int8 node `i`: an initializer is replaced by int8 values; a weight
+/// computed from constants (the compact form's rebuilt kernel, whose values `computed` holds)
+/// goes through a QuantizeLinear that engines fold at load.
+fn quantize_weight(
+    model: &OnnxModel,
+    e: &mut Edit,
+    i: usize,
+    computed: &HashMap<String, ArrayD<f32>>,
+) -> Result<QuantWeight, String> {
+    let n = &model.graph().node[i];
+    let w = &n.input[1];
+    let (values, dims, stored) = match (model.initializer(w), computed.get(w)) {
+        (Some(t), _) => {
+            let v = model
+                .tensor_f32(t)
+                .map_err(|err| format!("weight `{w}`: {err:#}"))?;
+            (
+                v,
+                t.dims.iter().map(|&d| d as usize).collect::<Vec<_>>(),
+                true,
+            )
+        }
+        (None, Some(v)) => (v.clone(), v.shape().to_vec(), false),
+        (None, None) => return Err(format!("its weight `{w}` is computed at run time")),
+    };
+    let flat: Vec<f32> = values.iter().copied().collect();
+    let (axis, [outer, channels, inner]) = match weight_layout(n, &dims) {
+        Some(l) => (Some(l.0), l.1),
+        None => (None, [1, 1, flat.len()]),
+    };
+    let scales = params::channel_scales(&flat, outer, channels, inner);
+    let shape = if axis.is_some() {
+        vec![channels]
+    } else {
+        vec![]
+    };
+    let err = |e: anyhow::Error| format!("{e:#}");
+    let scale = e.name(w, "scale").map_err(err)?;
+    let zp = e.name(w, "zero_point").map_err(err)?;
+    let dq = e.name(w, "dequantized").map_err(err)?;
+    e.inits
+        .push(tensor(&scale, &shape, DataType::Float, f32_bytes(&scales)));
+    e.inits
+        .push(tensor(&zp, &shape, DataType::Int8, vec![0; channels]));
+    let attrs = || {
+        axis.map(|a| vec![attr_int("axis", a as i64)])
+            .unwrap_or_default()
+    };
+    let q = e.name(w, "quantized").map_err(err)?;
+    let mut nodes = vec![];
+    if stored {
+        let int8 = params::quantize_weight(&flat, &scales, outer, inner);
+        let bytes = int8.iter().map(|&v| v as u8).collect();
+        e.inits.push(tensor(&q, &dims, DataType::Int8, bytes));
+    } else {
+        nodes.push(node(
+            "QuantizeLinear",
+            &format!("{q}/node"),
+            &[w, &scale, &zp],
+            &[&q],
+            attrs(),
+        ));
+    }
+    nodes.push(node(
+        "DequantizeLinear",
+        &format!("{dq}/node"),
+        &[&q, &scale, &zp],
+        &[&dq],
+        attrs(),
+    ));
+    e.before.entry(i).or_default().extend(nodes);
+    Ok(QuantWeight {
+        dequantized: dq,
+        scales,
+    })
+}
+
+/// Replaces int8 node `i`'s float bias (Conv's B, Gemm's 1-D C) by int32 values in the scale
+/// `input scale × weight scale`, when it is an initializer of the right length.
+fn quantize_bias(
+    model: &mut OnnxModel,
+    e: &mut Edit,
+    i: usize,
+    input_scale: f32,
+    weight: &QuantWeight,
+) -> Result<usize> {
+    let n = &model.graph().node[i];
+    let Some(b) = n.input.get(2).filter(|b| !b.is_empty()).cloned() else {
+        return Ok(0);
+    };
+    let Some(t) = model.initializer(&b) else {
+        return Ok(0);
+    };
+    let beta = n
+        .attribute
+        .iter()
+        .find(|a| a.name.as_deref() == Some("beta"))
+        .and_then(|a| a.f)
+        .unwrap_or(1.0);
+    let values: Vec<f32> = model.tensor_f32(t)?.iter().copied().collect();
+    let channels = weight.scales.len();
+    if t.dims.len() != 1 || beta != 1.0 || (channels > 1 && values.len() != channels) {
+        return Ok(0);
+    }
+    let out = n.output[0].clone();
+    let (q, clamped) = params::quantize_bias(&values, input_scale, &weight.scales);
+    let scales = params::bias_scales(input_scale, &weight.scales, values.len());
+    let qn = e.name(&out, "bias_quantized")?;
+    let sn = e.name(&out, "bias_scale")?;
+    let zn = e.name(&out, "bias_zero_point")?;
+    let dq = e.name(&out, "bias")?;
+    let len = [values.len()];
+    let bytes = q.iter().flat_map(|v| v.to_le_bytes()).collect();
+    e.inits.push(tensor(&qn, &len, DataType::Int32, bytes));
+    e.inits
+        .push(tensor(&sn, &len, DataType::Float, f32_bytes(&scales)));
+    e.inits.push(tensor(
+        &zn,
+        &len,
+        DataType::Int32,
+        vec![0; 4 * values.len()],
+    ));
+    e.before.entry(i).or_default().push(node(
+        "DequantizeLinear",
+        &format!("{dq}/node"),
+        &[&qn, &sn, &zn],
+        &[&dq],
+        vec![attr_int("axis", 0)],
+    ));
+    model.graph_mut().node[i].input[2] = dq;
+    Ok(clamped)
+}
+
+/// Rewrites `model` (already ReLU-folded and planned) into its QDQ form with the calibrated
+/// `affine` parameters of each calibrated tensor.
+pub fn rewrite(
+    model: &mut OnnxModel,
+    plan: &QuantPlan,
+    affine: &HashMap<String, Affine>,
+    ty: ActivationType,
+    computed: &HashMap<String, ArrayD<f32>>,
+) -> Result<Rewritten> {
+    let mut e = Edit {
+        before: HashMap::new(),
+        after: HashMap::new(),
+        front: vec![],
+        inits: vec![],
+        taken: crate::lower::builder::taken_names(model),
+    };
+    let mut done = Rewritten::default();
+    let of_tensor = insert_pairs(model, &mut e, plan, affine, ty)?;
+    let mut weights: HashMap<String, QuantWeight> = HashMap::new();
+    let mut replaced = HashSet::new();
+    for &i in &plan.nodes {
+        let n = &model.graph().node[i];
+        if !matches!(op(n), "Conv" | "Gemm" | "MatMul") || n.input.len() < 2 {
+            continue;
+        }
+        let name = n.output[0].replace("/int8/float", "");
+        let w = n.input[1].clone();
+        let input_scale = of_tensor
+            .get(&n.input[0])
+            .with_context(|| format!("node `{name}`: its input is not quantized"))?
+            .scale;
+        if !weights.contains_key(&w) {
+            match quantize_weight(model, &mut e, i, computed) {
+                Ok(q) => {
+                    weights.insert(w.clone(), q);
+                }
+                Err(why) => {
+                    done.float_layers.push((name, why));
+                    continue;
+                }
+            }
+        }
+        let q = &weights[&w];
+        model.graph_mut().node[i].input[1] = q.dequantized.clone();
+        replaced.insert(w);
+        let bias = model.graph().node[i].input.get(2).cloned();
+        let clamped = quantize_bias(model, &mut e, i, input_scale, q)?;
+        done.clamped_biases += clamped;
+        if model.graph().node[i].input.get(2) != bias.as_ref() {
+            replaced.extend(bias);
+        }
+        done.int8_layers.push(name);
+    }
+    assemble(model, e, &replaced)?;
+    Ok(done)
+}
+
+/// Puts the new nodes in place (graph order kept: before, node, after) and the new
+/// initializers in; float initializers nothing reads any more are dropped.
+fn assemble(model: &mut OnnxModel, mut e: Edit, replaced: &HashSet<String>) -> Result<()> {
+    let g = model.graph_mut();
+    let old = std::mem::take(&mut g.node);
+    let mut nodes = std::mem::take(&mut e.front);
+    for (i, n) in old.into_iter().enumerate() {
+        nodes.extend(e.before.remove(&i).unwrap_or_default());
+        nodes.push(n);
+        nodes.extend(e.after.remove(&i).unwrap_or_default());
+    }
+    if !e.before.is_empty() || !e.after.is_empty() {
+        bail!("internal error: new nodes placed at a node that does not exist");
+    }
+    g.node = nodes;
+    let read: HashSet<&str> = g
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .chain(g.output.iter().filter_map(|o| o.name.as_deref()))
+        .collect();
+    let unused: HashSet<String> = replaced
+        .iter()
+        .filter(|r| !read.contains(r.as_str()))
+        .cloned()
+        .collect();
+    g.initializer
+        .retain(|t| !unused.contains(t.name.as_deref().unwrap_or_default()));
+    g.input
+        .retain(|i| !unused.contains(i.name.as_deref().unwrap_or_default()));
+    g.initializer.extend(e.inits);
+    Ok(())
+}
