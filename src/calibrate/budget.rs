@@ -84,6 +84,9 @@ pub struct MeasuredBudget {
     pub unit: Unit,
     /// The whole original model.
     pub total: f64,
+    /// The cost with no layer converted, when it is not the original's `total` (the int8
+    /// output's model stores every weight as int8 and adds its quantization parameters).
+    pub start: Option<f64>,
     /// Per candidate layer (same order as the candidates).
     pub layers: Vec<LayerCost>,
     /// What measured it (a latency budget's engine and how), for reports.
@@ -204,7 +207,9 @@ pub fn allocate(
         Some(Unit::Bytes) => target * (1.0 + BYTE_MODEL_MARGIN),
         _ => target,
     };
-    let chosen = greedy(&sens, total, aim).ok_or_else(|| BudgetError::Unreachable {
+    let start = measured.as_ref().and_then(|m| m.start).unwrap_or(total);
+    let need = start - total / aim;
+    let chosen = greedy_for(&sens, need).ok_or_else(|| BudgetError::Unreachable {
         setting,
         goal,
         target,
@@ -214,7 +219,7 @@ pub fn allocate(
             _ => format!("ρ = {}", CANDIDATE_RATIOS[CANDIDATE_RATIOS.len() - 1]),
         },
     })?;
-    let after = total
+    let after = start
         - sens
             .iter()
             .zip(&chosen)
@@ -412,8 +417,13 @@ impl LayerSensitivity {
 /// Per layer: the index of its chosen point, or `None` (original). Greedy on cost = error²,
 /// then [`exchange`]. `None` when the candidates cannot save enough even at their highest
 /// ratios.
+#[cfg(test)]
 fn greedy(sens: &[LayerSensitivity], total: f64, target: f64) -> Option<Vec<Option<usize>>> {
-    let need = total * (1.0 - 1.0 / target);
+    greedy_for(sens, total * (1.0 - 1.0 / target))
+}
+
+/// [`greedy`] for a saving of `need`.
+fn greedy_for(sens: &[LayerSensitivity], need: f64) -> Option<Vec<Option<usize>>> {
     let mut chosen: Vec<Option<usize>> = vec![None; sens.len()];
     let mut saved = 0.0;
     while saved < need {

@@ -123,6 +123,9 @@ pub fn convert_model_with_inputs(
     opts: &ConvertOptions,
     calibration_inputs: Option<&[ArrayD<f32>]>,
 ) -> Result<Converted> {
+    if opts.int8.is_some() {
+        quantize::upgrade::check_quantizable(original)?;
+    }
     let inv = inventory::inventory(original, &opts.input_shapes)?;
     let engine = run_engine(original, &inv, opts, calibration_inputs)?;
     let calibration = match (&opts.calibration, calibration_inputs) {
@@ -165,19 +168,25 @@ pub fn convert_model_with_inputs(
     let new_shapes =
         shapes::infer(&converted, &opts.input_shapes).context("the converted model")?;
     let new_cost = cost::graph_cost(&converted, &new_shapes);
+    let rebuilt = match opts.int8 {
+        Some(_) => rebuilt_weights(&converted, &plan.layers, &learnt),
+        None => HashMap::new(),
+    };
+    let layers = recount(&inv, &converted, &new_cost, &plan.layers, learnt);
     let int8 = match (&opts.int8, calibration_inputs) {
-        (Some(q), Some(inputs)) => {
-            let rebuilt = rebuilt_weights(&converted, &plan.layers, &learnt);
-            let report =
-                quantize::quantize(&mut converted, q, &new_shapes, inputs, engine, &rebuilt)?;
-            Some(report)
-        }
+        (Some(q), Some(inputs)) => Some(quantize::quantize(
+            &mut converted,
+            q,
+            &new_shapes,
+            inputs,
+            engine,
+            &rebuilt,
+        )?),
         (Some(_), None) => {
             bail!("the int8 output needs calibration images for its activation ranges")
         }
         (None, _) => None,
     };
-    let layers = recount(&inv, &converted, &new_cost, &plan.layers, learnt);
     Ok(Converted {
         model: converted,
         layers,

@@ -13,6 +13,7 @@ use crate::lower::packing;
 use crate::onnx::model::OnnxModel;
 use crate::onnx::tensor;
 use crate::progress;
+use crate::quantize;
 
 use super::report::SkippedLayer;
 use super::{ConvertOptions, OutputForm};
@@ -233,7 +234,7 @@ fn allocate<'a>(
     // The fused form runs a native kernel whose speed is not the multiplication count's: spend
     // measured time instead.
     let measured = match (opts.target_compression, opts.form) {
-        (Some(_), _) => Some(size_budget(original, &with_cost)?),
+        (Some(_), _) => Some(size_budget(original, inv, &with_cost, opts.int8.is_some())?),
         (None, OutputForm::Fused) => Some(latency_budget(original, inv, &with_cost, engine)?),
         (None, OutputForm::Ops | OutputForm::Dense) => None,
     };
@@ -307,10 +308,15 @@ const CODES_OVERHEAD_BYTES: f64 = 1250.0;
 
 /// The model's stored bytes (the protobuf plus external tensor data), and per candidate layer
 /// its weight's bytes and the compact form's at each candidate ratio the rules accept
-/// (`lower::dense`'s tensors plus [`LAYER_OVERHEAD_BYTES`]).
+/// (`lower::dense`'s tensors plus [`LAYER_OVERHEAD_BYTES`]). For the int8 output, the start is
+/// the original written as int8 (every weight int8, the quantization parameters added), a
+/// layer left original stores its kernel as int8, and a converted one adds the QuantizeLinear
+/// of its rebuilt kernel.
 fn size_budget(
     original: &OnnxModel,
+    inv: &Inventory,
     candidates: &[budget::Candidate],
+    int8: bool,
 ) -> Result<budget::MeasuredBudget> {
     use prost::Message;
     let mut total = original.proto.encoded_len() as f64;
@@ -320,17 +326,25 @@ fn size_budget(
             total += (tensor::element_count(t)? * width) as f64;
         }
     }
+    let start = match int8 {
+        true => Some(quantize::int8_bytes(original, &inv.shapes)? as f64),
+        false => None,
+    };
     let opset = original.default_opset();
     let layers = candidates
         .iter()
         .map(|c| budget::LayerCost {
-            before: kernel_bytes(c.layer),
+            before: match int8 {
+                true => int8_kernel_bytes(c.layer),
+                false => kernel_bytes(c.layer),
+            },
             after: c
                 .ratios
                 .iter()
                 .filter_map(|&r| {
                     let p = c.params.with_ratio(r).ok()?;
-                    Some((r, compact_bytes(c.layer, &p, opset)?))
+                    let extra = if int8 { INT8_LAYER_BYTES } else { 0.0 };
+                    Some((r, compact_bytes(c.layer, &p, opset)? + extra))
                 })
                 .collect(),
         })
@@ -340,7 +354,20 @@ fn size_budget(
         total,
         layers,
         source: None,
+        start,
     })
+}
+
+/// What quantizing a converted layer's rebuilt kernel adds in the int8 output: a QuantizeLinear
+/// node and the longer names of its scale, zero point and outputs (measured on ResNet-20).
+const INT8_LAYER_BYTES: f64 = 150.0;
+
+/// The bytes of `layer`'s kernel stored as int8 (0 when its shape is unknown).
+fn int8_kernel_bytes(layer: &ConvLayer) -> f64 {
+    layer
+        .kernel
+        .as_ref()
+        .map_or(0, |k| k.iter().product::<usize>()) as f64
 }
 
 /// The bytes of `layer`'s kernel (0 when its shape is unknown).
@@ -495,6 +522,7 @@ fn latency_budget(
         total: model_ms,
         layers,
         source: Some(format!("{}, 1 thread, batch 1, {how}", engine.describe()?)),
+        start: None,
     })
 }
 

@@ -111,3 +111,33 @@ pub fn quantize(
         folded_relus: folded.len(),
     })
 }
+
+/// The stored bytes of `model` written as int8 with every weight stored as int8 (the ranges
+/// are placeholders: the parameters' bytes do not depend on their values): what the int8 output
+/// stores before any layer is converted, for the size budget.
+pub fn int8_bytes(model: &OnnxModel, shapes: &ShapeMap) -> Result<u64> {
+    use prost::Message;
+    let mut m = model.clone();
+    upgrade::check_quantizable(&m)?;
+    upgrade::to_qdq_opset(&mut m, shapes)?;
+    plan::fold_relus(&mut m);
+    let planned = plan::plan(m.graph());
+    let placeholder = params::Affine {
+        scale: 1.0,
+        zero_point: 0,
+    };
+    let affine = planned
+        .calibrated()
+        .into_iter()
+        .map(|t| (t, placeholder))
+        .collect();
+    rewrite::rewrite(
+        &mut m,
+        &planned,
+        &affine,
+        ActivationType::Uint8,
+        &HashMap::new(),
+    )?;
+    let proto = m.proto_inline()?;
+    Ok(proto.encoded_len() as u64)
+}

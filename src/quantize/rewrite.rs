@@ -123,16 +123,10 @@ fn insert_pairs(
         let q = e.name(t, "quantized")?;
         let pair = |input: &str, output: &str| {
             [
-                node(
-                    "QuantizeLinear",
-                    &format!("{q}/node"),
-                    &[input, &scale, &zp],
-                    &[&q],
-                    vec![],
-                ),
+                node("QuantizeLinear", "", &[input, &scale, &zp], &[&q], vec![]),
                 node(
                     "DequantizeLinear",
-                    &format!("{output}/int8/dequantize"),
+                    "",
                     &[&q, &scale, &zp],
                     &[output],
                     vec![],
@@ -245,7 +239,7 @@ fn quantize_weight(
     } else {
         nodes.push(node(
             "QuantizeLinear",
-            &format!("{q}/node"),
+            "",
             &[w, &scale, &zp],
             &[&q],
             attrs(),
@@ -253,7 +247,7 @@ fn quantize_weight(
     }
     nodes.push(node(
         "DequantizeLinear",
-        &format!("{dq}/node"),
+        "",
         &[&q, &scale, &zp],
         &[&dq],
         attrs(),
@@ -297,23 +291,16 @@ fn quantize_bias(
     let scales = params::bias_scales(input_scale, &weight.scales, values.len());
     let qn = e.name(&out, "bias_quantized")?;
     let sn = e.name(&out, "bias_scale")?;
-    let zn = e.name(&out, "bias_zero_point")?;
     let dq = e.name(&out, "bias")?;
     let len = [values.len()];
     let bytes = q.iter().flat_map(|v| v.to_le_bytes()).collect();
     e.inits.push(tensor(&qn, &len, DataType::Int32, bytes));
     e.inits
         .push(tensor(&sn, &len, DataType::Float, f32_bytes(&scales)));
-    e.inits.push(tensor(
-        &zn,
-        &len,
-        DataType::Int32,
-        vec![0; 4 * values.len()],
-    ));
     e.before.entry(i).or_default().push(node(
         "DequantizeLinear",
-        &format!("{dq}/node"),
-        &[&qn, &sn, &zn],
+        "",
+        &[&qn, &sn],
         &[&dq],
         vec![attr_int("axis", 0)],
     ));

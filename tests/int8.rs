@@ -1,0 +1,265 @@
+//! `convert --int8`: the compact form written as a QDQ model that ONNX Runtime runs on its
+//! integer kernels. Checked in ONNX Runtime: the optimised graph holds no float Conv/Gemm and
+//! nothing of the kernels' rebuilding; the integer-kernel run equals, within
+//! [`INT8_STEPS`] output quantization steps, the same QDQ model run with every optimisation
+//! off (each QuantizeLinear / DequantizeLinear as written around float operators: the float
+//! model with the same quantized weights and activations). Bad settings and quantized inputs
+//! are refused before anything is written.
+
+mod common;
+
+use std::path::Path;
+
+use serde_json::Value;
+
+/// Output quantization steps the integer kernels may differ by from the float model with the
+/// same quantized weights and activations: each requantization may round a value the other
+/// way (a tie, or float rounding in the reference), one step of a layer's output, and a step
+/// moves later layers' outputs by about a step; measured 2 on the default model and 3 on
+/// ResNet-20, SqueezeNet.
+const INT8_STEPS: f32 = 6.0;
+
+fn repo_path(rel: &str) -> String {
+    common::repo().join(rel).display().to_string()
+}
+
+/// Converts the default model with `extra` flags into `out` (int8, compact form, calibrated on
+/// the first 100 of its images).
+fn convert_digits(out: &Path, extra: &[&str]) -> std::process::Output {
+    let (model, data, spec) = (
+        repo_path("models/digits-cnn.onnx"),
+        repo_path("models/digits-test"),
+        repo_path("models/digits-cnn.preprocess.json"),
+    );
+    let mut args = vec![
+        model.as_str(),
+        common::path_str(out),
+        "--all",
+        "--form",
+        "dense",
+        "--calibrate",
+        &data,
+        "--preprocess",
+        &spec,
+        "--calib-samples",
+        "100",
+        "--no-latency",
+        "--json",
+    ];
+    args.extend(extra);
+    common::run(&args)
+}
+
+/// Runs the int8 checks of `scripts/ort_int8_check.py` on `model`, asserting the integer
+/// kernels ran every layer and matched the reference within [`INT8_STEPS`].
+fn check_in_ort(python: &Path, model: &Path, input: &ndarray::ArrayD<f32>) -> Value {
+    let tmp = tempfile::tempdir().unwrap();
+    let (x, fast, plain) = (
+        tmp.path().join("x.npy"),
+        tmp.path().join("int8.npy"),
+        tmp.path().join("reference.npy"),
+    );
+    common::write_npy(&x, input);
+    let o = std::process::Command::new(python)
+        .arg(common::repo().join("scripts/ort_int8_check.py"))
+        .args([model, &x, &fast, &plain])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "ONNX Runtime on {}: {}",
+        model.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["float_layers"], Value::Array(vec![]), "{j}");
+    assert_eq!(j["rebuild_nodes"], Value::Array(vec![]), "{j}");
+    let step = j["output_scale"].as_f64().expect("a quantized output") as f32;
+    let (a, b) = (common::read_npy(&fast), common::read_npy(&plain));
+    let diff = common::max_abs_diff(&a, &b);
+    assert!(
+        diff <= INT8_STEPS * step,
+        "{}: integer kernels differ from the QDQ reference by {diff} = {} output steps",
+        model.display(),
+        diff / step
+    );
+    j
+}
+
+fn ops(j: &Value, op: &str) -> u64 {
+    j["ops"][op].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn int8_output_runs_every_layer_on_integer_kernels_and_matches_its_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, extra) in [
+        ("palette.onnx", &["--shared-codebook", "--k", "16"][..]),
+        ("dl.onnx", &["--method", "dl", "--ratio", "4"][..]),
+        (
+            "signed.onnx",
+            &["--method", "vq", "--activation-type", "int8"][..],
+        ),
+    ] {
+        let out = dir.path().join(name);
+        let mut args = vec!["--int8"];
+        args.extend(extra);
+        let o = convert_digits(&out, &args);
+        assert!(o.status.success(), "{name}: {}", common::stderr(&o));
+        let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let int8 = &report["int8"];
+        // conv1..conv4 and fc: every layer with a weight runs in int8.
+        assert_eq!(int8["int8_layers"].as_array().unwrap().len(), 5, "{int8}");
+        assert_eq!(int8["float_layers"], Value::Array(vec![]), "{int8}");
+        assert_eq!(int8["folded_relus"], 4, "{int8}");
+        let Some(python) = common::ort_python("int8_output_runs_every_layer_on_integer_kernels")
+        else {
+            return;
+        };
+        for (batch, seed) in [(1, 1), (3, 2)] {
+            let x = common::input_like(&[batch, 3, 8, 8], seed);
+            let j = check_in_ort(&python, &out, &x);
+            assert_eq!(ops(&j, "QLinearConv"), 4, "{name}: {j}");
+            assert_eq!(ops(&j, "QGemm"), 1, "{name}: {j}");
+        }
+    }
+}
+
+#[test]
+fn int8_size_budget_meets_its_target_on_the_written_file_deterministically() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |n: &str| dir.path().join(n);
+    let flags = ["--int8", "--target-compression", "3"];
+    for name in ["a.onnx", "b.onnx"] {
+        let o = convert_digits(&out(name), &flags);
+        assert!(o.status.success(), "{}", common::stderr(&o));
+    }
+    let read = |n: &str| std::fs::read(out(n)).unwrap();
+    assert!(read("a.onnx") == read("b.onnx"), "two runs differ");
+    let original = std::fs::metadata(common::default_model()).unwrap().len() as f64;
+    let written = read("a.onnx").len() as f64;
+    // The budget's byte model, within 3% of the written file.
+    assert!(
+        original / written >= 3.0 * 0.97,
+        "{original} -> {written} bytes: {:.2}x, target 3x",
+        original / written
+    );
+}
+
+#[test]
+fn int8_refuses_other_forms_missing_calibration_and_quantized_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.onnx");
+    let model = repo_path("models/digits-cnn.onnx");
+    let o = common::run(&[&model, common::path_str(&out), "--all", "--int8"]);
+    assert!(!o.status.success());
+    assert!(
+        common::stderr(&o).contains("--form dense"),
+        "{}",
+        common::stderr(&o)
+    );
+    let o = common::run(&[
+        &model,
+        common::path_str(&out),
+        "--all",
+        "--form",
+        "dense",
+        "--int8",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        common::stderr(&o).contains("--calibrate"),
+        "{}",
+        common::stderr(&o)
+    );
+    assert!(
+        !out.exists(),
+        "a refused conversion wrote {}",
+        out.display()
+    );
+    // An int8 model is refused as input, naming a quantization node.
+    let quantized = dir.path().join("quantized.onnx");
+    let o = convert_digits(&quantized, &["--int8", "--shared-codebook", "--k", "16"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let again = dir.path().join("again.onnx");
+    let args = [
+        common::path_str(&quantized),
+        common::path_str(&again),
+        "--layers",
+        "conv2",
+        "--form",
+        "dense",
+        "--int8",
+        "--calibrate",
+        &repo_path("models/digits-test"),
+        "--preprocess",
+        &repo_path("models/digits-cnn.preprocess.json"),
+    ];
+    let o = common::run(&args);
+    assert!(!o.status.success());
+    let err = common::stderr(&o);
+    assert!(
+        err.contains("quantized already") && err.contains("node `"),
+        "{err}"
+    );
+    assert!(!again.exists());
+}
+
+/// The shared models: ResNet-20 (opset 13, residual Adds) and SqueezeNet 1.1 (opset 7, IR 3:
+/// upgraded; Concat, MaxPool, Dropout, Softmax) come out on integer kernels throughout.
+#[test]
+fn shared_models_int8_run_on_integer_kernels() {
+    let Some(python) = common::ort_python("shared_models_int8_run_on_integer_kernels") else {
+        return;
+    };
+    let cases = [
+        (
+            "resnet20-cifar10",
+            "cifar10-train",
+            vec![1, 3, 32, 32],
+            19,
+            "QLinearAdd",
+        ),
+        (
+            "squeezenet1.1",
+            "imagenet-sample",
+            vec![1, 3, 224, 224],
+            26,
+            "QLinearConcat",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (name, data, shape, convs, op) in cases {
+        let test = format!("shared_models_int8_run_on_integer_kernels ({name})");
+        let Some(shared) = common::shared(&test) else {
+            return;
+        };
+        let model = shared.join(format!("models/{name}.onnx"));
+        let spec = shared.join(format!("models/{name}.preprocess.json"));
+        let out = dir.path().join(format!("{name}.onnx"));
+        let o = common::run(&[
+            common::path_str(&model),
+            common::path_str(&out),
+            "--all",
+            "--form",
+            "dense",
+            "--shared-codebook",
+            "--subspace",
+            "1",
+            "--k",
+            "16",
+            "--int8",
+            "--calibrate",
+            common::path_str(&shared.join("data").join(data)),
+            "--calib-samples",
+            "16",
+            "--preprocess",
+            common::path_str(&spec),
+            "--no-latency",
+        ]);
+        assert!(o.status.success(), "{name}: {}", common::stderr(&o));
+        let j = check_in_ort(&python, &out, &common::input_like(&shape, 3));
+        assert_eq!(ops(&j, "QLinearConv"), convs, "{name}: {j}");
+        assert!(ops(&j, op) > 0, "{name}: {j}");
+    }
+}
