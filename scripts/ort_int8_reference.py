@@ -24,6 +24,7 @@ import tempfile
 
 import numpy as np
 import onnx
+import onnx.version_converter
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                       QuantType, quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -71,6 +72,26 @@ def preprocess(path, spec):
     return x.transpose(2, 0, 1)[None].astype(np.float32)
 
 
+def at_opset_13(path, tmp):
+    """The model itself, or upgraded to opset 13 (onnx.version_converter) when it is older: the
+    quantizer writes per-channel DequantizeLinear nodes, which need opset 13, and keeps an
+    older model's opset (an invalid model). IR 3's weights listed as graph inputs are unlisted
+    (from IR 4 they would be inputs a caller may feed, so never folded)."""
+    model = onnx.load(path)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset >= 13:
+        return path
+    model = onnx.version_converter.convert_version(model, 13)
+    inits = {t.name for t in model.graph.initializer}
+    keep = [i for i in model.graph.input if i.name not in inits]
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+    model.ir_version = max(model.ir_version, 7)
+    out = os.path.join(tmp, "opset13.onnx")
+    onnx.save(model, out)
+    return out
+
+
 class Images(CalibrationDataReader):
     def __init__(self, files, spec):
         self.files, self.spec, self.i = files, spec, 0
@@ -102,7 +123,7 @@ def main():
               "entropy": CalibrationMethod.Entropy}[a.method]
     with tempfile.TemporaryDirectory() as tmp:
         pre = os.path.join(tmp, "pre.onnx")
-        quant_pre_process(a.model, pre)
+        quant_pre_process(at_opset_13(a.model, tmp), pre)
         quantize_static(pre, a.out, Images(chosen, spec), quant_format=QuantFormat.QDQ,
                         per_channel=True, weight_type=QuantType.QInt8,
                         activation_type=QuantType.QUInt8 if a.activation == "uint8"

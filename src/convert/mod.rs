@@ -123,9 +123,13 @@ pub fn convert_model_with_inputs(
     opts: &ConvertOptions,
     calibration_inputs: Option<&[ArrayD<f32>]>,
 ) -> Result<Converted> {
-    if opts.int8.is_some() {
-        quantize::upgrade::check_quantizable(original)?;
-    }
+    // The int8 output is written at opset 13 or later: an older model is upgraded first, so
+    // that the compact form's kernels are built at the opset the model is written at.
+    let (upgraded, upgraded_from) = match opts.int8 {
+        Some(_) => upgrade_for_int8(original, &opts.input_shapes)?,
+        None => (None, None),
+    };
+    let original = upgraded.as_ref().unwrap_or(original);
     let inv = inventory::inventory(original, &opts.input_shapes)?;
     let engine = run_engine(original, &inv, opts, calibration_inputs)?;
     let calibration = match (&opts.calibration, calibration_inputs) {
@@ -174,14 +178,12 @@ pub fn convert_model_with_inputs(
     };
     let layers = recount(&inv, &converted, &new_cost, &plan.layers, learnt);
     let int8 = match (&opts.int8, calibration_inputs) {
-        (Some(q), Some(inputs)) => Some(quantize::quantize(
-            &mut converted,
-            q,
-            &new_shapes,
-            inputs,
-            engine,
-            &rebuilt,
-        )?),
+        (Some(q), Some(inputs)) => {
+            let mut report =
+                quantize::quantize(&mut converted, q, &new_shapes, inputs, engine, &rebuilt)?;
+            report.upgraded_from_opset = upgraded_from;
+            Some(report)
+        }
         (Some(_), None) => {
             bail!("the int8 output needs calibration images for its activation ranges")
         }
@@ -201,6 +203,27 @@ pub fn convert_model_with_inputs(
     })
 }
 
+/// `original` upgraded to the int8 output's opset when it is older (and the opset it had), after
+/// refusing a model that is quantized already.
+fn upgrade_for_int8(
+    original: &OnnxModel,
+    input_shapes: &[shapes::InputShape],
+) -> Result<(Option<OnnxModel>, Option<i64>)> {
+    quantize::upgrade::check_quantizable(original)?;
+    if original.default_opset() >= quantize::upgrade::QDQ_OPSET {
+        return Ok((None, None));
+    }
+    let shapes = shapes::infer(original, input_shapes)?;
+    let mut m = original.clone();
+    let from = quantize::upgrade::to_qdq_opset(&mut m, &shapes)?;
+    log::info!(
+        "int8: the model is upgraded from opset {} to {}",
+        from.unwrap_or_default(),
+        quantize::upgrade::QDQ_OPSET
+    );
+    Ok((Some(m), from))
+}
+
 /// The kernel each compact-form layer rebuilds from its codebook, by the name of the tensor its
 /// node reads, in that tensor's layout (a fully connected layer's [M, N], or [N, M] when its
 /// weight is stored input by output): what the int8 rewrite quantizes.
@@ -208,7 +231,7 @@ fn rebuilt_weights(
     converted: &OnnxModel,
     planned: &[PlannedLayer],
     learnt: &[LearntLayer],
-) -> HashMap<String, ArrayD<f32>> {
+) -> HashMap<String, quantize::Rebuilt> {
     let mut rebuilt = HashMap::new();
     for (p, l) in planned.iter().zip(learnt) {
         let prefix = format!("{}/dlq/", p.layer.name);
@@ -233,7 +256,18 @@ fn rebuilt_weights(
                 }
             }
         };
-        rebuilt.insert(weight.clone(), w);
+        // A palette without per-channel scales takes a few values: one int8 scale holds them.
+        // (Convolutions only: ONNX Runtime's QGemm fusion did not take a per-tensor weight with
+        // its int32 bias.)
+        let per_tensor =
+            l.codebook.shared && l.codebook.channel_scale.is_none() && p.layer.fc.is_none();
+        rebuilt.insert(
+            weight.clone(),
+            quantize::Rebuilt {
+                values: w,
+                per_tensor,
+            },
+        );
     }
     rebuilt
 }

@@ -343,7 +343,11 @@ fn size_budget(
                 .iter()
                 .filter_map(|&r| {
                     let p = c.params.with_ratio(r).ok()?;
-                    let extra = if int8 { INT8_LAYER_BYTES } else { 0.0 };
+                    let extra = if int8 {
+                        int8_layer_bytes(c.layer, &p)
+                    } else {
+                        0.0
+                    };
                     Some((r, compact_bytes(c.layer, &p, opset)? + extra))
                 })
                 .collect(),
@@ -361,6 +365,26 @@ fn size_budget(
 /// What quantizing a converted layer's rebuilt kernel adds in the int8 output: a QuantizeLinear
 /// node and the longer names of its scale, zero point and outputs (measured on ResNet-20).
 const INT8_LAYER_BYTES: f64 = 150.0;
+
+/// What the int8 output adds to a converted layer's compact form, against the start's int8
+/// weight: the QuantizeLinear of the rebuilt kernel, less the per-channel scales a palette
+/// without channel scales does without (it is quantized with one scale).
+fn int8_layer_bytes(layer: &ConvLayer, p: &ValidParams) -> f64 {
+    let m = layer.kernel.as_ref().map_or(0, |k| k[0]) as f64;
+    // The rebuilding nodes lose their names and get short tensor names: each stored its
+    // `{layer}/dlq/…` name three times (node, output, the consumer's input), now a short name
+    // twice.
+    let renamed = REBUILD_NODES * (3.0 * (layer.name.len() as f64 + 17.0) - 12.0);
+    let scales = match p.shared && !p.channel_scale && layer.fc.is_none() {
+        true => 4.0 * m,
+        false => 0.0,
+    };
+    INT8_LAYER_BYTES - scales - renamed
+}
+
+/// The nodes that rebuild a palette layer's kernel (Γ unpacked, gathered, moved, reshaped):
+/// fewer than per-subspace or DL codebooks have, so their renaming is not overestimated.
+const REBUILD_NODES: f64 = 8.0;
 
 /// The bytes of `layer`'s kernel stored as int8 (0 when its shape is unknown).
 fn int8_kernel_bytes(layer: &ConvLayer) -> f64 {

@@ -29,6 +29,7 @@ use crate::analysis::shapes::ShapeMap;
 use crate::engine::Engine;
 use crate::onnx::model::OnnxModel;
 pub use params::ActivationType;
+pub use rewrite::Rebuilt;
 
 /// How the int8 output is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -70,7 +71,7 @@ pub fn quantize(
     shapes: &ShapeMap,
     inputs: &[ArrayD<f32>],
     engine: Engine,
-    computed: &HashMap<String, ArrayD<f32>>,
+    computed: &HashMap<String, rewrite::Rebuilt>,
 ) -> Result<Int8Report> {
     upgrade::check_quantizable(model)?;
     let upgraded_from_opset = upgrade::to_qdq_opset(model, shapes)?;
@@ -90,6 +91,7 @@ pub fn quantize(
         .map(|(t, &(lo, hi))| (t.clone(), params::activation(lo, hi, opts.activation)))
         .collect();
     let done = rewrite::rewrite(model, &planned, &affine, opts.activation, computed)?;
+    rewrite::shorten_rebuild_names(model)?;
     if done.clamped_biases > 0 {
         log::warn!(
             "int8: {} bias values exceed int32 in their accumulator scale and were clamped",

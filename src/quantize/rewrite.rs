@@ -30,6 +30,12 @@ fn op(n: &NodeProto) -> &str {
     n.op_type.as_deref().unwrap_or_default()
 }
 
+/// An int8 node's name in reports and new tensor names: its output's (before the pair took it).
+fn layer_name(n: &NodeProto) -> String {
+    let out = &n.output[0];
+    out.strip_suffix("/f").unwrap_or(out).to_string()
+}
+
 fn scalar(name: &str, data_type: DataType, bytes: Vec<u8>) -> TensorProto {
     TensorProto {
         name: Some(name.into()),
@@ -61,8 +67,10 @@ struct Edit {
 }
 
 impl Edit {
+    /// `{base}/{what}`: short suffixes, since every name is stored once per use and the
+    /// pairs' names are a sizeable share of a small int8 file.
     fn name(&mut self, base: &str, what: &str) -> Result<String> {
-        let n = format!("{base}/int8/{what}");
+        let n = format!("{base}/{what}");
         ensure!(
             self.taken.insert(n.clone()),
             "the model already has a tensor or node called `{n}`"
@@ -82,20 +90,23 @@ fn affine_inits(
     if let Some(names) = made.get(src) {
         return Ok(names.clone());
     }
-    let scale = e.name(src, "scale")?;
-    let zp = e.name(src, "zero_point")?;
+    let scale = e.name(src, "s")?;
     e.inits
         .push(scalar(&scale, DataType::Float, f32_bytes(&[a.scale])));
-    let (dt, byte) = match ty {
-        ActivationType::Uint8 => (DataType::Uint8, a.zero_point as u8),
-        ActivationType::Int8 => (DataType::Int8, a.zero_point as i8 as u8),
+    // Zero points are shared by value (after a ReLU every one is the type's minimum).
+    let (dt, byte, prefix) = match ty {
+        ActivationType::Uint8 => (DataType::Uint8, a.zero_point as u8, "u8"),
+        ActivationType::Int8 => (DataType::Int8, a.zero_point as i8 as u8, "i8"),
     };
-    e.inits.push(scalar(&zp, dt, vec![byte]));
+    let zp = format!("int8/{prefix}_zero_point_{}", a.zero_point);
+    if e.taken.insert(zp.clone()) {
+        e.inits.push(scalar(&zp, dt, vec![byte]));
+    }
     made.insert(src.to_string(), (scale.clone(), zp.clone()));
     Ok((scale, zp))
 }
 
-/// Inserts the pair after each planned tensor. A node's output is renamed `…/int8/float` and
+/// Inserts the pair after each planned tensor. A node's output is renamed `…/f` and
 /// the DequantizeLinear writes the original name, so consumers and graph outputs are untouched;
 /// a graph input keeps its name and its consumers read the pair's output.
 fn insert_pairs(
@@ -104,7 +115,7 @@ fn insert_pairs(
     plan: &QuantPlan,
     affine: &HashMap<String, Affine>,
     ty: ActivationType,
-) -> Result<HashMap<String, Affine>> {
+) -> Result<HashMap<String, (Affine, String)>> {
     let mut made = HashMap::new();
     let mut of_tensor = HashMap::new();
     let producer: HashMap<String, usize> = model
@@ -118,9 +129,9 @@ fn insert_pairs(
         let a = *affine
             .get(src)
             .ok_or_else(|| anyhow!("tensor `{src}`: no calibrated range"))?;
-        of_tensor.insert(t.clone(), a);
         let (scale, zp) = affine_inits(e, src, a, ty, &mut made)?;
-        let q = e.name(t, "quantized")?;
+        of_tensor.insert(t.clone(), (a, scale.clone()));
+        let q = e.name(t, "q")?;
         let pair = |input: &str, output: &str| {
             [
                 node("QuantizeLinear", "", &[input, &scale, &zp], &[&q], vec![]),
@@ -135,7 +146,7 @@ fn insert_pairs(
         };
         match producer.get(t) {
             Some(&p) => {
-                let float = e.name(t, "float")?;
+                let float = e.name(t, "f")?;
                 let n = &mut model.graph_mut().node[p];
                 for o in n.output.iter_mut().filter(|o| *o == t) {
                     *o = float.clone();
@@ -143,8 +154,8 @@ fn insert_pairs(
                 e.after.entry(p).or_default().extend(pair(&float, t));
             }
             None => {
-                let dq = e.name(t, "dequantized")?;
-                of_tensor.insert(dq.clone(), a);
+                let dq = e.name(t, "dq")?;
+                of_tensor.insert(dq.clone(), (a, scale.clone()));
                 for n in model.graph_mut().node.iter_mut() {
                     for i in n.input.iter_mut().filter(|i| *i == t) {
                         *i = dq.clone();
@@ -175,11 +186,35 @@ fn weight_layout(n: &NodeProto, dims: &[usize]) -> Option<(usize, [usize; 3])> {
     Some((axis, [outer, dims[axis], inner]))
 }
 
-/// A weight's int8 form: scales per output channel (or one), and the name of the dequantized
-/// value the node reads.
+/// A weight's int8 form: scales per output channel (or one), their initializer, and the name
+/// of the dequantized value the node reads.
 struct QuantWeight {
     dequantized: String,
     scales: Vec<f32>,
+    scale_name: String,
+}
+
+/// A weight the graph computes from constants (the compact form's rebuilt kernel): its values,
+/// and whether one scale serves the whole tensor (a palette's few values lose nothing on a
+/// per-tensor int8 grid, and the per-channel scales' bytes are saved).
+#[derive(Debug, Clone)]
+pub struct Rebuilt {
+    pub values: ArrayD<f32>,
+    pub per_tensor: bool,
+}
+
+/// The int8 zero point shared by every weight with `len` scales (0: one scale).
+fn weight_zero_point(e: &mut Edit, len: usize) -> String {
+    let name = match len {
+        0 => "int8/weight_zero_point".to_string(),
+        n => format!("int8/weight_zero_point_{n}"),
+    };
+    if e.taken.insert(name.clone()) {
+        let dims: Vec<usize> = if len == 0 { vec![] } else { vec![len] };
+        e.inits
+            .push(tensor(&name, &dims, DataType::Int8, vec![0; len.max(1)]));
+    }
+    name
 }
 
 /// Quantizes the weight of int8 node `i`: an initializer is replaced by int8 values; a weight
@@ -189,26 +224,24 @@ fn quantize_weight(
     model: &OnnxModel,
     e: &mut Edit,
     i: usize,
-    computed: &HashMap<String, ArrayD<f32>>,
+    computed: &HashMap<String, Rebuilt>,
 ) -> Result<QuantWeight, String> {
     let n = &model.graph().node[i];
     let w = &n.input[1];
-    let (values, dims, stored) = match (model.initializer(w), computed.get(w)) {
+    let (values, stored, per_tensor) = match (model.initializer(w), computed.get(w)) {
         (Some(t), _) => {
             let v = model
                 .tensor_f32(t)
                 .map_err(|err| format!("weight `{w}`: {err:#}"))?;
-            (
-                v,
-                t.dims.iter().map(|&d| d as usize).collect::<Vec<_>>(),
-                true,
-            )
+            (v, true, false)
         }
-        (None, Some(v)) => (v.clone(), v.shape().to_vec(), false),
+        (None, Some(r)) => (r.values.clone(), false, r.per_tensor),
         (None, None) => return Err(format!("its weight `{w}` is computed at run time")),
     };
+    let dims = values.shape().to_vec();
     let flat: Vec<f32> = values.iter().copied().collect();
-    let (axis, [outer, channels, inner]) = match weight_layout(n, &dims) {
+    let base = layer_name(n);
+    let (axis, [outer, channels, inner]) = match weight_layout(n, &dims).filter(|_| !per_tensor) {
         Some(l) => (Some(l.0), l.1),
         None => (None, [1, 1, flat.len()]),
     };
@@ -219,19 +252,19 @@ fn quantize_weight(
         vec![]
     };
     let err = |e: anyhow::Error| format!("{e:#}");
-    let scale = e.name(w, "scale").map_err(err)?;
-    let zp = e.name(w, "zero_point").map_err(err)?;
-    let dq = e.name(w, "dequantized").map_err(err)?;
+    let scale = e.name(&base, "ws").map_err(err)?;
+    let dq = e.name(&base, "w").map_err(err)?;
     e.inits
         .push(tensor(&scale, &shape, DataType::Float, f32_bytes(&scales)));
-    e.inits
-        .push(tensor(&zp, &shape, DataType::Int8, vec![0; channels]));
     let attrs = || {
         axis.map(|a| vec![attr_int("axis", a as i64)])
             .unwrap_or_default()
     };
-    let q = e.name(w, "quantized").map_err(err)?;
+    let q = e.name(&base, "wq").map_err(err)?;
     let mut nodes = vec![];
+    // The zero point gives QuantizeLinear its int8 output type, and ONNX Runtime's Gemm fusion
+    // reads the weight's type from it.
+    let zp = weight_zero_point(e, shape.first().copied().unwrap_or(0));
     if stored {
         let int8 = params::quantize_weight(&flat, &scales, outer, inner);
         let bytes = int8.iter().map(|&v| v as u8).collect();
@@ -256,16 +289,18 @@ fn quantize_weight(
     Ok(QuantWeight {
         dequantized: dq,
         scales,
+        scale_name: scale,
     })
 }
 
 /// Replaces int8 node `i`'s float bias (Conv's B, Gemm's 1-D C) by int32 values in the scale
-/// `input scale × weight scale`, when it is an initializer of the right length.
+/// `input scale × weight scale`, when it is an initializer of the right length. Per-channel
+/// scales are multiplied in the graph (a Mul the engine folds at load) rather than stored.
 fn quantize_bias(
     model: &mut OnnxModel,
     e: &mut Edit,
     i: usize,
-    input_scale: f32,
+    input: &(Affine, String),
     weight: &QuantWeight,
 ) -> Result<usize> {
     let n = &model.graph().node[i];
@@ -286,24 +321,26 @@ fn quantize_bias(
     if t.dims.len() != 1 || beta != 1.0 || (channels > 1 && values.len() != channels) {
         return Ok(0);
     }
-    let out = n.output[0].clone();
-    let (q, clamped) = params::quantize_bias(&values, input_scale, &weight.scales);
-    let scales = params::bias_scales(input_scale, &weight.scales, values.len());
-    let qn = e.name(&out, "bias_quantized")?;
-    let sn = e.name(&out, "bias_scale")?;
-    let dq = e.name(&out, "bias")?;
-    let len = [values.len()];
+    let out = layer_name(n);
+    let (q, clamped) = params::quantize_bias(&values, input.0.scale, &weight.scales);
+    let qn = e.name(&out, "bq")?;
+    let sn = e.name(&out, "bs")?;
+    let dq = e.name(&out, "b")?;
     let bytes = q.iter().flat_map(|v| v.to_le_bytes()).collect();
-    e.inits.push(tensor(&qn, &len, DataType::Int32, bytes));
     e.inits
-        .push(tensor(&sn, &len, DataType::Float, f32_bytes(&scales)));
-    e.before.entry(i).or_default().push(node(
-        "DequantizeLinear",
-        "",
-        &[&qn, &sn],
-        &[&dq],
-        vec![attr_int("axis", 0)],
-    ));
+        .push(tensor(&qn, &[values.len()], DataType::Int32, bytes));
+    let mut nodes = vec![];
+    let mut attrs = vec![];
+    if channels > 1 {
+        let inputs = [input.1.as_str(), weight.scale_name.as_str()];
+        nodes.push(node("Mul", "", &inputs, &[&sn], vec![]));
+        attrs.push(attr_int("axis", 0));
+    } else {
+        let s = input.0.scale * weight.scales[0];
+        e.inits.push(scalar(&sn, DataType::Float, f32_bytes(&[s])));
+    }
+    nodes.push(node("DequantizeLinear", "", &[&qn, &sn], &[&dq], attrs));
+    e.before.entry(i).or_default().extend(nodes);
     model.graph_mut().node[i].input[2] = dq;
     Ok(clamped)
 }
@@ -315,7 +352,7 @@ pub fn rewrite(
     plan: &QuantPlan,
     affine: &HashMap<String, Affine>,
     ty: ActivationType,
-    computed: &HashMap<String, ArrayD<f32>>,
+    computed: &HashMap<String, Rebuilt>,
 ) -> Result<Rewritten> {
     let mut e = Edit {
         before: HashMap::new(),
@@ -333,12 +370,12 @@ pub fn rewrite(
         if !matches!(op(n), "Conv" | "Gemm" | "MatMul") || n.input.len() < 2 {
             continue;
         }
-        let name = n.output[0].replace("/int8/float", "");
+        let name = layer_name(n);
         let w = n.input[1].clone();
-        let input_scale = of_tensor
+        let input = of_tensor
             .get(&n.input[0])
             .with_context(|| format!("node `{name}`: its input is not quantized"))?
-            .scale;
+            .clone();
         if !weights.contains_key(&w) {
             match quantize_weight(model, &mut e, i, computed) {
                 Ok(q) => {
@@ -354,7 +391,7 @@ pub fn rewrite(
         model.graph_mut().node[i].input[1] = q.dequantized.clone();
         replaced.insert(w);
         let bias = model.graph().node[i].input.get(2).cloned();
-        let clamped = quantize_bias(model, &mut e, i, input_scale, q)?;
+        let clamped = quantize_bias(model, &mut e, i, &input, q)?;
         done.clamped_biases += clamped;
         if model.graph().node[i].input.get(2) != bias.as_ref() {
             replaced.extend(bias);
@@ -396,5 +433,59 @@ fn assemble(model: &mut OnnxModel, mut e: Edit, replaced: &HashSet<String>) -> R
     g.input
         .retain(|i| !unused.contains(i.name.as_deref().unwrap_or_default()));
     g.initializer.extend(e.inits);
+    Ok(())
+}
+
+/// Gives the compact form's kernel-rebuilding nodes (named `{layer}/dlq/…`) short tensor names
+/// (`dlq/{k}`) and no node names: the engine folds them at load, and in an int8 file, a few
+/// bytes per weight, their long names were a tenth of a small model's bytes. Initializers keep
+/// their names (the codebook is read back by them), so do the layers' own nodes.
+pub fn shorten_rebuild_names(model: &mut OnnxModel) -> Result<()> {
+    let taken = crate::lower::builder::taken_names(model);
+    let g = model.graph_mut();
+    let kept: HashSet<String> = g
+        .output
+        .iter()
+        .filter_map(|o| o.name.clone())
+        .chain(g.initializer.iter().filter_map(|t| t.name.clone()))
+        .collect();
+    let mut renamed: HashMap<String, String> = HashMap::new();
+    let mut k = 0usize;
+    for n in g.node.iter_mut() {
+        let rebuild = n.name.as_deref().is_some_and(|m| m.contains("/dlq/"))
+            && !matches!(op(n), "Conv" | "Gemm" | "MatMul");
+        if !rebuild {
+            continue;
+        }
+        n.name = None;
+        for o in n
+            .output
+            .iter_mut()
+            .filter(|o| !o.is_empty() && !kept.contains(*o))
+        {
+            let short = loop {
+                let c = format!("dlq/{k}");
+                k += 1;
+                if !taken.contains(&c) {
+                    break c;
+                }
+            };
+            renamed.insert(o.clone(), short.clone());
+            *o = short;
+        }
+    }
+    for n in g.node.iter_mut() {
+        for i in n.input.iter_mut() {
+            if let Some(s) = renamed.get(i) {
+                *i = s.clone();
+            }
+        }
+    }
+    g.value_info
+        .retain(|v| !renamed.contains_key(v.name.as_deref().unwrap_or_default()));
+    ensure!(
+        renamed.len() == renamed.values().collect::<HashSet<_>>().len(),
+        "internal error: two rebuilt tensors given one name"
+    );
     Ok(())
 }

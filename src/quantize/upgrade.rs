@@ -176,6 +176,13 @@ pub fn to_qdq_opset(model: &mut OnnxModel, shapes: &ShapeMap) -> Result<Option<i
         from >= 7,
         "the model's opset {from} is older than 7, which the int8 output does not upgrade"
     );
+    let g = model.graph();
+    let read: std::collections::HashSet<&str> = g
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .chain(g.output.iter().filter_map(|o| o.name.as_deref()))
+        .collect();
     let mut rewritten: Vec<NodeProto> = vec![];
     let mut axes_inits: Vec<TensorProto> = vec![];
     for (i, n) in model.graph().node.iter().enumerate() {
@@ -189,7 +196,7 @@ pub fn to_qdq_opset(model: &mut OnnxModel, shapes: &ShapeMap) -> Result<Option<i
             }
             "Dropout" => {
                 ensure!(
-                    n.output.len() < 2 || n.output[1].is_empty(),
+                    n.output.len() < 2 || !read.contains(n.output[1].as_str()),
                     "{}: its mask output is used",
                     describe(&n)
                 );
