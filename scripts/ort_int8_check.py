@@ -7,13 +7,14 @@ Checks the model with onnx.checker (full check), then
 - loads it at ONNX Runtime's default optimisation level with `optimized_model_filepath` set and
   prints, as JSON, the optimised graph's operator counts (`ops`), the float Conv/Gemm/MatMul
   nodes left (`float_layers`: they did not become integer kernels), and the nodes left of a
-  compact-form kernel's rebuilding (`rebuild_nodes`: named `<layer>/dlq/…`, none when folded);
+  compact-form kernel's rebuilding (`rebuild_nodes`: reading a codebook initializer
+  `<layer>/dlq/…` or a rebuilt tensor `dlq/<k>`; none when the engine folded them);
 - runs the model on INPUT.npy twice: as ONNX Runtime deploys it (integer kernels) into
   INT8_OUT.npy, and with every graph optimisation disabled into REFERENCE_OUT.npy: each
   QuantizeLinear / DequantizeLinear then runs as written, around float operators, which is the
   float model computed with the same quantized weights and activations;
-- prints the scale of the DequantizeLinear that writes the first graph output (`output_scale`,
-  null when none does), the unit of the tests' int8 tolerance.
+- prints the scale of the DequantizeLinear that writes the first graph output, else of the last
+  activation DequantizeLinear (`output_scale`), the unit of the tests' int8 tolerance.
 """
 import collections
 import json
@@ -40,13 +41,24 @@ def session(path, level, optimized=None):
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
+def rebuilt(name, inits):
+    """A codebook initializer (`<layer>/dlq/…`) or a tensor of a kernel's rebuilding (`dlq/<k>`):
+    after folding, no node reads either."""
+    return name.startswith("dlq/") or (name in inits and "/dlq/" in name)
+
+
 def output_scale(model):
+    """The scale of the DequantizeLinear writing the first output, else of the graph's last
+    activation DequantizeLinear (a float Softmax after it changes values by at most as much)."""
     out = model.graph.output[0].name
     inits = {t.name: t for t in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "DequantizeLinear" and out in n.output and n.input[1] in inits:
-            return float(numpy_helper.to_array(inits[n.input[1]]).reshape(-1)[0])
-    return None
+    scales = [(n, inits[n.input[1]]) for n in model.graph.node
+              if n.op_type == "DequantizeLinear" and n.input[1] in inits
+              and len(inits[n.input[1]].dims) == 0 and n.input[0] not in inits]
+    for n, s in scales:
+        if out in n.output:
+            return float(numpy_helper.to_array(s))
+    return float(numpy_helper.to_array(scales[-1][1])) if scales else None
 
 
 def main():
@@ -62,10 +74,11 @@ def main():
     plain = session(model_path, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     np.save(reference_path, plain.run(None, {name: x})[0].astype(np.float32))
     nodes = optimized.graph.node
+    inits = {t.name for t in optimized.graph.initializer}
     print(json.dumps({
         "ops": collections.Counter(n.op_type for n in nodes),
         "float_layers": [n.name or n.output[0] for n in nodes if n.op_type in FLOAT_LAYERS],
-        "rebuild_nodes": [n.name for n in nodes if "/dlq/" in (n.name or "")],
+        "rebuild_nodes": [n.op_type for n in nodes if any(rebuilt(i, inits) for i in n.input)],
         "output_scale": output_scale(onnx.load(model_path)),
     }))
 

@@ -13,11 +13,10 @@ use std::path::Path;
 use serde_json::Value;
 
 /// Output quantization steps the integer kernels may differ by from the float model with the
-/// same quantized weights and activations: each requantization may round a value the other
-/// way (a tie, or float rounding in the reference), one step of a layer's output, and a step
-/// moves later layers' outputs by about a step; measured 2 on the default model and 3 on
-/// ResNet-20, SqueezeNet.
-const INT8_STEPS: f32 = 6.0;
+/// same quantized weights and activations: a requantization may round a value the other way
+/// (a tie, or float rounding in the reference), and a step of one layer's output moves later
+/// layers' by about a step. Measured 0 on the default model, ResNet-20 and SqueezeNet.
+const INT8_STEPS: f32 = 2.0;
 
 fn repo_path(rel: &str) -> String {
     common::repo().join(rel).display().to_string()
@@ -77,6 +76,11 @@ fn check_in_ort(python: &Path, model: &Path, input: &ndarray::ArrayD<f32>) -> Va
     let step = j["output_scale"].as_f64().expect("a quantized output") as f32;
     let (a, b) = (common::read_npy(&fast), common::read_npy(&plain));
     let diff = common::max_abs_diff(&a, &b);
+    eprintln!(
+        "{}: integer kernels within {} output steps of the QDQ reference",
+        model.display(),
+        diff / step
+    );
     assert!(
         diff <= INT8_STEPS * step,
         "{}: integer kernels differ from the QDQ reference by {diff} = {} output steps",
@@ -129,7 +133,7 @@ fn int8_output_runs_every_layer_on_integer_kernels_and_matches_its_reference() {
 fn int8_size_budget_meets_its_target_on_the_written_file_deterministically() {
     let dir = tempfile::tempdir().unwrap();
     let out = |n: &str| dir.path().join(n);
-    let flags = ["--int8", "--target-compression", "3"];
+    let flags = ["--int8", "--target-compression", "6"];
     for name in ["a.onnx", "b.onnx"] {
         let o = convert_digits(&out(name), &flags);
         assert!(o.status.success(), "{}", common::stderr(&o));
@@ -138,10 +142,11 @@ fn int8_size_budget_meets_its_target_on_the_written_file_deterministically() {
     assert!(read("a.onnx") == read("b.onnx"), "two runs differ");
     let original = std::fs::metadata(common::default_model()).unwrap().len() as f64;
     let written = read("a.onnx").len() as f64;
-    // The budget's byte model, within 3% of the written file.
+    // The target met; on so small a model the byte model's fixed allowances overestimate by a
+    // few per cent (4% measured), so the written file may undershoot by up to 5%.
     assert!(
-        original / written >= 3.0 * 0.97,
-        "{original} -> {written} bytes: {:.2}x, target 3x",
+        original / written >= 6.0 && original / written <= 6.0 * 1.05,
+        "{original} -> {written} bytes: {:.2}x, target 6x",
         original / written
     );
 }

@@ -145,7 +145,11 @@ pub fn convert_model_with_inputs(
         finetune::preflight(original, f)?;
     }
     let plan = plan::plan(original, &inv, opts, calibration.as_ref(), engine)?;
-    check_not_empty(&inv, &plan)?;
+    if opts.int8.is_some() && plan.layers.is_empty() && opts.target_compression.is_some() {
+        log::info!("int8: the int8 weights alone meet the size target; no layer needs a codebook");
+    } else {
+        check_not_empty(&inv, &plan)?;
+    }
     for s in &plan.skipped {
         log::info!("skip {}: {}", s.name, s.reason);
     }
@@ -234,11 +238,16 @@ fn rebuilt_weights(
 ) -> HashMap<String, quantize::Rebuilt> {
     let mut rebuilt = HashMap::new();
     for (p, l) in planned.iter().zip(learnt) {
-        let prefix = format!("{}/dlq/", p.layer.name);
-        let node = converted.graph().node.iter().find(|n| {
-            n.name.as_deref().is_some_and(|m| m.starts_with(&prefix))
-                && matches!(n.op_type.as_deref(), Some("Conv" | "Gemm" | "MatMul"))
-        });
+        // The layer's own node, as `lower::dense` names it (its rebuilding has a MatMul too).
+        let names = [
+            format!("{}/dlq/conv", p.layer.name),
+            format!("{}/dlq/fc", p.layer.name),
+        ];
+        let node = converted
+            .graph()
+            .node
+            .iter()
+            .find(|n| n.name.as_ref().is_some_and(|m| names.contains(m)));
         let Some(weight) = node.and_then(|n| n.input.get(1)) else {
             continue;
         };

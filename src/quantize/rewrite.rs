@@ -452,8 +452,10 @@ pub fn shorten_rebuild_names(model: &mut OnnxModel) -> Result<()> {
     let mut renamed: HashMap<String, String> = HashMap::new();
     let mut k = 0usize;
     for n in g.node.iter_mut() {
-        let rebuild = n.name.as_deref().is_some_and(|m| m.contains("/dlq/"))
-            && !matches!(op(n), "Conv" | "Gemm" | "MatMul");
+        // Every node of a layer's patch is `{layer}/dlq/…`; its own is `…/dlq/conv` or `…/fc`.
+        let rebuild = n.name.as_deref().is_some_and(|m| {
+            m.contains("/dlq/") && !m.ends_with("/dlq/conv") && !m.ends_with("/dlq/fc")
+        });
         if !rebuild {
             continue;
         }
