@@ -22,8 +22,8 @@ fn repo_path(rel: &str) -> String {
     common::repo().join(rel).display().to_string()
 }
 
-/// Converts the default model with `extra` flags into `out` (int8, compact form, calibrated on
-/// the first 100 of its images).
+/// Converts the default model with `extra` flags into `out` (compact form, calibrated on the
+/// first 100 of its images; every layer unless `extra` names them).
 fn convert_digits(out: &Path, extra: &[&str]) -> std::process::Output {
     let (model, data, spec) = (
         repo_path("models/digits-cnn.onnx"),
@@ -33,7 +33,6 @@ fn convert_digits(out: &Path, extra: &[&str]) -> std::process::Output {
     let mut args = vec![
         model.as_str(),
         common::path_str(out),
-        "--all",
         "--form",
         "dense",
         "--calibrate",
@@ -45,6 +44,9 @@ fn convert_digits(out: &Path, extra: &[&str]) -> std::process::Output {
         "--no-latency",
         "--json",
     ];
+    if !extra.contains(&"--layers") {
+        args.push("--all");
+    }
     args.extend(extra);
     common::run(&args)
 }
@@ -127,6 +129,63 @@ fn int8_output_runs_every_layer_on_integer_kernels_and_matches_its_reference() {
             assert_eq!(ops(&j, "QGemm"), 1, "{name}: {j}");
         }
     }
+}
+
+/// `verify` runs an int8 model in either engine with the same result (tract computes the
+/// QDQ operators as written), and `diff` says which layers are int8.
+#[test]
+fn int8_model_verifies_in_tract_and_onnx_runtime_alike_and_diff_names_int8_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("int8.onnx");
+    let o = convert_digits(
+        &out,
+        &["--int8", "--layers", "conv2,conv3", "--shared-codebook"],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let verify = |engine: &str| -> Value {
+        let o = common::run(&[
+            "verify",
+            &repo_path("models/digits-cnn.onnx"),
+            common::path_str(&out),
+            "--data",
+            &repo_path("models/digits-test"),
+            "--preprocess",
+            &repo_path("models/digits-cnn.preprocess.json"),
+            "--skip",
+            "100",
+            "--engine",
+            engine,
+            "--json",
+        ]);
+        assert!(o.status.success(), "{engine}: {}", common::stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let tract = verify("tract");
+    if common::ort_python("int8_model_verifies_in_tract_and_onnx_runtime_alike").is_some() {
+        let ort = verify("ort");
+        assert_eq!(tract["converted"]["top1"], ort["converted"]["top1"]);
+        let (a, b) = (
+            tract["max_abs_diff"].as_f64().unwrap(),
+            ort["max_abs_diff"].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() <= 1e-3 * a.max(1.0), "tract {a}, ORT {b}");
+    }
+    let o = common::run(&[
+        "diff",
+        &repo_path("models/digits-cnn.onnx"),
+        common::path_str(&out),
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let text = common::stdout(&o);
+    assert!(
+        text.contains("layer conv1: int8 weights (no codebook)"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("layer conv2:") && l.ends_with(", int8")),
+        "{text}"
+    );
 }
 
 #[test]

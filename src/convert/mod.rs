@@ -265,11 +265,14 @@ fn rebuilt_weights(
                 }
             }
         };
-        // A palette without per-channel scales takes a few values: one int8 scale holds them.
+        // A small palette without per-channel scales takes a few values: one int8 scale holds
+        // them (a step of 1/127 of the largest entry against the entries' spacing).
         // (Convolutions only: ONNX Runtime's QGemm fusion did not take a per-tensor weight with
         // its int32 bias.)
-        let per_tensor =
-            l.codebook.shared && l.codebook.channel_scale.is_none() && p.layer.fc.is_none();
+        let per_tensor = l.codebook.shared
+            && l.codebook.channel_scale.is_none()
+            && p.layer.fc.is_none()
+            && l.codebook.sizes.k <= quantize::PER_TENSOR_MAX_K;
         rebuilt.insert(
             weight.clone(),
             quantize::Rebuilt {

@@ -375,7 +375,13 @@ fn int8_layer_bytes(layer: &ConvLayer, p: &ValidParams) -> f64 {
     // `{layer}/dlq/…` name three times (node, output, the consumer's input), now a short name
     // twice.
     let renamed = REBUILD_NODES * (3.0 * (layer.name.len() as f64 + 17.0) - 12.0);
-    let scales = match p.shared && !p.channel_scale && layer.fc.is_none() {
+    let k = layer
+        .kernel
+        .as_ref()
+        .and_then(|k| p.sizes(k[0], k[1], k[2] * k[3]).ok())
+        .map_or(usize::MAX, |z| z.k);
+    let one_scale = k <= quantize::PER_TENSOR_MAX_K;
+    let scales = match p.shared && !p.channel_scale && layer.fc.is_none() && one_scale {
         true => 4.0 * m,
         false => 0.0,
     };

@@ -30,10 +30,32 @@ fn op(n: &NodeProto) -> &str {
     n.op_type.as_deref().unwrap_or_default()
 }
 
-/// An int8 node's name in reports and new tensor names: its output's (before the pair took it).
+/// An int8 node's layer name, for reports and new tensor names: the node's name (the compact
+/// form's `{layer}/dlq/conv` gives `{layer}`; see [`name_layers`]), else its output's.
 fn layer_name(n: &NodeProto) -> String {
-    let out = &n.output[0];
-    out.strip_suffix("/f").unwrap_or(out).to_string()
+    match n.name.as_deref().filter(|m| !m.is_empty()) {
+        Some(m) => m
+            .strip_suffix("/dlq/conv")
+            .or_else(|| m.strip_suffix("/dlq/fc"))
+            .unwrap_or(m)
+            .to_string(),
+        None => {
+            let out = &n.output[0];
+            out.strip_suffix("/f").unwrap_or(out).to_string()
+        }
+    }
+}
+
+/// Names every unnamed Conv, Gemm and MatMul after its output, its layer name (as `inspect`
+/// and `convert` call it), before ReLU folding moves its output: so reports and `diff` find
+/// the layer in the int8 model.
+pub fn name_layers(model: &mut OnnxModel) {
+    for n in model.graph_mut().node.iter_mut() {
+        let unnamed = n.name.as_deref().is_none_or(str::is_empty);
+        if unnamed && matches!(op(n), "Conv" | "Gemm" | "MatMul") && !n.output.is_empty() {
+            n.name = Some(n.output[0].clone());
+        }
+    }
 }
 
 fn scalar(name: &str, data_type: DataType, bytes: Vec<u8>) -> TensorProto {
@@ -125,6 +147,12 @@ fn insert_pairs(
         .enumerate()
         .flat_map(|(i, n)| n.output.iter().map(move |o| (o.clone(), i)))
         .collect();
+    let node_names: HashSet<String> = model
+        .graph()
+        .node
+        .iter()
+        .filter_map(|n| n.name.clone())
+        .collect();
     for (t, src) in &plan.tensors {
         let a = *affine
             .get(src)
@@ -132,12 +160,18 @@ fn insert_pairs(
         let (scale, zp) = affine_inits(e, src, a, ty, &mut made)?;
         of_tensor.insert(t.clone(), (a, scale.clone()));
         let q = e.name(t, "q")?;
+        // Pair nodes go unnamed (bytes), except where an engine that names a node by its output
+        // (tract) would then give two nodes one name.
+        let dq_name = match node_names.contains(t.as_str()) {
+            true => e.name(t, "dq_node")?,
+            false => String::new(),
+        };
         let pair = |input: &str, output: &str| {
             [
                 node("QuantizeLinear", "", &[input, &scale, &zp], &[&q], vec![]),
                 node(
                     "DequantizeLinear",
-                    "",
+                    &dq_name,
                     &[&q, &scale, &zp],
                     &[output],
                     vec![],

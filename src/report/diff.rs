@@ -32,6 +32,8 @@ pub struct LayerChange {
     /// B's `{name}/dlq/` initializers and what B still keeps of the layer's weight and bias
     /// (a bias the lowering reuses, say); `None` as for `multiplications_after`.
     pub bytes_after: Option<u64>,
+    /// B computes the layer with int8 weights (a DequantizeLinear feeds its weight).
+    pub int8: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -68,6 +70,30 @@ fn init_bytes_where(m: &model::OnnxModel, keep: impl Fn(&str) -> bool) -> u64 {
         .filter(|t| keep(tensor::tensor_name(t)))
         .map(|t| tensor::raw_bytes_len_hint(t) as u64)
         .sum()
+}
+
+/// Whether `layer`'s node in `m` (named as the layer, or `{layer}/dlq/conv|fc`) reads its
+/// weight from a DequantizeLinear: an int8 weight.
+fn int8_weight(m: &model::OnnxModel, layer: &str) -> bool {
+    let g = m.graph();
+    let names = [
+        layer.to_string(),
+        format!("{layer}/dlq/conv"),
+        format!("{layer}/dlq/fc"),
+    ];
+    let Some(node) = g
+        .node
+        .iter()
+        .find(|n| n.name.as_ref().is_some_and(|x| names.contains(x)))
+    else {
+        return false;
+    };
+    let Some(w) = node.input.get(1) else {
+        return false;
+    };
+    g.node
+        .iter()
+        .any(|n| n.op_type.as_deref() == Some("DequantizeLinear") && n.output.first() == Some(w))
 }
 
 pub fn diff(a: &Path, b: &Path, input_shapes: &[InputShape]) -> Result<ModelDiff> {
@@ -116,6 +142,7 @@ pub fn diff(a: &Path, b: &Path, input_shapes: &[InputShape]) -> Result<ModelDiff
                     .multiplications
             });
             let own = |n: &str| n == l.weight || Some(n) == l.bias.as_deref();
+            let int8 = int8_weight(&mb, &l.name);
             LayerChange {
                 name: l.name.clone(),
                 multiplications_before: before,
@@ -124,6 +151,7 @@ pub fn diff(a: &Path, b: &Path, input_shapes: &[InputShape]) -> Result<ModelDiff
                 bytes_before: init_bytes_where(&ma, own),
                 bytes_after: any
                     .then(|| init_bytes_where(&mb, |n| own(n) || n.starts_with(&prefix))),
+                int8,
             }
         })
         .collect();
@@ -168,13 +196,17 @@ pub fn render(d: &ModelDiff) -> String {
             (Some(a), Some(r)) => {
                 let _ = writeln!(
                     s,
-                    "layer {}: {} -> {} multiplications ({r:.2}x), {} -> {} bytes",
+                    "layer {}: {} -> {} multiplications ({r:.2}x), {} -> {} bytes{}",
                     l.name,
                     millions(l.multiplications_before),
                     millions(a),
                     l.bytes_before,
-                    l.bytes_after.unwrap_or_default()
+                    l.bytes_after.unwrap_or_default(),
+                    if l.int8 { ", int8" } else { "" }
                 );
+            }
+            _ if l.int8 => {
+                let _ = writeln!(s, "layer {}: int8 weights (no codebook)", l.name);
             }
             _ => {
                 let _ = writeln!(
