@@ -4,7 +4,8 @@
 //! [`onnx`] (the file format) → [`codebook`] (clustering, pure arithmetic) → [`engine`]
 //! (running models in tract) → [`analysis`] (shapes, cost, which layers) → [`lower`] (codebooks
 //! into graph edits, one module per output form) → [`eval`] (data sets, verification) →
-//! [`calibrate`] (output-aware codebooks, the model-wide budget) → [`finetune`] (distillation
+//! [`calibrate`] (output-aware codebooks, the model-wide budget) → [`quantize`] (the int8 QDQ
+//! output) → [`finetune`] (distillation
 //! fine-tuning on candle) → [`convert`] (the driver:
 //! plan → learn → lower → recount) → [`report`] (inspect, diff) → [`experiments`] (sweep,
 //! stages) → [`cli`]. [`progress`] and [`setting`] (progress reporting, typed invalid-setting errors) are the
