@@ -211,3 +211,82 @@ pub fn plan(graph: &GraphProto) -> QuantPlan {
     let tensors = order.iter().map(|t| (t.clone(), resolve(t))).collect();
     QuantPlan { tensors, nodes }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::build::node;
+    use crate::proto::{ModelProto, TensorProto, ValueInfoProto};
+
+    /// x ─ Conv(w) ─ Relu ─ Conv(w) ─ Add(·, relu) ─ Relu ─ Flatten ─ y, and beside it an Add
+    /// of a constant, whose ReLU must stay (that Add does not run in int8).
+    fn model() -> OnnxModel {
+        let info = |n: &str| ValueInfoProto {
+            name: Some(n.into()),
+            ..Default::default()
+        };
+        let init = |n: &str| TensorProto {
+            name: Some(n.into()),
+            ..Default::default()
+        };
+        let nodes = vec![
+            node("Conv", "c1", &["x", "w"], &["c1"], vec![]),
+            node("Relu", "r1", &["c1"], &["r1"], vec![]),
+            node("Conv", "c2", &["r1", "w"], &["c2"], vec![]),
+            node("Add", "a", &["c2", "r1"], &["a"], vec![]),
+            node("Relu", "r2", &["a"], &["r2"], vec![]),
+            node("Flatten", "f", &["r2"], &["y"], vec![]),
+            node("Add", "k", &["x", "b"], &["k"], vec![]),
+            node("Relu", "r3", &["k"], &["z"], vec![]),
+        ];
+        OnnxModel {
+            proto: ModelProto {
+                ir_version: Some(8),
+                graph: Some(GraphProto {
+                    node: nodes,
+                    input: vec![info("x")],
+                    output: vec![info("y"), info("z")],
+                    initializer: vec![init("w"), init("b")],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            path: "m.onnx".into(),
+            base_dir: ".".into(),
+        }
+    }
+
+    #[test]
+    fn relus_fold_into_int8_producers_only() {
+        let mut m = model();
+        let folded = fold_relus(&mut m);
+        assert_eq!(folded, vec!["r1".to_string(), "r2".to_string()]);
+        let ops: Vec<&str> = m.graph().node.iter().map(op).collect();
+        assert_eq!(ops, ["Conv", "Conv", "Add", "Flatten", "Add", "Relu"]);
+        assert_eq!(m.graph().node[0].output, ["r1"]);
+    }
+
+    #[test]
+    fn plan_quantizes_int8_nodes_inputs_and_outputs_and_moves_share_parameters() {
+        let mut m = model();
+        fold_relus(&mut m);
+        let p = plan(m.graph());
+        let pairs: Vec<(&str, &str)> = p
+            .tensors
+            .iter()
+            .map(|(t, s)| (t.as_str(), s.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("x", "x"),
+                ("r1", "r1"),
+                ("c2", "c2"),
+                ("r2", "r2"),
+                ("y", "r2")
+            ]
+        );
+        assert_eq!(p.nodes, [0, 1, 2]);
+        assert_eq!(p.calibrated(), ["x", "r1", "c2", "r2"]);
+    }
+}
