@@ -267,6 +267,14 @@ fn int8_refuses_other_forms_missing_calibration_and_quantized_models() {
         "{err}"
     );
     assert!(!again.exists());
+    // inspect says why its layers are not convertible.
+    let o = common::run(&["inspect", common::path_str(&quantized)]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let table = common::stdout(&o);
+    assert!(
+        table.contains("weight `conv2/w` is dequantized from int8"),
+        "{table}"
+    );
 }
 
 /// The shared models: ResNet-20 (opset 13, residual Adds) and SqueezeNet 1.1 (opset 7, IR 3:

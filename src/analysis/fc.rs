@@ -199,7 +199,7 @@ pub fn describe(model: &OnnxModel, node_index: usize, node: &NodeProto) -> Optio
     let kernel = dims.as_deref().and_then(|d| fc.kernel_dims(d));
     let weight_type = init.and_then(|t| FloatType::from_onnx(t.data_type.unwrap_or(0)));
     let eligibility = match (init, &kernel) {
-        (None, _) => Err(Ineligible::RuntimeWeight(weight)),
+        (None, _) => Err(super::select::runtime_weight(model, &weight)),
         (Some(t), None) => Err(Ineligible::NotMatrix {
             weight,
             dims: t.dims.clone(),

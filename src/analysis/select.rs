@@ -170,6 +170,18 @@ fn describe(model: &OnnxModel, node_index: usize, node: &NodeProto) -> ConvLayer
     layer
 }
 
+/// Why a weight that is no initializer cannot be converted: it is quantized already (written by
+/// a DequantizeLinear, as in an int8 QDQ model), or computed at run time.
+pub(crate) fn runtime_weight(model: &OnnxModel, weight: &str) -> Ineligible {
+    let dequantized = model.graph().node.iter().any(|n| {
+        n.op_type.as_deref() == Some("DequantizeLinear") && n.output.iter().any(|o| o == weight)
+    });
+    match dequantized {
+        true => Ineligible::QuantizedWeight(weight.to_string()),
+        false => Ineligible::RuntimeWeight(weight.to_string()),
+    }
+}
+
 /// Whether `layer` (described but for its eligibility) can be converted, and why not.
 fn eligibility(
     model: &OnnxModel,
@@ -182,7 +194,7 @@ fn eligibility(
     }
     let init = model
         .initializer(weight)
-        .ok_or_else(|| Ineligible::RuntimeWeight(weight.clone()))?;
+        .ok_or_else(|| runtime_weight(model, weight))?;
     let kernel = layer
         .kernel
         .clone()
@@ -235,6 +247,8 @@ pub enum Ineligible {
     Transposed,
     #[error("weight `{0}` is computed at run time, not a constant initializer")]
     RuntimeWeight(String),
+    #[error("int8: weight `{0}` is dequantized from int8 (a QDQ model); convert the float model")]
+    QuantizedWeight(String),
     #[error("weight `{weight}` has a malformed shape {dims:?}")]
     MalformedWeight { weight: String, dims: Vec<i64> },
     #[error("{}-D convolution (weight {kernel:?}): only 2-D convolutions are converted", kernel.len().saturating_sub(2))]
