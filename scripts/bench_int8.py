@@ -19,25 +19,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-
-
-def session(path, threads, library):
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if library:
-        opts.register_custom_ops_library(library)
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-
-
-def feed(sess, seed=0):
-    inp = sess.get_inputs()[0]
-    shape = [d if isinstance(d, int) else 1 for d in inp.shape]
-    x = np.random.default_rng(seed).standard_normal(shape).astype(TYPES[inp.type])
-    return {inp.name: x}
-
+from bench_models_ort import feed, make_session
 
 def main():
     ap = argparse.ArgumentParser()
@@ -52,7 +34,7 @@ def main():
     for i, m in enumerate(a.models[1:]):
         name, _, path = m.rpartition("=")
         named.append((name or f"model{i + 1}", path))
-    sessions = [session(p, a.threads, a.lib) for _, p in named]
+    sessions = [make_session(p, a.threads, a.lib) for _, p in named]
     x = feed(sessions[0])
     times = [[] for _ in named]
     for r in range(a.warmup + a.runs):
