@@ -177,7 +177,7 @@ pub fn convert_model_with_inputs(
         shapes::infer(&converted, &opts.input_shapes).context("the converted model")?;
     let new_cost = cost::graph_cost(&converted, &new_shapes);
     let rebuilt = match opts.int8 {
-        Some(_) => rebuilt_weights(&converted, &plan.layers, &learnt),
+        Some(_) => rebuilt_weights(&converted, &plan.layers, &learnt)?,
         None => HashMap::new(),
     };
     let layers = recount(&inv, &converted, &new_cost, &plan.layers, learnt);
@@ -235,7 +235,7 @@ fn rebuilt_weights(
     converted: &OnnxModel,
     planned: &[PlannedLayer],
     learnt: &[LearntLayer],
-) -> HashMap<String, quantize::Rebuilt> {
+) -> Result<HashMap<String, quantize::Rebuilt>> {
     let mut rebuilt = HashMap::new();
     for (p, l) in planned.iter().zip(learnt) {
         // The layer's own node, as `lower::dense` names it (its rebuilding has a MatMul too).
@@ -256,9 +256,9 @@ fn rebuilt_weights(
             None => w,
             Some(fc) => {
                 let [m, n, ..] = l.codebook.kernel_shape;
-                let w = w
-                    .into_shape_with_order((m, n))
-                    .expect("an [M, N, 1, 1] kernel");
+                let w = w.into_shape_with_order((m, n)).with_context(|| {
+                    format!("layer `{}`: a fully connected kernel", p.layer.name)
+                })?;
                 match fc.weight_in_by_out {
                     true => w.t().to_owned().into_dyn(),
                     false => w.into_dyn(),
@@ -281,7 +281,7 @@ fn rebuilt_weights(
             },
         );
     }
-    rebuilt
+    Ok(rebuilt)
 }
 
 /// The engine for the conversion's own runs: the one asked for, or chosen by trying tract when

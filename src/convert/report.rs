@@ -211,7 +211,10 @@ fn render_int8(s: &mut String, q: &crate::quantize::Int8Report) {
     use std::fmt::Write as _;
     let upgraded = q
         .upgraded_from_opset
-        .map(|o| format!("; upgraded from opset {o} to 13"))
+        .map(|o| {
+            let to = crate::quantize::upgrade::QDQ_OPSET;
+            format!("; upgraded from opset {o} to {to}")
+        })
         .unwrap_or_default();
     let _ = writeln!(
         s,

@@ -10,6 +10,7 @@ use ndarray::ArrayD;
 
 use super::params::{self, ActivationType, Affine};
 use super::plan::QuantPlan;
+use crate::analysis::fc::FcLayout;
 use crate::onnx::build::{attr_int, node};
 use crate::onnx::model::OnnxModel;
 use crate::proto::tensor_proto::DataType;
@@ -204,20 +205,20 @@ fn insert_pairs(
 
 /// The axis of a node's weight that holds its output channels, and the weight's layout as
 /// `[outer, channels, inner]`; `None`: one scale for the whole weight (MatMul).
-fn weight_layout(n: &NodeProto, dims: &[usize]) -> Option<(usize, [usize; 3])> {
-    let trans_b = n
-        .attribute
-        .iter()
-        .any(|a| a.name.as_deref() == Some("transB") && a.i == Some(1));
-    let axis = match op(n) {
-        "Conv" => 0,
-        "Gemm" if trans_b => 0,
-        "Gemm" => 1,
-        _ => return None,
+fn weight_layout(n: &NodeProto, dims: &[usize]) -> Result<Option<(usize, [usize; 3])>, String> {
+    let axis = match (op(n), FcLayout::of(n)) {
+        ("Conv", _) => 0,
+        ("Gemm", Some(fc)) => usize::from(fc.weight_in_by_out),
+        _ => return Ok(None),
     };
+    if axis >= dims.len() {
+        return Err(format!(
+            "its weight has shape {dims:?}, without an output-channel axis {axis}"
+        ));
+    }
     let outer: usize = dims[..axis].iter().product();
     let inner: usize = dims[axis + 1..].iter().product();
-    Some((axis, [outer, dims[axis], inner]))
+    Ok(Some((axis, [outer, dims[axis], inner])))
 }
 
 /// A weight's int8 form: scales per output channel (or one), their initializer, and the name
@@ -275,7 +276,8 @@ fn quantize_weight(
     let dims = values.shape().to_vec();
     let flat: Vec<f32> = values.iter().copied().collect();
     let base = layer_name(n);
-    let (axis, [outer, channels, inner]) = match weight_layout(n, &dims).filter(|_| !per_tensor) {
+    let layout = weight_layout(n, &dims)?.filter(|_| !per_tensor);
+    let (axis, [outer, channels, inner]) = match layout {
         Some(l) => (Some(l.0), l.1),
         None => (None, [1, 1, flat.len()]),
     };
@@ -344,12 +346,7 @@ fn quantize_bias(
     let Some(t) = model.initializer(&b) else {
         return Ok(0);
     };
-    let beta = n
-        .attribute
-        .iter()
-        .find(|a| a.name.as_deref() == Some("beta"))
-        .and_then(|a| a.f)
-        .unwrap_or(1.0);
+    let beta = FcLayout::of(n).map_or(1.0, |fc| fc.beta);
     let values: Vec<f32> = model.tensor_f32(t)?.iter().copied().collect();
     let channels = weight.scales.len();
     if t.dims.len() != 1 || beta != 1.0 || (channels > 1 && values.len() != channels) {

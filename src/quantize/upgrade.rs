@@ -8,6 +8,7 @@ use anyhow::{bail, ensure, Result};
 
 use crate::analysis::shapes::ShapeMap;
 use crate::onnx::build::attr_int;
+use crate::onnx::conv::attribute;
 use crate::onnx::model::OnnxModel;
 use crate::onnx::tensor;
 use crate::proto::tensor_proto::DataType;
@@ -136,14 +137,10 @@ pub fn check_quantizable(model: &OnnxModel) -> Result<()> {
     Ok(())
 }
 
-fn attr<'a>(n: &'a NodeProto, name: &str) -> Option<&'a crate::proto::AttributeProto> {
-    n.attribute.iter().find(|a| a.name.as_deref() == Some(name))
-}
-
 /// An old-style Softmax (input coerced to 2-D at `axis`) given its explicit axis, when the
 /// dimensions after it are all 1 (then both meanings agree).
 fn upgrade_softmax(n: &mut NodeProto, shapes: &ShapeMap) -> Result<()> {
-    let axis = attr(n, "axis").and_then(|a| a.i).unwrap_or(1);
+    let axis = attribute(n, "axis").and_then(|a| a.i).unwrap_or(1);
     let shape = n.input.first().and_then(|x| shapes.get(x));
     let Some(shape) = shape else {
         bail!(
@@ -190,7 +187,7 @@ pub fn to_qdq_opset(model: &mut OnnxModel, shapes: &ShapeMap) -> Result<Option<i
         match op(&n) {
             o if SAME_AT_13.contains(&o) => {}
             "BatchNormalization" => {
-                let spatial = attr(&n, "spatial").and_then(|a| a.i).unwrap_or(1);
+                let spatial = attribute(&n, "spatial").and_then(|a| a.i).unwrap_or(1);
                 ensure!(spatial == 1, "{}: spatial = 0 has no opset-13 form", describe(&n));
                 n.attribute.retain(|a| a.name.as_deref() != Some("spatial"));
             }
@@ -207,7 +204,7 @@ pub fn to_qdq_opset(model: &mut OnnxModel, shapes: &ShapeMap) -> Result<Option<i
             }
             "Softmax" | "LogSoftmax" | "Hardmax" => upgrade_softmax(&mut n, shapes)?,
             "Squeeze" | "Unsqueeze" => {
-                if let Some(axes) = attr(&n, "axes").map(|a| a.ints.clone()) {
+                if let Some(axes) = attribute(&n, "axes").map(|a| a.ints.clone()) {
                     let name = format!("{}/int8/axes{i}", n.output[0]);
                     axes_inits.push(tensor::new_i64_tensor(&name, &[axes.len()], &axes));
                     n.attribute.retain(|a| a.name.as_deref() != Some("axes"));
