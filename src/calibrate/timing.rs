@@ -224,34 +224,66 @@ const MODEL_RUNS: usize = 31;
 const MODEL_WARMUP: usize = 3;
 
 /// What `candidate` adds to `original`'s time, in milliseconds (negative: saves), or `None`
-/// when that is within the noise. The two run alternately after warm-up runs, so a drift of the
-/// machine moves both; the estimate is the median of the pairs' differences, kept only if it
-/// is more than twice its standard error from zero (a robust one: 1.4826 × the median absolute
-/// deviation, × 1.2533 for a median, over √pairs).
+/// when that is within the noise ([`Paired::within_noise`]).
 fn paired_difference_ms(
     original: &dyn Run,
     candidate: &dyn Run,
     x: &ArrayD<f32>,
 ) -> Result<Option<f64>> {
-    let pairs = paired_runs_ms(original, candidate, x)?;
-    let mut d: Vec<f64> = pairs.iter().map(|(a, b)| b - a).collect();
-    let estimate = median(&mut d);
-    let mut deviations: Vec<f64> = d.iter().map(|x| (x - estimate).abs()).collect();
-    let se = 1.2533 * 1.4826 * median(&mut deviations) / (MODEL_RUNS as f64).sqrt();
-    Ok((estimate.abs() > 2.0 * se).then_some(estimate))
+    let p = paired(original, candidate, x, MODEL_RUNS, MODEL_WARMUP)?;
+    Ok((!p.within_noise()).then_some(p.difference_ms))
 }
 
-/// [`MODEL_RUNS`] times of `a` and `b` on `x`, run alternately after [`MODEL_WARMUP`] untimed
-/// pairs, so that a drift of the machine moves both alike.
-fn paired_runs_ms(a: &dyn Run, b: &dyn Run, x: &ArrayD<f32>) -> Result<Vec<(f64, f64)>> {
-    let mut pairs = Vec::with_capacity(MODEL_RUNS);
-    for i in 0..MODEL_RUNS + MODEL_WARMUP {
+/// Two models timed in alternating runs after untimed warm-up pairs, so that a drift of the
+/// machine moves both alike.
+#[derive(Debug, Clone, Copy)]
+pub struct Paired {
+    /// Median times of the first and the second model.
+    pub a_ms: f64,
+    pub b_ms: f64,
+    /// The median of the pairs' differences, second minus first.
+    pub difference_ms: f64,
+    /// Its standard error, a robust one: 1.4826 × the median absolute deviation of the
+    /// differences, × 1.2533 for a median, over √pairs.
+    pub standard_error_ms: f64,
+    pub pairs: usize,
+}
+
+impl Paired {
+    /// The difference is within twice its standard error of zero: the two run at the same
+    /// speed as far as these runs can tell.
+    pub fn within_noise(&self) -> bool {
+        self.difference_ms.abs() <= 2.0 * self.standard_error_ms
+    }
+}
+
+/// Times `a` and `b` on `x` in `pairs` alternating pairs after `warmup` untimed ones.
+pub fn paired(
+    a: &dyn Run,
+    b: &dyn Run,
+    x: &ArrayD<f32>,
+    pairs: usize,
+    warmup: usize,
+) -> Result<Paired> {
+    let mut times = Vec::with_capacity(pairs);
+    for i in 0..pairs.max(1) + warmup {
         let pair = (run_ms(a, x)?, run_ms(b, x)?);
-        if i >= MODEL_WARMUP {
-            pairs.push(pair);
+        if i >= warmup {
+            times.push(pair);
         }
     }
-    Ok(pairs)
+    let mut d: Vec<f64> = times.iter().map(|(a, b)| b - a).collect();
+    let difference_ms = median(&mut d);
+    let mut deviations: Vec<f64> = d.iter().map(|x| (x - difference_ms).abs()).collect();
+    let standard_error_ms = 1.2533 * 1.4826 * median(&mut deviations) / (times.len() as f64).sqrt();
+    let (mut ta, mut tb): (Vec<f64>, Vec<f64>) = times.into_iter().unzip();
+    Ok(Paired {
+        a_ms: median(&mut ta),
+        b_ms: median(&mut tb),
+        difference_ms,
+        standard_error_ms,
+        pairs: d.len(),
+    })
 }
 
 /// The median of `v` (the upper one for an even length), sorting it.
@@ -260,13 +292,10 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Medians of `a` and `b` on `x` timed in alternating pairs, as [`InModel`] times the
-/// candidates: for the check of a latency budget's result, whose gain is a few percent.
-/// Returns the medians and the run count.
-pub fn paired_medians_ms(a: &dyn Run, b: &dyn Run, x: &ArrayD<f32>) -> Result<(f64, f64, usize)> {
-    let pairs = paired_runs_ms(a, b, x)?;
-    let (mut ta, mut tb): (Vec<f64>, Vec<f64>) = pairs.into_iter().unzip();
-    Ok((median(&mut ta), median(&mut tb), MODEL_RUNS))
+/// `a` against `b` on `x` timed as [`InModel`] times the candidates: for the check of a latency
+/// budget's result, whose gain is a few percent.
+pub fn paired_as_budget(a: &dyn Run, b: &dyn Run, x: &ArrayD<f32>) -> Result<Paired> {
+    paired(a, b, x, MODEL_RUNS, MODEL_WARMUP)
 }
 
 /// The whole model, timed with one candidate layer at a time fused into it (see the module
@@ -389,8 +418,10 @@ mod tests {
     fn paired_medians_keep_each_model_apart() {
         let ms = |m: f64| Fixed(std::time::Duration::from_secs_f64(m / 1e3));
         let x = ArrayD::zeros(vec![1]);
-        let (a, b, runs) = paired_medians_ms(&ms(0.4), &ms(1.2), &x).unwrap();
-        assert_eq!(runs, MODEL_RUNS);
+        let p = paired_as_budget(&ms(0.4), &ms(1.2), &x).unwrap();
+        assert_eq!(p.pairs, MODEL_RUNS);
+        let (a, b) = (p.a_ms, p.b_ms);
         assert!((a - 0.4).abs() < 0.15 && (b - 1.2).abs() < 0.15, "{a} {b}");
+        assert!(!p.within_noise(), "{p:?}");
     }
 }

@@ -551,9 +551,11 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
     })
 }
 
-/// Timed runs per model for the latency check: enough for a stable median of what is usually a
-/// many-fold difference, few enough to keep a conversion quick.
-const LATENCY_RUNS: usize = 5;
+/// Alternating pairs of runs for the latency check, after [`LATENCY_WARMUP`] untimed ones:
+/// enough to tell a difference of a few percent from noise, few enough to keep a conversion
+/// quick (a latency budget's result is checked with the budget's own, longer, pairing).
+const LATENCY_PAIRS: usize = 9;
+const LATENCY_WARMUP: usize = 2;
 
 /// A latency budget's target and predicted speed-up, when the conversion had one.
 fn latency_target(c: &Converted) -> Option<(f64, f64)> {
@@ -587,19 +589,17 @@ fn latency_check(
         let x = &set.inputs[0];
         let prepare = |m: &OnnxModel| engine::prepare(engine, m, &set.input_shape);
         let (a, b) = (prepare(original)?, prepare(converted)?);
-        let (original_ms, converted_ms, runs) = match target {
-            Some(_) => timing::paired_medians_ms(a.as_ref(), b.as_ref(), x)?,
-            None => (
-                verify::latency(a.as_ref(), x, LATENCY_RUNS)?.median,
-                verify::latency(b.as_ref(), x, LATENCY_RUNS)?.median,
-                LATENCY_RUNS,
-            ),
+        let p = match target {
+            Some(_) => timing::paired_as_budget(a.as_ref(), b.as_ref(), x)?,
+            None => timing::paired(a.as_ref(), b.as_ref(), x, LATENCY_PAIRS, LATENCY_WARMUP)?,
         };
         Ok(LatencyCheck {
             engine: engine.describe()?,
-            runs,
-            original_ms,
-            converted_ms,
+            runs: p.pairs,
+            original_ms: p.a_ms,
+            converted_ms: p.b_ms,
+            standard_error_ms: p.standard_error_ms,
+            within_noise: p.within_noise(),
         })
     };
     match measure() {
@@ -612,11 +612,11 @@ fn latency_check(
                     check.converted_ms,
                     check.original_ms
                 );
-            } else if check.converted_ms > check.original_ms {
+            } else if !check.within_noise && check.converted_ms > check.original_ms {
                 let why = match opts.form {
                     OutputForm::Ops => "the standard-operator form counts fewer multiplications but materialises the look-ups, so it is not faster on CPU engines (BENCHMARKS.md); --form fused runs the native kernel (in tract, and in ONNX Runtime through libonnx_dlq_ort)",
                     OutputForm::Fused => "the native kernel does not pay off on these layers at these ratios (BENCHMARKS.md); raise the ratio or convert fewer layers",
-                    OutputForm::Dense => "the engine did not fold the kernel's constant subgraph (timing noise is likelier: the folded model is the original Conv)",
+                    OutputForm::Dense => "the engine did not fold the kernel's constant subgraph",
                 };
                 log::warn!(
                     "the converted model runs {} than the original in {} ({:.3} ms against {:.3} ms): {why}",

@@ -87,18 +87,31 @@ pub struct ConvertReport {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LatencyCheck {
     pub engine: String,
+    /// Alternating pairs of runs timed (after untimed warm-up pairs).
     pub runs: usize,
     pub original_ms: f64,
     pub converted_ms: f64,
+    /// The standard error of the pairs' median difference: differences within twice it are
+    /// noise.
+    #[serde(default)]
+    pub standard_error_ms: f64,
+    /// The two run at the same speed as far as these runs can tell.
+    #[serde(default)]
+    pub within_noise: bool,
 }
 
 impl LatencyCheck {
-    /// How the converted model compares, in words: "75.2x slower" or "1.30x faster".
+    /// How the converted model compares, in words: "75.2x slower", "1.30x faster" or "the same
+    /// speed within noise".
     pub fn verdict(&self) -> String {
         let ratio = self.converted_ms / self.original_ms.max(1e-9);
-        match ratio >= 1.0 {
-            true => format!("{ratio:.1}x slower"),
-            false => format!("{:.2}x faster", 1.0 / ratio),
+        match (self.within_noise, ratio >= 1.0) {
+            (true, _) => format!(
+                "the same speed within noise, ±{:.3} ms",
+                2.0 * self.standard_error_ms
+            ),
+            (false, true) => format!("{ratio:.2}x slower"),
+            (false, false) => format!("{:.2}x faster", 1.0 / ratio),
         }
     }
 }
@@ -194,7 +207,7 @@ pub fn render(r: &ConvertReport) -> String {
     if let Some(l) = &r.latency {
         let _ = writeln!(
             s,
-            "latency in {} (1 thread, batch 1, median of {} runs): original {:.3} ms, converted {:.3} ms ({})",
+            "latency in {} (1 thread, batch 1, medians of {} alternating runs): original {:.3} ms, converted {:.3} ms ({})",
             l.engine,
             l.runs,
             l.original_ms,
