@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 16's large fully connected layer: a 4096x4096 Gemm (scripts/make_fc_model.py) converted
+# The large fully connected layer of BENCHMARKS.md: a 4096x4096 Gemm (scripts/make_fc_model.py) converted
 # to the compact form (palettes) and to the standard-operator form, file sizes and ONNX Runtime
 # latency at batch 1 (one thread) against the original, all in one run (runs alternate between
 # the original and each converted model: scripts/bench_models_ort.py). Uses the test venv

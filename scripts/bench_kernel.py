@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Native DlqConv kernel against ONNX Runtime's dense Conv, side by side (issue 14).
+"""Native DlqConv kernel against ONNX Runtime's dense Conv, side by side.
 
 Builds `crates/dlq-kernels`' example `bench_layer` in release (the portable build, and a second
 one with RUSTFLAGS="-C target-cpu=native" for orientation), builds a single-Conv ONNX model of
@@ -16,7 +16,7 @@ ResNet-20 layer3 shape (M=N=64, 3x3, pad 1, 8x8) at ρ = 4, 8, 16; DL with N' = 
 and the paper's sizes K_vq = round(kh·kw·M/ρ), K = c·K_vq, L = floor((N·K_vq − α·S·K)/N)
 (a ρ with L < α is skipped). Run through scripts/bench_kernel.sh (pinned venv).
 
-`--suite issue14` instead times every SqueezeNet 1.1 expand3x3 (fire2..fire9) and the ResNet-20
+`--suite layers` instead times every SqueezeNet 1.1 expand3x3 (fire2..fire9) and the ResNet-20
 layer1/2/3 stride-1 3x3 convolutions at ρ = 4, 8, 16, and prints one compact table: ORT's dense
 Conv on 1 and 2 intra-op threads, tract's dense Conv (1 thread, with `--tract BINARY`: the
 project's `onnx-dlq verify M M --runs R --json` on the same single-Conv model, once per layer,
@@ -50,16 +50,16 @@ LAYERS = [
     ("SqueezeNet fire8/expand3x3", 256, 64, 13, 3, 1, [10, 20]),
     ("ResNet-20 layer3 3x3", 64, 64, 8, 3, 1, [4, 8, 16]),
 ]
-# The issue-14 suite (`--suite issue14`): name, M, N, H(=W), kernel, pad, ρ values.
-ISSUE14_RHOS = [4, 8, 16]
-ISSUE14_LAYERS = [
-    (f"SqueezeNet {f}/expand3x3", m, n, hw, 3, 1, ISSUE14_RHOS)
+# The layers suite (`--suite layers`): name, M, N, H(=W), kernel, pad, ρ values.
+LAYERS_RHOS = [4, 8, 16]
+LAYERS_LAYERS = [
+    (f"SqueezeNet {f}/expand3x3", m, n, hw, 3, 1, LAYERS_RHOS)
     for f, m, n, hw in [("fire2", 64, 16, 55), ("fire3", 64, 16, 55),
                         ("fire4", 128, 32, 27), ("fire5", 128, 32, 27),
                         ("fire6", 192, 48, 13), ("fire7", 192, 48, 13),
                         ("fire8", 256, 64, 13), ("fire9", 256, 64, 13)]
 ] + [
-    (f"ResNet-20 {name} 3x3", c, c, hw, 3, 1, ISSUE14_RHOS)
+    (f"ResNet-20 {name} 3x3", c, c, hw, 3, 1, LAYERS_RHOS)
     for name, c, hw in [("layer1", 16, 32), ("layer2", 32, 16), ("layer3", 64, 8)]
 ]
 SUBSPACE, C, ALPHA = 8, 3, 2
@@ -198,8 +198,8 @@ def load_line(when):
     return f"load average {when}: {avg}; /proc/stat: {busy} of {total} jiffies busy over 2 s"
 
 
-def suite_issue14(args, portable):
-    """The issue-14 table (see the module docstring). With `--passes P` the whole table is
+def suite_layers(args, portable):
+    """The layers table (see the module docstring). With `--passes P` the whole table is
     measured P times, one pass after the other (each printed as it runs), and the final table
     gives per cell the median of the P medians [the min of the P mins]."""
     print(load_line("before"))
@@ -215,7 +215,7 @@ def suite_issue14(args, portable):
     loads = {}  # (layer index, rho) -> list over passes of "pct (tries)" notes
     for p in range(args.passes):
         print(f"pass {p + 1} of {args.passes}:\n{head}", flush=True)
-        for li, (name, m, n, hw, k, pad, rhos) in enumerate(ISSUE14_LAYERS):
+        for li, (name, m, n, hw, k, pad, rhos) in enumerate(LAYERS_LAYERS):
             model = conv_model(m, n, hw, k, pad)
             tr, tr_pct, tr_tries = None, 0.0, 0
             if args.tract:
@@ -243,13 +243,13 @@ def suite_issue14(args, portable):
                     note += f"; tract {tr_pct:.1f} ({tr_tries})"
                 cells.setdefault((li, rho), []).append(meas)
                 loads.setdefault((li, rho), []).append(note)
-                print(table_row(ISSUE14_LAYERS[li], rho, sizes, [meas], note,
+                print(table_row(LAYERS_LAYERS[li], rho, sizes, [meas], note,
                                 rho == rhos[0]), flush=True)
         print()
     if args.passes > 1:
         print(f"median of the {args.passes} passes' medians [min of their mins]:\n{head}")
         for (li, rho), meas in cells.items():
-            layer = ISSUE14_LAYERS[li]
+            layer = LAYERS_LAYERS[li]
             sizes = paper_sizes(layer[1], layer[2], layer[4], rho)
             print(table_row(layer, rho, sizes, meas, " / ".join(loads[(li, rho)]),
                             rho == layer[6][0]))
@@ -288,22 +288,22 @@ def main():
     ap.add_argument("--threads", type=int, default=2,
                     help="also time ORT and the kernel on this many threads (1: skip)")
     ap.add_argument("--before", help="another bench_layer binary, timed as a 'before' column")
-    ap.add_argument("--suite", choices=["default", "issue14"], default="default",
-                    help="issue14: every SqueezeNet expand3x3 and ResNet-20 3x3 layer, ρ 4/8/16")
-    ap.add_argument("--tract", help="an onnx-dlq binary: add tract's dense Conv (issue14 suite)")
-    ap.add_argument("--passes", type=int, default=1, help="issue14 suite: measure the whole "
+    ap.add_argument("--suite", choices=["default", "layers"], default="default",
+                    help="layers: every SqueezeNet expand3x3 and ResNet-20 3x3 layer, ρ 4/8/16")
+    ap.add_argument("--tract", help="an onnx-dlq binary: add tract's dense Conv (layers suite)")
+    ap.add_argument("--passes", type=int, default=1, help="layers suite: measure the whole "
                     "table this many times; the last table gives the median of the medians")
     ap.add_argument("--max-foreign", type=float, default=3.0,
-                    help="issue14 suite: re-measure a row while other processes used more than "
+                    help="layers suite: re-measure a row while other processes used more than "
                          "this %% of the machine's CPU time during it")
-    ap.add_argument("--tries", type=int, default=4, help="issue14 suite: at most this many "
+    ap.add_argument("--tries", type=int, default=4, help="layers suite: at most this many "
                     "measurements per row (the last one is printed if none was quiet)")
     args = ap.parse_args()
 
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
     portable = cargo_build(target)
-    if args.suite == "issue14":
-        return suite_issue14(args, portable)
+    if args.suite == "layers":
+        return suite_layers(args, portable)
     native = None if args.no_native else cargo_build(target / "native", "-C target-cpu=native")
 
     with open("/proc/loadavg") as f:

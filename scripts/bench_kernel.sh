@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs scripts/bench_kernel.py (native DlqConv kernel vs ONNX Runtime's dense Conv, issue 14) in
+# Runs scripts/bench_kernel.py (native DlqConv kernel vs ONNX Runtime's dense Conv) in
 # a venv with the project's pinned ONNX Runtime packages (same pins as requirements-test.txt).
 # Honours CARGO_TARGET_DIR (e.g. CARGO_TARGET_DIR=/tmp/bench-target scripts/bench_kernel.sh).
 set -euo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The calibration and --target-speedup experiments of docs/RESULTS.md (issue 7): each converts,
+# The calibration and --target-speedup experiments of docs/RESULTS.md: each converts,
 # then evaluates on the images not used for calibration (verify --skip N).
 # usage: scripts/calibration_experiments.sh   (needs ../shared and a built target/debug/onnx-dlq)
 set -u

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A model with one large fully connected layer, for BENCHMARKS.md (issue 16):
+"""A model with one large fully connected layer, for BENCHMARKS.md ("A large fully connected layer"):
 y = Gemm(x[1, N], W[M, N] (transB = 1), b[M]), Gaussian weights (std 1/sqrt(N), seed 0), opset 13.
 
 usage: make_fc_model.py OUT [--n 4096] [--m 4096]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The refit experiments of docs/RESULTS.md (issue 15): each converts (calibrating on images never
+# The refit experiments of docs/RESULTS.md: each converts (calibrating on images never
 # used for evaluation), then evaluates. CIFAR models calibrate on cifar10-train and evaluate on all
 # of cifar10-test; SqueezeNet calibrates on the first 256 ImageNet-sample images and evaluates on
 # the other 244 (verify --skip 256).
@@ -90,7 +90,7 @@ run r20-dl-t2-spread $R20 "$RN_EVAL" --target-speedup 2 $RN_CALS
 run r20-dl-4-spread $R20 "$RN_EVAL" --all --ratio 4 $RN_CALS
 run r20-dl-4-spread-ft $R20 "$RN_EVAL" --all --ratio 4 $RN_CALS $RN_FT
 run r56-dl-t2-spread $R56 "$RN_EVAL" --target-speedup 2 $RN_CALS
-# Palettes (issue 16: --form dense --shared-codebook) under a size budget, then fine-tuned.
+# Palettes (--form dense --shared-codebook) under a size budget, then fine-tuned.
 PAL="--all --form dense --shared-codebook --subspace 1"
 run r20-pal-c8 $R20 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS
 run r20-pal-c8-ft $R20 "$RN_EVAL" $PAL --target-compression 8 $RN_CALS $RN_FT --epochs 2
@@ -142,7 +142,7 @@ SQ_EVAL_FIRST="--data $S/data/imagenet-sample $SQ_PRE --samples 244"
 SQ_CAL_LAST="--calibrate $S/data/imagenet-sample $SQ_PRE --calib-samples 256 --calib-select last"
 run sq-pal-c8-last $SQ "$SQ_EVAL_FIRST" --all --target-compression 8 $SQ_CAL_LAST
 run sq-pal-c8-cs-last $SQ "$SQ_EVAL_FIRST" --all --target-compression 8 --channel-scale $SQ_CAL_LAST
-# Palettes stored in float16 (the size budget's default since session 23: the bytes go to
+# Palettes stored in float16 (the size budget's default: the bytes go to
 # larger palettes instead), both SqueezeNet folds, and ResNet-56.
 run sq-pal-c8-h $SQ "$SQ_EVAL" --all --target-compression 8 $SQ_CAL
 run sq-pal-c8-h-last $SQ "$SQ_EVAL_FIRST" --all --target-compression 8 $SQ_CAL_LAST

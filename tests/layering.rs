@@ -331,7 +331,7 @@ fn each_layer_uses_only_earlier_layers() {
     );
 }
 
-/// The pipeline lives in the folders: at most 8 source files directly in `src/` (issue 13).
+/// The pipeline lives in the folders: at most 8 source files directly in `src/`.
 #[test]
 fn few_files_directly_in_src() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");

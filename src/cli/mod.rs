@@ -652,7 +652,7 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
         bail!("--shared-codebook shrinks the compact form (--form dense); the ops and fused forms compute every subspace's own representatives");
     }
     // A size budget without a method asks for the smallest files: palettes, the best accuracy
-    // per byte measured (BENCHMARKS.md, "Shared codebooks"; docs/RESULTS.md, session 22).
+    // per byte measured (BENCHMARKS.md, "Shared codebooks"; docs/RESULTS.md, "end-to-end weighting").
     let shared =
         args.shared_codebook || (args.target_compression.is_some() && args.method.is_none());
     let method = match (args.method, shared) {

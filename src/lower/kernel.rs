@@ -1,5 +1,5 @@
 //! The native kernel's form of a layer: its codebook, geometry and bias as a validated
-//! `dlq_kernels::DlqConv`, the computation the fused `DlqConv` operator will run (issue 14).
+//! `dlq_kernels::DlqConv`, the computation the fused `DlqConv` operator will run.
 //! Today it serves the exactness tests, which check the kernel against the other forms on the
 //! same layers.
 

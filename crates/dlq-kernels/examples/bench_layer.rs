@@ -1,4 +1,4 @@
-//! `bench_layer`: wall-clock timing of `DlqConv::run` on one clustered Conv layer (issue 14).
+//! `bench_layer`: wall-clock timing of `DlqConv::run` on one clustered Conv layer.
 //!
 //! Builds a DL layer of the given sizes with seeded random atoms, codes and assignments (the
 //! kernel's time depends only on the sizes, never on the values), times `run` on batch 1
