@@ -57,7 +57,7 @@ pub enum Command {
     Diff(DiffArgs),
     /// Relative weight error of VQ and DL over ratios for one layer (the paper's Experiment I).
     Sweep(SweepArgs),
-    /// Run the original and the converted model in tract: accuracy, agreement, cost, latency.
+    /// Run the original and the converted model (tract or ONNX Runtime): accuracy, agreement, cost, latency.
     Verify(VerifyArgs),
     /// Accuracy after converting stage after stage, per method and ratio (the paper's Experiment II).
     Stages(StagesArgs),
