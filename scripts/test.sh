@@ -17,6 +17,8 @@ cargo fmt --all --check
 python3 scripts/fn_lengths.py src crates --max 100 --top 3
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace
+# The kernels' tests again with overflow checks and debug assertions on (Cargo.toml, "checked").
+cargo test --locked -p dlq-kernels --profile checked
 # Coverage-guided fuzz smoke on the stable toolchain (no sanitizer): 60 s of libFuzzer over the
 # seed corpus; new inputs go to target/fuzz-corpus, a crash fails the run (README, "Fuzzing").
 if ! cargo fuzz --version >/dev/null 2>&1; then
