@@ -16,11 +16,14 @@ cargo fmt --all --check
 # The size rule of docs/ARCHITECTURE.md: no function outside SIMD kernels above 100 lines.
 python3 scripts/fn_lengths.py src crates --max 100 --top 3
 cargo clippy --locked --workspace --all-targets -- -D warnings
-cargo test --locked --workspace
+# --nocapture: the tests' SKIPPED lines and the kernel paths that ran reach the log, and the
+# summary at the end lists them.
+mkdir -p target
+cargo test --locked --workspace -- --nocapture 2>&1 | tee target/test.log
 # The kernels' tests again with overflow checks and debug assertions on (Cargo.toml, "checked").
 cargo test --locked -p dlq-kernels --profile checked
 # Coverage-guided fuzz smoke on the stable toolchain (no sanitizer): 60 s of libFuzzer over the
-# seed corpus; new inputs go to target/fuzz-corpus, a crash fails the run (README, "Fuzzing").
+# seed corpus; new inputs go to target/fuzz-corpus, a crash fails the run (docs/GUIDE.md, "Fuzzing").
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked --version 0.13.2
 fi
@@ -33,3 +36,11 @@ if ! cargo fuzz run --sanitizer none load_convert target/fuzz-corpus fuzz/corpus
   exit 1
 fi
 grep -a "^Done" target/fuzz-smoke.log
+echo "== summary"
+grep -a "^kernel path" target/test.log || echo "no kernel path reported"
+if grep -aq "SKIPPED" target/test.log; then
+  echo "skipped:"
+  grep -a "SKIPPED" target/test.log | sort | uniq
+else
+  echo "skipped: none"
+fi

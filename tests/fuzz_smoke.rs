@@ -2,7 +2,7 @@
 //! `cargo test`: every seed of `fuzz/corpus/load_convert` converts, and a fixed set of mutants
 //! of them (bit flips, boundary bytes, lying varints, truncations, deleted, repeated and spliced
 //! chunks) each end in a value or an error, never a panic, with no output file left behind.
-//! Inputs the coverage-guided run (`cargo fuzz run load_convert`, README "Fuzzing") once
+//! Inputs the coverage-guided run (`cargo fuzz run load_convert`, docs/GUIDE.md "Fuzzing") once
 //! crashed on are replayed from `fuzz/regressions/load_convert`.
 
 mod common;

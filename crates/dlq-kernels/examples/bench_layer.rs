@@ -8,7 +8,7 @@
 //! add = 1), the time of each phase (Z, R, look-up adds; measured by the crate's hidden
 //! `run_timed`, `run` with a clock read between the phases, checked to produce `run`'s output bit
 //! for bit), the SIMD level `run` dispatched to, the median of the forced portable path
-//! (`run_portable`) and, for orientation only, the crate's *naive* f64 reference `dense_conv`
+//! (`run_on` the portable path) and, for orientation only, the crate's *naive* f64 reference `dense_conv`
 //! (not a tuned dense convolution).
 //!
 //! `--ceiling` instead prints this machine's ceilings: FMA throughput (AVX2+FMA intrinsics and
@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use dlq_kernels::{dense_conv, Codes, DlqConv, Geometry, PhaseTimes, Subspace};
+use dlq_kernels::{dense_conv, Codes, DlqConv, Geometry, KernelPath, PhaseTimes, Subspace};
 
 /// Layer sizes and run counts from the command line.
 #[derive(Debug, Clone)]
@@ -614,8 +614,15 @@ fn main() -> ExitCode {
     // The portable path (no intrinsics), same warm-up and repetitions, for comparison.
     let mut portable = vec![0.0f32; out.len()];
     let (portable_ms, _) = time_ms(a.warmup, a.reps, || {
-        conv.run_portable(black_box(&x), 1, a.h, a.w, &mut portable)
-            .expect("valid sizes");
+        conv.run_on(
+            KernelPath::PORTABLE,
+            black_box(&x),
+            1,
+            a.h,
+            a.w,
+            &mut portable,
+        )
+        .expect("valid sizes");
         black_box(&mut portable);
     });
     let (dense_ms, max_err, scale_ref) = reference(&conv, &a, &x, &out);

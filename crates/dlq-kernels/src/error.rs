@@ -7,6 +7,8 @@ use std::fmt;
 /// Why a convolution could not be built or run. Returned instead of panicking.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelError {
+    /// A forced implementation (`path`) this CPU cannot run.
+    UnsupportedPath { path: &'static str },
     /// A geometry field that must be at least 1 is 0 (e.g. `strides[1]`).
     ZeroGeometry { field: &'static str },
     /// `subspaces` is empty, so the input channels are not covered.
@@ -67,6 +69,7 @@ impl fmt::Display for KernelError {
         use KernelError::*;
         match self {
             ZeroGeometry { field } => write!(f, "geometry: {field} is 0, must be at least 1"),
+            UnsupportedPath { path } => write!(f, "this CPU cannot run the {path} kernel"),
             NoSubspaces => write!(f, "no subspaces: the input channels are not covered"),
             EmptySubspace { subspace } => write!(f, "subspace {subspace}: empty channel range"),
             NoAtoms { subspace } => write!(f, "subspace {subspace}: num_atoms is 0"),

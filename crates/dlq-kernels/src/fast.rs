@@ -429,13 +429,41 @@ fn sequential(n: usize, f: &(dyn Fn(usize) + Sync)) {
     (0..n).for_each(f);
 }
 
+/// One implementation of the kernel's loops: portable, AVX2 + FMA, or AVX-512F (for tests and
+/// benchmarks; [`DlqConv::run`] picks the best this CPU has).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelPath(Isa);
+
+impl KernelPath {
+    pub const PORTABLE: KernelPath = KernelPath(Isa::Portable);
+
+    /// Every implementation, whether this CPU can run it or not.
+    pub fn all() -> [KernelPath; 3] {
+        Isa::ALL.map(KernelPath)
+    }
+
+    /// The one [`DlqConv::run`] uses on this CPU.
+    pub fn best() -> KernelPath {
+        KernelPath(Isa::detect())
+    }
+
+    pub fn supported(self) -> bool {
+        self.0.supported()
+    }
+
+    pub fn name(self) -> &'static str {
+        self.0.name()
+    }
+}
+
 impl DlqConv {
     /// Computes `U = Conv(x, W̃) + bias` for NCHW f32 `x` of shape `[batch, N, h, w]` into `out`
     /// of shape `[batch, M, oh, ow]`, and returns `[oh, ow]`. Refuses (never panics) when the
     /// kernel does not fit the padded input or a buffer length is wrong.
     ///
     /// Uses AVX-512F or AVX2 + FMA when the CPU has them (checked at run time), else portable
-    /// loops; they agree to float rounding (see [`DlqConv::run_portable`]). Single-threaded:
+    /// loops; they agree to float rounding (see [`DlqConv::run_on`]). Single-threaded:
     /// [`DlqConv::run_parallel`] with every task on the calling thread (bit-identical to it).
     pub fn run(
         &self,
@@ -475,17 +503,22 @@ impl DlqConv {
         self.run_with(Isa::detect(), None, x, batch, h, w, out, par)
     }
 
-    /// [`DlqConv::run`] forced onto the portable loops (for tests comparing the two paths).
+    /// [`DlqConv::run`] on one given implementation instead of the best this CPU has, for
+    /// tests and benchmarks that run every path the CPU supports. Refuses a path the CPU lacks.
     #[doc(hidden)]
-    pub fn run_portable(
+    pub fn run_on(
         &self,
+        path: KernelPath,
         x: &[f32],
         batch: usize,
         h: usize,
         w: usize,
         out: &mut [f32],
     ) -> Result<[usize; 2], KernelError> {
-        self.run_with(Isa::Portable, None, x, batch, h, w, out, &sequential)
+        if !path.supported() {
+            return Err(KernelError::UnsupportedPath { path: path.name() });
+        }
+        self.run_with(path.0, None, x, batch, h, w, out, &sequential)
     }
 
     /// [`DlqConv::run`] with the time of each phase added to `times` (for benchmarks; the

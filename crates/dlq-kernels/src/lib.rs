@@ -44,6 +44,8 @@ mod simd;
 pub use conv::{Codes, DlqConv, Subspace};
 pub use dense::dense_conv;
 pub use error::KernelError;
+#[doc(hidden)]
+pub use fast::KernelPath;
 pub use fast::ParallelFor;
 #[doc(hidden)]
 pub use fast::PhaseTimes;

@@ -2,7 +2,7 @@
 //! and random cases of geometry × codebook, plus refusal of every kind of bad input (an error,
 //! never a panic). Self-contained: a tiny seeded xorshift RNG, no dev-dependencies.
 
-use dlq_kernels::{dense_conv, Codes, DlqConv, Geometry, KernelError, Subspace};
+use dlq_kernels::{dense_conv, Codes, DlqConv, Geometry, KernelError, KernelPath, Subspace};
 
 /// Allowed |run − reference|, relative to the largest |reference output|. The two paths are the
 /// same sum in different orders (run: atoms → representatives → taps per subspace, in f32;
@@ -717,7 +717,7 @@ fn dense_conv_refuses_bad_buffers() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Dispatch: the SIMD path `run` picks on this CPU against the forced portable path.
+// Dispatch: every kernel path this CPU runs, forced, against the dense reference.
 
 /// Largest |a − b| over two outputs, and whether it is within the tolerance of `scale`.
 fn within_tolerance(a: &[f32], b: &[f32], scale: f32) -> (f32, bool) {
@@ -725,11 +725,13 @@ fn within_tolerance(a: &[f32], b: &[f32], scale: f32) -> (f32, bool) {
     (err, err <= EXACT_TOL * scale + ABS_FLOOR)
 }
 
-/// `run` (SIMD when the CPU has it) and `run_portable` agree within EXACT_TOL, and each matches
-/// the dense reference, on the random grid plus larger stride-1 layers whose padded-width runs
-/// cover the SIMD loops' 64-float blocks and their 16-float remainders.
+/// Every kernel path this CPU can run (portable, AVX2 + FMA, AVX-512F; `run` picks the best)
+/// matches the dense reference within EXACT_TOL, and `run` equals its own path bit for bit, on
+/// the random grid plus larger stride-1 layers whose padded-width runs cover the SIMD loops'
+/// 64-float blocks and their 16-float remainders. A path the CPU lacks is refused with an error
+/// and named on a SKIPPED line; scripts/test.sh prints this test's lines in its summary.
 #[test]
-fn dispatched_matches_portable() {
+fn every_kernel_path_matches_dense() {
     let mut rng = Rng::new(6);
     let mut cases: Vec<Case> = (0..400).map(|_| random_case(&mut rng)).collect();
     for (m, n, hw, k, pad, width, alpha) in [
@@ -757,51 +759,75 @@ fn dispatched_matches_portable() {
             bias: true,
         });
     }
-    let mut worst = 0f32;
-    for case in &cases {
-        let conv = build(case, &mut rng);
-        let g = conv.geometry();
-        let x = rng.values(case.batch * g.in_channels * case.h * case.w);
-        let [oh, ow] = g.output_size(case.h, case.w).expect("case fits");
-        let mut fast = vec![f32::NAN; case.batch * g.out_channels * oh * ow];
-        let (mut portable, mut reference) = (fast.clone(), fast.clone());
+    let convs: Vec<DlqConv> = cases.iter().map(|c| build(c, &mut rng)).collect();
+    let inputs: Vec<Vec<f32>> = cases
+        .iter()
+        .zip(&convs)
+        .map(|(c, conv)| rng.values(c.batch * conv.geometry().in_channels * c.h * c.w))
+        .collect();
+    for path in KernelPath::all() {
+        if !path.supported() {
+            let refused = convs[0].run_on(path, &inputs[0], 1, 1, 1, &mut []);
+            assert!(refused.is_err(), "{} ran on a CPU without it", path.name());
+            eprintln!("SKIPPED kernel path {}: this CPU lacks it", path.name());
+            continue;
+        }
+        let mut worst = 0f32;
+        for ((case, conv), x) in cases.iter().zip(&convs).zip(&inputs) {
+            worst = worst.max(path_matches_dense(path, case, conv, x));
+        }
+        eprintln!(
+            "kernel path {}: {} cases match the dense reference, largest error {worst:.3e} \
+             relative to max |output|{}",
+            path.name(),
+            cases.len(),
+            if path == KernelPath::best() {
+                " (the one `run` uses)"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
+/// Runs `conv` on `path` (and, for the best path, through `run`, bit for bit the same) and
+/// checks it against the dense reference; returns the error relative to the largest output.
+fn path_matches_dense(path: KernelPath, case: &Case, conv: &DlqConv, x: &[f32]) -> f32 {
+    let g = conv.geometry();
+    let [oh, ow] = g.output_size(case.h, case.w).expect("case fits");
+    let mut got = vec![f32::NAN; case.batch * g.out_channels * oh * ow];
+    let mut reference = got.clone();
+    let size = conv.run_on(path, x, case.batch, case.h, case.w, &mut got);
+    assert_eq!(size, Ok([oh, ow]), "{case:?} on {}", path.name());
+    if path == KernelPath::best() {
+        let mut dispatched = vec![f32::NAN; got.len()];
         assert_eq!(
-            conv.run(&x, case.batch, case.h, case.w, &mut fast),
+            conv.run(x, case.batch, case.h, case.w, &mut dispatched),
             Ok([oh, ow])
         );
-        let size = conv.run_portable(&x, case.batch, case.h, case.w, &mut portable);
-        assert_eq!(size, Ok([oh, ow]));
-        let weight = conv.reconstruct();
-        let (n, bias) = (g.in_channels, conv.bias());
-        let size = dense_conv(
-            &x,
-            case.batch,
-            n,
-            case.h,
-            case.w,
-            &weight,
-            g,
-            bias,
-            &mut reference,
-        );
-        assert_eq!(size, Ok([oh, ow]));
-        let scale = reference.iter().fold(0f32, |acc, v| acc.max(v.abs()));
-        for (name, a, b) in [
-            ("run vs run_portable", &fast, &portable),
-            ("run vs dense", &fast, &reference),
-            ("run_portable vs dense", &portable, &reference),
-        ] {
-            let (err, ok) = within_tolerance(a, b, scale);
-            assert!(ok, "{case:?}: {name}: error {err}, max |output| {scale}");
-        }
-        worst =
-            worst.max(within_tolerance(&fast, &portable, scale).0 / scale.max(f32::MIN_POSITIVE));
+        assert_eq!(dispatched, got, "{case:?}: run differs from its own path");
     }
-    eprintln!(
-        "dispatched_matches_portable: {} cases, largest run − run_portable error {worst:.3e} \
-         relative to max |output|",
-        cases.len()
+    let (n, bias, weight) = (g.in_channels, conv.bias(), conv.reconstruct());
+    let size = dense_conv(
+        x,
+        case.batch,
+        n,
+        case.h,
+        case.w,
+        &weight,
+        g,
+        bias,
+        &mut reference,
     );
+    assert_eq!(size, Ok([oh, ow]));
+    let scale = reference.iter().fold(0f32, |acc, v| acc.max(v.abs()));
+    let (err, ok) = within_tolerance(&got, &reference, scale);
+    assert!(
+        ok,
+        "{case:?}: {} vs dense: error {err}, max |output| {scale}",
+        path.name()
+    );
+    err / scale.max(f32::MIN_POSITIVE)
 }
 
 // ---------------------------------------------------------------------------------------------
