@@ -14,7 +14,9 @@ Checks the model with onnx.checker (full check), then
   QuantizeLinear / DequantizeLinear then runs as written, around float operators, which is the
   float model computed with the same quantized weights and activations;
 - prints the scale of the DequantizeLinear that writes the first graph output, else of the last
-  activation DequantizeLinear (`output_scale`), the unit of the tests' int8 tolerance.
+  activation DequantizeLinear (`output_scale`), the unit of the tests' int8 tolerance, and
+  whether the first output is quantized at all (`output_quantized`: false when the model's
+  head writes float).
 """
 import collections
 import json
@@ -45,6 +47,12 @@ def rebuilt(name, inits):
     """A codebook initializer (`<layer>/dlq/…`) or a tensor of a kernel's rebuilding (`dlq/<k>`):
     after folding, no node reads either."""
     return name.startswith("dlq/") or (name in inits and "/dlq/" in name)
+
+
+def output_quantized(model):
+    """Whether a DequantizeLinear writes the first output (else the model's head is float)."""
+    out = model.graph.output[0].name
+    return any(n.op_type == "DequantizeLinear" and out in n.output for n in model.graph.node)
 
 
 def output_scale(model):
@@ -80,6 +88,7 @@ def main():
         "float_layers": [n.name or n.output[0] for n in nodes if n.op_type in FLOAT_LAYERS],
         "rebuild_nodes": [n.op_type for n in nodes if any(rebuilt(i, inits) for i in n.input)],
         "output_scale": output_scale(onnx.load(model_path)),
+        "output_quantized": output_quantized(onnx.load(model_path)),
     }))
 
 

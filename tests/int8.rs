@@ -1,8 +1,8 @@
 //! `convert --int8`: the compact form written as a QDQ model that ONNX Runtime runs on its
 //! integer kernels. Checked in ONNX Runtime: the optimised graph holds no float Conv/Gemm and
 //! nothing of the kernels' rebuilding; the integer-kernel run equals, within
-//! [`INT8_STEPS`] output quantization steps, the same QDQ model run with every optimisation
-//! off (each QuantizeLinear / DequantizeLinear as written around float operators: the float
+//! [`INT8_STEPS`] output quantization steps (or [`INT8_FLOAT_HEAD`] of the largest output when
+//! the model's head writes float), the same QDQ model run with every optimisation off (each QuantizeLinear / DequantizeLinear as written around float operators: the float
 //! model with the same quantized weights and activations). Bad settings and quantized inputs
 //! are refused before anything is written.
 
@@ -15,8 +15,16 @@ use serde_json::Value;
 /// Output quantization steps the integer kernels may differ by from the float model with the
 /// same quantized weights and activations: a requantization may round a value the other way
 /// (a tie, or float rounding in the reference), and a step of one layer's output moves later
-/// layers' by about a step. Measured 0 on the default model, ResNet-20 and SqueezeNet.
+/// layers' by about a step. Measured 0 on the default model, ResNet-20 and SqueezeNet when
+/// their logits were quantized (their heads now write float: [`INT8_FLOAT_HEAD`]).
 const INT8_STEPS: f32 = 2.0;
+
+/// The same, when the model's head writes float (the logits are not quantized): a step that
+/// an intermediate requantization rounds the other way reaches the float output unrounded,
+/// scaled by the head's weights, so the bound is relative to the largest output. Measured
+/// 2.1e-7 of the largest output on the default model, 3.1e-3 on ResNet-20 and 0 on SqueezeNet
+/// (whose Softmax follows a float pooling of a quantized tensor).
+const INT8_FLOAT_HEAD: f32 = 0.01;
 
 fn repo_path(rel: &str) -> String {
     common::repo().join(rel).display().to_string()
@@ -75,9 +83,22 @@ fn check_in_ort(python: &Path, model: &Path, input: &ndarray::ArrayD<f32>) -> Va
     let j: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["float_layers"], Value::Array(vec![]), "{j}");
     assert_eq!(j["rebuild_nodes"], Value::Array(vec![]), "{j}");
-    let step = j["output_scale"].as_f64().expect("a quantized output") as f32;
     let (a, b) = (common::read_npy(&fast), common::read_npy(&plain));
     let diff = common::max_abs_diff(&a, &b);
+    if j["output_quantized"].as_bool() == Some(false) {
+        let rel = diff / common::max_abs(&b);
+        eprintln!(
+            "{}: integer kernels within {rel:.2e} of the largest output of the QDQ reference",
+            model.display()
+        );
+        assert!(
+            rel <= INT8_FLOAT_HEAD,
+            "{}: integer kernels differ from the QDQ reference by {diff} = {rel} of the largest output",
+            model.display()
+        );
+        return j;
+    }
+    let step = j["output_scale"].as_f64().expect("a quantized output") as f32;
     eprintln!(
         "{}: integer kernels within {} output steps of the QDQ reference",
         model.display(),

@@ -25,6 +25,24 @@ const COMPUTED: &[&str] = &[
 /// their input's parameters when the input is quantized (ONNX Runtime then drops the pair).
 const MOVES: &[&str] = &["Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze"];
 
+/// Operators that turn the last layer's output into the model's outputs. A tensor that reaches
+/// the outputs only through them is the model's head: quantizing it would round the outputs
+/// themselves (on SqueezeNet, 8-bit logits tie at the top on one image in twenty).
+const HEAD: &[&str] = &[
+    "Softmax",
+    "LogSoftmax",
+    "Flatten",
+    "Reshape",
+    "Identity",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+];
+
+/// Int8 nodes that ONNX Runtime runs as well with a float output (QGemm writes float; a
+/// pooling runs on its dequantized input): in the head, their output is left float.
+const FLOAT_OUTPUT: &[&str] = &["Gemm", "GlobalAveragePool", "AveragePool", "MaxPool"];
+
 /// Producers whose following ReLU the quantized output absorbs (see [`fold_relus`]).
 const ABSORB_RELU: &[&str] = &["Conv", "Gemm", "MatMul", "Add"];
 
@@ -159,10 +177,37 @@ impl QuantPlan {
     }
 }
 
+/// The tensors of the model's head: the graph's outputs, and every tensor all of whose
+/// consumers are [`HEAD`] nodes writing head tensors (nodes are in topological order, so one
+/// pass from the end settles each tensor after its consumers).
+pub fn head(graph: &GraphProto) -> HashSet<String> {
+    let mut head: HashSet<String> = graph.output.iter().filter_map(|o| o.name.clone()).collect();
+    let mut consumers: HashMap<&str, Vec<&NodeProto>> = HashMap::new();
+    for n in &graph.node {
+        for i in n.input.iter().filter(|i| !i.is_empty()) {
+            consumers.entry(i.as_str()).or_default().push(n);
+        }
+    }
+    for n in graph.node.iter().rev() {
+        let Some(x) = n.input.first() else { continue };
+        let feeds_head =
+            |c: &&NodeProto| HEAD.contains(&op(c)) && c.output.iter().all(|o| head.contains(o));
+        let all_head = consumers
+            .get(x.as_str())
+            .is_some_and(|c| c.iter().all(feeds_head));
+        if HEAD.contains(&op(n)) && all_head {
+            head.insert(x.clone());
+        }
+    }
+    head
+}
+
 /// Chooses the quantized tensors of `graph`: the activation inputs and the output of every
-/// node that can run in int8, and the outputs of value-moving nodes fed by a quantized tensor.
+/// node that can run in int8 (but a float-capable node's output in the model's [`head`]), and
+/// the outputs of value-moving nodes fed by a quantized tensor.
 pub fn plan(graph: &GraphProto) -> QuantPlan {
     let consts = constants(graph);
+    let head = head(graph);
     let mut source: HashMap<String, String> = HashMap::new();
     let mut order: Vec<String> = vec![];
     let mut add = |t: &str, src: &str, order: &mut Vec<String>| {
@@ -182,7 +227,11 @@ pub fn plan(graph: &GraphProto) -> QuantPlan {
                 add(&n.input[k], &n.input[k], &mut order);
                 quantized.insert(n.input[k].clone());
             }
+            nodes.push(i);
             let out = &n.output[0];
+            if FLOAT_OUTPUT.contains(&op(n)) && head.contains(out) {
+                continue;
+            }
             // MaxPool selects among its inputs: same parameters in and out.
             let src = match op(n) {
                 "MaxPool" => n.input[0].clone(),
@@ -190,7 +239,6 @@ pub fn plan(graph: &GraphProto) -> QuantPlan {
             };
             add(out, &src, &mut order);
             quantized.insert(out.clone());
-            nodes.push(i);
         } else if MOVES.contains(&op(n))
             && n.output.len() == 1
             && n.input.first().is_some_and(|x| quantized.contains(x))
@@ -288,5 +336,46 @@ mod tests {
         );
         assert_eq!(p.nodes, [0, 1, 2]);
         assert_eq!(p.calibrated(), ["x", "r1", "c2", "r2"]);
+    }
+
+    /// The model's head stays float: a pooling whose output reaches the outputs through
+    /// Softmax alone, and a Gemm whose output is the model's output, write float (their inputs
+    /// stay quantized); a pooling that feeds a Gemm keeps its quantized output.
+    #[test]
+    fn the_head_keeps_float_outputs() {
+        let info = |n: &str| ValueInfoProto {
+            name: Some(n.into()),
+            ..Default::default()
+        };
+        let init = |n: &str| TensorProto {
+            name: Some(n.into()),
+            ..Default::default()
+        };
+        let nodes = vec![
+            node("Conv", "c", &["x", "w"], &["c"], vec![]),
+            node("GlobalAveragePool", "p", &["c"], &["p"], vec![]),
+            node("Softmax", "s", &["p"], &["probs"], vec![]),
+            node("GlobalAveragePool", "q", &["c"], &["q"], vec![]),
+            node("Flatten", "f", &["q"], &["f"], vec![]),
+            node("Gemm", "g", &["f", "v"], &["logits"], vec![]),
+        ];
+        let graph = GraphProto {
+            node: nodes,
+            input: vec![info("x")],
+            output: vec![info("probs"), info("logits")],
+            initializer: vec![init("w"), init("v")],
+            ..Default::default()
+        };
+        let heads = head(&graph);
+        for t in ["probs", "p", "logits"] {
+            assert!(heads.contains(t), "{t}");
+        }
+        for t in ["c", "q", "f"] {
+            assert!(!heads.contains(t), "{t}");
+        }
+        let p = plan(&graph);
+        let quantized: Vec<&str> = p.tensors.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(quantized, ["x", "c", "q", "f"]);
+        assert_eq!(p.nodes, [0, 1, 3, 5]);
     }
 }
