@@ -348,6 +348,8 @@ fn session(bytes: &[u8], custom_ops: Option<&Path>) -> Result<Session> {
     let mut b = Session::builder()
         .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3))
         .and_then(|b| b.with_intra_threads(1))
+        // ONNX Runtime's own error log would repeat on stderr what the returned error says.
+        .and_then(|b| b.with_log_level(ort::logging::LogLevel::Fatal))
         .map_err(ort_error)?;
     if let Some(lib) = custom_ops {
         b = b.with_operator_library(lib).map_err(ort_error)?;

@@ -90,17 +90,38 @@ fn fold_patch(model: &TypedModel, id: usize) -> TractResult<Option<TypedModelPat
 
 thread_local! {
     static IN_TRACT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Whether the last panic inside a guarded call was raised in onnx-dlq's own code.
+    static OURS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Runs a tract call with its panics turned into errors naming `path`: tract assumes
+/// Whether a panic raised at `file` comes from onnx-dlq's own code (this crate or a workspace
+/// member such as dlq-kernels): paths relative to the workspace when it is built there, or
+/// under this crate's directory when another workspace (the fuzz targets) builds it. Registry
+/// crates such as tract live elsewhere.
+pub fn raised_in_onnx_dlq(file: &str) -> bool {
+    let root = env!("CARGO_MANIFEST_DIR");
+    file.starts_with("src/")
+        || file.starts_with("crates/")
+        || file
+            .strip_prefix(root)
+            .is_some_and(|rest| rest.starts_with("/src/") || rest.starts_with("/crates/"))
+}
+
+/// Runs a tract call with tract's panics turned into errors naming `path`: tract assumes
 /// well-formed graphs, and [`crate::onnx::validate`] cannot foresee every way a file breaks that.
-/// The panic message goes into the error instead of onto stderr.
+/// tract's panic message goes into the error instead of onto stderr. A panic raised in
+/// onnx-dlq's own code during the call (a DlqConv node's decoding, the native kernel) is a bug,
+/// not a malformed file: it is printed and re-raised.
 pub fn guarded<T>(path: &std::path::Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
     static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
     QUIET_HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if !IN_TRACT.with(|t| t.get()) {
+            let ours = info
+                .location()
+                .is_some_and(|l| raised_in_onnx_dlq(l.file()));
+            OURS.with(|o| o.set(ours));
+            if ours || !IN_TRACT.with(|t| t.get()) {
                 previous(info);
             }
         }));
@@ -109,6 +130,9 @@ pub fn guarded<T>(path: &std::path::Path, f: impl FnOnce() -> Result<T>) -> Resu
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     IN_TRACT.with(|t| t.set(was));
     result.unwrap_or_else(|payload| {
+        if OURS.with(|o| o.get()) {
+            std::panic::resume_unwind(payload);
+        }
         let msg = payload
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
@@ -235,17 +259,46 @@ impl Runner {
 mod tests {
     use super::*;
 
+    /// A panic raised inside a dependency (here ndarray's slicing, standing for tract) during a
+    /// guarded call is an error naming the file; returning calls are untouched.
     #[test]
-    fn a_panic_inside_a_guarded_call_is_an_error_naming_the_file() {
+    fn a_dependencys_panic_inside_a_guarded_call_is_an_error_naming_the_file() {
         let path = std::path::Path::new("broken.onnx");
-        let r: Result<()> = guarded(path, || panic!("index out of bounds"));
+        let r: Result<()> = guarded(path, || {
+            let a = ndarray::Array1::<f32>::zeros(3);
+            let _ = a.slice(ndarray::s![0..10]);
+            Ok(())
+        });
         let e = r.unwrap_err().to_string();
         assert!(
-            e.contains("broken.onnx") && e.contains("index out of bounds"),
+            e.contains("broken.onnx") && e.contains("internal error"),
             "{e}"
         );
-        // Calls that return are untouched, errors included.
         assert_eq!(guarded(path, || Ok(3)).unwrap(), 3);
         assert!(guarded::<()>(path, || Err(anyhow!("plain error"))).is_err());
+    }
+
+    /// A panic raised in onnx-dlq's own code during a guarded call is a bug: it is re-raised,
+    /// not turned into an error that would pass for a malformed file.
+    #[test]
+    fn our_own_panic_inside_a_guarded_call_is_re_raised() {
+        let path = std::path::Path::new("fine.onnx");
+        let caught = std::panic::catch_unwind(|| {
+            guarded::<()>(path, || panic!("a decoding bug"));
+        });
+        let payload = caught.expect_err("the panic must propagate");
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"a decoding bug"));
+    }
+
+    #[test]
+    fn panics_are_attributed_by_their_source_file() {
+        let root = env!("CARGO_MANIFEST_DIR");
+        assert!(raised_in_onnx_dlq("src/engine/dlq_op.rs"));
+        assert!(raised_in_onnx_dlq("crates/dlq-kernels/src/operator.rs"));
+        assert!(raised_in_onnx_dlq(&format!("{root}/src/engine/dlq_op.rs")));
+        assert!(!raised_in_onnx_dlq(
+            "/root/.cargo/registry/src/index.crates.io-0/tract-core-0.23.9/src/ops/cnn/conv.rs"
+        ));
+        assert!(!raised_in_onnx_dlq("library/core/src/slice/index.rs"));
     }
 }
