@@ -284,7 +284,7 @@ mod tests {
     fn our_own_panic_inside_a_guarded_call_is_re_raised() {
         let path = std::path::Path::new("fine.onnx");
         let caught = std::panic::catch_unwind(|| {
-            guarded::<()>(path, || panic!("a decoding bug"));
+            let _ = guarded::<()>(path, || panic!("a decoding bug"));
         });
         let payload = caught.expect_err("the panic must propagate");
         assert_eq!(payload.downcast_ref::<&str>(), Some(&"a decoding bug"));
