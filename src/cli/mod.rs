@@ -207,7 +207,8 @@ pub struct ConvertArgs {
     /// Write the whole model as an int8 QDQ model that ONNX Runtime runs on its integer kernels:
     /// int8 weights per output channel (converted layers keep their codebook in the file and
     /// are quantized where the engine folds the kernel), int32 biases, activations quantized
-    /// with ranges measured on the --calibrate images. Compact form (--form dense) only.
+    /// with ranges measured on the --calibrate images; palettes are stored as float16 (8-bit
+    /// weights lose nothing to it). Compact form (--form dense) only.
     #[arg(long)]
     pub int8: bool,
     /// The activations' type in the int8 output: uint8 (ONNX Runtime's fastest on x86) or int8.
@@ -663,7 +664,9 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
     let mut params = args.settings.params(method, args.ratio);
     params.shared = shared;
     params.channel_scale = args.channel_scale;
-    params.f16_palette = args.f16_palette;
+    // The int8 output rounds every rebuilt kernel to 8 bits: float16 palette entries lose
+    // nothing there and halve the palettes' bytes, which the size budget spends on larger K.
+    params.f16_palette = args.f16_palette || (args.int8 && shared);
     if shared && args.settings.subspace.is_none() {
         params.subspace = SHARED_SUBSPACE;
     }
