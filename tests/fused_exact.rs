@@ -445,10 +445,13 @@ fn fused_models_run_in_onnx_runtime_as_in_tract() {
     }
 }
 
-/// `--target-speedup` with the fused form spends measured time: the report predicts the
-/// converted model's latency from per-layer timings, meets the target by that prediction, and
-/// every converted layer was measured faster as a DlqConv than as its Conv. (How close the
-/// prediction comes to the measured latency is a benchmark, not a test: BENCHMARKS.md.)
+/// `--target-speedup` with the fused form is a latency budget on this machine's timings: when
+/// it converts, the report predicts the converted model's latency from per-layer timings, meets
+/// the target by that prediction, and every converted layer was measured faster as a DlqConv
+/// than as its Conv; on a CPU where too few layers gain, it refuses the target and writes
+/// nothing. Which of the two happens is the machine's, not the test's: the allocation on given
+/// timings is tested in `calibrate::budget`, the pairing on a fake clock in
+/// `calibrate::timing`, and speed-ups are benchmarks (BENCHMARKS.md).
 #[test]
 fn a_fused_target_speedup_is_a_latency_budget() {
     let Some(model) = common::shared_model(
@@ -468,7 +471,15 @@ fn a_fused_target_speedup_is_a_latency_budget() {
         "fused",
         "--json",
     ]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
+    if !o.status.success() {
+        let err = common::stderr(&o);
+        assert!(
+            err.contains("--target-speedup: a 1.2x speed-up") && !out.exists(),
+            "{err}"
+        );
+        eprintln!("a_fused_target_speedup_is_a_latency_budget: this CPU refused 1.2x: {err}");
+        return;
+    }
     let report: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
     let allocation = &report["allocation"];
     assert_eq!(allocation["measured"]["unit"], "milliseconds");

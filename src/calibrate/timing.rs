@@ -265,25 +265,43 @@ pub fn paired(
     pairs: usize,
     warmup: usize,
 ) -> Result<Paired> {
+    Ok(compare(alternate(a, b, x, pairs, warmup, run_ms)?))
+}
+
+/// `pairs` (at least one) times of `a` then `b` by `time`, after `warmup` untimed pairs: the
+/// clock is a parameter so that the tests can give a fake one.
+fn alternate(
+    a: &dyn Run,
+    b: &dyn Run,
+    x: &ArrayD<f32>,
+    pairs: usize,
+    warmup: usize,
+    time: impl Fn(&dyn Run, &ArrayD<f32>) -> Result<f64>,
+) -> Result<Vec<(f64, f64)>> {
     let mut times = Vec::with_capacity(pairs);
     for i in 0..pairs.max(1) + warmup {
-        let pair = (run_ms(a, x)?, run_ms(b, x)?);
+        let pair = (time(a, x)?, time(b, x)?);
         if i >= warmup {
             times.push(pair);
         }
     }
+    Ok(times)
+}
+
+/// The medians, the median difference and its standard error of timed pairs.
+fn compare(times: Vec<(f64, f64)>) -> Paired {
     let mut d: Vec<f64> = times.iter().map(|(a, b)| b - a).collect();
     let difference_ms = median(&mut d);
     let mut deviations: Vec<f64> = d.iter().map(|x| (x - difference_ms).abs()).collect();
     let standard_error_ms = 1.2533 * 1.4826 * median(&mut deviations) / (times.len() as f64).sqrt();
     let (mut ta, mut tb): (Vec<f64>, Vec<f64>) = times.into_iter().unzip();
-    Ok(Paired {
+    Paired {
         a_ms: median(&mut ta),
         b_ms: median(&mut tb),
         difference_ms,
         standard_error_ms,
         pairs: d.len(),
-    })
+    }
 }
 
 /// The median of `v` (the upper one for an even length), sorting it.
@@ -374,54 +392,99 @@ impl<'a> InModel<'a> {
 mod tests {
     use super::*;
 
-    /// A stand-in engine that takes a fixed time per run (a busy wait: sleeping overshoots).
-    struct Fixed(std::time::Duration);
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
 
-    impl Run for Fixed {
-        fn run(&self, _: &ArrayD<f32>) -> Result<ArrayD<f32>> {
-            let started = std::time::Instant::now();
-            while started.elapsed() < self.0 {
-                std::hint::spin_loop();
+    /// A stand-in engine whose runs "take" a nominal time plus a seeded jitter, reported as its
+    /// output and read by [`fake_clock`] instead of a wall clock; it logs each run's name.
+    struct Fake {
+        name: &'static str,
+        ms: f64,
+        jitter: f64,
+        seed: AtomicU64,
+        log: Arc<Mutex<Vec<&'static str>>>,
+    }
+
+    impl Fake {
+        fn new(
+            name: &'static str,
+            ms: f64,
+            jitter: f64,
+            log: &Arc<Mutex<Vec<&'static str>>>,
+        ) -> Fake {
+            Fake {
+                name,
+                ms,
+                jitter,
+                seed: AtomicU64::new(0x9e37_79b9_7f4a_7c15 ^ ms.to_bits()),
+                log: log.clone(),
             }
-            Ok(ArrayD::zeros(vec![1]))
+        }
+    }
+
+    impl Run for Fake {
+        fn run(&self, _: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+            self.log.lock().unwrap().push(self.name);
+            let mut s = self.seed.load(Ordering::Relaxed);
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            self.seed.store(s, Ordering::Relaxed);
+            let unit = (s % 2001) as f64 / 1000.0 - 1.0;
+            Ok(ArrayD::from_elem(
+                vec![1],
+                (self.ms + self.jitter * unit) as f32,
+            ))
         }
         fn run_all(&self, x: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
             Ok(vec![self.run(x)?])
         }
     }
 
-    /// A difference far above the runs' jitter is measured (to within the jitter); equal times
-    /// are within the noise, so no gain or loss is reported.
-    #[test]
-    fn paired_differences_are_measured_and_noise_is_no_gain() {
-        let ms = |m: f64| Fixed(std::time::Duration::from_secs_f64(m / 1e3));
-        let x = ArrayD::zeros(vec![1]);
-        let slower = paired_difference_ms(&ms(0.5), &ms(1.5), &x).unwrap();
-        assert!(slower.is_some_and(|d| (d - 1.0).abs() < 0.2), "{slower:?}");
-        let faster = paired_difference_ms(&ms(1.5), &ms(0.5), &x).unwrap();
-        assert!(faster.is_some_and(|d| (d + 1.0).abs() < 0.2), "{faster:?}");
-        let mut noise = 0;
-        for _ in 0..5 {
-            noise += usize::from(
-                paired_difference_ms(&ms(0.3), &ms(0.3), &x)
-                    .unwrap()
-                    .is_none(),
-            );
-        }
-        // Two identical busy waits differ only by jitter: mostly within the noise.
-        assert!(noise >= 3, "{noise} of 5 equal pairs within the noise");
+    /// The time a [`Fake`] run "took".
+    fn fake_clock(r: &dyn Run, x: &ArrayD<f32>) -> Result<f64> {
+        Ok(r.run(x)?.iter().next().copied().unwrap_or_default() as f64)
     }
 
-    /// The final check of a latency budget times both models alternately, each median in its
-    /// own slot (a swap would hide a model slower than its original).
-    #[test]
-    fn paired_medians_keep_each_model_apart() {
-        let ms = |m: f64| Fixed(std::time::Duration::from_secs_f64(m / 1e3));
+    fn timed(a: &Fake, b: &Fake, pairs: usize, warmup: usize) -> Paired {
         let x = ArrayD::zeros(vec![1]);
-        let p = paired_as_budget(&ms(0.4), &ms(1.2), &x).unwrap();
-        assert_eq!(p.pairs, MODEL_RUNS);
-        let (a, b) = (p.a_ms, p.b_ms);
-        assert!((a - 0.4).abs() < 0.15 && (b - 1.2).abs() < 0.15, "{a} {b}");
+        compare(alternate(a, b, &x, pairs, warmup, fake_clock).unwrap())
+    }
+
+    /// A difference far above the runs' jitter is measured (to within the jitter), in either
+    /// direction; two models of the same time differ only by jitter: within the noise.
+    #[test]
+    fn paired_differences_are_measured_and_noise_is_no_gain() {
+        let log = Arc::new(Mutex::new(vec![]));
+        let fake = |ms| Fake::new("m", ms, 0.05, &log);
+        let slower = timed(&fake(0.5), &fake(1.5), MODEL_RUNS, MODEL_WARMUP);
+        assert!(!slower.within_noise(), "{slower:?}");
+        assert!((slower.difference_ms - 1.0).abs() < 0.1, "{slower:?}");
+        let faster = timed(&fake(1.5), &fake(0.5), MODEL_RUNS, MODEL_WARMUP);
+        assert!((faster.difference_ms + 1.0).abs() < 0.1, "{faster:?}");
+        let a = Fake::new("a", 0.3, 0.05, &log);
+        let mut b = Fake::new("b", 0.3, 0.05, &log);
+        b.seed = AtomicU64::new(12345);
+        let equal = timed(&a, &b, MODEL_RUNS, MODEL_WARMUP);
+        assert!(equal.within_noise(), "{equal:?}");
+    }
+
+    /// The two models run alternately, warm-up pairs first and untimed, and each median stays
+    /// in its own slot (a swap would hide a model slower than its original).
+    #[test]
+    fn pairs_alternate_and_keep_each_model_apart() {
+        let log = Arc::new(Mutex::new(vec![]));
+        let (a, b) = (
+            Fake::new("a", 0.4, 0.01, &log),
+            Fake::new("b", 1.2, 0.01, &log),
+        );
+        let p = timed(&a, &b, 5, 2);
+        assert_eq!(p.pairs, 5);
+        assert_eq!(*log.lock().unwrap(), ["a", "b"].repeat(7));
+        assert!(
+            (p.a_ms - 0.4).abs() < 0.02 && (p.b_ms - 1.2).abs() < 0.02,
+            "{p:?}"
+        );
         assert!(!p.within_noise(), "{p:?}");
     }
 }
