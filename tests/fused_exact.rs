@@ -41,8 +41,7 @@ fn random_layer(
 /// The dense reference (the Conv with W̃) and the compact form of `original`'s single Conv.
 fn dense_and_compact(original: &OnnxModel, cb: &codebook::Codebook) -> (OnnxModel, OnnxModel) {
     let layers = select::conv_layers(original);
-    let mut dense = original.clone();
-    lower::reconstructed::substitute(&mut dense, &layers[0], cb).unwrap();
+    let dense = common::dense_reference(original, cb);
     let sh = shapes::infer(original, &[]).unwrap();
     let patch = lower::dense::lower(original, &layers[0], cb, &sh, "{}").unwrap();
     let mut compact = original.clone();

@@ -66,8 +66,7 @@ fn convert(
     let layers = select::conv_layers(&original);
     assert!(layers[0].convertible(), "{:?}", layers[0].eligibility);
     // The dense reference: the reconstructed kernel (and shifted bias) in the original Conv.
-    let mut dense = original.clone();
-    onnx_dlq::lower::reconstructed::substitute(&mut dense, &layers[0], &cb).unwrap();
+    let dense = common::dense_reference(&original, &cb);
     let sh = shapes::infer(&original, &[]).unwrap();
     let lp = lower::lower(&original, &layers[0], &cb, &sh, "{}").unwrap();
     let mut converted = original.clone();
@@ -87,7 +86,7 @@ fn check_exact(case: &Case, rng: &mut Xoshiro256PlusPlus) {
         .unwrap_or_else(|e| panic!("{s:?}: {e:#}"))
         .run(&x)
         .unwrap();
-    // The acceptance tolerance of the rewrite issue: the same function as a dense Conv.
+    // The rewrite must compute the same function as a dense Conv, within this tolerance.
     let what = format!("{s:?} {:?} N′={}", case.method, case.subspace);
     Approximation::Exact.assert_close(&what, &got, &want);
     let mut fused = ArrayD::zeros(want.raw_dim());

@@ -299,3 +299,91 @@ pub fn max_abs_diff(a: &ndarray::ArrayD<f32>, b: &ndarray::ArrayD<f32>) -> f32 {
 pub fn max_abs(a: &ndarray::ArrayD<f32>) -> f32 {
     a.iter().fold(0.0, |m, &x| m.max(x.abs()))
 }
+
+/// W̃ of `cb`, [M, N, kh, kw] flattened, computed from the codebook's stored parts with plain
+/// loops: representative r of a subspace is Σ_j coefs[rα+j] · atoms[atom_ids[rα+j]] (DL) or
+/// atom r (VQ), column (k, u, v) of a subspace is stored at (k·kh + u)·kw + v, and a palette's
+/// channel scale multiplies row k. Written apart from `Codebook::reconstruct` so that the tests'
+/// dense references do not share the code they check.
+pub fn independent_reconstruction(cb: &onnx_dlq::codebook::Codebook) -> Vec<f32> {
+    let [m, n, kh, kw] = cb.kernel_shape;
+    let mut w = vec![0f32; m * n * kh * kw];
+    for sub in &cb.subspaces {
+        let dim = sub.atoms.dim;
+        let atom = |i: usize| &sub.atoms.data[i * dim..(i + 1) * dim];
+        for k in 0..m {
+            let scale = cb.channel_scale.as_ref().map_or(1.0, |s| s[k]);
+            for u in 0..kh {
+                for v in 0..kw {
+                    let r = sub.assignment[(k * kh + u) * kw + v] as usize;
+                    let mut rep = vec![0f32; dim];
+                    match &sub.codes {
+                        None => rep.copy_from_slice(atom(r)),
+                        Some(codes) => {
+                            for j in 0..codes.alpha {
+                                let slot = r * codes.alpha + j;
+                                let a = atom(codes.atoms[slot] as usize);
+                                for (x, &y) in rep.iter_mut().zip(a) {
+                                    *x += codes.coefs[slot] * y;
+                                }
+                            }
+                        }
+                    }
+                    for (i, c) in sub.channels.clone().enumerate() {
+                        w[((k * n + c) * kh + u) * kw + v] = scale * rep[i];
+                    }
+                }
+            }
+        }
+    }
+    w
+}
+
+fn f32_values(t: &onnx_dlq::proto::TensorProto) -> Vec<f32> {
+    match &t.raw_data {
+        Some(raw) => raw
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        None => t.float_data.clone(),
+    }
+}
+
+fn set_f32_values(t: &mut onnx_dlq::proto::TensorProto, values: &[f32]) {
+    t.raw_data = Some(values.iter().flat_map(|v| v.to_le_bytes()).collect());
+    t.float_data.clear();
+}
+
+/// The dense reference of a single-Conv model made by [`conv_model`] (float32 weight `w`, bias
+/// `b`): W̃ from [`independent_reconstruction`] in place of `w`, and the codebook's bias shift
+/// added to `b` (or given as a new bias) — without the library's reconstruction.
+pub fn dense_reference(
+    original: &onnx_dlq::onnx::model::OnnxModel,
+    cb: &onnx_dlq::codebook::Codebook,
+) -> onnx_dlq::onnx::model::OnnxModel {
+    let mut dense = original.clone();
+    set_f32_values(
+        initializer_mut(&mut dense, "w"),
+        &independent_reconstruction(cb),
+    );
+    let Some(shift) = &cb.bias_shift else {
+        return dense;
+    };
+    let has_bias = dense.graph().node[0].input.len() > 2;
+    if has_bias {
+        let b = initializer_mut(&mut dense, "b");
+        let shifted: Vec<f32> = f32_values(b)
+            .iter()
+            .zip(shift)
+            .map(|(x, s)| x + s)
+            .collect();
+        set_f32_values(b, &shifted);
+    } else {
+        use onnx_dlq::onnx::tensor::{new_tensor, FloatType};
+        let g = dense.graph_mut();
+        g.initializer
+            .push(new_tensor("b", &[shift.len()], shift, FloatType::F32));
+        g.node[0].input.push("b".into());
+    }
+    dense
+}
