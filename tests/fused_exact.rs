@@ -90,20 +90,34 @@ fn convert(
 }
 
 fn random_spec(rng: &mut Xoshiro256PlusPlus) -> ConvSpec {
-    let k = [1usize, 3, 5][rng.random_range(0..3)];
+    // Kernels 1–5 (even ones too), non-square one case in three, sizes of either parity, and
+    // every auto_pad (SAME_UPPER and SAME_LOWER differ where the total padding is odd).
+    let kh = rng.random_range(1..6usize);
+    let kw = if rng.random_range(0..3) == 0 {
+        rng.random_range(1..6usize)
+    } else {
+        kh
+    };
     let dil = [rng.random_range(1..3), rng.random_range(1..3)];
     ConvSpec {
         batch: [1, 3][rng.random_range(0..2)],
         n: rng.random_range(2..14),
         m: rng.random_range(2..10),
-        h: rng.random_range(0..4) * 2 + 5 + (k - 1) * dil[0] as usize,
-        w: rng.random_range(0..4) * 2 + 5 + (k - 1) * dil[1] as usize,
-        kh: k,
-        kw: k,
+        h: rng.random_range(4..12) + (kh - 1) * dil[0] as usize,
+        w: rng.random_range(4..12) + (kw - 1) * dil[1] as usize,
+        kh,
+        kw,
         strides: [rng.random_range(1..3), rng.random_range(1..3)],
         dilations: dil,
         pads: [0; 4].map(|_| rng.random_range(0..3)),
-        auto_pad: [None, None, None, Some("SAME_UPPER")][rng.random_range(0..4)],
+        auto_pad: [
+            None,
+            None,
+            None,
+            Some("SAME_UPPER"),
+            Some("SAME_LOWER"),
+            Some("VALID"),
+        ][rng.random_range(0..6)],
         bias: rng.random_range(0..4) != 0,
         opset: 13,
     }

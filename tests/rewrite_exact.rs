@@ -1,5 +1,6 @@
 //! Exactness of the rewrite: over random layers (kernel sizes, strides, pads incl. asymmetric and
-//! SAME_*, dilations, odd sizes, batch 1 and 3, N′ dividing N or not, DL and VQ, several
+//! SAME_* with odd and even total padding, dilations, odd and even sizes, kernels 1–5 square and
+//! not, batch 1 and 3, N′ dividing N or not, DL and VQ, several
 //! opsets), the converted graph run in tract equals a dense Conv with the reconstructed kernel,
 //! and so does the native `dlq-kernels` kernel of the same codebook (the fused operator's).
 //! Also: multiplication counts equal the paper's formulas, and no intermediate holds more than
@@ -97,16 +98,17 @@ fn check_exact(case: &Case, rng: &mut Xoshiro256PlusPlus) {
 }
 
 fn random_case(rng: &mut Xoshiro256PlusPlus, opset: i64) -> Case {
-    let p = [1usize, 3, 5][rng.random_range(0..3)];
-    let kh = p;
-    let kw = if rng.random_range(0..6) == 0 {
-        [1usize, 3][rng.random_range(0..2)]
+    // Kernels 1–5, even ones included, non-square one case in three; heights and widths of
+    // either parity, so that SAME padding's total is odd (SAME_UPPER and SAME_LOWER differ).
+    let kh = rng.random_range(1..6usize);
+    let kw = if rng.random_range(0..3) == 0 {
+        rng.random_range(1..6usize)
     } else {
-        p
+        kh
     };
     let dil = [rng.random_range(1..3), rng.random_range(1..3)];
-    let h = rng.random_range(0..4) * 2 + 5 + (kh - 1) * dil[0] as usize;
-    let w = rng.random_range(0..4) * 2 + 5 + (kw - 1) * dil[1] as usize;
+    let h = rng.random_range(4..12) + (kh - 1) * dil[0] as usize;
+    let w = rng.random_range(4..12) + (kw - 1) * dil[1] as usize;
     let auto_pad = match rng.random_range(0..6) {
         0 => Some("SAME_UPPER"),
         1 => Some("SAME_LOWER"),
@@ -153,12 +155,35 @@ fn random_layers_are_exact_at_every_opset() {
     // last opset without Slice steps; 10/11: Slice then Pad take inputs; 13: the ResNets';
     // 18, 21: newer Pad/Slice revisions; 28: the newest default-domain opset of the pinned onnx
     // package (tract reads any).
+    let (mut odd_same, mut even_kernels, mut non_square) = (0, 0, 0);
     for opset in [7, 9, 10, 11, 13, 18, 21, 28] {
         for _ in 0..10 {
             let case = random_case(&mut rng, opset);
             check_exact(&case, &mut rng);
+            let s = &case.spec;
+            odd_same += usize::from(odd_same_padding(s));
+            even_kernels += usize::from(s.kh % 2 == 0 || s.kw % 2 == 0);
+            non_square += usize::from(s.kh != s.kw);
         }
     }
+    // The generator reaches the cases it is meant to (seeded: fixed counts).
+    assert!(
+        odd_same >= 3 && even_kernels >= 10 && non_square >= 10,
+        "{odd_same} SAME cases with an odd total pad, {even_kernels} even, {non_square} non-square"
+    );
+}
+
+/// `auto_pad` SAME_* whose total padding is odd along an axis: SAME_UPPER and SAME_LOWER then
+/// put the extra row or column on different sides.
+fn odd_same_padding(s: &ConvSpec) -> bool {
+    let same = matches!(s.auto_pad, Some("SAME_UPPER") | Some("SAME_LOWER"));
+    let total = |size: usize, k: usize, stride: i64, dil: i64| {
+        let (st, d) = (stride as usize, dil as usize);
+        let out = size.div_ceil(st);
+        ((out - 1) * st + (k - 1) * d + 1).saturating_sub(size)
+    };
+    same && (total(s.h, s.kh, s.strides[0], s.dilations[0]) % 2 == 1
+        || total(s.w, s.kw, s.strides[1], s.dilations[1]) % 2 == 1)
 }
 
 #[test]
