@@ -162,7 +162,7 @@ fn random_layers_are_exact_at_every_opset() {
             check_exact(&case, &mut rng);
             let s = &case.spec;
             odd_same += usize::from(odd_same_padding(s));
-            even_kernels += usize::from(s.kh % 2 == 0 || s.kw % 2 == 0);
+            even_kernels += usize::from(s.kh.is_multiple_of(2) || s.kw.is_multiple_of(2));
             non_square += usize::from(s.kh != s.kw);
         }
     }
