@@ -28,7 +28,10 @@ fn reference() -> String {
     s += list.join("\n").trim_end();
     s += "\n```\n";
     for c in COMMANDS {
-        s += &format!("\n## `onnx-dlq {c}`\n\n```\n{}\n```\n", help(&[c, "--help"]));
+        s += &format!(
+            "\n## `onnx-dlq {c}`\n\n```\n{}\n```\n",
+            help(&[c, "--help"])
+        );
     }
     s
 }
