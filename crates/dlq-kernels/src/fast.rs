@@ -275,10 +275,11 @@ fn band_rows(conv: &DlqConv, isa: Isa, pitch: usize, [oh, ow]: [usize; 2]) -> us
         .unwrap_or(1);
     // A strided layer's band reads sh·sw phase planes, each (kh − 1)·dh / sh rows past it.
     let [sh, sw] = g.strides;
-    let halo = (kh - 1) * g.dilations[0] / sh;
+    // Saturating: a valid layer may have a stride or dilation near usize::MAX (one output).
+    let halo = (kh - 1).saturating_mul(g.dilations[0]) / sh;
     let row_bytes = max_atoms
         .saturating_mul(pitch)
-        .saturating_mul(4 * sh * sw)
+        .saturating_mul(4usize.saturating_mul(sh).saturating_mul(sw))
         .max(1);
     let fit = (ROW_BAND_BYTES / row_bytes).saturating_sub(halo);
     let per_row = simd::row_vectors(isa, pitch, ow).max(1);

@@ -1001,3 +1001,94 @@ fn multi_chunk_layers() {
     }
     worst.report("multi_chunk_layers");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Mutated inputs: the entry points refuse or compute, never panic (run in the checked profile
+// too, where overflow checks and debug assertions are on: scripts/test.sh).
+
+/// One random corruption of a valid layer: a field of the geometry, a subspace, its codes or
+/// its assignment set to a boundary or out-of-range value, or a buffer's length changed.
+fn mutate(rng: &mut Rng, g: &mut Geometry, subs: &mut [Subspace], bias: &mut Option<Vec<f32>>) {
+    let big = [0usize, 1, 2, 7, 1 << 20, usize::MAX / 2, usize::MAX][rng.below(7)];
+    let s = rng.below(subs.len());
+    let sub = &mut subs[s];
+    match rng.below(14) {
+        0 => g.in_channels = big,
+        1 => g.out_channels = big,
+        2 => g.kernel[rng.below(2)] = big,
+        3 => g.strides[rng.below(2)] = big,
+        4 => g.dilations[rng.below(2)] = big,
+        5 => g.pads[rng.below(4)] = big,
+        6 => sub.num_atoms = big,
+        7 => sub.channels = sub.channels.start..sub.channels.end.saturating_add(big % 5),
+        8 => sub.atoms.truncate(sub.atoms.len().saturating_sub(1)),
+        9 => {
+            let i = rng.below(sub.assignment.len());
+            sub.assignment[i] = [u32::MAX, big as u32, 1 << 31][rng.below(3)];
+        }
+        10 => sub.assignment.push(0),
+        11 => match &mut sub.codes {
+            Some(c) if !c.atoms.is_empty() => {
+                let i = rng.below(c.atoms.len());
+                c.atoms[i] = [u32::MAX, big as u32][rng.below(2)];
+            }
+            _ => sub.atoms[0] = f32::NAN,
+        },
+        12 => match &mut sub.codes {
+            Some(c) => c.alpha = big,
+            None => sub.atoms[0] = f32::INFINITY,
+        },
+        _ => *bias = Some(vec![0.0; big % 17]),
+    }
+}
+
+#[test]
+fn mutated_layers_are_refused_or_computed_never_a_panic() {
+    let mut rng = Rng::new(99);
+    let (mut refused, mut ran) = (0, 0);
+    for i in 0..3000 {
+        let case = random_case(&mut rng);
+        let n = case.geometry.in_channels;
+        let mut g = case.geometry.clone();
+        let mut subs: Vec<Subspace> = (0..n)
+            .step_by(case.width)
+            .map(|start| random_subspace(&mut rng, start..(start + case.width).min(n), &case))
+            .collect();
+        let mut bias = case.bias.then(|| rng.values(g.out_channels));
+        mutate(&mut rng, &mut g, &mut subs, &mut bias);
+        let built =
+            std::panic::catch_unwind(|| DlqConv::new(g.clone(), subs.clone(), bias.clone()));
+        let conv = match built {
+            Ok(Ok(conv)) => conv,
+            Ok(Err(_)) => {
+                refused += 1;
+                continue;
+            }
+            Err(_) => panic!("case {i}: DlqConv::new panicked on {g:?}"),
+        };
+        let (h, w) = (case.h, case.w);
+        let x = rng.values(case.batch * n * h * w);
+        let Some([oh, ow]) = conv.geometry().output_size(h, w) else {
+            refused += 1;
+            continue;
+        };
+        let Some(len) = [case.batch, g.out_channels, oh, ow]
+            .iter()
+            .try_fold(1usize, |a, &b| a.checked_mul(b))
+            .filter(|&l| l <= 1 << 22)
+        else {
+            refused += 1;
+            continue;
+        };
+        let mut out = vec![0f32; len];
+        match conv.run(&x, case.batch, h, w, &mut out) {
+            Ok(_) => ran += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    eprintln!("mutated layers: {refused} refused, {ran} computed");
+    assert!(
+        refused > 1000 && ran > 100,
+        "{refused} refused, {ran} computed"
+    );
+}
