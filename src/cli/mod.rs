@@ -639,19 +639,8 @@ fn output_form(form: Option<FormArg>, size_budget: bool) -> Result<OutputForm> {
     })
 }
 
-fn run_convert(args: ConvertArgs) -> Result<()> {
-    let input = args.input.expect("required by clap");
-    let output = args.output.expect("required by clap");
-    let form = output_form(args.form, args.target_compression.is_some())?;
-    if args.int8 && form != OutputForm::Dense {
-        bail!("--int8 writes the compact form's kernels as int8 (--form dense); the ops and fused forms compute in float");
-    }
-    if args.int8 && args.calibration.calibrate.is_none() {
-        bail!("--int8 measures the activations' ranges on calibration images: add --calibrate DIR --preprocess SPEC.json");
-    }
-    if args.shared_codebook && form != OutputForm::Dense {
-        bail!("--shared-codebook shrinks the compact form (--form dense); the ops and fused forms compute every subspace's own representatives");
-    }
+/// The clustering parameters `convert`'s flags ask for, with the defaults that depend on them.
+fn cluster_params(args: &ConvertArgs) -> Result<ValidParams> {
     // A size budget without a method asks for the smallest files: palettes, the best accuracy
     // per byte measured (BENCHMARKS.md, "Shared codebooks"; docs/RESULTS.md, "end-to-end weighting").
     let shared =
@@ -677,7 +666,23 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
     }
     params.k = args.k;
     params.l = args.l;
-    let params: ValidParams = params.check()?;
+    Ok(params.check()?)
+}
+
+fn run_convert(args: ConvertArgs) -> Result<()> {
+    let params = cluster_params(&args)?;
+    let input = args.input.expect("required by clap");
+    let output = args.output.expect("required by clap");
+    let form = output_form(args.form, args.target_compression.is_some())?;
+    if args.int8 && form != OutputForm::Dense {
+        bail!("--int8 writes the compact form's kernels as int8 (--form dense); the ops and fused forms compute in float");
+    }
+    if args.int8 && args.calibration.calibrate.is_none() {
+        bail!("--int8 measures the activations' ranges on calibration images: add --calibrate DIR --preprocess SPEC.json");
+    }
+    if args.shared_codebook && form != OutputForm::Dense {
+        bail!("--shared-codebook shrinks the compact form (--form dense); the ops and fused forms compute every subspace's own representatives");
+    }
     let params_seed = params.seed;
     let opts = ConvertOptions {
         selection: if args.all || args.layers.is_empty() {
