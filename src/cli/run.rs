@@ -1,0 +1,271 @@
+//! Each command run from its checked arguments: the library called, the report written to
+//! stdout (a table, or JSON with `--json`).
+
+use super::*;
+
+/// Parses arguments and runs the command. Usage errors exit with 2 (clap), failures with 1.
+pub fn run() -> Result<()> {
+    let cli = Cli::parse();
+    sink::install(cli.verbose, cli.quiet);
+    match cli.command {
+        Some(Command::Inspect(args)) => run_inspect(args),
+        Some(Command::Convert(args)) => run_convert(args),
+        Some(Command::Diff(args)) => run_diff(args),
+        Some(Command::Sweep(args)) => run_sweep(args),
+        Some(Command::Verify(args)) => run_verify(args),
+        Some(Command::Stages(args)) => run_stages(args),
+        Some(Command::Finetune(args)) => run_finetune(args),
+        None => run_convert(cli.convert),
+    }
+}
+
+fn run_inspect(args: InspectArgs) -> Result<()> {
+    let model = model::load(&args.model)?;
+    let inv = inventory::inventory(&model, &args.input_shape)?;
+    let report = inspect::report(&model, &inv);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", inspect::render_table(&report));
+    }
+    Ok(())
+}
+
+/// The output form: `--form`, or the compact form for a size budget (the only form it suits).
+fn output_form(form: Option<FormArg>, size_budget: bool) -> Result<OutputForm> {
+    Ok(match (form, size_budget) {
+        (None | Some(FormArg::Dense), true) => OutputForm::Dense,
+        (Some(other), true) => anyhow::bail!(
+            "--target-compression shrinks the compact form (--form dense), not --form {}",
+            format!("{other:?}").to_lowercase()
+        ),
+        (None | Some(FormArg::Ops), false) => OutputForm::Ops,
+        (Some(FormArg::Fused), false) => OutputForm::Fused,
+        (Some(FormArg::Dense), false) => OutputForm::Dense,
+    })
+}
+
+/// The clustering parameters `convert`'s flags ask for, with the defaults that depend on them.
+fn cluster_params(args: &ConvertArgs) -> Result<ValidParams> {
+    // A size budget without a method asks for the smallest files: palettes, the best accuracy
+    // per byte measured (BENCHMARKS.md, "Shared codebooks"; docs/RESULTS.md, "end-to-end weighting").
+    let shared =
+        args.shared_codebook || (args.target_compression.is_some() && args.method.is_none());
+    let method = match (args.method, shared) {
+        (Some(m), _) => m.into(),
+        (None, true) => Method::Vq,
+        (None, false) => Method::Dl,
+    };
+    let mut params = args.settings.params(method, args.ratio);
+    params.shared = shared;
+    params.channel_scale = args.channel_scale;
+    // The int8 output rounds every rebuilt kernel to 8 bits: float16 palette entries lose
+    // nothing there and halve the palettes' bytes, which the size budget spends on larger K.
+    params.f16_palette = args.f16_palette || (args.int8 && shared);
+    if shared && args.settings.subspace.is_none() {
+        params.subspace = SHARED_SUBSPACE;
+    }
+    if (args.target_speedup.is_some() || args.target_compression.is_some())
+        && args.settings.c.is_none()
+    {
+        params.c = TARGET_SPEEDUP_C;
+    }
+    params.k = args.k;
+    params.l = args.l;
+    Ok(params.check()?)
+}
+
+fn run_convert(args: ConvertArgs) -> Result<()> {
+    let params = cluster_params(&args)?;
+    let input = args.input.expect("required by clap");
+    let output = args.output.expect("required by clap");
+    let form = output_form(args.form, args.target_compression.is_some())?;
+    if args.int8 && form != OutputForm::Dense {
+        bail!("--int8 writes the compact form's kernels as int8 (--form dense); the ops and fused forms compute in float");
+    }
+    if args.int8 && args.calibration.calibrate.is_none() {
+        bail!("--int8 measures the activations' ranges on calibration images: add --calibrate DIR --preprocess SPEC.json");
+    }
+    if args.shared_codebook && form != OutputForm::Dense {
+        bail!("--shared-codebook shrinks the compact form (--form dense); the ops and fused forms compute every subspace's own representatives");
+    }
+    let params_seed = params.seed;
+    let opts = ConvertOptions {
+        selection: if args.all || args.layers.is_empty() {
+            Selection::All {
+                fully_connected: !args.exclude_fc,
+            }
+        } else {
+            Selection::Named(args.layers)
+        },
+        params,
+        input_shapes: args.input_shape.clone(),
+        external: if args.external_data {
+            ExternalData::Always {
+                threshold: crate::onnx::model::EXTERNAL_THRESHOLD,
+            }
+        } else {
+            ExternalData::Auto
+        },
+        calibration: args
+            .calibration
+            .options(args.verify_data.preprocess.as_deref())?,
+        target_speedup: args.target_speedup,
+        target_compression: args.target_compression,
+        measure_latency: !args.no_latency,
+        form,
+        finetune: args
+            .finetune
+            .options(args.verify_data.preprocess.as_deref(), params_seed)?,
+        engine: args.verify_data.engine,
+        int8: args.int8.then_some(Int8Options {
+            activation: args.activation_type,
+        }),
+    };
+    args.verify_data
+        .check(args.calibration.calibrate.is_some() || args.finetune.finetune.is_some())?;
+    let report = convert::convert(&input, &output, &opts)?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.report {
+        model::write_atomically(path, format!("{json}\n").as_bytes())?;
+    }
+    if !args.json {
+        print!("{}", convert::render(&report));
+    }
+    let verified = match args.verify {
+        true => Some(verify::verify(
+            &input,
+            &output,
+            &args.verify_data.options(args.input_shape),
+        )?),
+        false => None,
+    };
+    match (args.json, &verified) {
+        (true, Some(v)) => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"convert": report, "verify": v}))?
+        ),
+        (true, None) => println!("{json}"),
+        (false, Some(v)) => print!("{}", verify::render(v)),
+        (false, None) => {}
+    }
+    Ok(())
+}
+
+fn run_verify(args: VerifyArgs) -> Result<()> {
+    args.data.check(false)?;
+    let v = verify::verify(
+        &args.original,
+        &args.converted,
+        &args.data.options(args.input_shape),
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", verify::render(&v));
+    }
+    Ok(())
+}
+
+fn run_finetune(args: FinetuneCmdArgs) -> Result<()> {
+    for input in [&args.original, &args.converted] {
+        if model::same_file(input, &args.output) {
+            bail!(
+                "refusing to write {}: it is an input model; choose another output path",
+                args.output.display()
+            );
+        }
+    }
+    let original = model::load(&args.original)?;
+    let converted = model::load(&args.converted)?;
+    model::check_writable(&args.output)?;
+    let opts = args
+        .training
+        .options(&args.data, &args.preprocess, args.seed);
+    crate::finetune::preflight(&original, &opts)?;
+    let (tuned, report) = crate::finetune::finetune_converted(&original, &converted, &opts)?;
+    let policy = match converted.has_external_data() {
+        true => ExternalData::Always {
+            threshold: crate::onnx::model::EXTERNAL_THRESHOLD,
+        },
+        false => ExternalData::Auto,
+    };
+    model::save(&tuned, &args.output, policy)?;
+    match args.json {
+        true => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "output": args.output.display().to_string(),
+                "finetune": report,
+            }))?
+        ),
+        false => {
+            print!("{}", crate::finetune::render(&report));
+            println!("wrote {}", args.output.display());
+        }
+    }
+    Ok(())
+}
+
+fn run_stages(args: StagesArgs) -> Result<()> {
+    // Method and ratio are set per run by `stages`.
+    let params = args.settings.params(Method::Dl, 2.0);
+    let finetune = args
+        .finetune
+        .options(Some(&args.preprocess), args.settings.seed)?;
+    let opts = stages::StagesOptions {
+        stages: args.stages,
+        ratios: args.ratios,
+        methods: args.methods.into_iter().map(Method::from).collect(),
+        params,
+        data: args.data,
+        calibration: args.calibration.options(Some(&args.preprocess))?,
+        preprocess: args.preprocess,
+        samples: args.samples,
+        skip: args.skip,
+        engine: args.engine,
+        runs: args.runs,
+        finetune,
+    };
+    let report = stages::run(&args.model, &opts)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", stages::render(&report));
+    }
+    Ok(())
+}
+
+fn run_diff(args: DiffArgs) -> Result<()> {
+    let d = diff::diff(&args.a, &args.b, &args.input_shape)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+    } else {
+        print!("{}", diff::render(&d));
+    }
+    Ok(())
+}
+
+fn run_sweep(args: SweepArgs) -> Result<()> {
+    let opts = sweep::SweepOptions {
+        ratios: args.ratios,
+        cs: args.c,
+        alphas: args.alpha,
+        subspace: args.subspace,
+        iters: args.iters,
+        seed: args.seed,
+    };
+    let report = sweep::sweep(&args.model, &args.layer, &opts)?;
+    if let Some(path) = &args.csv {
+        model::write_atomically(path, sweep::to_csv(&report).as_bytes())?;
+    }
+    if let Some(path) = &args.plot {
+        sweep::plot_svg(&report, path)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", sweep::render(&report));
+    }
+    Ok(())
+}
