@@ -185,7 +185,7 @@ fn fill_from_onnx_runtime(model: &OnnxModel, map: &mut ShapeMap) {
     match found {
         Ok((version, shapes)) => {
             map.assumptions.push(format!(
-                "{shown}: {} of them come from a run in ONNX Runtime {version}",
+                "{shown}: {} of them come from ONNX Runtime {version} (its shape inference, else runs on zeros)",
                 shapes.len()
             ));
             map.shapes.extend(shapes);

@@ -92,6 +92,9 @@ pub struct Converted {
     pub engine: Engine,
     /// What the int8 rewrite did, when it was asked for.
     pub int8: Option<Int8Report>,
+    /// Every tensor of the converted model as float32, at the conversion's input size: what a
+    /// run may hold at most ([`crate::engine::memory::tensors_bytes`]).
+    pub tensor_bytes: u64,
 }
 
 /// Converts the chosen layers of `original` in memory.
@@ -176,6 +179,7 @@ pub fn convert_model_with_inputs(
     let new_shapes =
         shapes::infer(&converted, &opts.input_shapes).context("the converted model")?;
     let new_cost = cost::graph_cost(&converted, &new_shapes);
+    let tensor_bytes = crate::engine::memory::tensors_bytes(&new_shapes.shapes);
     let rebuilt = match opts.int8 {
         Some(_) => rebuilt_weights(&converted, &plan.layers, &learnt)?,
         None => HashMap::new(),
@@ -204,6 +208,7 @@ pub fn convert_model_with_inputs(
         finetune: finetuned,
         engine,
         int8,
+        tensor_bytes,
     })
 }
 
@@ -526,7 +531,7 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
             } else {
                 c.engine
             };
-            latency_check(&original, &c.model, opts, engine, latency_target(&c))
+            latency_check(&original, &c, opts, engine)
         }
         false => None,
     };
@@ -557,6 +562,42 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
 const LATENCY_PAIRS: usize = 9;
 const LATENCY_WARMUP: usize = 2;
 
+/// The latency check's time, beyond which it times fewer pairs (at least [`MIN_LATENCY_PAIRS`]):
+/// a converted model that runs for seconds is not timed for minutes.
+const LATENCY_BUDGET_MS: f64 = 10_000.0;
+const MIN_LATENCY_PAIRS: usize = 3;
+
+/// Pairs for the latency check: [`LATENCY_PAIRS`], or as many as fit [`LATENCY_BUDGET_MS`]
+/// by the time of one pair (which also serves as a first warm-up).
+fn latency_pairs(
+    a: &dyn engine::Run,
+    b: &dyn engine::Run,
+    x: &ndarray::ArrayD<f32>,
+) -> Result<usize> {
+    let started = std::time::Instant::now();
+    a.run(x)?;
+    b.run(x)?;
+    let pair_ms = started.elapsed().as_secs_f64() * 1e3;
+    let fit = (LATENCY_BUDGET_MS / pair_ms.max(1e-3)) as usize;
+    Ok(fit
+        .saturating_sub(LATENCY_WARMUP)
+        .clamp(MIN_LATENCY_PAIRS, LATENCY_PAIRS))
+}
+
+/// Why timing the converted model could exhaust memory, when it could: its tensors at this
+/// input size hold more than half of what the system has available (an engine keeps some of
+/// them alive at once, at most all).
+fn too_large_to_time(tensor_bytes: u64) -> Option<String> {
+    let available = engine::memory::available_bytes()?;
+    (tensor_bytes > available / 2).then(|| {
+        format!(
+            "the converted model's tensors take up to {} at this input size, and {} is available; time it with `onnx-dlq verify` on a machine with more memory, or at a smaller --input-shape",
+            engine::memory::gb(tensor_bytes),
+            engine::memory::gb(available)
+        )
+    })
+}
+
 /// A latency budget's target and predicted speed-up, when the conversion had one.
 fn latency_target(c: &Converted) -> Option<(f64, f64)> {
     let a = c.allocation.as_ref()?;
@@ -579,19 +620,26 @@ const TARGET_SLACK: f64 = 0.97;
 /// the check cannot time (several inputs, say) is converted all the same, with a note.
 fn latency_check(
     original: &OnnxModel,
-    converted: &OnnxModel,
+    c: &Converted,
     opts: &ConvertOptions,
     engine: Engine,
-    target: Option<(f64, f64)>,
 ) -> Option<LatencyCheck> {
+    let target = latency_target(c);
+    if let Some(why) = too_large_to_time(c.tensor_bytes) {
+        log::warn!("latency not measured: {why}");
+        return None;
+    }
     let measure = || -> Result<LatencyCheck> {
         let set = verify::EvalSet::random(original, &opts.input_shapes, 1, 0)?;
         let x = &set.inputs[0];
         let prepare = |m: &OnnxModel| engine::prepare(engine, m, &set.input_shape);
-        let (a, b) = (prepare(original)?, prepare(converted)?);
+        let (a, b) = (prepare(original)?, prepare(&c.model)?);
         let p = match target {
             Some(_) => timing::paired_as_budget(a.as_ref(), b.as_ref(), x)?,
-            None => timing::paired(a.as_ref(), b.as_ref(), x, LATENCY_PAIRS, LATENCY_WARMUP)?,
+            None => {
+                let pairs = latency_pairs(a.as_ref(), b.as_ref(), x)?;
+                timing::paired(a.as_ref(), b.as_ref(), x, pairs, LATENCY_WARMUP)?
+            }
         };
         Ok(LatencyCheck {
             engine: engine.describe()?,

@@ -3,6 +3,7 @@
 //! cannot. Either runs the comparisons, calibration statistics and timings ([`Run`]).
 
 pub mod dlq_op;
+pub mod memory;
 pub mod ort;
 pub mod runner;
 

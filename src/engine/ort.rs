@@ -137,6 +137,9 @@ pub struct OrtRunner {
     input_shape: Vec<usize>,
     /// A float16 model takes float16 inputs: ours are rounded to it.
     f16_input: bool,
+    /// Each output's shape as ONNX Runtime's shape inference declares it, when every dimension
+    /// is known.
+    declared: Vec<Option<Vec<usize>>>,
 }
 
 impl OrtRunner {
@@ -195,6 +198,16 @@ impl OrtRunner {
         );
         let input_name = input.name.clone();
         let output_names = first.outputs.iter().map(|o| o.name.clone()).collect();
+        let declared = first
+            .outputs
+            .iter()
+            .map(|o| match &o.output_type {
+                ValueType::Tensor { shape, .. } if shape.iter().all(|&d| d >= 0) => {
+                    Some(dims_of(shape))
+                }
+                _ => None,
+            })
+            .collect();
         drop(first);
         Ok(OrtRunner {
             sessions,
@@ -202,7 +215,13 @@ impl OrtRunner {
             output_names,
             input_shape: input_shape.to_vec(),
             f16_input,
+            declared,
         })
+    }
+
+    /// The outputs' shapes as ONNX Runtime's shape inference declares them (no run).
+    pub fn declared_shapes(&self) -> Vec<Option<Vec<usize>>> {
+        self.declared.clone()
     }
 
     /// Runs on `x`; the first output as f32.
@@ -277,22 +296,72 @@ impl OrtRunner {
     }
 }
 
-/// The shapes of `tensors` (node outputs) when `model` runs in ONNX Runtime on zeros of
-/// `input_shape`: for shapes tract cannot infer. Tensors that are not tensors (sequences, say)
-/// are left out.
+/// Tensors exposed per run when ONNX Runtime must run the model to learn their shapes: an
+/// exposed tensor lives until the run ends, and at 720×720 one tensor of 64 channels is 130 MB
+/// (exposing all of a converted style-transfer model's at once needed 24 GB).
+const SHAPE_RUN_TENSORS: usize = 4;
+
+/// The shapes of `tensors` for an input of `input_shape`. First from ONNX Runtime's own shape
+/// inference (a session with the input's dimensions fixed and the tensors as outputs, never
+/// run); the tensors it leaves unknown from runs on zeros exposing at most
+/// [`SHAPE_RUN_TENSORS`] at a time, so that memory stays that of the model plus a few tensors.
 pub fn tensor_shapes(
     model: &OnnxModel,
     input_shape: &[usize],
     tensors: &[String],
 ) -> Result<Vec<(String, Vec<usize>)>> {
-    let runner = OrtRunner::with_sessions(model, input_shape, tensors, 1)?;
-    let shapes = runner.output_shapes(&ArrayD::zeros(IxDyn(input_shape)))?;
-    Ok(runner
-        .output_names
-        .into_iter()
-        .zip(shapes)
-        .filter_map(|(name, shape)| Some((name, shape?)))
-        .collect())
+    let fixed = OnnxModel {
+        proto: with_input_dims(model, input_shape)?,
+        path: model.path.clone(),
+        base_dir: model.base_dir.clone(),
+    };
+    let declared = OrtRunner::with_sessions(&fixed, input_shape, tensors, 1)?.declared_shapes();
+    let mut found = vec![];
+    let mut unknown = vec![];
+    for (name, shape) in tensors.iter().zip(declared) {
+        match shape {
+            Some(shape) => found.push((name.clone(), shape)),
+            None => unknown.push(name.clone()),
+        }
+    }
+    let zeros = ArrayD::zeros(IxDyn(input_shape));
+    for chunk in unknown.chunks(SHAPE_RUN_TENSORS) {
+        let runner = OrtRunner::with_sessions(&fixed, input_shape, chunk, 1)?;
+        let shapes = runner.output_shapes(&zeros)?;
+        found.extend(
+            chunk
+                .iter()
+                .zip(shapes)
+                .filter_map(|(name, shape)| Some((name.clone(), shape?))),
+        );
+    }
+    Ok(found)
+}
+
+/// `model`'s proto with its (single) run-time input declared at `input_shape`, so that ONNX
+/// Runtime's shape inference can resolve the shapes that follow from it.
+fn with_input_dims(model: &OnnxModel, input_shape: &[usize]) -> Result<crate::proto::ModelProto> {
+    let mut proto = model.proto.clone();
+    let graph = proto.graph.as_mut().context("the model has no graph")?;
+    let inits: std::collections::HashSet<&str> = graph
+        .initializer
+        .iter()
+        .filter_map(|t| t.name.as_deref())
+        .collect();
+    let dims: Vec<i64> = input_shape.iter().map(|&d| d as i64).collect();
+    let inputs: Vec<usize> = (0..graph.input.len())
+        .filter(|&i| !inits.contains(graph.input[i].name.as_deref().unwrap_or_default()))
+        .collect();
+    if let [i] = inputs[..] {
+        let v = &graph.input[i];
+        let elem = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+            Some(crate::proto::type_proto::Value::TensorType(t)) => t.elem_type.unwrap_or(1),
+            _ => 1,
+        };
+        let name = v.name.clone().unwrap_or_default();
+        graph.input[i] = crate::onnx::build::value_info(&name, elem, Some(&dims));
+    }
+    Ok(proto)
 }
 
 /// A float tensor (f32 or f16) as f32.
