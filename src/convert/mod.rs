@@ -551,6 +551,7 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
         file_bytes_after: saved.model_bytes + saved.external.as_ref().map_or(0, |e| e.1),
         external_data: saved.external.map(|e| e.0.display().to_string()),
         latency,
+        peak_memory_bytes: crate::engine::memory::peak_memory_bytes(),
         finetune: c.finetune,
         int8: c.int8,
     })

@@ -74,6 +74,9 @@ pub struct ConvertReport {
     /// saving in the standard-operator form, and the user should know before shipping it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<LatencyCheck>,
+    /// The process's peak resident memory over the conversion, when the system says.
+    #[serde(default)]
+    pub peak_memory_bytes: Option<u64>,
     /// With `--finetune`: loss and held-out agreement per epoch, and the epoch kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finetune: Option<crate::finetune::FinetuneReport>,
@@ -214,6 +217,9 @@ pub fn render(r: &ConvertReport) -> String {
             l.converted_ms,
             l.verdict()
         );
+    }
+    if let Some(bytes) = r.peak_memory_bytes {
+        let _ = writeln!(s, "peak memory {:.0} MB", bytes as f64 / 1e6);
     }
     let _ = writeln!(s, "wrote {}", r.output);
     s

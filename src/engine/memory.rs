@@ -52,6 +52,15 @@ fn cgroup_limit() -> Option<u64> {
     max.trim().parse().ok()
 }
 
+/// The process's peak resident memory so far (VmHWM of /proc/self/status; `None` where there
+/// is none).
+pub fn peak_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// Gigabytes, for messages.
 pub fn gb(bytes: u64) -> String {
     format!("{:.1} GB", bytes as f64 / 1e9)

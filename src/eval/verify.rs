@@ -307,6 +307,9 @@ pub struct VerifyReport {
     pub multiplication_ratio: f64,
     /// Original top-1 minus converted top-1, with labels.
     pub accuracy_drop: Option<f64>,
+    /// The process's peak resident memory, when the system says.
+    #[serde(default)]
+    pub peak_memory_bytes: Option<u64>,
 }
 
 pub fn verify(original: &Path, converted: &Path, opts: &VerifyOptions) -> Result<VerifyReport> {
@@ -361,6 +364,13 @@ pub fn verify(original: &Path, converted: &Path, opts: &VerifyOptions) -> Result
         max_abs_diff: agree.max_abs_diff,
         relative_l2: agree.relative_l2,
         samples: set.len(),
+        peak_memory_bytes: {
+            let peak = crate::engine::memory::peak_memory_bytes();
+            if let Some(bytes) = peak {
+                log::info!("verify: peak memory {:.0} MB", bytes as f64 / 1e6);
+            }
+            peak
+        },
     })
 }
 

@@ -327,13 +327,7 @@ pub fn render(r: &FinetuneReport) -> String {
     out
 }
 
-/// The process's peak resident memory (VmHWM of /proc/self/status; `None` where there is none).
-pub fn peak_memory_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
+pub use crate::engine::memory::peak_memory_bytes;
 
 /// The labels of the first `count` images of `dir` (its `labels.csv`, in the order
 /// `calibrate::image_files` reads the images).
