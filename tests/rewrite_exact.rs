@@ -346,3 +346,105 @@ fn multiplications_match_the_paper_formulas_and_planes_stay_bounded() {
         let _ = cb.reconstruct().into_dimensionality::<Ix4>();
     }
 }
+
+/// `model` with its weight and bias stored as float16 and its input and output typed float16
+/// (a model exported in half precision).
+fn as_f16(mut model: onnx_dlq::onnx::model::OnnxModel) -> onnx_dlq::onnx::model::OnnxModel {
+    use onnx_dlq::onnx::tensor::{new_tensor, to_f32, FloatType};
+    let base = model.base_dir.clone();
+    let g = model.graph_mut();
+    for t in &mut g.initializer {
+        let values = to_f32(t, &base).unwrap().as_standard_layout().to_owned();
+        let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+        *t = new_tensor(
+            t.name.as_deref().unwrap(),
+            &dims,
+            values.as_slice().unwrap(),
+            FloatType::F16,
+        );
+    }
+    for v in g.input.iter_mut().chain(g.output.iter_mut()) {
+        if let Some(onnx_dlq::proto::type_proto::Value::TensorType(t)) =
+            v.r#type.as_mut().and_then(|t| t.value.as_mut())
+        {
+            t.elem_type = Some(10);
+        }
+    }
+    model
+}
+
+/// The codebook's stored parts rounded to float16, as the converted float16 model stores them.
+fn rounded_to_f16(mut cb: Codebook) -> Codebook {
+    let r = |v: &mut f32| *v = half::f16::from_f32(*v).to_f32();
+    for sub in &mut cb.subspaces {
+        sub.atoms.data.iter_mut().for_each(r);
+        if let Some(codes) = &mut sub.codes {
+            codes.coefs.iter_mut().for_each(r);
+        }
+    }
+    if let Some(shift) = &mut cb.bias_shift {
+        shift.iter_mut().for_each(r);
+    }
+    cb
+}
+
+/// Float16 layers: the rewrite of a half-precision Conv (codebook stored as float16) equals the
+/// dense Conv with the reconstructed kernel in float16, within float16's rounding.
+#[test]
+fn f16_layers_match_the_dense_reference_within_f16_rounding() {
+    use onnx_dlq::onnx::tensor::{new_tensor, FloatType};
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(16);
+    for _ in 0..16 {
+        let case = random_case(&mut rng, 13);
+        let s = &case.spec;
+        let tmp = tempfile::tempdir().unwrap();
+        let weight = uniform(&mut rng, s.m * s.n * s.kh * s.kw);
+        let bias = uniform(&mut rng, s.m);
+        let original = as_f16(in_memory(conv_model(s, &weight, &bias), tmp.path()));
+        let kernel = ndarray::Array4::from_shape_vec((s.m, s.n, s.kh, s.kw), weight).unwrap();
+        let columns = s.m * s.kh * s.kw;
+        let mut p = ClusterParams::new(case.method, 2.0);
+        p.subspace = case.subspace;
+        p.alpha = case.alpha;
+        p.iters = 3;
+        p.k = Some((columns / 2).max(1));
+        p.l = Some((columns / 4).max(case.alpha).min(columns / 2).max(1));
+        if case.method == Method::Dl && p.l.unwrap() < case.alpha {
+            p.alpha = 1;
+        }
+        let cb = codebook::learn(kernel.view(), &p.check().unwrap()).unwrap();
+        let layers = select::conv_layers(&original);
+        let sh = shapes::infer(&original, &[]).unwrap();
+        let lp = lower::lower(&original, &layers[0], &cb, &sh, "{}").unwrap();
+        let mut converted = original.clone();
+        lower::apply(&mut converted, GraphPatch { layers: vec![lp] }).unwrap();
+        let f32_floats: Vec<(String, Vec<i64>)> = converted
+            .graph()
+            .initializer
+            .iter()
+            .filter(|t| t.data_type == Some(1))
+            .map(|t| (t.name.clone().unwrap_or_default(), t.dims.clone()))
+            // SAME padding at a stride above 1 is computed in-graph in float32, by design.
+            .filter(|(name, _)| !name.contains("/dlq/same_"))
+            .collect();
+        assert!(
+            f32_floats.is_empty(),
+            "float32 in a float16 model: {f32_floats:?}"
+        );
+        // The reference: W̃ from the float16 parts, itself stored as float16.
+        let w = common::independent_reconstruction(&rounded_to_f16(cb));
+        let mut dense = original.clone();
+        *common::initializer_mut(&mut dense, "w") =
+            new_tensor("w", &[s.m, s.n, s.kh, s.kw], &w, FloatType::F16);
+        let shape = [s.batch, s.n, s.h, s.w];
+        let x = ArrayD::from_shape_vec(IxDyn(&shape), uniform(&mut rng, shape.iter().product()))
+            .unwrap();
+        let want = Runner::new(&dense, &shape).unwrap().run(&x).unwrap();
+        let got = Runner::new(&converted, &shape)
+            .unwrap_or_else(|e| panic!("{s:?}: {e:#}"))
+            .run(&x)
+            .unwrap();
+        let what = format!("float16 {s:?} {:?} N′={}", case.method, case.subspace);
+        Approximation::EnginesF16.assert_close(&what, &got, &want);
+    }
+}
