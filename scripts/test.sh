@@ -36,6 +36,16 @@ if ! cargo fuzz run --sanitizer none load_convert target/fuzz-corpus fuzz/corpus
   exit 1
 fi
 grep -a "^Done" target/fuzz-smoke.log
+# The kernels' entry points on arbitrary layers, built with debug assertions and overflow checks
+# (-a): 30 s of libFuzzer (crates/dlq-kernels/fuzz).
+mkdir -p target/fuzz-kernel-corpus
+if ! cargo fuzz run --fuzz-dir crates/dlq-kernels/fuzz -a --sanitizer none kernel_entry \
+    target/fuzz-kernel-corpus -- -max_total_time=30 -max_len=512 >target/fuzz-kernel.log 2>&1; then
+  tail -n 60 target/fuzz-kernel.log
+  echo "kernel fuzzing failed: full log in target/fuzz-kernel.log" >&2
+  exit 1
+fi
+grep -a "^Done" target/fuzz-kernel.log
 echo "== summary"
 grep -a "^kernel path" target/test.log || echo "no kernel path reported"
 if grep -aq "SKIPPED" target/test.log; then

@@ -60,6 +60,8 @@ pub enum KernelError {
     NoOutput { h: usize, w: usize },
     /// A size computed from the inputs overflows `usize`.
     TooLarge { what: &'static str },
+    /// A scratch buffer of `floats` floats that cannot (or may not) be allocated.
+    ScratchTooLarge { floats: usize },
     /// The operator's node form (attributes, input shapes) is invalid (`operator` module).
     Node { message: String },
 }
@@ -83,6 +85,10 @@ impl fmt::Display for KernelError {
                 "no output: the dilated kernel does not fit the padded {h}×{w} input"
             ),
             TooLarge { what } => write!(f, "{what}: size overflows usize"),
+            ScratchTooLarge { floats } => write!(
+                f,
+                "the layer needs a scratch buffer of {floats} floats, more than can be allocated (pads, strides or input size too large)"
+            ),
             Node { message } => f.write_str(message),
             SubspaceNotContiguous { .. }
             | SubspacesDoNotCover { .. }

@@ -88,6 +88,9 @@ enum Mode {
     Strided,
 }
 
+/// Most floats one scratch buffer may hold (16 GiB): a bigger one is refused with an error.
+const MAX_SCRATCH_FLOATS: usize = 1 << 32;
+
 /// Most floats of Z, R and padded input one chunk of subspaces keeps (phase 1 writes them all
 /// before phase 2 reads them): 4 MiB, so a chunk stays within L2 (2 MiB) to L3 even with R.
 const CHUNK_FLOATS: usize = 1 << 20;
@@ -166,6 +169,14 @@ impl Aligned {
         let total = len
             .checked_add(BLOCK - 1)
             .ok_or(KernelError::TooLarge { what: "scratch" })?;
+        // Refused rather than aborting the process: a layer with huge pads or strides asks
+        // for planes no machine holds.
+        let refused = KernelError::ScratchTooLarge { floats: total };
+        if total > MAX_SCRATCH_FLOATS {
+            return Err(refused);
+        }
+        let more = total.saturating_sub(self.buf.len());
+        self.buf.try_reserve_exact(more).map_err(|_| refused)?;
         self.buf.resize(total, 0.0);
         // A `Vec<f32>`'s pointer is 4-byte aligned, so `lead < BLOCK`.
         let misaligned = self.buf.as_ptr() as usize % (4 * BLOCK);
@@ -756,7 +767,7 @@ impl DlqConv {
                     stride: layout.stride,
                     oh,
                     kernel: [kh, kw],
-                    row_step: g.dilations[0] * layout.pitch,
+                    row_step: g.dilations[0].saturating_mul(layout.pitch),
                     shift: g.dilations[1],
                     band_rows: layout.band_rows,
                     cols: ow,

@@ -1092,3 +1092,50 @@ fn mutated_layers_are_refused_or_computed_never_a_panic() {
         "{refused} refused, {ran} computed"
     );
 }
+
+/// Found by fuzzing the entry points with overflow checks on: a 1×k kernel's row dilation
+/// never moves a tap, so a huge one is valid and must not overflow the row step; pads that make
+/// the padded planes terabytes large are refused with an error instead of aborting on the
+/// allocation.
+#[test]
+fn extreme_dilations_compute_and_extreme_pads_are_refused() {
+    let mut rng = Rng::new(5);
+    let g = Geometry {
+        in_channels: 2,
+        out_channels: 2,
+        kernel: [1, 3],
+        strides: [1, 1],
+        dilations: [usize::MAX / 4, 1],
+        pads: [0; 4],
+    };
+    let sub = |g: &Geometry, rng: &mut Rng| Subspace {
+        channels: 0..2,
+        atoms: rng.values(4),
+        num_atoms: 2,
+        codes: None,
+        assignment: rng.indices(g.out_channels * g.kernel[0] * g.kernel[1], 2),
+    };
+    let conv = DlqConv::new(g.clone(), vec![sub(&g, &mut rng)], None).unwrap();
+    let mut out = vec![0f32; 2 * 4 * 2];
+    assert_eq!(
+        conv.run(&rng.values(2 * 4 * 4), 1, 4, 4, &mut out),
+        Ok([4, 2])
+    );
+    // Strides as large as the pads keep the output a few pixels wide while the padded plane
+    // is (2²¹)² floats.
+    let g = Geometry {
+        dilations: [1, 1],
+        strides: [1 << 20; 2],
+        pads: [1 << 20; 4],
+        ..g
+    };
+    let conv = DlqConv::new(g.clone(), vec![sub(&g, &mut rng)], None).unwrap();
+    let [oh, ow] = g.output_size(1, 1).unwrap();
+    assert!(oh * ow <= 9, "{oh}x{ow}");
+    let mut out = vec![0f32; 2 * oh * ow];
+    let refused = conv.run(&rng.values(2), 1, 1, 1, &mut out);
+    assert!(
+        matches!(refused, Err(KernelError::ScratchTooLarge { .. })),
+        "{refused:?}"
+    );
+}
