@@ -266,17 +266,25 @@ mod tests {
     use crate::onnx::build::node;
     use crate::proto::{ModelProto, TensorProto, ValueInfoProto};
 
+    /// A graph input or output of that name, untyped.
+    fn info(n: &str) -> ValueInfoProto {
+        ValueInfoProto {
+            name: Some(n.into()),
+            ..Default::default()
+        }
+    }
+
+    /// An initializer of that name, empty (the plan reads names only).
+    fn init(n: &str) -> TensorProto {
+        TensorProto {
+            name: Some(n.into()),
+            ..Default::default()
+        }
+    }
+
     /// x ─ Conv(w) ─ Relu ─ Conv(w) ─ Add(·, relu) ─ Relu ─ Flatten ─ y, and beside it an Add
     /// of a constant, whose ReLU must stay (that Add does not run in int8).
     fn model() -> OnnxModel {
-        let info = |n: &str| ValueInfoProto {
-            name: Some(n.into()),
-            ..Default::default()
-        };
-        let init = |n: &str| TensorProto {
-            name: Some(n.into()),
-            ..Default::default()
-        };
         let nodes = vec![
             node("Conv", "c1", &["x", "w"], &["c1"], vec![]),
             node("Relu", "r1", &["c1"], &["r1"], vec![]),
@@ -343,14 +351,6 @@ mod tests {
     /// stay quantized); a pooling that feeds a Gemm keeps its quantized output.
     #[test]
     fn the_head_keeps_float_outputs() {
-        let info = |n: &str| ValueInfoProto {
-            name: Some(n.into()),
-            ..Default::default()
-        };
-        let init = |n: &str| TensorProto {
-            name: Some(n.into()),
-            ..Default::default()
-        };
         let nodes = vec![
             node("Conv", "c", &["x", "w"], &["c"], vec![]),
             node("GlobalAveragePool", "p", &["c"], &["p"], vec![]),
