@@ -268,6 +268,24 @@ pub fn paired(
     Ok(compare(alternate(a, b, x, pairs, warmup, run_ms)?))
 }
 
+/// How many pairs [`paired`] can time within `budget_ms`, judged by one probe pair (which also
+/// warms both models up): `pairs.end()` when they fit, fewer for slow models, never below
+/// `pairs.start()`. `warmup` pairs come out of the budget too.
+pub fn pairs_within(
+    a: &dyn Run,
+    b: &dyn Run,
+    x: &ArrayD<f32>,
+    budget_ms: f64,
+    pairs: std::ops::RangeInclusive<usize>,
+    warmup: usize,
+) -> Result<usize> {
+    let pair_ms = run_ms(a, x)? + run_ms(b, x)?;
+    let fit = (budget_ms / pair_ms.max(1e-3)) as usize;
+    Ok(fit
+        .saturating_sub(warmup)
+        .clamp(*pairs.start(), *pairs.end()))
+}
+
 /// `pairs` (at least one) times of `a` then `b` by `time`, after `warmup` untimed pairs: the
 /// clock is a parameter so that the tests can give a fake one.
 fn alternate(

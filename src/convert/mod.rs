@@ -568,23 +568,6 @@ const LATENCY_WARMUP: usize = 2;
 const LATENCY_BUDGET_MS: f64 = 10_000.0;
 const MIN_LATENCY_PAIRS: usize = 3;
 
-/// Pairs for the latency check: [`LATENCY_PAIRS`], or as many as fit [`LATENCY_BUDGET_MS`]
-/// by the time of one pair (which also serves as a first warm-up).
-fn latency_pairs(
-    a: &dyn engine::Run,
-    b: &dyn engine::Run,
-    x: &ndarray::ArrayD<f32>,
-) -> Result<usize> {
-    let started = std::time::Instant::now();
-    a.run(x)?;
-    b.run(x)?;
-    let pair_ms = started.elapsed().as_secs_f64() * 1e3;
-    let fit = (LATENCY_BUDGET_MS / pair_ms.max(1e-3)) as usize;
-    Ok(fit
-        .saturating_sub(LATENCY_WARMUP)
-        .clamp(MIN_LATENCY_PAIRS, LATENCY_PAIRS))
-}
-
 /// Why timing the converted model could exhaust memory, when it could: its tensors at this
 /// input size hold more than half of what the system has available (an engine keeps some of
 /// them alive at once, at most all).
@@ -638,7 +621,14 @@ fn latency_check(
         let p = match target {
             Some(_) => timing::paired_as_budget(a.as_ref(), b.as_ref(), x)?,
             None => {
-                let pairs = latency_pairs(a.as_ref(), b.as_ref(), x)?;
+                let pairs = timing::pairs_within(
+                    a.as_ref(),
+                    b.as_ref(),
+                    x,
+                    LATENCY_BUDGET_MS,
+                    MIN_LATENCY_PAIRS..=LATENCY_PAIRS,
+                    LATENCY_WARMUP,
+                )?;
                 timing::paired(a.as_ref(), b.as_ref(), x, pairs, LATENCY_WARMUP)?
             }
         };
