@@ -25,8 +25,13 @@ pub fn available_bytes() -> Option<u64> {
 }
 
 fn meminfo_available() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    kib_field("/proc/meminfo", "MemAvailable:")
+}
+
+/// The `key: N kB` line of a /proc file, in bytes.
+fn kib_field(path: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -55,10 +60,7 @@ fn cgroup_limit() -> Option<u64> {
 /// The process's peak resident memory so far (VmHWM of /proc/self/status; `None` where there
 /// is none).
 pub fn peak_memory_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    kib_field("/proc/self/status", "VmHWM:")
 }
 
 /// Gigabytes, for messages.
