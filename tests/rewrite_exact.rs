@@ -45,21 +45,7 @@ fn convert(
     let weight = uniform(rng, s.m * s.n * s.kh * s.kw);
     let bias = uniform(rng, s.m);
     let original = in_memory(conv_model(s, &weight, &bias), dir);
-    let kernel = ndarray::Array4::from_shape_vec((s.m, s.n, s.kh, s.kw), weight).unwrap();
-    let columns = s.m * s.kh * s.kw;
-    let mut p = ClusterParams::new(case.method, 2.0);
-    p.subspace = case.subspace;
-    p.alpha = case.alpha;
-    p.iters = 3;
-    p.seed = rng.random();
-    // Explicit sizes: small layers would fail the paper's rules, and the rewrite must be exact
-    // for any codebook.
-    p.k = Some((columns / 2).max(1));
-    p.l = Some((columns / 4).max(case.alpha).min(columns / 2).max(1));
-    if case.method == Method::Dl && p.l.unwrap() < case.alpha {
-        p.alpha = 1;
-    }
-    let mut cb = codebook::learn(kernel.view(), &p.check().unwrap()).unwrap();
+    let mut cb = learn(case, weight, rng.random());
     // Half the cases carry a calibration bias shift, which the rewrite adds to the bias.
     if rng.random_range(0..2) == 0 {
         cb.bias_shift = Some(uniform(rng, s.m));
@@ -68,12 +54,57 @@ fn convert(
     assert!(layers[0].convertible(), "{:?}", layers[0].eligibility);
     // The dense reference: the reconstructed kernel (and shifted bias) in the original Conv.
     let dense = common::dense_reference(&original, &cb);
-    let sh = shapes::infer(&original, &[]).unwrap();
-    let lp = lower::lower(&original, &layers[0], &cb, &sh, "{}").unwrap();
-    let mut converted = original.clone();
-    lower::apply(&mut converted, GraphPatch { layers: vec![lp] }).unwrap();
+    let converted = lowered(&original, &cb);
     let native = lower::kernel::native(&original, &layers[0], &cb, [s.h, s.w]).unwrap();
     (converted, dense, cb, native)
+}
+
+/// The codebook of `case`'s layer, learnt from its `weight` with explicit sizes: small layers
+/// would fail the paper's rules, and the rewrite must be exact for any codebook.
+fn learn(case: &Case, weight: Vec<f32>, seed: u64) -> Codebook {
+    let s = &case.spec;
+    let kernel = ndarray::Array4::from_shape_vec((s.m, s.n, s.kh, s.kw), weight).unwrap();
+    let columns = s.m * s.kh * s.kw;
+    let mut p = ClusterParams::new(case.method, 2.0);
+    p.subspace = case.subspace;
+    p.alpha = case.alpha;
+    p.iters = 3;
+    p.seed = seed;
+    p.k = Some((columns / 2).max(1));
+    p.l = Some((columns / 4).max(case.alpha).min(columns / 2).max(1));
+    if case.method == Method::Dl && p.l.unwrap() < case.alpha {
+        p.alpha = 1;
+    }
+    codebook::learn(kernel.view(), &p.check().unwrap()).unwrap()
+}
+
+/// `original`'s single Conv rewritten with `cb` (the standard-operator form).
+fn lowered(
+    original: &onnx_dlq::onnx::model::OnnxModel,
+    cb: &Codebook,
+) -> onnx_dlq::onnx::model::OnnxModel {
+    let layers = select::conv_layers(original);
+    let sh = shapes::infer(original, &[]).unwrap();
+    let lp = lower::lower(original, &layers[0], cb, &sh, "{}").unwrap();
+    let mut converted = original.clone();
+    lower::apply(&mut converted, GraphPatch { layers: vec![lp] }).unwrap();
+    converted
+}
+
+/// The dense reference's and the converted model's outputs on `x`, in tract.
+fn run_both(
+    dense: &onnx_dlq::onnx::model::OnnxModel,
+    converted: &onnx_dlq::onnx::model::OnnxModel,
+    s: &ConvSpec,
+    x: &ArrayD<f32>,
+) -> (ArrayD<f32>, ArrayD<f32>) {
+    let shape = [s.batch, s.n, s.h, s.w];
+    let want = Runner::new(dense, &shape).unwrap().run(x).unwrap();
+    let got = Runner::new(converted, &shape)
+        .unwrap_or_else(|e| panic!("{s:?}: {e:#}"))
+        .run(x)
+        .unwrap();
+    (want, got)
 }
 
 fn check_exact(case: &Case, rng: &mut Xoshiro256PlusPlus) {
@@ -82,11 +113,7 @@ fn check_exact(case: &Case, rng: &mut Xoshiro256PlusPlus) {
     let s = &case.spec;
     let shape = [s.batch, s.n, s.h, s.w];
     let x = ArrayD::from_shape_vec(IxDyn(&shape), uniform(rng, shape.iter().product())).unwrap();
-    let want = Runner::new(&dense, &shape).unwrap().run(&x).unwrap();
-    let got = Runner::new(&converted, &shape)
-        .unwrap_or_else(|e| panic!("{s:?}: {e:#}"))
-        .run(&x)
-        .unwrap();
+    let (want, got) = run_both(&dense, &converted, s, &x);
     // The rewrite must compute the same function as a dense Conv, within this tolerance.
     let what = format!("{s:?} {:?} N′={}", case.method, case.subspace);
     Approximation::Exact.assert_close(&what, &got, &want);
@@ -401,23 +428,8 @@ fn f16_layers_match_the_dense_reference_within_f16_rounding() {
         let weight = uniform(&mut rng, s.m * s.n * s.kh * s.kw);
         let bias = uniform(&mut rng, s.m);
         let original = as_f16(in_memory(conv_model(s, &weight, &bias), tmp.path()));
-        let kernel = ndarray::Array4::from_shape_vec((s.m, s.n, s.kh, s.kw), weight).unwrap();
-        let columns = s.m * s.kh * s.kw;
-        let mut p = ClusterParams::new(case.method, 2.0);
-        p.subspace = case.subspace;
-        p.alpha = case.alpha;
-        p.iters = 3;
-        p.k = Some((columns / 2).max(1));
-        p.l = Some((columns / 4).max(case.alpha).min(columns / 2).max(1));
-        if case.method == Method::Dl && p.l.unwrap() < case.alpha {
-            p.alpha = 1;
-        }
-        let cb = codebook::learn(kernel.view(), &p.check().unwrap()).unwrap();
-        let layers = select::conv_layers(&original);
-        let sh = shapes::infer(&original, &[]).unwrap();
-        let lp = lower::lower(&original, &layers[0], &cb, &sh, "{}").unwrap();
-        let mut converted = original.clone();
-        lower::apply(&mut converted, GraphPatch { layers: vec![lp] }).unwrap();
+        let cb = learn(&case, weight, 0);
+        let converted = lowered(&original, &cb);
         let f32_floats: Vec<(String, Vec<i64>)> = converted
             .graph()
             .initializer
@@ -439,11 +451,7 @@ fn f16_layers_match_the_dense_reference_within_f16_rounding() {
         let shape = [s.batch, s.n, s.h, s.w];
         let x = ArrayD::from_shape_vec(IxDyn(&shape), uniform(&mut rng, shape.iter().product()))
             .unwrap();
-        let want = Runner::new(&dense, &shape).unwrap().run(&x).unwrap();
-        let got = Runner::new(&converted, &shape)
-            .unwrap_or_else(|e| panic!("{s:?}: {e:#}"))
-            .run(&x)
-            .unwrap();
+        let (want, got) = run_both(&dense, &converted, s, &x);
         let what = format!("float16 {s:?} {:?} N′={}", case.method, case.subspace);
         Approximation::EnginesF16.assert_close(&what, &got, &want);
     }
