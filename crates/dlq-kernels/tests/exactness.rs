@@ -117,22 +117,16 @@ fn build(case: &Case, rng: &mut Rng) -> DlqConv {
     DlqConv::new(case.geometry.clone(), subspaces, bias).expect("a valid random case")
 }
 
-/// Runs the fast path and the reference on random data; asserts they agree within tolerance.
-fn check(case: &Case, rng: &mut Rng, worst: &mut Worst) {
-    let conv = build(case, rng);
-    let g = &case.geometry;
-    let (n, m, batch) = (g.in_channels, g.out_channels, case.batch);
-    let x = rng.values(batch * n * case.h * case.w);
+/// `conv` as a dense Conv with its reconstructed kernel W̃ on `x` (NaN-filled first, so an
+/// element it forgot to write fails any comparison).
+fn dense_reference(conv: &DlqConv, case: &Case, x: &[f32]) -> Vec<f32> {
+    let g = conv.geometry();
     let [oh, ow] = g.output_size(case.h, case.w).expect("case fits");
-    // NaN-filled, so an output element either path forgets to write fails the comparison.
-    let mut fast = vec![f32::NAN; batch * m * oh * ow];
-    let mut reference = fast.clone();
-    assert_eq!(conv.run(&x, batch, case.h, case.w, &mut fast), Ok([oh, ow]));
-    let weight = conv.reconstruct();
-    let bias = conv.bias();
+    let mut reference = vec![f32::NAN; case.batch * g.out_channels * oh * ow];
+    let (n, bias, weight) = (g.in_channels, conv.bias(), conv.reconstruct());
     let size = dense_conv(
-        &x,
-        batch,
+        x,
+        case.batch,
         n,
         case.h,
         case.w,
@@ -142,6 +136,20 @@ fn check(case: &Case, rng: &mut Rng, worst: &mut Worst) {
         &mut reference,
     );
     assert_eq!(size, Ok([oh, ow]));
+    reference
+}
+
+/// Runs the fast path and the reference on random data; asserts they agree within tolerance.
+fn check(case: &Case, rng: &mut Rng, worst: &mut Worst) {
+    let conv = build(case, rng);
+    let g = &case.geometry;
+    let (n, m, batch) = (g.in_channels, g.out_channels, case.batch);
+    let x = rng.values(batch * n * case.h * case.w);
+    let [oh, ow] = g.output_size(case.h, case.w).expect("case fits");
+    // NaN-filled, so an output element either path forgets to write fails the comparison.
+    let mut fast = vec![f32::NAN; batch * m * oh * ow];
+    assert_eq!(conv.run(&x, batch, case.h, case.w, &mut fast), Ok([oh, ow]));
+    let reference = dense_reference(&conv, case, &x);
     let scale = reference.iter().fold(0f32, |acc, v| acc.max(v.abs()));
     for (i, (a, b)) in fast.iter().zip(&reference).enumerate() {
         let err = (a - b).abs();
@@ -796,7 +804,6 @@ fn path_matches_dense(path: KernelPath, case: &Case, conv: &DlqConv, x: &[f32]) 
     let g = conv.geometry();
     let [oh, ow] = g.output_size(case.h, case.w).expect("case fits");
     let mut got = vec![f32::NAN; case.batch * g.out_channels * oh * ow];
-    let mut reference = got.clone();
     let size = conv.run_on(path, x, case.batch, case.h, case.w, &mut got);
     assert_eq!(size, Ok([oh, ow]), "{case:?} on {}", path.name());
     if path == KernelPath::best() {
@@ -807,19 +814,7 @@ fn path_matches_dense(path: KernelPath, case: &Case, conv: &DlqConv, x: &[f32]) 
         );
         assert_eq!(dispatched, got, "{case:?}: run differs from its own path");
     }
-    let (n, bias, weight) = (g.in_channels, conv.bias(), conv.reconstruct());
-    let size = dense_conv(
-        x,
-        case.batch,
-        n,
-        case.h,
-        case.w,
-        &weight,
-        g,
-        bias,
-        &mut reference,
-    );
-    assert_eq!(size, Ok([oh, ow]));
+    let reference = dense_reference(conv, case, x);
     let scale = reference.iter().fold(0f32, |acc, v| acc.max(v.abs()));
     let (err, ok) = within_tolerance(&got, &reference, scale);
     assert!(
