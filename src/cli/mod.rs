@@ -2,14 +2,28 @@
 //! library's validated types, and dispatch. Results go to stdout; logs, progress bars and
 //! errors to stderr ([`sink`]).
 
+/// Returns a [`UsageError`] from the enclosing function, formatted as `format!` does.
+macro_rules! usage {
+    ($($message:tt)*) => {
+        return Err(UsageError(format!($($message)*)).into())
+    };
+}
+
 mod run;
 pub mod sink;
 
-pub use run::run;
+pub use run::{main, run};
+pub use sink::{is_usage_error, render_error};
+
+/// Flags that parse but cannot work together (`--int8` without `--calibrate`, say): clap's own
+/// usage errors' sibling, found once the arguments are read.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::analysis::inventory;
@@ -285,7 +299,7 @@ impl VerifyData {
     /// --preprocess is for --data (or --calibrate): alone it would be silently ignored.
     fn check(&self, calibrating: bool) -> Result<()> {
         if self.preprocess.is_some() && self.data.is_none() && !calibrating {
-            bail!("--preprocess is given without --data (or --calibrate): nothing to preprocess");
+            usage!("--preprocess is given without --data (or --calibrate): nothing to preprocess");
         }
         Ok(())
     }
@@ -358,7 +372,7 @@ impl CalibrationArgs {
             return Ok(None);
         };
         let Some(spec) = preprocess else {
-            bail!("--calibrate needs --preprocess SPEC.json (how to turn its images into inputs)");
+            usage!("--calibrate needs --preprocess SPEC.json (how to turn its images into inputs)");
         };
         Ok(Some(CalibrationOptions {
             data: dir.clone(),
@@ -455,7 +469,7 @@ impl FinetuneArgs {
             return Ok(None);
         };
         let Some(spec) = preprocess else {
-            bail!("--finetune needs --preprocess SPEC.json (how to turn its images into inputs)");
+            usage!("--finetune needs --preprocess SPEC.json (how to turn its images into inputs)");
         };
         Ok(Some(self.training.options(dir, spec, seed)))
     }

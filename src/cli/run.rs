@@ -1,32 +1,70 @@
 //! Each command run from its checked arguments: the library called, the report written to
 //! stdout (a table, or JSON with `--json`).
 
+use std::io::Write;
+
 use super::*;
 
-/// Parses arguments and runs the command. Usage errors exit with 2 (clap), failures with 1.
-pub fn run() -> Result<()> {
-    let cli = Cli::parse();
-    sink::install(cli.verbose, cli.quiet);
-    match cli.command {
-        Some(Command::Inspect(args)) => run_inspect(args),
-        Some(Command::Convert(args)) => run_convert(args),
-        Some(Command::Diff(args)) => run_diff(args),
-        Some(Command::Sweep(args)) => run_sweep(args),
-        Some(Command::Verify(args)) => run_verify(args),
-        Some(Command::Stages(args)) => run_stages(args),
-        Some(Command::Finetune(args)) => run_finetune(args),
-        None => run_convert(cli.convert),
+/// The command line's `error:` line and exit code for `args` (the program name first), with the
+/// report on stdout: what the `onnx-dlq` executable does, for every front end that runs it
+/// (the binary, the Python package's command). Usage errors exit with 2 as clap prints them,
+/// failures with 1.
+pub fn main<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are "errors" that print to stdout and exit with 0.
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    let result = run_parsed(cli, &mut stdout).and_then(|()| Ok(stdout.flush()?));
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {}", sink::render_error(&e));
+            1
+        }
     }
 }
 
-fn run_inspect(args: InspectArgs) -> Result<()> {
+/// Runs the command `args` asks for (the program name first), its report written to `out`;
+/// a usage error is a [`clap::Error`] in the chain.
+pub fn run<I, T>(args: I, out: &mut dyn Write) -> Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    run_parsed(Cli::try_parse_from(args)?, out)
+}
+
+fn run_parsed(cli: Cli, out: &mut dyn Write) -> Result<()> {
+    sink::install(cli.verbose, cli.quiet);
+    match cli.command {
+        Some(Command::Inspect(args)) => run_inspect(args, out),
+        Some(Command::Convert(args)) => run_convert(args, out),
+        Some(Command::Diff(args)) => run_diff(args, out),
+        Some(Command::Sweep(args)) => run_sweep(args, out),
+        Some(Command::Verify(args)) => run_verify(args, out),
+        Some(Command::Stages(args)) => run_stages(args, out),
+        Some(Command::Finetune(args)) => run_finetune(args, out),
+        None => run_convert(cli.convert, out),
+    }
+}
+
+fn run_inspect(args: InspectArgs, out: &mut dyn Write) -> Result<()> {
     let model = model::load(&args.model)?;
     let inv = inventory::inventory(&model, &args.input_shape)?;
     let report = inspect::report(&model, &inv);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        print!("{}", inspect::render_table(&report));
+        write!(out, "{}", inspect::render_table(&report))?;
     }
     Ok(())
 }
@@ -35,7 +73,7 @@ fn run_inspect(args: InspectArgs) -> Result<()> {
 fn output_form(form: Option<FormArg>, size_budget: bool) -> Result<OutputForm> {
     Ok(match (form, size_budget) {
         (None | Some(FormArg::Dense), true) => OutputForm::Dense,
-        (Some(other), true) => anyhow::bail!(
+        (Some(other), true) => usage!(
             "--target-compression shrinks the compact form (--form dense), not --form {}",
             format!("{other:?}").to_lowercase()
         ),
@@ -75,19 +113,19 @@ fn cluster_params(args: &ConvertArgs) -> Result<ValidParams> {
     Ok(params.check()?)
 }
 
-fn run_convert(args: ConvertArgs) -> Result<()> {
+fn run_convert(args: ConvertArgs, out: &mut dyn Write) -> Result<()> {
     let params = cluster_params(&args)?;
     let input = args.input.expect("required by clap");
     let output = args.output.expect("required by clap");
     let form = output_form(args.form, args.target_compression.is_some())?;
     if args.int8 && form != OutputForm::Dense {
-        bail!("--int8 writes the compact form's kernels as int8 (--form dense); the ops and fused forms compute in float");
+        usage!("--int8 writes the compact form's kernels as int8 (--form dense); the ops and fused forms compute in float");
     }
     if args.int8 && args.calibration.calibrate.is_none() {
-        bail!("--int8 measures the activations' ranges on calibration images: add --calibrate DIR --preprocess SPEC.json");
+        usage!("--int8 measures the activations' ranges on calibration images: add --calibrate DIR --preprocess SPEC.json");
     }
     if args.shared_codebook && form != OutputForm::Dense {
-        bail!("--shared-codebook shrinks the compact form (--form dense); the ops and fused forms compute every subspace's own representatives");
+        usage!("--shared-codebook shrinks the compact form (--form dense); the ops and fused forms compute every subspace's own representatives");
     }
     let params_seed = params.seed;
     let opts = ConvertOptions {
@@ -130,7 +168,7 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
         model::write_atomically(path, format!("{json}\n").as_bytes())?;
     }
     if !args.json {
-        print!("{}", convert::render(&report));
+        write!(out, "{}", convert::render(&report))?;
     }
     let verified = match args.verify {
         true => Some(verify::verify(
@@ -141,18 +179,19 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
         false => None,
     };
     match (args.json, &verified) {
-        (true, Some(v)) => println!(
+        (true, Some(v)) => writeln!(
+            out,
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({"convert": report, "verify": v}))?
         ),
-        (true, None) => println!("{json}"),
-        (false, Some(v)) => print!("{}", verify::render(v)),
-        (false, None) => {}
-    }
+        (true, None) => writeln!(out, "{json}"),
+        (false, Some(v)) => write!(out, "{}", verify::render(v)),
+        (false, None) => Ok(()),
+    }?;
     Ok(())
 }
 
-fn run_verify(args: VerifyArgs) -> Result<()> {
+fn run_verify(args: VerifyArgs, out: &mut dyn Write) -> Result<()> {
     args.data.check(false)?;
     let v = verify::verify(
         &args.original,
@@ -160,17 +199,17 @@ fn run_verify(args: VerifyArgs) -> Result<()> {
         &args.data.options(args.input_shape),
     )?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     } else {
-        print!("{}", verify::render(&v));
+        write!(out, "{}", verify::render(&v))?;
     }
     Ok(())
 }
 
-fn run_finetune(args: FinetuneCmdArgs) -> Result<()> {
+fn run_finetune(args: FinetuneCmdArgs, out: &mut dyn Write) -> Result<()> {
     for input in [&args.original, &args.converted] {
         if model::same_file(input, &args.output) {
-            bail!(
+            usage!(
                 "refusing to write {}: it is an input model; choose another output path",
                 args.output.display()
             );
@@ -192,7 +231,8 @@ fn run_finetune(args: FinetuneCmdArgs) -> Result<()> {
     };
     model::save(&tuned, &args.output, policy)?;
     match args.json {
-        true => println!(
+        true => writeln!(
+            out,
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "output": args.output.display().to_string(),
@@ -200,14 +240,14 @@ fn run_finetune(args: FinetuneCmdArgs) -> Result<()> {
             }))?
         ),
         false => {
-            print!("{}", crate::finetune::render(&report));
-            println!("wrote {}", args.output.display());
+            write!(out, "{}", crate::finetune::render(&report))?;
+            writeln!(out, "wrote {}", args.output.display())
         }
-    }
+    }?;
     Ok(())
 }
 
-fn run_stages(args: StagesArgs) -> Result<()> {
+fn run_stages(args: StagesArgs, out: &mut dyn Write) -> Result<()> {
     // Method and ratio are set per run by `stages`.
     let params = args.settings.params(Method::Dl, 2.0);
     let finetune = args
@@ -229,24 +269,24 @@ fn run_stages(args: StagesArgs) -> Result<()> {
     };
     let report = stages::run(&args.model, &opts)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        print!("{}", stages::render(&report));
+        write!(out, "{}", stages::render(&report))?;
     }
     Ok(())
 }
 
-fn run_diff(args: DiffArgs) -> Result<()> {
+fn run_diff(args: DiffArgs, out: &mut dyn Write) -> Result<()> {
     let d = diff::diff(&args.a, &args.b, &args.input_shape)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&d)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&d)?)?;
     } else {
-        print!("{}", diff::render(&d));
+        write!(out, "{}", diff::render(&d))?;
     }
     Ok(())
 }
 
-fn run_sweep(args: SweepArgs) -> Result<()> {
+fn run_sweep(args: SweepArgs, out: &mut dyn Write) -> Result<()> {
     let opts = sweep::SweepOptions {
         ratios: args.ratios,
         cs: args.c,
@@ -263,9 +303,9 @@ fn run_sweep(args: SweepArgs) -> Result<()> {
         sweep::plot_svg(&report, path)?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        print!("{}", sweep::render(&report));
+        write!(out, "{}", sweep::render(&report))?;
     }
     Ok(())
 }

@@ -97,12 +97,14 @@ pub fn install(verbose: u8, quiet: bool) {
         LevelFilter::Trace => LevelFilter::Trace,
         _ => LevelFilter::Off,
     };
-    if log::set_boxed_logger(Box::new(StderrLog { others })).is_ok() {
-        log::set_max_level(level);
-    }
-    if quiet {
-        bars().set_draw_target(ProgressDrawTarget::hidden());
-    }
+    // A front end that runs several commands in one process (the Python package) installs the
+    // sinks once and sets each command's level and bars anew.
+    let _ = log::set_boxed_logger(Box::new(StderrLog { others }));
+    log::set_max_level(level);
+    bars().set_draw_target(match quiet {
+        true => ProgressDrawTarget::hidden(),
+        false => ProgressDrawTarget::stderr(),
+    });
     progress::install(Box::new(Bars));
 }
 
@@ -146,6 +148,21 @@ fn render_level(e: &(dyn std::error::Error + 'static)) -> String {
         return format!("{}: {e}", flag(*setting));
     }
     e.to_string()
+}
+
+/// Whether `e` is about the user's settings (a flag clap or the command refused, a value out of
+/// range, a budget no setting reaches) rather than the model, the data or the machine.
+pub fn is_usage_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|level| {
+        level.is::<clap::Error>()
+            || level.is::<super::UsageError>()
+            || level.is::<InvalidSetting>()
+            || level.is::<SizeError>()
+            || matches!(
+                level.downcast_ref::<BudgetError>(),
+                Some(BudgetError::Unreachable { .. })
+            )
+    })
 }
 
 /// The whole error chain on one line, as `{:#}` prints it, each level in the CLI's words.
