@@ -298,6 +298,7 @@ fn alternate(
 ) -> Result<Vec<(f64, f64)>> {
     let mut times = Vec::with_capacity(pairs);
     for i in 0..pairs.max(1) + warmup {
+        crate::progress::checkpoint();
         let pair = (time(a, x)?, time(b, x)?);
         if i >= warmup {
             times.push(pair);

@@ -522,6 +522,7 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
         },
         policy => policy,
     };
+    crate::progress::checkpoint();
     let saved = model::save(&c.model, output, policy)?;
     let latency = match opts.measure_latency {
         // An int8 model is timed where it runs on integer kernels: ONNX Runtime.
