@@ -1,6 +1,7 @@
 //! ONNX Runtime as a second engine, loaded at run time from a shared library (nothing is linked
 //! or downloaded at build time): `ORT_DYLIB_PATH`, or the library the `onnxruntime` Python
-//! package bundles (found through `ONNX_DLQ_PYTHON` or `python3`). Users deploy to ONNX
+//! package bundles (the package the embedding Python imports, when onnx-dlq runs inside Python;
+//! otherwise found through `ONNX_DLQ_PYTHON` or `python3`). Users deploy to ONNX
 //! Runtime, so `verify --engine ort` measures accuracy and latency where the model will run.
 //!
 //! One session per worker thread, each single-threaded (`intra_op_num_threads = 1`), so a set of
@@ -25,6 +26,22 @@ const MIN_MINOR_VERSION: u32 = ort::MINOR_VERSION;
 
 /// The loaded library's path and version, or why none could be loaded (once per process).
 static RUNTIME: OnceLock<std::result::Result<(PathBuf, String), String>> = OnceLock::new();
+
+/// Where a front end embedded in Python found what ONNX Runtime needs: the `onnxruntime`
+/// package's directory and onnx-dlq's custom-op library (the Python extension module itself).
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    pub python_package: Option<PathBuf>,
+    pub custom_ops_library: Option<PathBuf>,
+}
+
+static EMBEDDED: OnceLock<Embedded> = OnceLock::new();
+
+/// Tells the engine where the embedding Python's ONNX Runtime and the custom-op library are;
+/// the environment variables still win. Set once per process: `false` if it was set already.
+pub fn set_embedded(found: Embedded) -> bool {
+    EMBEDDED.set(found).is_ok()
+}
 
 /// Finds, checks and initialises ONNX Runtime; an error saying how to provide it otherwise.
 pub fn runtime() -> Result<(&'static Path, &'static str)> {
@@ -67,13 +84,10 @@ fn locate() -> Result<PathBuf> {
         return Ok(p);
     }
     let python = std::env::var_os("ONNX_DLQ_PYTHON").unwrap_or_else(|| "python3".into());
-    let script = "import os, onnxruntime; print(os.path.dirname(onnxruntime.__file__))";
-    let found = std::process::Command::new(&python)
-        .args(["-c", script])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("capi"));
+    let embedded = EMBEDDED.get().and_then(|e| e.python_package.clone());
+    let found = embedded
+        .or_else(|| python_package(&python))
+        .map(|p| p.join("capi"));
     let not_found = || {
         anyhow!(
             "ONNX Runtime was not found: set ORT_DYLIB_PATH to a libonnxruntime shared library (1.{MIN_MINOR_VERSION} or newer), or install the `onnxruntime` Python package (`pip install onnxruntime`; its bundled library is used, found through {} — set ONNX_DLQ_PYTHON to pick another Python)",
@@ -97,6 +111,17 @@ fn locate() -> Result<PathBuf> {
         .collect();
     libs.sort();
     libs.pop().ok_or_else(not_found)
+}
+
+/// The `onnxruntime` package's directory as `python` imports it.
+fn python_package(python: &std::ffi::OsStr) -> Option<PathBuf> {
+    let script = "import os, onnxruntime; print(os.path.dirname(onnxruntime.__file__))";
+    std::process::Command::new(python)
+        .args(["-c", script])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
 }
 
 /// The version string the library reports (`OrtGetApiBase()->GetVersionString()`), read before
@@ -434,11 +459,15 @@ fn has_custom_ops(model: &OnnxModel) -> bool {
         .any(|n| n.op_type.as_deref() == Some(super::dlq_op::OP_TYPE))
 }
 
-/// onnx-dlq's custom-op library (`cargo build -p dlq-ort`): `ONNX_DLQ_ORT_LIBRARY`, or beside
+/// onnx-dlq's custom-op library (`cargo build -p dlq-ort`): `ONNX_DLQ_ORT_LIBRARY`, the Python
+/// extension module when onnx-dlq runs inside Python, or beside
 /// this executable (or its parent, for test binaries under `deps/`).
 fn custom_ops_library() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("ONNX_DLQ_ORT_LIBRARY") {
         return Ok(PathBuf::from(p));
+    }
+    if let Some(p) = EMBEDDED.get().and_then(|e| e.custom_ops_library.clone()) {
+        return Ok(p);
     }
     let name = format!(
         "{}onnx_dlq_ort{}",
