@@ -2,7 +2,8 @@
 # The full test suite, exactly as CI runs it (.ci/run calls this). It installs what it needs:
 # Rust crates through cargo (Cargo.lock pins them) and the Python packages of the ONNX Runtime
 # cross-checks (scripts/requirements-test.txt pins them) into target/venv-test, and cargo-fuzz
-# for the closing fuzz smoke (pinned version, from crates.io).
+# for the closing fuzz smoke (pinned version, from crates.io); the Python package's wheel is built
+# with maturin and tested in its own venv (scripts/test_wheel.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=target/venv-test
@@ -22,6 +23,8 @@ mkdir -p target
 cargo test --locked --workspace -- --nocapture 2>&1 | tee target/test.log
 # The kernels' tests again with overflow checks and debug assertions on (Cargo.toml, "checked").
 cargo test --locked -p dlq-kernels --profile checked
+# The Python package: the wheel built, installed into a new venv and tested with pytest.
+scripts/test_wheel.sh
 # Coverage-guided fuzz smoke on the stable toolchain (no sanitizer): 60 s of libFuzzer over the
 # seed corpus; new inputs go to target/fuzz-corpus, a crash fails the run (docs/GUIDE.md, "Fuzzing").
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -48,9 +51,9 @@ fi
 grep -a "^Done" target/fuzz-kernel.log
 echo "== summary"
 grep -a "^kernel path" target/test.log || echo "no kernel path reported"
-if grep -aq "SKIPPED" target/test.log; then
+if grep -aq "SKIPPED" target/test.log target/pytest.log; then
   echo "skipped:"
-  grep -a "SKIPPED" target/test.log | sort | uniq
+  grep -ah "SKIPPED" target/test.log target/pytest.log | sort | uniq
 else
   echo "skipped: none"
 fi
