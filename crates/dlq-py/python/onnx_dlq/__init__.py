@@ -9,7 +9,7 @@ report is the command's ``--json`` output as a dict. ``docs/CLI.md`` lists every
 >>> model, report = onnx_dlq.convert("squeezenet1.1.onnx", layers=["fire8/expand3x3"], form="fused")
 >>> so = ort.SessionOptions()
 >>> so.register_custom_ops_library(onnx_dlq.get_library_path())
->>> session = ort.InferenceSession(model.SerializeToString(), so)
+>>> session = ort.InferenceSession(model, so)
 
 Settings that cannot work raise ``ValueError``; a model that cannot be converted raises
 :class:`ConversionError`. Both carry the command line's message. Long work releases the GIL and
@@ -73,8 +73,8 @@ def convert(
     """Converts ``model`` and returns ``(converted, report)``.
 
     ``model`` is a path, the model's bytes or an ``onnx.ModelProto``. The converted model comes
-    back as bytes for bytes and as an ``onnx.ModelProto`` otherwise (which needs the ``onnx``
-    package). ``layers`` names the layers to convert (Conv and fully connected, by node, output or
+    back as an ``onnx.ModelProto`` for a ModelProto, and as its bytes otherwise (what
+    ``onnxruntime.InferenceSession`` takes; ``onnx.load_from_string`` reads them). ``layers`` names the layers to convert (Conv and fully connected, by node, output or
     weight name); ``None`` or ``"all"`` converts every layer the method applies to. A keyword left at ``None`` takes the
     command's default (``method="dl"``, ``ratio=2``, ``form="ops"``, ``seed=0``, ...); any
     other flag of ``onnx-dlq convert`` is accepted by its name (``int8=True``,
@@ -194,24 +194,19 @@ def _model_path(model: ModelLike, folder: str) -> str:
 
 
 def _model_like(model: ModelLike, path: str, folder: str) -> ModelLike:
-    """The converted file at ``path`` in the kind ``model`` was given in."""
-    if isinstance(model, (bytes, bytearray, memoryview)):
-        beside = set(os.listdir(folder)) - {"model.onnx", os.path.basename(path)}
-        if beside:
-            raise ConversionError(
-                "the converted model keeps its weights in external data files, which bytes "
-                "cannot carry: use convert_file(), or pass an onnx.ModelProto"
-            )
-        with open(path, "rb") as f:
-            return f.read()
-    try:
-        import onnx
-    except ImportError as e:
-        raise ImportError(
-            "convert() returns an onnx.ModelProto for a path or a ModelProto: pip install onnx, "
-            "pass the model as bytes, or use convert_file()"
-        ) from e
-    return onnx.load(path)
+    """The converted file at ``path``: an ``onnx.ModelProto`` for a ModelProto, else bytes."""
+    if hasattr(model, "SerializeToString"):
+        import onnx  # the caller has it: it passed a ModelProto
+
+        return onnx.load(path)
+    beside = set(os.listdir(folder)) - {"model.onnx", os.path.basename(path)}
+    if beside:
+        raise ConversionError(
+            "the converted model keeps its weights in external data files, which bytes "
+            "cannot carry: use convert_file(), or pass an onnx.ModelProto"
+        )
+    with open(path, "rb") as f:
+        return f.read()
 
 
 _RUNTIME_SET = False
