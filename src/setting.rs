@@ -27,6 +27,8 @@ pub enum Setting {
     InputShape,
     ChannelScale,
     F16Palette,
+    MaxMemory,
+    FinetuneSamples,
 }
 
 impl Setting {
@@ -53,6 +55,8 @@ impl Setting {
             Setting::InputShape => "the input shape",
             Setting::ChannelScale => "the per-channel scale",
             Setting::F16Palette => "the float16 palette",
+            Setting::MaxMemory => "the memory cap",
+            Setting::FinetuneSamples => "the number of fine-tuning images",
         }
     }
 }

@@ -65,3 +65,78 @@ fn a_720_model_converts_within_4_gib() {
         .unwrap();
     assert!(checked.status.success(), "{}", common::stderr(&checked));
 }
+
+/// The default model's images: 360 inputs of [1, 3, 8, 8] float32, 276 KB in all.
+fn digits(tail: &[&str]) -> (std::process::Output, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = common::repo();
+    let model = common::default_model();
+    let out = tmp.path().join("out.onnx");
+    let data = repo.join("models/digits-test");
+    let spec = repo.join("models/digits-cnn.preprocess.json");
+    let mut args: Vec<String> = vec![];
+    for a in tail {
+        args.push(
+            a.replace("{model}", common::path_str(&model))
+                .replace("{out}", common::path_str(&out))
+                .replace("{data}", common::path_str(&data))
+                .replace("{spec}", common::path_str(&spec)),
+        );
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    (common::run(&refs), tmp)
+}
+
+#[test]
+fn images_beyond_the_memory_cap_stop_the_command_before_it_starts() {
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["{model}", "{out}", "--all", "--calibrate", "{data}", "--preprocess", "{spec}"],
+            "the 256 calibration images ([1, 3, 8, 8] each, as float32) would take 197 KB, and 50 KB is available (the memory cap set for this run); nothing was started [--calib-samples, --max-memory]",
+        ),
+        (
+            &["verify", "{model}", "{model}", "--data", "{data}", "--preprocess", "{spec}"],
+            "the 360 images to evaluate ([1, 3, 8, 8] each, as float32) would take 276 KB, and 50 KB is available (the memory cap set for this run); nothing was started [--samples, --max-memory]",
+        ),
+        (
+            &["{model}", "{out}", "--all", "--finetune", "{data}", "--preprocess", "{spec}"],
+            "fine-tuning images",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut capped = args.to_vec();
+        capped.extend(["--max-memory", "50K"]);
+        let (o, tmp) = digits(&capped);
+        let err = common::stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+        assert!(!tmp.path().join("out.onnx").exists(), "{args:?}");
+    }
+}
+
+#[test]
+fn a_cap_that_leaves_room_lets_the_command_run() {
+    let (o, tmp) = digits(&[
+        "{model}",
+        "{out}",
+        "--all",
+        "--calibrate",
+        "{data}",
+        "--preprocess",
+        "{spec}",
+        "--calib-samples",
+        "64",
+        "--max-memory",
+        "4GiB",
+        "--no-latency",
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(tmp.path().join("out.onnx").exists());
+    let (bad, _) = digits(&["{model}", "{out}", "--all", "--max-memory", "lots"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        common::stderr(&bad).contains("`lots` is not a size"),
+        "{}",
+        common::stderr(&bad)
+    );
+}

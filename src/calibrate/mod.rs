@@ -25,13 +25,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use ndarray::{Array4, ArrayD};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::select::ConvLayer;
 use crate::codebook::Codebook;
 use crate::engine::Engine;
-use crate::eval::data::{LabelledSet, PreprocessSpec};
+use crate::eval::data::{preprocess_all, LabelledSet, PreprocessSpec};
 use crate::eval::seen::{ImageSelection, SeenImages};
 use crate::onnx::model::OnnxModel;
 use crate::setting::{require, Setting};
@@ -153,6 +152,8 @@ pub fn load_inputs(opts: &CalibrationOptions) -> Result<Vec<ArrayD<f32>>> {
         &opts.preprocess,
         Some(opts.samples),
         opts.select,
+        "calibration images",
+        Setting::CalibSamples,
     )?;
     if opts.select == ImageSelection::First {
         warn_if_few_classes(
@@ -192,33 +193,23 @@ pub fn warn_if_few_classes(dir: &Path, count: usize, what: &str, remedy: &str) {
 }
 
 /// `limit` (all when `None`) images of a folder read like [`image_files`], taken by `select`,
-/// each preprocessed into a [1, C, H, W] input; all must give the same shape.
+/// each preprocessed into a [1, C, H, W] input; all must give the same shape, and all must fit
+/// in memory (`what` they are for and the `count` setting name them when they do not).
 pub fn preprocessed_images(
     dir: &Path,
     preprocess: &Path,
     limit: Option<usize>,
     select: ImageSelection,
+    what: &str,
+    count: Setting,
 ) -> Result<Vec<Array4<f32>>> {
     let all = image_files(dir)?;
     let spec = PreprocessSpec::load(preprocess)?;
     let n = limit.unwrap_or(all.len()).min(all.len());
-    let files: Vec<&PathBuf> = select
+    let files: Vec<&Path> = select
         .indices(all.len(), n)
         .into_iter()
-        .map(|i| &all[i])
+        .map(|i| all[i].as_path())
         .collect();
-    let images: Vec<Array4<f32>> = files
-        .par_iter()
-        .map(|p| spec.apply(p))
-        .collect::<Result<_>>()?;
-    for (x, p) in images.iter().zip(&files) {
-        ensure!(
-            x.shape() == images[0].shape(),
-            "image {} gives an input of shape {:?}, the first gives {:?}",
-            p.display(),
-            x.shape(),
-            images[0].shape()
-        );
-    }
-    Ok(images)
+    preprocess_all(&spec, preprocess, &files, what, count)
 }

@@ -15,6 +15,40 @@ pub mod sink;
 pub use run::{main, run};
 pub use sink::{is_usage_error, render_error};
 
+/// A size in bytes: a number with an optional unit, K/M/G/T (powers of 1000, `B` optional) or
+/// KiB/MiB/GiB/TiB (powers of 1024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (e.g. 4G, 512M, 3.5GiB)"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024f64.powi(2),
+        "gib" => 1024f64.powi(3),
+        "tib" => 1024f64.powi(4),
+        other => {
+            return Err(format!(
+                "`{other}` is not a unit of size (K, M, G, T, KiB, MiB, GiB, TiB)"
+            ))
+        }
+    };
+    let bytes = value * scale;
+    match bytes >= 1.0 && bytes < u64::MAX as f64 {
+        true => Ok(bytes as u64),
+        false => Err(format!("`{text}` is not a usable amount of memory")),
+    }
+}
+
 /// Flags that parse but cannot work together (`--int8` without `--calibrate`, say): clap's own
 /// usage errors' sibling, found once the arguments are read.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +92,12 @@ pub struct Cli {
     /// Only warnings and errors on stderr, no progress bars.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// Memory this run may use (e.g. 4G, 512M, 3.5GiB; bytes without a unit): a step that would
+    /// need more (images loaded for calibration, fine-tuning or evaluation; timing a large
+    /// model) stops, or is skipped, before it starts. Default: what the system can give
+    /// (MemAvailable, ulimit -v, the cgroup's memory.max).
+    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<u64>,
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
@@ -612,4 +652,20 @@ pub struct SweepArgs {
     /// Plot error vs ρ per method to this SVG file.
     #[arg(long, value_name = "F.svg")]
     pub plot: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_decimal_and_binary_units() {
+        assert_eq!(parse_size("4G"), Ok(4_000_000_000));
+        assert_eq!(parse_size("3.5GiB"), Ok(3_758_096_384));
+        assert_eq!(parse_size("512m"), Ok(512_000_000));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("four").unwrap_err().contains("not a size"));
+        assert!(parse_size("4X").unwrap_err().contains("not a unit"));
+        assert!(parse_size("0").is_err());
+    }
 }

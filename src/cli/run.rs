@@ -45,6 +45,7 @@ where
 
 fn run_parsed(cli: Cli, out: &mut dyn Write) -> Result<()> {
     sink::install(cli.verbose, cli.quiet);
+    crate::engine::memory::set_cap(cli.max_memory);
     match cli.command {
         Some(Command::Inspect(args)) => run_inspect(args, out),
         Some(Command::Convert(args)) => run_convert(args, out),

@@ -9,6 +9,7 @@ use log::{Level, LevelFilter, Log, Metadata, Record};
 
 use crate::calibrate::budget::BudgetError;
 use crate::codebook::SizeError;
+use crate::engine::memory::MemoryError;
 use crate::progress::{self, ProgressBar, ProgressSink};
 use crate::setting::{InvalidSetting, Setting};
 
@@ -131,6 +132,8 @@ pub fn flag(setting: Setting) -> &'static str {
         Setting::InputShape => "--input-shape",
         Setting::ChannelScale => "--channel-scale",
         Setting::F16Palette => "--f16-palette",
+        Setting::MaxMemory => "--max-memory",
+        Setting::FinetuneSamples => "--finetune-samples",
     }
 }
 
@@ -143,6 +146,10 @@ fn render_level(e: &(dyn std::error::Error + 'static)) -> String {
     if let Some(s) = e.downcast_ref::<SizeError>() {
         let flags: Vec<&str> = s.remedies().iter().map(|&r| flag(r)).collect();
         return format!("{s} [{}]", flags.join(", "));
+    }
+    if let Some(m) = e.downcast_ref::<MemoryError>() {
+        let flags: Vec<&str> = m.remedies.iter().map(|&r| flag(r)).collect();
+        return format!("{m} [{}]", flags.join(", "));
     }
     if let Some(BudgetError::Unreachable { setting, .. }) = e.downcast_ref::<BudgetError>() {
         return format!("{}: {e}", flag(*setting));

@@ -8,7 +8,82 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use image::imageops::FilterType;
 use ndarray::{Array4, ArrayD};
+use rayon::prelude::*;
 use serde::Deserialize;
+
+use crate::engine::memory;
+use crate::setting::Setting;
+
+/// The share of the available memory a set of preprocessed images may take: the runs that use
+/// them (engines' tensors, statistics, training) need the rest.
+pub const IMAGES_MEMORY_SHARE: f64 = 0.5;
+
+/// `paths` preprocessed by `spec` (read from `spec_path`), all of one shape. The first image is
+/// preprocessed alone: it gives the size of each, and when all of them would take more than
+/// [`IMAGES_MEMORY_SHARE`] of the memory available the load stops before it starts, with a
+/// [`memory::MemoryError`] naming `what` and `count` (the setting that takes fewer).
+pub fn preprocess_all(
+    spec: &PreprocessSpec,
+    spec_path: &Path,
+    paths: &[&Path],
+    what: &str,
+    count: Setting,
+) -> Result<Vec<Array4<f32>>> {
+    let Some((first_path, rest)) = paths.split_first() else {
+        return Ok(Vec::new());
+    };
+    let first = spec.apply(first_path)?;
+    let need = (first.len() as u64 * 4).saturating_mul(paths.len() as u64);
+    memory::check_fits(
+        || {
+            format!(
+                "the {} {what} ({:?} each, as float32)",
+                paths.len(),
+                first.shape()
+            )
+        },
+        need,
+        IMAGES_MEMORY_SHARE,
+        &[count],
+    )?;
+    let rest: Vec<Array4<f32>> = rest
+        .par_iter()
+        .map(|p| spec.apply(p))
+        .collect::<Result<_>>()?;
+    for (x, path) in rest.iter().zip(rest_paths(paths)) {
+        ensure!(
+            x.shape() == first.shape(),
+            "image {} gives an input of shape {:?}, the first gives {:?}: add `center_crop` to {}",
+            path.display(),
+            x.shape(),
+            first.shape(),
+            spec_path.display()
+        );
+    }
+    Ok(std::iter::once(first).chain(rest).collect())
+}
+
+/// `Err(MemoryError)` when `n` inputs of `shape` as float32 would take more than
+/// [`IMAGES_MEMORY_SHARE`] of the memory available; `what` they are for and the `count` setting
+/// name them.
+pub fn check_images_fit(
+    n: usize,
+    shape: &[usize],
+    what: &str,
+    count: Setting,
+) -> Result<(), memory::MemoryError> {
+    let each = shape.iter().fold(4u64, |b, &d| b.saturating_mul(d as u64));
+    memory::check_fits(
+        || format!("the {n} {what} ({shape:?} each, as float32)"),
+        each.saturating_mul(n as u64),
+        IMAGES_MEMORY_SHARE,
+        &[count],
+    )
+}
+
+fn rest_paths<'a>(paths: &'a [&'a Path]) -> impl Iterator<Item = &'a Path> + 'a {
+    paths.iter().skip(1).copied()
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum ChannelOrder {

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::analysis::shapes::InputShape;
 use crate::engine::{self, Engine, Run};
-use crate::eval::data::{top_k, LabelledSet, PreprocessSpec};
+use crate::eval::data::{preprocess_all, top_k, LabelledSet, PreprocessSpec};
 use crate::eval::seen;
 use crate::onnx::model::OnnxModel;
 use crate::progress;
@@ -107,21 +107,18 @@ impl EvalSet {
         );
         let n = samples.unwrap_or(set.items.len()).min(set.items.len());
         require(n > 0, Setting::Samples, || "must be at least 1".into())?;
-        let inputs: Vec<ArrayD<f32>> = set.items[..n]
-            .par_iter()
-            .map(|(path, _)| spec.apply(path).map(|a| a.into_dyn()))
-            .collect::<Result<_>>()?;
+        let paths: Vec<&Path> = set.items[..n].iter().map(|(p, _)| p.as_path()).collect();
+        let inputs: Vec<ArrayD<f32>> = preprocess_all(
+            &spec,
+            spec_path,
+            &paths,
+            "images to evaluate",
+            Setting::Samples,
+        )?
+        .into_iter()
+        .map(|a| a.into_dyn())
+        .collect();
         let input_shape = inputs[0].shape().to_vec();
-        for (x, (path, _)) in inputs.iter().zip(&set.items) {
-            ensure!(
-                x.shape() == input_shape.as_slice(),
-                "image {} gives an input of shape {:?}, the first gives {:?}: add `center_crop` to {}",
-                path.display(),
-                x.shape(),
-                input_shape,
-                spec_path.display()
-            );
-        }
         // What the images give against what the model declares, named here rather than
         // deep in tract's shape inference.
         if let Some(declared) = declared_dims(model, &spec.input) {

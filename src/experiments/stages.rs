@@ -87,6 +87,9 @@ pub struct StagesReport {
     pub samples: usize,
     pub stages: Vec<(String, Vec<String>)>,
     pub rows: Vec<StageRow>,
+    /// The process's peak resident memory over every conversion and evaluation (Linux's
+    /// VmHWM), when the system says.
+    pub peak_memory_bytes: Option<u64>,
 }
 
 /// The convertible layers of each stage, in graph order.
@@ -226,6 +229,7 @@ pub fn run(path: &Path, opts: &StagesOptions) -> Result<StagesReport> {
         samples: base.set.len(),
         stages,
         rows,
+        peak_memory_bytes: crate::engine::memory::peak_memory_bytes(),
     })
 }
 
@@ -473,6 +477,9 @@ pub fn render(r: &StagesReport) -> String {
                 cells.join(" | ")
             );
         }
+    }
+    if let Some(bytes) = r.peak_memory_bytes {
+        let _ = writeln!(s, "\npeak memory {:.0} MB", bytes as f64 / 1e6);
     }
     s
 }

@@ -168,8 +168,19 @@ pub fn preflight(model: &OnnxModel, opts: &FinetuneOptions) -> Result<()> {
             &opts.preprocess,
             Some(1),
             ImageSelection::First,
+            "fine-tuning images",
+            crate::setting::Setting::FinetuneSamples,
         )?;
         graph.check_backward(&first[0].clone().into_dyn())?;
+        // The images are loaded after the conversion: their memory is checked before it.
+        let all = calibrate::image_files(&opts.data)?.len();
+        let n = opts.samples.map_or(all, |s| s.min(all));
+        crate::eval::data::check_images_fit(
+            n,
+            first[0].shape(),
+            "fine-tuning images",
+            crate::setting::Setting::FinetuneSamples,
+        )?;
     }
     #[cfg(not(feature = "finetune"))]
     anyhow::bail!(

@@ -241,7 +241,14 @@ impl Trainer<'_> {
 /// when they hold few of a labelled folder's classes.
 fn load_images(opts: &FinetuneOptions) -> Result<Vec<Array4<f32>>> {
     let (dir, first) = (&opts.data, ImageSelection::First);
-    let images = calibrate::preprocessed_images(dir, &opts.preprocess, opts.samples, first)?;
+    let images = calibrate::preprocessed_images(
+        dir,
+        &opts.preprocess,
+        opts.samples,
+        first,
+        "fine-tuning images",
+        crate::setting::Setting::FinetuneSamples,
+    )?;
     let remedy = "no --finetune-samples (all the images)";
     calibrate::warn_if_few_classes(dir, images.len(), "fine-tuning", remedy);
     Ok(images)
