@@ -55,6 +55,22 @@ fn a_720_model_converts_within_4_gib() {
         err.contains("latency not measured") && err.contains("is available"),
         "{err}"
     );
+    // Verifying the standard-operator form at 720×720 would hold more than the limit in its
+    // parallel runs: it stops before running, saying so, instead of meeting the limit.
+    let v = under_limit(&[
+        "verify",
+        common::path_str(&model),
+        common::path_str(&out),
+        "--engine",
+        "ort",
+    ]);
+    let err = common::stderr(&v);
+    assert_eq!(v.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("inputs at once")
+            && err.contains("(the address-space limit (ulimit -v)); nothing was started"),
+        "{err}"
+    );
     let checked = Command::new(&python)
         .args([
             "-c",
@@ -103,6 +119,13 @@ fn images_beyond_the_memory_cap_stop_the_command_before_it_starts() {
             "fine-tuning images",
         ),
     ];
+    let (o, _) = digits(&["verify", "{model}", "{model}", "--max-memory", "10K"]);
+    let err = common::stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("inputs at once") && err.ends_with("[--max-memory]\n"),
+        "{err}"
+    );
     for (args, expected) in cases {
         let mut capped = args.to_vec();
         capped.extend(["--max-memory", "50K"]);

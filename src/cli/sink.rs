@@ -149,7 +149,10 @@ fn render_level(e: &(dyn std::error::Error + 'static)) -> String {
     }
     if let Some(m) = e.downcast_ref::<MemoryError>() {
         let flags: Vec<&str> = m.remedies.iter().map(|&r| flag(r)).collect();
-        return format!("{m} [{}]", flags.join(", "));
+        return match flags.is_empty() {
+            true => m.to_string(),
+            false => format!("{m} [{}]", flags.join(", ")),
+        };
     }
     if let Some(BudgetError::Unreachable { setting, .. }) = e.downcast_ref::<BudgetError>() {
         return format!("{}: {e}", flag(*setting));

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::analysis::shapes::InputShape;
-use crate::engine::{self, Engine, Run};
+use crate::engine::{self, memory, Engine, Run};
 use crate::eval::data::{preprocess_all, top_k, LabelledSet, PreprocessSpec};
 use crate::eval::seen;
 use crate::onnx::model::OnnxModel;
@@ -309,6 +309,33 @@ pub struct VerifyReport {
     pub peak_memory_bytes: Option<u64>,
 }
 
+/// The share of the available memory the parallel runs of one model may take, at most (the
+/// images and the other model's outputs need the rest).
+const RUNS_MEMORY_SHARE: f64 = 0.5;
+
+/// Stops before `model` runs when its tensors at `input_shape`, all alive in each of the
+/// parallel runs (an engine's upper bound), would take more than [`RUNS_MEMORY_SHARE`] of the
+/// memory available. A model whose shapes cannot be inferred here is left to the engine.
+fn check_runs_fit(model: &OnnxModel, input_shape: &[usize]) -> Result<()> {
+    let fixed = [InputShape {
+        name: None,
+        dims: input_shape.to_vec(),
+    }];
+    let Ok(shapes) = shapes::infer(model, &fixed) else {
+        return Ok(());
+    };
+    let parallel = rayon::current_num_threads().max(1);
+    let need = memory::tensors_bytes(&shapes.shapes).saturating_mul(parallel as u64);
+    Ok(memory::check_fits(
+        || {
+            format!("running it on {parallel} inputs at once (every tensor at input {input_shape:?}, alive in each run; RAYON_NUM_THREADS=1 runs one at a time)")
+        },
+        need,
+        RUNS_MEMORY_SHARE,
+        &[],
+    )?)
+}
+
 pub fn verify(original: &Path, converted: &Path, opts: &VerifyOptions) -> Result<VerifyReport> {
     let a = model::load(original)?;
     let b = model::load(converted)?;
@@ -329,6 +356,9 @@ pub fn verify(original: &Path, converted: &Path, opts: &VerifyOptions) -> Result
         ),
     }
     .with_context(|| format!("verifying {}", original.display()))?;
+    for (m, path) in [(&a, original), (&b, converted)] {
+        check_runs_fit(m, &set.input_shape).with_context(|| path.display().to_string())?;
+    }
     let (engine, ra) = engine::prepare_in_either(opts.engine, &a, &set.input_shape)
         .with_context(|| original.display().to_string())?;
     let rb = engine::prepare(engine, &b, &set.input_shape)
