@@ -23,6 +23,11 @@ use super::InputStats;
 /// codebook, and the conversion says so.
 pub const MAX_PATCH_DIM: usize = 2304;
 
+/// Patch values (positions × D) im2col lays out at once: a high-resolution image's patches are
+/// taken a block of output rows at a time (a 720×720 input to a 32-channel 3 × 3 layer has 155 M
+/// of them, 600 MB as one matrix per model and per image in flight).
+const PATCH_BLOCK: usize = 1 << 24;
+
 /// Where a Conv's patches come from: its kernel size, strides, dilations and resolved pads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PatchGeometry {
@@ -82,14 +87,33 @@ impl PatchGeometry {
     /// Every patch of one image [N, H, W] as the rows of a [positions, D] matrix (zeros where
     /// a patch reaches into the padding).
     pub fn im2col(&self, x: ArrayView3<f32>) -> Array2<f32> {
+        let (_, h, w) = x.dim();
+        self.im2col_rows(x, 0..self.output_size([h, w])[0])
+    }
+
+    /// The output rows of one image, `block` values or fewer at a time (one block for
+    /// every image up to about 16 M patch values, so that those sum exactly as one matrix).
+    fn row_blocks(&self, in_hw: [usize; 2], block: usize) -> Vec<std::ops::Range<usize>> {
+        let [oh, ow] = self.output_size(in_hw);
+        let per_row = (ow * self.dim()).max(1);
+        let rows = (block / per_row).clamp(1, oh.max(1));
+        (0..oh)
+            .step_by(rows)
+            .map(|r| r..(r + rows).min(oh))
+            .collect()
+    }
+
+    /// The patches of output rows `rows` of one image, as [`PatchGeometry::im2col`] lays them.
+    fn im2col_rows(&self, x: ArrayView3<f32>, rows: std::ops::Range<usize>) -> Array2<f32> {
         let (n, h, w) = x.dim();
         debug_assert_eq!(n, self.channels);
-        let [oh, ow] = self.output_size([h, w]);
+        let [_, ow] = self.output_size([h, w]);
         let [kh, kw] = self.kernel;
-        let mut cols = Array2::<f32>::zeros((oh * ow, self.dim()));
-        for oy in 0..oh {
+        let first = rows.start;
+        let mut cols = Array2::<f32>::zeros((rows.len() * ow, self.dim()));
+        for oy in rows {
             for ox in 0..ow {
-                let mut row = cols.row_mut(oy * ow + ox);
+                let mut row = cols.row_mut((oy - first) * ow + ox);
                 for u in 0..kh {
                     let y = (oy * self.strides[0] + u * self.dilations[0]) as isize
                         - self.pads[0].0 as isize;
@@ -155,24 +179,31 @@ impl PatchStats {
             converted.shape()
         );
         let same = original == converted;
-        let d = g.dim();
-        let mut s = PatchStats::zeros(d);
+        let mut s = PatchStats::zeros(g.dim());
+        let blocks = g.row_blocks([original.shape()[2], original.shape()[3]], PATCH_BLOCK);
         for i in 0..original.shape()[0] {
-            let pc = g.im2col(image(converted, i)?);
-            let converted_gram = gram(&pc, &pc);
-            let (po, cross, original_gram) = if same {
-                (None, converted_gram.clone(), converted_gram.clone())
-            } else {
-                let po = g.im2col(image(original, i)?);
-                let (c, o) = (gram(&po, &pc), gram(&po, &po));
-                (Some(po), c, o)
-            };
-            s.positions += pc.nrows() as u64;
-            let sum_c = column_sums(&pc);
-            let sum_o = po.as_ref().map_or_else(|| sum_c.clone(), column_sums);
-            s.add(&sum_o, &sum_c, &original_gram, &cross, &converted_gram);
+            let (xc, xo) = (image(converted, i)?, image(original, i)?);
+            for rows in &blocks {
+                let pc = g.im2col_rows(xc, rows.clone());
+                let po = (!same).then(|| g.im2col_rows(xo, rows.clone()));
+                s.add_patches(po.as_ref(), &pc);
+            }
         }
         Ok(s)
+    }
+
+    /// Adds the moments of one block of patches: the original model's `po` (`None` when they
+    /// are the converted model's `pc`).
+    fn add_patches(&mut self, po: Option<&Array2<f32>>, pc: &Array2<f32>) {
+        let converted_gram = gram(pc, pc);
+        let (cross, original_gram) = match po {
+            None => (converted_gram.clone(), converted_gram.clone()),
+            Some(po) => (gram(po, pc), gram(po, po)),
+        };
+        self.positions += pc.nrows() as u64;
+        let sum_c = column_sums(pc);
+        let sum_o = po.map_or_else(|| sum_c.clone(), column_sums);
+        self.add(&sum_o, &sum_c, &original_gram, &cross, &converted_gram);
     }
 
     fn zeros(d: usize) -> PatchStats {
@@ -293,6 +324,34 @@ pub fn collect(
 mod tests {
     use super::*;
     use ndarray::Array3;
+
+    /// Blocks of output rows cover every row once, and their patches stacked are the image's.
+    #[test]
+    fn row_blocks_tile_the_image_patches() {
+        let x = Array3::from_shape_fn((2, 7, 6), |(c, y, x)| (c * 100 + y * 10 + x) as f32);
+        let g = PatchGeometry {
+            channels: 2,
+            kernel: [3, 2],
+            strides: [2, 1],
+            dilations: [1, 2],
+            pads: [(1, 1), (0, 2)],
+        };
+        let whole = g.im2col(x.view());
+        // One output row holds 6 positions × 12 values: blocks of 2, 1 and all rows.
+        for (block, count) in [(150, 2), (10, 4), (1 << 24, 1)] {
+            let blocks = g.row_blocks([7, 6], block);
+            assert_eq!(blocks.len(), count, "{block}: {blocks:?}");
+            let parts: Vec<Array2<f32>> = blocks
+                .into_iter()
+                .map(|r| g.im2col_rows(x.view(), r))
+                .collect();
+            let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+            assert_eq!(
+                ndarray::concatenate(ndarray::Axis(0), &views).unwrap(),
+                whole
+            );
+        }
+    }
 
     /// im2col against the direct formula: every row is the patch a Conv output value reads.
     #[test]
