@@ -3,6 +3,7 @@
 //! must be above 1"); the CLI maps a [`Setting`] to its flag (`--ratio`).
 
 use std::fmt;
+use std::sync::OnceLock;
 
 /// A setting a user chooses, whatever front end sets it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,19 @@ pub enum Setting {
     F16Palette,
     MaxMemory,
     FinetuneSamples,
+    SharedCodebook,
+    Form,
+    ExcludeFc,
+    Engine,
+    CalibSelect,
+    Epochs,
+    Batch,
+    LearningRate,
+    SoftTemperature,
+    SoftAssignments,
+    FinetuneLabels,
+    KeepOnDivergence,
+    Finetune,
 }
 
 impl Setting {
@@ -57,7 +71,39 @@ impl Setting {
             Setting::F16Palette => "the float16 palette",
             Setting::MaxMemory => "the memory cap",
             Setting::FinetuneSamples => "the number of fine-tuning images",
+            Setting::SharedCodebook => "a shared codebook",
+            Setting::Form => "the output form",
+            Setting::ExcludeFc => "leaving fully connected layers out",
+            Setting::Engine => "the engine",
+            Setting::CalibSelect => "the choice of calibration images",
+            Setting::Epochs => "the number of epochs",
+            Setting::Batch => "the batch size",
+            Setting::LearningRate => "the learning rate",
+            Setting::SoftTemperature => "the soft-assignment temperature",
+            Setting::SoftAssignments => "soft assignments",
+            Setting::FinetuneLabels => "training on the labels",
+            Setting::KeepOnDivergence => "keeping the best parameters when training diverges",
+            Setting::Finetune => "fine-tuning",
         }
+    }
+}
+
+/// How the front end names a setting in messages (the command line: its flag).
+static NAMER: OnceLock<fn(Setting) -> &'static str> = OnceLock::new();
+
+/// Installs how settings are named in the library's messages for the rest of the process;
+/// `false` if a namer was installed already. Without one, [`Setting::describe`] names them.
+pub fn install_namer(namer: fn(Setting) -> &'static str) -> bool {
+    NAMER.set(namer).is_ok()
+}
+
+/// `setting` as the front end names it: `--input-shape` on the command line, "the input
+/// shape" for a library user that installed no namer. Messages that point at another setting
+/// than the one they are about name it through this.
+pub fn name(setting: Setting) -> &'static str {
+    match NAMER.get() {
+        Some(namer) => namer(setting),
+        None => setting.describe(),
     }
 }
 

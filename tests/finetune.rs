@@ -511,7 +511,7 @@ fn finetune_subcommand_refuses_what_it_cannot_train_before_any_work() {
         .output()
         .unwrap();
     assert!(
-        common::stderr(&o).contains("re-assigns Γ"),
+        common::stderr(&o).contains("--soft-assignments re-assign Γ"),
         "{}",
         common::stderr(&o)
     );

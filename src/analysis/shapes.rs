@@ -126,8 +126,9 @@ pub fn infer(model: &OnnxModel, overrides: &[InputShape]) -> Result<ShapeMap> {
                     why,
                 };
                 map.assumptions.push(format!(
-                    "{}: the conversion works at any size; figures that need the size are unknown (--input-shape {} gives them)",
+                    "{}: the conversion works at any size; figures that need the size are unknown ({} {} gives them)",
                     d.describe(),
+                    crate::setting::name(crate::setting::Setting::InputShape),
                     d.shape_hint()
                 ));
                 map.dynamic_inputs.push(d);

@@ -160,7 +160,7 @@ pub fn load_inputs(opts: &CalibrationOptions) -> Result<Vec<ArrayD<f32>>> {
             &opts.data,
             images.len(),
             "calibration",
-            "--calib-select spread",
+            &format!("{} spread", crate::setting::name(Setting::CalibSelect)),
         );
     }
     Ok(images.into_iter().map(|a| a.into_dyn()).collect())

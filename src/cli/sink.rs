@@ -107,6 +107,7 @@ pub fn install(verbose: u8, quiet: bool) {
         false => ProgressDrawTarget::stderr(),
     });
     progress::install(Box::new(Bars));
+    crate::setting::install_namer(flag);
 }
 
 /// The flag that sets `setting`.
@@ -134,6 +135,19 @@ pub fn flag(setting: Setting) -> &'static str {
         Setting::F16Palette => "--f16-palette",
         Setting::MaxMemory => "--max-memory",
         Setting::FinetuneSamples => "--finetune-samples",
+        Setting::SharedCodebook => "--shared-codebook",
+        Setting::Form => "--form",
+        Setting::ExcludeFc => "--exclude-fc",
+        Setting::Engine => "--engine",
+        Setting::CalibSelect => "--calib-select",
+        Setting::Epochs => "--epochs",
+        Setting::Batch => "--batch",
+        Setting::LearningRate => "--lr",
+        Setting::SoftTemperature => "--soft-temperature",
+        Setting::SoftAssignments => "--soft-assignments",
+        Setting::FinetuneLabels => "--finetune-labels",
+        Setting::KeepOnDivergence => "--finetune-keep-on-divergence",
+        Setting::Finetune => "--finetune",
     }
 }
 

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::setting::{require, InvalidSetting, Setting};
+use crate::setting::{self, require, InvalidSetting, Setting};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -105,14 +105,21 @@ impl ClusterParams {
             !self.channel_scale || self.shared,
             Setting::ChannelScale,
             || {
-                "needs a shared codebook (--shared-codebook): per-channel scales multiply a palette"
-                    .into()
+                format!(
+                    "needs {}: per-channel scales multiply a palette",
+                    setting::name(Setting::SharedCodebook)
+                )
             },
         )?;
         require(
             !self.f16_palette || self.shared,
             Setting::F16Palette,
-            || "needs a shared codebook (--shared-codebook): it stores a palette in float16".into(),
+            || {
+                format!(
+                    "needs {}: it stores a palette in float16",
+                    setting::name(Setting::SharedCodebook)
+                )
+            },
         )?;
         if self.method == Method::Dl {
             require(self.alpha > 0, Setting::Alpha, || {

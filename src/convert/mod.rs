@@ -26,6 +26,7 @@ use crate::finetune::{self, FinetuneOptions, FinetuneReport};
 use crate::lower::{self, GraphPatch};
 use crate::onnx::model::{self, ExternalData, OnnxModel};
 use crate::quantize::{self, Int8Options, Int8Report};
+use crate::setting::{self, Setting};
 
 use crate::calibrate::Calibration;
 use learn::LearntLayer;
@@ -451,8 +452,9 @@ fn counts_unknown(inv: &Inventory, new_cost: &GraphCost) -> Option<String> {
     }
     Some(match inv.shapes.dynamic_inputs.first() {
         Some(d) => format!(
-            "{} (--input-shape {} counts at one size)",
+            "{} ({} {} counts at one size)",
             d.describe(),
+            setting::name(Setting::InputShape),
             d.shape_hint()
         ),
         None => "shape inference (tract) did not reach every node".into(),
@@ -576,9 +578,10 @@ fn too_large_to_time(tensor_bytes: u64) -> Option<String> {
     let available = engine::memory::available_bytes()?;
     (tensor_bytes > available / 2).then(|| {
         format!(
-            "the converted model's tensors take up to {} at this input size, and {} is available; time it with `onnx-dlq verify` on a machine with more memory, or at a smaller --input-shape",
+            "the converted model's tensors take up to {} at this input size, and {} is available; time it with `onnx-dlq verify` on a machine with more memory, or at a smaller {}",
             engine::memory::gb(tensor_bytes),
-            engine::memory::gb(available)
+            engine::memory::gb(available),
+            setting::name(Setting::InputShape)
         )
     })
 }
@@ -647,16 +650,17 @@ fn latency_check(
             let measured = check.original_ms / check.converted_ms.max(1e-9);
             if let Some((wanted, predicted)) = target.filter(|t| measured < TARGET_SLACK * t.0) {
                 log::warn!(
-                    "the latency budget predicted {predicted:.2}x but the converted model measures {measured:.2}x in {} ({:.3} ms against {:.3} ms), short of the {wanted}x target: the layers' timed gains did not add up in the whole model (in ONNX Runtime its layout reorders around each DlqConv, BENCHMARKS.md); convert again with a lower target or with --engine tract",
+                    "the latency budget predicted {predicted:.2}x but the converted model measures {measured:.2}x in {} ({:.3} ms against {:.3} ms), short of the {wanted}x target: the layers' timed gains did not add up in the whole model (in ONNX Runtime its layout reorders around each DlqConv, BENCHMARKS.md); convert again with a lower target or with {} tract",
                     check.engine,
                     check.converted_ms,
-                    check.original_ms
+                    check.original_ms,
+                    setting::name(Setting::Engine)
                 );
             } else if !check.within_noise && check.converted_ms > check.original_ms {
                 let why = match opts.form {
-                    OutputForm::Ops => "the standard-operator form counts fewer multiplications but materialises the look-ups, so it is not faster on CPU engines (BENCHMARKS.md); --form fused runs the native kernel (in tract, and in ONNX Runtime through libonnx_dlq_ort)",
-                    OutputForm::Fused => "the native kernel does not pay off on these layers at these ratios (BENCHMARKS.md); raise the ratio or convert fewer layers",
-                    OutputForm::Dense => "the engine did not fold the kernel's constant subgraph",
+                    OutputForm::Ops => format!("the standard-operator form counts fewer multiplications but materialises the look-ups, so it is not faster on CPU engines (BENCHMARKS.md); {} fused runs the native kernel (in tract, and in ONNX Runtime through libonnx_dlq_ort)", setting::name(Setting::Form)),
+                    OutputForm::Fused => "the native kernel does not pay off on these layers at these ratios (BENCHMARKS.md); raise the ratio or convert fewer layers".into(),
+                    OutputForm::Dense => "the engine did not fold the kernel's constant subgraph".into(),
                 };
                 log::warn!(
                     "the converted model runs {} than the original in {} ({:.3} ms against {:.3} ms): {why}",

@@ -14,6 +14,7 @@ use crate::onnx::model::OnnxModel;
 use crate::onnx::tensor;
 use crate::progress;
 use crate::quantize;
+use crate::setting::{self, Setting};
 
 use super::report::SkippedLayer;
 use super::{ConvertOptions, OutputForm};
@@ -65,7 +66,10 @@ pub enum SkipReason {
     NoSaving { factor: f64, ratio: f64 },
     #[error("the compact form would store about {after} bytes against the kernel's {before}: raise ρ (or lower K)")]
     NoShrink { before: u64, after: u64 },
-    #[error("fully connected layer, excluded by --exclude-fc")]
+    #[error(
+        "fully connected layer, excluded by {}",
+        setting::name(Setting::ExcludeFc)
+    )]
     FullyConnectedExcluded,
 }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::onnx::model::OnnxModel;
 use crate::proto::StringStringEntryProto;
+use crate::setting::{self, Setting};
 
 /// Which images of a folder a step takes (in the folder's order: labels.csv's, else sorted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -126,11 +127,13 @@ pub fn check_disjoint(
         if overlap > 0 {
             let remedy = match seen.select {
                 ImageSelection::Last => format!(
-                    "`--samples {}` keeps to the images before them",
+                    "{} {} keeps to the images before them",
+                    setting::name(Setting::Samples),
                     taken.first().map_or(0, |&i| i.saturating_sub(skip))
                 ),
                 _ => format!(
-                    "`--skip {}` leaves out all of them",
+                    "{} {} leaves out all of them",
+                    setting::name(Setting::Skip),
                     taken.last().map_or(0, |&i| i + 1)
                 ),
             };
@@ -181,7 +184,7 @@ mod tests {
         )];
         check_disjoint(&seen, "m", dir.path(), 0, 244).unwrap();
         let e = check_disjoint(&seen, "m", dir.path(), 10, 300).unwrap_err();
-        assert!(e.to_string().contains("`--samples 234`"), "{e}");
+        assert!(e.to_string().contains("number of samples 234 keeps"), "{e}");
         assert!(e.to_string().contains("the last ones"), "{e}");
     }
 }

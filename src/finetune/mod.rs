@@ -24,6 +24,7 @@ use crate::codebook::Codebook;
 use crate::eval::data::PreprocessSpec;
 use crate::eval::seen::{self, ImageSelection, SeenImages};
 use crate::onnx::model::OnnxModel;
+use crate::setting::{require, Setting};
 
 /// Held-out share of the fine-tuning images (model selection; never trained on).
 pub const DEFAULT_HOLDOUT: f64 = 0.1;
@@ -192,23 +193,26 @@ pub fn preflight(model: &OnnxModel, opts: &FinetuneOptions) -> Result<()> {
 }
 
 pub(crate) fn check(opts: &FinetuneOptions) -> Result<()> {
-    ensure!(opts.epochs >= 1, "--epochs must be at least 1");
-    ensure!(opts.batch >= 1, "--batch must be at least 1");
-    ensure!(
+    require(opts.epochs >= 1, Setting::Epochs, || {
+        "must be at least 1".into()
+    })?;
+    require(opts.batch >= 1, Setting::Batch, || {
+        "must be at least 1".into()
+    })?;
+    require(
         opts.lr.is_finite() && opts.lr > 0.0,
-        "--lr must be a positive number, got {}",
-        opts.lr
-    );
+        Setting::LearningRate,
+        || format!("must be a positive number, got {}", opts.lr),
+    )?;
     ensure!(
         (0.0..1.0).contains(&opts.holdout) && opts.holdout > 0.0,
         "the held-out share must be in (0, 1), got {}",
         opts.holdout
     );
     if let Some(t) = opts.soft_assignments {
-        ensure!(
-            t.is_finite() && t > 0.0,
-            "--soft-temperature must be a positive number, got {t}"
-        );
+        require(t.is_finite() && t > 0.0, Setting::SoftTemperature, || {
+            format!("must be a positive number, got {t}")
+        })?;
     }
     Ok(())
 }
@@ -235,10 +239,16 @@ pub fn finetune_converted(
     converted: &OnnxModel,
     opts: &FinetuneOptions,
 ) -> Result<(OnnxModel, FinetuneReport)> {
-    ensure!(
+    require(
         opts.soft_assignments.is_none(),
-        "--soft-assignments re-assigns Γ, which `finetune` (and `stages`) do not write back into a converted file yet; use `convert --finetune … --soft-assignments`"
-    );
+        Setting::SoftAssignments,
+        || {
+            format!(
+            "re-assign Γ, which fine-tuning a converted file (and `stages`) does not write back yet; use them while converting ({})",
+            crate::setting::name(Setting::Finetune)
+        )
+        },
+    )?;
     let layers = stored::read(original, converted)?;
     let student = student_base(original, converted)?;
     let job = Job {
@@ -345,7 +355,8 @@ pub use crate::engine::memory::peak_memory_bytes;
 pub fn image_labels(dir: &std::path::Path, count: usize) -> Result<Vec<u32>> {
     ensure!(
         dir.join("labels.csv").is_file(),
-        "--finetune-labels: {} has no labels.csv (`file,label` lines, with classes.txt)",
+        "{}: {} has no labels.csv (`file,label` lines, with classes.txt)",
+        crate::setting::name(Setting::FinetuneLabels),
         dir.display()
     );
     let set = crate::eval::data::LabelledSet::load(dir)?;

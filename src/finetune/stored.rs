@@ -138,7 +138,8 @@ fn read_layer(
     // The compact form keeps a fully connected node and rebuilds its weight (`dense::finish_fc`).
     ensure!(
         layer.fc.is_none() || nodes.find("fc").is_none(),
-        "a fully connected layer in the compact form, which `finetune` does not read back yet; use `convert --finetune`"
+        "a fully connected layer in the compact form, which `finetune` does not read back yet; fine-tune it during the conversion ({})",
+        crate::setting::name(crate::setting::Setting::Finetune)
     );
     let geometry = (shape, channels.as_slice(), settings.method);
     let decoded = match nodes.find("conv") {

@@ -20,6 +20,7 @@ use crate::codebook::Codebook;
 use crate::lower::reconstructed;
 use crate::onnx::model::OnnxModel;
 use crate::progress;
+use crate::setting::{self, Setting};
 
 use super::graph::{self, Graph, Overrides};
 use super::params::LayerVars;
@@ -249,8 +250,11 @@ fn load_images(opts: &FinetuneOptions) -> Result<Vec<Array4<f32>>> {
         "fine-tuning images",
         crate::setting::Setting::FinetuneSamples,
     )?;
-    let remedy = "no --finetune-samples (all the images)";
-    calibrate::warn_if_few_classes(dir, images.len(), "fine-tuning", remedy);
+    let remedy = format!(
+        "no {} (all the images)",
+        setting::name(Setting::FinetuneSamples)
+    );
+    calibrate::warn_if_few_classes(dir, images.len(), "fine-tuning", &remedy);
     Ok(images)
 }
 
@@ -319,7 +323,11 @@ pub fn run(job: &Job, opts: &FinetuneOptions) -> Result<(Tuned, FinetuneReport)>
     let (best, epochs, diverged) = trainer.fit(train, heldout, &teacher, initial)?;
     if let Some(why) = &diverged {
         if !opts.keep_on_divergence {
-            bail!("fine-tuning diverged ({why}); lower --lr, or pass --finetune-keep-on-divergence to write the model with the best parameters before it");
+            bail!(
+                "fine-tuning diverged ({why}); lower {}, or pass {} to write the model with the best parameters before it",
+                setting::name(Setting::LearningRate),
+                setting::name(Setting::KeepOnDivergence)
+            );
         }
         log::warn!("fine-tuning diverged ({why}); keeping the best parameters before it");
     }

@@ -51,7 +51,8 @@ pub(super) fn codebook_sizes(codebook: &Codebook, ctx: &str) -> Result<[usize; 5
 pub(super) fn refuse_channel_scale(codebook: &Codebook, ctx: &str) -> Result<()> {
     ensure!(
         codebook.channel_scale.is_none(),
-        "{ctx}: per-channel scales are stored by the compact form (--form dense) only"
+        "{ctx}: per-channel scales are stored by the compact form ({} dense) only",
+        crate::setting::name(crate::setting::Setting::Form)
     );
     Ok(())
 }

@@ -117,9 +117,10 @@ impl Geometry<'_> {
         }
         let hw = self.input_hw.with_context(|| {
             format!(
-                "{ctx}: auto_pad {} at stride {:?} pads by the input's size, which shape inference could not find; give --input-shape, or use the standard-operator form (it pads in-graph from opset 11)",
+                "{ctx}: auto_pad {} at stride {:?} pads by the input's size, which shape inference could not find; give {}, or use the standard-operator form (it pads in-graph from opset 11)",
                 self.attrs.auto_pad.as_str(),
-                self.attrs.strides
+                self.attrs.strides,
+                crate::setting::name(crate::setting::Setting::InputShape)
             )
         })?;
         Ok(self.attrs.resolved_pads(&hw, &[self.kh, self.kw]))
