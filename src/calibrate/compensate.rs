@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use crate::codebook::kmeans::nearest;
 use crate::codebook::{subspace, Codebook};
 
-use super::learn::damped_cholesky;
+use super::linalg::damped_cholesky;
 use super::InputStats;
 
 /// The upper factor U of H⁻¹ = UᵀU (row-major n × n) for the damped covariance `h`.

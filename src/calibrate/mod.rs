@@ -15,6 +15,7 @@
 pub mod budget;
 pub mod compensate;
 pub mod learn;
+pub mod linalg;
 pub mod patch;
 pub mod reach;
 pub mod refit;

@@ -28,8 +28,8 @@ use crate::onnx::tensor;
 use crate::proto::tensor_proto::DataType;
 
 use super::builder::{taken_names, Builder};
-use super::fused::{assignment_input, codebook_inputs, codebook_sizes, output_type};
-use super::ops::{layer_bias, layer_context};
+use super::fused::{assignment_input, codebook_inputs, codebook_sizes};
+use super::layer::{layer_bias, layer_context, output_type};
 use super::packing;
 use super::patch::LayerPatch;
 

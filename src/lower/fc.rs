@@ -21,7 +21,7 @@ use crate::onnx::model::OnnxModel;
 use crate::proto::ValueInfoProto;
 
 use super::builder::{taken_names, Builder};
-use super::fused::channels_type;
+use super::layer::channels_type;
 use super::patch::LayerPatch;
 
 /// The 1×1 Conv that `layer` is, reading `input` and writing `output` (C and α stay outside).

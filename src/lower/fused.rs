@@ -8,13 +8,12 @@ use anyhow::{ensure, Context, Result};
 use crate::analysis::select::ConvLayer;
 use crate::analysis::shapes::ShapeMap;
 use crate::codebook::{Codebook, Method};
-use crate::onnx::build::{attr_int, attr_ints, attr_str, value_info};
+use crate::onnx::build::{attr_int, attr_ints, attr_str};
 use crate::onnx::model::OnnxModel;
 use crate::onnx::tensor::{self, FloatType};
-use crate::proto::{type_proto, ValueInfoProto};
 
 use super::builder::{taken_names, Builder};
-use super::ops::{layer_bias, layer_context, Geometry};
+use super::layer::{layer_bias, layer_context, output_type, refuse_channel_scale, Geometry};
 use super::patch::LayerPatch;
 
 /// The operator's identity, shared with every engine that runs it.
@@ -44,17 +43,6 @@ pub(super) fn codebook_sizes(codebook: &Codebook, ctx: &str) -> Result<[usize; 5
         );
     }
     Ok(sizes)
-}
-
-/// The forms that compute with the representatives (ops, fused) have no place for a palette's
-/// per-channel scales; only the compact form stores them.
-pub(super) fn refuse_channel_scale(codebook: &Codebook, ctx: &str) -> Result<()> {
-    ensure!(
-        codebook.channel_scale.is_none(),
-        "{ctx}: per-channel scales are stored by the compact form ({} dense) only",
-        crate::setting::name(crate::setting::Setting::Form)
-    );
-    Ok(())
 }
 
 /// The initializers of the codebook (atoms, and for DL the atom indices and coefficients), as
@@ -223,43 +211,4 @@ fn sole_relu(model: &OnnxModel, layer: &ConvLayer) -> Option<usize> {
         && matches!(relu.domain.as_deref(), None | Some("" | "ai.onnx"))
         && relu.output.len() == 1;
     (plain && consumers.next().is_none()).then_some(i)
-}
-
-/// The type of the node's output, `[?, M, ?, ?]` of the layer's element type: batch and spatial
-/// sizes stay open, so the model keeps working for any size the original accepted.
-pub(super) fn output_type(name: &str, elem: i32, m: usize) -> ValueInfoProto {
-    channels_type(name, elem, m, 4, 1)
-}
-
-/// The type of a tensor `name` of `rank` axes whose axis `axis` has `m` entries, the others of
-/// unknown size.
-pub(super) fn channels_type(
-    name: &str,
-    elem: i32,
-    m: usize,
-    rank: usize,
-    axis: usize,
-) -> ValueInfoProto {
-    use crate::proto::tensor_shape_proto::{dimension::Value, Dimension};
-    let mut dims = vec![0i64; rank];
-    dims[axis] = m as i64;
-    let mut info = value_info(name, elem, Some(&dims));
-    if let Some(type_proto::Value::TensorType(t)) =
-        info.r#type.as_mut().and_then(|t| t.value.as_mut())
-    {
-        for (i, dim) in t
-            .shape
-            .iter_mut()
-            .flat_map(|s| s.dim.iter_mut())
-            .enumerate()
-        {
-            if i != axis {
-                *dim = Dimension {
-                    value: None::<Value>,
-                    denotation: None,
-                };
-            }
-        }
-    }
-    info
 }

@@ -18,6 +18,7 @@ pub mod dense;
 pub mod fc;
 pub mod fused;
 pub mod kernel;
+pub mod layer;
 pub mod ops;
 pub mod packing;
 pub mod patch;
