@@ -8,12 +8,9 @@ use anyhow::{Context, Result};
 use ndarray::{Array2, Array4, ArrayD, Ix2, IxDyn};
 use serde::Serialize;
 
-use crate::onnx::conv::{attribute, ConvAttrs};
+use crate::onnx::conv::attribute;
 use crate::onnx::model::OnnxModel;
-use crate::onnx::tensor::{self, FloatType};
 use crate::proto::NodeProto;
-
-use super::select::{ConvLayer, Ineligible};
 
 /// Which operator a fully connected layer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -186,40 +183,4 @@ pub fn attach_c(node: &mut NodeProto, c: String) {
     }
     node.input.resize(2, String::new());
     node.input.push(c);
-}
-
-/// Describes a Gemm or MatMul node as a layer with its eligibility decided; `None` for other
-/// nodes.
-pub fn describe(model: &OnnxModel, node_index: usize, node: &NodeProto) -> Option<ConvLayer> {
-    let fc = FcLayout::of(node)?;
-    let named = ConvLayer::named(node_index, node);
-    let weight = named.weight.clone();
-    let init = model.initializer(&weight);
-    let dims = init.and_then(|t| tensor::dims(t).ok());
-    let kernel = dims.as_deref().and_then(|d| fc.kernel_dims(d));
-    let weight_type = init.and_then(|t| FloatType::from_onnx(t.data_type.unwrap_or(0)));
-    let eligibility = match (init, &kernel) {
-        (None, _) => Err(super::select::runtime_weight(model, &weight)),
-        (Some(t), None) => Err(Ineligible::NotMatrix {
-            weight,
-            dims: t.dims.clone(),
-        }),
-        (Some(t), Some(_)) if weight_type.is_none() => Err(Ineligible::NotFloat {
-            weight,
-            data_type: tensor::data_type_name(t.data_type.unwrap_or(0)),
-        }),
-        (Some(_), Some(k)) if k.contains(&0) => Err(Ineligible::EmptyWeight {
-            weight,
-            kernel: k.clone(),
-        }),
-        _ => Ok(()),
-    };
-    Some(ConvLayer {
-        kernel,
-        attrs: Some(ConvAttrs::pointwise()),
-        weight_type,
-        eligibility,
-        fc: Some(fc),
-        ..named
-    })
 }

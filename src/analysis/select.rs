@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use ndarray::{Array4, ArrayD, Ix4};
 use serde::Serialize;
 
-use super::fc::{self, FcLayout};
+use super::fc::FcLayout;
 use crate::onnx::conv::ConvAttrs;
 use crate::onnx::model::OnnxModel;
 use crate::onnx::tensor::{self, FloatType};
@@ -119,7 +119,7 @@ pub fn conv_layers(model: &OnnxModel) -> Vec<ConvLayer> {
         .filter(|(_, n)| is_default_domain(n))
         .filter_map(|(i, node)| match node.op_type.as_deref() {
             Some("Conv") | Some("ConvTranspose") => Some(describe(model, i, node)),
-            Some("Gemm") | Some("MatMul") => fc::describe(model, i, node),
+            Some("Gemm") | Some("MatMul") => describe_fc(model, i, node),
             _ => None,
         })
         .collect()
@@ -168,6 +168,42 @@ fn describe(model: &OnnxModel, node_index: usize, node: &NodeProto) -> ConvLayer
     layer.eligibility = eligibility(model, &layer, attrs.as_ref().map_err(|e| e.to_string()));
     layer.attrs = attrs.ok();
     layer
+}
+
+/// Describes a Gemm or MatMul node as a layer with its eligibility decided; `None` for other
+/// nodes.
+fn describe_fc(model: &OnnxModel, node_index: usize, node: &NodeProto) -> Option<ConvLayer> {
+    let fc = FcLayout::of(node)?;
+    let named = ConvLayer::named(node_index, node);
+    let weight = named.weight.clone();
+    let init = model.initializer(&weight);
+    let dims = init.and_then(|t| tensor::dims(t).ok());
+    let kernel = dims.as_deref().and_then(|d| fc.kernel_dims(d));
+    let weight_type = init.and_then(|t| FloatType::from_onnx(t.data_type.unwrap_or(0)));
+    let eligibility = match (init, &kernel) {
+        (None, _) => Err(runtime_weight(model, &weight)),
+        (Some(t), None) => Err(Ineligible::NotMatrix {
+            weight,
+            dims: t.dims.clone(),
+        }),
+        (Some(t), Some(_)) if weight_type.is_none() => Err(Ineligible::NotFloat {
+            weight,
+            data_type: tensor::data_type_name(t.data_type.unwrap_or(0)),
+        }),
+        (Some(_), Some(k)) if k.contains(&0) => Err(Ineligible::EmptyWeight {
+            weight,
+            kernel: k.clone(),
+        }),
+        _ => Ok(()),
+    };
+    Some(ConvLayer {
+        kernel,
+        attrs: Some(ConvAttrs::pointwise()),
+        weight_type,
+        eligibility,
+        fc: Some(fc),
+        ..named
+    })
 }
 
 /// Why a weight that is no initializer cannot be converted: it is quantized already (written by
