@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use crate::error::{check_len, checked_product, KernelError};
 use crate::geometry::Geometry;
-use crate::simd::RowTerms;
+use crate::simd::{self, RowTerms};
 
 /// Sparse codes of a DL subspace: representative `i` is
 /// `Σ_{t < alpha} coefficients[i·alpha + t] · atom[atoms[i·alpha + t]]`.
@@ -36,6 +36,15 @@ pub struct Subspace {
 }
 
 impl Subspace {
+    /// The codes as the look-up terms read them.
+    fn row_codes(&self) -> Option<simd::CodeTerms<'_>> {
+        self.codes.as_ref().map(|c| simd::CodeTerms {
+            atoms: &c.atoms,
+            coefficients: &c.coefficients,
+            alpha: c.alpha,
+        })
+    }
+
     /// K, the number of representatives the assignment may refer to.
     pub fn num_representatives(&self) -> usize {
         match &self.codes {
@@ -99,7 +108,7 @@ impl DlqConv {
         }
         let row_terms = subspaces
             .iter()
-            .map(|sub| RowTerms::new(sub, geometry.kernel))
+            .map(|sub| RowTerms::new(&sub.assignment, sub.row_codes(), geometry.kernel))
             .collect();
         Ok(DlqConv {
             geometry,

@@ -203,6 +203,15 @@ pub(crate) fn row_band_vectors(isa: Isa) -> usize {
     }
 }
 
+/// A DL subspace's codes as [`RowTerms::new`] reads them: α `atoms` and `coefficients` per
+/// representative.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CodeTerms<'a> {
+    pub(crate) atoms: &'a [u32],
+    pub(crate) coefficients: &'a [f32],
+    pub(crate) alpha: usize,
+}
+
 /// One subspace's look-up terms in the order [`accumulate_rows`] sums them: per output channel
 /// k, per kernel column v (a shift group), per kernel row u, the α `(atom, coefficient)` pairs of
 /// representative `Γ[k][u][v]` (VQ: the atom `Γ[k][u][v]` with coefficient 1). Built once per
@@ -218,17 +227,22 @@ pub(crate) struct RowTerms {
 }
 
 impl RowTerms {
-    /// The terms of a validated subspace with a `kh × kw` kernel (`assignment.len()` a multiple
-    /// of kh·kw, every representative and code atom in range: checked by `DlqConv::new`).
-    pub(crate) fn new(sub: &crate::conv::Subspace, [kh, kw]: [usize; 2]) -> RowTerms {
+    /// The terms of a validated subspace with a `kh × kw` kernel: its `assignment` (a multiple
+    /// of kh·kw long) and, for DL, its codes (α atoms and coefficients per representative), every
+    /// representative and code atom in range (checked by `DlqConv::new`).
+    pub(crate) fn new(
+        assignment: &[u32],
+        codes: Option<CodeTerms<'_>>,
+        [kh, kw]: [usize; 2],
+    ) -> RowTerms {
         let taps = kh * kw;
-        let alpha = sub.codes.as_ref().map_or(1, |c| c.alpha);
+        let alpha = codes.map_or(1, |c| c.alpha);
         let (mut atoms, mut coefs) = (Vec::new(), Vec::new());
-        for column in sub.assignment.chunks_exact(taps) {
+        for column in assignment.chunks_exact(taps) {
             for v in 0..kw {
                 for u in 0..kh {
                     let rep = column[u * kw + v];
-                    match &sub.codes {
+                    match codes {
                         Some(codes) => {
                             let code = rep as usize * alpha;
                             atoms.extend_from_slice(&codes.atoms[code..code + alpha]);

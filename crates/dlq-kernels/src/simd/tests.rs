@@ -258,7 +258,12 @@ fn check_rows(
         }),
         assignment,
     };
-    let terms = RowTerms::new(&sub, [kh, kw]);
+    let codes = sub.codes.as_ref().map(|c| CodeTerms {
+        atoms: &c.atoms,
+        coefficients: &c.coefficients,
+        alpha: c.alpha,
+    });
+    let terms = RowTerms::new(&sub.assignment, codes, [kh, kw]);
     let shape = RowShape {
         pitch,
         stride,
