@@ -19,7 +19,6 @@ use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::select::ConvLayer;
-use crate::calibrate;
 use crate::codebook::Codebook;
 use crate::eval::data::PreprocessSpec;
 use crate::eval::seen::{self, ImageSelection, SeenImages};
@@ -157,14 +156,14 @@ pub fn preflight(model: &OnnxModel, opts: &FinetuneOptions) -> Result<()> {
     check(opts)?;
     #[cfg(feature = "finetune")]
     let graph = graph::Graph::new(model).context("fine-tuning runs the model's own operators")?;
-    calibrate::image_files(&opts.data).context("the fine-tuning images")?;
+    crate::eval::images::image_files(&opts.data).context("the fine-tuning images")?;
     PreprocessSpec::load(&opts.preprocess)?;
     if opts.labels {
         image_labels(&opts.data, 1)?;
     }
     #[cfg(feature = "finetune")]
     {
-        let first = calibrate::preprocessed_images(
+        let first = crate::eval::images::preprocessed_images(
             &opts.data,
             &opts.preprocess,
             Some(1),
@@ -174,7 +173,7 @@ pub fn preflight(model: &OnnxModel, opts: &FinetuneOptions) -> Result<()> {
         )?;
         graph.check_backward(&first[0].clone().into_dyn())?;
         // The images are loaded after the conversion: their memory is checked before it.
-        let all = calibrate::image_files(&opts.data)?.len();
+        let all = crate::eval::images::image_files(&opts.data)?.len();
         let n = opts.samples.map_or(all, |s| s.min(all));
         crate::eval::data::check_images_fit(
             n,
@@ -220,7 +219,7 @@ pub(crate) fn check(opts: &FinetuneOptions) -> Result<()> {
 /// The images fine-tuning takes (the first `samples`, all by default), as the output records
 /// them.
 pub fn seen_images(opts: &FinetuneOptions) -> Result<SeenImages> {
-    let of = calibrate::image_files(&opts.data)?.len();
+    let of = crate::eval::images::image_files(&opts.data)?.len();
     let count = opts.samples.unwrap_or(of);
     Ok(SeenImages::new(
         &opts.data,
@@ -351,7 +350,7 @@ pub fn render(r: &FinetuneReport) -> String {
 pub use crate::engine::memory::peak_memory_bytes;
 
 /// The labels of the first `count` images of `dir` (its `labels.csv`, in the order
-/// `calibrate::image_files` reads the images).
+/// `eval::images::image_files` reads the images).
 pub fn image_labels(dir: &std::path::Path, count: usize) -> Result<Vec<u32>> {
     ensure!(
         dir.join("labels.csv").is_file(),

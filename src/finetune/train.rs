@@ -12,7 +12,6 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 
-use crate::calibrate;
 use crate::eval::seen::{spread_indices, ImageSelection};
 
 use crate::analysis::select::ConvLayer;
@@ -242,7 +241,7 @@ impl Trainer<'_> {
 /// when they hold few of a labelled folder's classes.
 fn load_images(opts: &FinetuneOptions) -> Result<Vec<Array4<f32>>> {
     let (dir, first) = (&opts.data, ImageSelection::First);
-    let images = calibrate::preprocessed_images(
+    let images = crate::eval::images::preprocessed_images(
         dir,
         &opts.preprocess,
         opts.samples,
@@ -254,7 +253,7 @@ fn load_images(opts: &FinetuneOptions) -> Result<Vec<Array4<f32>>> {
         "no {} (all the images)",
         setting::name(Setting::FinetuneSamples)
     );
-    calibrate::warn_if_few_classes(dir, images.len(), "fine-tuning", &remedy);
+    crate::eval::images::warn_if_few_classes(dir, images.len(), "fine-tuning", &remedy);
     Ok(images)
 }
 
