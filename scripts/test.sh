@@ -24,7 +24,7 @@ cargo test --locked --workspace -- --nocapture 2>&1 | tee target/test.log
 # The kernels' tests again with overflow checks and debug assertions on (Cargo.toml, "checked").
 cargo test --locked -p dlq-kernels --profile checked
 # The Python package: the wheel built, installed into a new venv and tested with pytest.
-scripts/test_wheel.sh
+ONNX_DLQ_CLI="$PWD/target/debug/onnx-dlq" scripts/test_wheel.sh
 # Coverage-guided fuzz smoke on the stable toolchain (no sanitizer): 60 s of libFuzzer over the
 # seed corpus; new inputs go to target/fuzz-corpus, a crash fails the run (docs/GUIDE.md, "Fuzzing").
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -12,7 +12,12 @@ rm -rf "$venv"
 python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check \
   -r scripts/requirements-wheel-test.txt "$wheel"
-cargo build --locked --quiet --bin onnx-dlq
+# The cargo-built command to compare with: ONNX_DLQ_CLI when the caller has one (scripts/test.sh
+# passes the one `cargo test` just built), else built here.
+if [ -z "${ONNX_DLQ_CLI:-}" ]; then
+  cargo build --locked --quiet --bin onnx-dlq
+  ONNX_DLQ_CLI="$PWD/target/debug/onnx-dlq"
+fi
 env -u ORT_DYLIB_PATH -u ONNX_DLQ_PYTHON -u ONNX_DLQ_ORT_LIBRARY \
-  ONNX_DLQ_CLI="$PWD/target/debug/onnx-dlq" PYTHONDONTWRITEBYTECODE=1 \
+  ONNX_DLQ_CLI="$ONNX_DLQ_CLI" PYTHONDONTWRITEBYTECODE=1 \
   "$venv/bin/python" -m pytest -p no:cacheprovider -rs tests/python 2>&1 | tee target/pytest.log
