@@ -43,6 +43,8 @@ pub enum Setting {
     FinetuneLabels,
     KeepOnDivergence,
     Finetune,
+    Int8,
+    Calibrate,
 }
 
 impl Setting {
@@ -84,6 +86,8 @@ impl Setting {
             Setting::FinetuneLabels => "training on the labels",
             Setting::KeepOnDivergence => "keeping the best parameters when training diverges",
             Setting::Finetune => "fine-tuning",
+            Setting::Int8 => "the int8 output",
+            Setting::Calibrate => "calibration images",
         }
     }
 }

@@ -63,8 +63,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::analysis::inventory;
 use crate::analysis::shapes::InputShape;
 use crate::calibrate::{self, CalibrationOptions};
-use crate::codebook::{ClusterParams, Method, ValidParams};
-use crate::convert::{self, ConvertOptions, OutputForm, Selection};
+use crate::codebook::{ClusterParams, Method};
+use crate::convert::{self, ClusterRequest, ConvertRequest, OutputForm, Selection};
 use crate::engine::Engine;
 use crate::eval::seen::ImageSelection;
 use crate::finetune::FinetuneOptions;
@@ -149,6 +149,16 @@ pub enum FormArg {
     Fused,
     /// The original Conv, its kernel rebuilt from the stored codebook (smaller file).
     Dense,
+}
+
+impl From<FormArg> for OutputForm {
+    fn from(form: FormArg) -> OutputForm {
+        match form {
+            FormArg::Ops => OutputForm::Ops,
+            FormArg::Fused => OutputForm::Fused,
+            FormArg::Dense => OutputForm::Dense,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -356,16 +366,6 @@ impl VerifyData {
         }
     }
 }
-
-/// N′ of a shared codebook unless given: at 4 bits per weight, SqueezeNet keeps 55.00% top-1
-/// with N′ = 2 (K = 256) against 45.33% with scalar palettes (N′ = 1, K = 16), and ResNet-56
-/// 81.90% with both (BENCHMARKS.md, "Shared codebooks").
-const SHARED_SUBSPACE: usize = 2;
-
-/// DL's c under `--target-speedup` unless given: the paper's c = 3 rules out ρ = 2 and 3 on
-/// layers with few sub-vectors (K = c·K_vq > p²M), and c = 2 gave higher accuracy at the same
-/// budget (SqueezeNet 1.5×: 54.5% against 48.0% top-1; ResNet-20 2×: 78.3% against 69.6%).
-const TARGET_SPEEDUP_C: f64 = 2.0;
 
 /// Calibration-aware codebooks (`convert` and `stages`).
 #[derive(Debug, Args)]

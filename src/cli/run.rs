@@ -70,97 +70,55 @@ fn run_inspect(args: InspectArgs, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-/// The output form: `--form`, or the compact form for a size budget (the only form it suits).
-fn output_form(form: Option<FormArg>, size_budget: bool) -> Result<OutputForm> {
-    Ok(match (form, size_budget) {
-        (None | Some(FormArg::Dense), true) => OutputForm::Dense,
-        (Some(other), true) => usage!(
-            "--target-compression shrinks the compact form (--form dense), not --form {}",
-            format!("{other:?}").to_lowercase()
-        ),
-        (None | Some(FormArg::Ops), false) => OutputForm::Ops,
-        (Some(FormArg::Fused), false) => OutputForm::Fused,
-        (Some(FormArg::Dense), false) => OutputForm::Dense,
-    })
-}
-
-/// The clustering parameters `convert`'s flags ask for, with the defaults that depend on them.
-fn cluster_params(args: &ConvertArgs) -> Result<ValidParams> {
-    // A size budget without a method asks for the smallest files: palettes, the best accuracy
-    // per byte measured (BENCHMARKS.md, "Shared codebooks"; docs/RESULTS.md, "end-to-end weighting").
-    let shared =
-        args.shared_codebook || (args.target_compression.is_some() && args.method.is_none());
-    let method = match (args.method, shared) {
-        (Some(m), _) => m.into(),
-        (None, true) => Method::Vq,
-        (None, false) => Method::Dl,
-    };
-    let mut params = args.settings.params(method, args.ratio);
-    params.shared = shared;
-    params.channel_scale = args.channel_scale;
-    // The int8 output rounds every rebuilt kernel to 8 bits: float16 palette entries lose
-    // nothing there and halve the palettes' bytes, which the size budget spends on larger K.
-    params.f16_palette = args.f16_palette || (args.int8 && shared);
-    if shared && args.settings.subspace.is_none() {
-        params.subspace = SHARED_SUBSPACE;
-    }
-    if (args.target_speedup.is_some() || args.target_compression.is_some())
-        && args.settings.c.is_none()
-    {
-        params.c = TARGET_SPEEDUP_C;
-    }
-    params.k = args.k;
-    params.l = args.l;
-    Ok(params.check()?)
-}
-
-fn run_convert(args: ConvertArgs, out: &mut dyn Write) -> Result<()> {
-    let params = cluster_params(&args)?;
-    let input = args.input.expect("required by clap");
-    let output = args.output.expect("required by clap");
-    let form = output_form(args.form, args.target_compression.is_some())?;
-    if args.int8 && form != OutputForm::Dense {
-        usage!("--int8 writes the compact form's kernels as int8 (--form dense); the ops and fused forms compute in float");
-    }
-    if args.int8 && args.calibration.calibrate.is_none() {
-        usage!("--int8 measures the activations' ranges on calibration images: add --calibrate DIR --preprocess SPEC.json");
-    }
-    if args.shared_codebook && form != OutputForm::Dense {
-        usage!("--shared-codebook shrinks the compact form (--form dense); the ops and fused forms compute every subspace's own representatives");
-    }
-    let params_seed = params.seed;
-    let opts = ConvertOptions {
+/// The conversion `convert`'s flags ask for, before its rules are applied.
+fn convert_request(args: &ConvertArgs) -> Result<ConvertRequest> {
+    let preprocess = args.verify_data.preprocess.as_deref();
+    Ok(ConvertRequest {
         selection: if args.all || args.layers.is_empty() {
             Selection::All {
                 fully_connected: !args.exclude_fc,
             }
         } else {
-            Selection::Named(args.layers)
+            Selection::Named(args.layers.clone())
         },
-        params,
+        clustering: ClusterRequest {
+            method: args.method.map(Method::from),
+            ratio: args.ratio,
+            subspace: args.settings.subspace,
+            c: args.settings.c,
+            alpha: args.settings.alpha,
+            iters: args.settings.iters,
+            seed: args.settings.seed,
+            k: args.k,
+            l: args.l,
+            shared_codebook: args.shared_codebook,
+            channel_scale: args.channel_scale,
+            f16_palette: args.f16_palette,
+        },
         input_shapes: args.input_shape.clone(),
-        external: if args.external_data {
-            ExternalData::Always {
+        external: match args.external_data {
+            true => ExternalData::Always {
                 threshold: crate::onnx::model::EXTERNAL_THRESHOLD,
-            }
-        } else {
-            ExternalData::Auto
+            },
+            false => ExternalData::Auto,
         },
-        calibration: args
-            .calibration
-            .options(args.verify_data.preprocess.as_deref())?,
+        calibration: args.calibration.options(preprocess)?,
         target_speedup: args.target_speedup,
         target_compression: args.target_compression,
         measure_latency: !args.no_latency,
-        form,
-        finetune: args
-            .finetune
-            .options(args.verify_data.preprocess.as_deref(), params_seed)?,
+        form: args.form.map(OutputForm::from),
+        finetune: args.finetune.options(preprocess, args.settings.seed)?,
         engine: args.verify_data.engine,
         int8: args.int8.then_some(Int8Options {
             activation: args.activation_type,
         }),
-    };
+    })
+}
+
+fn run_convert(args: ConvertArgs, out: &mut dyn Write) -> Result<()> {
+    let input = args.input.clone().expect("required by clap");
+    let output = args.output.clone().expect("required by clap");
+    let opts = convert_request(&args)?.check()?;
     args.verify_data
         .check(args.calibration.calibrate.is_some() || args.finetune.finetune.is_some())?;
     let report = convert::convert(&input, &output, &opts)?;

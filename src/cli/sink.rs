@@ -148,6 +148,8 @@ pub fn flag(setting: Setting) -> &'static str {
         Setting::FinetuneLabels => "--finetune-labels",
         Setting::KeepOnDivergence => "--finetune-keep-on-divergence",
         Setting::Finetune => "--finetune",
+        Setting::Int8 => "--int8",
+        Setting::Calibrate => "--calibrate DIR --preprocess SPEC.json",
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod learn;
 pub mod plan;
 pub mod report;
+pub mod request;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -33,6 +34,7 @@ use learn::LearntLayer;
 pub use plan::Selection;
 use plan::{Plan, PlannedLayer};
 pub use report::{render, ConvertReport, LatencyCheck, LayerReport, LayerSettings, SkippedLayer};
+pub use request::{ClusterRequest, ConvertRequest};
 
 #[derive(Debug, Clone)]
 pub struct ConvertOptions {
@@ -76,6 +78,17 @@ pub enum OutputForm {
     /// The original Conv with its kernel rebuilt from the stored codebook by a constant
     /// subgraph (`lower::dense`): a smaller file at the original's speed.
     Dense,
+}
+
+impl OutputForm {
+    /// The form's name, as `--form` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputForm::Ops => "ops",
+            OutputForm::Fused => "fused",
+            OutputForm::Dense => "dense",
+        }
+    }
 }
 
 /// A model converted in memory, with what each layer became.
