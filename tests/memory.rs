@@ -137,6 +137,36 @@ fn images_beyond_the_memory_cap_stop_the_command_before_it_starts() {
     }
 }
 
+/// Images that fit, but a training batch that would not: refused before the conversion.
+#[test]
+fn a_fine_tuning_batch_beyond_the_cap_stops_before_converting() {
+    let (o, tmp) = digits(&[
+        "{model}",
+        "{out}",
+        "--all",
+        "--finetune",
+        "{data}",
+        "--preprocess",
+        "{spec}",
+        "--finetune-samples",
+        "10",
+        "--max-memory",
+        "1M",
+    ]);
+    let err = common::stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("error: a fine-tuning batch of 32 images of [1, 3, 8, 8]")
+            && err.ends_with("nothing was started [--batch, --max-memory]\n"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("relative error"),
+        "the conversion started: {err}"
+    );
+    assert!(!tmp.path().join("out.onnx").exists());
+}
+
 #[test]
 fn a_cap_that_leaves_room_lets_the_command_run() {
     let (o, tmp) = digits(&[

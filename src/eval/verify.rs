@@ -313,9 +313,9 @@ pub struct VerifyReport {
 /// images and the other model's outputs need the rest).
 const RUNS_MEMORY_SHARE: f64 = 0.5;
 
-/// Stops before `model` runs when its tensors at `input_shape`, all alive in each of the
-/// parallel runs (an engine's upper bound), would take more than [`RUNS_MEMORY_SHARE`] of the
-/// memory available. A model whose shapes cannot be inferred here is left to the engine.
+/// Stops before `model` runs when its activations at `input_shape`, all alive in each of the
+/// parallel runs (an engine's upper bound), and its weights would take more than
+/// [`RUNS_MEMORY_SHARE`] of the memory available. A model whose shapes cannot be inferred here is left to the engine.
 fn check_runs_fit(model: &OnnxModel, input_shape: &[usize]) -> Result<()> {
     let fixed = [InputShape {
         name: None,
@@ -325,10 +325,15 @@ fn check_runs_fit(model: &OnnxModel, input_shape: &[usize]) -> Result<()> {
         return Ok(());
     };
     let parallel = rayon::current_num_threads().max(1);
-    let need = memory::tensors_bytes(&shapes.shapes).saturating_mul(parallel as u64);
+    let (mut activations, mut weights) = (shapes.shapes.clone(), shapes.shapes);
+    activations.retain(|name, _| model.initializer(name).is_none());
+    weights.retain(|name, _| model.initializer(name).is_some());
+    let need = memory::tensors_bytes(&activations)
+        .saturating_mul(parallel as u64)
+        .saturating_add(memory::tensors_bytes(&weights));
     Ok(memory::check_fits(
         || {
-            format!("running it on {parallel} inputs at once (every tensor at input {input_shape:?}, alive in each run; RAYON_NUM_THREADS=1 runs one at a time)")
+            format!("running it on {parallel} inputs at once (every activation at input {input_shape:?}, alive in each run; RAYON_NUM_THREADS=1 runs one at a time)")
         },
         need,
         RUNS_MEMORY_SHARE,

@@ -150,6 +150,41 @@ pub fn finetune_job(job: &Job, opts: &FinetuneOptions) -> Result<(Tuned, Finetun
     )
 }
 
+/// What one training step keeps per image, in multiples of the model's tensors at the input's
+/// size: the student's activations kept for the backward pass, their gradients, and the
+/// teacher's outputs.
+#[cfg(feature = "finetune")]
+const TRAINING_TENSOR_COPIES: u64 = 3;
+
+/// Stops before training when a batch of `batch` images of `input` would keep more than half
+/// of the memory available ([`TRAINING_TENSOR_COPIES`] of every activation of `model` per
+/// image; the weights do not grow with the batch).
+/// A model whose shapes cannot be inferred here is left unchecked.
+#[cfg(feature = "finetune")]
+fn check_training_fits(model: &OnnxModel, input: &[usize], batch: usize) -> Result<()> {
+    let fixed = [crate::analysis::shapes::InputShape {
+        name: None,
+        dims: input.to_vec(),
+    }];
+    let Ok(shapes) = crate::analysis::shapes::infer(model, &fixed) else {
+        return Ok(());
+    };
+    let mut activations = shapes.shapes;
+    activations.retain(|name, _| model.initializer(name).is_none());
+    let per_image = crate::engine::memory::tensors_bytes(&activations);
+    let need = per_image
+        .saturating_mul(TRAINING_TENSOR_COPIES)
+        .saturating_mul(batch as u64);
+    Ok(crate::engine::memory::check_fits(
+        || {
+            format!("a fine-tuning batch of {batch} images of {input:?} (the model's activations {TRAINING_TENSOR_COPIES} times per image)")
+        },
+        need,
+        0.5,
+        &[Setting::Batch],
+    )?)
+}
+
 /// What can be checked before any clustering: the settings, that the trainer runs every
 /// operator of `model`, that the images and their preprocessing spec can be read.
 pub fn preflight(model: &OnnxModel, opts: &FinetuneOptions) -> Result<()> {
@@ -181,6 +216,7 @@ pub fn preflight(model: &OnnxModel, opts: &FinetuneOptions) -> Result<()> {
             "fine-tuning images",
             crate::setting::Setting::FinetuneSamples,
         )?;
+        check_training_fits(model, first[0].shape(), opts.batch)?;
     }
     #[cfg(not(feature = "finetune"))]
     anyhow::bail!(
