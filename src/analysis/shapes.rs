@@ -98,8 +98,19 @@ impl ShapeMap {
 }
 
 /// Parses the model with tract, fixes input shapes (user-given, or a symbolic batch dimension
-/// taken as 1) and propagates shapes to every tensor tract can reach.
+/// taken as 1) and propagates shapes to every tensor tract can reach; the others from ONNX
+/// Runtime's shape inference, else from runs on zeros.
 pub fn infer(model: &OnnxModel, overrides: &[InputShape]) -> Result<ShapeMap> {
+    infer_with(model, overrides, true)
+}
+
+/// [`infer`] without running the model: what a check made before running it may use (a
+/// converted model in the standard-operator form can need gigabytes for one run).
+pub fn infer_without_runs(model: &OnnxModel, overrides: &[InputShape]) -> Result<ShapeMap> {
+    infer_with(model, overrides, false)
+}
+
+fn infer_with(model: &OnnxModel, overrides: &[InputShape], runs: bool) -> Result<ShapeMap> {
     let parsed = crate::engine::runner::parse(model)?;
     let mut tm = parsed.model;
     let mut map = ShapeMap::default();
@@ -152,14 +163,14 @@ pub fn infer(model: &OnnxModel, overrides: &[InputShape]) -> Result<ShapeMap> {
             }
         }
     }
-    fill_from_onnx_runtime(model, &mut map);
+    fill_from_onnx_runtime(model, &mut map, runs);
     Ok(map)
 }
 
 /// The shapes tract could not infer (operators it does not know, say), from one run of the
 /// model in ONNX Runtime on zeros, when every input is concrete and ONNX Runtime is there; a
 /// note says where they came from, or that they stay unknown and why.
-fn fill_from_onnx_runtime(model: &OnnxModel, map: &mut ShapeMap) {
+fn fill_from_onnx_runtime(model: &OnnxModel, map: &mut ShapeMap, runs: bool) {
     let missing: Vec<String> = model
         .graph()
         .node
@@ -180,14 +191,18 @@ fn fill_from_onnx_runtime(model: &OnnxModel, map: &mut ShapeMap) {
         missing[0]
     );
     let found = crate::engine::ort::runtime().and_then(|(_, version)| {
-        let shapes = crate::engine::ort::tensor_shapes(model, dims, &missing)?;
+        let shapes = crate::engine::ort::tensor_shapes(model, dims, &missing, runs)?;
         Ok((version, shapes))
     });
     match found {
         Ok((version, shapes)) => {
             map.assumptions.push(format!(
-                "{shown}: {} of them come from ONNX Runtime {version} (its shape inference, else runs on zeros)",
-                shapes.len()
+                "{shown}: {} of them come from ONNX Runtime {version} ({})",
+                shapes.len(),
+                match runs {
+                    true => "its shape inference, else runs on zeros",
+                    false => "its shape inference",
+                }
             ));
             map.shapes.extend(shapes);
         }

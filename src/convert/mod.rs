@@ -107,8 +107,9 @@ pub struct Converted {
     /// What the int8 rewrite did, when it was asked for.
     pub int8: Option<Int8Report>,
     /// Every tensor of the converted model as float32, at the conversion's input size: what a
-    /// run may hold at most ([`crate::engine::memory::tensors_bytes`]).
-    pub tensor_bytes: u64,
+    /// run may hold at most ([`crate::engine::memory::tensors_bytes`]); `None` when shape
+    /// inference did not size every tensor.
+    pub tensor_bytes: Option<u64>,
 }
 
 /// Converts the chosen layers of `original` in memory.
@@ -190,10 +191,18 @@ pub fn convert_model_with_inputs(
     if let Some(f) = &opts.finetune {
         seen::record(&mut converted, "finetune", &finetune::seen_images(f)?)?;
     }
-    let new_shapes =
-        shapes::infer(&converted, &opts.input_shapes).context("the converted model")?;
+    let new_shapes = shapes::infer_without_runs(&converted, &opts.input_shapes)
+        .context("the converted model")?;
     let new_cost = cost::graph_cost(&converted, &new_shapes);
-    let tensor_bytes = crate::engine::memory::tensors_bytes(&new_shapes.shapes);
+    // An upper bound only when every tensor has a size: shape inference can stop at an
+    // operator it does not know (a style-transfer model's Crop), and what follows is unsized.
+    let sized = converted
+        .graph()
+        .node
+        .iter()
+        .flat_map(|n| &n.output)
+        .all(|o| o.is_empty() || new_shapes.shapes.contains_key(o));
+    let tensor_bytes = sized.then(|| crate::engine::memory::tensors_bytes(&new_shapes.shapes));
     let rebuilt = match opts.int8 {
         Some(_) => rebuilt_weights(&converted, &plan.layers, &learnt)?,
         None => HashMap::new(),
@@ -587,7 +596,18 @@ const MIN_LATENCY_PAIRS: usize = 3;
 /// Why timing the converted model could exhaust memory, when it could: its tensors at this
 /// input size hold more than half of what the system has available (an engine keeps some of
 /// them alive at once, at most all).
-fn too_large_to_time(tensor_bytes: u64) -> Option<String> {
+fn too_large_to_time(tensor_bytes: Option<u64>, form: OutputForm) -> Option<String> {
+    let Some(tensor_bytes) = tensor_bytes else {
+        // The standard-operator form materialises its look-ups: unsized, it may need many
+        // times the original's memory (21.6 GB for a 720×720 style-transfer model in ONNX
+        // Runtime); the other forms hold about the original's tensors.
+        return (form == OutputForm::Ops).then(|| {
+            format!(
+                "shape inference did not size every tensor of the converted model at this input size, and the standard-operator form can need many times the original's memory; time it with `onnx-dlq verify` where memory allows, or use {} fused or dense",
+                setting::name(Setting::Form)
+            )
+        });
+    };
     let available = engine::memory::available_bytes()?;
     (tensor_bytes > available / 2).then(|| {
         format!(
@@ -626,7 +646,7 @@ fn latency_check(
     engine: Engine,
 ) -> Option<LatencyCheck> {
     let target = latency_target(c);
-    if let Some(why) = too_large_to_time(c.tensor_bytes) {
+    if let Some(why) = too_large_to_time(c.tensor_bytes, opts.form) {
         log::warn!("latency not measured: {why}");
         return None;
     }

@@ -227,7 +227,12 @@ impl OrtRunner {
             .outputs
             .iter()
             .map(|o| match &o.output_type {
-                ValueType::Tensor { shape, .. } if shape.iter().all(|&d| d >= 0) => {
+                // No dimensions is how ONNX Runtime declares a shape it could not infer (a true
+                // scalar is then found by running): the style-transfer models' outputs of
+                // `Crop` (an experimental operator without shape inference) came back as [].
+                ValueType::Tensor { shape, .. }
+                    if !shape.is_empty() && shape.iter().all(|&d| d >= 0) =>
+                {
                     Some(dims_of(shape))
                 }
                 _ => None,
@@ -328,12 +333,13 @@ const SHAPE_RUN_TENSORS: usize = 4;
 
 /// The shapes of `tensors` for an input of `input_shape`. First from ONNX Runtime's own shape
 /// inference (a session with the input's dimensions fixed and the tensors as outputs, never
-/// run); the tensors it leaves unknown from runs on zeros exposing at most
+/// run); with `runs`, the tensors it leaves unknown from runs on zeros exposing at most
 /// [`SHAPE_RUN_TENSORS`] at a time, so that memory stays that of the model plus a few tensors.
 pub fn tensor_shapes(
     model: &OnnxModel,
     input_shape: &[usize],
     tensors: &[String],
+    runs: bool,
 ) -> Result<Vec<(String, Vec<usize>)>> {
     let fixed = OnnxModel {
         proto: with_input_dims(model, input_shape)?,
@@ -348,6 +354,9 @@ pub fn tensor_shapes(
             Some(shape) => found.push((name.clone(), shape)),
             None => unknown.push(name.clone()),
         }
+    }
+    if !runs {
+        return Ok(found);
     }
     let zeros = ArrayD::zeros(IxDyn(input_shape));
     for chunk in unknown.chunks(SHAPE_RUN_TENSORS) {

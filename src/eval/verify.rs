@@ -321,7 +321,7 @@ fn check_runs_fit(model: &OnnxModel, input_shape: &[usize]) -> Result<()> {
         name: None,
         dims: input_shape.to_vec(),
     }];
-    let Ok(shapes) = shapes::infer(model, &fixed) else {
+    let Ok(shapes) = shapes::infer_without_runs(model, &fixed) else {
         return Ok(());
     };
     let parallel = rayon::current_num_threads().max(1);

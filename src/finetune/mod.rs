@@ -166,7 +166,7 @@ fn check_training_fits(model: &OnnxModel, input: &[usize], batch: usize) -> Resu
         name: None,
         dims: input.to_vec(),
     }];
-    let Ok(shapes) = crate::analysis::shapes::infer(model, &fixed) else {
+    let Ok(shapes) = crate::analysis::shapes::infer_without_runs(model, &fixed) else {
         return Ok(());
     };
     let mut activations = shapes.shapes;
