@@ -547,10 +547,7 @@ fn target_compression_shrinks_the_file_as_predicted() {
     ]);
     assert!(!o.status.success());
     let e = common::stderr(&o);
-    assert!(
-        e.contains("--channel-scale needs --shared-codebook"),
-        "{e}"
-    );
+    assert!(e.contains("--channel-scale needs --shared-codebook"), "{e}");
     assert!(!tmp.path().join("y.onnx").exists());
 }
 
