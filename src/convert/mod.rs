@@ -191,8 +191,11 @@ pub fn convert_model_with_inputs(
     if let Some(f) = &opts.finetune {
         seen::record(&mut converted, "finetune", &finetune::seen_images(f)?)?;
     }
-    let new_shapes = shapes::infer_without_runs(&converted, &opts.input_shapes)
-        .context("the converted model")?;
+    let new_shapes = match may_run_converted(&inv) {
+        true => shapes::infer(&converted, &opts.input_shapes),
+        false => shapes::infer_without_runs(&converted, &opts.input_shapes),
+    }
+    .context("the converted model")?;
     let new_cost = cost::graph_cost(&converted, &new_shapes);
     // An upper bound only when every tensor has a size: shape inference can stop at an
     // operator it does not know (a style-transfer model's Crop), and what follows is unsized.
@@ -464,6 +467,20 @@ fn prefix_cost(cost: &GraphCost, model: &OnnxModel, layer: &str) -> (OpCost, boo
             .is_some_and(|n| n.starts_with(&prefix))
     };
     (cost.sum_where(emitted), cost.known_where(emitted))
+}
+
+/// How many times the original's tensors a converted model may need in one run: the
+/// standard-operator form materialises every atom and representative response (a 720×720
+/// style-transfer model: 21.6 GB in ONNX Runtime).
+const CONVERTED_RUN_FACTOR: u64 = 64;
+
+/// Whether the converted model may be run on zeros to learn the shapes its own inference leaves
+/// unknown: when [`CONVERTED_RUN_FACTOR`] times the original's tensors fit in half of the
+/// memory available (small inputs; a high-resolution model is never run for its shapes).
+fn may_run_converted(inv: &Inventory) -> bool {
+    let original = engine::memory::tensors_bytes(&inv.shapes.shapes);
+    let need = original.saturating_mul(CONVERTED_RUN_FACTOR);
+    engine::memory::check_fits(String::new, need, 0.5, &[]).is_ok()
 }
 
 /// Why the multiplication counts are incomplete, when they are: shape inference did not reach
