@@ -191,21 +191,8 @@ pub fn convert_model_with_inputs(
     if let Some(f) = &opts.finetune {
         seen::record(&mut converted, "finetune", &finetune::seen_images(f)?)?;
     }
-    let new_shapes = match may_run_converted(&inv) {
-        true => shapes::infer(&converted, &opts.input_shapes),
-        false => shapes::infer_without_runs(&converted, &opts.input_shapes),
-    }
-    .context("the converted model")?;
+    let (new_shapes, tensor_bytes) = converted_sizes(&converted, &inv, &opts.input_shapes)?;
     let new_cost = cost::graph_cost(&converted, &new_shapes);
-    // An upper bound only when every tensor has a size: shape inference can stop at an
-    // operator it does not know (a style-transfer model's Crop), and what follows is unsized.
-    let sized = converted
-        .graph()
-        .node
-        .iter()
-        .flat_map(|n| &n.output)
-        .all(|o| o.is_empty() || new_shapes.shapes.contains_key(o));
-    let tensor_bytes = sized.then(|| crate::engine::memory::tensors_bytes(&new_shapes.shapes));
     let rebuilt = match opts.int8 {
         Some(_) => rebuilt_weights(&converted, &plan.layers, &learnt)?,
         None => HashMap::new(),
@@ -467,6 +454,29 @@ fn prefix_cost(cost: &GraphCost, model: &OnnxModel, layer: &str) -> (OpCost, boo
             .is_some_and(|n| n.starts_with(&prefix))
     };
     (cost.sum_where(emitted), cost.known_where(emitted))
+}
+
+/// The converted model's shapes, and the bytes of all its tensors when every one has a size
+/// (an upper bound of one run; shape inference can stop at an operator it does not know, a
+/// style-transfer model's Crop, and leave what follows unsized).
+fn converted_sizes(
+    converted: &OnnxModel,
+    inv: &Inventory,
+    input_shapes: &[InputShape],
+) -> Result<(shapes::ShapeMap, Option<u64>)> {
+    let found = match may_run_converted(inv) {
+        true => shapes::infer(converted, input_shapes),
+        false => shapes::infer_without_runs(converted, input_shapes),
+    }
+    .context("the converted model")?;
+    let sized = converted
+        .graph()
+        .node
+        .iter()
+        .flat_map(|n| &n.output)
+        .all(|o| o.is_empty() || found.shapes.contains_key(o));
+    let bytes = sized.then(|| engine::memory::tensors_bytes(&found.shapes));
+    Ok((found, bytes))
 }
 
 /// How many times the original's tensors a converted model may need in one run: the
