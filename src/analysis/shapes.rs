@@ -212,6 +212,31 @@ fn fill_from_onnx_runtime(model: &OnnxModel, map: &mut ShapeMap, runs: bool) {
     }
 }
 
+/// The float32 bytes of a model's tensors at one input shape, as a memory check counts them:
+/// activations (one set per run) apart from weights (held once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TensorBytes {
+    pub activations: u64,
+    pub weights: u64,
+}
+
+/// [`TensorBytes`] of `model` (one input) at `input`, from shapes found without running it;
+/// `None` when they cannot be inferred. Tensors left unsized are not counted.
+pub fn tensor_bytes_at(model: &OnnxModel, input: &[usize]) -> Option<TensorBytes> {
+    let fixed = [InputShape {
+        name: None,
+        dims: input.to_vec(),
+    }];
+    let shapes = infer_without_runs(model, &fixed).ok()?.shapes;
+    let (weights, activations): (HashMap<_, _>, HashMap<_, _>) = shapes
+        .into_iter()
+        .partition(|(name, _)| model.initializer(name).is_some());
+    Some(TensorBytes {
+        activations: crate::engine::memory::tensors_bytes(&activations),
+        weights: crate::engine::memory::tensors_bytes(&weights),
+    })
+}
+
 /// Every `--input-shape` names an input of the model (or the model has one input).
 fn check_overrides(overrides: &[InputShape], input_names: &[String]) -> Result<()> {
     for o in overrides {

@@ -29,28 +29,16 @@ pub fn preprocess_all(
     what: &str,
     count: Setting,
 ) -> Result<Vec<Array4<f32>>> {
-    let Some((first_path, rest)) = paths.split_first() else {
+    let Some((first_path, rest_paths)) = paths.split_first() else {
         return Ok(Vec::new());
     };
     let first = spec.apply(first_path)?;
-    let need = (first.len() as u64 * 4).saturating_mul(paths.len() as u64);
-    memory::check_fits(
-        || {
-            format!(
-                "the {} {what} ({:?} each, as float32)",
-                paths.len(),
-                first.shape()
-            )
-        },
-        need,
-        IMAGES_MEMORY_SHARE,
-        &[count],
-    )?;
-    let rest: Vec<Array4<f32>> = rest
+    check_images_fit(paths.len(), first.shape(), what, count)?;
+    let rest: Vec<Array4<f32>> = rest_paths
         .par_iter()
         .map(|p| spec.apply(p))
         .collect::<Result<_>>()?;
-    for (x, path) in rest.iter().zip(rest_paths(paths)) {
+    for (x, path) in rest.iter().zip(rest_paths) {
         ensure!(
             x.shape() == first.shape(),
             "image {} gives an input of shape {:?}, the first gives {:?}: add `center_crop` to {}",
@@ -79,10 +67,6 @@ pub fn check_images_fit(
         IMAGES_MEMORY_SHARE,
         &[count],
     )
-}
-
-fn rest_paths<'a>(paths: &'a [&'a Path]) -> impl Iterator<Item = &'a Path> + 'a {
-    paths.iter().skip(1).copied()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -317,20 +317,14 @@ const RUNS_MEMORY_SHARE: f64 = 0.5;
 /// parallel runs (an engine's upper bound), and its weights would take more than
 /// [`RUNS_MEMORY_SHARE`] of the memory available. A model whose shapes cannot be inferred here is left to the engine.
 fn check_runs_fit(model: &OnnxModel, input_shape: &[usize]) -> Result<()> {
-    let fixed = [InputShape {
-        name: None,
-        dims: input_shape.to_vec(),
-    }];
-    let Ok(shapes) = shapes::infer_without_runs(model, &fixed) else {
+    let Some(bytes) = shapes::tensor_bytes_at(model, input_shape) else {
         return Ok(());
     };
     let parallel = rayon::current_num_threads().max(1);
-    let (mut activations, mut weights) = (shapes.shapes.clone(), shapes.shapes);
-    activations.retain(|name, _| model.initializer(name).is_none());
-    weights.retain(|name, _| model.initializer(name).is_some());
-    let need = memory::tensors_bytes(&activations)
+    let need = bytes
+        .activations
         .saturating_mul(parallel as u64)
-        .saturating_add(memory::tensors_bytes(&weights));
+        .saturating_add(bytes.weights);
     Ok(memory::check_fits(
         || {
             format!("running it on {parallel} inputs at once (every activation at input {input_shape:?}, alive in each run; RAYON_NUM_THREADS=1 runs one at a time)")

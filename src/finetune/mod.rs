@@ -162,17 +162,11 @@ const TRAINING_TENSOR_COPIES: u64 = 3;
 /// A model whose shapes cannot be inferred here is left unchecked.
 #[cfg(feature = "finetune")]
 fn check_training_fits(model: &OnnxModel, input: &[usize], batch: usize) -> Result<()> {
-    let fixed = [crate::analysis::shapes::InputShape {
-        name: None,
-        dims: input.to_vec(),
-    }];
-    let Ok(shapes) = crate::analysis::shapes::infer_without_runs(model, &fixed) else {
+    let Some(bytes) = crate::analysis::shapes::tensor_bytes_at(model, input) else {
         return Ok(());
     };
-    let mut activations = shapes.shapes;
-    activations.retain(|name, _| model.initializer(name).is_none());
-    let per_image = crate::engine::memory::tensors_bytes(&activations);
-    let need = per_image
+    let need = bytes
+        .activations
         .saturating_mul(TRAINING_TENSOR_COPIES)
         .saturating_mul(batch as u64);
     Ok(crate::engine::memory::check_fits(
