@@ -29,6 +29,21 @@ run r20-cal-target15 "$r20" "$out/r20-cal-target15.onnx" --target-speedup 1.5 \
   --calibrate "$shared/data/cifar10-train" --preprocess "$shared/models/resnet20-cifar10.preprocess.json" --calib-samples 32
 run sq-cal-fire6 "$sq" "$out/sq-cal-fire6.onnx" --layers fire6/expand3x3_1 --ratio 10 \
   --calibrate "$shared/data/imagenet-sample" --preprocess "$shared/models/squeezenet1.1.preprocess.json" --calib-samples 8
+# Every output form, the int8 output, and a converted file's codebooks read back by fine-tuning.
+r20pre=$shared/models/resnet20-cifar10.preprocess.json
+cifar=$shared/data/cifar10-train
+run digits-fused models/digits-cnn.onnx "$out/digits-fused.onnx" --all --ratio 4 --form fused
+run digits-dense-dl models/digits-cnn.onnx "$out/digits-dense-dl.onnx" --all --ratio 4 --form dense
+run r20-dense-vq "$r20" "$out/r20-dense-vq.onnx" --all --ratio 4 --method vq --form dense
+run r20-palette8 "$r20" "$out/r20-palette8.onnx" --all --target-compression 8 --shared-codebook --subspace 1
+run r20-int8 "$r20" "$out/r20-int8.onnx" --all --target-compression 8 --int8 \
+  --calibrate "$cifar" --preprocess "$r20pre" --calib-samples 32
+"$bin" finetune "$r20" "$out/r20-all-vq4.onnx" "$out/r20-ft-ops.onnx" --data "$cifar" \
+  --preprocess "$r20pre" --epochs 1 --finetune-samples 64 >/dev/null 2>"$out/r20-ft-ops.log" || echo "r20-ft-ops FAILED"
+"$bin" finetune "$r20" "$out/r20-palette8.onnx" "$out/r20-ft-palette.onnx" --data "$cifar" \
+  --preprocess "$r20pre" --epochs 1 --finetune-samples 64 >/dev/null 2>"$out/r20-ft-palette.log" || echo "r20-ft-palette FAILED"
+"$bin" finetune models/digits-cnn.onnx "$out/digits-fused.onnx" "$out/digits-ft-fused.onnx" --data models/digits-test \
+  --preprocess models/digits-cnn.preprocess.json --epochs 1 --finetune-samples 64 >/dev/null 2>"$out/digits-ft-fused.log" || echo "digits-ft-fused FAILED"
 "$bin" inspect "$sq" --json >"$out/inspect-sq.json"
 "$bin" diff models/digits-cnn.onnx "$out/digits-dl.onnx" --json >"$out/diff-digits.json"
 cd "$out"
