@@ -55,7 +55,7 @@ fn convert(
     // The dense reference: the reconstructed kernel (and shifted bias) in the original Conv.
     let dense = common::dense_reference(&original, &cb);
     let converted = lowered(&original, &cb);
-    let native = lower::kernel::native(&original, &layers[0], &cb, [s.h, s.w]).unwrap();
+    let native = lower::fused::kernel::native(&original, &layers[0], &cb, [s.h, s.w]).unwrap();
     (converted, dense, cb, native)
 }
 

@@ -24,6 +24,7 @@ use crate::codebook::ValidParams;
 use crate::engine::{self, Engine};
 use crate::eval::{seen, verify};
 use crate::finetune::{self, FinetuneOptions, FinetuneReport};
+pub use crate::lower::OutputForm;
 use crate::lower::{self, GraphPatch};
 use crate::onnx::model::{self, ExternalData, OnnxModel};
 use crate::quantize::{self, Int8Options, Int8Report};
@@ -64,31 +65,6 @@ pub struct ConvertOptions {
     /// Write the whole model as an int8 QDQ model (the compact form only; needs calibration
     /// images for the activation ranges).
     pub int8: Option<Int8Options>,
-}
-
-/// How a converted layer is written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputForm {
-    /// A subgraph of standard ONNX operators at the model's opset (`lower::ops`).
-    #[default]
-    Ops,
-    /// One custom-domain `DlqConv` node, run by the native kernel (`lower::fused`).
-    Fused,
-    /// The original Conv with its kernel rebuilt from the stored codebook by a constant
-    /// subgraph (`lower::dense`): a smaller file at the original's speed.
-    Dense,
-}
-
-impl OutputForm {
-    /// The form's name, as `--form` takes it.
-    pub fn name(self) -> &'static str {
-        match self {
-            OutputForm::Ops => "ops",
-            OutputForm::Fused => "fused",
-            OutputForm::Dense => "dense",
-        }
-    }
 }
 
 /// A model converted in memory, with what each layer became.
@@ -312,7 +288,7 @@ fn run_engine(
     opts: &ConvertOptions,
     calibration_inputs: Option<&[ArrayD<f32>]>,
 ) -> Result<Engine> {
-    let latency_budget = opts.form == OutputForm::Fused
+    let latency_budget = opts.form.spec().runtime().timed_per_layer
         && opts.target_speedup.is_some()
         && opts.target_compression.is_none();
     let needed = opts.calibration.is_some() || latency_budget;
@@ -402,15 +378,10 @@ fn lower_layers(
             subspace: opts.params.subspace,
         };
         let settings = serde_json::to_string(&settings)?;
-        patch.layers.push(match opts.form {
-            OutputForm::Ops => lower::lower(original, p.layer, cb, &inv.shapes, &settings)?,
-            OutputForm::Fused => {
-                lower::fused::lower(original, p.layer, cb, &inv.shapes, &settings)?
-            }
-            OutputForm::Dense => {
-                lower::dense::lower(original, p.layer, cb, &inv.shapes, &settings)?
-            }
-        });
+        let form = opts.form.spec();
+        patch
+            .layers
+            .push(form.lower(original, p.layer, cb, &inv.shapes, &settings)?);
         log::info!(
             "[{}/{}] {}: {:?} K={} L={} S={} relative error {:.4}{} ({:.2}s)",
             i + 1,
@@ -628,7 +599,7 @@ fn too_large_to_time(tensor_bytes: Option<u64>, form: OutputForm) -> Option<Stri
         // The standard-operator form materialises its look-ups: unsized, it may need many
         // times the original's memory (21.6 GB for a 720×720 style-transfer model in ONNX
         // Runtime); the other forms hold about the original's tensors.
-        return (form == OutputForm::Ops).then(|| {
+        return form.spec().runtime().may_outgrow_original.then(|| {
             format!(
                 "shape inference did not size every tensor of the converted model at this input size, and the standard-operator form can need many times the original's memory; time it with `onnx-dlq verify` where memory allows, or use {} fused or dense",
                 setting::name(Setting::Form)
@@ -717,11 +688,7 @@ fn latency_check(
                     setting::name(Setting::Engine)
                 );
             } else if !check.within_noise && check.converted_ms > check.original_ms {
-                let why = match opts.form {
-                    OutputForm::Ops => format!("the standard-operator form counts fewer multiplications but materialises the look-ups, so it is not faster on CPU engines (BENCHMARKS.md); {} fused runs the native kernel (in tract, and in ONNX Runtime through libonnx_dlq_ort)", setting::name(Setting::Form)),
-                    OutputForm::Fused => "the native kernel does not pay off on these layers at these ratios (BENCHMARKS.md); raise the ratio or convert fewer layers".into(),
-                    OutputForm::Dense => "the engine did not fold the kernel's constant subgraph".into(),
-                };
+                let why = opts.form.spec().slower_because();
                 log::warn!(
                     "the converted model runs {} than the original in {} ({:.3} ms against {:.3} ms): {why}",
                     check.verdict(),

@@ -1,29 +1,29 @@
-//! Lowering: a learnt codebook becomes graph edits. One module per output form, all producing
-//! a [`LayerPatch`] that [`patch::apply`] puts into the model in one place:
+//! Lowering: a learnt codebook becomes graph edits. Each output form is one folder implementing
+//! [`form::Form`] (lower a layer, read it back, price its bytes, say what runtime to expect),
+//! all producing a [`LayerPatch`] that [`patch::apply`] puts into the model in one place:
 //!
 //! - [`ops`]: the standard-operator form (plain ONNX at the model's opset; the paper's count);
-//! - [`reconstructed`]: the Conv with the dense reconstructed kernel W̃, the reference the
-//!   other forms must equal (calibration runs it; the exactness tests compare against it);
+//! - [`fused`]: one custom-domain `DlqConv` node per layer, computed by the native kernel
+//!   (`fused::kernel`: the layer as that kernel);
 //! - [`dense`]: the compact form, the original Conv with its kernel rebuilt from the codebook
 //!   by a constant subgraph engines fold at load (smaller file, the original's speed);
-//! - [`fused`]: one custom-domain `DlqConv` node per layer, computed by the native kernel;
-//! - [`kernel`]: the layer as the native `dlq-kernels` kernel the fused operator runs;
-//! - [`fc`]: fully connected layers (Gemm, MatMul) through their 1×1 Conv view.
+//! - [`reconstructed`]: the Conv with the dense reconstructed kernel W̃, the reference the
+//!   other forms must equal (calibration runs it; the exactness tests compare against it).
 //!
-//! [`builder`] is the shared wiring toolkit; [`packing`] stores the compact form's indices below
-//! 8 bits.
+//! [`wiring`] is what the forms share when they write (the node toolkit, a layer's geometry
+//! and bias, the codebook's tables, fully connected layers); [`stored`] what they share when a
+//! written layer is read back.
 
-pub mod builder;
 pub mod dense;
-pub mod fc;
+pub mod form;
 pub mod fused;
-pub mod kernel;
-pub mod layer;
 pub mod ops;
-pub mod packing;
 pub mod patch;
 pub mod reconstructed;
+pub mod stored;
+pub mod wiring;
 
+pub use form::{Form, OutputForm, Runtime, Saving};
 pub use ops::{lower, MIN_OPSET};
 pub use patch::{apply, GraphPatch, LayerPatch};
 

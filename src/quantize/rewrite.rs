@@ -390,7 +390,7 @@ pub fn rewrite(
         after: HashMap::new(),
         front: vec![],
         inits: vec![],
-        taken: crate::lower::builder::taken_names(model),
+        taken: crate::lower::wiring::builder::taken_names(model),
     };
     let mut done = Rewritten::default();
     let of_tensor = insert_pairs(model, &mut e, plan, affine, ty)?;
@@ -472,7 +472,7 @@ fn assemble(model: &mut OnnxModel, mut e: Edit, replaced: &HashSet<String>) -> R
 /// bytes per weight, their long names were a tenth of a small model's bytes. Initializers keep
 /// their names (the codebook is read back by them), so do the layers' own nodes.
 pub fn shorten_rebuild_names(model: &mut OnnxModel) -> Result<()> {
-    let taken = crate::lower::builder::taken_names(model);
+    let taken = crate::lower::wiring::builder::taken_names(model);
     let g = model.graph_mut();
     let kept: HashSet<String> = g
         .output

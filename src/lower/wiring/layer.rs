@@ -14,26 +14,30 @@ use crate::proto::{type_proto, ValueInfoProto};
 
 /// What a lowering needs to know of one layer, checked once by [`Geometry::of`] (the
 /// standard-operator and the fused form share it).
-pub(super) struct Geometry<'a> {
-    pub(super) attrs: &'a ConvAttrs,
+pub(in crate::lower) struct Geometry<'a> {
+    pub(in crate::lower) attrs: &'a ConvAttrs,
     /// Output channels M and kernel size kh × kw.
-    pub(super) m: usize,
-    pub(super) kh: usize,
-    pub(super) kw: usize,
+    pub(in crate::lower) m: usize,
+    pub(in crate::lower) kh: usize,
+    pub(in crate::lower) kw: usize,
     /// The input's spatial size when shape inference found it; the standard-operator form does
     /// not need it (it runs at any size the original accepts).
-    pub(super) input_hw: Option<[usize; 2]>,
+    pub(in crate::lower) input_hw: Option<[usize; 2]>,
     /// (begin, end) zero padding per spatial axis when it holds at every input size; `None`
     /// for `SAME_*` at a stride above 1 (see [`Geometry::pads_at_known_size`]).
-    pub(super) size_free_pads: Option<Vec<(usize, usize)>>,
-    pub(super) subspaces: usize,
-    pub(super) atoms_per: usize,
-    pub(super) reps_per: usize,
+    pub(in crate::lower) size_free_pads: Option<Vec<(usize, usize)>>,
+    pub(in crate::lower) subspaces: usize,
+    pub(in crate::lower) atoms_per: usize,
+    pub(in crate::lower) reps_per: usize,
 }
 
 impl<'a> Geometry<'a> {
     /// The layer checked against its codebook and its input's shape.
-    pub(super) fn of(layer: &'a ConvLayer, codebook: &Codebook, shapes: &ShapeMap) -> Result<Self> {
+    pub(in crate::lower) fn of(
+        layer: &'a ConvLayer,
+        codebook: &Codebook,
+        shapes: &ShapeMap,
+    ) -> Result<Self> {
         let ctx = || layer_context(layer);
         layer
             .eligibility
@@ -93,7 +97,7 @@ impl Geometry<'_> {
     /// The (begin, end) padding per spatial axis, resolved at the input size shape inference
     /// found when it depends on it (`SAME_*` at a stride above 1): an error naming the layer when
     /// that size is unknown.
-    pub(super) fn pads_at_known_size(&self, ctx: &str) -> Result<Vec<(usize, usize)>> {
+    pub(in crate::lower) fn pads_at_known_size(&self, ctx: &str) -> Result<Vec<(usize, usize)>> {
         if let Some(p) = &self.size_free_pads {
             return Ok(p.clone());
         }
@@ -110,7 +114,7 @@ impl Geometry<'_> {
 }
 
 /// How errors name a layer.
-pub(super) fn layer_context(layer: &ConvLayer) -> String {
+pub(in crate::lower) fn layer_context(layer: &ConvLayer) -> String {
     format!(
         "layer `{}` (node {} {})",
         layer.name, layer.node_index, layer.op_type
@@ -119,7 +123,7 @@ pub(super) fn layer_context(layer: &ConvLayer) -> String {
 
 /// The forms that compute with the representatives (ops, fused) have no place for a palette's
 /// per-channel scales; only the compact form stores them.
-pub(super) fn refuse_channel_scale(codebook: &Codebook, ctx: &str) -> Result<()> {
+pub(in crate::lower) fn refuse_channel_scale(codebook: &Codebook, ctx: &str) -> Result<()> {
     ensure!(
         codebook.channel_scale.is_none(),
         "{ctx}: per-channel scales are stored by the compact form ({} dense) only",
@@ -129,7 +133,7 @@ pub(super) fn refuse_channel_scale(codebook: &Codebook, ctx: &str) -> Result<()>
 }
 
 /// The original bias (if any) plus calibration's shift (if any): what the subgraph adds last.
-pub(super) fn layer_bias(
+pub(in crate::lower) fn layer_bias(
     model: &OnnxModel,
     layer: &ConvLayer,
     codebook: &Codebook,
@@ -169,13 +173,13 @@ pub(super) fn layer_bias(
 
 /// The type of the node's output, `[?, M, ?, ?]` of the layer's element type: batch and spatial
 /// sizes stay open, so the model keeps working for any size the original accepted.
-pub(super) fn output_type(name: &str, elem: i32, m: usize) -> ValueInfoProto {
+pub(in crate::lower) fn output_type(name: &str, elem: i32, m: usize) -> ValueInfoProto {
     channels_type(name, elem, m, 4, 1)
 }
 
 /// The type of a tensor `name` of `rank` axes whose axis `axis` has `m` entries, the others of
 /// unknown size.
-pub(super) fn channels_type(
+pub(in crate::lower) fn channels_type(
     name: &str,
     elem: i32,
     m: usize,

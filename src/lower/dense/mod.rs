@@ -16,22 +16,28 @@
 //! W̃   = W̃ · channel_scale[M, 1, 1, 1]    (a palette with per-channel scales)
 //! ```
 
+pub mod packing;
+pub mod price;
+pub mod read;
+
 use anyhow::{ensure, Context, Result};
 
 use crate::analysis::fc::{self, FcLayout};
 use crate::analysis::select::ConvLayer;
 use crate::analysis::shapes::ShapeMap;
-use crate::codebook::Codebook;
+use crate::codebook::{Codebook, ValidParams};
 use crate::onnx::build::{attr_int, attr_ints};
 use crate::onnx::model::OnnxModel;
 use crate::onnx::tensor;
 use crate::proto::tensor_proto::DataType;
 
-use super::builder::{taken_names, Builder};
-use super::fused::{assignment_input, codebook_inputs, codebook_sizes};
-use super::layer::{layer_bias, layer_context, output_type};
-use super::packing;
-use super::patch::LayerPatch;
+use crate::lower::wiring::builder::{taken_names, Builder};
+use crate::lower::wiring::layer::{layer_bias, layer_context, output_type};
+use crate::lower::wiring::tables::{assignment_input, codebook_inputs, codebook_sizes};
+
+use crate::lower::form::{Form, Runtime, Saving};
+use crate::lower::patch::LayerPatch;
+use crate::lower::stored::{Decoded, LayerNodes, StoredShape};
 
 /// The lowest opset the form supports (Cast's `to` as an integer, broadcasting Add).
 pub const MIN_OPSET: i64 = 7;
@@ -229,7 +235,7 @@ pub fn lower(
         let mut patch = finish_fc(model, layer, fc, codebook, b, &weight, settings)?;
         patch
             .value_info
-            .extend(super::fc::output_info(layer, fc, shapes, m));
+            .extend(crate::lower::wiring::fc::output_info(layer, fc, shapes, m));
         return Ok(patch);
     }
     let mut conv = model.graph().node[layer.node_index].clone();
@@ -295,4 +301,47 @@ fn finish_fc(
     Ok(LayerPatch::standard(
         layer, nodes, b.inits, released, settings,
     ))
+}
+
+/// The compact form: the Conv kept, its kernel rebuilt from the stored codebook.
+pub struct Dense;
+
+impl Form for Dense {
+    fn name(&self) -> &'static str {
+        "dense"
+    }
+
+    fn lower(
+        &self,
+        model: &OnnxModel,
+        layer: &ConvLayer,
+        codebook: &Codebook,
+        shapes: &ShapeMap,
+        settings: &str,
+    ) -> Result<LayerPatch> {
+        lower(model, layer, codebook, shapes, settings)
+    }
+
+    fn read(&self, nodes: &LayerNodes, shape: StoredShape) -> Option<Result<Decoded>> {
+        read::read(nodes, shape)
+    }
+
+    fn saving(&self) -> Saving {
+        Saving::Bytes
+    }
+
+    fn stored_bytes(&self, layer: &ConvLayer, params: &ValidParams, opset: i64) -> Option<f64> {
+        price::compact_bytes(layer, params, opset)
+    }
+
+    fn runtime(&self) -> Runtime {
+        Runtime {
+            timed_per_layer: false,
+            may_outgrow_original: false,
+        }
+    }
+
+    fn slower_because(&self) -> String {
+        "the engine did not fold the kernel's constant subgraph".into()
+    }
 }

@@ -14,19 +14,24 @@
 //! The largest intermediate holds max(S·K, S·M) planes; the p²·M·S looked-up planes are never
 //! all alive at once.
 
+pub mod read;
+
 use anyhow::{ensure, Result};
 
 use crate::analysis::select::ConvLayer;
 use crate::analysis::shapes::ShapeMap;
-use crate::codebook::{self, Codebook, Method};
+use crate::codebook::{self, Codebook, Method, ValidParams};
 use crate::onnx::build::{attr_int, attr_ints};
 use crate::onnx::conv::AutoPad;
 use crate::onnx::model::OnnxModel;
 use crate::proto::tensor_proto::DataType;
 
-use super::builder::{taken_names, Builder};
-use super::layer::{layer_bias, layer_context, refuse_channel_scale, Geometry};
-use super::patch::LayerPatch;
+use crate::lower::form::{Form, Runtime, Saving};
+use crate::lower::patch::LayerPatch;
+use crate::lower::stored::{Decoded, LayerNodes, StoredShape};
+use crate::lower::wiring::builder::{taken_names, Builder};
+use crate::lower::wiring::layer::{layer_bias, layer_context, refuse_channel_scale, Geometry};
+use crate::setting::{self, Setting};
 
 /// The oldest default-domain opset the lowering emits operators for.
 pub const MIN_OPSET: i64 = 7;
@@ -43,7 +48,7 @@ pub fn lower(
     settings: &str,
 ) -> Result<LayerPatch> {
     match &layer.fc {
-        Some(fc) => super::fc::wrap(model, layer, fc, codebook, shapes, |view| {
+        Some(fc) => crate::lower::wiring::fc::wrap(model, layer, fc, codebook, shapes, |view| {
             lower_conv(model, view, codebook, shapes, settings, Spatial::Pointwise)
         }),
         None => lower_conv(model, layer, codebook, shapes, settings, Spatial::Any),
@@ -347,4 +352,47 @@ fn wire_subspace_sum(
         })
         .collect::<Result<_>>()?;
     b.node("Sum", "subspace_sum", parts, vec![])
+}
+
+/// The standard-operator form (the default).
+pub struct Ops;
+
+impl Form for Ops {
+    fn name(&self) -> &'static str {
+        "ops"
+    }
+
+    fn lower(
+        &self,
+        model: &OnnxModel,
+        layer: &ConvLayer,
+        codebook: &Codebook,
+        shapes: &ShapeMap,
+        settings: &str,
+    ) -> Result<LayerPatch> {
+        lower(model, layer, codebook, shapes, settings)
+    }
+
+    fn read(&self, nodes: &LayerNodes, shape: StoredShape) -> Option<Result<Decoded>> {
+        read::read(nodes, shape)
+    }
+
+    fn saving(&self) -> Saving {
+        Saving::Multiplications
+    }
+
+    fn stored_bytes(&self, _: &ConvLayer, _: &ValidParams, _: i64) -> Option<f64> {
+        None
+    }
+
+    fn runtime(&self) -> Runtime {
+        Runtime {
+            timed_per_layer: false,
+            may_outgrow_original: true,
+        }
+    }
+
+    fn slower_because(&self) -> String {
+        format!("the standard-operator form counts fewer multiplications but materialises the look-ups, so it is not faster on CPU engines (BENCHMARKS.md); {} fused runs the native kernel (in tract, and in ONNX Runtime through libonnx_dlq_ort)", setting::name(Setting::Form))
+    }
 }

@@ -22,7 +22,7 @@ use crate::proto::ValueInfoProto;
 
 use super::builder::{taken_names, Builder};
 use super::layer::channels_type;
-use super::patch::LayerPatch;
+use crate::lower::patch::LayerPatch;
 
 /// The 1×1 Conv that `layer` is, reading `input` and writing `output` (C and α stay outside).
 fn conv_view(layer: &ConvLayer, input: String, output: String) -> ConvLayer {
@@ -121,7 +121,7 @@ pub fn wrap(
 /// The type of the layer's output, [..., M] (rank 2 for Gemm, the input's for MatMul when
 /// shape inference found it): onnx.checker needs a graph output's shape and cannot infer it
 /// through the forms' computed shapes and weights.
-pub(super) fn output_info(
+pub(in crate::lower) fn output_info(
     layer: &ConvLayer,
     fc: &FcLayout,
     shapes: &ShapeMap,

@@ -10,7 +10,7 @@ use crate::analysis::select::ConvLayer;
 use crate::codebook::Codebook;
 use crate::onnx::model::OnnxModel;
 
-use super::layer::{layer_bias, layer_context};
+use crate::lower::wiring::layer::{layer_bias, layer_context};
 
 /// The kernel computing `layer` with `codebook` (and the layer's bias plus any calibration
 /// shift) on inputs of spatial size `in_hw` (which resolves `auto_pad`).

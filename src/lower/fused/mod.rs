@@ -3,103 +3,29 @@
 //! itself (atoms, sparse codes, assignment Γ) and the bias. onnx-dlq's tract engine computes it
 //! with the native `dlq-kernels` kernel (`engine::dlq_op`).
 
+pub mod kernel;
+pub mod read;
+
 use anyhow::{ensure, Context, Result};
 
 use crate::analysis::select::ConvLayer;
 use crate::analysis::shapes::ShapeMap;
-use crate::codebook::{Codebook, Method};
+use crate::codebook::{Codebook, ValidParams};
+use crate::lower::wiring::tables::{assignment_input, codebook_inputs, codebook_sizes};
 use crate::onnx::build::{attr_int, attr_ints, attr_str};
 use crate::onnx::model::OnnxModel;
-use crate::onnx::tensor::{self, FloatType};
+use crate::onnx::tensor::FloatType;
 
-use super::builder::{taken_names, Builder};
-use super::layer::{layer_bias, layer_context, output_type, refuse_channel_scale, Geometry};
-use super::patch::LayerPatch;
+use crate::lower::form::{Form, Runtime, Saving};
+use crate::lower::patch::LayerPatch;
+use crate::lower::stored::{Decoded, LayerNodes, StoredShape};
+use crate::lower::wiring::builder::{taken_names, Builder};
+use crate::lower::wiring::layer::{
+    layer_bias, layer_context, output_type, refuse_channel_scale, Geometry,
+};
 
 /// The operator's identity, shared with every engine that runs it.
 pub use dlq_kernels::operator::{DOMAIN, OP_TYPE, VERSION as DOMAIN_VERSION};
-
-/// Per subspace sizes shared by every subspace: (S, L, K, α, N′).
-pub(super) fn codebook_sizes(codebook: &Codebook, ctx: &str) -> Result<[usize; 5]> {
-    let first = codebook
-        .subspaces
-        .first()
-        .with_context(|| format!("{ctx}: the codebook has no subspaces"))?;
-    let alpha = first.codes.as_ref().map_or(1, |c| c.alpha);
-    let sizes = [
-        codebook.subspaces.len(),
-        first.atoms.len(),
-        first.num_representatives(),
-        alpha,
-        first.channels.len(),
-    ];
-    for s in &codebook.subspaces {
-        ensure!(
-            s.atoms.len() == sizes[1]
-                && s.num_representatives() == sizes[2]
-                && s.codes.as_ref().map_or(1, |c| c.alpha) == alpha
-                && s.channels.len() <= sizes[4],
-            "{ctx}: subspaces have different codebook sizes"
-        );
-    }
-    Ok(sizes)
-}
-
-/// The initializers of the codebook (atoms, and for DL the atom indices and coefficients), as
-/// the node's inputs 1–3 (empty names for VQ's absent codes).
-pub(super) fn codebook_inputs(
-    b: &mut Builder,
-    codebook: &Codebook,
-    [s_count, l, k, alpha, width]: [usize; 5],
-    ctx: &str,
-) -> Result<Vec<String>> {
-    let mut atoms = vec![0.0f32; s_count * l * width];
-    for (s, sc) in codebook.subspaces.iter().enumerate() {
-        let w = sc.channels.len();
-        for (a, row) in sc.atoms.data.chunks_exact(w).enumerate() {
-            atoms[(s * l + a) * width..][..w].copy_from_slice(row);
-        }
-    }
-    let mut inputs = vec![b.float_init("atoms", &[s_count, l, width], &atoms)?];
-    if codebook.method == Method::Vq {
-        inputs.extend([String::new(), String::new()]);
-    } else {
-        let (mut idx, mut coef) = (Vec::new(), Vec::new());
-        for sc in &codebook.subspaces {
-            let codes = sc
-                .codes
-                .as_ref()
-                .with_context(|| format!("{ctx}: DL without codes"))?;
-            idx.extend_from_slice(&codes.atoms);
-            coef.extend_from_slice(&codes.coefs);
-        }
-        let name = b.name("atom_indices")?;
-        b.inits.push(tensor::new_index_tensor(
-            &name,
-            &[s_count, k, alpha],
-            &idx,
-            l,
-        ));
-        inputs.push(name);
-        inputs.push(b.float_init("coefficients", &[s_count, k, alpha], &coef)?);
-    }
-    Ok(inputs)
-}
-
-/// Γ of every subspace as one `[S, M, kh, kw]` initializer of the smallest unsigned type that
-/// holds `k` (the number of representatives).
-pub(super) fn assignment_input(
-    b: &mut Builder,
-    codebook: &Codebook,
-    shape: [usize; 4],
-    k: usize,
-) -> Result<String> {
-    let assignment = codebook.flat_assignment();
-    let name = b.name("assignment")?;
-    b.inits
-        .push(tensor::new_index_tensor(&name, &shape, &assignment, k));
-    Ok(name)
-}
 
 /// Builds the `DlqConv` node replacing `layer`. `shapes` gives the input's spatial size where
 /// `auto_pad` needs it to resolve into explicit pads (`SAME_*` at a stride above 1); `settings` is recorded in the model's metadata.
@@ -111,7 +37,7 @@ pub fn lower(
     settings: &str,
 ) -> Result<LayerPatch> {
     if let Some(fc) = &layer.fc {
-        return super::fc::wrap(model, layer, fc, codebook, shapes, |view| {
+        return crate::lower::wiring::fc::wrap(model, layer, fc, codebook, shapes, |view| {
             lower(model, view, codebook, shapes, settings)
         });
     }
@@ -211,4 +137,47 @@ fn sole_relu(model: &OnnxModel, layer: &ConvLayer) -> Option<usize> {
         && matches!(relu.domain.as_deref(), None | Some("" | "ai.onnx"))
         && relu.output.len() == 1;
     (plain && consumers.next().is_none()).then_some(i)
+}
+
+/// The fused form: one `DlqConv` node per layer.
+pub struct Fused;
+
+impl Form for Fused {
+    fn name(&self) -> &'static str {
+        "fused"
+    }
+
+    fn lower(
+        &self,
+        model: &OnnxModel,
+        layer: &ConvLayer,
+        codebook: &Codebook,
+        shapes: &ShapeMap,
+        settings: &str,
+    ) -> Result<LayerPatch> {
+        lower(model, layer, codebook, shapes, settings)
+    }
+
+    fn read(&self, nodes: &LayerNodes, shape: StoredShape) -> Option<Result<Decoded>> {
+        read::read(nodes, shape)
+    }
+
+    fn saving(&self) -> Saving {
+        Saving::Multiplications
+    }
+
+    fn stored_bytes(&self, _: &ConvLayer, _: &ValidParams, _: i64) -> Option<f64> {
+        None
+    }
+
+    fn runtime(&self) -> Runtime {
+        Runtime {
+            timed_per_layer: true,
+            may_outgrow_original: false,
+        }
+    }
+
+    fn slower_because(&self) -> String {
+        "the native kernel does not pay off on these layers at these ratios (BENCHMARKS.md); raise the ratio or convert fewer layers".into()
+    }
 }

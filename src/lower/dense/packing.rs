@@ -20,7 +20,7 @@ use anyhow::Result;
 use crate::onnx::build::attr_int;
 use crate::proto::tensor_proto::DataType;
 
-use super::builder::Builder;
+use crate::lower::wiring::builder::Builder;
 
 /// (bytes B, indices g) of a group of `bits`-bit indices: the B ≤ 3 that wastes the fewest
 /// bits (ties to the smaller), g = ⌊8B / bits⌋.
