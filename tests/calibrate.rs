@@ -205,10 +205,7 @@ fn target_speedup_allocates_ratios_that_meet_the_budget() {
     assert!(!allocated.is_empty());
     for l in allocated {
         let r = l["ratio"].as_f64().unwrap();
-        assert!(
-            onnx_dlq::calibrate::budget::CANDIDATE_RATIOS.contains(&r),
-            "{l}"
-        );
+        assert!(onnx_dlq::budget::CANDIDATE_RATIOS.contains(&r), "{l}");
         // Each layer's error is weighed by how much of it reaches the model's output.
         let gain = l["gain"].as_f64().unwrap_or(-1.0);
         assert!(gain.is_finite() && gain > 0.0, "{l}");

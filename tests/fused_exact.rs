@@ -463,8 +463,8 @@ fn fused_models_run_in_onnx_runtime_as_in_tract() {
 /// the target by that prediction, and every converted layer was measured faster as a DlqConv
 /// than as its Conv; on a CPU where too few layers gain, it refuses the target and writes
 /// nothing. Which of the two happens is the machine's, not the test's: the allocation on given
-/// timings is tested in `calibrate::budget`, the pairing on a fake clock in
-/// `calibrate::timing`, and speed-ups are benchmarks (BENCHMARKS.md).
+/// timings is tested in `budget`, the pairing on a fake clock in
+/// `budget::timing`, and speed-ups are benchmarks (BENCHMARKS.md).
 #[test]
 fn a_fused_target_speedup_is_a_latency_budget() {
     let Some(model) = common::shared_model(

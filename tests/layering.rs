@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["eval"],
     &["calibrate"],
     &["quantize"],
+    &["budget"],
     &["finetune"],
     &["convert"],
     &["report"],

@@ -12,15 +12,12 @@
 //!
 //! Layers are fitted in network order, each on the inputs produced by the model whose earlier
 //! layers already carry their approximated weights, so errors do not pile up unseen.
-pub mod budget;
 pub mod compensate;
 pub mod learn;
 pub mod linalg;
 pub mod patch;
-pub mod reach;
 pub mod refit;
 pub mod stats;
-pub mod timing;
 
 use std::path::PathBuf;
 

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use indicatif::{MultiProgress, ProgressDrawTarget, ProgressStyle};
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
-use crate::calibrate::budget::BudgetError;
+use crate::budget::BudgetError;
 use crate::codebook::SizeError;
 use crate::engine::memory::MemoryError;
 use crate::progress::{self, ProgressBar, ProgressSink};

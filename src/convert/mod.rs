@@ -18,8 +18,8 @@ use ndarray::ArrayD;
 use crate::analysis::cost::{self, GraphCost, OpCost};
 use crate::analysis::inventory::{self, Inventory};
 use crate::analysis::shapes::{self, InputShape};
-use crate::calibrate::budget::{Allocation, Unit};
-use crate::calibrate::{self, timing, CalibrationOptions};
+use crate::budget::{timing, Allocation, Unit};
+use crate::calibrate::{self, CalibrationOptions};
 use crate::codebook::ValidParams;
 use crate::engine::{self, Engine};
 use crate::eval::{seen, verify};
@@ -47,7 +47,7 @@ pub struct ConvertOptions {
     /// Learn output-aware codebooks from calibration images (see `calibrate`).
     pub calibration: Option<CalibrationOptions>,
     /// Whole-model multiplication reduction to reach: a ρ per layer is allocated (see
-    /// `calibrate::budget`) among the selected layers.
+    /// `budget`) among the selected layers.
     pub target_speedup: Option<f64>,
     /// Instead of one ratio: a whole-model reduction of stored tensor bytes (the compact form),
     /// with a ρ per layer from measured sensitivities.

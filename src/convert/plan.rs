@@ -5,15 +5,12 @@ use anyhow::{Context, Result};
 
 use crate::analysis::inventory::Inventory;
 use crate::analysis::select::{self, ConvLayer, Ineligible};
-use crate::calibrate::budget::{self, Allocation};
-use crate::calibrate::{timing, Calibration};
+use crate::budget::{self, Allocation};
+use crate::calibrate::Calibration;
 use crate::codebook::{SizeError, ValidParams};
 use crate::engine::Engine;
 use crate::lower::{Form, Saving};
 use crate::onnx::model::OnnxModel;
-use crate::onnx::tensor;
-use crate::progress;
-use crate::quantize;
 use crate::setting::{self, Setting};
 
 use super::report::SkippedLayer;
@@ -240,16 +237,19 @@ fn allocate<'a>(
     // measured time instead.
     let form = opts.form.spec();
     let measured = match opts.target_compression {
-        Some(_) => Some(size_budget(
+        Some(_) => Some(budget::size::size_budget(
             original,
             inv,
             &with_cost,
             form,
             opts.int8.is_some(),
         )?),
-        None if form.runtime().timed_per_layer => {
-            Some(latency_budget(original, inv, &with_cost, engine)?)
-        }
+        None if form.runtime().timed_per_layer => Some(budget::latency::latency_budget(
+            original,
+            inv,
+            &with_cost,
+            (engine, form),
+        )?),
         None => None,
     };
     let a = budget::allocate(
@@ -279,110 +279,6 @@ fn allocate<'a>(
     })
 }
 
-/// The model's stored bytes (the protobuf plus external tensor data), and per candidate layer
-/// its weight's bytes and the compact form's at each candidate ratio the rules accept
-/// (`lower::dense`'s tensors plus [`LAYER_OVERHEAD_BYTES`]). For the int8 output, the start is
-/// the original written as int8 (every weight int8, the quantization parameters added), a
-/// layer left original stores its kernel as int8, and a converted one adds the QuantizeLinear
-/// of its rebuilt kernel.
-fn size_budget(
-    original: &OnnxModel,
-    inv: &Inventory,
-    candidates: &[budget::Candidate],
-    form: &dyn Form,
-    int8: bool,
-) -> Result<budget::MeasuredBudget> {
-    use prost::Message;
-    let mut total = original.proto.encoded_len() as f64;
-    for t in &original.graph().initializer {
-        if tensor::is_external(t) {
-            let width = tensor::element_size(t.data_type.unwrap_or(0)).unwrap_or(1);
-            total += (tensor::element_count(t)? * width) as f64;
-        }
-    }
-    let start = match int8 {
-        true => Some(quantize::int8_bytes(original, &inv.shapes)? as f64),
-        false => None,
-    };
-    let opset = original.default_opset();
-    let layers = candidates
-        .iter()
-        .map(|c| budget::LayerCost {
-            before: match int8 {
-                true => int8_kernel_bytes(c.layer),
-                false => kernel_bytes(c.layer),
-            },
-            after: c
-                .ratios
-                .iter()
-                .filter_map(|&r| {
-                    let p = c.params.with_ratio(r).ok()?;
-                    let extra = if int8 {
-                        int8_layer_bytes(c.layer, &p)
-                    } else {
-                        0.0
-                    };
-                    Some((r, form.stored_bytes(c.layer, &p, opset)? + extra))
-                })
-                .collect(),
-        })
-        .collect();
-    Ok(budget::MeasuredBudget {
-        unit: budget::Unit::Bytes,
-        total,
-        layers,
-        source: None,
-        start,
-    })
-}
-
-/// What quantizing a converted layer's rebuilt kernel adds in the int8 output: a QuantizeLinear
-/// node and the longer names of its scale, zero point and outputs (measured on ResNet-20).
-const INT8_LAYER_BYTES: f64 = 150.0;
-
-/// What the int8 output adds to a converted layer's compact form, against the start's int8
-/// weight: the QuantizeLinear of the rebuilt kernel, less the per-channel scales a palette
-/// without channel scales does without (it is quantized with one scale).
-fn int8_layer_bytes(layer: &ConvLayer, p: &ValidParams) -> f64 {
-    let m = layer.kernel.as_ref().map_or(0, |k| k[0]) as f64;
-    // The rebuilding nodes lose their names and get short tensor names: each stored its
-    // `{layer}/dlq/…` name three times (node, output, the consumer's input), now a short name
-    // twice.
-    let renamed = REBUILD_NODES * (3.0 * (layer.name.len() as f64 + 17.0) - 12.0);
-    let k = layer
-        .kernel
-        .as_ref()
-        .and_then(|k| p.sizes(k[0], k[1], k[2] * k[3]).ok())
-        .map_or(usize::MAX, |z| z.k);
-    let one_scale = k <= quantize::PER_TENSOR_MAX_K;
-    let scales = match p.shared && !p.channel_scale && layer.fc.is_none() && one_scale {
-        true => 4.0 * m,
-        false => 0.0,
-    };
-    INT8_LAYER_BYTES - scales - renamed
-}
-
-/// The nodes that rebuild a palette layer's kernel (Γ unpacked, gathered, moved, reshaped):
-/// fewer than per-subspace or DL codebooks have, so their renaming is not overestimated.
-const REBUILD_NODES: f64 = 8.0;
-
-/// The bytes of `layer`'s kernel stored as int8 (0 when its shape is unknown).
-fn int8_kernel_bytes(layer: &ConvLayer) -> f64 {
-    layer
-        .kernel
-        .as_ref()
-        .map_or(0, |k| k.iter().product::<usize>()) as f64
-}
-
-/// The bytes of `layer`'s kernel (0 when its shape is unknown).
-fn kernel_bytes(layer: &ConvLayer) -> f64 {
-    let e = layer.weight_type.map_or(4, |t| t.size());
-    layer
-        .kernel
-        .as_ref()
-        .map_or(0, |k| k.iter().product::<usize>() * e) as f64
-}
-
 /// `Some(reason)` when the compact form of `l` at `params` would store at least as many bytes
 /// as its kernel.
 fn no_shrink(
@@ -391,84 +287,11 @@ fn no_shrink(
     l: &ConvLayer,
     opset: i64,
 ) -> Option<SkipReason> {
-    let before = kernel_bytes(l);
+    let before = budget::size::kernel_bytes(l);
     let after = form.stored_bytes(l, params, opset)?;
     (after >= before).then_some(SkipReason::NoShrink {
         before: before as u64,
         after: after as u64,
-    })
-}
-
-/// Times the whole model and every candidate layer (dense, and fused at each candidate ratio)
-/// in `engine` on this machine, batch 1.
-fn latency_budget(
-    original: &OnnxModel,
-    inv: &Inventory,
-    candidates: &[budget::Candidate],
-    engine: Engine,
-) -> Result<budget::MeasuredBudget> {
-    let mut shape = inv
-        .shapes
-        .sole_concrete_input()
-        .context("timing the model for the latency budget")?
-        .1
-        .to_vec();
-    shape[0] = 1;
-    let task = progress::task("timing", candidates.len() as u64 + 1);
-    // ONNX Runtime's x86 layout transformer runs a Conv among blocked-layout neighbours without
-    // reorders but a DlqConv with two: timed alone, the layer's gain is overstated. The whole
-    // model is timed once, by InModel there.
-    let in_model = match engine {
-        Engine::Tract => None,
-        Engine::Ort => Some(timing::InModel::new(engine, original, &inv.shapes, &shape)?),
-    };
-    let model_ms = match &in_model {
-        Some(m) => m.original_ms,
-        None => timing::time_model(engine, original, &shape)?,
-    };
-    task.inc(1);
-    let mut layers = Vec::with_capacity(candidates.len());
-    for c in candidates {
-        let alone = timing::time_layer(
-            engine,
-            original,
-            c.layer,
-            &inv.shapes,
-            &c.params,
-            &budget::CANDIDATE_RATIOS,
-        )?;
-        log::debug!(
-            "timing: {} dense {:.3} ms, fused {:?}",
-            c.layer.name,
-            alone.before,
-            alone.after
-        );
-        let t = match &in_model {
-            None => alone,
-            Some(m) => {
-                let t = m.time_layer(c.layer, &c.params, &alone)?;
-                log::debug!(
-                    "timing: {} in the model: original {:.3} ms, with it fused {:?}",
-                    c.layer.name,
-                    t.before,
-                    t.after
-                );
-                t
-            }
-        };
-        layers.push(t);
-        task.inc(1);
-    }
-    let how = match in_model {
-        None => "per-layer timings",
-        Some(_) => "each layer timed in the whole model",
-    };
-    Ok(budget::MeasuredBudget {
-        unit: budget::Unit::Milliseconds,
-        total: model_ms,
-        layers,
-        source: Some(format!("{}, 1 thread, batch 1, {how}", engine.describe()?)),
-        start: None,
     })
 }
 

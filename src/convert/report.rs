@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::cost::millions;
-use crate::calibrate::budget::{Allocation, Unit};
+use crate::budget::{Allocation, Unit};
 use crate::codebook::{ClusterParams, Method};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -18,10 +18,10 @@ use rand::{RngExt, SeedableRng};
 
 use crate::analysis::select::{self, ConvLayer};
 use crate::analysis::shapes::{self, ShapeMap};
-use crate::calibrate::budget::LayerCost;
+use crate::budget::LayerCost;
 use crate::codebook::{Codebook, Method, Points, SparseCodes, SubspaceCodebook, ValidParams};
 use crate::engine::{self, Engine, Run};
-use crate::lower::{self, fused, GraphPatch};
+use crate::lower::{self, Form, GraphPatch};
 use crate::onnx::build;
 use crate::onnx::model::OnnxModel;
 use crate::proto::{GraphProto, ModelProto};
@@ -47,22 +47,23 @@ fn median_ms(runner: &dyn Run, x: &ArrayD<f32>, runs: usize, warmup: usize) -> R
     Ok(median(&mut times))
 }
 
-/// `layer` of `model` (its shapes in `shapes`) lowered to a DlqConv with `codebook`.
-fn with_layer_fused(
+/// `layer` of `model` (its shapes in `shapes`) lowered in `form` with `codebook`.
+fn with_layer(
+    form: &dyn Form,
     model: &OnnxModel,
     layer: &ConvLayer,
     codebook: &Codebook,
     shapes: &ShapeMap,
 ) -> Result<OnnxModel> {
-    let patch = fused::lower(model, layer, codebook, shapes, "{}")?;
-    let mut fused = model.clone();
+    let patch = form.lower(model, layer, codebook, shapes, "{}")?;
+    let mut converted = model.clone();
     lower::apply(
-        &mut fused,
+        &mut converted,
         GraphPatch {
             layers: vec![patch],
         },
     )?;
-    Ok(fused)
+    Ok(converted)
 }
 
 /// `layer`'s kernel shape [M, N, kh, kw].
@@ -173,10 +174,10 @@ fn random_codebook(kernel: [usize; 4], params: &ValidParams) -> Result<Codebook>
     })
 }
 
-/// Times `layer` (batch 1) as its Conv (`before`, ms) and as a DlqConv at each ratio of
+/// Times `layer` (batch 1) as its Conv (`before`, ms) and in `form` at each ratio of
 /// `ratios` that the rules accept for `params` (`after`).
 pub fn time_layer(
-    engine: Engine,
+    (engine, form): (Engine, &dyn Form),
     original: &OnnxModel,
     layer: &ConvLayer,
     shapes: &ShapeMap,
@@ -207,7 +208,7 @@ pub fn time_layer(
         else {
             continue;
         };
-        let model = with_layer_fused(&dense, &one[0], &cb, &one_shapes).with_context(ctx)?;
+        let model = with_layer(form, &dense, &one[0], &cb, &one_shapes).with_context(ctx)?;
         fused_ms.push((ratio, median_ms(prepare(&model)?.as_ref(), &x, RUNS, 2)?));
     }
     Ok(LayerCost {
@@ -339,6 +340,7 @@ pub fn paired_as_budget(a: &dyn Run, b: &dyn Run, x: &ArrayD<f32>) -> Result<Pai
 /// header): each layer's cost is the original's time plus what the fused layer adds to it.
 pub struct InModel<'a> {
     engine: Engine,
+    form: &'a dyn Form,
     model: &'a OnnxModel,
     shapes: &'a ShapeMap,
     input: Vec<usize>,
@@ -351,7 +353,7 @@ impl<'a> InModel<'a> {
     /// Prepares the original `model` for a batch-1 input of shape `input` and times it as the
     /// candidates will be: [`MODEL_RUNS`] runs after the session's first (slow) ones.
     pub fn new(
-        engine: Engine,
+        (engine, form): (Engine, &'a dyn Form),
         model: &'a OnnxModel,
         shapes: &'a ShapeMap,
         input: &[usize],
@@ -365,6 +367,7 @@ impl<'a> InModel<'a> {
         )?;
         Ok(InModel {
             engine,
+            form,
             model,
             shapes,
             input: input.to_vec(),
@@ -392,7 +395,8 @@ impl<'a> InModel<'a> {
                 continue;
             }
             let cb = random_codebook(kernel, &params.with_ratio(ratio)?)?;
-            let model = with_layer_fused(self.model, layer, &cb, self.shapes).with_context(ctx)?;
+            let model =
+                with_layer(self.form, self.model, layer, &cb, self.shapes).with_context(ctx)?;
             let runner = engine::prepare(self.engine, &model, &self.input).with_context(ctx)?;
             // A gain within the noise is no gain: the ratio is left out (never chosen).
             if let Some(added) = paired_difference_ms(self.original.as_ref(), runner.as_ref(), &x)?

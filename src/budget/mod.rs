@@ -5,6 +5,15 @@
 //! greedy exchange: repeatedly take the step (one layer to a higher ρ) that saves the most
 //! multiplications per unit of added squared error, until the budget is met. Layers never picked
 //! stay original.
+//!
+//! The budget's measures are its own modules: [`size`] (bytes, the compact form's byte model),
+//! [`latency`] (times on this machine, by [`timing`]), and [`reach`] (each layer's end-to-end
+//! gain, which weighs its error when calibrated).
+
+pub mod latency;
+pub mod reach;
+pub mod size;
+pub mod timing;
 
 use std::time::Instant;
 
@@ -13,7 +22,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::select::ConvLayer;
-use crate::calibrate::{self, reach, Calibration, InputStats};
+use crate::calibrate::{self, Calibration, InputStats};
 use crate::codebook::{self, ValidParams};
 use crate::onnx::model::OnnxModel;
 use crate::progress;
@@ -39,7 +48,7 @@ pub fn ladder(params: &ValidParams, kernel: [usize; 4]) -> Vec<f64> {
         .collect()
 }
 
-/// How far the written size may exceed the byte model's prediction (`convert::plan`): measured
+/// How far the written size may exceed the byte model's prediction (`lower::dense::price`): measured
 /// within 0.6% on SqueezeNet, 3% above on the ResNets (BENCHMARKS.md, "Smaller rebuild
 /// subgraphs"); SqueezeNet `--target-compression 8` wrote 619,862 bytes for 619,359 predicted.
 pub const BYTE_MODEL_MARGIN: f64 = 0.01;
