@@ -379,3 +379,349 @@ fn the_scanner_finds_paths_in_code_only() {
     );
     assert_eq!(sup, [(1, "convert".to_string()), (4, "z".to_string())]);
 }
+
+/// A `use` tree or path after its first segment, expanded into whole paths: `a::{b, c::d}`
+/// gives `[a, b]` and `[a, c, d]`; `self` in a group is the group's prefix; `*` ends a path.
+fn expand_tree(s: &[u8], mut i: usize, prefix: &[String], out: &mut Vec<Vec<String>>) -> usize {
+    let mut path = prefix.to_vec();
+    loop {
+        while i < s.len() && s[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i < s.len() && s[i] == b'{' {
+            i += 1;
+            loop {
+                i = expand_tree(s, i, &path, out);
+                while i < s.len() && (s[i].is_ascii_whitespace() || s[i] == b',') {
+                    i += 1;
+                }
+                if i >= s.len() || s[i] == b'}' {
+                    return i + 1;
+                }
+            }
+        }
+        let (name, end) = ident_at(s, i);
+        if name.is_empty() {
+            // `*` or the end of the path.
+            out.push(path);
+            return end.max(i + usize::from(i < s.len() && s[i] == b'*'));
+        }
+        i = end;
+        if name != "self" {
+            path.push(name);
+        }
+        let rest = std::str::from_utf8(&s[i..]).unwrap_or("");
+        match rest.trim_start().strip_prefix("::") {
+            Some(after) => i = s.len() - after.len(),
+            None => {
+                out.push(path);
+                return i;
+            }
+        }
+    }
+}
+
+/// A source file's module path below the crate root (`lower/ops/mod.rs` is `lower::ops`).
+fn module_of(src: &Path, file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(src).unwrap();
+    let mut parts: Vec<String> = rel
+        .iter()
+        .map(|p| p.to_string_lossy().trim_end_matches(".rs").to_string())
+        .collect();
+    if matches!(parts.last().map(String::as_str), Some("mod" | "lib")) {
+        parts.pop();
+    }
+    parts
+}
+
+/// Every whole path a file's own code names from the crate (`crate::`, `super::`, `self::`,
+/// and its own child modules by name), as module paths from the crate root; inline modules'
+/// code (unit tests) is left out.
+fn referenced_paths(code: &str, module: &[String], children: &[String]) -> Vec<Vec<String>> {
+    let s = code.as_bytes();
+    let inline = inline_mod_depths(code);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < s.len() {
+        if !(s[i].is_ascii_alphabetic() || s[i] == b'_') {
+            i += 1;
+            continue;
+        }
+        let word_start = i == 0 || !(s[i - 1].is_ascii_alphanumeric() || s[i - 1] == b'_');
+        let (word, end) = ident_at(s, i);
+        if !word_start || !code[end..].trim_start().starts_with("::") {
+            i = end.max(i + 1);
+            continue;
+        }
+        // Inside a path already read; a visibility (`pub(in crate::x)`) names no import; code
+        // in inline modules (`mod tests`) is not the file's own.
+        let before = code[..i].trim_end();
+        if before.ends_with("::") || before.ends_with("(in") || inline[i] > 0 {
+            i = end;
+            continue;
+        }
+        let base: Option<Vec<String>> = match word.as_str() {
+            "crate" => Some(vec![]),
+            "self" => Some(module.to_vec()),
+            "super" => {
+                // Count the chain; inline modules (`mod tests`) are climbed out of first.
+                let (mut ups, mut j) = (0, i);
+                while code[j..].starts_with("super") {
+                    let Some(after) = code[j + 5..].trim_start().strip_prefix("::") else {
+                        break;
+                    };
+                    ups += 1;
+                    j = code.len() - after.trim_start().len();
+                }
+                let ups = ups - inline[i].min(ups);
+                let keep = module.len().saturating_sub(ups);
+                let mut paths = Vec::new();
+                i = expand_tree(s, j, &module[..keep], &mut paths);
+                out.extend(paths);
+                continue;
+            }
+            w if children.iter().any(|c| c == w) => {
+                let mut m = module.to_vec();
+                m.push(w.to_string());
+                Some(m)
+            }
+            _ => None,
+        };
+        match base {
+            Some(base) => {
+                let after = code[end..].trim_start().strip_prefix("::").unwrap();
+                i = expand_tree(s, code.len() - after.len(), &base, &mut out);
+            }
+            None => i = end,
+        }
+    }
+    out
+}
+
+/// `pub use` re-exports of a module file: the name it exports, and the whole path it names.
+fn reexports(code: &str, module: &[String], children: &[String]) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for stmt in code.split(';') {
+        let Some(tree) = stmt.trim().strip_prefix("pub use") else {
+            continue;
+        };
+        for p in referenced_paths(tree, module, children) {
+            if let Some(last) = p.last() {
+                out.push((last.clone(), p));
+            }
+        }
+    }
+    out
+}
+
+/// The files of the crate's modules, and for each the files it takes names from (following
+/// `pub use` re-exports to the file that defines the name).
+fn file_imports(src: &Path) -> Vec<(String, Vec<(String, String)>)> {
+    let mut files = Vec::new();
+    rs_files(src, &mut files);
+    files.retain(|f| !f.ends_with("main.rs"));
+    files.sort();
+    let mut modules = std::collections::BTreeMap::new();
+    let mut parsed = Vec::new();
+    for f in &files {
+        let code = code_only(&std::fs::read_to_string(f).unwrap());
+        let module = module_of(src, f);
+        let rel = f.strip_prefix(src).unwrap().display().to_string();
+        let children: Vec<String> = code
+            .split(';')
+            .filter_map(|s| {
+                let s = s.trim();
+                let s = s.strip_prefix("pub ").unwrap_or(s);
+                s.strip_prefix("mod ").map(|n| n.trim().to_string())
+            })
+            .filter(|n| n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+            .collect();
+        let exports = reexports(&code, &module, &children);
+        modules.insert(module.clone(), (rel.clone(), exports));
+        parsed.push((rel, module, code, children));
+    }
+    let resolve = |path: &[String]| -> Option<String> {
+        let mut path = path.to_vec();
+        for _ in 0..8 {
+            let k = (0..=path.len())
+                .rev()
+                .find(|&k| modules.contains_key(&path[..k]))?;
+            let (file, exports) = &modules[&path[..k]];
+            let Some(next) = path.get(k) else {
+                return Some(file.clone());
+            };
+            match exports.iter().find(|(name, _)| name == next) {
+                Some((_, target)) if target.as_slice() != path.as_slice() => {
+                    let mut p = target.clone();
+                    p.extend_from_slice(&path[k + 1..]);
+                    path = p;
+                }
+                _ => return Some(file.clone()),
+            }
+        }
+        None
+    };
+    parsed
+        .iter()
+        .map(|(rel, module, code, children)| {
+            let mut edges: Vec<(String, String)> = referenced_paths(code, module, children)
+                .iter()
+                .filter_map(|p| Some((resolve(p)?, p.join("::"))))
+                .filter(|(to, _)| to != rel)
+                .collect();
+            edges.sort();
+            edges.dedup_by(|a, b| a.0 == b.0);
+            (rel.clone(), edges)
+        })
+        .collect()
+}
+
+/// The groups of files that import each other, directly or round a circle (Tarjan's strongly
+/// connected components of more than one file), each file with what it takes from the group.
+fn import_circles(graph: &[(String, Vec<(String, String)>)]) -> Vec<Vec<String>> {
+    let index: std::collections::HashMap<&str, usize> = graph
+        .iter()
+        .enumerate()
+        .map(|(i, (f, _))| (f.as_str(), i))
+        .collect();
+    let adj: Vec<Vec<usize>> = graph
+        .iter()
+        .map(|(_, e)| {
+            e.iter()
+                .filter_map(|(t, _)| index.get(t.as_str()).copied())
+                .collect()
+        })
+        .collect();
+    struct Tarjan<'a> {
+        adj: &'a [Vec<usize>],
+        next: usize,
+        order: Vec<Option<usize>>,
+        low: Vec<usize>,
+        stack: Vec<usize>,
+        on_stack: Vec<bool>,
+        groups: Vec<Vec<usize>>,
+    }
+    fn visit(t: &mut Tarjan, v: usize) {
+        t.order[v] = Some(t.next);
+        t.low[v] = t.next;
+        t.next += 1;
+        t.stack.push(v);
+        t.on_stack[v] = true;
+        for w in t.adj[v].clone() {
+            match t.order[w] {
+                None => {
+                    visit(t, w);
+                    t.low[v] = t.low[v].min(t.low[w]);
+                }
+                Some(o) if t.on_stack[w] => t.low[v] = t.low[v].min(o),
+                Some(_) => {}
+            }
+        }
+        if Some(t.low[v]) == t.order[v] {
+            let mut group = Vec::new();
+            while let Some(w) = t.stack.pop() {
+                t.on_stack[w] = false;
+                group.push(w);
+                if w == v {
+                    break;
+                }
+            }
+            t.groups.push(group);
+        }
+    }
+    let n = graph.len();
+    let mut t = Tarjan {
+        adj: &adj,
+        next: 0,
+        order: vec![None; n],
+        low: vec![0; n],
+        stack: Vec::new(),
+        on_stack: vec![false; n],
+        groups: Vec::new(),
+    };
+    for v in 0..n {
+        if t.order[v].is_none() {
+            visit(&mut t, v);
+        }
+    }
+    t.groups
+        .into_iter()
+        .filter(|g| g.len() > 1)
+        .map(|g| {
+            let mut lines: Vec<String> = g
+                .iter()
+                .map(|&v| {
+                    let (file, edges) = &graph[v];
+                    let inside: Vec<&str> = edges
+                        .iter()
+                        .filter(|(to, _)| g.iter().any(|&w| graph[w].0 == *to))
+                        .map(|(_, p)| p.as_str())
+                        .collect();
+                    format!("{file} -> {}", inside.join(", "))
+                })
+                .collect();
+            lines.sort();
+            lines
+        })
+        .collect()
+}
+
+/// No file takes names from a file that takes names from it, directly or round a circle: each
+/// file can be read, tested and moved with only what it imports.
+#[test]
+fn no_file_imports_a_file_that_imports_it_back() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let graph = file_imports(&src);
+    // Guard against the test checking nothing: the tree has files that import others.
+    let edges: usize = graph.iter().map(|(_, e)| e.len()).sum();
+    assert!(
+        graph.len() > 50 && edges > 100,
+        "{} files, {edges} imports",
+        graph.len()
+    );
+    let circles = import_circles(&graph);
+    assert!(
+        circles.is_empty(),
+        "files importing each other (file -> what it takes from the others):\n{}",
+        circles
+            .iter()
+            .map(|c| c.join("\n"))
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    );
+}
+
+/// The import graph itself: paths are whole, re-exports are followed to the defining file,
+/// and a circle through a re-export is found.
+#[test]
+fn the_import_graph_follows_paths_and_reexports() {
+    let mut paths = Vec::new();
+    let code = code_only("x::{self, y::{z, w}, v::*}");
+    expand_tree(code.as_bytes(), 0, &["a".to_string()], &mut paths);
+    let names: Vec<String> = paths.iter().map(|p| p.join("::")).collect();
+    assert_eq!(names, ["a::x", "a::x::y::z", "a::x::y::w", "a::x::v"]);
+
+    let dir = std::env::temp_dir().join(format!("layering-cycles-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("a")).unwrap();
+    let write = |p: &str, s: &str| std::fs::write(dir.join(p), s).unwrap();
+    write("lib.rs", "pub mod a;\npub mod b;\n");
+    write("a/mod.rs", "pub mod inner;\npub use inner::Thing;\n");
+    write("a/inner.rs", "use crate::b::helper;\npub struct Thing;\n");
+    write(
+        "b.rs",
+        "use crate::a::Thing;\npub fn helper() {}\nmod tests { use super::*; }\n",
+    );
+    let graph = file_imports(&dir);
+    let circles = import_circles(&graph);
+    assert_eq!(
+        circles,
+        [vec![
+            "a/inner.rs -> b::helper".to_string(),
+            "b.rs -> a::Thing".to_string()
+        ]]
+    );
+    write("b.rs", "pub fn helper() {}\n");
+    assert!(import_circles(&file_imports(&dir)).is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

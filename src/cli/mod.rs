@@ -13,7 +13,7 @@ mod run;
 pub mod sink;
 
 pub use run::{main, run};
-pub use sink::{is_usage_error, render_error};
+pub use sink::{is_usage_error, render_error, UsageError};
 
 /// A size in bytes: a number with an optional unit, K/M/G/T (powers of 1000, `B` optional) or
 /// KiB/MiB/GiB/TiB (powers of 1024).
@@ -48,12 +48,6 @@ fn parse_size(text: &str) -> Result<u64, String> {
         false => Err(format!("`{text}` is not a usable amount of memory")),
     }
 }
-
-/// Flags that parse but cannot work together (`--int8` without `--calibrate`, say): clap's own
-/// usage errors' sibling, found once the arguments are read.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
 
 use std::path::{Path, PathBuf};
 

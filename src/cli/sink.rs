@@ -181,7 +181,7 @@ fn render_level(e: &(dyn std::error::Error + 'static)) -> String {
 pub fn is_usage_error(e: &anyhow::Error) -> bool {
     e.chain().any(|level| {
         level.is::<clap::Error>()
-            || level.is::<super::UsageError>()
+            || level.is::<UsageError>()
             || level.is::<InvalidSetting>()
             || level.is::<SizeError>()
             || matches!(
@@ -229,3 +229,9 @@ mod tests {
         assert!(text.ends_with("[--subspace]"), "{text}");
     }
 }
+
+/// Flags that parse but cannot work together (`--int8` without `--calibrate`, say): clap's own
+/// usage errors' sibling, found once the arguments are read.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);

@@ -11,8 +11,8 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rayon::prelude::*;
 
 use super::kmeans::{self, KMeansParams};
+use super::learnt::SubspaceCodebook;
 use super::subspace::{self, Points, SubspacePlan};
-use super::SubspaceCodebook;
 
 /// Points per parallel task of the assignment step (a fixed split: the result does not depend
 /// on the thread count).

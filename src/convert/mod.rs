@@ -4,6 +4,7 @@
 //! [`convert`], file to file, with its [`report`].
 
 pub mod learn;
+pub mod options;
 pub mod plan;
 pub mod report;
 pub mod request;
@@ -20,52 +21,21 @@ use crate::analysis::inventory::{self, Inventory};
 use crate::analysis::shapes::{self, InputShape};
 use crate::budget::{timing, Allocation, Unit};
 use crate::calibrate::{self, CalibrationOptions};
-use crate::codebook::ValidParams;
 use crate::engine::{self, Engine};
 use crate::eval::{seen, verify};
 use crate::finetune::{self, FinetuneOptions, FinetuneReport};
 pub use crate::lower::OutputForm;
 use crate::lower::{self, GraphPatch};
 use crate::onnx::model::{self, ExternalData, OnnxModel};
-use crate::quantize::{self, Int8Options, Int8Report};
+use crate::quantize::{self, Int8Report};
 use crate::setting::{self, Setting};
 
 use crate::calibrate::Calibration;
 use learn::LearntLayer;
-pub use plan::Selection;
+pub use options::{ConvertOptions, Selection};
 use plan::{Plan, PlannedLayer};
 pub use report::{render, ConvertReport, LatencyCheck, LayerReport, LayerSettings, SkippedLayer};
 pub use request::{ClusterRequest, ConvertRequest};
-
-#[derive(Debug, Clone)]
-pub struct ConvertOptions {
-    pub selection: Selection,
-    /// Checked once; with `target_speedup`, its ratio is replaced per layer.
-    pub params: ValidParams,
-    pub input_shapes: Vec<InputShape>,
-    pub external: ExternalData,
-    /// Learn output-aware codebooks from calibration images (see `calibrate`).
-    pub calibration: Option<CalibrationOptions>,
-    /// Whole-model multiplication reduction to reach: a ρ per layer is allocated (see
-    /// `budget`) among the selected layers.
-    pub target_speedup: Option<f64>,
-    /// Instead of one ratio: a whole-model reduction of stored tensor bytes (the compact form),
-    /// with a ρ per layer from measured sensitivities.
-    pub target_compression: Option<f64>,
-    /// After writing, time the original and the converted model (`convert` only).
-    pub measure_latency: bool,
-    /// The output form of each converted layer.
-    pub form: OutputForm,
-    /// Distillation fine-tuning of the learnt codebooks before lowering (see `finetune`).
-    pub finetune: Option<FinetuneOptions>,
-    /// The engine for the conversion's own runs (calibration statistics, the latency budget's
-    /// timings, the latency check); `None`: tract, or ONNX Runtime when tract cannot run the
-    /// model (see [`engine::prepare_in_either`]).
-    pub engine: Option<Engine>,
-    /// Write the whole model as an int8 QDQ model (the compact form only; needs calibration
-    /// images for the activation ranges).
-    pub int8: Option<Int8Options>,
-}
 
 /// A model converted in memory, with what each layer became.
 pub struct Converted {

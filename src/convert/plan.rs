@@ -13,28 +13,18 @@ use crate::lower::{Form, Saving};
 use crate::onnx::model::OnnxModel;
 use crate::setting::{self, Setting};
 
+use super::options::{ConvertOptions, Selection};
 use super::report::SkippedLayer;
-use super::{ConvertOptions, OutputForm};
+use crate::lower::OutputForm;
 
 /// Which layers to convert.
-#[derive(Debug, Clone)]
-pub enum Selection {
-    Named(Vec<String>),
-    /// Every eligible layer; fully connected ones (Gemm, MatMul) only with `fully_connected`.
-    All {
-        fully_connected: bool,
-    },
-}
-
-impl Selection {
-    /// Why `l` is left out of this selection's "all" (a fully connected layer excluded).
-    fn excludes(&self, l: &ConvLayer) -> Option<SkipReason> {
-        match self {
-            Selection::All {
-                fully_connected: false,
-            } if l.fc.is_some() => Some(SkipReason::FullyConnectedExcluded),
-            _ => None,
-        }
+/// Why `l` is left out of `sel`'s "all" (a fully connected layer excluded).
+fn excluded(sel: &Selection, l: &ConvLayer) -> Option<SkipReason> {
+    match sel {
+        Selection::All {
+            fully_connected: false,
+        } if l.fc.is_some() => Some(SkipReason::FullyConnectedExcluded),
+        _ => None,
     }
 }
 
@@ -161,7 +151,7 @@ fn choose<'a>(
             (chosen, vec![])
         }
         Selection::All { .. } => split_eligible(&inv.layers, |l| {
-            sel.excludes(l).map_or(Ok(()), Err)?;
+            excluded(sel, l).map_or(Ok(()), Err)?;
             sizes_ok(params, l)?;
             saves_nothing(l).map_or(Ok(()), Err)
         }),
@@ -215,7 +205,7 @@ fn allocate<'a>(
         Selection::Named(names) if !names.is_empty() => {
             (select::resolve_all(&inv.layers, names)?, vec![])
         }
-        sel => split_eligible(&inv.layers, |l| sel.excludes(l).map_or(Ok(()), Err)),
+        sel => split_eligible(&inv.layers, |l| excluded(sel, l).map_or(Ok(()), Err)),
     };
     let with_cost: Vec<budget::Candidate> = candidates
         .iter()

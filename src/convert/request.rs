@@ -13,7 +13,8 @@ use crate::onnx::model::ExternalData;
 use crate::quantize::Int8Options;
 use crate::setting::{self, InvalidSetting, Setting};
 
-use super::{ConvertOptions, OutputForm, Selection};
+use super::options::{ConvertOptions, Selection};
+use crate::lower::OutputForm;
 
 /// N′ of a shared codebook unless given: at 4 bits per weight, SqueezeNet keeps 55.00% top-1
 /// with N′ = 2 (K = 256) against 45.33% with scalar palettes (N′ = 1, K = 16), and ResNet-56

@@ -1,7 +1,7 @@
 //! What an output form is: the one trait each form's folder implements (lower a layer, read
 //! its codebook back from a written file, price its bytes, say what runtime and speed to
-//! expect), and [`OutputForm`], the user's choice among them. The int8 output is not a form of
-//! its own: it rewrites a model written in the compact form (`quantize`).
+//! expect). The user's choice among them is `lower::OutputForm`. The int8 output is not a form
+//! of its own: it rewrites a model written in the compact form (`quantize`).
 
 use anyhow::Result;
 
@@ -12,40 +12,6 @@ use crate::onnx::model::OnnxModel;
 
 use super::patch::LayerPatch;
 use super::stored::{Decoded, LayerNodes, StoredShape};
-use super::{dense, fused, ops};
-
-/// How a converted layer is written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputForm {
-    /// A subgraph of standard ONNX operators at the model's opset (`lower::ops`).
-    #[default]
-    Ops,
-    /// One custom-domain `DlqConv` node, run by the native kernel (`lower::fused`).
-    Fused,
-    /// The original Conv with its kernel rebuilt from the stored codebook by a constant
-    /// subgraph (`lower::dense`): a smaller file at the original's speed.
-    Dense,
-}
-
-impl OutputForm {
-    /// Every form, in the order a written layer is tried against their readers.
-    pub const ALL: [OutputForm; 3] = [OutputForm::Ops, OutputForm::Fused, OutputForm::Dense];
-
-    /// The form's implementation.
-    pub fn spec(self) -> &'static dyn Form {
-        match self {
-            OutputForm::Ops => &ops::Ops,
-            OutputForm::Fused => &fused::Fused,
-            OutputForm::Dense => &dense::Dense,
-        }
-    }
-
-    /// The form's name, as the form setting takes it.
-    pub fn name(self) -> &'static str {
-        self.spec().name()
-    }
-}
 
 /// What converting a layer in a form saves: what `--all` checks a layer against and what a
 /// budget counts.

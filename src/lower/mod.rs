@@ -23,9 +23,42 @@ pub mod reconstructed;
 pub mod stored;
 pub mod wiring;
 
-pub use form::{Form, OutputForm, Runtime, Saving};
+pub use form::{Form, Runtime, Saving};
 pub use ops::{lower, MIN_OPSET};
 pub use patch::{apply, GraphPatch, LayerPatch};
+
+/// How a converted layer is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputForm {
+    /// A subgraph of standard ONNX operators at the model's opset (`lower::ops`).
+    #[default]
+    Ops,
+    /// One custom-domain `DlqConv` node, run by the native kernel (`lower::fused`).
+    Fused,
+    /// The original Conv with its kernel rebuilt from the stored codebook by a constant
+    /// subgraph (`lower::dense`): a smaller file at the original's speed.
+    Dense,
+}
+
+impl OutputForm {
+    /// Every form, in the order a written layer is tried against their readers.
+    pub const ALL: [OutputForm; 3] = [OutputForm::Ops, OutputForm::Fused, OutputForm::Dense];
+
+    /// The form's implementation.
+    pub fn spec(self) -> &'static dyn Form {
+        match self {
+            OutputForm::Ops => &ops::Ops,
+            OutputForm::Fused => &fused::Fused,
+            OutputForm::Dense => &dense::Dense,
+        }
+    }
+
+    /// The form's name, as the form setting takes it.
+    pub fn name(self) -> &'static str {
+        self.spec().name()
+    }
+}
 
 /// The settings a converted layer records in the model's metadata (`onnx-dlq/<layer>`).
 /// Fields in alphabetical order: the JSON is part of the output's bytes.

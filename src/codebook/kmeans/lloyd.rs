@@ -2,12 +2,29 @@
 //! change a point's centre, and deterministic repair of empty clusters.
 
 use super::scan::{sq_dist, NearestSearch};
-use super::{KMeansParams, KMeansResult};
 use crate::codebook::subspace::Points;
 
 /// Relative slack on Hamerly's bounds, so float rounding in them never skips a point whose
 /// nearest centre may have changed.
 const BOUND_SLACK: f32 = 1e-5;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KMeansParams {
+    pub k: usize,
+    pub max_iters: usize,
+    /// Stop when the objective improves by less than this fraction in one iteration.
+    pub tolerance: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KMeansResult {
+    /// k rows of `dim` values.
+    pub centroids: Points,
+    pub assignment: Vec<u32>,
+    /// Sum of squared distances of the points to their centroids.
+    pub inertia: f64,
+    pub iterations: usize,
+}
 
 /// Lloyd iterations from `centers` (k rows). Empty clusters take the point farthest from its
 /// centroid (lowest index on ties), so all k centroids stay in use while points remain.

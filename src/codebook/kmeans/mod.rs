@@ -13,27 +13,9 @@ use rand::rngs::Xoshiro256PlusPlus;
 
 use super::subspace::Points;
 
-pub use lloyd::lloyd;
+pub use lloyd::{lloyd, KMeansParams, KMeansResult};
 pub use scan::{nearest, sq_dist, NearestSearch};
 use seeding::seed;
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct KMeansParams {
-    pub k: usize,
-    pub max_iters: usize,
-    /// Stop when the objective improves by less than this fraction in one iteration.
-    pub tolerance: f64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct KMeansResult {
-    /// k rows of `dim` values.
-    pub centroids: Points,
-    pub assignment: Vec<u32>,
-    /// Sum of squared distances of the points to their centroids.
-    pub inertia: f64,
-    pub iterations: usize,
-}
 
 /// k-means++ seeding then Lloyd. `k` is clamped to the number of points.
 ///

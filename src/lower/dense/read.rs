@@ -6,12 +6,12 @@ use anyhow::{ensure, Context, Result};
 
 use crate::codebook::subspace::Points;
 use crate::codebook::{Codebook, Method};
-use crate::lower::fused::OP_TYPE;
 use crate::lower::stored::{
     self, set_initializer, Decoded, LayerNodes, StoredShape, StoredValues, TableNames,
 };
 use crate::onnx::model::OnnxModel;
 use crate::proto::tensor_proto::DataType;
+use dlq_kernels::operator::OP_TYPE;
 
 use super::packing;
 

@@ -6,7 +6,7 @@ use anyhow::Result;
 use crate::lower::stored::{self, Decoded, LayerNodes, StoredShape, TableNames};
 use crate::proto::NodeProto;
 
-use super::OP_TYPE;
+use dlq_kernels::operator::OP_TYPE;
 
 /// The layer's codebook, when its nodes are the fused form's (a `DlqConv` node).
 pub fn read(nodes: &LayerNodes, shape: StoredShape) -> Option<Result<Decoded>> {
