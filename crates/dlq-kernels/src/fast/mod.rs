@@ -15,7 +15,7 @@
 //! (`simd::accumulate`), so the accumulator is read and written once per (subspace, channel), not
 //! once per tap. The accumulator starts at the bias and is cropped to `ow` columns once per image.
 //! The reads stay inside R: the last one of a tap ends at `Hp·Wp` exactly, plus at most
-//! `BLOCK − 1` floats of rounding that land in the next plane or in [`SLACK`].
+//! `BLOCK − 1` floats of rounding that land in the next plane or in `scratch::SLACK`.
 //! Other strides: with AVX2 the row layout over *phase planes* (padded row `py`, column `px`
 //! stored in plane `(py mod sh, px mod sw)` at `(py / sh, px / sw)`, see `simd::Phases`), where
 //! every tap reads at unit stride, so the row path runs them too (ResNet-20's stride-2 layers:
@@ -28,18 +28,13 @@ use std::time::Instant;
 
 use crate::conv::{DlqConv, Subspace};
 use crate::error::{check_len, checked_product, KernelError};
-use crate::simd::{self, Isa, Phases, BLOCK};
+use crate::simd::{self, Isa};
 
 mod planes;
 mod scratch;
 
 use planes::*;
 use scratch::*;
-
-/// Zero floats after the last Z and R plane, so a tap's run rounded up to [`BLOCK`] stays inside
-/// the buffer, plus one more block for the AVX-512 look-up adds, which read each run from the
-/// 64-byte boundary before it up to one block past its end (see `simd::accumulate`).
-const SLACK: usize = 2 * BLOCK;
 
 /// Time spent in each phase of [`DlqConv::run_timed`], in seconds (summed over images).
 #[doc(hidden)]
@@ -527,14 +522,3 @@ impl DlqConv {
 
 /// A phase-1 task's regions of the padded input, Z and R.
 type Regions<'a> = (&'a mut [f32], &'a mut [f32], &'a mut [f32]);
-
-/// The per-call sizes phase 1 and 2 tasks share.
-struct Layout<'a> {
-    padded: [usize; 2],
-    pitch: usize,
-    stride: usize,
-    acc_stride: usize,
-    origins: &'a [usize],
-    band_rows: usize,
-    phases: Option<Phases>,
-}

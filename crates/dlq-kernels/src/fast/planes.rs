@@ -2,9 +2,18 @@
 //! a subspace's input, the crop of the padded-width accumulator, and strided adds.
 
 use crate::conv::Subspace;
-use crate::simd::Isa;
+use crate::simd::{Isa, Phases};
 
-use super::Layout;
+/// The per-call sizes phase 1 and 2 tasks share.
+pub(super) struct Layout<'a> {
+    pub(super) padded: [usize; 2],
+    pub(super) pitch: usize,
+    pub(super) stride: usize,
+    pub(super) acc_stride: usize,
+    pub(super) origins: &'a [usize],
+    pub(super) band_rows: usize,
+    pub(super) phases: Option<Phases>,
+}
 
 /// Whether a DL subspace's look-up adds read Z directly (α fused multiply-adds per tap) instead
 /// of a materialised R. Only with SIMD and stride 1. Fusing saves the R phase (K planes of α

@@ -10,7 +10,11 @@ use crate::error::{checked_product, KernelError};
 use crate::simd::{self, Isa, Phases, BLOCK};
 
 use super::planes::fuse_representatives;
-use super::SLACK;
+
+/// Zero floats after the last Z and R plane, so a tap's run rounded up to [`BLOCK`] stays inside
+/// the buffer, plus one more block for the AVX-512 look-up adds, which read each run from the
+/// 64-byte boundary before it up to one block past its end (see `simd::accumulate`).
+pub(super) const SLACK: usize = 2 * BLOCK;
 
 /// How one subspace's look-up adds are computed (chosen per call from the ISA and geometry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

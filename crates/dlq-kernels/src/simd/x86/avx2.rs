@@ -5,7 +5,7 @@ use std::arch::x86_64::*;
 
 use crate::simd::BLOCK;
 
-use super::end_pointers;
+use super::ends::end_pointers;
 
 /// See [`crate::simd::accumulate`]. Eight ymm accumulators (64 floats) stay in registers over all
 /// taps, so `acc` is read and written once per 64 floats, not once per tap.

@@ -5,7 +5,7 @@ use std::arch::x86_64::*;
 
 use crate::simd::BLOCK;
 
-use super::end_pointers;
+use super::ends::end_pointers;
 
 /// See [`crate::simd::accumulate`] (`coefs = None`) and [`crate::simd::accumulate_scaled`]
 /// (`Some(coefs)`, fused multiply-adds): up to 16 zmm accumulators (256 floats) per pass, so
