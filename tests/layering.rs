@@ -530,7 +530,11 @@ fn file_imports(src: &Path) -> Vec<(String, Vec<(String, String)>)> {
         let children: Vec<String> = code
             .split(';')
             .filter_map(|s| {
-                let s = s.trim();
+                let mut s = s.trim();
+                // Past attributes (`#[cfg(…)] mod x;`).
+                while let Some(rest) = s.strip_prefix("#[") {
+                    s = rest.split_once(']').map_or("", |(_, after)| after).trim();
+                }
                 let s = s.strip_prefix("pub ").unwrap_or(s);
                 s.strip_prefix("mod ").map(|n| n.trim().to_string())
             })

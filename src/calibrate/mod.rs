@@ -15,7 +15,7 @@
 pub mod compensate;
 pub mod learn;
 pub mod linalg;
-pub mod patch;
+pub mod patches;
 pub mod refit;
 pub mod stats;
 

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codebook::{subspace, Codebook, SparseCodes};
 
-use super::patch::PatchStats;
+use super::patches::PatchStats;
 
 /// Ridge on the converted patches' covariance, relative to its mean diagonal. The full patch
 /// covariance describes the output error exactly, so it needs far less damping than the
@@ -551,7 +551,7 @@ fn to_codebook(cb: &Codebook, params: &Params) -> Codebook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::calibrate::patch::PatchGeometry;
+    use crate::calibrate::patches::PatchGeometry;
     use crate::codebook::{self, ClusterParams, Method};
     use ndarray::{Array4, ArrayD, IxDyn};
     use rand::rngs::Xoshiro256PlusPlus;

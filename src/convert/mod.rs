@@ -3,7 +3,7 @@
 //! (multiplications on the new graph, through the same shape inference as the original); and
 //! [`convert`], file to file, with its [`report`].
 
-pub mod learn;
+pub mod codebooks;
 pub mod options;
 pub mod plan;
 pub mod report;
@@ -31,7 +31,7 @@ use crate::quantize::{self, Int8Report};
 use crate::setting::{self, Setting};
 
 use crate::calibrate::Calibration;
-use learn::LearntLayer;
+use codebooks::LearntLayer;
 pub use options::{ConvertOptions, Selection};
 use plan::{Plan, PlannedLayer};
 pub use report::{render, ConvertReport, LatencyCheck, LayerReport, LayerSettings, SkippedLayer};
@@ -117,7 +117,7 @@ pub fn convert_model_with_inputs(
     for s in &plan.skipped {
         log::info!("skip {}: {}", s.name, s.reason);
     }
-    let mut learnt = learn::learn_codebooks(original, &plan.layers, calibration.as_ref())?;
+    let mut learnt = codebooks::learn_codebooks(original, &plan.layers, calibration.as_ref())?;
     // With --train-original-layers fine-tuning also changes the layers left original: the
     // output is built on the model that holds their trained weights.
     let (finetuned, base) = match &opts.finetune {

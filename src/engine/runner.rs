@@ -29,7 +29,8 @@ pub struct Runner {
 /// structural checks tract relies on. `DlqConv` nodes (the fused form) run onnx-dlq's
 /// native kernel ([`super::dlq_op`]).
 pub fn parse(model: &OnnxModel) -> Result<tract_onnx::model::ParseResult> {
-    crate::onnx::validate::check(model).with_context(|| format!("{}", model.path.display()))?;
+    crate::onnx::validate::check_structure(model)
+        .with_context(|| format!("{}", model.path.display()))?;
     let bytes = model.proto.encode_to_vec();
     let pb = tract_onnx::pb::ModelProto::decode(bytes.as_slice())
         .map_err(|e| anyhow!("tract could not read {}: {e}", model.path.display()))?;

@@ -113,7 +113,7 @@ fn stage_layers(model: &OnnxModel, stages: &[String]) -> Result<Vec<(String, Vec
 }
 
 /// Checks the lists, and every method × ratio's parameters, before any work.
-fn check(opts: &StagesOptions) -> Result<()> {
+fn check_options(opts: &StagesOptions) -> Result<()> {
     let needs = |ok: bool, setting: Setting, what: &str| {
         require(ok, setting, || format!("needs at least one {what}"))
     };
@@ -157,7 +157,7 @@ struct Baseline {
 }
 
 pub fn run(path: &Path, opts: &StagesOptions) -> Result<StagesReport> {
-    check(opts)?;
+    check_options(opts)?;
     let original = model::load(path)?;
     if let Some(f) = &opts.finetune {
         finetune::preflight(&original, f)?;

@@ -22,8 +22,11 @@ use crate::progress;
 use crate::setting::{self, Setting};
 
 use super::graph::{self, Graph, Overrides};
-use super::params::LayerVars;
-use super::{check, stored, EpochReport, FinetuneOptions, FinetuneReport, Job, Tuned};
+use super::job::{
+    check_options, image_labels, EpochReport, FinetuneOptions, FinetuneReport, Job, Tuned,
+};
+use super::stored;
+use super::variables::LayerVars;
 
 fn batch_tensor(images: &[Array4<f32>]) -> Result<Tensor> {
     let (_, c, h, w) = images[0].dim();
@@ -260,7 +263,7 @@ fn load_images(opts: &FinetuneOptions) -> Result<Vec<Array4<f32>>> {
 /// Fine-tunes the codebooks of `layers` (each a converted Conv of `original` and its codebook),
 /// and the layers left original when asked; returns what changed and the report.
 pub fn run(job: &Job, opts: &FinetuneOptions) -> Result<(Tuned, FinetuneReport)> {
-    check(opts)?;
+    check_options(opts)?;
     let (original, layers) = (job.teacher, job.layers.as_slice());
     let graph = Graph::new(original).context("fine-tuning runs the model's own operators")?;
     let images = load_images(opts)?;
@@ -272,7 +275,7 @@ pub fn run(job: &Job, opts: &FinetuneOptions) -> Result<(Tuned, FinetuneReport)>
         images.len()
     );
     let labels = match opts.labels {
-        true => Some(super::image_labels(&opts.data, images.len())?),
+        true => Some(image_labels(&opts.data, images.len())?),
         false => None,
     };
     let (train, heldout, train_labels) = split(images, heldout_count, labels);
@@ -354,7 +357,7 @@ pub fn run(job: &Job, opts: &FinetuneOptions) -> Result<(Tuned, FinetuneReport)>
         best_epoch: best.1,
         diverged,
         trained_original_tensors: trainer.originals.len(),
-        peak_memory_bytes: super::peak_memory_bytes(),
+        peak_memory_bytes: crate::engine::memory::peak_memory_bytes(),
     };
     Ok((tuned, report))
 }

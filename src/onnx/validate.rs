@@ -40,7 +40,7 @@ const LAYOUT_OPS: [(&str, usize); 12] = [
     ("InstanceNormalization", 3),
 ];
 
-pub fn check(model: &OnnxModel) -> Result<()> {
+pub fn check_structure(model: &OnnxModel) -> Result<()> {
     check_graph(model.graph(), &HashSet::new(), model)
 }
 
@@ -206,16 +206,16 @@ mod tests {
             )],
             &["y"],
         );
-        check(&m).unwrap();
+        check_structure(&m).unwrap();
     }
 
     #[test]
     fn undefined_names_are_reported_with_the_node() {
         let m = model(vec![conv("c", &["x", "nowhere"], vec![])], &["y"]);
-        let e = check(&m).unwrap_err().to_string();
+        let e = check_structure(&m).unwrap_err().to_string();
         assert!(e.contains("node `c` (Conv) reads `nowhere`"), "{e}");
         let m = model(vec![conv("c", &["x", "w"], vec![])], &["y", "ghost"]);
-        let e = check(&m).unwrap_err().to_string();
+        let e = check_structure(&m).unwrap_err().to_string();
         assert!(e.contains("graph output `ghost`"), "{e}");
     }
 
@@ -230,7 +230,7 @@ mod tests {
             dims: vec![4],
             ..Default::default()
         });
-        let e = check(&m).unwrap_err().to_string();
+        let e = check_structure(&m).unwrap_err().to_string();
         assert!(
             e.contains("node `bn` (BatchNormalization) reads `b` of rank 1")
                 && e.contains("rank 2 or more"),
@@ -238,14 +238,14 @@ mod tests {
         );
         // A Conv on the rank-4 weight itself is fine; on a rank-1 tensor it is not.
         let m = model(vec![conv("c", &["w", "w"], vec![])], &["y"]);
-        check(&m).unwrap();
+        check_structure(&m).unwrap();
         let mut m = model(vec![conv("c", &["b", "w"], vec![])], &["y"]);
         m.graph_mut().initializer.push(TensorProto {
             name: Some("b".into()),
             dims: vec![4],
             ..Default::default()
         });
-        let e = check(&m).unwrap_err().to_string();
+        let e = check_structure(&m).unwrap_err().to_string();
         assert!(e.contains("Conv needs rank 3 or more"), "{e}");
     }
 
@@ -256,7 +256,7 @@ mod tests {
             vec![conv("c", &["x", "w"], vec![attr_ints("pads", &[1, 1])])],
             &["y"],
         );
-        let e = format!("{:#}", check(&m).unwrap_err());
+        let e = format!("{:#}", check_structure(&m).unwrap_err());
         assert!(
             e.contains("node `c` (Conv)") && e.contains("`pads` has 2 values, expected 4"),
             "{e}"
@@ -273,7 +273,7 @@ mod tests {
             )],
             &["y"],
         );
-        let e = format!("{:#}", check(&m).unwrap_err());
+        let e = format!("{:#}", check_structure(&m).unwrap_err());
         assert!(e.contains("`strides` has 2 values, expected 1"), "{e}");
     }
 }

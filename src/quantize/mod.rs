@@ -13,10 +13,10 @@
 //!  int32 bias ─ DQ ─┘
 //! ```
 
-pub mod params;
 pub mod plan;
 pub mod ranges;
 pub mod rewrite;
+pub mod scales;
 pub mod upgrade;
 
 use std::collections::HashMap;
@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 use crate::analysis::shapes::ShapeMap;
 use crate::engine::Engine;
 use crate::onnx::model::OnnxModel;
-pub use params::ActivationType;
 pub use rewrite::Rebuilt;
+pub use scales::ActivationType;
 
 /// The largest palette quantized with one scale for the whole kernel: its entries then lie at
 /// least two int8 steps apart on average (a 256-entry palette on one grid cost SqueezeNet's
@@ -92,9 +92,9 @@ pub fn quantize(
     );
     let ranges = ranges::min_max(engine, &float, inputs, &calibrated)
         .context("the int8 output's activation ranges")?;
-    let affine: HashMap<String, params::Affine> = ranges
+    let affine: HashMap<String, scales::Affine> = ranges
         .iter()
-        .map(|(t, &(lo, hi))| (t.clone(), params::activation(lo, hi, opts.activation)))
+        .map(|(t, &(lo, hi))| (t.clone(), scales::activation(lo, hi, opts.activation)))
         .collect();
     let done = rewrite::rewrite(model, &planned, &affine, opts.activation, computed)?;
     rewrite::shorten_rebuild_names(model)?;
@@ -131,7 +131,7 @@ pub fn int8_bytes(model: &OnnxModel, shapes: &ShapeMap) -> Result<u64> {
     rewrite::name_layers(&mut m);
     plan::fold_relus(&mut m);
     let planned = plan::plan(m.graph());
-    let placeholder = params::Affine {
+    let placeholder = scales::Affine {
         scale: 1.0,
         zero_point: 0,
     };

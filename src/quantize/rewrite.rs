@@ -8,8 +8,8 @@ use std::collections::{HashMap, HashSet};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use ndarray::ArrayD;
 
-use super::params::{self, ActivationType, Affine};
 use super::plan::QuantPlan;
+use super::scales::{self, ActivationType, Affine};
 use crate::analysis::fc::FcLayout;
 use crate::onnx::build::{attr_int, node};
 use crate::onnx::model::OnnxModel;
@@ -281,7 +281,7 @@ fn quantize_weight(
         Some(l) => (Some(l.0), l.1),
         None => (None, [1, 1, flat.len()]),
     };
-    let scales = params::channel_scales(&flat, outer, channels, inner);
+    let scales = scales::channel_scales(&flat, outer, channels, inner);
     let shape = if axis.is_some() {
         vec![channels]
     } else {
@@ -302,7 +302,7 @@ fn quantize_weight(
     // reads the weight's type from it.
     let zp = weight_zero_point(e, shape.first().copied().unwrap_or(0));
     if stored {
-        let int8 = params::quantize_weight(&flat, &scales, outer, inner);
+        let int8 = scales::quantize_weight(&flat, &scales, outer, inner);
         let bytes = int8.iter().map(|&v| v as u8).collect();
         e.inits.push(tensor(&q, &dims, DataType::Int8, bytes));
     } else {
@@ -353,7 +353,7 @@ fn quantize_bias(
         return Ok(0);
     }
     let out = layer_name(n);
-    let (q, clamped) = params::quantize_bias(&values, input.0.scale, &weight.scales);
+    let (q, clamped) = scales::quantize_bias(&values, input.0.scale, &weight.scales);
     let qn = e.name(&out, "bq")?;
     let sn = e.name(&out, "bs")?;
     let dq = e.name(&out, "b")?;

@@ -140,7 +140,7 @@ fn dense_reference(conv: &DlqConv, case: &Case, x: &[f32]) -> Vec<f32> {
 }
 
 /// Runs the fast path and the reference on random data; asserts they agree within tolerance.
-fn check(case: &Case, rng: &mut Rng, worst: &mut Worst) {
+fn check_case(case: &Case, rng: &mut Rng, worst: &mut Worst) {
     let conv = build(case, rng);
     let g = &case.geometry;
     let (n, m, batch) = (g.in_channels, g.out_channels, case.batch);
@@ -205,7 +205,7 @@ fn grid(alpha: Option<usize>, rng: &mut Rng, worst: &mut Worst) {
                             reps: 7,
                             bias: index % 3 != 0,
                         };
-                        check(&case, rng, worst);
+                        check_case(&case, rng, worst);
                         index += 1;
                     }
                 }
@@ -263,7 +263,7 @@ fn random_cases_match_dense() {
     let (mut rng, mut worst) = (Rng::new(3), Worst::default());
     for _ in 0..400 {
         let case = random_case(&mut rng);
-        check(&case, &mut rng, &mut worst);
+        check_case(&case, &mut rng, &mut worst);
     }
     worst.report("random_cases_match_dense");
 }
@@ -875,7 +875,7 @@ fn wide_cases() -> Vec<Case> {
 fn wide_stride1_layers_match_dense() {
     let (mut rng, mut worst) = (Rng::new(7), Worst::default());
     for case in wide_cases() {
-        check(&case, &mut rng, &mut worst);
+        check_case(&case, &mut rng, &mut worst);
     }
     worst.report("wide_stride1_layers_match_dense");
 }
@@ -980,7 +980,7 @@ fn multi_chunk_layers() {
             reps,
             bias: true,
         };
-        check(&case, &mut rng, &mut worst);
+        check_case(&case, &mut rng, &mut worst);
         let conv = build(&case, &mut rng);
         let x = rng.values(2 * 6 * 40 * 37);
         let [oh, ow] = conv.geometry().output_size(40, 37).unwrap();

@@ -21,7 +21,7 @@ use crate::lower::patch::LayerPatch;
 use crate::lower::stored::{Decoded, LayerNodes, StoredShape};
 use crate::lower::wiring::builder::{taken_names, Builder};
 use crate::lower::wiring::layer::{
-    layer_bias, layer_context, output_type, refuse_channel_scale, Geometry,
+    layer_bias, layer_context, output_type, refuse_channel_scale, LayerGeometry,
 };
 
 /// The operator's identity, shared with every engine that runs it.
@@ -43,9 +43,9 @@ pub fn lower(
     }
     let ctx = layer_context(layer);
     refuse_channel_scale(codebook, &ctx)?;
-    let geo = Geometry::of(layer, codebook, shapes)?;
+    let geo = LayerGeometry::of(layer, codebook, shapes)?;
     let pads = geo.pads_at_known_size(&ctx)?;
-    let Geometry {
+    let LayerGeometry {
         attrs, m, kh, kw, ..
     } = geo;
     ensure!(attrs.strides.len() == 2, "{ctx}: not a 2-D convolution");

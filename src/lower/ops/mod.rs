@@ -30,7 +30,7 @@ use crate::lower::form::{Form, Runtime, Saving};
 use crate::lower::patch::LayerPatch;
 use crate::lower::stored::{Decoded, LayerNodes, StoredShape};
 use crate::lower::wiring::builder::{taken_names, Builder};
-use crate::lower::wiring::layer::{layer_bias, layer_context, refuse_channel_scale, Geometry};
+use crate::lower::wiring::layer::{layer_bias, layer_context, refuse_channel_scale, LayerGeometry};
 use crate::setting::{self, Setting};
 
 /// The oldest default-domain opset the lowering emits operators for.
@@ -78,7 +78,7 @@ fn lower_conv(
         layer_context(layer)
     );
     refuse_channel_scale(codebook, &layer_context(layer))?;
-    let geo = Geometry::of(layer, codebook, shapes)?;
+    let geo = LayerGeometry::of(layer, codebook, shapes)?;
     let bias = layer_bias(model, layer, codebook, geo.m)?;
     let taken = taken_names(model);
     let elem = layer
@@ -153,7 +153,7 @@ fn wire_atoms(b: &mut Builder, codebook: &Codebook, x: &str) -> Result<String> {
 fn wire_representatives(
     b: &mut Builder,
     codebook: &Codebook,
-    geo: &Geometry,
+    geo: &LayerGeometry,
     z: String,
 ) -> Result<String> {
     if codebook.method == Method::Vq {
@@ -190,7 +190,7 @@ fn wire_representatives(
 /// Step 3: R zero-padded as the Conv pads its input (nothing when it does not pad). Padding that
 /// follows the input's size (`SAME_*` at a stride above 1) is computed in-graph from opset 11,
 /// where Pad takes its pads as an input; before, it is resolved at the size shape inference found.
-fn wire_padding(b: &mut Builder, geo: &Geometry, r: String, ctx: &str) -> Result<String> {
+fn wire_padding(b: &mut Builder, geo: &LayerGeometry, r: String, ctx: &str) -> Result<String> {
     let p = match (&geo.size_free_pads, b.opset >= 11) {
         (Some(p), _) => p.clone(),
         (None, true) => return wire_same_padding(b, geo, &r),
@@ -207,7 +207,7 @@ fn wire_padding(b: &mut Builder, geo: &Geometry, r: String, ctx: &str) -> Result
 /// computes it: total = max(⌈H/s⌉·s + extent − s − H, 0), the odd pixel at the end for
 /// SAME_UPPER and at the beginning for SAME_LOWER. The arithmetic runs in float32 (exact for
 /// any size below 2²⁴), since integer Max needs opset 12.
-fn wire_same_padding(b: &mut Builder, geo: &Geometry, r: &str) -> Result<String> {
+fn wire_same_padding(b: &mut Builder, geo: &LayerGeometry, r: &str) -> Result<String> {
     let (st, dil) = (&geo.attrs.strides, &geo.attrs.dilations);
     let stride = [st[0] as f32, st[1] as f32];
     let extent = [
@@ -252,7 +252,7 @@ fn wire_same_padding(b: &mut Builder, geo: &Geometry, r: &str) -> Result<String>
 fn wire_lookups(
     b: &mut Builder,
     codebook: &Codebook,
-    geo: &Geometry,
+    geo: &LayerGeometry,
     padded: &str,
 ) -> Result<String> {
     let mut acc: Option<String> = None;
@@ -283,7 +283,7 @@ fn wire_lookups(
 /// has no steps, a 1×1 MaxPool with the stride subsamples exactly: ⌊(L − 1)/s⌋ + 1 positions).
 fn wire_shift(
     b: &mut Builder,
-    geo: &Geometry,
+    geo: &LayerGeometry,
     padded: &str,
     tag: &str,
     pos: [usize; 2],
@@ -324,7 +324,7 @@ fn wire_shift(
 /// subspaces).
 fn wire_subspace_sum(
     b: &mut Builder,
-    geo: &Geometry,
+    geo: &LayerGeometry,
     acc: String,
     spatial: Spatial,
 ) -> Result<String> {

@@ -12,9 +12,9 @@ use crate::onnx::conv::ConvAttrs;
 use crate::onnx::model::OnnxModel;
 use crate::proto::{type_proto, ValueInfoProto};
 
-/// What a lowering needs to know of one layer, checked once by [`Geometry::of`] (the
+/// What a lowering needs to know of one layer, checked once by [`LayerGeometry::of`] (the
 /// standard-operator and the fused form share it).
-pub(in crate::lower) struct Geometry<'a> {
+pub(in crate::lower) struct LayerGeometry<'a> {
     pub(in crate::lower) attrs: &'a ConvAttrs,
     /// Output channels M and kernel size kh × kw.
     pub(in crate::lower) m: usize,
@@ -24,14 +24,14 @@ pub(in crate::lower) struct Geometry<'a> {
     /// not need it (it runs at any size the original accepts).
     pub(in crate::lower) input_hw: Option<[usize; 2]>,
     /// (begin, end) zero padding per spatial axis when it holds at every input size; `None`
-    /// for `SAME_*` at a stride above 1 (see [`Geometry::pads_at_known_size`]).
+    /// for `SAME_*` at a stride above 1 (see [`LayerGeometry::pads_at_known_size`]).
     pub(in crate::lower) size_free_pads: Option<Vec<(usize, usize)>>,
     pub(in crate::lower) subspaces: usize,
     pub(in crate::lower) atoms_per: usize,
     pub(in crate::lower) reps_per: usize,
 }
 
-impl<'a> Geometry<'a> {
+impl<'a> LayerGeometry<'a> {
     /// The layer checked against its codebook and its input's shape.
     pub(in crate::lower) fn of(
         layer: &'a ConvLayer,
@@ -79,7 +79,7 @@ impl<'a> Geometry<'a> {
             "{}: subspaces have different codebook sizes",
             ctx()
         );
-        Ok(Geometry {
+        Ok(LayerGeometry {
             attrs,
             m,
             kh,
@@ -93,7 +93,7 @@ impl<'a> Geometry<'a> {
     }
 }
 
-impl Geometry<'_> {
+impl LayerGeometry<'_> {
     /// The (begin, end) padding per spatial axis, resolved at the input size shape inference
     /// found when it depends on it (`SAME_*` at a stride above 1): an error naming the layer when
     /// that size is unknown.

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 
-use crate::calibrate::{self, patch, Calibration, RefitOutcome};
+use crate::calibrate::{self, patches, Calibration, RefitOutcome};
 use crate::codebook::{self, Codebook};
 use crate::lower::reconstructed;
 use crate::onnx::model::OnnxModel;
@@ -88,7 +88,7 @@ fn learn_calibrated(
             Some(_) => {
                 // Before the first substitution the simulated model is the original.
                 let converted = (step > 0).then_some(&simulated);
-                patch::collect(cal.engine, original, converted, cal.inputs, layer)
+                patches::collect(cal.engine, original, converted, cal.inputs, layer)
                     .with_context(ctx)?
             }
             None => (
@@ -113,7 +113,7 @@ fn learn_calibrated(
             log::warn!(
                 "layer `{}`: patches longer than {} values are not refitted",
                 layer.name,
-                patch::MAX_PATCH_DIM
+                patches::MAX_PATCH_DIM
             );
         }
         calibrate::place_bias_shift(&mut cb, layer, original);
