@@ -55,13 +55,17 @@ pub trait Form: Sync {
     /// (`None`: another form wrote them).
     fn read(&self, nodes: &LayerNodes, shape: StoredShape) -> Option<Result<Decoded>>;
 
-    /// What converting a layer saves in this form.
-    fn saving(&self) -> Saving;
+    /// What converting a layer saves in this form: multiplications unless it says otherwise.
+    fn saving(&self) -> Saving {
+        Saving::Multiplications
+    }
 
     /// The bytes `layer` takes in a file written in this form under `params` (its codebook and
     /// the nodes rebuilding its kernel), for a form that saves bytes; `None` otherwise, or when
     /// the rules reject the sizes.
-    fn stored_bytes(&self, layer: &ConvLayer, params: &ValidParams, opset: i64) -> Option<f64>;
+    fn stored_bytes(&self, _layer: &ConvLayer, _params: &ValidParams, _opset: i64) -> Option<f64> {
+        None
+    }
 
     /// What runtime and speed to expect.
     fn runtime(&self) -> Runtime;

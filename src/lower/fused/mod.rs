@@ -10,13 +10,13 @@ use anyhow::{ensure, Context, Result};
 
 use crate::analysis::select::ConvLayer;
 use crate::analysis::shapes::ShapeMap;
-use crate::codebook::{Codebook, ValidParams};
+use crate::codebook::Codebook;
 use crate::lower::wiring::tables::{assignment_input, codebook_inputs, codebook_sizes};
 use crate::onnx::build::{attr_int, attr_ints, attr_str};
 use crate::onnx::model::OnnxModel;
 use crate::onnx::tensor::FloatType;
 
-use crate::lower::form::{Form, Runtime, Saving};
+use crate::lower::form::{Form, Runtime};
 use crate::lower::patch::LayerPatch;
 use crate::lower::stored::{Decoded, LayerNodes, StoredShape};
 use crate::lower::wiring::builder::{taken_names, Builder};
@@ -160,14 +160,6 @@ impl Form for Fused {
 
     fn read(&self, nodes: &LayerNodes, shape: StoredShape) -> Option<Result<Decoded>> {
         read::read(nodes, shape)
-    }
-
-    fn saving(&self) -> Saving {
-        Saving::Multiplications
-    }
-
-    fn stored_bytes(&self, _: &ConvLayer, _: &ValidParams, _: i64) -> Option<f64> {
-        None
     }
 
     fn runtime(&self) -> Runtime {

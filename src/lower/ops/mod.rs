@@ -20,13 +20,13 @@ use anyhow::{ensure, Result};
 
 use crate::analysis::select::ConvLayer;
 use crate::analysis::shapes::ShapeMap;
-use crate::codebook::{self, Codebook, Method, ValidParams};
+use crate::codebook::{self, Codebook, Method};
 use crate::onnx::build::{attr_int, attr_ints};
 use crate::onnx::conv::AutoPad;
 use crate::onnx::model::OnnxModel;
 use crate::proto::tensor_proto::DataType;
 
-use crate::lower::form::{Form, Runtime, Saving};
+use crate::lower::form::{Form, Runtime};
 use crate::lower::patch::LayerPatch;
 use crate::lower::stored::{Decoded, LayerNodes, StoredShape};
 use crate::lower::wiring::builder::{taken_names, Builder};
@@ -375,14 +375,6 @@ impl Form for Ops {
 
     fn read(&self, nodes: &LayerNodes, shape: StoredShape) -> Option<Result<Decoded>> {
         read::read(nodes, shape)
-    }
-
-    fn saving(&self) -> Saving {
-        Saving::Multiplications
-    }
-
-    fn stored_bytes(&self, _: &ConvLayer, _: &ValidParams, _: i64) -> Option<f64> {
-        None
     }
 
     fn runtime(&self) -> Runtime {
