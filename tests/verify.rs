@@ -53,6 +53,10 @@ fn a_model_verified_against_itself_agrees_exactly() {
     assert_eq!(j["max_abs_diff"], 0.0);
     assert_eq!(j["top1_agreement"], 1.0);
     assert_eq!(j["accuracy_drop"], 0.0);
+    // A model against itself: no image lost or gained, so its drop has no noise.
+    assert_eq!(j["top1_change"]["images_lost"], 0);
+    assert_eq!(j["top1_change"]["images_gained"], 0);
+    assert_eq!(j["top1_change"]["standard_error"], 0.0);
     let top1 = j["original"]["top1"].as_f64().unwrap();
     assert!(
         (top1 - DIGITS_TOP1).abs() <= BASELINE_ACCURACY,
@@ -102,6 +106,15 @@ fn convert_then_verify_reports_accuracy_and_cost() {
     );
     let drop = v["accuracy_drop"].as_f64().unwrap();
     assert!((a - b - drop).abs() < 1e-12);
+    // The drop is the images lost less those gained, over the samples.
+    let change = &v["top1_change"];
+    let (lost, gained) = (
+        change["images_lost"].as_f64().unwrap(),
+        change["images_gained"].as_f64().unwrap(),
+    );
+    let n = v["samples"].as_f64().unwrap();
+    assert!((drop - (lost - gained) / n).abs() < 1e-9, "{change}");
+    assert!(change["standard_error"].as_f64().unwrap() >= 0.0);
     assert!(
         v["max_abs_diff"].as_f64().unwrap() > 0.0,
         "a converted model differs"

@@ -195,6 +195,18 @@ impl EvalSet {
         outputs
     }
 
+    /// Whether each output's top class is its image's label, or `None` without labels.
+    pub fn top1_correct(&self, outputs: &[ArrayD<f32>]) -> Option<Vec<bool>> {
+        let labels = self.labels.as_ref()?;
+        Some(
+            outputs
+                .iter()
+                .zip(labels)
+                .map(|(y, &l)| top_k(y, 1)[0] == l)
+                .collect(),
+        )
+    }
+
     /// Top-1 and top-5 accuracy of `outputs`, or `None` without labels.
     pub fn accuracy(&self, outputs: &[ArrayD<f32>]) -> Option<(f64, f64)> {
         let labels = self.labels.as_ref()?;
@@ -281,6 +293,40 @@ pub fn multiplications(m: &OnnxModel, input_shape: &[usize]) -> Result<u64> {
     Ok(cost::graph_cost(m, &sh).total.multiplications)
 }
 
+/// How the converted model's top-1 differs from the original's image by image: the images it
+/// gets wrong that the original got right, those it gets right that the original got wrong, and
+/// the standard error of the top-1 drop those pairs give. The same images are behind both
+/// accuracies, so the drop's noise comes from the images the models disagree on alone.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PairedChange {
+    pub images_lost: usize,
+    pub images_gained: usize,
+    /// Standard error of (original top-1 − converted top-1), as a fraction.
+    pub standard_error: f64,
+}
+
+impl PairedChange {
+    /// From each image's correctness under the original (`a`) and the converted model (`b`).
+    pub fn of(a: &[bool], b: &[bool]) -> PairedChange {
+        let lost = a.iter().zip(b).filter(|(x, y)| **x && !**y).count();
+        let gained = a.iter().zip(b).filter(|(x, y)| !**x && **y).count();
+        PairedChange::from_counts(lost, gained, a.len())
+    }
+
+    /// From the discordant counts over `n` images: the drop is (lost − gained) / n, and its
+    /// variance (lost + gained − (lost − gained)² / n) / n² (the paired difference of two
+    /// proportions).
+    pub fn from_counts(lost: usize, gained: usize, n: usize) -> PairedChange {
+        let (b, c, n) = (lost as f64, gained as f64, n.max(1) as f64);
+        let var = (b + c - (b - c) * (b - c) / n).max(0.0) / (n * n);
+        PairedChange {
+            images_lost: lost,
+            images_gained: gained,
+            standard_error: var.sqrt(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelStats {
     pub top1: Option<f64>,
@@ -304,6 +350,8 @@ pub struct VerifyReport {
     pub multiplication_ratio: f64,
     /// Original top-1 minus converted top-1, with labels.
     pub accuracy_drop: Option<f64>,
+    /// The images behind that drop and its standard error, with labels.
+    pub top1_change: Option<PairedChange>,
     /// The process's peak resident memory, when the system says.
     #[serde(default)]
     pub peak_memory_bytes: Option<u64>,
@@ -384,6 +432,10 @@ pub fn verify(original: &Path, converted: &Path, opts: &VerifyOptions) -> Result
         engine: engine.describe()?,
         multiplication_ratio: sa.multiplications as f64 / sb.multiplications.max(1) as f64,
         accuracy_drop: sa.top1.zip(sb.top1).map(|(x, y)| x - y),
+        top1_change: set
+            .top1_correct(&ya)
+            .zip(set.top1_correct(&yb))
+            .map(|(x, y)| PairedChange::of(&x, &y)),
         original: sa,
         converted: sb,
         top1_agreement: agree.top1_agreement,
@@ -426,7 +478,36 @@ pub fn render(r: &VerifyReport) -> String {
         r.original.file_bytes as f64 / r.converted.file_bytes.max(1) as f64,
         r.accuracy_drop
             .map(|d| format!("; top-1 drop {:.2} points", 100.0 * d))
-            .unwrap_or_default()
+            .unwrap_or_default(),
     ));
+    if let Some(c) = &r.top1_change {
+        s.push_str(&format!(
+            "top-1 change image by image: {} lost, {} gained (the drop's standard error ±{:.2} points)\n",
+            c.images_lost,
+            c.images_gained,
+            100.0 * c.standard_error
+        ));
+    }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_drop_is_counted_image_by_image_with_its_paired_standard_error() {
+        // Images: both right, lost, lost, gained, both wrong.
+        let original = [true, true, true, false, false];
+        let converted = [true, false, false, true, false];
+        let c = PairedChange::of(&original, &converted);
+        assert_eq!((c.images_lost, c.images_gained), (2, 1));
+        // (2 + 1 − 1/5) / 25 = 0.112.
+        assert!((c.standard_error - 0.112f64.sqrt()).abs() < 1e-12);
+        // A fold of 244 with 10 lost and 5 gained: ±1.58 points.
+        let fold = PairedChange::from_counts(10, 5, 244);
+        assert!((100.0 * fold.standard_error - 1.5818).abs() < 1e-3);
+        // Models that agree on every image's correctness have no noise in their drop.
+        assert_eq!(PairedChange::of(&original, &original).standard_error, 0.0);
+    }
 }
