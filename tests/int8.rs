@@ -10,6 +10,7 @@ mod common;
 
 use std::path::Path;
 
+use onnx_dlq::onnx::build::attr_ints;
 use serde_json::Value;
 
 /// Output quantization steps the integer kernels may differ by from the float model with the
@@ -355,4 +356,76 @@ fn shared_models_int8_run_on_integer_kernels() {
         assert_eq!(ops(&j, "QLinearConv"), convs, "{name}: {j}");
         assert!(ops(&j, op) > 0, "{name}: {j}");
     }
+}
+
+/// A layer whose weights int8 cannot hold stays float, and the report says by how much its
+/// int8 weights would change the outputs. conv1 of the default model is made to read its outer
+/// taps only from padding (dilation 8 and pads 8 on the 8×8 input) and given weights of 1000
+/// there: they never touch the outputs, but they set every output channel's int8 scale so that
+/// the weights the layer does use round to zero.
+#[test]
+fn a_layer_int8_cannot_hold_stays_float_and_the_report_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = onnx_dlq::onnx::model::load(&common::default_model()).unwrap();
+    let conv1 = m
+        .graph()
+        .node
+        .iter()
+        .position(|n| n.output[0] == "conv1" || n.name.as_deref() == Some("conv1"))
+        .expect("conv1");
+    let weight = m.graph().node[conv1].input[1].clone();
+    let node = &mut m.graph_mut().node[conv1];
+    node.attribute
+        .retain(|a| !matches!(a.name.as_deref(), Some("dilations" | "pads")));
+    node.attribute.push(attr_ints("dilations", &[8, 8]));
+    node.attribute.push(attr_ints("pads", &[8, 8, 8, 8]));
+    let mut w: Vec<f32> = m
+        .tensor_f32(m.initializer(&weight).unwrap())
+        .unwrap()
+        .iter()
+        .copied()
+        .collect();
+    for (k, v) in w.iter_mut().enumerate() {
+        if k % 9 != 4 {
+            *v = 1000.0; // every tap but the centre reads only padding
+        }
+    }
+    onnx_dlq::lower::stored::set_initializer(&mut m, &weight, &w).unwrap();
+    let model = dir.path().join("outlier.onnx");
+    onnx_dlq::onnx::model::save(&m, &model, Default::default()).unwrap();
+    let out = dir.path().join("int8.onnx");
+    let o = common::run(&[
+        common::path_str(&model),
+        common::path_str(&out),
+        "--layers",
+        "conv3",
+        "--form",
+        "dense",
+        "--int8",
+        "--calibrate",
+        &repo_path("models/digits-test"),
+        "--preprocess",
+        &repo_path("models/digits-cnn.preprocess.json"),
+        "--calib-samples",
+        "32",
+        "--no-latency",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let int8 = &report["int8"];
+    let float = int8["float_layers"].as_array().unwrap();
+    assert_eq!(float.len(), 1, "{int8}");
+    assert_eq!(float[0]["name"], "conv1", "{int8}");
+    let why = float[0]["reason"].as_str().unwrap();
+    assert!(why.contains("int8 weights alone change"), "{why}");
+    // conv2..conv4 and fc keep int8 weights.
+    assert_eq!(int8["int8_layers"].as_array().unwrap().len(), 4, "{int8}");
+    let Some(python) = common::ort_python("a_layer_int8_cannot_hold_stays_float") else {
+        return;
+    };
+    // ONNX Runtime runs conv1 as the one float Conv and the others on integer kernels.
+    let j: Value = serde_json::from_str(&common::ort_optimized_ops(&python, &out)).unwrap();
+    assert_eq!(j["Conv"], 1, "{j}");
+    assert_eq!(j["QLinearConv"], 3, "{j}");
 }

@@ -2,6 +2,8 @@
 //! is and as the form stores it at each candidate ratio (the form's byte model); for the int8
 //! output, both sides as int8 (`quantize`).
 
+use std::collections::HashMap;
+
 use anyhow::Result;
 
 use crate::analysis::inventory::Inventory;
@@ -18,14 +20,15 @@ use super::{Candidate, LayerCost, MeasuredBudget, Unit};
 /// its weight's bytes and the compact form's at each candidate ratio the rules accept
 /// (`Form::stored_bytes`: the compact form's byte model, `lower::dense::price`). For the int8 output, the start is
 /// the original written as int8 (every weight int8, the quantization parameters added), a
-/// layer left original stores its kernel as int8, and a converted one adds the QuantizeLinear
-/// of its rebuilt kernel.
+/// layer left original stores its kernel as int8 (as float when `int8` keeps it float), and a
+/// converted one adds the QuantizeLinear of its rebuilt kernel. `int8`: for the int8 output,
+/// the weights of the layers that stay float.
 pub fn size_budget(
     original: &OnnxModel,
     inv: &Inventory,
     candidates: &[Candidate],
     form: &dyn Form,
-    int8: bool,
+    int8: Option<&HashMap<String, String>>,
 ) -> Result<MeasuredBudget> {
     use prost::Message;
     let mut total = original.proto.encoded_len() as f64;
@@ -36,26 +39,27 @@ pub fn size_budget(
         }
     }
     let start = match int8 {
-        true => Some(quantize::int8_bytes(original, &inv.shapes)? as f64),
-        false => None,
+        Some(kept_float) => Some(quantize::int8_bytes(original, &inv.shapes, kept_float)? as f64),
+        None => None,
     };
     let opset = original.default_opset();
     let layers = candidates
         .iter()
         .map(|c| LayerCost {
             before: match int8 {
-                true => int8_kernel_bytes(c.layer),
-                false => kernel_bytes(c.layer),
+                Some(kept_float) if !kept_float.contains_key(&c.layer.weight) => {
+                    int8_kernel_bytes(c.layer)
+                }
+                _ => kernel_bytes(c.layer),
             },
             after: c
                 .ratios
                 .iter()
                 .filter_map(|&r| {
                     let p = c.params.with_ratio(r).ok()?;
-                    let extra = if int8 {
-                        int8_layer_bytes(c.layer, &p)
-                    } else {
-                        0.0
+                    let extra = match int8 {
+                        Some(_) => int8_layer_bytes(c.layer, &p),
+                        None => 0.0,
                     };
                     Some((r, form.stored_bytes(c.layer, &p, opset)? + extra))
                 })

@@ -108,7 +108,9 @@ pub fn convert_model_with_inputs(
     if let Some(f) = &opts.finetune {
         finetune::preflight(original, f)?;
     }
-    let plan = plan::plan(original, &inv, opts, calibration.as_ref(), engine)?;
+    let kept_float = int8_kept_float(original, opts, engine, calibration_inputs)?;
+    let engine_and_float = (engine, opts.int8.map(|_| &kept_float));
+    let plan = plan::plan(original, &inv, opts, calibration.as_ref(), engine_and_float)?;
     if opts.int8.is_some() && plan.layers.is_empty() && opts.target_compression.is_some() {
         log::info!("int8: the int8 weights alone meet the size target; no layer needs a codebook");
     } else {
@@ -146,8 +148,13 @@ pub fn convert_model_with_inputs(
     let layers = recount(&inv, &converted, &new_cost, &plan.layers, learnt);
     let int8 = match (&opts.int8, calibration_inputs) {
         (Some(q), Some(inputs)) => {
-            let mut report =
-                quantize::quantize(&mut converted, q, &new_shapes, inputs, engine, &rebuilt)?;
+            let mut report = quantize::quantize(
+                &mut converted,
+                q,
+                &new_shapes,
+                (inputs, engine),
+                (&rebuilt, &kept_float),
+            )?;
             report.upgraded_from_opset = upgraded_from;
             Some(report)
         }
@@ -169,6 +176,22 @@ pub fn convert_model_with_inputs(
         int8,
         tensor_bytes,
     })
+}
+
+/// For the int8 output, the layers that stay float: those whose int8 weights alone change the
+/// outputs too much, measured on the original (whose weights the layers left original keep).
+fn int8_kept_float(
+    original: &OnnxModel,
+    opts: &ConvertOptions,
+    engine: Engine,
+    calibration_inputs: Option<&[ArrayD<f32>]>,
+) -> Result<HashMap<String, String>> {
+    match (&opts.int8, calibration_inputs) {
+        (Some(_), Some(inputs)) => {
+            quantize::sensitivity::layers_kept_float(engine, original, inputs)
+        }
+        _ => Ok(HashMap::new()),
+    }
 }
 
 /// `original` upgraded to the int8 output's opset when it is older (and the opset it had), after

@@ -1,6 +1,8 @@
 //! Phase 1 of a conversion: which layers, each with its own parameters (seed, and ρ from a
 //! `--target-speedup` allocation), and which are left original with the reason.
 
+use std::collections::HashMap;
+
 use anyhow::{Context, Result};
 
 use crate::analysis::inventory::Inventory;
@@ -91,17 +93,23 @@ pub fn position_factor(inv: &Inventory, layer: &ConvLayer) -> f64 {
 }
 
 /// Plans a conversion: one ρ for the selected layers, or an allocation for a target speed-up.
+/// `kept_float`: for the int8 output, the weights of the layers that stay float.
 pub fn plan<'a>(
     original: &OnnxModel,
     inv: &'a Inventory,
     opts: &ConvertOptions,
     calibration: Option<&Calibration>,
-    engine: Engine,
+    (engine, kept_float): (Engine, Option<&HashMap<String, String>>),
 ) -> Result<Plan<'a>> {
     match (opts.target_speedup, opts.target_compression) {
-        (Some(target), _) | (None, Some(target)) => {
-            allocate(original, inv, opts, target, calibration, engine)
-        }
+        (Some(target), _) | (None, Some(target)) => allocate(
+            original,
+            inv,
+            opts,
+            target,
+            calibration,
+            (engine, kept_float),
+        ),
         (None, None) => {
             let opset = original.default_opset();
             choose(inv, &opts.selection, &opts.params, (opts.form, opset))
@@ -199,7 +207,7 @@ fn allocate<'a>(
     opts: &ConvertOptions,
     target: f64,
     calibration: Option<&Calibration>,
-    engine: Engine,
+    (engine, kept_float): (Engine, Option<&HashMap<String, String>>),
 ) -> Result<Plan<'a>> {
     let (candidates, skipped) = match &opts.selection {
         Selection::Named(names) if !names.is_empty() => {
@@ -228,11 +236,7 @@ fn allocate<'a>(
     let form = opts.form.spec();
     let measured = match opts.target_compression {
         Some(_) => Some(budget::size::size_budget(
-            original,
-            inv,
-            &with_cost,
-            form,
-            opts.int8.is_some(),
+            original, inv, &with_cost, form, kept_float,
         )?),
         None if form.runtime().timed_per_layer => Some(budget::latency::latency_budget(
             original,

@@ -17,6 +17,7 @@ pub mod plan;
 pub mod ranges;
 pub mod rewrite;
 pub mod scales;
+pub mod sensitivity;
 pub mod upgrade;
 
 use std::collections::HashMap;
@@ -69,14 +70,14 @@ pub struct FloatLayer {
 
 /// Rewrites `model` into its QDQ form, with activation ranges measured by running it (before
 /// the rewrite) in `engine` on `inputs`. `computed` holds the values of weights that the graph
-/// computes from constants (the compact form's rebuilt kernels), by tensor name.
+/// computes from constants (the compact form's rebuilt kernels), by tensor name; the layers
+/// whose weight `kept_float` names stay float (`sensitivity::layers_kept_float`).
 pub fn quantize(
     model: &mut OnnxModel,
     opts: &Int8Options,
     shapes: &ShapeMap,
-    inputs: &[ArrayD<f32>],
-    engine: Engine,
-    computed: &HashMap<String, rewrite::Rebuilt>,
+    (inputs, engine): (&[ArrayD<f32>], Engine),
+    (computed, kept_float): (&HashMap<String, rewrite::Rebuilt>, &HashMap<String, String>),
 ) -> Result<Int8Report> {
     upgrade::check_quantizable(model)?;
     let upgraded_from_opset = upgrade::to_qdq_opset(model, shapes)?;
@@ -96,7 +97,13 @@ pub fn quantize(
         .iter()
         .map(|(t, &(lo, hi))| (t.clone(), scales::activation(lo, hi, opts.activation)))
         .collect();
-    let done = rewrite::rewrite(model, &planned, &affine, opts.activation, computed)?;
+    let done = rewrite::rewrite(
+        model,
+        &planned,
+        &affine,
+        opts.activation,
+        (computed, kept_float),
+    )?;
     rewrite::shorten_rebuild_names(model)?;
     if done.clamped_biases > 0 {
         log::warn!(
@@ -120,10 +127,14 @@ pub fn quantize(
     })
 }
 
-/// The stored bytes of `model` written as int8 with every weight stored as int8 (the ranges
-/// are placeholders: the parameters' bytes do not depend on their values): what the int8 output
-/// stores before any layer is converted, for the size budget.
-pub fn int8_bytes(model: &OnnxModel, shapes: &ShapeMap) -> Result<u64> {
+/// The stored bytes of `model` written as int8 with every weight stored as int8 but those
+/// `kept_float` names (the ranges are placeholders: the parameters' bytes do not depend on their
+/// values): what the int8 output stores before any layer is converted, for the size budget.
+pub fn int8_bytes(
+    model: &OnnxModel,
+    shapes: &ShapeMap,
+    kept_float: &HashMap<String, String>,
+) -> Result<u64> {
     use prost::Message;
     let mut m = model.clone();
     upgrade::check_quantizable(&m)?;
@@ -145,7 +156,7 @@ pub fn int8_bytes(model: &OnnxModel, shapes: &ShapeMap) -> Result<u64> {
         &planned,
         &affine,
         ActivationType::Uint8,
-        &HashMap::new(),
+        (&HashMap::new(), kept_float),
     )?;
     let proto = m.proto_inline()?;
     Ok(proto.encoded_len() as u64)

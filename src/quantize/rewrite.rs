@@ -87,6 +87,8 @@ struct Edit {
     front: Vec<NodeProto>,
     inits: Vec<TensorProto>,
     taken: HashSet<String>,
+    /// Each pair's dequantized tensor, and the float tensor it quantizes.
+    float_of: HashMap<String, String>,
 }
 
 impl Edit {
@@ -186,11 +188,13 @@ fn insert_pairs(
                 for o in n.output.iter_mut().filter(|o| *o == t) {
                     *o = float.clone();
                 }
+                e.float_of.insert(t.clone(), float.clone());
                 e.after.entry(p).or_default().extend(pair(&float, t));
             }
             None => {
                 let dq = e.name(t, "dq")?;
                 of_tensor.insert(dq.clone(), (a, scale.clone()));
+                e.float_of.insert(dq.clone(), t.clone());
                 for n in model.graph_mut().node.iter_mut() {
                     for i in n.input.iter_mut().filter(|i| *i == t) {
                         *i = dq.clone();
@@ -205,7 +209,10 @@ fn insert_pairs(
 
 /// The axis of a node's weight that holds its output channels, and the weight's layout as
 /// `[outer, channels, inner]`; `None`: one scale for the whole weight (MatMul).
-fn weight_layout(n: &NodeProto, dims: &[usize]) -> Result<Option<(usize, [usize; 3])>, String> {
+pub(super) fn weight_layout(
+    n: &NodeProto,
+    dims: &[usize],
+) -> Result<Option<(usize, [usize; 3])>, String> {
     let axis = match (op(n), FcLayout::of(n)) {
         ("Conv", _) => 0,
         ("Gemm", Some(fc)) => usize::from(fc.weight_in_by_out),
@@ -376,14 +383,24 @@ fn quantize_bias(
     Ok(clamped)
 }
 
+/// Lets node `i` compute in float: a float layer between a DequantizeLinear and a
+/// QuantizeLinear would have its weight quantized by ONNX Runtime itself (its weight-and-bias
+/// quantization, one scale per tensor), so it reads the float value its input pair quantizes.
+fn keep_float(model: &mut OnnxModel, e: &Edit, i: usize) {
+    if let Some(float) = e.float_of.get(&model.graph().node[i].input[0]) {
+        model.graph_mut().node[i].input[0] = float.clone();
+    }
+}
+
 /// Rewrites `model` (already ReLU-folded and planned) into its QDQ form with the calibrated
-/// `affine` parameters of each calibrated tensor.
+/// `affine` parameters of each calibrated tensor; the layers whose weight `kept_float` names
+/// keep their float weights, with its reason.
 pub fn rewrite(
     model: &mut OnnxModel,
     plan: &QuantPlan,
     affine: &HashMap<String, Affine>,
     ty: ActivationType,
-    computed: &HashMap<String, Rebuilt>,
+    (computed, kept_float): (&HashMap<String, Rebuilt>, &HashMap<String, String>),
 ) -> Result<Rewritten> {
     let mut e = Edit {
         before: HashMap::new(),
@@ -391,6 +408,7 @@ pub fn rewrite(
         front: vec![],
         inits: vec![],
         taken: crate::lower::wiring::builder::taken_names(model),
+        float_of: HashMap::new(),
     };
     let mut done = Rewritten::default();
     let of_tensor = insert_pairs(model, &mut e, plan, affine, ty)?;
@@ -407,16 +425,21 @@ pub fn rewrite(
             .get(&n.input[0])
             .with_context(|| format!("node `{name}`: its input is not quantized"))?
             .clone();
-        if !weights.contains_key(&w) {
-            match quantize_weight(model, &mut e, i, computed) {
+        let why = match (kept_float.get(&w), weights.contains_key(&w)) {
+            (Some(why), _) => Some(why.clone()),
+            (None, true) => None,
+            (None, false) => match quantize_weight(model, &mut e, i, computed) {
                 Ok(q) => {
                     weights.insert(w.clone(), q);
+                    None
                 }
-                Err(why) => {
-                    done.float_layers.push((name, why));
-                    continue;
-                }
-            }
+                Err(why) => Some(why),
+            },
+        };
+        if let Some(why) = why {
+            keep_float(model, &e, i);
+            done.float_layers.push((name, why));
+            continue;
         }
         let q = &weights[&w];
         model.graph_mut().node[i].input[1] = q.dequantized.clone();
@@ -448,6 +471,7 @@ fn assemble(model: &mut OnnxModel, mut e: Edit, replaced: &HashSet<String>) -> R
         bail!("internal error: new nodes placed at a node that does not exist");
     }
     g.node = nodes;
+    drop_unread_pairs(g);
     let read: HashSet<&str> = g
         .node
         .iter()
@@ -463,8 +487,34 @@ fn assemble(model: &mut OnnxModel, mut e: Edit, replaced: &HashSet<String>) -> R
         .retain(|t| !unused.contains(t.name.as_deref().unwrap_or_default()));
     g.input
         .retain(|i| !unused.contains(i.name.as_deref().unwrap_or_default()));
-    g.initializer.extend(e.inits);
+    // New parameters only a dropped pair read are not written.
+    g.initializer.extend(
+        e.inits
+            .into_iter()
+            .filter(|t| read.contains(t.name.as_deref().unwrap_or_default())),
+    );
     Ok(())
+}
+
+/// Removes QuantizeLinear and DequantizeLinear nodes whose output nothing reads (a pair
+/// before a layer that stays float and reads the float value).
+fn drop_unread_pairs(g: &mut crate::proto::GraphProto) {
+    loop {
+        let read: HashSet<String> = g
+            .node
+            .iter()
+            .flat_map(|n| n.input.iter().cloned())
+            .chain(g.output.iter().filter_map(|o| o.name.clone()))
+            .collect();
+        let before = g.node.len();
+        g.node.retain(|n| {
+            !matches!(op(n), "QuantizeLinear" | "DequantizeLinear")
+                || n.output.iter().any(|o| read.contains(o))
+        });
+        if g.node.len() == before {
+            return;
+        }
+    }
 }
 
 /// Gives the compact form's kernel-rebuilding nodes (named `{layer}/dlq/…`) short tensor names
