@@ -33,7 +33,7 @@ fn op(n: &NodeProto) -> &str {
 
 /// An int8 node's layer name, for reports and new tensor names: the node's name (the compact
 /// form's `{layer}/dlq/conv` gives `{layer}`; see [`name_layers`]), else its output's.
-fn layer_name(n: &NodeProto) -> String {
+pub(super) fn layer_name(n: &NodeProto) -> String {
     match n.name.as_deref().filter(|m| !m.is_empty()) {
         Some(m) => m
             .strip_suffix("/dlq/conv")

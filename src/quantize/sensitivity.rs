@@ -11,9 +11,10 @@ use anyhow::{Context, Result};
 use ndarray::ArrayD;
 use rayon::prelude::*;
 
-use super::rewrite::weight_layout;
+use super::rewrite::{layer_name, weight_layout};
 use super::scales;
 use crate::engine::{self, Engine};
+use crate::eval::verify;
 use crate::lower::stored::set_initializer;
 use crate::onnx::model::OnnxModel;
 
@@ -50,14 +51,7 @@ fn weighted_layers(model: &OnnxModel) -> Vec<(String, String, usize)> {
             matches!(n.op_type.as_deref(), Some("Conv" | "Gemm" | "MatMul")) && n.input.len() >= 2
         })
         .filter(|(_, n)| model.initializer(&n.input[1]).is_some())
-        .map(|(i, n)| {
-            let name = n.name.clone().filter(|s| !s.is_empty());
-            (
-                name.unwrap_or_else(|| n.output[0].clone()),
-                n.input[1].clone(),
-                i,
-            )
-        })
+        .map(|(i, n)| (layer_name(n), n.input[1].clone(), i))
         .collect()
 }
 
@@ -84,22 +78,6 @@ fn with_int8_weight(model: &OnnxModel, weight: &str, i: usize) -> Result<Option<
     Ok(Some(m))
 }
 
-/// Relative L2 distance of `b` from `a`, over every output of every input.
-fn relative_change(a: &[Vec<ArrayD<f32>>], b: &[Vec<ArrayD<f32>>]) -> f64 {
-    let (mut diff, mut norm) = (0f64, 0f64);
-    for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
-        for (p, q) in x.iter().zip(y.iter()) {
-            diff += (f64::from(*p) - f64::from(*q)).powi(2);
-            norm += f64::from(*p).powi(2);
-        }
-    }
-    if norm > 0.0 {
-        (diff / norm).sqrt()
-    } else {
-        0.0
-    }
-}
-
 /// Every layer of `model` with float initializer weights, with the change its int8 weights
 /// alone cause in `engine` on the first calibration `inputs`, in graph order.
 pub fn int8_changes(
@@ -111,9 +89,11 @@ pub fn int8_changes(
     let Some(first) = inputs.first() else {
         return Ok(vec![]);
     };
-    let run = |m: &OnnxModel| -> Result<Vec<Vec<ArrayD<f32>>>> {
+    // Every output of every input, in order.
+    let run = |m: &OnnxModel| -> Result<Vec<ArrayD<f32>>> {
         let runner = engine::prepare(engine, m, first.shape())?;
-        inputs.iter().map(|x| runner.run_all(x)).collect()
+        let outputs = inputs.iter().map(|x| runner.run_all(x));
+        Ok(outputs.collect::<Result<Vec<_>>>()?.concat())
     };
     let reference = run(model).context("the float model on the calibration images")?;
     let layers = weighted_layers(model);
@@ -127,7 +107,7 @@ pub fn int8_changes(
             Ok(Some(Int8Change {
                 layer: layer.clone(),
                 weight: weight.clone(),
-                change: relative_change(&reference, &outputs),
+                change: verify::agreement(&reference, &outputs)?.relative_l2,
             }))
         })
         .collect::<Result<_>>()?;
