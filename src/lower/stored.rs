@@ -126,10 +126,11 @@ pub struct TableNames {
 /// How a form stores Γ: reads `name` as `[S, M, kh, kw]` indices, each below `k`.
 pub type AssignmentReader = fn(&LayerNodes, &str, [usize; 4], usize) -> Result<Vec<Vec<u32>>>;
 
-/// The tables of the fused and compact forms: atoms `[S, L, width]`, DL's `[S, K, α]` codes, Γ.
+/// The tables of the fused and compact forms: atoms `[S, L, width]` (`atoms`: the shape and
+/// values of `names.atoms`, which the caller has read), DL's `[S, K, α]` codes, Γ.
 pub fn read_tables(
     nodes: &LayerNodes,
-    names: TableNames,
+    (names, (dims, data)): (TableNames, (Vec<usize>, Vec<f32>)),
     shape: StoredShape,
     read_assignment: AssignmentReader,
 ) -> Result<Decoded> {
@@ -137,7 +138,6 @@ pub fn read_tables(
     let channels = shape.channels;
     let s_count = channels.len();
     let atoms_name = names.atoms;
-    let (dims, data) = nodes.floats(&atoms_name)?;
     ensure!(
         dims.len() == 3,
         "atoms `{atoms_name}` of shape {dims:?}, expected [S, L, width]"

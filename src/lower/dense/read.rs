@@ -27,13 +27,11 @@ pub fn read(nodes: &LayerNodes, shape: StoredShape) -> Option<Result<Decoded>> {
             assignment: nodes.named("assignment"),
             bias: nodes.input(node, 2).ok().map(str::to_string),
         };
-        if shape.method == Method::Vq {
-            let (dims, data) = nodes.floats(&names.atoms)?;
-            if dims.len() == 2 {
-                return palette(nodes, (dims, data), names, shape);
-            }
+        let atoms = nodes.floats(&names.atoms)?;
+        if shape.method == Method::Vq && atoms.0.len() == 2 {
+            return palette(nodes, atoms, names, shape);
         }
-        stored::read_tables(nodes, names, shape, assignment)
+        stored::read_tables(nodes, (names, atoms), shape, assignment)
     })
 }
 

@@ -23,5 +23,6 @@ fn tables(nodes: &LayerNodes, node: &NodeProto, shape: StoredShape) -> Result<De
         assignment: nodes.input(node, 4)?.to_string(),
         bias: optional(5),
     };
-    stored::read_tables(nodes, names, shape, stored::plain_assignment)
+    let atoms = nodes.floats(&names.atoms)?;
+    stored::read_tables(nodes, (names, atoms), shape, stored::plain_assignment)
 }
