@@ -34,13 +34,17 @@ fn repo_path(rel: &str) -> String {
 /// Converts the default model with `extra` flags into `out` (compact form, calibrated on the
 /// first 100 of its images; every layer unless `extra` names them).
 fn convert_digits(out: &Path, extra: &[&str]) -> std::process::Output {
-    let (model, data, spec) = (
-        repo_path("models/digits-cnn.onnx"),
+    convert_like_digits(&common::default_model(), out, extra)
+}
+
+/// [`convert_digits`] of `model`, a model taking the default model's inputs.
+fn convert_like_digits(model: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let (data, spec) = (
         repo_path("models/digits-test"),
         repo_path("models/digits-cnn.preprocess.json"),
     );
     let mut args = vec![
-        model.as_str(),
+        common::path_str(model),
         common::path_str(out),
         "--form",
         "dense",
@@ -394,23 +398,7 @@ fn a_layer_int8_cannot_hold_stays_float_and_the_report_says_why() {
     let model = dir.path().join("outlier.onnx");
     onnx_dlq::onnx::model::save(&m, &model, Default::default()).unwrap();
     let out = dir.path().join("int8.onnx");
-    let o = common::run(&[
-        common::path_str(&model),
-        common::path_str(&out),
-        "--layers",
-        "conv3",
-        "--form",
-        "dense",
-        "--int8",
-        "--calibrate",
-        &repo_path("models/digits-test"),
-        "--preprocess",
-        &repo_path("models/digits-cnn.preprocess.json"),
-        "--calib-samples",
-        "32",
-        "--no-latency",
-        "--json",
-    ]);
+    let o = convert_like_digits(&model, &out, &["--int8", "--layers", "conv3"]);
     assert!(o.status.success(), "{}", common::stderr(&o));
     let report: Value = serde_json::from_slice(&o.stdout).unwrap();
     let int8 = &report["int8"];
