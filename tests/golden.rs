@@ -310,7 +310,7 @@ fn int8_output_is_unchanged() {
             ("Reshape", 3),
             ("Transpose", 3),
         ],
-        0x15b9_959c_8776_f7eb,
+        0x3bb9_5231_fcd1_bb95,
         Covers::Structure,
     );
 }

@@ -417,3 +417,78 @@ fn a_layer_int8_cannot_hold_stays_float_and_the_report_says_why() {
     assert_eq!(j["Conv"], 1, "{j}");
     assert_eq!(j["QLinearConv"], 3, "{j}");
 }
+
+/// What calibration converts layer by layer for the int8 output (`quantize::simulate`: the
+/// float model with the int8 output's roundings in place) computes what the int8 output
+/// computes: on the default model, before any layer is converted, the simulation and the int8
+/// rewrite agree within [`INT8_FLOAT_HEAD`] of the largest output (the rewrite's int32 biases
+/// are the only rounding the simulation leaves out), both run in tract, while the float model
+/// is further from either.
+#[test]
+fn int8_simulation_for_calibration_computes_what_the_int8_output_computes() {
+    use onnx_dlq::engine::{self, Engine};
+    use onnx_dlq::quantize::{self, simulate, ActivationType, Int8Options};
+    use std::collections::HashMap;
+
+    let model = onnx_dlq::onnx::model::load(&common::default_model()).unwrap();
+    let mut float = model.clone();
+    let shapes = onnx_dlq::analysis::shapes::infer(&float, &[]).unwrap();
+    quantize::upgrade::to_qdq_opset(&mut float, &shapes).unwrap();
+    let shapes = onnx_dlq::analysis::shapes::infer(&float, &[]).unwrap();
+    let inputs: Vec<ndarray::ArrayD<f32>> = onnx_dlq::eval::images::preprocessed_images(
+        Path::new(&repo_path("models/digits-test")),
+        Path::new(&repo_path("models/digits-cnn.preprocess.json")),
+        Some(32),
+        onnx_dlq::eval::seen::ImageSelection::First,
+        "calibration images",
+        onnx_dlq::setting::Setting::CalibSamples,
+    )
+    .unwrap()
+    .into_iter()
+    .map(|a| a.into_dyn())
+    .collect();
+    let none = HashMap::new();
+    let simulated = simulate::simulated(
+        &float,
+        ActivationType::Uint8,
+        (&inputs, Engine::Tract),
+        &none,
+    )
+    .unwrap();
+    let mut int8 = float.clone();
+    let opts = Int8Options::default();
+    quantize::quantize(
+        &mut int8,
+        &opts,
+        &shapes,
+        (&inputs, Engine::Tract),
+        (&HashMap::new(), &none),
+    )
+    .unwrap();
+    let run = |m: &onnx_dlq::onnx::model::OnnxModel, x: &ndarray::ArrayD<f32>| {
+        engine::prepare(Engine::Tract, m, x.shape())
+            .unwrap()
+            .run(x)
+            .unwrap()
+    };
+    let (mut to_int8, mut to_float, mut largest) = (0f32, 0f32, 0f32);
+    for x in inputs.iter().take(8) {
+        let (s, q, f) = (run(&simulated, x), run(&int8, x), run(&float, x));
+        to_int8 = to_int8.max(common::max_abs_diff(&s, &q));
+        to_float = to_float.max(common::max_abs_diff(&s, &f));
+        largest = largest.max(common::max_abs(&q));
+    }
+    eprintln!(
+        "simulated against int8: {:.3e}, against float: {:.3e} (largest output {largest:.3})",
+        to_int8 / largest,
+        to_float / largest
+    );
+    assert!(
+        to_int8 <= INT8_FLOAT_HEAD * largest,
+        "{to_int8} > {INT8_FLOAT_HEAD} · {largest}"
+    );
+    assert!(
+        to_float > to_int8,
+        "the simulation left the float model as it was"
+    );
+}

@@ -78,6 +78,9 @@ pub struct Calibration<'a> {
     pub options: &'a CalibrationOptions,
     pub inputs: &'a [ArrayD<f32>],
     pub engine: Engine,
+    /// The model whose layers calibration replaces one by one, when not the original: the
+    /// original with the int8 output's roundings simulated (`quantize::simulate`).
+    pub start: Option<&'a OnnxModel>,
 }
 
 /// Drops calibration's bias shift from `cb` where `layer` has no place for it: a MatMul has no

@@ -75,7 +75,7 @@ fn learn_calibrated(
 ) -> Result<Vec<LearntLayer>> {
     let mut order: Vec<usize> = (0..planned.len()).collect();
     order.sort_by_key(|&i| planned[i].layer.node_index);
-    let mut simulated = original.clone();
+    let mut simulated = cal.start.unwrap_or(original).clone();
     let mut learnt: Vec<Option<LearntLayer>> = (0..planned.len()).map(|_| None).collect();
     let task = progress::task("calibrating", planned.len() as u64);
     for (step, &i) in order.iter().enumerate() {
@@ -86,8 +86,8 @@ fn learn_calibrated(
         let refit = cal.options.refit.as_ref();
         let (stats, patches) = match refit {
             Some(_) => {
-                // Before the first substitution the simulated model is the original.
-                let converted = (step > 0).then_some(&simulated);
+                // Before the first substitution the simulated model may be the original.
+                let converted = (step > 0 || cal.start.is_some()).then_some(&simulated);
                 patches::collect(cal.engine, original, converted, cal.inputs, layer)
                     .with_context(ctx)?
             }

@@ -96,15 +96,7 @@ pub fn convert_model_with_inputs(
     let original = upgraded.as_ref().unwrap_or(original);
     let inv = inventory::inventory(original, &opts.input_shapes)?;
     let engine = run_engine(original, &inv, opts, calibration_inputs)?;
-    let calibration = match (&opts.calibration, calibration_inputs) {
-        (Some(options), Some(inputs)) => Some(Calibration {
-            options,
-            inputs,
-            engine,
-        }),
-        (Some(_), None) => bail!("calibration asked for, but no calibration images were given"),
-        (None, _) => None,
-    };
+    let calibration = calibration(opts, calibration_inputs, engine)?;
     if let Some(f) = &opts.finetune {
         finetune::preflight(original, f)?;
     }
@@ -119,7 +111,12 @@ pub fn convert_model_with_inputs(
     for s in &plan.skipped {
         log::info!("skip {}: {}", s.name, s.reason);
     }
-    let mut learnt = codebooks::learn_codebooks(original, &plan.layers, calibration.as_ref())?;
+    let simulated = int8_simulated(original, opts, calibration.as_ref(), &kept_float)?;
+    let learning = calibration.map(|c| Calibration {
+        start: simulated.as_ref(),
+        ..c
+    });
+    let mut learnt = codebooks::learn_codebooks(original, &plan.layers, learning.as_ref())?;
     // With --train-original-layers fine-tuning also changes the layers left original: the
     // output is built on the model that holds their trained weights.
     let (finetuned, base) = match &opts.finetune {
@@ -192,6 +189,40 @@ fn int8_kept_float(
         }
         _ => Ok(HashMap::new()),
     }
+}
+
+/// The calibration settings with their images, when the conversion is calibrated.
+fn calibration<'a>(
+    opts: &'a ConvertOptions,
+    inputs: Option<&'a [ArrayD<f32>]>,
+    engine: Engine,
+) -> Result<Option<Calibration<'a>>> {
+    match (&opts.calibration, inputs) {
+        (Some(options), Some(inputs)) => Ok(Some(Calibration {
+            options,
+            inputs,
+            engine,
+            start: None,
+        })),
+        (Some(_), None) => bail!("calibration asked for, but no calibration images were given"),
+        (None, _) => Ok(None),
+    }
+}
+
+/// For the int8 output, the model calibration converts layer by layer: the original with the
+/// int8 output's roundings simulated, so that each codebook makes up for those upstream of it
+/// (`quantize::simulate`).
+fn int8_simulated(
+    original: &OnnxModel,
+    opts: &ConvertOptions,
+    calibration: Option<&Calibration>,
+    kept_float: &HashMap<String, String>,
+) -> Result<Option<OnnxModel>> {
+    let (Some(q), Some(cal)) = (&opts.int8, calibration) else {
+        return Ok(None);
+    };
+    let inputs = (cal.inputs, cal.engine);
+    quantize::simulate::simulated(original, q.activation, inputs, kept_float).map(Some)
 }
 
 /// `original` upgraded to the int8 output's opset when it is older (and the opset it had), after

@@ -18,6 +18,7 @@ pub mod ranges;
 pub mod rewrite;
 pub mod scales;
 pub mod sensitivity;
+pub mod simulate;
 pub mod upgrade;
 
 use std::collections::HashMap;

@@ -41,7 +41,7 @@ pub struct Int8Change {
 
 /// The Conv, Gemm and MatMul nodes of `model` whose weight is a float initializer: (layer
 /// name, weight name, node index).
-fn weighted_layers(model: &OnnxModel) -> Vec<(String, String, usize)> {
+pub(super) fn weighted_layers(model: &OnnxModel) -> Vec<(String, String, usize)> {
     model
         .graph()
         .node
@@ -55,9 +55,9 @@ fn weighted_layers(model: &OnnxModel) -> Vec<(String, String, usize)> {
         .collect()
 }
 
-/// `model` with the weight of node `i` rounded to int8 as the rewrite stores it (per output
-/// channel, symmetric), or `None` when the rewrite would not quantize it.
-fn with_int8_weight(model: &OnnxModel, weight: &str, i: usize) -> Result<Option<OnnxModel>> {
+/// The weight of node `i` rounded to int8 as the rewrite stores it (per output channel,
+/// symmetric) and back to float, or `None` when the rewrite would not quantize it.
+pub(super) fn int8_rounded(model: &OnnxModel, weight: &str, i: usize) -> Result<Option<Vec<f32>>> {
     let t = model.initializer(weight).context("weight")?;
     let values = model.tensor_f32(t)?;
     let dims = values.shape().to_vec();
@@ -68,11 +68,20 @@ fn with_int8_weight(model: &OnnxModel, weight: &str, i: usize) -> Result<Option<
     let [outer, channels, inner] = layout.map_or([1, 1, flat.len()], |l| l.1);
     let s = scales::channel_scales(&flat, outer, channels, inner);
     let q = scales::quantize_weight(&flat, &s, outer, inner);
-    let rounded: Vec<f32> = q
-        .iter()
-        .enumerate()
-        .map(|(k, &v)| f32::from(v) * s[(k / inner) % channels])
-        .collect();
+    Ok(Some(
+        q.iter()
+            .enumerate()
+            .map(|(k, &v)| f32::from(v) * s[(k / inner) % channels])
+            .collect(),
+    ))
+}
+
+/// `model` with the weight of node `i` rounded to int8 ([`int8_rounded`]), or `None` when the
+/// rewrite would not quantize it.
+fn with_int8_weight(model: &OnnxModel, weight: &str, i: usize) -> Result<Option<OnnxModel>> {
+    let Some(rounded) = int8_rounded(model, weight, i)? else {
+        return Ok(None);
+    };
     let mut m = model.clone();
     set_initializer(&mut m, weight, &rounded)?;
     Ok(Some(m))

@@ -1,0 +1,142 @@
+//! The int8 output as calibration sees it. Calibration fits each layer's codebook to the
+//! inputs the converted model will give that layer; in the int8 output those inputs have been
+//! rounded to int8 at every quantized tensor, by layers whose weights are int8 too.
+//! [`simulated`] is the float model with both roundings in place: a QuantizeLinear →
+//! DequantizeLinear pair on every tensor the rewrite quantizes (the ranges measured on the
+//! calibration images, as the rewrite measures them) and every weight the rewrite stores as int8
+//! rounded per output channel. Each codebook then also makes up for the rounding upstream of it.
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::{Context, Result};
+use ndarray::ArrayD;
+
+use super::scales::{self, ActivationType, Affine};
+use super::sensitivity::{int8_rounded, weighted_layers};
+use super::{plan, ranges};
+use crate::engine::Engine;
+use crate::lower::stored::set_initializer;
+use crate::onnx::build::node;
+use crate::onnx::model::OnnxModel;
+use crate::proto::tensor_proto::DataType;
+use crate::proto::TensorProto;
+
+/// Prefix of the names the simulation adds (never written to an output file).
+const PREFIX: &str = "int8-simulated";
+
+/// `model` (at the int8 output's opset) with the int8 output's roundings simulated in float:
+/// activations as the rewrite quantizes them, with the ranges `model` takes on `inputs`, and
+/// the weights of the layers that will run in int8 (but those `kept_float` names) rounded.
+pub fn simulated(
+    model: &OnnxModel,
+    activation: ActivationType,
+    (inputs, engine): (&[ArrayD<f32>], Engine),
+    kept_float: &HashMap<String, String>,
+) -> Result<OnnxModel> {
+    // Folding a ReLU into its producer renames no tensor the plan quantizes: the producer
+    // writes the ReLU's output, which `model` has too.
+    let mut folded = model.clone();
+    plan::fold_relus(&mut folded);
+    let planned = plan::plan(folded.graph());
+    let ranges = ranges::min_max(engine, model, inputs, &planned.calibrated())
+        .context("the activation ranges of the simulated int8 model")?;
+    let affine = |t: &str| {
+        let (lo, hi) = ranges[t];
+        scales::activation(lo, hi, activation)
+    };
+    let quantized: HashSet<&str> = planned.tensors.iter().map(|(t, _)| t.as_str()).collect();
+    let mut m = model.clone();
+    round_weights(&mut m, &quantized, kept_float)?;
+    for (t, src) in &planned.tensors {
+        insert_pair(&mut m, t, affine(src), activation);
+    }
+    Ok(m)
+}
+
+/// Rounds the weight of every layer whose input the rewrite quantizes (so that it runs in
+/// int8) to int8, but those `kept_float` names.
+fn round_weights(
+    model: &mut OnnxModel,
+    quantized: &HashSet<&str>,
+    kept_float: &HashMap<String, String>,
+) -> Result<()> {
+    for (layer, weight, i) in weighted_layers(model) {
+        let input = &model.graph().node[i].input[0];
+        if kept_float.contains_key(&weight) || !quantized.contains(input.as_str()) {
+            continue;
+        }
+        if let Some(rounded) = int8_rounded(model, &weight, i)? {
+            set_initializer(model, &weight, &rounded)
+                .with_context(|| format!("layer `{layer}`'s int8 weights"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Puts a QuantizeLinear → DequantizeLinear pair with `q`'s parameters on tensor `t`. The pair
+/// writes `t` itself (its producer now writes a new name), so every reader, and calibration's
+/// look-up of a layer's input by name, sees the rounded value; a graph input, which has no
+/// producer, is rounded for its readers under a new name. The pair is appended after the
+/// graph's nodes so that node indices stay valid (the engines order nodes themselves).
+fn insert_pair(model: &mut OnnxModel, t: &str, q: Affine, activation: ActivationType) {
+    let float = format!("{PREFIX}/{t}/float");
+    let rounded = format!("{PREFIX}/{t}/rounded");
+    let (scale, zero_point) = (format!("{PREFIX}/{t}/scale"), format!("{PREFIX}/{t}/zero"));
+    let graph = model.graph_mut();
+    let produced = graph
+        .node
+        .iter_mut()
+        .flat_map(|n| n.output.iter_mut())
+        .find(|o| o.as_str() == t);
+    let written = match produced {
+        Some(out) => {
+            *out = float.clone();
+            (float, t.to_string())
+        }
+        None => {
+            let dequantized = format!("{PREFIX}/{t}/dequantized");
+            for i in graph.node.iter_mut().flat_map(|n| n.input.iter_mut()) {
+                if i.as_str() == t {
+                    *i = dequantized.clone();
+                }
+            }
+            (t.to_string(), dequantized)
+        }
+    };
+    let (zero_type, zero_byte) = match activation {
+        ActivationType::Uint8 => (DataType::Uint8, q.zero_point as u8),
+        ActivationType::Int8 => (DataType::Int8, q.zero_point as i8 as u8),
+    };
+    graph.initializer.push(scalar(
+        &scale,
+        DataType::Float,
+        q.scale.to_le_bytes().to_vec(),
+    ));
+    graph
+        .initializer
+        .push(scalar(&zero_point, zero_type, vec![zero_byte]));
+    let parameters = [scale.as_str(), zero_point.as_str()];
+    graph.node.push(node(
+        "QuantizeLinear",
+        &format!("{PREFIX}/{t}/quantize"),
+        &[written.0.as_str(), parameters[0], parameters[1]],
+        &[&rounded],
+        vec![],
+    ));
+    graph.node.push(node(
+        "DequantizeLinear",
+        &format!("{PREFIX}/{t}/dequantize"),
+        &[rounded.as_str(), parameters[0], parameters[1]],
+        &[&written.1],
+        vec![],
+    ));
+}
+
+fn scalar(name: &str, data_type: DataType, bytes: Vec<u8>) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        data_type: Some(data_type as i32),
+        raw_data: Some(bytes),
+        ..Default::default()
+    }
+}
