@@ -268,8 +268,9 @@ pub struct ConvertArgs {
     /// Write the whole model as an int8 QDQ model that ONNX Runtime runs on its integer kernels:
     /// int8 weights per output channel (converted layers keep their codebook in the file and
     /// are quantized where the engine folds the kernel), int32 biases, activations quantized
-    /// with ranges measured on the --calibrate images; palettes are stored as float16 (8-bit
-    /// weights lose nothing to it). Compact form (--form dense) only.
+    /// with ranges measured on the --calibrate images; each codebook is fitted to the inputs
+    /// the int8 model gives its layer (every rounding before it simulated); palettes are
+    /// stored as float16 (8-bit weights lose nothing to it). Compact form (--form dense) only.
     #[arg(long)]
     pub int8: bool,
     /// The activations' type in the int8 output: uint8 (ONNX Runtime's fastest on x86) or int8.
