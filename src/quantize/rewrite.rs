@@ -59,7 +59,8 @@ pub fn name_layers(model: &mut OnnxModel) {
     }
 }
 
-fn scalar(name: &str, data_type: DataType, bytes: Vec<u8>) -> TensorProto {
+/// A tensor of one value (no dims) named `name`, its bytes as stored.
+pub(super) fn scalar(name: &str, data_type: DataType, bytes: Vec<u8>) -> TensorProto {
     TensorProto {
         name: Some(name.into()),
         data_type: Some(data_type as i32),

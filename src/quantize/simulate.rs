@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use anyhow::{Context, Result};
 use ndarray::ArrayD;
 
+use super::rewrite::scalar;
 use super::scales::{self, ActivationType, Affine};
 use super::sensitivity::{int8_rounded, weighted_layers};
 use super::{plan, ranges};
@@ -19,7 +20,6 @@ use crate::lower::stored::set_initializer;
 use crate::onnx::build::node;
 use crate::onnx::model::OnnxModel;
 use crate::proto::tensor_proto::DataType;
-use crate::proto::TensorProto;
 
 /// Prefix of the names the simulation adds (never written to an output file).
 const PREFIX: &str = "int8-simulated";
@@ -130,13 +130,4 @@ fn insert_pair(model: &mut OnnxModel, t: &str, q: Affine, activation: Activation
         &[&written.1],
         vec![],
     ));
-}
-
-fn scalar(name: &str, data_type: DataType, bytes: Vec<u8>) -> TensorProto {
-    TensorProto {
-        name: Some(name.into()),
-        data_type: Some(data_type as i32),
-        raw_data: Some(bytes),
-        ..Default::default()
-    }
 }
