@@ -438,27 +438,76 @@ fn a_layer_int8_cannot_hold_stays_float_and_the_report_says_why() {
     assert_eq!(j["QLinearConv"], 3, "{j}");
 }
 
+/// How far the simulation of the int8 output's roundings may be from the int8 output, relative
+/// to its largest output, on the default model in tract: measured 2.5e-3 with every layer int8
+/// and 5.5e-3 with the first layer float (the rewrite's int32 biases and tract's integer
+/// rounding); a float layer reading its input rounded, unlike the rewrite's, is 9.3e-3 away.
+const SIMULATION_TOLERANCE: f32 = 0.007;
+
 /// What calibration converts layer by layer for the int8 output (`quantize::simulate`: the
 /// float model with the int8 output's roundings in place) computes what the int8 output
 /// computes: on the default model, before any layer is converted, the simulation and the int8
-/// rewrite agree within [`INT8_FLOAT_HEAD`] of the largest output (the rewrite's int32 biases
-/// are the only rounding the simulation leaves out), both run in tract, while the float model
-/// is further from either.
+/// rewrite agree within [`SIMULATION_TOLERANCE`] of the largest output (the rewrite's int32
+/// biases are the only rounding the simulation leaves out), both run in tract, while the float
+/// model is further from either — with every layer int8, and with the first layer kept float.
 #[test]
 fn int8_simulation_for_calibration_computes_what_the_int8_output_computes() {
-    use onnx_dlq::engine::{self, Engine};
     use onnx_dlq::quantize::{self, simulate, ActivationType, Int8Options};
+    use onnx_dlq::{engine::Engine, onnx::model::OnnxModel};
     use std::collections::HashMap;
 
-    let model = onnx_dlq::onnx::model::load(&common::default_model()).unwrap();
-    let mut float = model.clone();
+    let mut float = onnx_dlq::onnx::model::load(&common::default_model()).unwrap();
     let shapes = onnx_dlq::analysis::shapes::infer(&float, &[]).unwrap();
     quantize::upgrade::to_qdq_opset(&mut float, &shapes).unwrap();
     let shapes = onnx_dlq::analysis::shapes::infer(&float, &[]).unwrap();
-    let inputs: Vec<ndarray::ArrayD<f32>> = onnx_dlq::eval::images::preprocessed_images(
+    let inputs = digits_inputs(32);
+    let first_weight = float
+        .graph()
+        .node
+        .iter()
+        .find(|n| n.op_type.as_deref() == Some("Conv"))
+        .map(|n| n.input[1].clone())
+        .unwrap();
+    let one_float = HashMap::from([(first_weight, "kept float by the test".to_string())]);
+    for kept_float in [HashMap::new(), one_float] {
+        let simulated = simulate::simulated(
+            &float,
+            ActivationType::Uint8,
+            (&inputs, Engine::Tract),
+            &kept_float,
+        )
+        .unwrap();
+        let mut int8: OnnxModel = float.clone();
+        quantize::quantize(
+            &mut int8,
+            &Int8Options::default(),
+            &shapes,
+            (&inputs, Engine::Tract),
+            (&HashMap::new(), &kept_float),
+        )
+        .unwrap();
+        let (to_int8, to_float) = largest_differences(&simulated, &int8, &float, &inputs[..8]);
+        eprintln!(
+            "{} layer(s) float: simulated against int8 {to_int8:.3e}, against float {to_float:.3e} of the largest output",
+            kept_float.len()
+        );
+        assert!(
+            to_int8 <= SIMULATION_TOLERANCE,
+            "{to_int8} > {SIMULATION_TOLERANCE}"
+        );
+        assert!(
+            to_float > to_int8,
+            "the simulation left the float model as it was"
+        );
+    }
+}
+
+/// The first `count` images of the default model's folder, preprocessed.
+fn digits_inputs(count: usize) -> Vec<ndarray::ArrayD<f32>> {
+    onnx_dlq::eval::images::preprocessed_images(
         Path::new(&repo_path("models/digits-test")),
         Path::new(&repo_path("models/digits-cnn.preprocess.json")),
-        Some(32),
+        Some(count),
         onnx_dlq::eval::seen::ImageSelection::First,
         "calibration images",
         onnx_dlq::setting::Setting::CalibSamples,
@@ -466,25 +515,18 @@ fn int8_simulation_for_calibration_computes_what_the_int8_output_computes() {
     .unwrap()
     .into_iter()
     .map(|a| a.into_dyn())
-    .collect();
-    let none = HashMap::new();
-    let simulated = simulate::simulated(
-        &float,
-        ActivationType::Uint8,
-        (&inputs, Engine::Tract),
-        &none,
-    )
-    .unwrap();
-    let mut int8 = float.clone();
-    let opts = Int8Options::default();
-    quantize::quantize(
-        &mut int8,
-        &opts,
-        &shapes,
-        (&inputs, Engine::Tract),
-        (&HashMap::new(), &none),
-    )
-    .unwrap();
+    .collect()
+}
+
+/// The largest output differences of `simulated` from `int8` and from `float` over `inputs`
+/// in tract, relative to the int8 model's largest output.
+fn largest_differences(
+    simulated: &onnx_dlq::onnx::model::OnnxModel,
+    int8: &onnx_dlq::onnx::model::OnnxModel,
+    float: &onnx_dlq::onnx::model::OnnxModel,
+    inputs: &[ndarray::ArrayD<f32>],
+) -> (f32, f32) {
+    use onnx_dlq::engine::{self, Engine};
     let run = |m: &onnx_dlq::onnx::model::OnnxModel, x: &ndarray::ArrayD<f32>| {
         engine::prepare(Engine::Tract, m, x.shape())
             .unwrap()
@@ -492,23 +534,11 @@ fn int8_simulation_for_calibration_computes_what_the_int8_output_computes() {
             .unwrap()
     };
     let (mut to_int8, mut to_float, mut largest) = (0f32, 0f32, 0f32);
-    for x in inputs.iter().take(8) {
-        let (s, q, f) = (run(&simulated, x), run(&int8, x), run(&float, x));
+    for x in inputs {
+        let (s, q, f) = (run(simulated, x), run(int8, x), run(float, x));
         to_int8 = to_int8.max(common::max_abs_diff(&s, &q));
         to_float = to_float.max(common::max_abs_diff(&s, &f));
         largest = largest.max(common::max_abs(&q));
     }
-    eprintln!(
-        "simulated against int8: {:.3e}, against float: {:.3e} (largest output {largest:.3})",
-        to_int8 / largest,
-        to_float / largest
-    );
-    assert!(
-        to_int8 <= INT8_FLOAT_HEAD * largest,
-        "{to_int8} > {INT8_FLOAT_HEAD} · {largest}"
-    );
-    assert!(
-        to_float > to_int8,
-        "the simulation left the float model as it was"
-    );
+    (to_int8 / largest, to_float / largest)
 }

@@ -40,17 +40,35 @@ pub fn simulated(
     let planned = plan::plan(folded.graph());
     let ranges = ranges::min_max(engine, model, inputs, &planned.calibrated())
         .context("the activation ranges of the simulated int8 model")?;
-    let affine = |t: &str| {
-        let (lo, hi) = ranges[t];
-        scales::activation(lo, hi, activation)
-    };
     let quantized: HashSet<&str> = planned.tensors.iter().map(|(t, _)| t.as_str()).collect();
     let mut m = model.clone();
     round_weights(&mut m, &quantized, kept_float)?;
+    let mut float_of = HashMap::new();
     for (t, src) in &planned.tensors {
-        insert_pair(&mut m, t, affine(src), activation);
+        let &(lo, hi) = ranges
+            .get(src)
+            .with_context(|| format!("no range was measured for tensor `{src}`"))?;
+        let q = scales::activation(lo, hi, activation);
+        let (float, rounded) = insert_pair(&mut m, t, q, activation);
+        float_of.insert(rounded, float);
     }
+    read_float_inputs(&mut m, kept_float, &float_of);
     Ok(m)
+}
+
+/// Makes each layer that stays float read the float value of its input, as the rewrite does.
+fn read_float_inputs(
+    model: &mut OnnxModel,
+    kept_float: &HashMap<String, String>,
+    float_of: &HashMap<String, String>,
+) {
+    // `float_of`: the rounded value a reader reads → the float value it rounds.
+    let layers = model.graph_mut().node.iter_mut();
+    for n in layers.filter(|n| n.input.len() >= 2 && kept_float.contains_key(&n.input[1])) {
+        if let Some(float) = float_of.get(&n.input[0]) {
+            n.input[0] = float.clone();
+        }
+    }
 }
 
 /// Rounds the weight of every layer whose input the rewrite quantizes (so that it runs in
@@ -78,7 +96,14 @@ fn round_weights(
 /// look-up of a layer's input by name, sees the rounded value; a graph input, which has no
 /// producer, is rounded for its readers under a new name. The pair is appended after the
 /// graph's nodes so that node indices stay valid (the engines order nodes themselves).
-fn insert_pair(model: &mut OnnxModel, t: &str, q: Affine, activation: ActivationType) {
+/// Returns the names of the float value the pair rounds and of the rounded value its readers
+/// read.
+fn insert_pair(
+    model: &mut OnnxModel,
+    t: &str,
+    q: Affine,
+    activation: ActivationType,
+) -> (String, String) {
     let float = format!("{PREFIX}/{t}/float");
     let rounded = format!("{PREFIX}/{t}/rounded");
     let (scale, zero_point) = (format!("{PREFIX}/{t}/scale"), format!("{PREFIX}/{t}/zero"));
@@ -130,4 +155,5 @@ fn insert_pair(model: &mut OnnxModel, t: &str, q: Affine, activation: Activation
         &[&written.1],
         vec![],
     ));
+    written
 }
