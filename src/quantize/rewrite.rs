@@ -120,9 +120,10 @@ fn affine_inits(
     e.inits
         .push(scalar(&scale, DataType::Float, f32_bytes(&[a.scale])));
     // Zero points are shared by value (after a ReLU every one is the type's minimum).
-    let (dt, byte, prefix) = match ty {
-        ActivationType::Uint8 => (DataType::Uint8, a.zero_point as u8, "u8"),
-        ActivationType::Int8 => (DataType::Int8, a.zero_point as i8 as u8, "i8"),
+    let (dt, byte) = ty.stored_zero_point(a.zero_point);
+    let prefix = match ty {
+        ActivationType::Uint8 => "u8",
+        ActivationType::Int8 => "i8",
     };
     let zp = format!("int8/{prefix}_zero_point_{}", a.zero_point);
     if e.taken.insert(zp.clone()) {

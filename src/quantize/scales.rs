@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::proto::tensor_proto::DataType;
+
 /// The element type of quantized activations. ONNX Runtime's x86 int8 kernels are fastest with
 /// unsigned activations and signed weights (u8s8), its quantizer's default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -15,6 +17,14 @@ pub enum ActivationType {
 }
 
 impl ActivationType {
+    /// A zero point of this type as stored: its tensor's element type and its byte.
+    pub fn stored_zero_point(self, zero_point: i32) -> (DataType, u8) {
+        match self {
+            ActivationType::Uint8 => (DataType::Uint8, zero_point as u8),
+            ActivationType::Int8 => (DataType::Int8, zero_point as i8 as u8),
+        }
+    }
+
     /// The representable range `[qmin, qmax]`.
     pub fn range(self) -> (i32, i32) {
         match self {

@@ -128,10 +128,7 @@ fn insert_pair(
             (t.to_string(), dequantized)
         }
     };
-    let (zero_type, zero_byte) = match activation {
-        ActivationType::Uint8 => (DataType::Uint8, q.zero_point as u8),
-        ActivationType::Int8 => (DataType::Int8, q.zero_point as i8 as u8),
-    };
+    let (zero_type, zero_byte) = activation.stored_zero_point(q.zero_point);
     graph.initializer.push(scalar(
         &scale,
         DataType::Float,
