@@ -111,7 +111,11 @@ pub fn convert_model_with_inputs(
     for s in &plan.skipped {
         log::info!("skip {}: {}", s.name, s.reason);
     }
-    let simulated = int8_simulated(original, opts, calibration.as_ref(), &kept_float)?;
+    // With no layer to learn a codebook for, nothing would read the simulation.
+    let simulated = match plan.layers.is_empty() {
+        true => None,
+        false => int8_simulated(original, opts, calibration.as_ref(), &kept_float)?,
+    };
     let learning = calibration.map(|c| Calibration {
         start: simulated.as_ref(),
         ..c
