@@ -84,8 +84,7 @@ pub fn quantize(
     let upgraded_from_opset = upgrade::to_qdq_opset(model, shapes)?;
     let float = model.clone();
     rewrite::name_layers(model);
-    let folded = plan::fold_relus(model);
-    let planned = plan::plan(model.graph());
+    let (folded, planned) = plan::fold_and_plan(model);
     let calibrated = planned.calibrated();
     log::info!(
         "int8: measuring {} activation ranges on {} images",
@@ -141,8 +140,7 @@ pub fn int8_bytes(
     upgrade::check_quantizable(&m)?;
     upgrade::to_qdq_opset(&mut m, shapes)?;
     rewrite::name_layers(&mut m);
-    plan::fold_relus(&mut m);
-    let planned = plan::plan(m.graph());
+    let (_, planned) = plan::fold_and_plan(&mut m);
     let placeholder = scales::Affine {
         scale: 1.0,
         zero_point: 0,

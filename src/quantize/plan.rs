@@ -202,6 +202,15 @@ pub fn head(graph: &GraphProto) -> HashSet<String> {
     head
 }
 
+/// Folds `model`'s ReLUs into their producers ([`fold_relus`]), then plans its quantized
+/// tensors ([`plan`]) on the folded graph, as the rewrite reads it. Returns the folded
+/// producers' outputs and the plan.
+pub fn fold_and_plan(model: &mut OnnxModel) -> (Vec<String>, QuantPlan) {
+    let folded = fold_relus(model);
+    let planned = plan(model.graph());
+    (folded, planned)
+}
+
 /// Chooses the quantized tensors of `graph`: the activation inputs and the output of every
 /// node that can run in int8 (but a float-capable node's output in the model's [`head`]), and
 /// the outputs of value-moving nodes fed by a quantized tensor.

@@ -36,8 +36,7 @@ pub fn simulated(
     // Folding a ReLU into its producer renames no tensor the plan quantizes: the producer
     // writes the ReLU's output, which `model` has too.
     let mut folded = model.clone();
-    plan::fold_relus(&mut folded);
-    let planned = plan::plan(folded.graph());
+    let (_, planned) = plan::fold_and_plan(&mut folded);
     let ranges = ranges::min_max(engine, model, inputs, &planned.calibrated())
         .context("the activation ranges of the simulated int8 model")?;
     let quantized: HashSet<&str> = planned.tensors.iter().map(|(t, _)| t.as_str()).collect();
