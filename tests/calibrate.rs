@@ -333,3 +333,59 @@ fn calibrating_on_the_first_images_of_a_class_ordered_folder_warns() {
     let half = (n / 2).to_string();
     assert!(refused(&verify(&sorted, &half, &half)));
 }
+
+/// `--calib-mirror` calibrates on every image and its mirror image: the codebooks change, the
+/// output records the same images (a mirror image is no new image), and the same flags give the
+/// same bytes.
+#[test]
+fn mirror_images_join_calibration_and_the_record_keeps_the_images_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = repo_path("models/digits-test");
+    let convert = |name: &str, mirror: bool| {
+        let out = dir.path().join(name);
+        let mut c = common::bin();
+        c.args(["convert", &repo_path("models/digits-cnn.onnx")])
+            .arg(&out)
+            .args(["--layers", "conv2", "--ratio", "4", "--no-latency"])
+            .args(["--calibrate", &data, "--calib-samples", "16"])
+            .args([
+                "--preprocess",
+                &repo_path("models/digits-cnn.preprocess.json"),
+            ]);
+        if mirror {
+            c.arg("--calib-mirror");
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        std::fs::read(&out).unwrap()
+    };
+    let plain = convert("plain.onnx", false);
+    let mirrored = convert("mirrored.onnx", true);
+    assert_ne!(plain, mirrored, "the mirror images changed nothing");
+    assert_eq!(mirrored, convert("again.onnx", true));
+    let verify = |skip: &str| {
+        common::bin()
+            .args(["verify", &repo_path("models/digits-cnn.onnx")])
+            .arg(dir.path().join("mirrored.onnx"))
+            .args([
+                "--data",
+                &data,
+                "--skip",
+                skip,
+                "--samples",
+                "8",
+                "--runs",
+                "1",
+            ])
+            .args([
+                "--preprocess",
+                &repo_path("models/digits-cnn.preprocess.json"),
+            ])
+            .output()
+            .unwrap()
+    };
+    let o = verify("10");
+    assert!(!o.status.success() && common::stderr(&o).contains("calibration used 16 images of"));
+    let o = verify("16");
+    assert!(o.status.success(), "{}", common::stderr(&o));
+}

@@ -22,12 +22,13 @@ pub mod stats;
 use std::path::PathBuf;
 
 use anyhow::{ensure, Result};
-use ndarray::ArrayD;
+use ndarray::{ArrayD, Axis};
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::select::ConvLayer;
 use crate::codebook::Codebook;
 use crate::engine::Engine;
+use crate::eval::data::check_images_fit;
 use crate::eval::images::{image_files, preprocessed_images, warn_if_few_classes};
 use crate::eval::seen::{ImageSelection, SeenImages};
 use crate::onnx::model::OnnxModel;
@@ -57,6 +58,9 @@ pub struct CalibrationOptions {
     pub samples: usize,
     #[serde(default)]
     pub select: ImageSelection,
+    /// Each image is also taken mirrored left to right (appended after the images).
+    #[serde(default)]
+    pub mirror: bool,
     pub damping: f64,
     /// Refit each layer's continuous codebook on its full input patches (`None`: keep the
     /// clustered one).
@@ -125,11 +129,58 @@ pub fn load_inputs(opts: &CalibrationOptions) -> Result<Vec<ArrayD<f32>>> {
             &format!("{} spread", crate::setting::name(Setting::CalibSelect)),
         );
     }
-    Ok(images.into_iter().map(|a| a.into_dyn()).collect())
+    let mut inputs: Vec<ArrayD<f32>> = images.into_iter().map(|a| a.into_dyn()).collect();
+    if opts.mirror {
+        inputs.extend(mirrored(&inputs)?);
+    }
+    Ok(inputs)
+}
+
+/// Each input mirrored along its last axis (the image's width: the preprocessing writes
+/// NCHW), after checking that the
+/// copies fit beside the inputs.
+fn mirrored(inputs: &[ArrayD<f32>]) -> Result<Vec<ArrayD<f32>>> {
+    let Some(first) = inputs.first() else {
+        return Ok(vec![]);
+    };
+    let what = "calibration images with their mirror images";
+    check_images_fit(2 * inputs.len(), first.shape(), what, Setting::CalibSamples)?;
+    Ok(inputs
+        .iter()
+        .map(|x| {
+            let mut m = x.view();
+            m.invert_axis(Axis(x.ndim() - 1));
+            m.as_standard_layout().into_owned()
+        })
+        .collect())
 }
 
 /// The images calibration takes, as the converted model records them.
 pub fn seen_images(opts: &CalibrationOptions) -> Result<SeenImages> {
     let of = image_files(&opts.data)?.len();
     Ok(SeenImages::new(&opts.data, opts.select, opts.samples, of))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array, IxDyn};
+
+    #[test]
+    fn a_mirrored_input_is_the_input_with_its_width_reversed() {
+        let x = Array::from_shape_fn(IxDyn(&[1, 2, 3, 4]), |i| {
+            (i[1] * 100 + i[2] * 10 + i[3]) as f32
+        });
+        let m = mirrored(std::slice::from_ref(&x)).unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].shape(), x.shape());
+        for c in 0..2 {
+            for h in 0..3 {
+                for w in 0..4 {
+                    assert_eq!(m[0][[0, c, h, w]], x[[0, c, h, 3 - w]]);
+                }
+            }
+        }
+        assert!(m[0].is_standard_layout());
+    }
 }

@@ -379,6 +379,11 @@ pub struct CalibrationArgs {
     /// refuse to evaluate on them.
     #[arg(long, value_enum, default_value_t = ImageSelection::First, requires = "calibrate")]
     pub calib_select: ImageSelection,
+    /// Also calibrate on each image mirrored left to right (twice the images, twice the
+    /// calibration time): for models of photos trained with flips, as ImageNet and CIFAR
+    /// classifiers are; not for text, digits or anything a mirror changes the meaning of.
+    #[arg(long, requires = "calibrate")]
+    pub calib_mirror: bool,
     /// Ridge added to each input covariance, relative to its mean diagonal (see
     /// `calibrate::DEFAULT_DAMPING` for how the default was measured).
     #[arg(long, default_value_t = calibrate::DEFAULT_DAMPING, requires = "calibrate")]
@@ -414,6 +419,7 @@ impl CalibrationArgs {
             preprocess: spec.to_path_buf(),
             samples: self.calib_samples,
             select: self.calib_select,
+            mirror: self.calib_mirror,
             damping: self.calib_damping,
             refit: (!self.no_refit).then(|| calibrate::RefitOptions {
                 damping: self.refit_damping,

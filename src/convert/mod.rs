@@ -72,9 +72,14 @@ pub fn load_calibration_inputs(cal: &CalibrationOptions) -> Result<Vec<ArrayD<f3
     let started = Instant::now();
     let inputs = calibrate::load_inputs(cal)?;
     log::info!(
-        "calibration: {} images from {} ({:.1}s)",
+        "calibration: {} images from {}{} ({:.1}s)",
         inputs.len(),
         cal.data.display(),
+        if cal.mirror {
+            ", half of them mirrored"
+        } else {
+            ""
+        },
         started.elapsed().as_secs_f64()
     );
     Ok(inputs)
